@@ -1,0 +1,373 @@
+//! The comment command grammar (SPEC §3).
+//!
+//! ```text
+//! /deploy [--base=stg|prod] [--env=NAME] [--ttl=DURATION] [--only=C,C..|--without=C,C..] [--dry-run] [C=REF ...]
+//! /deploy status | release [ENV] | extend DURATION | cancel [JOB] | help
+//! ```
+//!
+//! Pure functions, no I/O: [`command_lines`] finds the command lines of a
+//! comment (markdown-aware), [`parse_command`] turns one line into a
+//! [`Command`] or a [`ParseError`] that quotes the offending token and says how
+//! to fix it. Everything a commenter types is validated here strictly (PR
+//! numbers, git branch names, hex commits) before it reaches anything else.
+
+
+
+use std::fmt;
+use std::ops::Range;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+
+// TEMPORARY placeholder while the grammar is written.
+pub fn command_lines(_b: &str, _p: &str) -> Vec<CommandLine> { Vec::new() }
+pub fn new_command_lines(_o: &str, _n: &str, _p: &str) -> Vec<CommandLine> { Vec::new() }
+pub fn parse_command(_l: &str, _v: &Vocabulary) -> Result<Command, ParseError> { Ok(Command::Help) }
+fn code(s: &str) -> String { format!("`{s}`") }
+
+/// What the grammar needs to know about the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vocabulary {
+    /// The command prefix, e.g. `/deploy`.
+    pub prefix: String,
+    /// The configured components, in configuration order.
+    pub components: Vec<VocabComponent>,
+    /// Names of the environments, e.g. `["dev"]`.
+    pub environments: Vec<String>,
+    /// The longest TTL a request may ask for (`--ttl`, `extend`).
+    pub max_ttl: Duration,
+}
+
+/// One configured component as the grammar sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VocabComponent {
+    /// Canonical name, e.g. `packit-service-fedmsg`.
+    pub name: String,
+    /// Other accepted names, e.g. `["fedmsg"]`.
+    pub aliases: Vec<String>,
+    /// `OWNER/REPO` on GitHub, e.g. `packit/packit-service-fedmsg`.
+    pub repo: String,
+    /// A retired component is still recognised, but is never deployed.
+    pub retired: bool,
+}
+
+impl Vocabulary {
+    /// The component called `name` (canonical name or alias, ASCII case-insensitive).
+    pub fn component(&self, name: &str) -> Option<&VocabComponent> {
+        self.components.iter().find(|c| {
+            c.name.eq_ignore_ascii_case(name) || c.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
+        })
+    }
+
+    /// The environment called `name` (ASCII case-insensitive), in its configured spelling.
+    pub fn environment(&self, name: &str) -> Option<&str> {
+        self.environments.iter().find(|e| e.eq_ignore_ascii_case(name)).map(String::as_str)
+    }
+}
+
+/// One command line found in a comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandLine {
+    /// 1-based line number in the comment.
+    pub line_no: usize,
+    /// The whole line, trimmed.
+    pub text: String,
+}
+
+/// A parsed command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    /// `/deploy [OPTIONS] [C=REF ...]`
+    Deploy(DeployRequest),
+    /// `/deploy status`
+    Status,
+    /// `/deploy release [ENV]`
+    Release { env: Option<String> },
+    /// `/deploy extend DURATION`
+    Extend {
+        #[serde(with = "secs")]
+        duration: Duration,
+    },
+    /// `/deploy cancel [JOB]`
+    Cancel { job: Option<u64> },
+    /// `/deploy help`
+    Help,
+}
+
+/// A deployment request as written in a command (refs not yet resolved to SHAs).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeployRequest {
+    /// Image tag for every component without a ref.
+    pub base: Base,
+    /// The environment asked for (configured spelling); `None` means any.
+    pub env: Option<String>,
+    /// How long to hold the environment; `None` means the configured default.
+    #[serde(with = "opt_secs")]
+    pub ttl: Option<Duration>,
+    /// Deploy only these components (canonical names).
+    pub only: Vec<String>,
+    /// Deploy all but these components (canonical names).
+    pub without: Vec<String>,
+    /// Stop after planning and report the plan.
+    pub dry_run: bool,
+    /// The refs, in the order given, with canonical component names.
+    pub refs: Vec<ComponentRef>,
+}
+
+impl DeployRequest {
+    /// Add `component=#pr` (the PR the comment is on) unless the request
+    /// already names `component`, with a ref or in `--without`. Returns whether
+    /// it was added. `component` should be the canonical name.
+    pub fn include_current_pr(&mut self, component: &str, pr: u64) -> bool {
+        let named = |c: &String| c.eq_ignore_ascii_case(component);
+        if self.refs.iter().any(|r| named(&r.component)) || self.without.iter().any(named) {
+            return false;
+        }
+        self.refs.push(ComponentRef { component: component.to_string(), reference: Ref::Pr(pr) });
+        true
+    }
+
+    /// The command line equivalent without the prefix, in canonical form
+    /// (defaults omitted, options first), e.g. `--base=prod packit-service=614 ogr=123`.
+    /// Parsing `"{prefix} {args}"` gives this request back.
+    pub fn to_args(&self) -> String {
+        let mut args = Vec::new();
+        if self.base != Base::Stg {
+            args.push(format!("--base={}", self.base.as_str()));
+        }
+        if let Some(env) = &self.env {
+            args.push(format!("--env={env}"));
+        }
+        if let Some(ttl) = self.ttl {
+            args.push(format!("--ttl={}", format_duration(ttl)));
+        }
+        if !self.only.is_empty() {
+            args.push(format!("--only={}", self.only.join(",")));
+        }
+        if !self.without.is_empty() {
+            args.push(format!("--without={}", self.without.join(",")));
+        }
+        if self.dry_run {
+            args.push("--dry-run".into());
+        }
+        for r in &self.refs {
+            match &r.reference {
+                Ref::Pr(n) => args.push(format!("{}={n}", r.component)),
+                other => args.push(format!("{}={other}", r.component)),
+            }
+        }
+        args.join(" ")
+    }
+}
+
+/// A component with the ref to deploy it from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentRef {
+    /// Canonical component name.
+    pub component: String,
+    /// What to take from it.
+    #[serde(rename = "ref")]
+    pub reference: Ref,
+}
+
+/// What to take from a component. Always valid: PR numbers are positive,
+/// branch names pass git's check-ref-format rules, commits are 7–40 lowercase hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum Ref {
+    /// A pull request of the component's repository.
+    Pr(u64),
+    /// A branch of the component's repository.
+    Branch(String),
+    /// A commit (abbreviated or full SHA, lowercase).
+    Commit(String),
+}
+
+impl fmt::Display for Ref {
+    /// `#123`, `branch:main`, `@1a2b3c4` — the forms the grammar accepts.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ref::Pr(n) => write!(f, "#{n}"),
+            Ref::Branch(b) => write!(f, "branch:{b}"),
+            Ref::Commit(c) => write!(f, "@{c}"),
+        }
+    }
+}
+
+/// The image tag used for components without a ref.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Base {
+    /// Staging images (the default).
+    #[default]
+    Stg,
+    /// Production images.
+    Prod,
+}
+
+impl Base {
+    /// `"stg"` or `"prod"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Base::Stg => "stg",
+            Base::Prod => "prod",
+        }
+    }
+}
+
+/// Why a command line was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    /// One or more sentences (markdown; user text in code spans) that quote the
+    /// offending token and say how to fix it.
+    pub message: String,
+    /// The offending text: `&line[span]`.
+    pub token: String,
+    /// Byte range of the token in the line.
+    pub span: Range<usize>,
+}
+
+impl ParseError {
+    /// A reply body (markdown): the message, the line in a code block with a
+    /// `^^^` caret under the token, and a one-line usage hint.
+    pub fn render(&self, line: &str) -> String {
+        const WIDTH: usize = 100;
+        let chars: Vec<char> = line.chars().map(|c| if c.is_whitespace() || c.is_control() { ' ' } else { c }).collect();
+        // Columns in chars; `span` may not fit `line` if the caller passes another line.
+        let col = line.get(..self.span.start).map_or(0, |s| s.chars().count());
+        let width = line.get(self.span.clone()).map_or(1, |s| s.chars().count()).max(1);
+        // Show a window of the line around the token when the line is long.
+        let from = if chars.len() <= WIDTH { 0 } else { col.saturating_sub(WIDTH / 3).min(chars.len() - WIDTH) };
+        let to = (from + WIDTH).min(chars.len());
+        let mut shown: String = chars[from..to].iter().collect();
+        let mut caret_col = col - from.min(col);
+        if from > 0 {
+            shown.insert(0, '…');
+            caret_col += 1;
+        }
+        if to < chars.len() {
+            shown.push('…');
+        }
+        let caret_len = width.min(WIDTH.saturating_sub(caret_col)).max(1);
+        let fence = "`".repeat(3usize.max(shown.len() * 0).max(2) + 1);
+        format!(
+            "{}\n\n{fence}text\n{shown}\n{}{}\n{fence}\n\nUsage: `/deploy [--base=stg|prod] [--env=NAME] [--ttl=DURATION] [--only=C,..|--without=C,..] [--dry-run] [COMPONENT=REF ...]`; \
+             `/deploy help` lists the components.",
+            self.message,
+            " ".repeat(caret_col),
+            "^".repeat(caret_len),
+        )
+    }
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// Parse a duration made of hours and minutes: `90m`, `2h`, `1h30m` (units in
+/// that order, each at most once, total positive). `None` for anything else:
+/// `0m`, `1.5h`, `-1h`, `h`, `45s`, overflow.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let mut total: u64 = 0;
+    let mut rest = s;
+    let mut seen_unit = false;
+    for (unit, secs) in [('h', 3600u64), ('m', 60)] {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || !rest[digits..].starts_with(unit) {
+            continue;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        total = total.checked_add(n.checked_mul(secs)?)?;
+        rest = &rest[digits + 1..];
+        seen_unit = true;
+    }
+    (seen_unit && rest.is_empty() && total > 0).then(|| Duration::from_secs(total))
+}
+
+/// Format a duration as [`parse_duration`] reads it: 5400 s → `1h30m`,
+/// 7200 s → `2h`, 600 s → `10m`. Leftover seconds (which the grammar never
+/// produces) are shown as `Ns`; zero is `0m`.
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    let mut out = String::new();
+    for (n, unit) in [(h, 'h'), (m, 'm'), (s, 's')] {
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+        }
+    }
+    if out.is_empty() { "0m".into() } else { out }
+}
+
+/// Usage text (markdown): the commands, the ref and duration forms, the
+/// components with their aliases and repositories (retired ones marked), and
+/// the environments.
+pub fn help_text(vocab: &Vocabulary) -> String {
+    let p = &vocab.prefix;
+    let max = format_duration(vocab.max_ttl);
+    let mut out = format!(
+        "**Usage**\n\n```text\n\
+         {p} [--base=stg|prod] [--env=NAME] [--ttl=DURATION] [--only=C,C..|--without=C,C..] [--dry-run] [C=REF ...]\n\
+         {p} status          show environments, holders, expiries and the queue\n\
+         {p} release [ENV]   free the environment this PR holds (or ENV)\n\
+         {p} extend DURATION lengthen this PR's hold (up to {max})\n\
+         {p} cancel [JOB]    cancel this PR's queued or running request\n\
+         {p} help            this text\n```\n\n\
+         - `REF` is a PR (`123`, `#123` or the PR's URL), a branch (`branch:main`) or a commit (`@1a2b3c4`, 7 to 40 hex digits).\n\
+         - `DURATION` is hours and minutes: `90m`, `2h`, `1h30m` (at most {max}).\n\
+         - A command on a component's PR deploys that PR too, unless the command names the component.\n\
+         - Components without a ref use the `--base` images (`stg` by default).\n\
+         - Example: `{p} --base=prod packit-service=614 ogr=123`\n\n\
+         **Components**\n\n| component | aliases | repository |\n| --- | --- | --- |\n"
+    );
+    for c in &vocab.components {
+        let aliases: Vec<String> = c.aliases.iter().map(|a| format!("`{a}`")).collect();
+        let retired = if c.retired { " (retired, not deployed)" } else { "" };
+        out.push_str(&format!("| `{}`{retired} | {} | {} |\n", c.name, aliases.join(", "), c.repo));
+    }
+    let envs: Vec<String> = vocab.environments.iter().map(|e| code(e)).collect();
+    out.push_str(&format!("\n**Environments**: {}\n", envs.join(", ")));
+    out
+}
+
+/// Serde helper: a [`Duration`] as whole seconds.
+pub mod secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// Serialise as whole seconds.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_secs())
+    }
+
+    /// Deserialise from whole seconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_secs)
+    }
+}
+
+/// Serde helper: an optional [`Duration`] as whole seconds or `null`.
+pub mod opt_secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// Serialise as whole seconds or `null`.
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.as_secs()),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Deserialise from whole seconds or `null`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<u64>::deserialize(d).map(|o| o.map(Duration::from_secs))
+    }
+}

@@ -1,0 +1,543 @@
+//! Typed configuration, validated once at start.
+//!
+//! The file (TOML) describes *what* deploybot deploys: components, images,
+//! environments and the permission policy. Secrets and locations come from the
+//! environment (see [`Settings`]), never from this file.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Vocabulary, VocabComponent, format_duration, parse_duration};
+
+/// The Packit configuration, compiled in and used when no file is given.
+pub const PACKIT_TOML: &str = include_str!("../deploy/packit.toml");
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub bot: BotConfig,
+    #[serde(default)]
+    pub github: GitHubConfig,
+    #[serde(default)]
+    pub permissions: PermissionConfig,
+    #[serde(rename = "component", default)]
+    pub components: Vec<Component>,
+    #[serde(rename = "environment", default)]
+    pub environments: Vec<Environment>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BotConfig {
+    /// The command prefix, e.g. `/deploy` (a staging bot might use `/deploy-stg`).
+    pub command_prefix: String,
+    /// The label that requests a deployment of the labelled PR.
+    pub trigger_label: String,
+    /// Public URL of this deploybot, for links in comments and check runs.
+    pub public_url: String,
+    /// Largest webhook body accepted, in bytes (413 beyond it).
+    pub max_body_bytes: usize,
+}
+
+impl Default for BotConfig {
+    fn default() -> Self {
+        BotConfig {
+            command_prefix: "/deploy".into(),
+            trigger_label: "deploy-test".into(),
+            public_url: "http://localhost:8080".into(),
+            max_body_bytes: 5 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GitHubConfig {
+    /// The App's id; `DEPLOYBOT_GITHUB_APP_ID` overrides it.
+    pub app_id: Option<u64>,
+    /// The API's base URL; `DEPLOYBOT_GITHUB_API_URL` overrides it.
+    pub api_url: Option<String>,
+    /// The App's bot login (e.g. `deploybot[bot]`), whose comments are ignored.
+    pub bot_login: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PermissionConfig {
+    /// The least repository permission that may deploy: `write`, `maintain` or `admin`.
+    pub min_permission: String,
+    /// Users allowed whatever their repository permission.
+    pub allow_users: Vec<String>,
+    /// Org teams (`org/team-slug`) whose members are allowed.
+    pub allow_teams: Vec<String>,
+    /// How long a permission answer from GitHub is reused, e.g. `1m`.
+    pub cache_ttl: String,
+}
+
+impl Default for PermissionConfig {
+    fn default() -> Self {
+        PermissionConfig {
+            min_permission: "write".into(),
+            allow_users: Vec::new(),
+            allow_teams: Vec::new(),
+            cache_ttl: "1m".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ComponentKind {
+    /// Builds its own images and is deployed.
+    Service,
+    /// Installed into the images of other components (overlay builds).
+    Library,
+    /// Carries the deployment playbooks/manifests; builds nothing.
+    Deployer,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Component {
+    pub name: String,
+    /// `owner/name` on GitHub.
+    pub repo: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    pub kind: ComponentKind,
+    /// Known but no longer deployed; requests naming it are answered "retired".
+    #[serde(default)]
+    pub retired: bool,
+    /// Why it is retired (shown to users).
+    #[serde(default)]
+    pub retired_note: Option<String>,
+    /// Images this component builds.
+    #[serde(rename = "image", default)]
+    pub images: Vec<Image>,
+    /// For libraries: the images (of other components) that install this one.
+    #[serde(default)]
+    pub changes: Vec<String>,
+    /// For libraries: how the overlay installs it (a Containerfile in deploybot's
+    /// own template set, parameterised by the pinned SHA).
+    #[serde(default)]
+    pub install: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    /// Image repository, e.g. `quay.io/packit/packit-service`.
+    pub name: String,
+    /// Containerfile path inside the component's repository.
+    pub containerfile: String,
+    /// Build arguments; a value may depend on the base (`{ stg = "main", prod = "stable" }`).
+    #[serde(default)]
+    pub build_args: BTreeMap<String, BuildArg>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum BuildArg {
+    Fixed(String),
+    PerBase { stg: String, prod: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EnvironmentKind {
+    /// Plans without building or deploying.
+    DryRun,
+    /// A Kubernetes namespace.
+    Kubernetes,
+    /// An OpenShift project (ImageStreams, Builds).
+    Openshift,
+    /// A configured command deploys.
+    Command,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    pub name: String,
+    pub kind: EnvironmentKind,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Where the deployed instance answers (GitHub deployment's environment URL).
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default = "default_ttl")]
+    pub default_ttl: String,
+    #[serde(default = "max_ttl")]
+    pub max_ttl: String,
+}
+
+fn default_ttl() -> String {
+    "2h".into()
+}
+fn max_ttl() -> String {
+    "8h".into()
+}
+
+impl Environment {
+    pub fn default_ttl(&self) -> Duration {
+        parse_duration(&self.default_ttl).unwrap_or(Duration::from_secs(7200))
+    }
+    pub fn max_ttl(&self) -> Duration {
+        parse_duration(&self.max_ttl).unwrap_or(Duration::from_secs(8 * 3600))
+    }
+}
+
+/// Where the configuration came from, for the start-up message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    File(PathBuf),
+    BuiltInDefault,
+}
+
+impl Config {
+    /// Parse and validate a configuration text.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Read and validate a configuration file.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The default when no file is given: Packit's components with one
+    /// `dry-run` environment named `dev`.
+    pub fn builtin_default() -> Config {
+        let mut config = match Config::from_toml(PACKIT_TOML) {
+            Ok(config) => config,
+            // deploy/packit.toml is validated by a unit test; this cannot happen in a release.
+            Err(e) => panic!("compiled-in deploy/packit.toml is invalid: {e}"),
+        };
+        config.environments = vec![Environment {
+            name: "dev".into(),
+            kind: EnvironmentKind::DryRun,
+            namespace: None,
+            url: None,
+            default_ttl: default_ttl(),
+            max_ttl: max_ttl(),
+        }];
+        config
+    }
+
+    /// Every problem at once, one per line, so an operator fixes them in one go.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        let prefix = &self.bot.command_prefix;
+        if !prefix.starts_with('/') || prefix.len() < 2 || prefix.chars().any(char::is_whitespace) {
+            problems.push(format!(
+                "bot.command_prefix {prefix:?} must start with '/' and contain no spaces"
+            ));
+        }
+        if self.bot.trigger_label.trim().is_empty() {
+            problems.push("bot.trigger_label must not be empty".into());
+        }
+        if self.bot.max_body_bytes < 1024 {
+            problems.push("bot.max_body_bytes must be at least 1024".into());
+        }
+        if !matches!(
+            self.permissions.min_permission.as_str(),
+            "write" | "maintain" | "admin"
+        ) {
+            problems.push(format!(
+                "permissions.min_permission {:?} must be one of write, maintain, admin",
+                self.permissions.min_permission
+            ));
+        }
+        if parse_duration(&self.permissions.cache_ttl).is_none() {
+            problems.push(format!(
+                "permissions.cache_ttl {:?} is not a duration like 1m or 2h",
+                self.permissions.cache_ttl
+            ));
+        }
+        for team in &self.permissions.allow_teams {
+            if team.split('/').count() != 2 || team.split('/').any(|p| !is_github_name(p)) {
+                problems.push(format!(
+                    "permissions.allow_teams entry {team:?} must look like org/team-slug"
+                ));
+            }
+        }
+        if self.components.is_empty() {
+            problems.push("at least one [[component]] is required".into());
+        }
+        let mut names = HashSet::new();
+        let mut images = HashSet::new();
+        for c in &self.components {
+            if !is_component_name(&c.name) {
+                problems.push(format!(
+                    "component name {:?} may only contain a-z, 0-9, '-', '_' and '.'",
+                    c.name
+                ));
+            }
+            for n in std::iter::once(&c.name).chain(&c.aliases) {
+                if !names.insert(n.to_ascii_lowercase()) {
+                    problems.push(format!(
+                        "component name or alias {n:?} is used twice"
+                    ));
+                }
+                if !is_component_name(n) {
+                    problems.push(format!("alias {n:?} of {} is not a valid name", c.name));
+                }
+            }
+            if c.repo.split('/').count() != 2 || c.repo.split('/').any(|p| !is_github_name(p)) {
+                problems.push(format!(
+                    "component {}: repo {:?} must look like owner/name",
+                    c.name, c.repo
+                ));
+            }
+            for image in &c.images {
+                if !images.insert(image.name.clone()) {
+                    problems.push(format!("image {} is built by two components", image.name));
+                }
+            }
+            if c.kind != ComponentKind::Library && !c.changes.is_empty() {
+                problems.push(format!(
+                    "component {}: only a library may list `changes`",
+                    c.name
+                ));
+            }
+        }
+        for c in &self.components {
+            for changed in &c.changes {
+                if !images.contains(changed) {
+                    problems.push(format!(
+                        "component {}: changes {changed:?}, which no component builds",
+                        c.name
+                    ));
+                }
+            }
+        }
+        let mut env_names = HashSet::new();
+        for e in &self.environments {
+            if !is_component_name(&e.name) {
+                problems.push(format!("environment name {:?} is not a valid name", e.name));
+            }
+            if !env_names.insert(e.name.clone()) {
+                problems.push(format!("environment {} is defined twice", e.name));
+            }
+            match (parse_duration(&e.default_ttl), parse_duration(&e.max_ttl)) {
+                (Some(d), Some(m)) if d > m => problems.push(format!(
+                    "environment {}: default_ttl {} is above max_ttl {}",
+                    e.name, e.default_ttl, e.max_ttl
+                )),
+                (Some(_), Some(_)) => {}
+                _ => problems.push(format!(
+                    "environment {}: default_ttl and max_ttl must be durations like 2h or 90m",
+                    e.name
+                )),
+            }
+            if matches!(e.kind, EnvironmentKind::Kubernetes | EnvironmentKind::Openshift)
+                && e.namespace.is_none()
+            {
+                problems.push(format!("environment {} needs a namespace", e.name));
+            }
+        }
+        if self.environments.is_empty() {
+            problems.push("at least one [[environment]] is required".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+
+    pub fn component(&self, name: &str) -> Option<&Component> {
+        self.components.iter().find(|c| c.name == name)
+    }
+
+    /// The component whose GitHub repository is `repo` (`owner/name`, case-insensitive).
+    pub fn component_by_repo(&self, repo: &str) -> Option<&Component> {
+        self.components
+            .iter()
+            .find(|c| c.repo.eq_ignore_ascii_case(repo))
+    }
+
+    pub fn environment(&self, name: &str) -> Option<&Environment> {
+        self.environments.iter().find(|e| e.name == name)
+    }
+
+    pub fn default_environment(&self) -> &Environment {
+        // validate() guarantees at least one environment.
+        &self.environments[0]
+    }
+
+    /// What the command grammar needs to know.
+    pub fn vocabulary(&self) -> Vocabulary {
+        Vocabulary {
+            prefix: self.bot.command_prefix.clone(),
+            components: self
+                .components
+                .iter()
+                .map(|c| VocabComponent {
+                    name: c.name.clone(),
+                    aliases: c.aliases.clone(),
+                    repo: c.repo.clone(),
+                    retired: c.retired,
+                })
+                .collect(),
+            environments: self.environments.iter().map(|e| e.name.clone()).collect(),
+            max_ttl: self
+                .environments
+                .iter()
+                .map(Environment::max_ttl)
+                .max()
+                .unwrap_or(Duration::from_secs(8 * 3600)),
+        }
+    }
+
+    pub fn permission_cache_ttl(&self) -> Duration {
+        parse_duration(&self.permissions.cache_ttl).unwrap_or(Duration::from_secs(60))
+    }
+
+    /// A one-paragraph summary for `check-config` and the start-up log.
+    pub fn summary(&self) -> String {
+        let components: Vec<String> = self
+            .components
+            .iter()
+            .map(|c| {
+                if c.retired {
+                    format!("{} (retired)", c.name)
+                } else {
+                    c.name.clone()
+                }
+            })
+            .collect();
+        let envs: Vec<String> = self
+            .environments
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} ({:?}, ttl {} up to {})",
+                    e.name,
+                    e.kind,
+                    format_duration(e.default_ttl()),
+                    format_duration(e.max_ttl())
+                )
+            })
+            .collect();
+        format!(
+            "{} components: {}; environments: {}; prefix {}; label {}",
+            self.components.len(),
+            components.join(", "),
+            envs.join(", "),
+            self.bot.command_prefix,
+            self.bot.trigger_label
+        )
+    }
+}
+
+fn is_github_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 100
+        && s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s != "."
+        && s != ".."
+}
+
+fn is_component_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.')
+        })
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packit_configuration_is_valid_and_complete() {
+        let config = Config::from_toml(PACKIT_TOML).expect("deploy/packit.toml is valid");
+        let names: Vec<&str> = config.components.iter().map(|c| c.name.as_str()).collect();
+        for repo in [
+            "packit-service",
+            "packit",
+            "ogr",
+            "dashboard",
+            "tokman",
+            "sandcastle",
+            "deployment",
+            "packit-service-centosmsg",
+            "packit-service-fedmsg",
+        ] {
+            assert!(names.contains(&repo), "{repo} missing from packit.toml");
+            let c = config.component(repo).expect("component");
+            assert_eq!(c.repo, format!("packit/{repo}"));
+        }
+        assert_eq!(config.components.len(), 9);
+        assert!(config.component("packit-service-centosmsg").expect("c").retired);
+        let ogr = config.component("ogr").expect("ogr");
+        assert_eq!(ogr.kind, ComponentKind::Library);
+        assert!(ogr.changes.contains(&"quay.io/packit/packit-worker".to_string()));
+    }
+
+    #[test]
+    fn builtin_default_has_one_dry_run_dev_environment() {
+        let config = Config::builtin_default();
+        assert_eq!(config.environments.len(), 1);
+        assert_eq!(config.environments[0].name, "dev");
+        assert_eq!(config.environments[0].kind, EnvironmentKind::DryRun);
+        assert_eq!(config.components.len(), 9);
+    }
+
+    #[test]
+    fn problems_are_reported_together_and_clearly() {
+        let text = r#"
+[bot]
+command_prefix = "deploy"
+[permissions]
+min_permission = "read"
+allow_teams = ["justateam"]
+[[component]]
+name = "a"
+repo = "nope"
+kind = "service"
+[[component]]
+name = "b"
+aliases = ["A"]
+repo = "o/b"
+kind = "service"
+changes = ["x"]
+[[environment]]
+name = "dev"
+kind = "openshift"
+default_ttl = "9h"
+"#;
+        let err = Config::from_toml(text).expect_err("invalid");
+        for needle in [
+            "command_prefix",
+            "min_permission",
+            "org/team-slug",
+            "owner/name",
+            "\"A\" is used twice",
+            "only a library",
+            "above max_ttl",
+            "needs a namespace",
+        ] {
+            assert!(err.contains(needle), "{needle:?} not in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = Config::from_toml("[bot]\ncommand_prefx = \"/d\"\n").expect_err("unknown");
+        assert!(err.contains("command_prefx"), "{err}");
+    }
+}

@@ -1,0 +1,424 @@
+//! GitHub App access: one client wrapper over octocrab.
+//!
+//! deploybot authenticates as a GitHub App: an RS256 JWT signed with the App's
+//! key (jsonwebtoken, through octocrab) buys installation tokens, which octocrab
+//! caches and renews shortly before they expire. Everything deploybot asks
+//! GitHub goes through [`GitHub`]; only the reporter uses its writing methods.
+//!
+//! Requests that are safe to repeat (GETs) are retried on 5xx, timeouts and
+//! rate limits; writes are never retried here (the outbox retries them with
+//! duplicate detection), so octocrab's own retry is switched off.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use octocrab::Octocrab;
+use octocrab::models::{AppId, InstallationId as OctoInstallationId};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// An App installation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct InstallationId(pub u64);
+
+/// An issue comment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct CommentId(pub u64);
+
+/// `owner/name`, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RepoName {
+    pub owner: String,
+    pub name: String,
+}
+
+impl RepoName {
+    pub fn parse(full: &str) -> Option<RepoName> {
+        let (owner, name) = full.split_once('/')?;
+        let ok = |s: &str| {
+            !s.is_empty()
+                && s != "."
+                && s != ".."
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        (ok(owner) && ok(name)).then(|| RepoName {
+            owner: owner.to_string(),
+            name: name.to_string(),
+        })
+    }
+
+    fn path(&self) -> String {
+        format!("/repos/{}/{}", self.owner, self.name)
+    }
+}
+
+impl std::fmt::Display for RepoName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.owner, self.name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum GitHubError {
+    /// GitHub answered with an error status.
+    Status {
+        status: u16,
+        message: String,
+        /// How long GitHub asked us to wait (Retry-After or rate-limit reset).
+        retry_after: Option<Duration>,
+    },
+    /// No answer (connection, timeout) or an answer we could not read.
+    Transport(String),
+    /// Credentials are not configured.
+    NotConfigured,
+}
+
+impl GitHubError {
+    /// Worth trying again later.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            GitHubError::Status {
+                status,
+                retry_after,
+                ..
+            } => *status >= 500 || *status == 429 || (*status == 403 && retry_after.is_some()),
+            GitHubError::Transport(_) => true,
+            GitHubError::NotConfigured => false,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            GitHubError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GitHubError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for GitHubError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GitHubError::Status {
+                status, message, ..
+            } => write!(f, "GitHub answered {status}: {message}"),
+            GitHubError::Transport(e) => write!(f, "GitHub unreachable: {e}"),
+            GitHubError::NotConfigured => write!(f, "GitHub credentials are not configured"),
+        }
+    }
+}
+
+impl std::error::Error for GitHubError {}
+
+impl From<octocrab::Error> for GitHubError {
+    fn from(e: octocrab::Error) -> Self {
+        match e {
+            octocrab::Error::GitHub { source, .. } => {
+                let header = |name: &str| {
+                    source
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(name))
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                let retry_after = header("retry-after")
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs)
+                    .or_else(|| {
+                        let exhausted = header("x-ratelimit-remaining").as_deref() == Some("0");
+                        let reset = source.rate_limit_reset?;
+                        let now = u64::try_from(chrono::Utc::now().timestamp()).ok()?;
+                        exhausted.then(|| Duration::from_secs(reset.saturating_sub(now) + 1))
+                    });
+                GitHubError::Status {
+                    status: source.status_code.as_u16(),
+                    message: source.message.clone(),
+                    retry_after,
+                }
+            }
+            other => GitHubError::Transport(other.to_string()),
+        }
+    }
+}
+
+pub type GhResult<T> = Result<T, GitHubError>;
+
+/// Where and how to reach GitHub as the App.
+#[derive(Clone)]
+pub struct GitHubSettings {
+    pub api_url: String,
+    pub app_id: u64,
+    /// The App's private key (PEM). Never logged.
+    pub private_key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for GitHubSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitHubSettings")
+            .field("api_url", &self.api_url)
+            .field("app_id", &self.app_id)
+            .field("private_key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The App's client: one octocrab per installation, sharing one HTTP client.
+#[derive(Clone)]
+pub struct GitHub {
+    app: Octocrab,
+    installations: Arc<Mutex<HashMap<u64, Octocrab>>>,
+    api_url: String,
+}
+
+impl std::fmt::Debug for GitHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitHub")
+            .field("api_url", &self.api_url)
+            .finish()
+    }
+}
+
+const GET_ATTEMPTS: u32 = 3;
+
+impl GitHub {
+    pub fn new(settings: &GitHubSettings) -> Result<GitHub, String> {
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(&settings.private_key_pem)
+            .map_err(|e| format!("the GitHub App private key is not a valid RSA PEM key: {e}"))?;
+        let app = Octocrab::builder()
+            .base_uri(settings.api_url.as_str())
+            .map_err(|e| format!("DEPLOYBOT_GITHUB_API_URL is not a valid URL: {e}"))?
+            .add_retry_config(octocrab::service::middleware::retry::RetryConfig::None)
+            .set_connect_timeout(Some(Duration::from_secs(5)))
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .set_write_timeout(Some(Duration::from_secs(20)))
+            .app(AppId(settings.app_id), key)
+            .build()
+            .map_err(|e| format!("cannot build the GitHub client: {e}"))?;
+        Ok(GitHub {
+            app,
+            installations: Arc::new(Mutex::new(HashMap::new())),
+            api_url: settings.api_url.clone(),
+        })
+    }
+
+    pub fn api_url(&self) -> &str {
+        &self.api_url
+    }
+
+    fn installation(&self, id: InstallationId) -> GhResult<Octocrab> {
+        let mut map = self
+            .installations
+            .lock()
+            .map_err(|_| GitHubError::Transport("client cache poisoned".into()))?;
+        if let Some(client) = map.get(&id.0) {
+            return Ok(client.clone());
+        }
+        let client = self.app.installation(OctoInstallationId(id.0))?;
+        map.insert(id.0, client.clone());
+        Ok(client)
+    }
+
+    /// GET with retries for transient failures (safe to repeat).
+    async fn get_json<T: DeserializeOwned>(&self, client: &Octocrab, route: &str) -> GhResult<T> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match client.get::<T, _, ()>(route, None).await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    let e = GitHubError::from(e);
+                    if !e.is_transient() || attempt >= GET_ATTEMPTS {
+                        return Err(e);
+                    }
+                    let wait = e
+                        .retry_after()
+                        .unwrap_or(Duration::from_millis(200 * 2u64.pow(attempt)))
+                        .min(Duration::from_secs(10));
+                    tracing::warn!(route, attempt, error = %e, "GitHub GET failed, retrying");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// The installation that covers `repo` (asked as the App).
+    pub async fn repo_installation(&self, repo: &RepoName) -> GhResult<InstallationId> {
+        #[derive(Deserialize)]
+        struct Inst {
+            id: u64,
+        }
+        let inst: Inst = self
+            .get_json(&self.app, &format!("{}/installation", repo.path()))
+            .await?;
+        Ok(InstallationId(inst.id))
+    }
+
+    /// The user's permission on `repo`: GitHub's `role_name` (admin, maintain,
+    /// write, triage, read) or, failing that, the legacy `permission`.
+    pub async fn permission(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        login: &str,
+    ) -> GhResult<String> {
+        #[derive(Deserialize)]
+        struct Perm {
+            permission: String,
+            #[serde(default)]
+            role_name: Option<String>,
+        }
+        let client = self.installation(inst)?;
+        let route = format!(
+            "{}/collaborators/{}/permission",
+            repo.path(),
+            path_segment(login)
+        );
+        match self.get_json::<Perm>(&client, &route).await {
+            Ok(p) => Ok(p.role_name.filter(|r| !r.is_empty()).unwrap_or(p.permission)),
+            // Not a collaborator (or no such user): no permission.
+            Err(GitHubError::Status { status: 404, .. }) => Ok("none".into()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `login` is an active member of `org/team`.
+    pub async fn team_member(
+        &self,
+        inst: InstallationId,
+        org: &str,
+        team: &str,
+        login: &str,
+    ) -> GhResult<bool> {
+        #[derive(Deserialize)]
+        struct Membership {
+            state: String,
+        }
+        let client = self.installation(inst)?;
+        let route = format!(
+            "/orgs/{}/teams/{}/memberships/{}",
+            path_segment(org),
+            path_segment(team),
+            path_segment(login)
+        );
+        match self.get_json::<Membership>(&client, &route).await {
+            Ok(m) => Ok(m.state == "active"),
+            Err(GitHubError::Status { status: 404, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Add a reaction to an issue comment (GitHub answers 200 if it exists already).
+    pub async fn add_reaction(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        comment: CommentId,
+        content: &str,
+    ) -> GhResult<()> {
+        let client = self.installation(inst)?;
+        let route = format!("{}/issues/comments/{}/reactions", repo.path(), comment.0);
+        let body = serde_json::json!({ "content": content });
+        client
+            .post::<_, serde_json::Value>(route, Some(&body))
+            .await?;
+        Ok(())
+    }
+
+    /// Post a comment on an issue or PR; returns its id.
+    pub async fn create_comment(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        number: u64,
+        body: &str,
+    ) -> GhResult<CommentId> {
+        #[derive(Deserialize)]
+        struct Created {
+            id: u64,
+        }
+        let client = self.installation(inst)?;
+        let route = format!("{}/issues/{number}/comments", repo.path());
+        let created: Created = client
+            .post(route, Some(&serde_json::json!({ "body": body })))
+            .await?;
+        Ok(CommentId(created.id))
+    }
+
+    /// All comments of an issue or PR, oldest first, as (id, body).
+    pub async fn list_comments(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        number: u64,
+    ) -> GhResult<Vec<(CommentId, String)>> {
+        #[derive(Deserialize)]
+        struct Comment {
+            id: u64,
+            #[serde(default)]
+            body: Option<String>,
+        }
+        let client = self.installation(inst)?;
+        let mut all = Vec::new();
+        for page in 1..=50 {
+            let route = format!(
+                "{}/issues/{number}/comments?per_page=100&page={page}",
+                repo.path()
+            );
+            let batch: Vec<Comment> = self.get_json(&client, &route).await?;
+            let done = batch.len() < 100;
+            all.extend(
+                batch
+                    .into_iter()
+                    .map(|c| (CommentId(c.id), c.body.unwrap_or_default())),
+            );
+            if done {
+                break;
+            }
+        }
+        Ok(all)
+    }
+}
+
+/// Percent-encode anything but unreserved characters in one path segment.
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_names_are_validated() {
+        assert_eq!(
+            RepoName::parse("packit/ogr").map(|r| r.to_string()),
+            Some("packit/ogr".into())
+        );
+        for bad in ["packit", "packit/", "/ogr", "a/b/c", "a/..", "a/b c", "a/b;rm"] {
+            assert!(RepoName::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(path_segment("dependabot[bot]"), "dependabot%5Bbot%5D");
+        assert_eq!(path_segment("a/../b"), "a%2F..%2Fb");
+    }
+}

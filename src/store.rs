@@ -1,0 +1,644 @@
+//! Durable state: webhook deliveries, triggers awaiting authorisation, the job
+//! queue, job events, the outbox of GitHub reports, refusals and installations.
+//!
+//! One implementation serves PostgreSQL and SQLite through sqlx's `Any` driver:
+//! the SQL is shared (`$N` placeholders work on both), times are unix
+//! milliseconds and JSON is stored as text, so both backends behave the same.
+//! Where the backends differ (row locking when claiming work) [`Backend`]
+//! picks the statement.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Row};
+
+pub type Tx = sqlx::Transaction<'static, Any>;
+
+#[derive(Debug)]
+pub enum StoreError {
+    Db(sqlx::Error),
+    Migrate(sqlx::migrate::MigrateError),
+    Json(serde_json::Error),
+    Config(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Db(e) => write!(f, "database error: {e}"),
+            StoreError::Migrate(e) => write!(f, "migration failed: {e}"),
+            StoreError::Json(e) => write!(f, "stored JSON is invalid: {e}"),
+            StoreError::Config(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Db(e)
+    }
+}
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError::Json(e)
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// The database URL deploybot uses when `DATABASE_URL` is unset.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://deploybot.db";
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// Current time in unix milliseconds.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A unix-millisecond time as RFC 3339 (UTC), for people and APIs.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+impl Store {
+    /// Connect to `postgres://...` or `sqlite://PATH` (the file is created if missing).
+    pub async fn connect(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if url.starts_with("postgres://") || url.starts_with("postgresql://")
+        {
+            (Backend::Postgres, url.to_string())
+        } else if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.trim_start_matches("//");
+            let path = path.split('?').next().unwrap_or(path);
+            if path.is_empty() {
+                return Err(StoreError::Config(
+                    "DATABASE_URL sqlite:// needs a file path, e.g. sqlite://deploybot.db".into(),
+                ));
+            }
+            // Validate early so the operator gets a clear message.
+            sqlx::sqlite::SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?;
+            if let Some(dir) = Path::new(path).parent()
+                && !dir.as_os_str().is_empty()
+                && !dir.exists()
+            {
+                return Err(StoreError::Config(format!(
+                    "DATABASE_URL points into {}, which does not exist",
+                    dir.display()
+                )));
+            }
+            (Backend::Sqlite, format!("sqlite://{path}?mode=rwc"))
+        } else {
+            return Err(StoreError::Config(
+                "DATABASE_URL must start with postgres:// or sqlite://".into(),
+            ));
+        };
+        let max = match backend {
+            Backend::Postgres => 10,
+            // One writer at a time keeps SQLite free of "database is locked".
+            Backend::Sqlite => 1,
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect(&url)
+            .await?;
+        if backend == Backend::Sqlite {
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+            sqlx::query("PRAGMA foreign_keys = ON").execute(&pool).await?;
+        }
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Apply the migrations of this backend (idempotent).
+    pub async fn migrate(&self) -> Result<()> {
+        let result = match self.backend {
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&self.pool).await,
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&self.pool).await,
+        };
+        result.map_err(StoreError::Migrate)
+    }
+
+    pub async fn begin(&self) -> Result<Tx> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// Whether the database answers (for `/readyz`).
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    fn skip_locked(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        }
+    }
+
+    // ---------------------------------------------------------------- deliveries
+
+    /// Record a delivery id; false when it was seen before (a redelivery).
+    pub async fn record_delivery(
+        tx: &mut Tx,
+        id: &str,
+        event: &str,
+        action: Option<&str>,
+        outcome: &str,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO deliveries (id, event, action, received_at, outcome) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(event)
+        .bind(action)
+        .bind(now_ms())
+        .bind(outcome)
+        .execute(&mut **tx)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn delivery_count(&self) -> Result<i64> {
+        Ok(sqlx::query("SELECT COUNT(*) FROM deliveries")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?)
+    }
+
+    // ---------------------------------------------------------------- triggers
+
+    pub async fn insert_trigger<T: Serialize>(
+        tx: &mut Tx,
+        delivery_id: Option<&str>,
+        payload: &T,
+    ) -> Result<i64> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "INSERT INTO triggers (delivery_id, payload, state, run_after, created_at, updated_at) \
+             VALUES ($1, $2, 'pending', $3, $3, $3) RETURNING id",
+        )
+        .bind(delivery_id)
+        .bind(serde_json::to_string(payload)?)
+        .bind(now)
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Claim the oldest pending trigger that is due, locking it for `lock_ms`.
+    pub async fn claim_trigger<T: DeserializeOwned>(
+        &self,
+        lock_ms: i64,
+    ) -> Result<Option<Claimed<T>>> {
+        let now = now_ms();
+        let sql = format!(
+            "UPDATE triggers SET locked_until = $1, attempts = attempts + 1, updated_at = $2 \
+             WHERE id = (SELECT id FROM triggers WHERE state = 'pending' AND run_after <= $2 \
+             AND (locked_until IS NULL OR locked_until < $2) ORDER BY id LIMIT 1 {}) \
+             RETURNING id, payload, attempts",
+            self.skip_locked()
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)) // only a fixed locking clause is spliced in
+            .bind(now + lock_ms)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| Claimed::from_row(&row)).transpose()
+    }
+
+    pub async fn finish_trigger(tx: &mut Tx, id: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE triggers SET state = 'done', locked_until = NULL, updated_at = $2 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Put a trigger back for a later attempt (GitHub was unreachable).
+    pub async fn retry_trigger(&self, id: i64, delay_ms: i64, error: &str) -> Result<()> {
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE triggers SET locked_until = NULL, run_after = $2, last_error = $3, updated_at = $4 \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now + delay_ms)
+        .bind(error)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn pending_triggers(&self) -> Result<i64> {
+        Ok(
+            sqlx::query("SELECT COUNT(*) FROM triggers WHERE state = 'pending'")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get(0)?,
+        )
+    }
+
+    // ---------------------------------------------------------------- jobs
+
+    pub async fn insert_job(tx: &mut Tx, job: &NewJob) -> Result<i64> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "INSERT INTO jobs (state, source, request, requested_by, repo, number, is_pull_request, \
+             comment_id, installation_id, delivery_id, environment, base, run_after, created_at, updated_at) \
+             VALUES ('queued', $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $12) RETURNING id",
+        )
+        .bind(&job.source)
+        .bind(serde_json::to_string(&job.request)?)
+        .bind(&job.requested_by)
+        .bind(&job.repo)
+        .bind(job.number)
+        .bind(i64::from(job.is_pull_request))
+        .bind(job.comment_id)
+        .bind(job.installation_id)
+        .bind(job.delivery_id.as_deref())
+        .bind(&job.environment)
+        .bind(&job.base)
+        .bind(now)
+        .fetch_one(&mut **tx)
+        .await?;
+        let id: i64 = row.try_get(0)?;
+        for (repo, number) in &job.pull_requests {
+            sqlx::query(
+                "INSERT INTO job_pull_requests (job_id, repo, number) VALUES ($1, $2, $3) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(id)
+            .bind(repo)
+            .bind(*number)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Store::add_event(tx, id, "queued", &job.queued_message).await?;
+        Ok(id)
+    }
+
+    /// Jobs, newest first.
+    pub async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>> {
+        let limit = filter.limit.clamp(1, 500);
+        let rows = sqlx::query(
+            "SELECT * FROM jobs WHERE ($1 = '' OR state = $1) AND ($2 = '' OR repo = $2) \
+             AND ($3 = 0 OR number = $3) AND ($4 = '' OR environment = $4) \
+             ORDER BY id DESC LIMIT $5",
+        )
+        .bind(filter.state.as_deref().unwrap_or(""))
+        .bind(filter.repo.as_deref().unwrap_or(""))
+        .bind(filter.number.unwrap_or(0))
+        .bind(filter.environment.as_deref().unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(Job::from_row).collect()
+    }
+
+    pub async fn get_job(&self, id: i64) -> Result<Option<Job>> {
+        let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Job::from_row).transpose()
+    }
+
+    /// Move this PR's queued jobs to `state` (cancelled or superseded); returns their ids.
+    pub async fn end_queued_jobs_of_pr(
+        tx: &mut Tx,
+        repo: &str,
+        number: i64,
+        state: &str,
+        reason: &str,
+    ) -> Result<Vec<i64>> {
+        let now = now_ms();
+        let rows = sqlx::query(
+            "UPDATE jobs SET state = $3, updated_at = $4, finished_at = $4, error = $5 \
+             WHERE state = 'queued' AND id IN \
+             (SELECT job_id FROM job_pull_requests WHERE repo = $1 AND number = $2) RETURNING id",
+        )
+        .bind(repo)
+        .bind(number)
+        .bind(state)
+        .bind(now)
+        .bind(reason)
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut ids = rows
+            .iter()
+            .map(|r| r.try_get::<i64, _>(0))
+            .collect::<Result<Vec<_>, _>>()?;
+        ids.sort_unstable();
+        for id in &ids {
+            Store::add_event(tx, *id, state, reason).await?;
+        }
+        Ok(ids)
+    }
+
+    // ---------------------------------------------------------------- events
+
+    pub async fn add_event(tx: &mut Tx, job_id: i64, step: &str, message: &str) -> Result<()> {
+        sqlx::query("INSERT INTO job_events (job_id, at, step, message) VALUES ($1, $2, $3, $4)")
+            .bind(job_id)
+            .bind(now_ms())
+            .bind(step)
+            .bind(message)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn job_events(&self, job_id: i64) -> Result<Vec<JobEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, at, step, message FROM job_events WHERE job_id = $1 ORDER BY id",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(JobEvent {
+                    id: r.try_get("id")?,
+                    at: rfc3339(r.try_get("at")?),
+                    step: r.try_get("step")?,
+                    message: r.try_get("message")?,
+                })
+            })
+            .collect()
+    }
+
+    // ---------------------------------------------------------------- outbox
+
+    pub async fn enqueue_report<T: Serialize>(
+        tx: &mut Tx,
+        job_id: Option<i64>,
+        kind: &str,
+        payload: &T,
+    ) -> Result<i64> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "INSERT INTO outbox (job_id, kind, payload, state, run_after, created_at) \
+             VALUES ($1, $2, $3, 'pending', $4, $4) RETURNING id",
+        )
+        .bind(job_id)
+        .bind(kind)
+        .bind(serde_json::to_string(payload)?)
+        .bind(now)
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Claim the oldest due report, locking it for `lock_ms` (another replica
+    /// takes it over only if this one dies).
+    pub async fn claim_report<T: DeserializeOwned>(
+        &self,
+        lock_ms: i64,
+    ) -> Result<Option<Claimed<T>>> {
+        let now = now_ms();
+        let sql = format!(
+            "UPDATE outbox SET locked_until = $1, attempts = attempts + 1 \
+             WHERE id = (SELECT id FROM outbox WHERE state = 'pending' AND run_after <= $2 \
+             AND (locked_until IS NULL OR locked_until < $2) ORDER BY id LIMIT 1 {}) \
+             RETURNING id, payload, attempts",
+            self.skip_locked()
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)) // only a fixed locking clause is spliced in
+            .bind(now + lock_ms)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| Claimed::from_row(&row)).transpose()
+    }
+
+    pub async fn report_sent(&self, id: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE outbox SET state = 'sent', sent_at = $2, locked_until = NULL WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Try again after `delay_ms`; or give up (`dead`) when `give_up`.
+    pub async fn report_failed(
+        &self,
+        id: i64,
+        delay_ms: i64,
+        error: &str,
+        give_up: bool,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE outbox SET state = $2, run_after = $3, last_error = $4, locked_until = NULL \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(if give_up { "dead" } else { "pending" })
+        .bind(now_ms() + delay_ms)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Reports not yet delivered (the reporter's backlog).
+    pub async fn pending_reports(&self) -> Result<i64> {
+        Ok(
+            sqlx::query("SELECT COUNT(*) FROM outbox WHERE state = 'pending'")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get(0)?,
+        )
+    }
+
+    /// When the next pending report or trigger is due (unix ms), if any.
+    pub async fn next_due(&self) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT MIN(t) FROM (SELECT MIN(run_after) AS t FROM outbox WHERE state = 'pending' \
+             UNION ALL SELECT MIN(run_after) AS t FROM triggers WHERE state = 'pending') AS due",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?)
+    }
+
+    // ---------------------------------------------------------------- refusals
+
+    /// Record that `login` was refused on this PR/issue; false if already told.
+    pub async fn record_refusal(tx: &mut Tx, repo: &str, number: i64, login: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO refusals (repo, number, login, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(repo)
+        .bind(number)
+        .bind(login)
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    // ---------------------------------------------------------------- installations
+
+    pub async fn set_installation(tx: &mut Tx, repo: &str, installation_id: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO installations (repo, installation_id, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (repo) DO UPDATE SET installation_id = $2, updated_at = $3",
+        )
+        .bind(repo.to_ascii_lowercase())
+        .bind(installation_id)
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn remove_installation(tx: &mut Tx, repo: &str) -> Result<()> {
+        sqlx::query("DELETE FROM installations WHERE repo = $1")
+            .bind(repo.to_ascii_lowercase())
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn installation_for(&self, repo: &str) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT installation_id FROM installations WHERE repo = $1")
+            .bind(repo.to_ascii_lowercase())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+}
+
+/// A claimed trigger or report.
+#[derive(Debug)]
+pub struct Claimed<T> {
+    pub id: i64,
+    pub payload: T,
+    /// Attempts including this one.
+    pub attempts: i64,
+}
+
+impl<T: DeserializeOwned> Claimed<T> {
+    fn from_row(row: &AnyRow) -> Result<Self> {
+        let payload: String = row.try_get("payload")?;
+        Ok(Claimed {
+            id: row.try_get("id")?,
+            payload: serde_json::from_str(&payload)?,
+            attempts: row.try_get("attempts")?,
+        })
+    }
+}
+
+/// What the intake stores for a new job.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub source: String,
+    pub request: serde_json::Value,
+    pub requested_by: String,
+    pub repo: String,
+    pub number: Option<i64>,
+    pub is_pull_request: bool,
+    pub comment_id: Option<i64>,
+    pub installation_id: Option<i64>,
+    pub delivery_id: Option<String>,
+    pub environment: String,
+    pub base: String,
+    /// Every PR the request references, as (`owner/name`, number).
+    pub pull_requests: Vec<(String, i64)>,
+    pub queued_message: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    pub id: i64,
+    pub state: String,
+    pub source: String,
+    pub request: serde_json::Value,
+    pub requested_by: String,
+    pub repo: String,
+    pub number: Option<i64>,
+    pub is_pull_request: bool,
+    pub comment_id: Option<i64>,
+    pub installation_id: Option<i64>,
+    pub environment: String,
+    pub base: String,
+    pub attempts: i64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub finished_at: Option<String>,
+    pub error: Option<String>,
+}
+
+impl Job {
+    fn from_row(r: &AnyRow) -> Result<Job> {
+        let request: String = r.try_get("request")?;
+        let finished: Option<i64> = r.try_get("finished_at")?;
+        Ok(Job {
+            id: r.try_get("id")?,
+            state: r.try_get("state")?,
+            source: r.try_get("source")?,
+            request: serde_json::from_str(&request)?,
+            requested_by: r.try_get("requested_by")?,
+            repo: r.try_get("repo")?,
+            number: r.try_get("number")?,
+            is_pull_request: r.try_get::<i64, _>("is_pull_request")? != 0,
+            comment_id: r.try_get("comment_id")?,
+            installation_id: r.try_get("installation_id")?,
+            environment: r.try_get("environment")?,
+            base: r.try_get("base")?,
+            attempts: r.try_get("attempts")?,
+            created_at: rfc3339(r.try_get("created_at")?),
+            updated_at: rfc3339(r.try_get("updated_at")?),
+            finished_at: finished.map(rfc3339),
+            error: r.try_get("error")?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobEvent {
+    pub id: i64,
+    pub at: String,
+    pub step: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub state: Option<String>,
+    pub repo: Option<String>,
+    pub number: Option<i64>,
+    pub environment: Option<String>,
+    pub limit: i64,
+}

@@ -1,0 +1,214 @@
+//! HTTP: the webhook, the read API, health.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::command::{ComponentRef, DeployRequest};
+use crate::config::{Config, ConfigSource};
+use crate::settings::Settings;
+use crate::store::{Job, JobFilter, Store};
+
+/// Shared by every request.
+pub struct AppState {
+    pub store: Store,
+    pub config: Arc<Config>,
+    pub settings: Settings,
+    /// Wakes the intake processor and reporter after a commit.
+    pub wake: Arc<Notify>,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.bot.max_body_bytes;
+    Router::new()
+        .route(
+            "/webhook",
+            post(crate::webhook::receive).layer(DefaultBodyLimit::max(limit)),
+        )
+        .route("/api/v1/jobs", get(list_jobs))
+        .route("/api/v1/jobs/{id}", get(get_job))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    pub id: i64,
+    pub state: String,
+    pub source: String,
+    pub requested_by: String,
+    pub repository: String,
+    pub pull_request: Option<i64>,
+    pub issue: Option<i64>,
+    pub base: String,
+    pub environment: String,
+    pub dry_run: bool,
+    pub components: Vec<ComponentView>,
+    pub only: Vec<String>,
+    pub without: Vec<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub finished_at: Option<String>,
+    pub error: Option<String>,
+    pub url: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ComponentView {
+    pub component: String,
+    #[serde(rename = "ref")]
+    pub reference: String,
+}
+
+impl JobView {
+    fn new(job: Job, config: &Config) -> JobView {
+        let request: DeployRequest = serde_json::from_value(job.request).unwrap_or_default();
+        JobView {
+            id: job.id,
+            state: job.state,
+            source: job.source,
+            requested_by: job.requested_by,
+            pull_request: job.number.filter(|_| job.is_pull_request),
+            issue: job.number.filter(|_| !job.is_pull_request),
+            repository: job.repo,
+            base: job.base,
+            environment: job.environment,
+            dry_run: request.dry_run,
+            components: request
+                .refs
+                .iter()
+                .map(|ComponentRef { component, reference }| ComponentView {
+                    component: component.clone(),
+                    reference: reference.to_string(),
+                })
+                .collect(),
+            only: request.only,
+            without: request.without,
+            created_at: job.created_at,
+            updated_at: job.updated_at,
+            finished_at: job.finished_at,
+            error: job.error,
+            url: format!(
+                "{}/api/v1/jobs/{}",
+                config.bot.public_url.trim_end_matches('/'),
+                job.id
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct JobQuery {
+    state: Option<String>,
+    repository: Option<String>,
+    pull_request: Option<i64>,
+    environment: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_jobs(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<JobQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad query: use state, repository, pull_request, environment, limit",
+        );
+    };
+    let filter = JobFilter {
+        state: q.state,
+        repo: q.repository,
+        number: q.pull_request,
+        environment: q.environment,
+        limit: q.limit.unwrap_or(50),
+    };
+    match state.store.list_jobs(&filter).await {
+        Ok(jobs) => {
+            let views: Vec<JobView> = jobs
+                .into_iter()
+                .map(|j| JobView::new(j, &state.config))
+                .collect();
+            Json(json!({ "jobs": views })).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list jobs");
+            error(StatusCode::SERVICE_UNAVAILABLE, "the database is unavailable")
+        }
+    }
+}
+
+async fn get_job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<i64>() else {
+        return error(StatusCode::BAD_REQUEST, "a job id is a number");
+    };
+    let (job, events) = match (state.store.get_job(id).await, state.store.job_events(id).await) {
+        (Ok(job), Ok(events)) => (job, events),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot read job");
+            return error(StatusCode::SERVICE_UNAVAILABLE, "the database is unavailable");
+        }
+    };
+    match job {
+        Some(job) => {
+            let view = JobView::new(job, &state.config);
+            let mut value = serde_json::to_value(view).unwrap_or_default();
+            value["events"] = serde_json::to_value(events).unwrap_or_default();
+            Json(value).into_response()
+        }
+        None => error(StatusCode::NOT_FOUND, format!("no job {id}")),
+    }
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    let config = match &state.settings.config_source {
+        ConfigSource::File(p) => format!("file {}", p.display()),
+        ConfigSource::BuiltInDefault => {
+            "built-in default (Packit components, one dry-run environment `dev`)".into()
+        }
+    };
+    let github = match state.settings.github_off_reason() {
+        Some(reason) => json!({ "reporting": "off", "reason": reason }),
+        None => json!({ "reporting": "on" }),
+    };
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "database": state.store.backend(),
+        "config": config,
+        "github": github,
+        "webhook_secrets": state.settings.webhook_secrets.len(),
+    }))
+    .into_response()
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.store.ping().await {
+        Json(json!({ "ready": true })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "reason": "database unreachable" })),
+        )
+            .into_response()
+    }
+}

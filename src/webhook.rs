@@ -1,0 +1,511 @@
+//! `POST /webhook`: verify the signature on the raw body, decode the event,
+//! and commit what it asks for (delivery, trigger, cancellations) before
+//! answering. Nothing here waits for GitHub's API.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hmac::{Hmac, KeyInit, Mac};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::Sha256;
+
+use crate::command::new_command_lines;
+use crate::config::Config;
+use crate::intake::Trigger;
+use crate::settings::Secret;
+use crate::store::Store;
+use crate::web::AppState;
+
+/// `sha256=<hex>` of HMAC-SHA256(secret, body), as GitHub signs deliveries.
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256=");
+    for b in digest.iter() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// Whether `header` is a valid signature of `body` under any of `secrets`.
+/// The comparison is constant-time (`Mac::verify_slice`).
+pub fn verify(secrets: &[Secret], body: &[u8], header: &str) -> bool {
+    let Some(hex) = header.trim().strip_prefix("sha256=") else {
+        return false;
+    };
+    let Some(expected) = decode_hex(hex) else {
+        return false;
+    };
+    if expected.len() != 32 {
+        return false;
+    }
+    // Check every secret (no early exit) so timing says nothing about which matched.
+    let mut ok = false;
+    for secret in secrets {
+        let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.expose().as_bytes())
+        else {
+            continue;
+        };
+        mac.update(body);
+        ok |= mac.verify_slice(&expected).is_ok();
+    }
+    ok
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// What a delivery asks deploybot to do, decided without I/O.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Needs authorisation (GitHub's API) before it becomes jobs.
+    Trigger(Trigger),
+    /// Cancel the queued requests of a PR.
+    CancelPr {
+        repo: String,
+        number: i64,
+        reason: String,
+    },
+    SetInstallation {
+        repo: String,
+        installation_id: i64,
+    },
+    RemoveInstallation {
+        repo: String,
+    },
+}
+
+/// The events deploybot handles; anything else is acknowledged and ignored.
+pub fn handles(event: &str) -> bool {
+    matches!(
+        event,
+        "issue_comment" | "pull_request" | "ping" | "installation" | "installation_repositories"
+    )
+}
+
+#[derive(Deserialize)]
+struct User {
+    login: String,
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Repository {
+    full_name: String,
+}
+
+#[derive(Deserialize)]
+struct Installation {
+    id: i64,
+}
+
+#[derive(Deserialize)]
+struct Label {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct CommentEvent {
+    action: String,
+    issue: Issue,
+    comment: Comment,
+    repository: Repository,
+    sender: User,
+    #[serde(default)]
+    installation: Option<Installation>,
+    #[serde(default)]
+    changes: Option<Changes>,
+}
+
+#[derive(Deserialize)]
+struct Issue {
+    number: i64,
+    #[serde(default)]
+    pull_request: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct Comment {
+    id: i64,
+    #[serde(default)]
+    body: Option<String>,
+    user: User,
+}
+
+#[derive(Deserialize)]
+struct Changes {
+    #[serde(default)]
+    body: Option<Change>,
+}
+
+#[derive(Deserialize)]
+struct Change {
+    from: String,
+}
+
+#[derive(Deserialize)]
+struct PullRequestEvent {
+    action: String,
+    number: i64,
+    pull_request: PullRequest,
+    repository: Repository,
+    sender: User,
+    #[serde(default)]
+    label: Option<Label>,
+    #[serde(default)]
+    installation: Option<Installation>,
+}
+
+#[derive(Deserialize)]
+struct PullRequest {
+    state: String,
+    user: User,
+    head: Head,
+    #[serde(default)]
+    labels: Vec<Label>,
+}
+
+#[derive(Deserialize)]
+struct Head {
+    sha: String,
+}
+
+#[derive(Deserialize)]
+struct InstallationEvent {
+    action: String,
+    installation: Installation,
+    #[serde(default)]
+    repositories: Option<Vec<Repository>>,
+    #[serde(default)]
+    repositories_added: Vec<Repository>,
+    #[serde(default)]
+    repositories_removed: Vec<Repository>,
+}
+
+fn is_bot(user: &User, config: &Config) -> bool {
+    user.kind.as_deref() == Some("Bot")
+        || user.login.ends_with("[bot]")
+        || config
+            .github
+            .bot_login
+            .as_deref()
+            .is_some_and(|b| b.eq_ignore_ascii_case(&user.login))
+}
+
+/// Decode a delivery into effects. `Err` is a payload that does not have the
+/// shape of its event (400); `Ok(vec![])` is a valid event with nothing to do.
+pub fn decode(
+    event: &str,
+    body: &[u8],
+    config: &Config,
+) -> Result<(Option<String>, Vec<Effect>, &'static str), String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("malformed JSON: {e}"))?;
+    let action = value
+        .get("action")
+        .and_then(|a| a.as_str())
+        .map(str::to_string);
+    let shape = |e: serde_json::Error| format!("payload is not a valid {event} event: {e}");
+    let (effects, outcome) = match event {
+        "ping" => (vec![], "pong"),
+        "issue_comment" => {
+            let ev: CommentEvent = serde_json::from_value(value).map_err(shape)?;
+            decode_comment(ev, config)
+        }
+        "pull_request" => {
+            let ev: PullRequestEvent = serde_json::from_value(value).map_err(shape)?;
+            decode_pull_request(ev, config)
+        }
+        "installation" | "installation_repositories" => {
+            let ev: InstallationEvent = serde_json::from_value(value).map_err(shape)?;
+            decode_installation(ev)
+        }
+        _ => (vec![], "ignored: event not handled"),
+    };
+    Ok((action, effects, outcome))
+}
+
+fn decode_comment(ev: CommentEvent, config: &Config) -> (Vec<Effect>, &'static str) {
+    if ev.action != "created" && ev.action != "edited" {
+        return (vec![], "ignored: comment action not handled");
+    }
+    if is_bot(&ev.comment.user, config) || is_bot(&ev.sender, config) {
+        return (vec![], "ignored: comment by a bot");
+    }
+    if config.component_by_repo(&ev.repository.full_name).is_none() {
+        return (vec![], "ignored: repository not configured");
+    }
+    let body = ev.comment.body.unwrap_or_default();
+    let prefix = &config.bot.command_prefix;
+    let old = match (&ev.action[..], ev.changes.and_then(|c| c.body)) {
+        ("edited", Some(change)) => change.from,
+        ("edited", None) => body.clone(), // title edit etc.: nothing new
+        _ => String::new(),
+    };
+    let lines: Vec<String> = new_command_lines(&old, &body, prefix)
+        .into_iter()
+        .map(|l| l.text)
+        .collect();
+    if lines.is_empty() {
+        return (vec![], "ignored: no command");
+    }
+    (
+        vec![Effect::Trigger(Trigger::Comment {
+            repo: ev.repository.full_name,
+            number: ev.issue.number,
+            is_pull_request: ev.issue.pull_request.is_some(),
+            comment_id: ev.comment.id,
+            author: ev.comment.user.login,
+            installation_id: ev.installation.map(|i| i.id),
+            lines,
+        })],
+        "command received",
+    )
+}
+
+fn decode_pull_request(ev: PullRequestEvent, config: &Config) -> (Vec<Effect>, &'static str) {
+    if config.component_by_repo(&ev.repository.full_name).is_none() {
+        return (vec![], "ignored: repository not configured");
+    }
+    let label = &config.bot.trigger_label;
+    let labelled = ev.pull_request.labels.iter().any(|l| &l.name == label);
+    let this_label = ev.label.as_ref().is_some_and(|l| &l.name == label);
+    let repo = ev.repository.full_name;
+    let installation_id = ev.installation.map(|i| i.id);
+    match ev.action.as_str() {
+        "labeled" if this_label && ev.pull_request.state == "open" => {
+            if is_bot(&ev.sender, config) {
+                return (vec![], "ignored: label added by a bot");
+            }
+            (
+                vec![Effect::Trigger(Trigger::Label {
+                    repo,
+                    number: ev.number,
+                    sender: ev.sender.login,
+                    pr_author: ev.pull_request.user.login,
+                    head_sha: ev.pull_request.head.sha,
+                    installation_id,
+                })],
+                "label trigger received",
+            )
+        }
+        "unlabeled" if this_label => (
+            vec![Effect::CancelPr {
+                repo,
+                number: ev.number,
+                reason: format!("the `{label}` label was removed by @{}", ev.sender.login),
+            }],
+            "label removed: queued requests cancelled",
+        ),
+        "synchronize" if labelled && ev.pull_request.state == "open" => (
+            vec![Effect::Trigger(Trigger::Synchronize {
+                repo,
+                number: ev.number,
+                sender: ev.sender.login,
+                pr_author: ev.pull_request.user.login,
+                head_sha: ev.pull_request.head.sha,
+                installation_id,
+            })],
+            "new commits on a labelled PR",
+        ),
+        "closed" => (
+            vec![Effect::CancelPr {
+                repo,
+                number: ev.number,
+                reason: "the pull request was closed".into(),
+            }],
+            "PR closed: queued requests cancelled",
+        ),
+        _ => (vec![], "ignored: pull_request action not relevant"),
+    }
+}
+
+fn decode_installation(ev: InstallationEvent) -> (Vec<Effect>, &'static str) {
+    let id = ev.installation.id;
+    let set = |r: Repository| Effect::SetInstallation {
+        repo: r.full_name,
+        installation_id: id,
+    };
+    let remove = |r: Repository| Effect::RemoveInstallation { repo: r.full_name };
+    let effects: Vec<Effect> = match ev.action.as_str() {
+        "created" | "new_permissions_accepted" | "unsuspend" => ev
+            .repositories
+            .unwrap_or_default()
+            .into_iter()
+            .map(set)
+            .collect(),
+        "deleted" | "suspend" => ev
+            .repositories
+            .unwrap_or_default()
+            .into_iter()
+            .map(remove)
+            .collect(),
+        "added" | "removed" => ev
+            .repositories_added
+            .into_iter()
+            .map(set)
+            .chain(ev.repositories_removed.into_iter().map(remove))
+            .collect(),
+        _ => vec![],
+    };
+    (effects, "installation recorded")
+}
+
+fn answer(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({ "message": message }))).into_response()
+}
+
+fn valid_delivery_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// The axum handler for `POST /webhook`.
+pub async fn receive(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let Some(signature) = header("x-hub-signature-256") else {
+        tracing::warn!("webhook without X-Hub-Signature-256 refused");
+        return answer(StatusCode::UNAUTHORIZED, "missing X-Hub-Signature-256");
+    };
+    if !verify(&state.settings.webhook_secrets, &body, signature) {
+        tracing::warn!("webhook with a wrong signature refused");
+        return answer(StatusCode::UNAUTHORIZED, "signature does not match");
+    }
+    let (Some(event), Some(delivery)) = (header("x-github-event"), header("x-github-delivery"))
+    else {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            "X-GitHub-Event and X-GitHub-Delivery are required",
+        );
+    };
+    if !valid_delivery_id(delivery) {
+        return answer(StatusCode::BAD_REQUEST, "X-GitHub-Delivery is not a valid id");
+    }
+    let span = tracing::info_span!("delivery", delivery, event);
+    let _enter = span.enter();
+    if !handles(event) {
+        tracing::debug!("event not handled");
+        return answer(StatusCode::OK, "event not handled; ignored");
+    }
+    let (action, effects, outcome) = match decode(event, &body, &state.config) {
+        Ok(decoded) => decoded,
+        Err(message) => {
+            tracing::warn!(%message, "undecodable delivery");
+            return answer(StatusCode::BAD_REQUEST, &message);
+        }
+    };
+    drop(_enter);
+    match commit(&state.store, delivery, event, action.as_deref(), &effects, outcome).await {
+        Ok(true) => {
+            tracing::info!(delivery, event, outcome, "delivery accepted");
+            state.wake.notify_one();
+            answer(StatusCode::ACCEPTED, outcome)
+        }
+        Ok(false) => {
+            tracing::info!(delivery, event, "redelivery ignored");
+            answer(StatusCode::OK, "delivery already received")
+        }
+        Err(e) => {
+            tracing::error!(delivery, error = %e, "cannot store delivery");
+            answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot store the delivery now; redeliver it later",
+            )
+        }
+    }
+}
+
+/// Commit a delivery and its effects in one transaction; false for a redelivery.
+async fn commit(
+    store: &Store,
+    delivery: &str,
+    event: &str,
+    action: Option<&str>,
+    effects: &[Effect],
+    outcome: &str,
+) -> crate::store::Result<bool> {
+    let mut tx = store.begin().await?;
+    if !Store::record_delivery(&mut tx, delivery, event, action, outcome).await? {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    for effect in effects {
+        match effect {
+            Effect::Trigger(trigger) => {
+                Store::insert_trigger(&mut tx, Some(delivery), trigger).await?;
+            }
+            Effect::CancelPr {
+                repo,
+                number,
+                reason,
+            } => {
+                let ids =
+                    Store::end_queued_jobs_of_pr(&mut tx, repo, *number, "cancelled", reason)
+                        .await?;
+                if !ids.is_empty() {
+                    tracing::info!(?ids, %repo, number, "queued jobs cancelled");
+                }
+            }
+            Effect::SetInstallation {
+                repo,
+                installation_id,
+            } => Store::set_installation(&mut tx, repo, *installation_id).await?,
+            Effect::RemoveInstallation { repo } => Store::remove_installation(&mut tx, repo).await?,
+        }
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_githubs_test_vector() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/fixtures/github/signature-test-vector.json"
+        );
+        let text = std::fs::read_to_string(path).expect("shared fixtures are beside the project");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let secret = v["secret"].as_str().expect("secret");
+        let payload = v["payload"].as_str().expect("payload");
+        let expected = v["signature_256"].as_str().expect("signature");
+        assert_eq!(sign(secret.as_bytes(), payload.as_bytes()), expected);
+        let secrets = vec![Secret::new("old-secret"), Secret::new(secret)];
+        assert!(verify(&secrets, payload.as_bytes(), expected));
+        assert!(!verify(&secrets[..1], payload.as_bytes(), expected));
+        assert!(!verify(&secrets, b"Hello, World?", expected));
+        for bad in ["", "sha256=", "sha1=757107ea", "sha256=zz", "sha256=757107ea0e"] {
+            assert!(!verify(&secrets, payload.as_bytes(), bad), "{bad}");
+        }
+        assert!(!verify(&[], payload.as_bytes(), expected));
+    }
+
+    #[test]
+    fn delivery_ids_are_checked() {
+        assert!(valid_delivery_id("72d3162e-cc78-11e3-81ab-4c9367dc0958"));
+        assert!(!valid_delivery_id(""));
+        assert!(!valid_delivery_id("a b"));
+        assert!(!valid_delivery_id(&"a".repeat(200)));
+    }
+}
