@@ -121,10 +121,18 @@ pub struct Component {
     /// For libraries: the images (of other components) that install this one.
     #[serde(default)]
     pub changes: Vec<String>,
-    /// For libraries: how the overlay installs it (a Containerfile in deploybot's
-    /// own template set, parameterised by the pinned SHA).
+    /// For libraries: the command an overlay build runs (`RUN ...` on top of
+    /// the dependent image); `{repo_url}` and `{sha}` are filled in. Default:
+    /// `pip3 install --no-cache-dir --no-deps git+{repo_url}@{sha}`.
     #[serde(default)]
     pub install: Option<String>,
+    /// The branch used when no ref is given (the deployer's checkout).
+    #[serde(default = "default_branch")]
+    pub default_branch: String,
+}
+
+fn default_branch() -> String {
+    "main".into()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

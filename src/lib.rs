@@ -6,6 +6,7 @@ pub mod command;
 pub mod config;
 pub mod github;
 pub mod intake;
+pub mod pipeline;
 pub mod receive;
 pub mod report;
 pub mod settings;

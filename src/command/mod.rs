@@ -11,7 +11,13 @@
 //! to fix it. Everything a commenter types is validated here strictly (PR
 //! numbers, git branch names, hex commits) before it reaches anything else.
 
+mod markdown;
+mod parse;
+mod refs;
+mod tokenize;
 
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::ops::Range;
@@ -19,12 +25,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-
-// TEMPORARY placeholder while the grammar is written.
-pub fn command_lines(_b: &str, _p: &str) -> Vec<CommandLine> { Vec::new() }
-pub fn new_command_lines(_o: &str, _n: &str, _p: &str) -> Vec<CommandLine> { Vec::new() }
-pub fn parse_command(_l: &str, _v: &Vocabulary) -> Result<Command, ParseError> { Ok(Command::Help) }
-fn code(s: &str) -> String { format!("`{s}`") }
+pub use markdown::{command_lines, new_command_lines};
+pub use parse::parse_command;
+pub use refs::{valid_branch_name, valid_commit};
+use tokenize::code;
 
 /// What the grammar needs to know about the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,13 +60,17 @@ impl Vocabulary {
     /// The component called `name` (canonical name or alias, ASCII case-insensitive).
     pub fn component(&self, name: &str) -> Option<&VocabComponent> {
         self.components.iter().find(|c| {
-            c.name.eq_ignore_ascii_case(name) || c.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
+            c.name.eq_ignore_ascii_case(name)
+                || c.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
         })
     }
 
     /// The environment called `name` (ASCII case-insensitive), in its configured spelling.
     pub fn environment(&self, name: &str) -> Option<&str> {
-        self.environments.iter().find(|e| e.eq_ignore_ascii_case(name)).map(String::as_str)
+        self.environments
+            .iter()
+            .find(|e| e.eq_ignore_ascii_case(name))
+            .map(String::as_str)
     }
 }
 
@@ -126,7 +134,10 @@ impl DeployRequest {
         if self.refs.iter().any(|r| named(&r.component)) || self.without.iter().any(named) {
             return false;
         }
-        self.refs.push(ComponentRef { component: component.to_string(), reference: Ref::Pr(pr) });
+        self.refs.push(ComponentRef {
+            component: component.to_string(),
+            reference: Ref::Pr(pr),
+        });
         true
     }
 
@@ -235,12 +246,28 @@ impl ParseError {
     /// `^^^` caret under the token, and a one-line usage hint.
     pub fn render(&self, line: &str) -> String {
         const WIDTH: usize = 100;
-        let chars: Vec<char> = line.chars().map(|c| if c.is_whitespace() || c.is_control() { ' ' } else { c }).collect();
+        let chars: Vec<char> = line
+            .chars()
+            .map(|c| {
+                if c.is_whitespace() || c.is_control() {
+                    ' '
+                } else {
+                    c
+                }
+            })
+            .collect();
         // Columns in chars; `span` may not fit `line` if the caller passes another line.
         let col = line.get(..self.span.start).map_or(0, |s| s.chars().count());
-        let width = line.get(self.span.clone()).map_or(1, |s| s.chars().count()).max(1);
+        let width = line
+            .get(self.span.clone())
+            .map_or(1, |s| s.chars().count())
+            .max(1);
         // Show a window of the line around the token when the line is long.
-        let from = if chars.len() <= WIDTH { 0 } else { col.saturating_sub(WIDTH / 3).min(chars.len() - WIDTH) };
+        let from = if chars.len() <= WIDTH {
+            0
+        } else {
+            col.saturating_sub(WIDTH / 3).min(chars.len() - WIDTH)
+        };
         let to = (from + WIDTH).min(chars.len());
         let mut shown: String = chars[from..to].iter().collect();
         let mut caret_col = col - from.min(col);
@@ -252,10 +279,15 @@ impl ParseError {
             shown.push('…');
         }
         let caret_len = width.min(WIDTH.saturating_sub(caret_col)).max(1);
-        let fence = "`".repeat(3usize.max(shown.len() * 0).max(2) + 1);
+        let fence = "`".repeat(tokenize::longest_backtick_run(&shown).max(2) + 1);
+        let prefix = line
+            .split_whitespace()
+            .next()
+            .filter(|w| w.starts_with('/') && w.len() <= 40 && !w.contains('`'))
+            .unwrap_or("/deploy");
         format!(
-            "{}\n\n{fence}text\n{shown}\n{}{}\n{fence}\n\nUsage: `/deploy [--base=stg|prod] [--env=NAME] [--ttl=DURATION] [--only=C,..|--without=C,..] [--dry-run] [COMPONENT=REF ...]`; \
-             `/deploy help` lists the components.",
+            "{}\n\n{fence}text\n{shown}\n{}{}\n{fence}\n\nUsage: `{prefix} [--base=stg|prod] [--env=NAME] [--ttl=DURATION] [--only=C,..|--without=C,..] [--dry-run] [COMPONENT=REF ...]`; \
+             `{prefix} help` lists the components.",
             self.message,
             " ".repeat(caret_col),
             "^".repeat(caret_len),
@@ -328,9 +360,16 @@ pub fn help_text(vocab: &Vocabulary) -> String {
          **Components**\n\n| component | aliases | repository |\n| --- | --- | --- |\n"
     );
     for c in &vocab.components {
-        let aliases: Vec<String> = c.aliases.iter().map(|a| format!("`{a}`")).collect();
-        let retired = if c.retired { " (retired, not deployed)" } else { "" };
-        out.push_str(&format!("| `{}`{retired} | {} | {} |\n", c.name, aliases.join(", "), c.repo));
+        let aliases = tokenize::code_list(c.aliases.iter().map(String::as_str));
+        let retired = if c.retired {
+            " (retired, not deployed)"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "| `{}`{retired} | {} | {} |\n",
+            c.name, aliases, c.repo
+        ));
     }
     let envs: Vec<String> = vocab.environments.iter().map(|e| code(e)).collect();
     out.push_str(&format!("\n**Environments**: {}\n", envs.join(", ")));

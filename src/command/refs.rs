@@ -1,0 +1,182 @@
+//! Refs (`123`, `#123`, PR URL, `branch:NAME`, `@SHA`) and their validation.
+
+use super::tokenize::{code, did_you_mean};
+use super::{Ref, VocabComponent, Vocabulary};
+
+/// Why a PR or job number is not valid, as the end of a sentence.
+fn number_problem(digits: &str) -> Option<&'static str> {
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        Some("is not a positive whole number")
+    } else if digits.bytes().all(|b| b == b'0') {
+        Some("is zero; numbers start at 1")
+    } else if digits.parse::<u64>().is_err() {
+        Some("is too large")
+    } else {
+        None
+    }
+}
+
+/// A positive whole number: ASCII digits, optionally after `#`, no sign, fits in u64.
+pub(crate) fn parse_number(text: &str) -> Result<u64, String> {
+    let digits = text.strip_prefix('#').unwrap_or(text);
+    match number_problem(digits) {
+        Some(problem) => Err(format!("{} {problem}.", code(text))),
+        None => digits
+            .parse()
+            .map_err(|_| format!("{} is too large.", code(text))),
+    }
+}
+
+/// Whether `name` is a branch name git accepts (`git check-ref-format --branch`),
+/// restricted to printable ASCII.
+pub fn valid_branch_name(name: &str) -> bool {
+    branch_problem(name).is_none()
+}
+
+/// Why `name` is not an acceptable branch name, as the end of a sentence.
+fn branch_problem(name: &str) -> Option<&'static str> {
+    let bad_char = |c: char| !c.is_ascii_graphic() || "~^:?*[\\".contains(c);
+    let checks: [(bool, &'static str); 13] = [
+        (name.is_empty(), "is empty"),
+        (name.len() > 255, "is longer than 255 bytes"),
+        (!name.is_ascii(), "contains non-ASCII characters"),
+        (
+            name.contains(bad_char),
+            "contains a space, a control character or one of `~^:?*[\\`",
+        ),
+        (name.starts_with('-'), "starts with `-`"),
+        (name.starts_with('/'), "starts with `/`"),
+        (name.ends_with('/'), "ends with `/`"),
+        (name.contains("//"), "contains `//`"),
+        (name.ends_with('.'), "ends with `.`"),
+        (name.contains(".."), "contains `..`"),
+        (
+            name == "@" || name.contains("@{"),
+            "is `@` or contains `@{`",
+        ),
+        (
+            name.split('/').any(|part| part.starts_with('.')),
+            "has a part that starts with `.`",
+        ),
+        (
+            name.split('/').any(|part| part.ends_with(".lock")),
+            "has a part that ends with `.lock`",
+        ),
+    ];
+    checks
+        .into_iter()
+        .find(|(failed, _)| *failed)
+        .map(|(_, problem)| problem)
+}
+
+/// Whether `sha` is 7 to 40 hex digits.
+pub fn valid_commit(sha: &str) -> bool {
+    (7..=40).contains(&sha.len()) && sha.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// How to write a ref, for error messages.
+pub(crate) const REF_FORMS: &str = "A ref is a PR (`123`, `#123` or the PR's URL), a branch (`branch:NAME`) or a commit (`@1a2b3c4`, 7 to 40 hex digits).";
+
+/// Parse the ref of `component`; the error is a message that quotes `text`.
+pub(crate) fn parse_ref(
+    text: &str,
+    component: &VocabComponent,
+    vocab: &Vocabulary,
+) -> Result<Ref, String> {
+    let quoted = code(text);
+    let unsigned = text.strip_prefix('#').unwrap_or(text);
+    let digits_only = !unsigned.is_empty() && unsigned.bytes().all(|b| b.is_ascii_digit());
+    // `1a2b3c4` is a commit without its `@` (handled below), `12abc` a bad number.
+    if digits_only || (unsigned.starts_with(|c: char| c.is_ascii_digit()) && !valid_commit(text)) {
+        return parse_number(text)
+            .map(Ref::Pr)
+            .map_err(|e| format!("{e} A PR number is a positive whole number."));
+    }
+    if unsigned.starts_with(['+', '-']) && unsigned[1..].bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{quoted} is not a PR number: PR numbers are positive whole numbers, without a sign."
+        ));
+    }
+    if text
+        .get(..4)
+        .is_some_and(|s| s.eq_ignore_ascii_case("http"))
+    {
+        return parse_pr_url(text, component, vocab).map(Ref::Pr);
+    }
+    if let Some(name) = text.strip_prefix("branch:") {
+        return match branch_problem(name) {
+            None => Ok(Ref::Branch(name.to_string())),
+            Some(problem) => Err(format!(
+                "{quoted} is not a branch git allows: the name {problem}."
+            )),
+        };
+    }
+    if let Some(sha) = text.strip_prefix('@') {
+        return if valid_commit(sha) {
+            Ok(Ref::Commit(sha.to_ascii_lowercase()))
+        } else {
+            Err(format!(
+                "{quoted} is not a commit: write `@` and 7 to 40 hex digits, e.g. `@1a2b3c4`."
+            ))
+        };
+    }
+    let hint = if valid_commit(text) {
+        format!(" For a commit, write {}.", code(&format!("@{text}")))
+    } else if valid_branch_name(text) {
+        format!(
+            " For a branch, write {}.",
+            code(&format!("{}=branch:{text}", component.name))
+        )
+    } else {
+        String::new()
+    };
+    Err(format!(
+        "{quoted} is not a PR, a branch or a commit.{hint} {REF_FORMS}"
+    ))
+}
+
+/// The PR number in `https://github.com/OWNER/REPO/pull/N` (optionally followed by
+/// `/`, `/files`, `/commits`, `/checks`, a query or a `#fragment`), where
+/// OWNER/REPO is the component's repository.
+fn parse_pr_url(url: &str, component: &VocabComponent, vocab: &Vocabulary) -> Result<u64, String> {
+    const BASE: &str = "https://github.com/";
+    let not_pr_url = || {
+        format!(
+            "{} is not a pull request URL; write `{BASE}OWNER/REPO/pull/NUMBER`.",
+            code(url)
+        )
+    };
+    let path = match url.get(..BASE.len()) {
+        Some(base) if base.eq_ignore_ascii_case(BASE) => &url[BASE.len()..],
+        _ => return Err(not_pr_url()),
+    };
+    let path = path.split(['#', '?']).next().unwrap_or_default();
+    let segments: Vec<&str> = path.split('/').collect();
+    let [owner, repo, "pull", number, tail @ ..] = segments.as_slice() else {
+        return Err(not_pr_url());
+    };
+    if !matches!(
+        tail,
+        [] | [""] | ["files" | "commits" | "checks"] | ["files" | "commits" | "checks", ""]
+    ) {
+        return Err(not_pr_url());
+    }
+    let number = parse_number(number).map_err(|e| format!("{e} (in {})", code(url)))?;
+    let repo = format!("{owner}/{repo}");
+    if repo.eq_ignore_ascii_case(&component.repo) {
+        return Ok(number);
+    }
+    let other = vocab
+        .components
+        .iter()
+        .find(|c| c.repo.eq_ignore_ascii_case(&repo));
+    let near = other.map(|c| format!("{}={number}", c.name));
+    Err(format!(
+        "{} is a PR of {}, but `{}` is built from `{}`{}",
+        code(url),
+        code(&repo),
+        component.name,
+        component.repo,
+        did_you_mean(&near.as_deref().into_iter().collect::<Vec<_>>())
+    ))
+}

@@ -1,0 +1,3 @@
+//! The deployment pipeline (SPEC §4).
+
+pub mod plan;

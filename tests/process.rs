@@ -1,0 +1,197 @@
+//! The real processes: `deploybot serve` on a free port with the Packit
+//! configuration and a fake GitHub, fed by `deploybot receive`.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::fake_github::FakeGitHub;
+use support::harness::*;
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+async fn http_get(url: &str) -> Option<Value> {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<axum::body::Bytes>>();
+    let response = client.get(url.parse().ok()?).await.ok()?;
+    let bytes = response.into_body().collect().await.ok()?.to_bytes();
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Poll `check` until it returns Some, for at most ~30 s: the server is a
+/// separate process, so there is nothing to drive directly.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..300 {
+        if let Some(v) = check().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_and_receive_queue_a_deploy_from_a_comment() {
+    let github = FakeGitHub::start(APP_ID).await;
+    github.install("packit/packit-service", INSTALLATION);
+    github.install("packit/ogr", INSTALLATION);
+    github.set_permission("packit/packit-service", "alice", "write");
+    let database_url = support::pg::fresh_database_url().await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let log = tmp.path().join("serve.log");
+
+    let server = Server(
+        Command::new(env!("CARGO_BIN_EXE_deploybot"))
+            .arg("serve")
+            .arg("--config")
+            .arg(manifest_dir().join("deploy/packit.toml"))
+            .env("DATABASE_URL", &database_url)
+            .env("DEPLOYBOT_LISTEN", format!("127.0.0.1:{port}"))
+            .env("DEPLOYBOT_WEBHOOK_SECRET", format!("{SECRET},{OLD_SECRET}"))
+            .env("DEPLOYBOT_GITHUB_APP_ID", APP_ID.to_string())
+            .env("DEPLOYBOT_GITHUB_PRIVATE_KEY", key_path())
+            .env("DEPLOYBOT_GITHUB_API_URL", github.url())
+            .env("RUST_LOG", "info")
+            .current_dir(tmp.path())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("deploybot serve starts"),
+    );
+    let health = eventually("healthz", || http_get(&format!("{base}/healthz"))).await;
+    assert_eq!(health["github"]["reporting"], "on");
+    assert_eq!(health["database"], "postgres");
+
+    let event = comment_event("packit/packit-service", 614, true, "/deploy ogr=123", "alice");
+    let payload = tmp.path().join("comment.json");
+    std::fs::write(&payload, serde_json::to_vec(&event).expect("json")).expect("write");
+    let receive = Command::new(env!("CARGO_BIN_EXE_deploybot"))
+        .args(["receive", "--event", "issue_comment", "--payload"])
+        .arg(&payload)
+        .arg("--url")
+        .arg(format!("{base}/webhook"))
+        .env("DEPLOYBOT_WEBHOOK_SECRET", SECRET)
+        .output()
+        .expect("receive runs");
+    let said = String::from_utf8_lossy(&receive.stdout);
+    assert!(receive.status.success(), "{said}{}", String::from_utf8_lossy(&receive.stderr));
+    assert!(said.contains("HTTP 202"), "{said}");
+
+    let jobs = eventually("the job", || async {
+        let body = http_get(&format!("{base}/api/v1/jobs")).await?;
+        let jobs = body["jobs"].as_array()?.clone();
+        (!jobs.is_empty()).then_some(jobs)
+    })
+    .await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["base"], "stg");
+    assert_eq!(jobs[0]["repository"], "packit/packit-service");
+    assert_eq!(jobs[0]["pull_request"], 614);
+    assert_eq!(
+        components(&jobs[0]),
+        pairs(&[("ogr", "#123"), ("packit-service", "#614")])
+    );
+    let comment_id = event["comment"]["id"].as_u64().expect("id");
+    eventually("the 👀 reaction", || async {
+        (github.reactions(comment_id) == vec!["eyes".to_string()]).then_some(())
+    })
+    .await;
+    github.assert_no_violations();
+    drop(server);
+
+    // Secrets never reach the log.
+    let log = std::fs::read_to_string(&log).expect("log");
+    assert!(log.contains("deploybot listening"), "{log}");
+    for secret in [SECRET, OLD_SECRET] {
+        assert!(!log.contains(secret), "the webhook secret leaked into the log");
+    }
+    for token in github.issued_tokens() {
+        assert!(!log.contains(&token), "a token leaked into the log");
+    }
+}
+
+#[test]
+fn receive_without_a_secret_says_what_is_missing() {
+    let out = Command::new(env!("CARGO_BIN_EXE_deploybot"))
+        .args(["receive", "--event", "ping", "--payload", "/nonexistent"])
+        .env_remove("DEPLOYBOT_WEBHOOK_SECRET")
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DEPLOYBOT_WEBHOOK_SECRET"));
+}
+
+#[test]
+fn check_config_reports_problems_clearly() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "[bot]\ncommand_prefix = \"deploy\"\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_deploybot"))
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .env_remove("DEPLOYBOT_GITHUB_APP_ID")
+        .env_remove("DEPLOYBOT_GITHUB_PRIVATE_KEY")
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("command_prefix"), "{err}");
+    assert!(err.contains("bad.toml"), "{err}");
+
+    let good = Command::new(env!("CARGO_BIN_EXE_deploybot"))
+        .args(["check-config", "--config"])
+        .arg(manifest_dir().join("deploy/packit.toml"))
+        .env_remove("DEPLOYBOT_GITHUB_APP_ID")
+        .env_remove("DEPLOYBOT_GITHUB_PRIVATE_KEY")
+        .output()
+        .expect("runs");
+    let said = String::from_utf8_lossy(&good.stdout);
+    assert!(good.status.success(), "{said}");
+    assert!(said.contains("9 components"), "{said}");
+    assert!(said.contains("reporting is OFF"), "{said}");
+}
+
+#[test]
+fn deploy_cli_parses_and_prints_the_request() {
+    let out = Command::new(env!("CARGO_BIN_EXE_deploy"))
+        .args(["--base=prod", "packit-service=614", "ogr=123"])
+        .env_remove("DEPLOYBOT_CONFIG")
+        .output()
+        .expect("runs");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("\"prod\""), "{said}");
+    assert!(said.contains("ogr"), "{said}");
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_deploy"))
+        .args(["ogrr=1"])
+        .env_remove("DEPLOYBOT_CONFIG")
+        .output()
+        .expect("runs");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("ogrr"));
+}

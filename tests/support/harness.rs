@@ -1,0 +1,273 @@
+//! Drives the real router and background work against a real database and the
+//! fake GitHub, with webhooks signed as GitHub signs them.
+
+use std::path::PathBuf;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use deploybot::App;
+use deploybot::config::{Config, ConfigSource};
+use deploybot::github::GitHubSettings;
+use deploybot::settings::{Secret, Settings};
+use deploybot::webhook::sign;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::fake_github::FakeGitHub;
+use super::pg::fresh_database_url;
+
+pub const APP_ID: u64 = 4242;
+pub const INSTALLATION: u64 = 77;
+pub const SECRET: &str = "current-webhook-secret";
+pub const OLD_SECRET: &str = "previous-webhook-secret";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Postgres,
+    Sqlite,
+}
+
+pub fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixtures() -> PathBuf {
+    manifest_dir().join("../shared/fixtures/github")
+}
+
+/// One of GitHub's example payloads from the shared fixtures.
+pub fn fixture(path: &str) -> Value {
+    let full = fixtures().join("webhooks").join(path);
+    let text = std::fs::read_to_string(&full)
+        .unwrap_or_else(|e| panic!("fixture {} must exist: {e}", full.display()));
+    serde_json::from_str(&text).expect("fixture is JSON")
+}
+
+pub fn key_path() -> PathBuf {
+    manifest_dir().join("tests/support/keys/app.pem")
+}
+
+/// A database URL of the requested kind, fresh for this test.
+pub async fn database(db: Db, tmp: &tempfile::TempDir) -> String {
+    match db {
+        Db::Postgres => fresh_database_url().await,
+        Db::Sqlite => format!("sqlite://{}", tmp.path().join("deploybot.db").display()),
+    }
+}
+
+pub struct TestApp {
+    pub app: App,
+    pub github: FakeGitHub,
+    pub database_url: String,
+    _tmp: tempfile::TempDir,
+}
+
+pub struct Options {
+    pub secrets: Vec<&'static str>,
+    pub github: bool,
+    pub config: Config,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            secrets: vec![SECRET, OLD_SECRET],
+            github: true,
+            config: Config::load(&manifest_dir().join("deploy/packit.toml"))
+                .expect("deploy/packit.toml is valid"),
+        }
+    }
+}
+
+impl TestApp {
+    pub async fn start(db: Db) -> TestApp {
+        TestApp::start_with(db, Options::default()).await
+    }
+
+    pub async fn start_with(db: Db, options: Options) -> TestApp {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let github = FakeGitHub::start(APP_ID).await;
+        for repo in [
+            "packit/packit-service",
+            "packit/ogr",
+            "packit/packit",
+            "packit/dashboard",
+            "packit/tokman",
+            "packit/sandcastle",
+            "packit/deployment",
+            "packit/packit-service-fedmsg",
+            "packit/packit-service-centosmsg",
+        ] {
+            github.install(repo, INSTALLATION);
+        }
+        let database_url = database(db, &tmp).await;
+        let settings = Settings {
+            config_source: ConfigSource::File(manifest_dir().join("deploy/packit.toml")),
+            database_url: database_url.clone(),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            webhook_secrets: options.secrets.iter().map(|s| Secret::new(*s)).collect(),
+            github: options.github.then(|| GitHubSettings {
+                api_url: github.url(),
+                app_id: APP_ID,
+                private_key_pem: std::fs::read(key_path()).expect("test key"),
+            }),
+        };
+        let app = App::new(settings, options.config).await.expect("app starts");
+        TestApp {
+            app,
+            github,
+            database_url,
+            _tmp: tmp,
+        }
+    }
+
+    /// Run the intake and the reporter until nothing is due.
+    pub async fn settle(&self) {
+        self.app.run_until_idle().await.expect("background work");
+    }
+
+    pub async fn send(&self, request: Request<Body>) -> (StatusCode, Value) {
+        let response = self
+            .app
+            .router()
+            .oneshot(request)
+            .await
+            .expect("router answers");
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, value)
+    }
+
+    /// Deliver raw bytes with the given headers (None leaves a header out).
+    pub async fn deliver_raw(
+        &self,
+        event: Option<&str>,
+        delivery: Option<&str>,
+        signature: Option<String>,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::post("/webhook").header("content-type", "application/json");
+        if let Some(e) = event {
+            request = request.header("x-github-event", e);
+        }
+        if let Some(d) = delivery {
+            request = request.header("x-github-delivery", d);
+        }
+        if let Some(s) = signature {
+            request = request.header("x-hub-signature-256", s);
+        }
+        self.send(request.body(Body::from(body)).expect("request"))
+            .await
+    }
+
+    /// Deliver a payload signed with the current secret, with a fresh delivery id.
+    pub async fn deliver(&self, event: &str, payload: &Value) -> (StatusCode, Value) {
+        let delivery = uuid::Uuid::new_v4().to_string();
+        self.deliver_as(event, &delivery, payload).await
+    }
+
+    pub async fn deliver_as(&self, event: &str, delivery: &str, payload: &Value) -> (StatusCode, Value) {
+        let body = serde_json::to_vec(payload).expect("json");
+        let signature = sign(SECRET.as_bytes(), &body);
+        self.deliver_raw(Some(event), Some(delivery), Some(signature), body)
+            .await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(Request::get(path).body(Body::empty()).expect("request"))
+            .await
+    }
+
+    pub async fn jobs(&self) -> Vec<Value> {
+        let (status, body) = self.get("/api/v1/jobs").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["jobs"].as_array().expect("jobs array").clone()
+    }
+
+    pub async fn deliveries(&self) -> i64 {
+        self.app.state.store.delivery_count().await.expect("count")
+    }
+}
+
+/// GitHub's `issue_comment` example, moved to `repo`#`number` (a PR when
+/// `is_pr`), with `body` written by `login`.
+pub fn comment_event(repo: &str, number: u64, is_pr: bool, body: &str, login: &str) -> Value {
+    let mut v = fixture("issue_comment/created.with-installation.json");
+    set_repo(&mut v, repo);
+    v["installation"]["id"] = json!(INSTALLATION);
+    v["issue"]["number"] = json!(number);
+    if is_pr {
+        v["issue"]["pull_request"] = json!({
+            "url": format!("https://api.github.com/repos/{repo}/pulls/{number}"),
+            "html_url": format!("https://github.com/{repo}/pull/{number}"),
+            "diff_url": format!("https://github.com/{repo}/pull/{number}.diff"),
+            "patch_url": format!("https://github.com/{repo}/pull/{number}.patch"),
+        });
+    }
+    v["comment"]["id"] = json!(comment_id_for(number, body));
+    v["comment"]["body"] = json!(body);
+    v["comment"]["user"]["login"] = json!(login);
+    v["sender"]["login"] = json!(login);
+    v
+}
+
+/// A stable comment id per (number, body) so tests can find reactions.
+pub fn comment_id_for(number: u64, body: &str) -> u64 {
+    let mut h: u64 = 1469598103934665603;
+    for b in body.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(1099511628211);
+    }
+    (h % 1_000_000_000) + number
+}
+
+/// GitHub's `pull_request` example for `action`, moved to `repo`#`number`.
+pub fn pull_request_event(action: &str, repo: &str, number: u64, sender: &str) -> Value {
+    let mut v = fixture(&format!("pull_request/{action}.json"));
+    set_repo(&mut v, repo);
+    v["installation"] = json!({ "id": INSTALLATION });
+    v["number"] = json!(number);
+    v["pull_request"]["number"] = json!(number);
+    v["sender"]["login"] = json!(sender);
+    v
+}
+
+fn set_repo(v: &mut Value, repo: &str) {
+    let (owner, name) = repo.split_once('/').expect("owner/name");
+    v["repository"]["full_name"] = json!(repo);
+    v["repository"]["name"] = json!(name);
+    v["repository"]["owner"]["login"] = json!(owner);
+}
+
+/// The (component, ref) pairs of a job, sorted.
+pub fn components(job: &Value) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = job["components"]
+        .as_array()
+        .expect("components")
+        .iter()
+        .map(|c| {
+            (
+                c["component"].as_str().expect("component").to_string(),
+                c["ref"].as_str().expect("ref").to_string(),
+            )
+        })
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = list
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    v.sort();
+    v
+}
