@@ -72,11 +72,13 @@ impl Authorizer {
         }
         let (Some(github), Some(installation)) = (github, installation) else {
             return Ok(Decision::Denied(
-                "deploybot cannot check permissions because GitHub access is not configured"
-                    .into(),
+                "deploybot cannot check permissions because GitHub access is not configured".into(),
             ));
         };
-        let key = (repo.to_string().to_ascii_lowercase(), login.to_ascii_lowercase());
+        let key = (
+            repo.to_string().to_ascii_lowercase(),
+            login.to_ascii_lowercase(),
+        );
         if let Some(decision) = self.cached(&key) {
             return Ok(decision);
         }
@@ -96,7 +98,9 @@ impl Authorizer {
     ) -> GhResult<Decision> {
         let role = github.permission(installation, repo, login).await?;
         if rank(&role) >= rank(&self.policy.min_permission) {
-            return Ok(Decision::Allowed(format!("@{login} has {role} permission on {repo}")));
+            return Ok(Decision::Allowed(format!(
+                "@{login} has {role} permission on {repo}"
+            )));
         }
         for team in &self.policy.allow_teams {
             if let Some((org, slug)) = team.split_once('/')

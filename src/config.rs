@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Vocabulary, VocabComponent, format_duration, parse_duration};
+use crate::command::{VocabComponent, Vocabulary, format_duration, parse_duration};
 
 /// The Packit configuration, compiled in and used when no file is given.
 pub const PACKIT_TOML: &str = include_str!("../deploy/packit.toml");
@@ -291,9 +291,7 @@ impl Config {
             }
             for n in std::iter::once(&c.name).chain(&c.aliases) {
                 if !names.insert(n.to_ascii_lowercase()) {
-                    problems.push(format!(
-                        "component name or alias {n:?} is used twice"
-                    ));
+                    problems.push(format!("component name or alias {n:?} is used twice"));
                 }
                 if !is_component_name(n) {
                     problems.push(format!("alias {n:?} of {} is not a valid name", c.name));
@@ -346,8 +344,10 @@ impl Config {
                     e.name
                 )),
             }
-            if matches!(e.kind, EnvironmentKind::Kubernetes | EnvironmentKind::Openshift)
-                && e.namespace.is_none()
+            if matches!(
+                e.kind,
+                EnvironmentKind::Kubernetes | EnvironmentKind::Openshift
+            ) && e.namespace.is_none()
             {
                 problems.push(format!("environment {} needs a namespace", e.name));
             }
@@ -450,8 +450,7 @@ impl Config {
 fn is_github_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 100
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && s != "."
         && s != ".."
@@ -460,9 +459,8 @@ fn is_github_name(s: &str) -> bool {
 fn is_component_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.chars().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.')
-        })
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
 }
 
@@ -490,10 +488,18 @@ mod tests {
             assert_eq!(c.repo, format!("packit/{repo}"));
         }
         assert_eq!(config.components.len(), 9);
-        assert!(config.component("packit-service-centosmsg").expect("c").retired);
+        assert!(
+            config
+                .component("packit-service-centosmsg")
+                .expect("c")
+                .retired
+        );
         let ogr = config.component("ogr").expect("ogr");
         assert_eq!(ogr.kind, ComponentKind::Library);
-        assert!(ogr.changes.contains(&"quay.io/packit/packit-worker".to_string()));
+        assert!(
+            ogr.changes
+                .contains(&"quay.io/packit/packit-worker".to_string())
+        );
     }
 
     #[test]

@@ -283,7 +283,10 @@ impl GitHub {
             path_segment(login)
         );
         match self.get_json::<Perm>(&client, &route).await {
-            Ok(p) => Ok(p.role_name.filter(|r| !r.is_empty()).unwrap_or(p.permission)),
+            Ok(p) => Ok(p
+                .role_name
+                .filter(|r| !r.is_empty())
+                .unwrap_or(p.permission)),
             // Not a collaborator (or no such user): no permission.
             Err(GitHubError::Status { status: 404, .. }) => Ok("none".into()),
             Err(e) => Err(e),
@@ -411,7 +414,9 @@ mod tests {
             RepoName::parse("packit/ogr").map(|r| r.to_string()),
             Some("packit/ogr".into())
         );
-        for bad in ["packit", "packit/", "/ogr", "a/b/c", "a/..", "a/b c", "a/b;rm"] {
+        for bad in [
+            "packit", "packit/", "/ogr", "a/b/c", "a/..", "a/b c", "a/b;rm",
+        ] {
             assert!(RepoName::parse(bad).is_none(), "{bad}");
         }
     }

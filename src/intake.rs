@@ -105,9 +105,9 @@ impl Intake {
             Ok(()) => {}
             Err(IntakeError::Store(e)) => return Err(e),
             Err(IntakeError::GitHub(e)) => {
-                let delay = e
-                    .retry_after()
-                    .unwrap_or(Duration::from_secs(2u64.saturating_pow(claimed.attempts.clamp(0, 9) as u32)));
+                let delay = e.retry_after().unwrap_or(Duration::from_secs(
+                    2u64.saturating_pow(claimed.attempts.clamp(0, 9) as u32),
+                ));
                 tracing::warn!(trigger = claimed.id, error = %e, ?delay, "cannot authorise yet; will retry");
                 self.store
                     .retry_trigger(
@@ -130,7 +130,11 @@ impl Intake {
         Ok(n)
     }
 
-    async fn installation(&self, repo: &RepoName, known: Option<i64>) -> Result<Option<InstallationId>, IntakeError> {
+    async fn installation(
+        &self,
+        repo: &RepoName,
+        known: Option<i64>,
+    ) -> Result<Option<InstallationId>, IntakeError> {
         if let Some(id) = known.and_then(|i| u64::try_from(i).ok()) {
             return Ok(Some(InstallationId(id)));
         }
@@ -145,9 +149,17 @@ impl Intake {
         }
     }
 
-    async fn authorise(&self, repo: &RepoName, installation: Option<i64>, login: &str) -> Result<Decision, IntakeError> {
+    async fn authorise(
+        &self,
+        repo: &RepoName,
+        installation: Option<i64>,
+        login: &str,
+    ) -> Result<Decision, IntakeError> {
         let inst = self.installation(repo, installation).await?;
-        Ok(self.auth.check(self.github.as_ref(), inst, repo, login).await?)
+        Ok(self
+            .auth
+            .check(self.github.as_ref(), inst, repo, login)
+            .await?)
     }
 
     async fn process(&self, trigger_id: i64, trigger: &Trigger) -> Result<(), IntakeError> {
@@ -179,7 +191,8 @@ impl Intake {
                     }
                     Decision::Allowed(why) => {
                         tracing::info!(%repo, number, author, %why, "command authorised");
-                        self.apply_commands(&mut tx, &origin, *comment_id, author, lines).await?;
+                        self.apply_commands(&mut tx, &origin, *comment_id, author, lines)
+                            .await?;
                     }
                 }
                 Store::finish_trigger(&mut tx, trigger_id).await?;
@@ -206,10 +219,13 @@ impl Intake {
                 };
                 let synchronize = matches!(trigger, Trigger::Synchronize { .. });
                 let mut decision = self.authorise(&repo_name, *installation_id, sender).await?;
-                if let (Trigger::Synchronize { pr_author, .. }, true) = (trigger, decision.allowed())
+                if let (Trigger::Synchronize { pr_author, .. }, true) =
+                    (trigger, decision.allowed())
                     && !pr_author.eq_ignore_ascii_case(sender)
                 {
-                    decision = self.authorise(&repo_name, *installation_id, pr_author).await?;
+                    decision = self
+                        .authorise(&repo_name, *installation_id, pr_author)
+                        .await?;
                 }
                 let origin = Origin {
                     repo: repo.clone(),
@@ -221,7 +237,10 @@ impl Intake {
                 match decision {
                     Decision::Denied(why) => {
                         let why = if synchronize {
-                            format!("{why}. New commits are deployed once a trusted user comments `{}`", self.config.bot.command_prefix)
+                            format!(
+                                "{why}. New commits are deployed once a trusted user comments `{}`",
+                                self.config.bot.command_prefix
+                            )
                         } else {
                             why
                         };
@@ -234,7 +253,10 @@ impl Intake {
                             .map(|c| c.name.clone())
                             .unwrap_or_default();
                         let mut request = DeployRequest::default();
-                        request.include_current_pr(&component, u64::try_from(*number).unwrap_or_default());
+                        request.include_current_pr(
+                            &component,
+                            u64::try_from(*number).unwrap_or_default(),
+                        );
                         if synchronize {
                             Store::end_queued_jobs_of_pr(
                                 &mut tx,
@@ -246,7 +268,8 @@ impl Intake {
                             .await?;
                         }
                         let source = if synchronize { "synchronize" } else { "label" };
-                        self.queue(&mut tx, &origin, None, sender, source, &request).await?;
+                        self.queue(&mut tx, &origin, None, sender, source, &request)
+                            .await?;
                     }
                 }
                 Store::finish_trigger(&mut tx, trigger_id).await?;
@@ -265,7 +288,13 @@ impl Intake {
     }
 
     /// Answer a refusal once per PR (or issue) and user.
-    async fn refuse(&self, tx: &mut Tx, origin: &Origin, login: &str, why: &str) -> Result<(), StoreError> {
+    async fn refuse(
+        &self,
+        tx: &mut Tx,
+        origin: &Origin,
+        login: &str,
+        why: &str,
+    ) -> Result<(), StoreError> {
         if Store::record_refusal(tx, &origin.repo, origin.number, login).await? {
             let body = format!(
                 "@{login}, I can't deploy for you: {why}.\n\n\
@@ -291,7 +320,10 @@ impl Intake {
             let command = match parse_command(line, &vocab) {
                 Ok(command) => command,
                 Err(e) => {
-                    origin.reply(format!("@{author}, {}", e.render(line))).enqueue(tx, None).await?;
+                    origin
+                        .reply(format!("@{author}, {}", e.render(line)))
+                        .enqueue(tx, None)
+                        .await?;
                     continue;
                 }
             };
@@ -300,7 +332,10 @@ impl Intake {
                     if origin.is_pull_request
                         && let Some(component) = self.config.component_by_repo(&origin.repo)
                     {
-                        request.include_current_pr(&component.name, u64::try_from(origin.number).unwrap_or_default());
+                        request.include_current_pr(
+                            &component.name,
+                            u64::try_from(origin.number).unwrap_or_default(),
+                        );
                     }
                     if request.refs.is_empty() {
                         origin
@@ -313,7 +348,8 @@ impl Intake {
                             .await?;
                         continue;
                     }
-                    self.queue(tx, origin, Some(comment_id), author, "comment", &request).await?;
+                    self.queue(tx, origin, Some(comment_id), author, "comment", &request)
+                        .await?;
                     if !acknowledged {
                         Report::Reaction {
                             repo: origin.repo.clone(),
@@ -336,7 +372,10 @@ impl Intake {
                     )
                     .await?;
                     let ids: Vec<i64> = match job {
-                        Some(j) => ids.into_iter().filter(|i| u64::try_from(*i).ok() == Some(j)).collect(),
+                        Some(j) => ids
+                            .into_iter()
+                            .filter(|i| u64::try_from(*i).ok() == Some(j))
+                            .collect(),
                         None => ids,
                     };
                     let text = if ids.is_empty() {
@@ -345,7 +384,10 @@ impl Intake {
                         let list: Vec<String> = ids.iter().map(|i| format!("#{i}")).collect();
                         format!("cancelled request {}.", list.join(", "))
                     };
-                    origin.reply(format!("@{author}, {text}")).enqueue(tx, None).await?;
+                    origin
+                        .reply(format!("@{author}, {text}"))
+                        .enqueue(tx, None)
+                        .await?;
                 }
                 Command::Help => {
                     origin.reply(help_text(&vocab)).enqueue(tx, None).await?;
@@ -400,7 +442,10 @@ impl Intake {
             environment,
             base: request.base.as_str().into(),
             pull_requests,
-            queued_message: format!("queued by @{requested_by} ({source}): {}", request.to_args()),
+            queued_message: format!(
+                "queued by @{requested_by} ({source}): {}",
+                request.to_args()
+            ),
         };
         let id = Store::insert_job(tx, &job).await?;
         tracing::info!(job = id, repo = %origin.repo, number = origin.number, "job queued");

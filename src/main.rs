@@ -10,7 +10,11 @@ use deploybot::settings::{self, Settings};
 use tokio::sync::watch;
 
 #[derive(Parser)]
-#[command(name = "deploybot", version, about = "Deploy testing instances from pull requests")]
+#[command(
+    name = "deploybot",
+    version,
+    about = "Deploy testing instances from pull requests"
+)]
 struct Cli {
     /// The configuration file (default: $DEPLOYBOT_CONFIG, else the built-in Packit components
     /// with one dry-run environment `dev`).
@@ -46,7 +50,9 @@ fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("DEPLOYBOT_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -68,7 +74,12 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
-    if let Command::Receive { event, payload, url } = &cli.command {
+    if let Command::Receive {
+        event,
+        payload,
+        url,
+    } = &cli.command
+    {
         return receive(event, payload, url.clone()).await;
     }
     let (settings, config) = Settings::from_env(cli.config)?;
@@ -81,7 +92,10 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 None => println!("GitHub App: configured"),
             }
             if settings.webhook_secrets.is_empty() {
-                println!("{} is not set: every webhook would be refused", settings::ENV_WEBHOOK_SECRET);
+                println!(
+                    "{} is not set: every webhook would be refused",
+                    settings::ENV_WEBHOOK_SECRET
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -90,7 +104,10 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 .await
                 .map_err(|e| e.to_string())?;
             store.migrate().await.map_err(|e| e.to_string())?;
-            println!("migrations applied to {}", redact_url(&settings.database_url));
+            println!(
+                "migrations applied to {}",
+                redact_url(&settings.database_url)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => serve(settings, config).await.map(|_| ExitCode::SUCCESS),
@@ -181,11 +198,13 @@ async fn receive(event: &str, payload: &PathBuf, url: Option<String>) -> Result<
             settings::ENV_WEBHOOK_SECRET
         ));
     };
-    let body = std::fs::read(payload).map_err(|e| format!("cannot read {}: {e}", payload.display()))?;
+    let body =
+        std::fs::read(payload).map_err(|e| format!("cannot read {}: {e}", payload.display()))?;
     let url = match url {
         Some(url) => url,
         None => {
-            let listen = std::env::var(settings::ENV_LISTEN).unwrap_or_else(|_| settings::DEFAULT_LISTEN.into());
+            let listen = std::env::var(settings::ENV_LISTEN)
+                .unwrap_or_else(|_| settings::DEFAULT_LISTEN.into());
             let port = listen.rsplit(':').next().unwrap_or("8080");
             format!("http://127.0.0.1:{port}/webhook")
         }

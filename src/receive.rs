@@ -18,12 +18,21 @@ pub struct Delivered {
 
 /// POST `payload` to `url` as event `event`, signed with `secret`, with a
 /// fresh delivery id.
-pub async fn deliver(url: &str, event: &str, payload: Vec<u8>, secret: &Secret) -> Result<Delivered, String> {
+pub async fn deliver(
+    url: &str,
+    event: &str,
+    payload: Vec<u8>,
+    secret: &Secret,
+) -> Result<Delivered, String> {
     if !url.starts_with("http://") {
-        return Err(format!("{url}: receive delivers over plain http:// to a local deploybot"));
+        return Err(format!(
+            "{url}: receive delivers over plain http:// to a local deploybot"
+        ));
     }
     if event.is_empty() || !event.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-        return Err(format!("{event:?} is not a GitHub event name (like issue_comment)"));
+        return Err(format!(
+            "{event:?} is not a GitHub event name (like issue_comment)"
+        ));
     }
     let delivery_id = uuid::Uuid::new_v4().to_string();
     let signature = sign(secret.expose().as_bytes(), &payload);
@@ -36,10 +45,11 @@ pub async fn deliver(url: &str, event: &str, payload: Vec<u8>, secret: &Secret) 
         .body(Full::new(Bytes::from(payload)))
         .map_err(|e| format!("{url}: {e}"))?;
     let client = Client::builder(TokioExecutor::new()).build_http();
-    let response = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request))
-        .await
-        .map_err(|_| format!("{url}: no answer within 30 s"))?
-        .map_err(|e| format!("cannot deliver to {url}: {e}"))?;
+    let response =
+        tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request))
+            .await
+            .map_err(|_| format!("{url}: no answer within 30 s"))?
+            .map_err(|e| format!("cannot deliver to {url}: {e}"))?;
     let status = response.status().as_u16();
     let body = response
         .into_body()

@@ -98,21 +98,31 @@ impl Reporter {
         };
         let Some(github) = &self.github else {
             // Reporting is off: nothing can be delivered; say so once per report.
-            tracing::debug!(report = claimed.id, "GitHub reporting is off; report dropped");
+            tracing::debug!(
+                report = claimed.id,
+                "GitHub reporting is off; report dropped"
+            );
             self.store
                 .report_failed(claimed.id, 0, "GitHub reporting is off", true)
                 .await?;
             return Ok(Step::Skipped);
         };
-        match self.send(github, claimed.id, claimed.attempts, &claimed.payload).await {
+        match self
+            .send(github, claimed.id, claimed.attempts, &claimed.payload)
+            .await
+        {
             Ok(()) => {
                 self.store.report_sent(claimed.id).await?;
                 Ok(Step::Sent)
             }
             Err(e) => {
                 let give_up = !e.is_transient() || claimed.attempts >= MAX_ATTEMPTS;
-                let backoff = Duration::from_secs(2u64.saturating_pow(claimed.attempts as u32).min(600));
-                let delay = e.retry_after().unwrap_or(backoff).max(Duration::from_millis(100));
+                let backoff =
+                    Duration::from_secs(2u64.saturating_pow(claimed.attempts as u32).min(600));
+                let delay = e
+                    .retry_after()
+                    .unwrap_or(backoff)
+                    .max(Duration::from_millis(100));
                 tracing::warn!(
                     report = claimed.id,
                     kind = claimed.payload.kind(),
@@ -129,12 +139,21 @@ impl Reporter {
                         give_up,
                     )
                     .await?;
-                Ok(if give_up { Step::GaveUp } else { Step::Retrying })
+                Ok(if give_up {
+                    Step::GaveUp
+                } else {
+                    Step::Retrying
+                })
             }
         }
     }
 
-    async fn installation(&self, github: &GitHub, repo: &RepoName, known: Option<i64>) -> Result<InstallationId, GitHubError> {
+    async fn installation(
+        &self,
+        github: &GitHub,
+        repo: &RepoName,
+        known: Option<i64>,
+    ) -> Result<InstallationId, GitHubError> {
         if let Some(id) = known.and_then(|i| u64::try_from(i).ok()) {
             return Ok(InstallationId(id));
         }
@@ -146,7 +165,13 @@ impl Reporter {
         github.repo_installation(repo).await
     }
 
-    async fn send(&self, github: &GitHub, id: i64, attempts: i64, report: &Report) -> Result<(), GitHubError> {
+    async fn send(
+        &self,
+        github: &GitHub,
+        id: i64,
+        attempts: i64,
+        report: &Report,
+    ) -> Result<(), GitHubError> {
         let (repo, known) = report.target();
         let repo = RepoName::parse(repo).ok_or_else(|| GitHubError::Status {
             status: 422,
@@ -160,13 +185,14 @@ impl Reporter {
                 content,
                 ..
             } => {
-                let comment = u64::try_from(*comment_id).map(CommentId).map_err(|_| {
-                    GitHubError::Status {
-                        status: 422,
-                        message: "bad comment id".into(),
-                        retry_after: None,
-                    }
-                })?;
+                let comment =
+                    u64::try_from(*comment_id)
+                        .map(CommentId)
+                        .map_err(|_| GitHubError::Status {
+                            status: 422,
+                            message: "bad comment id".into(),
+                            retry_after: None,
+                        })?;
                 github.add_reaction(inst, &repo, comment, content).await
             }
             Report::Comment { number, body, .. } => {
@@ -175,7 +201,10 @@ impl Reporter {
                 if attempts > 1 {
                     let existing = github.list_comments(inst, &repo, number).await?;
                     if existing.iter().any(|(_, b)| b.contains(&marker)) {
-                        tracing::info!(report = id, "comment was already posted; not posting again");
+                        tracing::info!(
+                            report = id,
+                            "comment was already posted; not posting again"
+                        );
                         return Ok(());
                     }
                 }

@@ -83,8 +83,7 @@ impl Store {
     /// Connect to `postgres://...` or `sqlite://PATH` (the file is created if missing).
     pub async fn connect(url: &str) -> Result<Store> {
         sqlx::any::install_default_drivers();
-        let (backend, url) = if url.starts_with("postgres://") || url.starts_with("postgresql://")
-        {
+        let (backend, url) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (Backend::Postgres, url.to_string())
         } else if let Some(path) = url.strip_prefix("sqlite:") {
             let path = path.trim_start_matches("//");
@@ -122,8 +121,12 @@ impl Store {
             .connect(&url)
             .await?;
         if backend == Backend::Sqlite {
-            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
-            sqlx::query("PRAGMA foreign_keys = ON").execute(&pool).await?;
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+            sqlx::query("PRAGMA foreign_keys = ON")
+                .execute(&pool)
+                .await?;
         }
         Ok(Store { pool, backend })
     }
@@ -135,7 +138,11 @@ impl Store {
     /// Apply the migrations of this backend (idempotent).
     pub async fn migrate(&self) -> Result<()> {
         let result = match self.backend {
-            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&self.pool).await,
+            Backend::Postgres => {
+                sqlx::migrate!("./migrations/postgres")
+                    .run(&self.pool)
+                    .await
+            }
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&self.pool).await,
         };
         result.map_err(StoreError::Migrate)

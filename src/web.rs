@@ -96,10 +96,15 @@ impl JobView {
             components: request
                 .refs
                 .iter()
-                .map(|ComponentRef { component, reference }| ComponentView {
-                    component: component.clone(),
-                    reference: reference.to_string(),
-                })
+                .map(
+                    |ComponentRef {
+                         component,
+                         reference,
+                     }| ComponentView {
+                        component: component.clone(),
+                        reference: reference.to_string(),
+                    },
+                )
                 .collect(),
             only: request.only,
             without: request.without,
@@ -152,7 +157,10 @@ async fn list_jobs(
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot list jobs");
-            error(StatusCode::SERVICE_UNAVAILABLE, "the database is unavailable")
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database is unavailable",
+            )
         }
     }
 }
@@ -161,11 +169,17 @@ async fn get_job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> 
     let Ok(id) = id.parse::<i64>() else {
         return error(StatusCode::BAD_REQUEST, "a job id is a number");
     };
-    let (job, events) = match (state.store.get_job(id).await, state.store.job_events(id).await) {
+    let (job, events) = match (
+        state.store.get_job(id).await,
+        state.store.job_events(id).await,
+    ) {
         (Ok(job), Ok(events)) => (job, events),
         (Err(e), _) | (_, Err(e)) => {
             tracing::error!(error = %e, "cannot read job");
-            return error(StatusCode::SERVICE_UNAVAILABLE, "the database is unavailable");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database is unavailable",
+            );
         }
     };
     match job {

@@ -379,7 +379,11 @@ fn valid_delivery_id(id: &str) -> bool {
 }
 
 /// The axum handler for `POST /webhook`.
-pub async fn receive(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn receive(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let Some(signature) = header("x-hub-signature-256") else {
         tracing::warn!("webhook without X-Hub-Signature-256 refused");
@@ -397,7 +401,10 @@ pub async fn receive(State(state): State<Arc<AppState>>, headers: HeaderMap, bod
         );
     };
     if !valid_delivery_id(delivery) {
-        return answer(StatusCode::BAD_REQUEST, "X-GitHub-Delivery is not a valid id");
+        return answer(
+            StatusCode::BAD_REQUEST,
+            "X-GitHub-Delivery is not a valid id",
+        );
     }
     let span = tracing::info_span!("delivery", delivery, event);
     let _enter = span.enter();
@@ -413,7 +420,16 @@ pub async fn receive(State(state): State<Arc<AppState>>, headers: HeaderMap, bod
         }
     };
     drop(_enter);
-    match commit(&state.store, delivery, event, action.as_deref(), &effects, outcome).await {
+    match commit(
+        &state.store,
+        delivery,
+        event,
+        action.as_deref(),
+        &effects,
+        outcome,
+    )
+    .await
+    {
         Ok(true) => {
             tracing::info!(delivery, event, outcome, "delivery accepted");
             state.wake.notify_one();
@@ -457,9 +473,8 @@ async fn commit(
                 number,
                 reason,
             } => {
-                let ids =
-                    Store::end_queued_jobs_of_pr(&mut tx, repo, *number, "cancelled", reason)
-                        .await?;
+                let ids = Store::end_queued_jobs_of_pr(&mut tx, repo, *number, "cancelled", reason)
+                    .await?;
                 if !ids.is_empty() {
                     tracing::info!(?ids, %repo, number, "queued jobs cancelled");
                 }
@@ -468,7 +483,9 @@ async fn commit(
                 repo,
                 installation_id,
             } => Store::set_installation(&mut tx, repo, *installation_id).await?,
-            Effect::RemoveInstallation { repo } => Store::remove_installation(&mut tx, repo).await?,
+            Effect::RemoveInstallation { repo } => {
+                Store::remove_installation(&mut tx, repo).await?
+            }
         }
     }
     tx.commit().await?;
@@ -495,7 +512,13 @@ mod tests {
         assert!(verify(&secrets, payload.as_bytes(), expected));
         assert!(!verify(&secrets[..1], payload.as_bytes(), expected));
         assert!(!verify(&secrets, b"Hello, World?", expected));
-        for bad in ["", "sha256=", "sha1=757107ea", "sha256=zz", "sha256=757107ea0e"] {
+        for bad in [
+            "",
+            "sha256=",
+            "sha1=757107ea",
+            "sha256=zz",
+            "sha256=757107ea0e",
+        ] {
             assert!(!verify(&secrets, payload.as_bytes(), bad), "{bad}");
         }
         assert!(!verify(&[], payload.as_bytes(), expected));

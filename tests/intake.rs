@@ -60,8 +60,15 @@ fn check_clean(github: &FakeGitHub) {
 
 async fn valid_command_queues_the_request_and_gets_eyes(db: Db) {
     let t = TestApp::start(db).await;
-    t.github.set_permission("packit/packit-service", "alice", "write");
-    let event = comment_event("packit/packit-service", 614, true, "/deploy ogr=123", "alice");
+    t.github
+        .set_permission("packit/packit-service", "alice", "write");
+    let event = comment_event(
+        "packit/packit-service",
+        614,
+        true,
+        "/deploy ogr=123",
+        "alice",
+    );
     let (status, _) = t.deliver("issue_comment", &event).await;
     assert!(status.is_success(), "{status}");
     t.settle().await;
@@ -87,7 +94,8 @@ async fn valid_command_queues_the_request_and_gets_eyes(db: Db) {
 
 async fn edited_comment_queues_only_new_command_lines(db: Db) {
     let t = TestApp::start(db).await;
-    t.github.set_permission("packit/packit-service", "alice", "write");
+    t.github
+        .set_permission("packit/packit-service", "alice", "write");
     let old = "Let's try:\n/deploy ogr=123";
     let created = comment_event("packit/packit-service", 614, true, old, "alice");
     t.deliver("issue_comment", &created).await;
@@ -122,8 +130,15 @@ async fn edited_comment_queues_only_new_command_lines(db: Db) {
 
 async fn malformed_command_gets_one_helpful_reply_and_no_job(db: Db) {
     let t = TestApp::start(db).await;
-    t.github.set_permission("packit/packit-service", "alice", "write");
-    let event = comment_event("packit/packit-service", 614, true, "/deploy ogrr=123", "alice");
+    t.github
+        .set_permission("packit/packit-service", "alice", "write");
+    let event = comment_event(
+        "packit/packit-service",
+        614,
+        true,
+        "/deploy ogrr=123",
+        "alice",
+    );
     t.deliver("issue_comment", &event).await;
     t.settle().await;
 
@@ -133,17 +148,30 @@ async fn malformed_command_gets_one_helpful_reply_and_no_job(db: Db) {
     let body = &replies[0].body;
     assert!(body.contains("ogrr"), "quotes the token: {body}");
     assert!(body.contains("did you mean"), "suggests: {body}");
-    assert!(body.contains("`ogr`"), "names the nearest component: {body}");
+    assert!(
+        body.contains("`ogr`"),
+        "names the nearest component: {body}"
+    );
     assert!(body.contains("@alice"), "answers the author: {body}");
     let comment_id = event["comment"]["id"].as_u64().expect("id");
-    assert!(t.github.reactions(comment_id).is_empty(), "no 👀 on a malformed command");
+    assert!(
+        t.github.reactions(comment_id).is_empty(),
+        "no 👀 on a malformed command"
+    );
     check_clean(&t.github);
 }
 
 async fn unauthorised_user_is_answered_once(db: Db) {
     let t = TestApp::start(db).await;
-    t.github.set_permission("packit/packit-service", "mallory", "read");
-    let first = comment_event("packit/packit-service", 614, true, "/deploy ogr=1", "mallory");
+    t.github
+        .set_permission("packit/packit-service", "mallory", "read");
+    let first = comment_event(
+        "packit/packit-service",
+        614,
+        true,
+        "/deploy ogr=1",
+        "mallory",
+    );
     t.deliver("issue_comment", &first).await;
     t.settle().await;
     assert!(t.jobs().await.is_empty());
@@ -152,13 +180,28 @@ async fn unauthorised_user_is_answered_once(db: Db) {
     assert!(replies[0].body.contains("@mallory"), "{}", replies[0].body);
     assert!(replies[0].body.contains("write"), "{}", replies[0].body);
 
-    let second = comment_event("packit/packit-service", 614, true, "/deploy ogr=2", "mallory");
+    let second = comment_event(
+        "packit/packit-service",
+        614,
+        true,
+        "/deploy ogr=2",
+        "mallory",
+    );
     t.deliver("issue_comment", &second).await;
     t.settle().await;
     assert!(t.jobs().await.is_empty());
-    assert!(t.github.take_comments("packit/packit-service", 614).is_empty(), "no second reply");
+    assert!(
+        t.github
+            .take_comments("packit/packit-service", 614)
+            .is_empty(),
+        "no second reply"
+    );
     for e in [&first, &second] {
-        assert!(t.github.reactions(e["comment"]["id"].as_u64().expect("id")).is_empty());
+        assert!(
+            t.github
+                .reactions(e["comment"]["id"].as_u64().expect("id"))
+                .is_empty()
+        );
     }
     check_clean(&t.github);
 }
@@ -167,7 +210,8 @@ async fn team_member_on_the_allow_list_may_deploy(db: Db) {
     let t = TestApp::start(db).await;
     // deploy/packit.toml allows the packit/packit-developers team.
     t.github.set_permission("packit/ogr", "carol", "read");
-    t.github.add_team_member("packit", "packit-developers", "carol");
+    t.github
+        .add_team_member("packit", "packit-developers", "carol");
     let event = comment_event("packit/ogr", 123, true, "/deploy", "carol");
     t.deliver("issue_comment", &event).await;
     t.settle().await;
@@ -179,7 +223,13 @@ async fn team_member_on_the_allow_list_may_deploy(db: Db) {
 
 async fn bot_comments_do_nothing(db: Db) {
     let t = TestApp::start(db).await;
-    let mut event = comment_event("packit/packit-service", 614, true, "/deploy ogr=1", "renovate[bot]");
+    let mut event = comment_event(
+        "packit/packit-service",
+        614,
+        true,
+        "/deploy ogr=1",
+        "renovate[bot]",
+    );
     event["comment"]["user"]["type"] = json!("Bot");
     event["sender"]["type"] = json!("Bot");
     let (status, _) = t.deliver("issue_comment", &event).await;
@@ -189,7 +239,13 @@ async fn bot_comments_do_nothing(db: Db) {
     assert!(t.github.requests().is_empty(), "no GitHub call for a bot");
 
     // deploybot's own comments carry its login.
-    let own = comment_event("packit/packit-service", 614, true, "/deploy ogr=1", "packit-deploybot[bot]");
+    let own = comment_event(
+        "packit/packit-service",
+        614,
+        true,
+        "/deploy ogr=1",
+        "packit-deploybot[bot]",
+    );
     t.deliver("issue_comment", &own).await;
     t.settle().await;
     assert!(t.jobs().await.is_empty());
@@ -198,8 +254,15 @@ async fn bot_comments_do_nothing(db: Db) {
 
 async fn redelivery_queues_nothing_new(db: Db) {
     let t = TestApp::start(db).await;
-    t.github.set_permission("packit/packit-service", "alice", "write");
-    let event = comment_event("packit/packit-service", 614, true, "/deploy ogr=123", "alice");
+    t.github
+        .set_permission("packit/packit-service", "alice", "write");
+    let event = comment_event(
+        "packit/packit-service",
+        614,
+        true,
+        "/deploy ogr=123",
+        "alice",
+    );
     let (first, _) = t.deliver_as("issue_comment", "d-1", &event).await;
     let (second, body) = t.deliver_as("issue_comment", "d-1", &event).await;
     assert!(first.is_success() && second.is_success());
@@ -217,8 +280,15 @@ async fn redelivery_queues_nothing_new(db: Db) {
 
 async fn bad_missing_or_stale_signatures_get_401_and_store_nothing(db: Db) {
     let t = TestApp::start(db).await;
-    t.github.set_permission("packit/packit-service", "alice", "write");
-    let event = comment_event("packit/packit-service", 614, true, "/deploy ogr=123", "alice");
+    t.github
+        .set_permission("packit/packit-service", "alice", "write");
+    let event = comment_event(
+        "packit/packit-service",
+        614,
+        true,
+        "/deploy ogr=123",
+        "alice",
+    );
     let body = serde_json::to_vec(&event).expect("json");
     let valid = deploybot::webhook::sign(SECRET.as_bytes(), &body);
     let mut truncated = valid.clone();
@@ -227,14 +297,25 @@ async fn bad_missing_or_stale_signatures_get_401_and_store_nothing(db: Db) {
         None,
         Some(String::new()),
         Some("sha256=00".into()),
-        Some(deploybot::webhook::sign(b"a-secret-nobody-configured", &body)),
-        Some(deploybot::webhook::sign(b"stale-secret-removed-last-month", &body)),
+        Some(deploybot::webhook::sign(
+            b"a-secret-nobody-configured",
+            &body,
+        )),
+        Some(deploybot::webhook::sign(
+            b"stale-secret-removed-last-month",
+            &body,
+        )),
         Some(valid.replace("sha256=", "sha1=")),
         Some(truncated),
     ];
     for signature in cases {
         let (status, answer) = t
-            .deliver_raw(Some("issue_comment"), Some("d-sig"), signature.clone(), body.clone())
+            .deliver_raw(
+                Some("issue_comment"),
+                Some("d-sig"),
+                signature.clone(),
+                body.clone(),
+            )
             .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{signature:?}: {answer}");
     }
@@ -253,8 +334,15 @@ async fn bad_missing_or_stale_signatures_get_401_and_store_nothing(db: Db) {
 
 async fn rotated_secret_verifies(db: Db) {
     let t = TestApp::start(db).await;
-    t.github.set_permission("packit/packit-service", "alice", "write");
-    let event = comment_event("packit/packit-service", 614, true, "/deploy ogr=123", "alice");
+    t.github
+        .set_permission("packit/packit-service", "alice", "write");
+    let event = comment_event(
+        "packit/packit-service",
+        614,
+        true,
+        "/deploy ogr=123",
+        "alice",
+    );
     let body = serde_json::to_vec(&event).expect("json");
     let old = deploybot::webhook::sign(OLD_SECRET.as_bytes(), &body);
     let (status, _) = t
@@ -281,10 +369,20 @@ async fn oversized_body_gets_413(db: Db) {
 
 async fn malformed_json_gets_400(db: Db) {
     let t = TestApp::start(db).await;
-    for body in [&b"{\"action\": \"created\", "[..], b"not json", b"[]", b"{}"] {
+    for body in [
+        &b"{\"action\": \"created\", "[..],
+        b"not json",
+        b"[]",
+        b"{}",
+    ] {
         let signature = deploybot::webhook::sign(SECRET.as_bytes(), body);
         let (status, answer) = t
-            .deliver_raw(Some("issue_comment"), Some("d-json"), Some(signature), body.to_vec())
+            .deliver_raw(
+                Some("issue_comment"),
+                Some("d-json"),
+                Some(signature),
+                body.to_vec(),
+            )
             .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     }
@@ -326,7 +424,11 @@ async fn unknown_event_gets_2xx_and_stores_nothing(db: Db) {
     assert!(status.is_success());
     t.settle().await;
     assert!(t.jobs().await.is_empty());
-    assert_eq!(t.deliveries().await, 1, "only the handled event type is recorded");
+    assert_eq!(
+        t.deliveries().await,
+        1,
+        "only the handled event type is recorded"
+    );
     assert!(t.github.requests().is_empty());
 }
 
@@ -370,12 +472,19 @@ async fn label_by_stranger_is_refused_once(db: Db) {
 
 async fn close_cancels_the_prs_queued_jobs(db: Db) {
     let t = TestApp::start(db).await;
-    t.github.set_permission("packit/packit-service", "alice", "write");
+    t.github
+        .set_permission("packit/packit-service", "alice", "write");
     t.github.set_permission("packit/ogr", "alice", "write");
     // One job from packit-service#614 naming ogr#123, one from packit-service#700.
     t.deliver(
         "issue_comment",
-        &comment_event("packit/packit-service", 614, true, "/deploy ogr=123", "alice"),
+        &comment_event(
+            "packit/packit-service",
+            614,
+            true,
+            "/deploy ogr=123",
+            "alice",
+        ),
     )
     .await;
     t.deliver(
@@ -398,7 +507,12 @@ async fn close_cancels_the_prs_queued_jobs(db: Db) {
             .clone()
     };
     assert_eq!(by_pr(614)["state"], "cancelled");
-    assert!(by_pr(614)["error"].as_str().expect("reason").contains("closed"));
+    assert!(
+        by_pr(614)["error"]
+            .as_str()
+            .expect("reason")
+            .contains("closed")
+    );
     assert_eq!(by_pr(700)["state"], "queued");
     t.settle().await;
     check_clean(&t.github);
@@ -458,7 +572,12 @@ async fn installation_events_are_remembered_and_used(db: Db) {
     let (status, _) = t.deliver("installation", &created).await;
     assert!(status.is_success());
     assert_eq!(
-        t.app.state.store.installation_for("packit/tokman").await.expect("db"),
+        t.app
+            .state
+            .store
+            .installation_for("packit/tokman")
+            .await
+            .expect("db"),
         Some(9001)
     );
     let mut added = fixture("installation_repositories/added.json");
@@ -466,18 +585,27 @@ async fn installation_events_are_remembered_and_used(db: Db) {
     added["repositories_added"][0]["full_name"] = json!("packit/dashboard");
     t.deliver("installation_repositories", &added).await;
     assert_eq!(
-        t.app.state.store.installation_for("packit/dashboard").await.expect("db"),
+        t.app
+            .state
+            .store
+            .installation_for("packit/dashboard")
+            .await
+            .expect("db"),
         Some(9001)
     );
 
     // A comment payload without an installation uses the remembered one.
     let mut event = comment_event("packit/tokman", 5, true, "/deploy", "alice");
-    event.as_object_mut().expect("object").remove("installation");
+    event
+        .as_object_mut()
+        .expect("object")
+        .remove("installation");
     t.deliver("issue_comment", &event).await;
     t.settle().await;
     assert_eq!(t.jobs().await.len(), 1);
     assert_eq!(
-        t.github.reactions(event["comment"]["id"].as_u64().expect("id")),
+        t.github
+            .reactions(event["comment"]["id"].as_u64().expect("id")),
         vec!["eyes".to_string()]
     );
     check_clean(&t.github);
@@ -485,7 +613,8 @@ async fn installation_events_are_remembered_and_used(db: Db) {
 
 async fn comment_on_issue_needs_explicit_refs(db: Db) {
     let t = TestApp::start(db).await;
-    t.github.set_permission("packit/packit-service", "alice", "write");
+    t.github
+        .set_permission("packit/packit-service", "alice", "write");
     t.deliver(
         "issue_comment",
         &comment_event("packit/packit-service", 50, false, "/deploy", "alice"),
@@ -495,11 +624,21 @@ async fn comment_on_issue_needs_explicit_refs(db: Db) {
     assert!(t.jobs().await.is_empty());
     let replies = t.github.take_comments("packit/packit-service", 50);
     assert_eq!(replies.len(), 1);
-    assert!(replies[0].body.contains("nothing to deploy"), "{}", replies[0].body);
+    assert!(
+        replies[0].body.contains("nothing to deploy"),
+        "{}",
+        replies[0].body
+    );
 
     t.deliver(
         "issue_comment",
-        &comment_event("packit/packit-service", 50, false, "/deploy ogr=1 fedmsg=branch:main", "alice"),
+        &comment_event(
+            "packit/packit-service",
+            50,
+            false,
+            "/deploy ogr=1 fedmsg=branch:main",
+            "alice",
+        ),
     )
     .await;
     t.settle().await;
@@ -516,10 +655,17 @@ async fn comment_on_issue_needs_explicit_refs(db: Db) {
 
 async fn retired_component_answers_retired(db: Db) {
     let t = TestApp::start(db).await;
-    t.github.set_permission("packit/packit-service", "alice", "write");
+    t.github
+        .set_permission("packit/packit-service", "alice", "write");
     t.deliver(
         "issue_comment",
-        &comment_event("packit/packit-service", 614, true, "/deploy centosmsg=3", "alice"),
+        &comment_event(
+            "packit/packit-service",
+            614,
+            true,
+            "/deploy centosmsg=3",
+            "alice",
+        ),
     )
     .await;
     t.settle().await;
@@ -562,7 +708,8 @@ async fn reporter_crash_after_posting_does_not_post_twice(db: Db) {
 
 async fn github_outage_delays_but_loses_nothing(db: Db) {
     let t = TestApp::start(db).await;
-    t.github.set_permission("packit/packit-service", "alice", "write");
+    t.github
+        .set_permission("packit/packit-service", "alice", "write");
     t.github.fail_next(
         "GET",
         "/repos/packit/packit-service/collaborators",
@@ -570,21 +717,37 @@ async fn github_outage_delays_but_loses_nothing(db: Db) {
         10,
         vec![],
     );
-    let event = comment_event("packit/packit-service", 614, true, "/deploy ogr=123", "alice");
+    let event = comment_event(
+        "packit/packit-service",
+        614,
+        true,
+        "/deploy ogr=123",
+        "alice",
+    );
     let (status, _) = t.deliver("issue_comment", &event).await;
     assert!(status.is_success(), "answered although GitHub is down");
     t.settle().await;
     assert!(t.jobs().await.is_empty(), "not authorised yet");
-    assert_eq!(t.app.state.store.pending_triggers().await.expect("count"), 1);
+    assert_eq!(
+        t.app.state.store.pending_triggers().await.expect("count"),
+        1
+    );
     check_clean(&t.github);
 }
 
 async fn api_reads_jobs_and_hides_secrets(db: Db) {
     let t = TestApp::start(db).await;
-    t.github.set_permission("packit/packit-service", "alice", "write");
+    t.github
+        .set_permission("packit/packit-service", "alice", "write");
     t.deliver(
         "issue_comment",
-        &comment_event("packit/packit-service", 614, true, "/deploy --base=prod ogr=123 --dry-run", "alice"),
+        &comment_event(
+            "packit/packit-service",
+            614,
+            true,
+            "/deploy --base=prod ogr=123 --dry-run",
+            "alice",
+        ),
     )
     .await;
     t.settle().await;
@@ -617,7 +780,11 @@ async fn api_reads_jobs_and_hides_secrets(db: Db) {
     }
     let key = std::fs::read_to_string(key_path()).expect("key");
     let key_line = key.lines().nth(1).expect("key body");
-    let mut secrets = vec![SECRET.to_string(), OLD_SECRET.to_string(), key_line.to_string()];
+    let mut secrets = vec![
+        SECRET.to_string(),
+        OLD_SECRET.to_string(),
+        key_line.to_string(),
+    ];
     secrets.extend(t.github.issued_tokens());
     assert!(secrets.len() > 3, "tokens were issued");
     for secret in secrets {

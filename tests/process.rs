@@ -82,11 +82,18 @@ async fn serve_and_receive_queue_a_deploy_from_a_comment() {
             .spawn()
             .expect("deploybot serve starts"),
     );
-    let health = eventually("healthz", || http_get(&format!("{base}/healthz"))).await;
+    let health_url = format!("{base}/healthz");
+    let health = eventually("healthz", || http_get(&health_url)).await;
     assert_eq!(health["github"]["reporting"], "on");
     assert_eq!(health["database"], "postgres");
 
-    let event = comment_event("packit/packit-service", 614, true, "/deploy ogr=123", "alice");
+    let event = comment_event(
+        "packit/packit-service",
+        614,
+        true,
+        "/deploy ogr=123",
+        "alice",
+    );
     let payload = tmp.path().join("comment.json");
     std::fs::write(&payload, serde_json::to_vec(&event).expect("json")).expect("write");
     let receive = Command::new(env!("CARGO_BIN_EXE_deploybot"))
@@ -98,11 +105,16 @@ async fn serve_and_receive_queue_a_deploy_from_a_comment() {
         .output()
         .expect("receive runs");
     let said = String::from_utf8_lossy(&receive.stdout);
-    assert!(receive.status.success(), "{said}{}", String::from_utf8_lossy(&receive.stderr));
+    assert!(
+        receive.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&receive.stderr)
+    );
     assert!(said.contains("HTTP 202"), "{said}");
 
+    let jobs_url = format!("{base}/api/v1/jobs");
     let jobs = eventually("the job", || async {
-        let body = http_get(&format!("{base}/api/v1/jobs")).await?;
+        let body = http_get(&jobs_url).await?;
         let jobs = body["jobs"].as_array()?.clone();
         (!jobs.is_empty()).then_some(jobs)
     })
@@ -127,7 +139,10 @@ async fn serve_and_receive_queue_a_deploy_from_a_comment() {
     let log = std::fs::read_to_string(&log).expect("log");
     assert!(log.contains("deploybot listening"), "{log}");
     for secret in [SECRET, OLD_SECRET] {
-        assert!(!log.contains(secret), "the webhook secret leaked into the log");
+        assert!(
+            !log.contains(secret),
+            "the webhook secret leaked into the log"
+        );
     }
     for token in github.issued_tokens() {
         assert!(!log.contains(&token), "a token leaked into the log");

@@ -20,7 +20,10 @@ fn main() -> ExitCode {
     };
     let vocab = config.vocabulary();
     if args.is_empty() || args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("usage: deploy [OPTIONS] COMPONENT=REF...   (the grammar of the `{}` comment)\n", vocab.prefix);
+        println!(
+            "usage: deploy [OPTIONS] COMPONENT=REF...   (the grammar of the `{}` comment)\n",
+            vocab.prefix
+        );
         println!("{}", help_text(&vocab));
         return ExitCode::SUCCESS;
     }

@@ -143,7 +143,10 @@ pub fn plan(
     };
     for p in pinned {
         let Some(c) = config.component(&p.component) else {
-            return Err(PlanError(format!("`{}` is not a configured component", p.component)));
+            return Err(PlanError(format!(
+                "`{}` is not a configured component",
+                p.component
+            )));
         };
         if c.retired {
             return Err(PlanError(format!(
@@ -159,7 +162,11 @@ pub fn plan(
     // Components deployed: every active component with images, filtered.
     let mut deploy = Vec::new();
     let mut skip = Vec::new();
-    for c in config.components.iter().filter(|c| !c.retired && !c.images.is_empty()) {
+    for c in config
+        .components
+        .iter()
+        .filter(|c| !c.retired && !c.images.is_empty())
+    {
         let chosen = if !request.only.is_empty() {
             request.only.contains(&c.name)
         } else {
@@ -210,9 +217,10 @@ pub fn plan(
             for lib in libraries.iter().filter(|l| l.changes.contains(&image.name)) {
                 let sha = sha_of(&lib.name).unwrap_or_default();
                 let repo_url = format!("https://github.com/{}.git", lib.repo);
-                let template = lib.install.as_deref().unwrap_or(
-                    "pip3 install --no-cache-dir --no-deps git+{repo_url}@{sha}",
-                );
+                let template = lib
+                    .install
+                    .as_deref()
+                    .unwrap_or("pip3 install --no-cache-dir --no-deps git+{repo_url}@{sha}");
                 steps.push(BuildStep::Overlay {
                     library: lib.name.clone(),
                     repo: lib.repo.clone(),
@@ -274,8 +282,8 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::parse_command;
     use crate::command::Command;
+    use crate::command::parse_command;
     use crate::config::PACKIT_TOML;
 
     fn packit() -> Config {
@@ -298,7 +306,10 @@ mod tests {
             .iter()
             .map(|r| Pinned {
                 component: r.component.clone(),
-                repo: config.component(&r.component).map(|c| c.repo.clone()).unwrap_or_default(),
+                repo: config
+                    .component(&r.component)
+                    .map(|c| c.repo.clone())
+                    .unwrap_or_default(),
                 reference: r.reference.clone(),
                 sha: sha(match r.component.as_str() {
                     "packit-service" => 'a',
@@ -327,14 +338,28 @@ mod tests {
         for name in ["packit-service", "packit-worker"] {
             let i = image(&p, name);
             assert_eq!(i.action, ImageAction::Overlay);
-            assert_eq!(i.from.as_deref(), Some(&*format!("quay.io/packit/{name}:stg")));
+            assert_eq!(
+                i.from.as_deref(),
+                Some(&*format!("quay.io/packit/{name}:stg"))
+            );
             assert_eq!(i.tag, "stg-ogr-bbbbbbbbbbbb");
-            let [BuildStep::Overlay { library, sha: s, install, .. }] = &i.steps[..] else {
+            let [
+                BuildStep::Overlay {
+                    library,
+                    sha: s,
+                    install,
+                    ..
+                },
+            ] = &i.steps[..]
+            else {
                 panic!("one overlay step: {:?}", i.steps);
             };
             assert_eq!(library, "ogr");
             assert_eq!(s, &sha('b'));
-            assert!(install.contains("github.com/packit/ogr.git@bbbb"), "{install}");
+            assert!(
+                install.contains("github.com/packit/ogr.git@bbbb"),
+                "{install}"
+            );
         }
         assert_eq!(image(&p, "dashboard").action, ImageAction::Base);
         assert_eq!(image(&p, "dashboard").tag, "stg");
@@ -348,13 +373,17 @@ mod tests {
         let worker = image(&p, "packit-worker");
         assert_eq!(worker.action, ImageAction::BuildAndOverlay);
         assert_eq!(worker.tag, "packit-service-aaaaaaaaaaaa-ogr-bbbbbbbbbbbb");
-        assert!(matches!(&worker.steps[0], BuildStep::Source { containerfile, build_args, .. }
+        assert!(
+            matches!(&worker.steps[0], BuildStep::Source { containerfile, build_args, .. }
             if containerfile == "files/docker/Dockerfile.worker"
-            && build_args.get("SOURCE_BRANCH").map(String::as_str) == Some("main")));
+            && build_args.get("SOURCE_BRANCH").map(String::as_str) == Some("main"))
+        );
         assert!(matches!(&worker.steps[1], BuildStep::Overlay { library, .. } if library == "ogr"));
         let service = image(&p, "packit-service");
-        assert!(matches!(&service.steps[0], BuildStep::Source { containerfile, .. }
-            if containerfile == "files/docker/Dockerfile"));
+        assert!(
+            matches!(&service.steps[0], BuildStep::Source { containerfile, .. }
+            if containerfile == "files/docker/Dockerfile")
+        );
         assert_eq!(image(&p, "tokman").action, ImageAction::Base);
     }
 
@@ -364,8 +393,10 @@ mod tests {
         let service = image(&p, "packit-service");
         assert_eq!(service.action, ImageAction::Build);
         assert_eq!(service.tag, "packit-service-aaaaaaaaaaaa");
-        assert!(matches!(&service.steps[0], BuildStep::Source { build_args, .. }
-            if build_args.get("SOURCE_BRANCH").map(String::as_str) == Some("stable")));
+        assert!(
+            matches!(&service.steps[0], BuildStep::Source { build_args, .. }
+            if build_args.get("SOURCE_BRANCH").map(String::as_str) == Some("stable"))
+        );
         assert_eq!(image(&p, "dashboard").tag, "prod");
         assert_eq!(image(&p, "packit-service-fedmsg").tag, "prod");
     }
@@ -421,14 +452,18 @@ mod tests {
         assert_eq!(dash.action, ImageAction::Build);
         assert!(dash.deployed);
         assert!(!image(&p, "packit-service").deployed);
-        assert!(matches!(&dash.steps[0], BuildStep::Source { build_args, .. }
-            if build_args.get("API_URL").map(String::as_str) == Some("https://dev.packit.dev/api")));
+        assert!(
+            matches!(&dash.steps[0], BuildStep::Source { build_args, .. }
+            if build_args.get("API_URL").map(String::as_str) == Some("https://dev.packit.dev/api"))
+        );
     }
 
     #[test]
     fn without_skips_components() {
         let p = plan_for("ogr=1 --without=dashboard,tokman").expect("plan");
-        assert!(p.skip.contains(&"dashboard".to_string()) && p.skip.contains(&"tokman".to_string()));
+        assert!(
+            p.skip.contains(&"dashboard".to_string()) && p.skip.contains(&"tokman".to_string())
+        );
         assert!(p.deploy.contains(&"packit-service".to_string()));
     }
 
@@ -442,7 +477,8 @@ mod tests {
             reference: Ref::Pr(3),
             sha: sha('1'),
         }];
-        let err = plan(&config, &request, &pinned, config.default_environment()).expect_err("retired");
+        let err =
+            plan(&config, &request, &pinned, config.default_environment()).expect_err("retired");
         assert!(err.0.contains("retired"), "{err}");
         assert!(err.0.contains("2021"), "{err}");
     }

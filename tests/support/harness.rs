@@ -113,7 +113,9 @@ impl TestApp {
                 private_key_pem: std::fs::read(key_path()).expect("test key"),
             }),
         };
-        let app = App::new(settings, options.config).await.expect("app starts");
+        let app = App::new(settings, options.config)
+            .await
+            .expect("app starts");
         TestApp {
             app,
             github,
@@ -174,7 +176,12 @@ impl TestApp {
         self.deliver_as(event, &delivery, payload).await
     }
 
-    pub async fn deliver_as(&self, event: &str, delivery: &str, payload: &Value) -> (StatusCode, Value) {
+    pub async fn deliver_as(
+        &self,
+        event: &str,
+        delivery: &str,
+        payload: &Value,
+    ) -> (StatusCode, Value) {
         let body = serde_json::to_vec(payload).expect("json");
         let signature = sign(SECRET.as_bytes(), &body);
         self.deliver_raw(Some(event), Some(delivery), Some(signature), body)

@@ -1,0 +1,9 @@
+//! Test support shared by the integration test crates: a real PostgreSQL, the
+//! fake GitHub, and the harness that drives deploybot. Not every crate uses
+//! every helper.
+#![allow(dead_code)]
+
+pub mod fake_github;
+pub mod harness;
+pub mod pg;
+mod selftest;
