@@ -9,13 +9,53 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Row};
 
-pub type Tx = sqlx::Transaction<'static, Any>;
+/// A transaction. Every row it writes carries the same time, `now`.
+pub struct Tx {
+    inner: sqlx::Transaction<'static, Any>,
+    /// The store's clock when the transaction began (unix ms).
+    pub now: i64,
+}
+
+impl Tx {
+    fn conn(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.inner
+    }
+
+    pub async fn commit(self) -> Result<()> {
+        Ok(self.inner.commit().await?)
+    }
+
+    pub async fn rollback(self) -> Result<()> {
+        Ok(self.inner.rollback().await?)
+    }
+}
+
+/// The store's sense of time: the wall clock plus an offset that tests move
+/// forward instead of sleeping.
+#[derive(Clone, Debug, Default)]
+pub struct Clock {
+    offset_ms: Arc<AtomicI64>,
+}
+
+impl Clock {
+    pub fn now_ms(&self) -> i64 {
+        chrono::Utc::now().timestamp_millis() + self.offset_ms.load(Ordering::SeqCst)
+    }
+
+    /// Move this clock forward (tests).
+    pub fn advance(&self, by: std::time::Duration) {
+        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+        self.offset_ms.fetch_add(ms, Ordering::SeqCst);
+    }
+}
 
 #[derive(Debug)]
 pub enum StoreError {
@@ -65,11 +105,7 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://deploybot.db";
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-}
-
-/// Current time in unix milliseconds.
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+    clock: Clock,
 }
 
 /// A unix-millisecond time as RFC 3339 (UTC), for people and APIs.
@@ -128,7 +164,11 @@ impl Store {
                 .execute(&pool)
                 .await?;
         }
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            clock: Clock::default(),
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -149,7 +189,18 @@ impl Store {
     }
 
     pub async fn begin(&self) -> Result<Tx> {
-        Ok(self.pool.begin().await?)
+        Ok(Tx {
+            inner: self.pool.begin().await?,
+            now: self.clock.now_ms(),
+        })
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     /// Whether the database answers (for `/readyz`).
@@ -181,9 +232,9 @@ impl Store {
         .bind(id)
         .bind(event)
         .bind(action)
-        .bind(now_ms())
+        .bind(tx.now)
         .bind(outcome)
-        .execute(&mut **tx)
+        .execute(tx.conn())
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -202,7 +253,7 @@ impl Store {
         delivery_id: Option<&str>,
         payload: &T,
     ) -> Result<i64> {
-        let now = now_ms();
+        let now = tx.now;
         let row = sqlx::query(
             "INSERT INTO triggers (delivery_id, payload, state, run_after, created_at, updated_at) \
              VALUES ($1, $2, 'pending', $3, $3, $3) RETURNING id",
@@ -210,7 +261,7 @@ impl Store {
         .bind(delivery_id)
         .bind(serde_json::to_string(payload)?)
         .bind(now)
-        .fetch_one(&mut **tx)
+        .fetch_one(tx.conn())
         .await?;
         Ok(row.try_get(0)?)
     }
@@ -220,7 +271,7 @@ impl Store {
         &self,
         lock_ms: i64,
     ) -> Result<Option<Claimed<T>>> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let sql = format!(
             "UPDATE triggers SET locked_until = $1, attempts = attempts + 1, updated_at = $2 \
              WHERE id = (SELECT id FROM triggers WHERE state = 'pending' AND run_after <= $2 \
@@ -241,15 +292,15 @@ impl Store {
             "UPDATE triggers SET state = 'done', locked_until = NULL, updated_at = $2 WHERE id = $1",
         )
         .bind(id)
-        .bind(now_ms())
-        .execute(&mut **tx)
+        .bind(tx.now)
+        .execute(tx.conn())
         .await?;
         Ok(())
     }
 
     /// Put a trigger back for a later attempt (GitHub was unreachable).
     pub async fn retry_trigger(&self, id: i64, delay_ms: i64, error: &str) -> Result<()> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         sqlx::query(
             "UPDATE triggers SET locked_until = NULL, run_after = $2, last_error = $3, updated_at = $4 \
              WHERE id = $1",
@@ -275,7 +326,7 @@ impl Store {
     // ---------------------------------------------------------------- jobs
 
     pub async fn insert_job(tx: &mut Tx, job: &NewJob) -> Result<i64> {
-        let now = now_ms();
+        let now = tx.now;
         let row = sqlx::query(
             "INSERT INTO jobs (state, source, request, requested_by, repo, number, is_pull_request, \
              comment_id, installation_id, delivery_id, environment, base, run_after, created_at, updated_at) \
@@ -293,7 +344,7 @@ impl Store {
         .bind(&job.environment)
         .bind(&job.base)
         .bind(now)
-        .fetch_one(&mut **tx)
+        .fetch_one(tx.conn())
         .await?;
         let id: i64 = row.try_get(0)?;
         for (repo, number) in &job.pull_requests {
@@ -304,7 +355,7 @@ impl Store {
             .bind(id)
             .bind(repo)
             .bind(*number)
-            .execute(&mut **tx)
+            .execute(tx.conn())
             .await?;
         }
         Store::add_event(tx, id, "queued", &job.queued_message).await?;
@@ -345,7 +396,7 @@ impl Store {
         state: &str,
         reason: &str,
     ) -> Result<Vec<i64>> {
-        let now = now_ms();
+        let now = tx.now;
         let rows = sqlx::query(
             "UPDATE jobs SET state = $3, updated_at = $4, finished_at = $4, error = $5 \
              WHERE state = 'queued' AND id IN \
@@ -356,7 +407,7 @@ impl Store {
         .bind(state)
         .bind(now)
         .bind(reason)
-        .fetch_all(&mut **tx)
+        .fetch_all(tx.conn())
         .await?;
         let mut ids = rows
             .iter()
@@ -374,10 +425,10 @@ impl Store {
     pub async fn add_event(tx: &mut Tx, job_id: i64, step: &str, message: &str) -> Result<()> {
         sqlx::query("INSERT INTO job_events (job_id, at, step, message) VALUES ($1, $2, $3, $4)")
             .bind(job_id)
-            .bind(now_ms())
+            .bind(tx.now)
             .bind(step)
             .bind(message)
-            .execute(&mut **tx)
+            .execute(tx.conn())
             .await?;
         Ok(())
     }
@@ -409,7 +460,7 @@ impl Store {
         kind: &str,
         payload: &T,
     ) -> Result<i64> {
-        let now = now_ms();
+        let now = tx.now;
         let row = sqlx::query(
             "INSERT INTO outbox (job_id, kind, payload, state, run_after, created_at) \
              VALUES ($1, $2, $3, 'pending', $4, $4) RETURNING id",
@@ -418,7 +469,7 @@ impl Store {
         .bind(kind)
         .bind(serde_json::to_string(payload)?)
         .bind(now)
-        .fetch_one(&mut **tx)
+        .fetch_one(tx.conn())
         .await?;
         Ok(row.try_get(0)?)
     }
@@ -429,7 +480,7 @@ impl Store {
         &self,
         lock_ms: i64,
     ) -> Result<Option<Claimed<T>>> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let sql = format!(
             "UPDATE outbox SET locked_until = $1, attempts = attempts + 1 \
              WHERE id = (SELECT id FROM outbox WHERE state = 'pending' AND run_after <= $2 \
@@ -450,7 +501,7 @@ impl Store {
             "UPDATE outbox SET state = 'sent', sent_at = $2, locked_until = NULL WHERE id = $1",
         )
         .bind(id)
-        .bind(now_ms())
+        .bind(self.clock.now_ms())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -470,7 +521,7 @@ impl Store {
         )
         .bind(id)
         .bind(if give_up { "dead" } else { "pending" })
-        .bind(now_ms() + delay_ms)
+        .bind(self.clock.now_ms() + delay_ms)
         .bind(error)
         .execute(&self.pool)
         .await?;
@@ -509,8 +560,8 @@ impl Store {
         .bind(repo)
         .bind(number)
         .bind(login)
-        .bind(now_ms())
-        .execute(&mut **tx)
+        .bind(tx.now)
+        .execute(tx.conn())
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -524,8 +575,8 @@ impl Store {
         )
         .bind(repo.to_ascii_lowercase())
         .bind(installation_id)
-        .bind(now_ms())
-        .execute(&mut **tx)
+        .bind(tx.now)
+        .execute(tx.conn())
         .await?;
         Ok(())
     }
@@ -533,7 +584,7 @@ impl Store {
     pub async fn remove_installation(tx: &mut Tx, repo: &str) -> Result<()> {
         sqlx::query("DELETE FROM installations WHERE repo = $1")
             .bind(repo.to_ascii_lowercase())
-            .execute(&mut **tx)
+            .execute(tx.conn())
             .await?;
         Ok(())
     }

@@ -50,6 +50,7 @@ on_both_backends!(
     retired_component_answers_retired,
     reporter_crash_after_posting_does_not_post_twice,
     github_outage_delays_but_loses_nothing,
+    reporter_retries_a_failed_report_with_backoff,
     api_reads_jobs_and_hides_secrets,
 );
 
@@ -710,11 +711,12 @@ async fn github_outage_delays_but_loses_nothing(db: Db) {
     let t = TestApp::start(db).await;
     t.github
         .set_permission("packit/packit-service", "alice", "write");
+    // Three failures: every attempt of the first (retried) permission lookup.
     t.github.fail_next(
         "GET",
         "/repos/packit/packit-service/collaborators",
         502,
-        10,
+        3,
         vec![],
     );
     let event = comment_event(
@@ -728,10 +730,73 @@ async fn github_outage_delays_but_loses_nothing(db: Db) {
     assert!(status.is_success(), "answered although GitHub is down");
     t.settle().await;
     assert!(t.jobs().await.is_empty(), "not authorised yet");
+    let store = &t.app.state.store;
+    assert_eq!(store.pending_triggers().await.expect("count"), 1);
+
+    // Nothing is due before the backoff ends; once it has, the trigger goes through.
+    t.settle().await;
+    assert_eq!(store.pending_triggers().await.expect("count"), 1);
+    store.clock().advance(std::time::Duration::from_secs(60));
+    t.settle().await;
+    assert_eq!(store.pending_triggers().await.expect("count"), 0);
+    let jobs = t.jobs().await;
+    assert_eq!(jobs.len(), 1);
     assert_eq!(
-        t.app.state.store.pending_triggers().await.expect("count"),
-        1
+        components(&jobs[0]),
+        pairs(&[("ogr", "#123"), ("packit-service", "#614")])
     );
+    let comment_id = event["comment"]["id"].as_u64().expect("id");
+    assert_eq!(t.github.reactions(comment_id), vec!["eyes".to_string()]);
+    check_clean(&t.github);
+}
+
+async fn reporter_retries_a_failed_report_with_backoff(db: Db) {
+    let t = TestApp::start(db).await;
+    t.github
+        .set_permission("packit/packit-service", "alice", "write");
+    t.github.fail_next(
+        "POST",
+        "/repos/packit/packit-service/issues/comments",
+        502,
+        1,
+        vec![],
+    );
+    t.github.fail_next(
+        "POST",
+        "/repos/packit/packit-service/issues/comments",
+        403,
+        1,
+        vec![
+            ("x-ratelimit-remaining".into(), "0".into()),
+            ("retry-after".into(), "30".into()),
+        ],
+    );
+    let event = comment_event(
+        "packit/packit-service",
+        614,
+        true,
+        "/deploy ogr=123",
+        "alice",
+    );
+    t.deliver("issue_comment", &event).await;
+    t.settle().await;
+    let comment_id = event["comment"]["id"].as_u64().expect("id");
+    assert!(
+        t.github.reactions(comment_id).is_empty(),
+        "GitHub refused the 👀"
+    );
+    assert_eq!(
+        t.jobs().await.len(),
+        1,
+        "the job does not depend on the report"
+    );
+    let store = &t.app.state.store;
+    for _ in 0..2 {
+        store.clock().advance(std::time::Duration::from_secs(120));
+        t.settle().await;
+    }
+    assert_eq!(t.github.reactions(comment_id), vec!["eyes".to_string()]);
+    assert_eq!(store.pending_reports().await.expect("count"), 0);
     check_clean(&t.github);
 }
 
