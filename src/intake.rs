@@ -196,7 +196,7 @@ impl Intake {
                     }
                 }
                 Store::finish_trigger(&mut tx, trigger_id).await?;
-                tx.commit().await.map_err(StoreError::from)?;
+                tx.commit().await?;
             }
             Trigger::Label {
                 repo,
@@ -273,7 +273,7 @@ impl Intake {
                     }
                 }
                 Store::finish_trigger(&mut tx, trigger_id).await?;
-                tx.commit().await.map_err(StoreError::from)?;
+                tx.commit().await?;
             }
         }
         Ok(())
@@ -283,7 +283,7 @@ impl Intake {
     async fn finish(&self, trigger_id: i64) -> Result<(), IntakeError> {
         let mut tx = self.store.begin().await?;
         Store::finish_trigger(&mut tx, trigger_id).await?;
-        tx.commit().await.map_err(StoreError::from)?;
+        tx.commit().await?;
         Ok(())
     }
 
