@@ -13,6 +13,7 @@ use crate::auth::{Authorizer, Decision};
 use crate::command::{Command, DeployRequest, Ref, help_text, parse_command};
 use crate::config::Config;
 use crate::github::{GitHub, GitHubError, InstallationId, RepoName};
+use crate::installations::find_installation;
 use crate::report::Report;
 use crate::store::{NewJob, Store, StoreError, Tx};
 
@@ -135,16 +136,10 @@ impl Intake {
         repo: &RepoName,
         known: Option<i64>,
     ) -> Result<Option<InstallationId>, IntakeError> {
-        if let Some(id) = known.and_then(|i| u64::try_from(i).ok()) {
-            return Ok(Some(InstallationId(id)));
-        }
-        if let Some(id) = self.store.installation_for(&repo.to_string()).await?
-            && let Ok(id) = u64::try_from(id)
-        {
-            return Ok(Some(InstallationId(id)));
-        }
         match &self.github {
-            Some(github) => Ok(Some(github.repo_installation(repo).await?)),
+            Some(github) => Ok(Some(
+                find_installation(&self.store, github, repo, known).await?,
+            )),
             None => Ok(None),
         }
     }
@@ -348,6 +343,13 @@ impl Intake {
                             .await?;
                         continue;
                     }
+                    Store::supersede_queued_from(
+                        tx,
+                        &origin.repo,
+                        origin.number,
+                        &format!("superseded by a newer request from @{author}"),
+                    )
+                    .await?;
                     self.queue(tx, origin, Some(comment_id), author, "comment", &request)
                         .await?;
                     if !acknowledged {
@@ -363,27 +365,7 @@ impl Intake {
                     }
                 }
                 Command::Cancel { job } => {
-                    let ids = Store::end_queued_jobs_of_pr(
-                        tx,
-                        &origin.repo,
-                        origin.number,
-                        "cancelled",
-                        &format!("cancelled by @{author}"),
-                    )
-                    .await?;
-                    let ids: Vec<i64> = match job {
-                        Some(j) => ids
-                            .into_iter()
-                            .filter(|i| u64::try_from(*i).ok() == Some(j))
-                            .collect(),
-                        None => ids,
-                    };
-                    let text = if ids.is_empty() {
-                        "there is no queued request of this pull request to cancel.".to_string()
-                    } else {
-                        let list: Vec<String> = ids.iter().map(|i| format!("#{i}")).collect();
-                        format!("cancelled request {}.", list.join(", "))
-                    };
+                    let text = self.cancel(tx, origin, author, job).await?;
                     origin
                         .reply(format!("@{author}, {text}"))
                         .enqueue(tx, None)
@@ -392,19 +374,230 @@ impl Intake {
                 Command::Help => {
                     origin.reply(help_text(&vocab)).enqueue(tx, None).await?;
                 }
-                Command::Status | Command::Release { .. } | Command::Extend { .. } => {
+                Command::Status => {
+                    let text = self.status(tx).await?;
+                    origin.reply(text).enqueue(tx, None).await?;
+                }
+                Command::Release { env } => {
+                    let text = self.release(tx, origin, author, env.as_deref()).await?;
                     origin
-                        .reply(format!(
-                            "@{author}, `{}` is understood, but environment holds are not available \
-                             in this version of deploybot yet; see the status page.",
-                            line.trim()
-                        ))
+                        .reply(format!("@{author}, {text}"))
+                        .enqueue(tx, None)
+                        .await?;
+                }
+                Command::Extend { duration } => {
+                    let text = self.extend(tx, origin, duration).await?;
+                    origin
+                        .reply(format!("@{author}, {text}"))
                         .enqueue(tx, None)
                         .await?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// `cancel [JOB]`: queued jobs end at once; a running one is asked to stop.
+    async fn cancel(
+        &self,
+        tx: &mut Tx,
+        origin: &Origin,
+        author: &str,
+        only: Option<u64>,
+    ) -> Result<String, StoreError> {
+        let jobs = Store::active_jobs_of_pr(tx, &origin.repo, origin.number).await?;
+        let jobs: Vec<_> = jobs
+            .into_iter()
+            .filter(|j| only.is_none_or(|o| u64::try_from(j.id).ok() == Some(o)))
+            .collect();
+        if jobs.is_empty() {
+            return Ok(match only {
+                Some(id) => {
+                    format!("request #{id} is not queued or running for this conversation.")
+                }
+                None => {
+                    "there is no queued or running request of this conversation to cancel.".into()
+                }
+            });
+        }
+        let reason = format!("cancelled by @{author}");
+        let mut done = Vec::new();
+        for job in jobs {
+            if job.state == "queued" {
+                if Store::finish_job(tx, job.id, "cancelled", "cancelled", Some(&reason)).await? {
+                    Store::add_event(tx, job.id, "end", &format!("cancelled: {reason}")).await?;
+                    done.push(format!("#{} (was queued)", job.id));
+                }
+            } else if Store::request_cancel(tx, job.id).await? {
+                Store::add_event(tx, job.id, "cancel", &format!("{reason}; stopping")).await?;
+                done.push(format!("#{} (stopping during `{}`)", job.id, job.step));
+            }
+        }
+        Ok(format!("cancelled request {}.", done.join(", ")))
+    }
+
+    /// The environment held by a request from this conversation, if any.
+    async fn held_by_origin(
+        &self,
+        tx: &mut Tx,
+        origin: &Origin,
+    ) -> Result<Option<(crate::store::EnvironmentRow, crate::store::Job)>, StoreError> {
+        for env in Store::environments_in(tx).await? {
+            if let Some(holder) = env.holder_job
+                && let Some(job) = Store::job_in(tx, holder).await?
+                && job.repo == origin.repo
+                && job.number == Some(origin.number)
+            {
+                return Ok(Some((env, job)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// `release [ENV]`: free what this conversation holds, or ENV.
+    async fn release(
+        &self,
+        tx: &mut Tx,
+        origin: &Origin,
+        author: &str,
+        env: Option<&str>,
+    ) -> Result<String, StoreError> {
+        let target = match env {
+            Some(name) => Store::environment_row(tx, name)
+                .await?
+                .and_then(|row| row.holder_job.map(|holder| (row, holder))),
+            None => self
+                .held_by_origin(tx, origin)
+                .await?
+                .map(|(row, job)| (row, job.id)),
+        };
+        let Some((row, holder)) = target else {
+            return Ok(match env {
+                Some(name) => format!("`{name}` is not held by anyone."),
+                None => "this conversation holds no environment.".into(),
+            });
+        };
+        let job = Store::job_in(tx, holder).await?;
+        if job.as_ref().is_some_and(|j| j.state == "running") {
+            Store::request_cancel(tx, holder).await?;
+            Store::add_event(
+                tx,
+                holder,
+                "cancel",
+                &format!("released by @{author} while deploying; stopping"),
+            )
+            .await?;
+            return Ok(format!(
+                "request #{holder} is still deploying to `{}`; I asked it to stop, which releases the environment.",
+                row.name
+            ));
+        }
+        Store::release_environment(tx, &row.name, holder, true).await?;
+        Store::add_event(tx, holder, "release", &format!("released by @{author}")).await?;
+        if let Some(job) = job
+            && (job.repo != origin.repo || job.number != Some(origin.number))
+            && let Some(number) = job.number
+        {
+            Report::Comment {
+                repo: job.repo.clone(),
+                installation_id: job.installation_id,
+                number,
+                body: format!(
+                    "**{}** was released by @{author} (from {}#{}); the deployment of request #{} is no longer held.",
+                    row.name, origin.repo, origin.number, job.id
+                ),
+            }
+            .enqueue(tx, Some(job.id))
+            .await?;
+        }
+        Ok(format!(
+            "released `{}` (held by request #{holder}).",
+            row.name
+        ))
+    }
+
+    /// `extend DURATION`: lengthen this conversation's hold, up to the maximum.
+    async fn extend(
+        &self,
+        tx: &mut Tx,
+        origin: &Origin,
+        by: std::time::Duration,
+    ) -> Result<String, StoreError> {
+        let Some((row, job)) = self.held_by_origin(tx, origin).await? else {
+            return Ok("this conversation holds no environment to extend.".into());
+        };
+        let max = self
+            .config
+            .environment(&row.name)
+            .map(|e| e.max_ttl())
+            .unwrap_or(std::time::Duration::from_secs(8 * 3600));
+        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
+        let now = tx.now;
+        let current = row.held_until.unwrap_or(now).max(now);
+        let limit = now + ms(max);
+        let until = (current + ms(by)).min(limit);
+        Store::set_hold_until(tx, &row.name, job.id, until).await?;
+        let capped = if until == limit && current + ms(by) > limit {
+            format!(
+                " (capped at the maximum of {})",
+                crate::command::format_duration(max)
+            )
+        } else {
+            String::new()
+        };
+        Store::add_event(
+            tx,
+            job.id,
+            "hold",
+            &format!("extended until {}", crate::store::rfc3339(until)),
+        )
+        .await?;
+        Ok(format!(
+            "`{}` is now held until {}{capped}.",
+            row.name,
+            crate::store::rfc3339(until)
+        ))
+    }
+
+    /// `status`: every environment with its holder, expiry and queue.
+    async fn status(&self, tx: &mut Tx) -> Result<String, StoreError> {
+        let mut out =
+            String::from("| environment | held by | until | queue |\n|---|---|---|---|\n");
+        for env in Store::environments_in(tx).await? {
+            let holder = match env.holder_job {
+                Some(id) => match Store::job_in(tx, id).await? {
+                    Some(job) => format!(
+                        "#{id} ({}#{}, @{})",
+                        job.repo,
+                        job.number.unwrap_or_default(),
+                        job.requested_by
+                    ),
+                    None => format!("#{id}"),
+                },
+                None if env.dirty => "free (dirty: cleaned before the next deployment)".into(),
+                None => "free".into(),
+            };
+            let until = env
+                .held_until
+                .map(crate::store::rfc3339)
+                .unwrap_or_else(|| "–".into());
+            let queue: Vec<String> = Store::queue_in(tx, &env.name)
+                .await?
+                .iter()
+                .filter(|j| Some(j.id) != env.holder_job)
+                .map(|j| format!("#{} ({})", j.id, j.step))
+                .collect();
+            out.push_str(&format!(
+                "| `{}` | {holder} | {until} | {} |\n",
+                env.name,
+                if queue.is_empty() {
+                    "empty".to_string()
+                } else {
+                    queue.join(", ")
+                }
+            ));
+        }
+        Ok(out)
     }
 
     async fn queue(

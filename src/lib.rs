@@ -5,6 +5,7 @@ pub mod auth;
 pub mod command;
 pub mod config;
 pub mod github;
+pub mod installations;
 pub mod intake;
 pub mod pipeline;
 pub mod receive;
@@ -13,6 +14,7 @@ pub mod settings;
 pub mod store;
 pub mod web;
 pub mod webhook;
+pub mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,16 +24,19 @@ use tokio::sync::{Notify, watch};
 use crate::config::Config;
 use crate::github::GitHub;
 use crate::intake::Intake;
+use crate::pipeline::Pipeline;
 use crate::report::Reporter;
 use crate::settings::Settings;
 use crate::store::Store;
 use crate::web::AppState;
+use crate::worker::{Worker, WorkerSettings};
 
 /// One deploybot process: storage, GitHub access, intake and reporter.
 pub struct App {
     pub state: Arc<AppState>,
     pub intake: Arc<Intake>,
     pub reporter: Arc<Reporter>,
+    pub worker: Arc<Worker>,
 }
 
 impl App {
@@ -47,17 +52,31 @@ impl App {
         };
         let config = Arc::new(config);
         let intake = Arc::new(Intake::new(store.clone(), config.clone(), github.clone()));
-        let reporter = Arc::new(Reporter::new(store.clone(), github));
+        let reporter = Arc::new(Reporter::new(store.clone(), github.clone()));
+        store
+            .ensure_environments(
+                &config
+                    .environments
+                    .iter()
+                    .map(|e| e.name.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let pipeline = Arc::new(Pipeline::new(store.clone(), config.clone(), github));
+        let worker = Arc::new(Worker::new(pipeline, WorkerSettings::default()));
         let state = Arc::new(AppState {
             store,
             config,
             settings,
             wake: Arc::new(Notify::new()),
+            jobs_wake: Arc::new(Notify::new()),
         });
         Ok(App {
             state,
             intake,
             reporter,
+            worker,
         })
     }
 
@@ -65,32 +84,94 @@ impl App {
         web::router(self.state.clone())
     }
 
-    /// Process triggers and reports until idle (tests drive the app with this).
+    /// Process triggers, jobs and reports until nothing is due (tests drive
+    /// the app with this).
     pub async fn run_until_idle(&self) -> Result<(), store::StoreError> {
+        self.run_until_idle_with(true).await
+    }
+
+    /// Like [`App::run_until_idle`], optionally without running jobs.
+    pub async fn run_until_idle_with(&self, jobs: bool) -> Result<(), store::StoreError> {
         loop {
             let triggers = self.intake.run_until_idle().await?;
+            if triggers > 0 {
+                self.state.jobs_wake.notify_one();
+            }
+            let ran = if jobs {
+                self.worker.run_until_idle().await?
+            } else {
+                0
+            };
             let reports = self.reporter.run_until_idle().await?;
-            if triggers == 0 && reports == 0 {
+            if triggers == 0 && ran == 0 && reports == 0 {
                 return Ok(());
             }
         }
     }
 
-    /// The background loop: woken by the webhook, with a slow poll as a
-    /// safety net (and for retries that come due). Ends when `shutdown` flips,
-    /// after a last drain.
-    pub async fn run_background(&self, mut shutdown: watch::Receiver<bool>) {
+    /// The background work of `serve`: intake and reporter in one loop, jobs
+    /// in another (a long deployment never delays an acknowledgement). Each is
+    /// woken after a commit, with a slow poll as a safety net (and for retries
+    /// that come due). Ends when `shutdown` flips, after a last drain.
+    pub async fn run_background(&self, shutdown: watch::Receiver<bool>, jobs: bool) {
         let wake = self.state.wake.clone();
+        let intake = async {
+            let mut shutdown = shutdown.clone();
+            loop {
+                if let Err(e) = self.run_until_idle_with(false).await {
+                    tracing::error!(error = %e, "intake or reporter failed; retrying shortly");
+                }
+                if *shutdown.borrow() {
+                    return;
+                }
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        };
+        let worker = async {
+            if !jobs {
+                return;
+            }
+            self.run_worker(shutdown.clone()).await;
+        };
+        tokio::join!(intake, worker);
+    }
+
+    /// Run jobs until `shutdown` flips: woken by new jobs in this process
+    /// (and, on PostgreSQL, by other processes), with a poll as a safety net.
+    pub async fn run_worker(&self, mut shutdown: watch::Receiver<bool>) {
+        let jobs_wake = self.state.jobs_wake.clone();
+        let mut listener = match self.state.store.listen().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot LISTEN for new jobs; polling only");
+                None
+            }
+        };
         loop {
-            if let Err(e) = self.run_until_idle().await {
-                tracing::error!(error = %e, "background work failed; retrying shortly");
+            if let Err(e) = self.worker.run_until_idle().await {
+                tracing::error!(error = %e, "worker failed; retrying shortly");
             }
             if *shutdown.borrow() {
                 return;
             }
+            let notified = async {
+                match listener.as_mut() {
+                    Some(l) => {
+                        if l.recv().await.is_err() {
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = jobs_wake.notified() => {}
+                _ = notified => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                 _ = shutdown.changed() => {}
             }
         }

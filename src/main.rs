@@ -28,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run the webhook server, the API and the background work.
     Serve,
+    /// Run only workers (scale out: several processes share one PostgreSQL queue).
+    Worker,
     /// Apply the database migrations and exit.
     Migrate,
     /// Validate the configuration and the environment, print a summary, and exit.
@@ -111,6 +113,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => serve(settings, config).await.map(|_| ExitCode::SUCCESS),
+        Command::Worker => worker(settings, config).await.map(|_| ExitCode::SUCCESS),
         Command::Receive { .. } => Ok(ExitCode::SUCCESS),
     }
 }
@@ -157,7 +160,7 @@ async fn serve(settings: Settings, config: deploybot::config::Config) -> Result<
     let app = std::sync::Arc::new(app);
     let background = {
         let app = app.clone();
-        tokio::spawn(async move { app.run_background(stopped).await })
+        tokio::spawn(async move { app.run_background(stopped, true).await })
     };
     let server = axum::serve(listener, app.router()).with_graceful_shutdown(shutdown_signal());
     let result = server.await.map_err(|e| format!("server error: {e}"));
@@ -165,6 +168,25 @@ async fn serve(settings: Settings, config: deploybot::config::Config) -> Result<
     let _ = stop.send(true);
     let _ = background.await;
     result
+}
+
+async fn worker(settings: Settings, config: deploybot::config::Config) -> Result<(), String> {
+    if let Some(reason) = settings.github_off_reason() {
+        tracing::warn!("!!! {reason} !!!");
+    }
+    let app = App::new(settings, config).await?;
+    tracing::info!(worker = %app.worker.id, "deploybot worker running");
+    let (stop, stopped) = watch::channel(false);
+    let app = std::sync::Arc::new(app);
+    let running = {
+        let app = app.clone();
+        tokio::spawn(async move { app.run_worker(stopped).await })
+    };
+    shutdown_signal().await;
+    tracing::info!("shutting down: the running step finishes first");
+    let _ = stop.send(true);
+    let _ = running.await;
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::github::{CommentId, GitHub, GitHubError, InstallationId, RepoName};
+use crate::github::{CommentId, GitHub, GitHubError, RepoName};
+use crate::installations::find_installation;
 use crate::store::{Store, StoreError, Tx};
 
 /// Reports deploybot sends to GitHub.
@@ -148,23 +149,6 @@ impl Reporter {
         }
     }
 
-    async fn installation(
-        &self,
-        github: &GitHub,
-        repo: &RepoName,
-        known: Option<i64>,
-    ) -> Result<InstallationId, GitHubError> {
-        if let Some(id) = known.and_then(|i| u64::try_from(i).ok()) {
-            return Ok(InstallationId(id));
-        }
-        if let Ok(Some(id)) = self.store.installation_for(&repo.to_string()).await
-            && let Ok(id) = u64::try_from(id)
-        {
-            return Ok(InstallationId(id));
-        }
-        github.repo_installation(repo).await
-    }
-
     async fn send(
         &self,
         github: &GitHub,
@@ -178,7 +162,7 @@ impl Reporter {
             message: format!("not a repository name: {repo}"),
             retry_after: None,
         })?;
-        let inst = self.installation(github, &repo, known).await?;
+        let inst = find_installation(&self.store, github, &repo, known).await?;
         match report {
             Report::Reaction {
                 comment_id,

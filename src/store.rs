@@ -20,6 +20,7 @@ use sqlx::{Any, AnyPool, Row};
 /// A transaction. Every row it writes carries the same time, `now`.
 pub struct Tx {
     inner: sqlx::Transaction<'static, Any>,
+    backend: Backend,
     /// The store's clock when the transaction began (unix ms).
     pub now: i64,
 }
@@ -27,6 +28,17 @@ pub struct Tx {
 impl Tx {
     fn conn(&mut self) -> &mut sqlx::AnyConnection {
         &mut self.inner
+    }
+
+    /// Tell workers in other processes that jobs are due (PostgreSQL
+    /// delivers the notification when the transaction commits).
+    pub async fn notify_jobs(&mut self) -> Result<()> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify('deploybot_jobs', '')")
+                .execute(self.conn())
+                .await?;
+        }
+        Ok(())
     }
 
     pub async fn commit(self) -> Result<()> {
@@ -101,11 +113,21 @@ pub enum Backend {
 /// The database URL deploybot uses when `DATABASE_URL` is unset.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://deploybot.db";
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
     clock: Clock,
+    url: String,
+}
+
+impl std::fmt::Debug for Store {
+    // The URL may carry a password: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish()
+    }
 }
 
 /// A unix-millisecond time as RFC 3339 (UTC), for people and APIs.
@@ -168,6 +190,7 @@ impl Store {
             pool,
             backend,
             clock: Clock::default(),
+            url,
         })
     }
 
@@ -191,8 +214,19 @@ impl Store {
     pub async fn begin(&self) -> Result<Tx> {
         Ok(Tx {
             inner: self.pool.begin().await?,
+            backend: self.backend,
             now: self.clock.now_ms(),
         })
+    }
+
+    /// On PostgreSQL, a listener for new or freed jobs (`LISTEN deploybot_jobs`).
+    pub async fn listen(&self) -> Result<Option<sqlx::postgres::PgListener>> {
+        if self.backend != Backend::Postgres {
+            return Ok(None);
+        }
+        let mut listener = sqlx::postgres::PgListener::connect(&self.url).await?;
+        listener.listen("deploybot_jobs").await?;
+        Ok(Some(listener))
     }
 
     pub fn clock(&self) -> &Clock {
@@ -359,6 +393,7 @@ impl Store {
             .await?;
         }
         Store::add_event(tx, id, "queued", &job.queued_message).await?;
+        tx.notify_jobs().await?;
         Ok(id)
     }
 
@@ -381,9 +416,16 @@ impl Store {
     }
 
     pub async fn get_job(&self, id: i64) -> Result<Option<Job>> {
+        let mut tx = self.begin().await?;
+        let job = Store::job_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    pub async fn job_in(tx: &mut Tx, id: i64) -> Result<Option<Job>> {
         let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(tx.conn())
             .await?;
         row.as_ref().map(Job::from_row).transpose()
     }
@@ -398,7 +440,7 @@ impl Store {
     ) -> Result<Vec<i64>> {
         let now = tx.now;
         let rows = sqlx::query(
-            "UPDATE jobs SET state = $3, updated_at = $4, finished_at = $4, error = $5 \
+            "UPDATE jobs SET state = $3, conclusion = $3, updated_at = $4, finished_at = $4, error = $5 \
              WHERE state = 'queued' AND id IN \
              (SELECT job_id FROM job_pull_requests WHERE repo = $1 AND number = $2) RETURNING id",
         )
@@ -598,6 +640,428 @@ impl Store {
     }
 }
 
+// ---------------------------------------------------------------- the worker's queue
+
+/// Terminal job states.
+pub const TERMINAL: &[&str] = &[
+    "succeeded",
+    "failed",
+    "cancelled",
+    "superseded",
+    "timed_out",
+];
+
+/// One environment's row: the database mirror of its lock.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnvironmentRow {
+    pub name: String,
+    pub holder_job: Option<i64>,
+    pub held_since: Option<i64>,
+    pub held_until: Option<i64>,
+    pub dirty: bool,
+    pub last_job: Option<i64>,
+}
+
+impl EnvironmentRow {
+    fn from_row(r: &AnyRow) -> Result<Self> {
+        Ok(EnvironmentRow {
+            name: r.try_get("name")?,
+            holder_job: r.try_get("holder_job")?,
+            held_since: r.try_get("held_since")?,
+            held_until: r.try_get("held_until")?,
+            dirty: r.try_get::<i64, _>("dirty")? != 0,
+            last_job: r.try_get("last_job")?,
+        })
+    }
+}
+
+/// What a heartbeat learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The lease is still this worker's.
+    pub owned: bool,
+    pub cancel_requested: bool,
+}
+
+impl Store {
+    /// Claim the oldest due queued job, leasing it to `worker` for `lease_ms`.
+    pub async fn claim_job(&self, worker: &str, lease_ms: i64) -> Result<Option<Job>> {
+        let now = self.clock.now_ms();
+        let sql = format!(
+            "UPDATE jobs SET state = 'running', lease_owner = $1, lease_expires_at = $2, \
+             heartbeat_at = $3, attempts = attempts + 1, updated_at = $3, \
+             started_at = COALESCE(started_at, $3) \
+             WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND run_after <= $3 \
+             ORDER BY id LIMIT 1 {}) AND state = 'queued' RETURNING *",
+            self.skip_locked()
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql)) // only a fixed locking clause is spliced in
+            .bind(worker)
+            .bind(now + lease_ms)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Job::from_row).transpose()
+    }
+
+    /// Renew the lease of a running job; says whether it is still ours and
+    /// whether someone asked to cancel it.
+    pub async fn heartbeat(&self, job_id: i64, worker: &str, lease_ms: i64) -> Result<Heartbeat> {
+        let now = self.clock.now_ms();
+        let row = sqlx::query(
+            "UPDATE jobs SET lease_expires_at = $3, heartbeat_at = $4 \
+             WHERE id = $1 AND lease_owner = $2 AND state = 'running' RETURNING cancel_requested",
+        )
+        .bind(job_id)
+        .bind(worker)
+        .bind(now + lease_ms)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Heartbeat {
+                owned: true,
+                cancel_requested: r.try_get::<i64, _>(0)? != 0,
+            },
+            None => Heartbeat {
+                owned: false,
+                cancel_requested: false,
+            },
+        })
+    }
+
+    pub async fn set_step(tx: &mut Tx, job_id: i64, step: &str) -> Result<()> {
+        sqlx::query("UPDATE jobs SET step = $2, updated_at = $3 WHERE id = $1")
+            .bind(job_id)
+            .bind(step)
+            .bind(tx.now)
+            .execute(tx.conn())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn save_resolution(
+        tx: &mut Tx,
+        job_id: i64,
+        pinned: &serde_json::Value,
+        plan: &serde_json::Value,
+    ) -> Result<()> {
+        sqlx::query("UPDATE jobs SET pinned = $2, plan = $3, updated_at = $4 WHERE id = $1")
+            .bind(job_id)
+            .bind(pinned.to_string())
+            .bind(plan.to_string())
+            .bind(tx.now)
+            .execute(tx.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Put a running job back in the queue to wait (for its environment) until
+    /// `run_after` or until [`Store::wake_waiting`].
+    pub async fn requeue(tx: &mut Tx, job_id: i64, step: &str, run_after: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET state = 'queued', step = $2, run_after = $3, lease_owner = NULL, \
+             lease_expires_at = NULL, updated_at = $4 WHERE id = $1 AND state = 'running'",
+        )
+        .bind(job_id)
+        .bind(step)
+        .bind(run_after)
+        .bind(tx.now)
+        .execute(tx.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// End a job (only if it has not ended already); false if it had.
+    pub async fn finish_job(
+        tx: &mut Tx,
+        job_id: i64,
+        state: &str,
+        conclusion: &str,
+        error: Option<&str>,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = $2, conclusion = $3, error = $4, finished_at = $5, \
+             updated_at = $5, lease_owner = NULL, lease_expires_at = NULL \
+             WHERE id = $1 AND state IN ('queued', 'running')",
+        )
+        .bind(job_id)
+        .bind(state)
+        .bind(conclusion)
+        .bind(error)
+        .bind(tx.now)
+        .execute(tx.conn())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Ask a running job to stop (its worker sees it at the next heartbeat).
+    pub async fn request_cancel(tx: &mut Tx, job_id: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs SET cancel_requested = 1, updated_at = $2 WHERE id = $1 AND state = 'running'",
+        )
+        .bind(job_id)
+        .bind(tx.now)
+        .execute(tx.conn())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Running jobs whose lease ran out: their worker died.
+    pub async fn expired_leases(&self) -> Result<Vec<Job>> {
+        let rows = sqlx::query(
+            "SELECT * FROM jobs WHERE state = 'running' AND lease_expires_at < $1 ORDER BY id",
+        )
+        .bind(self.clock.now_ms())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(Job::from_row).collect()
+    }
+
+    /// Take over an expired lease (so only one reaper handles it); false if
+    /// another reaper or the revived worker was quicker.
+    pub async fn take_expired(tx: &mut Tx, job_id: i64, reaper: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs SET lease_owner = $2, lease_expires_at = $3 \
+             WHERE id = $1 AND state = 'running' AND lease_expires_at < $3",
+        )
+        .bind(job_id)
+        .bind(reaper)
+        .bind(tx.now)
+        .execute(tx.conn())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Queued or running jobs of a PR (as origin or reference), oldest first.
+    pub async fn active_jobs_of_pr(tx: &mut Tx, repo: &str, number: i64) -> Result<Vec<Job>> {
+        let rows = sqlx::query(
+            "SELECT * FROM jobs WHERE state IN ('queued', 'running') AND id IN \
+             (SELECT job_id FROM job_pull_requests WHERE repo = $1 AND number = $2) ORDER BY id",
+        )
+        .bind(repo)
+        .bind(number)
+        .fetch_all(tx.conn())
+        .await?;
+        rows.iter().map(Job::from_row).collect()
+    }
+
+    /// End the queued jobs that were asked for from this PR/issue (a newer
+    /// request from there supersedes them); returns their ids.
+    pub async fn supersede_queued_from(
+        tx: &mut Tx,
+        repo: &str,
+        number: i64,
+        reason: &str,
+    ) -> Result<Vec<i64>> {
+        let rows = sqlx::query(
+            "UPDATE jobs SET state = 'superseded', conclusion = 'superseded', updated_at = $3, \
+             finished_at = $3, error = $4 WHERE state = 'queued' AND repo = $1 AND number = $2 RETURNING id",
+        )
+        .bind(repo)
+        .bind(number)
+        .bind(tx.now)
+        .bind(reason)
+        .fetch_all(tx.conn())
+        .await?;
+        let ids = rows
+            .iter()
+            .map(|r| r.try_get::<i64, _>(0))
+            .collect::<Result<Vec<_>, _>>()?;
+        for id in &ids {
+            Store::add_event(tx, *id, "superseded", reason).await?;
+        }
+        Ok(ids)
+    }
+
+    /// Queued and running jobs for `environment`, oldest first.
+    pub async fn queue_of(&self, environment: &str) -> Result<Vec<Job>> {
+        let mut tx = self.begin().await?;
+        let jobs = Store::queue_in(&mut tx, environment).await?;
+        tx.commit().await?;
+        Ok(jobs)
+    }
+
+    pub async fn queue_in(tx: &mut Tx, environment: &str) -> Result<Vec<Job>> {
+        let rows = sqlx::query(
+            "SELECT * FROM jobs WHERE environment = $1 AND state IN ('queued', 'running') ORDER BY id",
+        )
+        .bind(environment)
+        .fetch_all(tx.conn())
+        .await?;
+        rows.iter().map(Job::from_row).collect()
+    }
+
+    /// Make the jobs waiting for `environment` due now.
+    pub async fn wake_waiting(tx: &mut Tx, environment: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET run_after = $2 WHERE state = 'queued' AND environment = $1 AND run_after > $2",
+        )
+        .bind(environment)
+        .bind(tx.now)
+        .execute(tx.conn())
+        .await?;
+        tx.notify_jobs().await
+    }
+
+    // ---------------------------------------------------------------- environments
+
+    /// Create the rows of configured environments that have none yet.
+    pub async fn ensure_environments(&self, names: &[String]) -> Result<()> {
+        for name in names {
+            sqlx::query(
+                "INSERT INTO environments (name, dirty, updated_at) VALUES ($1, 0, $2) \
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(self.clock.now_ms())
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn environments(&self) -> Result<Vec<EnvironmentRow>> {
+        let mut tx = self.begin().await?;
+        let rows = Store::environments_in(&mut tx).await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    pub async fn environments_in(tx: &mut Tx) -> Result<Vec<EnvironmentRow>> {
+        let rows = sqlx::query("SELECT * FROM environments ORDER BY name")
+            .fetch_all(tx.conn())
+            .await?;
+        rows.iter().map(EnvironmentRow::from_row).collect()
+    }
+
+    pub async fn environment_row(tx: &mut Tx, name: &str) -> Result<Option<EnvironmentRow>> {
+        let row = sqlx::query("SELECT * FROM environments WHERE name = $1")
+            .bind(name)
+            .fetch_optional(tx.conn())
+            .await?;
+        row.as_ref().map(EnvironmentRow::from_row).transpose()
+    }
+
+    /// Hold `name` for `job_id` until `until`, if its holder is still
+    /// `expected_holder` (optimistic: a concurrent locker makes this false).
+    pub async fn hold_environment(
+        tx: &mut Tx,
+        name: &str,
+        expected_holder: Option<i64>,
+        job_id: i64,
+        until: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE environments SET holder_job = $3, held_since = $5, held_until = $4, \
+             last_job = $3, updated_at = $5 \
+             WHERE name = $1 AND holder_job IS NOT DISTINCT FROM $2",
+        )
+        .bind(name)
+        .bind(expected_holder)
+        .bind(job_id)
+        .bind(until)
+        .bind(tx.now)
+        .execute(tx.conn())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Set the hold's expiry (extend, or the TTL once deployed).
+    pub async fn set_hold_until(tx: &mut Tx, name: &str, job_id: i64, until: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE environments SET held_until = $3, updated_at = $4 WHERE name = $1 AND holder_job = $2",
+        )
+        .bind(name)
+        .bind(job_id)
+        .bind(until)
+        .bind(tx.now)
+        .execute(tx.conn())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Free `name` if `job_id` holds it; `dirty` when a deployment is left behind.
+    pub async fn release_environment(
+        tx: &mut Tx,
+        name: &str,
+        job_id: i64,
+        dirty: bool,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE environments SET holder_job = NULL, held_since = NULL, held_until = NULL, \
+             dirty = CASE WHEN $3 = 1 THEN 1 ELSE dirty END, updated_at = $4 \
+             WHERE name = $1 AND holder_job = $2",
+        )
+        .bind(name)
+        .bind(job_id)
+        .bind(i64::from(dirty))
+        .bind(tx.now)
+        .execute(tx.conn())
+        .await?;
+        if done.rows_affected() == 1 {
+            Store::wake_waiting(tx, name).await?;
+        }
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn mark_clean(tx: &mut Tx, name: &str) -> Result<()> {
+        sqlx::query("UPDATE environments SET dirty = 0, updated_at = $2 WHERE name = $1")
+            .bind(name)
+            .bind(tx.now)
+            .execute(tx.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Holds whose time is up.
+    pub async fn expired_holds(&self) -> Result<Vec<EnvironmentRow>> {
+        let rows = sqlx::query(
+            "SELECT * FROM environments WHERE holder_job IS NOT NULL AND held_until < $1 ORDER BY name",
+        )
+        .bind(self.clock.now_ms())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(EnvironmentRow::from_row).collect()
+    }
+
+    // ---------------------------------------------------------------- images
+
+    /// Whether `image:tag` was built before from the same inputs.
+    pub async fn image_built(&self, image: &str, tag: &str, inputs: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT inputs FROM images WHERE image = $1 AND tag = $2")
+            .bind(image)
+            .bind(tag)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get::<String, _>(0)? == inputs,
+            None => false,
+        })
+    }
+
+    pub async fn record_image(
+        &self,
+        image: &str,
+        tag: &str,
+        inputs: &str,
+        job_id: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO images (image, tag, inputs, job_id, built_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (image, tag) DO UPDATE SET inputs = $3, job_id = $4, built_at = $5",
+        )
+        .bind(image)
+        .bind(tag)
+        .bind(inputs)
+        .bind(job_id)
+        .bind(self.clock.now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
 /// A claimed trigger or report.
 #[derive(Debug)]
 pub struct Claimed<T> {
@@ -656,6 +1120,19 @@ pub struct Job {
     pub updated_at: String,
     pub finished_at: Option<String>,
     pub error: Option<String>,
+    /// The pipeline step the job is in (or ended in).
+    pub step: String,
+    pub conclusion: Option<String>,
+    pub pinned: Option<serde_json::Value>,
+    pub plan: Option<serde_json::Value>,
+    pub cancel_requested: bool,
+    pub lease_owner: Option<String>,
+    pub max_attempts: i64,
+}
+
+fn json_column(r: &AnyRow, name: &str) -> Result<Option<serde_json::Value>> {
+    let text: Option<String> = r.try_get(name)?;
+    Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
 }
 
 impl Job {
@@ -680,6 +1157,13 @@ impl Job {
             updated_at: rfc3339(r.try_get("updated_at")?),
             finished_at: finished.map(rfc3339),
             error: r.try_get("error")?,
+            step: r.try_get("step")?,
+            conclusion: r.try_get("conclusion")?,
+            pinned: json_column(r, "pinned")?,
+            plan: json_column(r, "plan")?,
+            cancel_requested: r.try_get::<i64, _>("cancel_requested")? != 0,
+            lease_owner: r.try_get("lease_owner")?,
+            max_attempts: r.try_get("max_attempts")?,
         })
     }
 }

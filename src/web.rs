@@ -24,6 +24,8 @@ pub struct AppState {
     pub settings: Settings,
     /// Wakes the intake processor and reporter after a commit.
     pub wake: Arc<Notify>,
+    /// Wakes this process's worker when jobs were queued or freed.
+    pub jobs_wake: Arc<Notify>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

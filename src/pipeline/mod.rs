@@ -1,3 +1,504 @@
-//! The deployment pipeline (SPEC §4).
+//! The deployment pipeline (SPEC §4): resolve → wait → lock → build → clean
+//! up → deploy → hold. A worker runs one job through it; every step writes
+//! events; a job that must wait for its environment goes back to the queue.
 
 pub mod plan;
+pub mod resolve;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::command::{DeployRequest, format_duration};
+use crate::config::{Config, Environment, EnvironmentKind};
+use crate::github::GitHub;
+use crate::installations::find_installation;
+use crate::report::Report;
+use crate::store::{Job, Store, StoreError, Tx};
+use plan::{ImageAction, Pinned, Plan, plan};
+use resolve::{ResolveError, resolve};
+
+/// How long a waiting job sleeps before it looks again (it is also woken
+/// when its environment is released).
+pub const WAIT_POLL_MS: i64 = 30_000;
+
+/// What running a job did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Deployed (or planned, for a dry run) and holding where applicable.
+    Succeeded,
+    /// Back in the queue, waiting for its environment.
+    Waiting,
+    /// Ended with a failure the job's events explain.
+    Failed(String),
+    Cancelled,
+    /// GitHub could not be asked; the job was put back to try again.
+    Retrying(String),
+}
+
+pub struct Pipeline {
+    pub store: Store,
+    pub config: Arc<Config>,
+    pub github: Option<GitHub>,
+}
+
+fn secs(ms: i64) -> String {
+    format!("{:.1}s", ms as f64 / 1000.0)
+}
+
+impl Pipeline {
+    pub fn new(store: Store, config: Arc<Config>, github: Option<GitHub>) -> Pipeline {
+        Pipeline {
+            store,
+            config,
+            github,
+        }
+    }
+
+    async fn event(&self, job: i64, step: &str, message: &str) -> Result<(), StoreError> {
+        let mut tx = self.store.begin().await?;
+        Store::add_event(&mut tx, job, step, message).await?;
+        tx.commit().await
+    }
+
+    async fn step(&self, job: i64, step: &str, message: &str) -> Result<(), StoreError> {
+        let mut tx = self.store.begin().await?;
+        Store::set_step(&mut tx, job, step).await?;
+        Store::add_event(&mut tx, job, step, message).await?;
+        tx.commit().await
+    }
+
+    fn environment(&self, job: &Job) -> Option<&Environment> {
+        self.config.environment(&job.environment)
+    }
+
+    /// End a job, free what it holds, and tell its PR when it failed.
+    async fn finish(
+        &self,
+        job: &Job,
+        state: &str,
+        conclusion: &str,
+        error: Option<&str>,
+        dirty: bool,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.store.begin().await?;
+        if Store::finish_job(&mut tx, job.id, state, conclusion, error).await? {
+            let message = match error {
+                Some(e) => format!("{conclusion}: {e}"),
+                None => conclusion.to_string(),
+            };
+            Store::add_event(&mut tx, job.id, "end", &message).await?;
+            if Store::release_environment(&mut tx, &job.environment, job.id, dirty).await? {
+                Store::add_event(
+                    &mut tx,
+                    job.id,
+                    "release",
+                    &format!("released {}", job.environment),
+                )
+                .await?;
+            }
+        }
+        tx.commit().await
+    }
+
+    /// Run `job` (claimed by this worker) as far as it can go now.
+    pub async fn run(
+        &self,
+        job: &Job,
+        cancel: &mut watch::Receiver<bool>,
+    ) -> Result<Outcome, StoreError> {
+        let request: DeployRequest =
+            serde_json::from_value(job.request.clone()).unwrap_or_default();
+        let Some(environment) = self.environment(job).cloned() else {
+            let e = format!("environment `{}` is not configured", job.environment);
+            self.finish(job, "failed", "failure", Some(&e), false)
+                .await?;
+            return Ok(Outcome::Failed(e));
+        };
+
+        // 1. Resolve and plan (once; a job that waited keeps its pins).
+        let plan: Plan = match &job.plan {
+            Some(p) => match serde_json::from_value(p.clone()) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    let e = format!("stored plan is unreadable: {e}");
+                    self.finish(job, "failed", "failure", Some(&e), false)
+                        .await?;
+                    return Ok(Outcome::Failed(e));
+                }
+            },
+            None => match self.resolve_and_plan(job, &request, &environment).await? {
+                Ok(plan) => plan,
+                Err(outcome) => return Ok(outcome),
+            },
+        };
+        if request.dry_run {
+            self.step(
+                job.id,
+                "plan",
+                "dry run: the plan above is all this request does",
+            )
+            .await?;
+            self.finish(job, "succeeded", "success", None, false)
+                .await?;
+            return Ok(Outcome::Succeeded);
+        }
+        if cancelled(cancel) {
+            self.finish(
+                job,
+                "cancelled",
+                "cancelled",
+                Some("cancelled before locking"),
+                false,
+            )
+            .await?;
+            return Ok(Outcome::Cancelled);
+        }
+
+        // 2–3. Wait for the environment, then lock it.
+        if !self.lock(job, &environment).await? {
+            return Ok(Outcome::Waiting);
+        }
+        let started = self.store.now_ms();
+
+        // 4–6. Build, clean up, deploy.
+        let dry = environment.kind == EnvironmentKind::DryRun;
+        let builds: Vec<String> = plan.builds().map(|i| i.reference()).collect();
+        if dry {
+            self.step(
+                job.id,
+                "build",
+                &if builds.is_empty() {
+                    "nothing to build".to_string()
+                } else {
+                    format!(
+                        "skipped (dry-run environment): would build {}",
+                        builds.join(", ")
+                    )
+                },
+            )
+            .await?;
+        } else {
+            let e = format!(
+                "environment kind {:?} cannot build yet in this version",
+                environment.kind
+            );
+            self.finish(job, "failed", "failure", Some(&e), false)
+                .await?;
+            return Ok(Outcome::Failed(e));
+        }
+        if cancelled(cancel) {
+            self.finish(
+                job,
+                "cancelled",
+                "cancelled",
+                Some("cancelled after the build"),
+                false,
+            )
+            .await?;
+            return Ok(Outcome::Cancelled);
+        }
+        let dirty = {
+            let mut tx = self.store.begin().await?;
+            let row = Store::environment_row(&mut tx, &environment.name).await?;
+            tx.commit().await?;
+            row.is_some_and(|r| r.dirty)
+        };
+        self.step(
+            job.id,
+            "cleanup",
+            &match (dirty, dry) {
+                (false, _) => "nothing to clean up".to_string(),
+                (true, true) => {
+                    "skipped (dry-run environment): would clean up the previous deployment".into()
+                }
+                (true, false) => "cleaned up the previous deployment".into(),
+            },
+        )
+        .await?;
+        let deployed: Vec<String> = plan
+            .images
+            .iter()
+            .filter(|i| i.deployed)
+            .map(|i| i.reference())
+            .collect();
+        self.step(
+            job.id,
+            "deploy",
+            &if dry {
+                format!(
+                    "skipped (dry-run environment): would deploy {}",
+                    deployed.join(", ")
+                )
+            } else {
+                format!("deployed {}", deployed.join(", "))
+            },
+        )
+        .await?;
+
+        // 7. Hold.
+        let ttl = request.ttl.unwrap_or_else(|| environment.default_ttl());
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 4);
+        let mut tx = self.store.begin().await?;
+        let until = tx.now + ttl_ms;
+        Store::mark_clean(&mut tx, &environment.name).await?;
+        Store::set_hold_until(&mut tx, &environment.name, job.id, until).await?;
+        Store::set_step(&mut tx, job.id, "hold").await?;
+        let took = secs(tx.now - started);
+        Store::add_event(
+            &mut tx,
+            job.id,
+            "hold",
+            &format!(
+                "{} is held for this request for {} (until {}); deployed in {}",
+                environment.name,
+                format_duration(ttl),
+                crate::store::rfc3339(until),
+                took
+            ),
+        )
+        .await?;
+        Store::finish_job(&mut tx, job.id, "succeeded", "success", None).await?;
+        Store::add_event(&mut tx, job.id, "end", "success").await?;
+        tx.commit().await?;
+        Ok(Outcome::Succeeded)
+    }
+
+    /// Pin and plan; `Err(outcome)` when the job ended or must retry.
+    async fn resolve_and_plan(
+        &self,
+        job: &Job,
+        request: &DeployRequest,
+        environment: &Environment,
+    ) -> Result<Result<Plan, Outcome>, StoreError> {
+        self.step(job.id, "resolve", "pinning refs to commits")
+            .await?;
+        let started = self.store.now_ms();
+        let store = &self.store;
+        let github = self.github.as_ref();
+        let known = job.installation_id;
+        let pinned: Vec<Pinned> = match resolve(&self.config, github, request, |repo| async move {
+            match github {
+                Some(gh) => find_installation(store, gh, &repo, known).await,
+                None => Err(crate::github::GitHubError::NotConfigured),
+            }
+        })
+        .await
+        {
+            Ok(p) => p,
+            Err(ResolveError::Invalid(e)) => {
+                self.finish(job, "failed", "failure", Some(&e), false)
+                    .await?;
+                return Ok(Err(Outcome::Failed(e)));
+            }
+            Err(ResolveError::GitHub(e)) if e.is_transient() && job.attempts < job.max_attempts => {
+                let mut tx = self.store.begin().await?;
+                Store::add_event(
+                    &mut tx,
+                    job.id,
+                    "resolve",
+                    &format!("GitHub unavailable, will retry: {e}"),
+                )
+                .await?;
+                let delay = e
+                    .retry_after()
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(5_000 * job.attempts.max(1));
+                let run_after = tx.now + delay;
+                Store::requeue(&mut tx, job.id, "resolve", run_after).await?;
+                tx.commit().await?;
+                return Ok(Err(Outcome::Retrying(e.to_string())));
+            }
+            Err(ResolveError::GitHub(e)) => {
+                let e = format!("cannot pin refs: {e}");
+                self.finish(job, "failed", "failure", Some(&e), false)
+                    .await?;
+                return Ok(Err(Outcome::Failed(e)));
+            }
+        };
+        let lines: Vec<String> = pinned
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}={} → {}",
+                    p.component,
+                    p.reference,
+                    &p.sha[..12.min(p.sha.len())]
+                )
+            })
+            .collect();
+        self.event(
+            job.id,
+            "resolve",
+            &format!(
+                "pinned in {}: {}",
+                secs(self.store.now_ms() - started),
+                lines.join(", ")
+            ),
+        )
+        .await?;
+        let plan = match plan(&self.config, request, &pinned, environment) {
+            Ok(p) => p,
+            Err(e) => {
+                self.finish(job, "failed", "failure", Some(&e.0), false)
+                    .await?;
+                return Ok(Err(Outcome::Failed(e.0)));
+            }
+        };
+        let summary: Vec<String> = plan
+            .images
+            .iter()
+            .filter(|i| i.action != ImageAction::Base)
+            .map(|i| format!("{} ({:?})", i.reference(), i.action).to_lowercase())
+            .collect();
+        let mut tx = self.store.begin().await?;
+        Store::save_resolution(
+            &mut tx,
+            job.id,
+            &serde_json::to_value(&pinned)?,
+            &serde_json::to_value(&plan)?,
+        )
+        .await?;
+        Store::set_step(&mut tx, job.id, "plan").await?;
+        Store::add_event(
+            &mut tx,
+            job.id,
+            "plan",
+            &format!(
+                "base {}; builds: {}; deploys: {}",
+                plan.base.as_str(),
+                if summary.is_empty() {
+                    "none".into()
+                } else {
+                    summary.join(", ")
+                },
+                plan.deploy.join(", ")
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(plan))
+    }
+
+    /// Take the environment, or put the job back to wait. True when held.
+    async fn lock(&self, job: &Job, environment: &Environment) -> Result<bool, StoreError> {
+        let mut tx = self.store.begin().await?;
+        let queue = Store::queue_in(&mut tx, &environment.name).await?;
+        let row = Store::environment_row(&mut tx, &environment.name).await?;
+        let holder = row.as_ref().and_then(|r| r.holder_job);
+        let holder_job = match holder {
+            Some(id) if id != job.id => Store::job_in(&mut tx, id).await?,
+            _ => None,
+        };
+        // A finished deployment of the same PR is replaced without queueing.
+        let replaces = holder_job.as_ref().is_some_and(|h| {
+            h.state == "succeeded" && h.repo == job.repo && h.number == job.number
+        });
+        let expired = row
+            .as_ref()
+            .and_then(|r| r.held_until)
+            .is_some_and(|until| until < tx.now);
+        let free = holder.is_none() || holder == Some(job.id) || expired || replaces;
+        let earlier_waiting = queue
+            .iter()
+            .any(|j| j.id < job.id && j.state == "queued" && j.step == "waiting");
+        if !free || (earlier_waiting && !replaces) {
+            let ahead = queue
+                .iter()
+                .filter(|j| j.id < job.id && j.state == "queued")
+                .count();
+            let position = ahead + 1;
+            if job.step != "waiting" {
+                let who = match &holder_job {
+                    Some(h) => format!(
+                        "held by request #{} ({}#{}) until {}",
+                        h.id,
+                        h.repo,
+                        h.number.unwrap_or_default(),
+                        row.as_ref()
+                            .and_then(|r| r.held_until)
+                            .map(crate::store::rfc3339)
+                            .unwrap_or_default()
+                    ),
+                    None => "requests ahead in the queue".to_string(),
+                };
+                Store::add_event(
+                    &mut tx,
+                    job.id,
+                    "waiting",
+                    &format!(
+                        "waiting for {} ({who}); position {position} in the queue",
+                        environment.name
+                    ),
+                )
+                .await?;
+            }
+            let run_after = tx.now + WAIT_POLL_MS;
+            Store::requeue(&mut tx, job.id, "waiting", run_after).await?;
+            tx.commit().await?;
+            return Ok(false);
+        }
+        let provisional =
+            tx.now + i64::try_from(Duration::from_secs(3600).as_millis()).unwrap_or(0);
+        if !Store::hold_environment(&mut tx, &environment.name, holder, job.id, provisional).await?
+        {
+            // Someone else took it between our read and our write: wait.
+            let run_after = tx.now + 1_000;
+            Store::requeue(&mut tx, job.id, "waiting", run_after).await?;
+            tx.commit().await?;
+            return Ok(false);
+        }
+        if let (true, Some(previous)) = (replaces, &holder_job) {
+            Store::add_event(
+                &mut tx,
+                previous.id,
+                "release",
+                &format!("replaced by request #{} from the same pull request", job.id),
+            )
+            .await?;
+        }
+        Store::set_step(&mut tx, job.id, "lock").await?;
+        Store::add_event(
+            &mut tx,
+            job.id,
+            "lock",
+            &format!(
+                "locked {} (in the database{}){}",
+                environment.name,
+                if environment.kind == EnvironmentKind::DryRun {
+                    ", dry-run environment"
+                } else {
+                    ""
+                },
+                if replaces {
+                    ", replacing this pull request's previous deployment"
+                } else {
+                    ""
+                }
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Tell the holder PR that its hold ended.
+    pub async fn notice(tx: &mut Tx, job: &Job, body: String) -> Result<(), StoreError> {
+        if let Some(number) = job.number {
+            Report::Comment {
+                repo: job.repo.clone(),
+                installation_id: job.installation_id,
+                number,
+                body,
+            }
+            .enqueue(tx, Some(job.id))
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+fn cancelled(cancel: &watch::Receiver<bool>) -> bool {
+    *cancel.borrow()
+}

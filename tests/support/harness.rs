@@ -124,9 +124,22 @@ impl TestApp {
         }
     }
 
-    /// Run the intake and the reporter until nothing is due.
+    /// Run the intake and the reporter until nothing is due (jobs stay queued).
     pub async fn settle(&self) {
+        self.app
+            .run_until_idle_with(false)
+            .await
+            .expect("background work");
+    }
+
+    /// Run the intake, the worker and the reporter until nothing is due.
+    pub async fn run(&self) {
         self.app.run_until_idle().await.expect("background work");
+    }
+
+    /// Move the store's clock forward (instead of sleeping).
+    pub fn advance(&self, by: std::time::Duration) {
+        self.app.state.store.clock().advance(by);
     }
 
     pub async fn send(&self, request: Request<Body>) -> (StatusCode, Value) {

@@ -1,0 +1,107 @@
+//! Resolve: pin every ref of a request to a commit through GitHub.
+
+use crate::command::{DeployRequest, Ref};
+use crate::config::Config;
+use crate::github::{GitHub, GitHubError, InstallationId, RepoName};
+use crate::pipeline::plan::Pinned;
+
+/// Why a request could not be resolved.
+#[derive(Debug)]
+pub enum ResolveError {
+    /// The user's request is wrong (a closed PR, an unknown branch): tell them.
+    Invalid(String),
+    /// GitHub could not be asked (retry later).
+    GitHub(GitHubError),
+}
+
+impl std::fmt::Display for ResolveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResolveError::Invalid(m) => f.write_str(m),
+            ResolveError::GitHub(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<GitHubError> for ResolveError {
+    fn from(e: GitHubError) -> Self {
+        ResolveError::GitHub(e)
+    }
+}
+
+/// Pin every ref of `request`. `installation` finds the installation of a repository.
+pub async fn resolve<F, Fut>(
+    config: &Config,
+    github: Option<&GitHub>,
+    request: &DeployRequest,
+    installation: F,
+) -> Result<Vec<Pinned>, ResolveError>
+where
+    F: Fn(RepoName) -> Fut,
+    Fut: std::future::Future<Output = Result<InstallationId, GitHubError>>,
+{
+    let mut pinned = Vec::new();
+    for r in &request.refs {
+        let component = config.component(&r.component).ok_or_else(|| {
+            ResolveError::Invalid(format!("`{}` is not a configured component", r.component))
+        })?;
+        if component.retired {
+            return Err(ResolveError::Invalid(format!(
+                "`{}` is retired and is not deployed",
+                component.name
+            )));
+        }
+        let Some(github) = github else {
+            return Err(ResolveError::Invalid(
+                "cannot pin refs to commits: GitHub access is not configured \
+                 (DEPLOYBOT_GITHUB_APP_ID, DEPLOYBOT_GITHUB_PRIVATE_KEY)"
+                    .into(),
+            ));
+        };
+        let repo = RepoName::parse(&component.repo).ok_or_else(|| {
+            ResolveError::Invalid(format!("`{}` is not a repository name", component.repo))
+        })?;
+        let inst = installation(repo.clone()).await?;
+        let sha = match &r.reference {
+            Ref::Pr(n) => {
+                let pr = github
+                    .pull_request(inst, &repo, *n)
+                    .await?
+                    .ok_or_else(|| ResolveError::Invalid(format!("{repo}#{n} does not exist")))?;
+                if !pr.base_repo.eq_ignore_ascii_case(&component.repo) {
+                    return Err(ResolveError::Invalid(format!(
+                        "{repo}#{n} is not a pull request of {}",
+                        component.repo
+                    )));
+                }
+                if !pr.open {
+                    return Err(ResolveError::Invalid(format!(
+                        "{repo}#{n} is closed; only open pull requests are deployed"
+                    )));
+                }
+                pr.head_sha
+            }
+            Ref::Branch(b) => github
+                .branch_head(inst, &repo, b)
+                .await?
+                .ok_or_else(|| ResolveError::Invalid(format!("{repo} has no branch `{b}`")))?,
+            Ref::Commit(c) => github
+                .commit_sha(inst, &repo, c)
+                .await?
+                .ok_or_else(|| ResolveError::Invalid(format!("{repo} has no commit `{c}`")))?,
+        };
+        if sha.len() != 40 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(ResolveError::Invalid(format!(
+                "GitHub answered an unexpected commit id for {repo} {}",
+                r.reference
+            )));
+        }
+        pinned.push(Pinned {
+            component: component.name.clone(),
+            repo: component.repo.clone(),
+            reference: r.reference.clone(),
+            sha: sha.to_ascii_lowercase(),
+        });
+    }
+    Ok(pinned)
+}
