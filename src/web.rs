@@ -56,6 +56,9 @@ async fn not_found() -> Response {
 pub struct JobView {
     pub id: i64,
     pub state: String,
+    /// The pipeline step it is in, or ended in.
+    pub step: String,
+    pub conclusion: Option<String>,
     pub source: String,
     pub requested_by: String,
     pub repository: String,
@@ -87,6 +90,8 @@ impl JobView {
         JobView {
             id: job.id,
             state: job.state,
+            step: job.step,
+            conclusion: job.conclusion,
             source: job.source,
             requested_by: job.requested_by,
             pull_request: job.number.filter(|_| job.is_pull_request),
@@ -186,8 +191,11 @@ async fn get_job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> 
     };
     match job {
         Some(job) => {
+            let (pinned, plan) = (job.pinned.clone(), job.plan.clone());
             let view = JobView::new(job, &state.config);
             let mut value = serde_json::to_value(view).unwrap_or_default();
+            value["pinned"] = pinned.unwrap_or_default();
+            value["plan"] = plan.unwrap_or_default();
             value["events"] = serde_json::to_value(events).unwrap_or_default();
             Json(value).into_response()
         }

@@ -1,0 +1,460 @@
+//! The worker end to end on the database lock and a dry-run environment:
+//! resolve, plan, wait, lock, hold, expiry, extend, release, supersede,
+//! cancel, and workers that die or race. Real PostgreSQL and SQLite, the fake
+//! GitHub for pinning refs.
+
+mod support;
+
+use std::time::Duration;
+
+use deploybot::config::Config;
+use serde_json::Value;
+use support::harness::*;
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(Db::Postgres).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(Db::Sqlite).await
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    dry_run_environment_takes_a_request_through_every_step,
+    dry_run_request_plans_only,
+    busy_environment_makes_the_next_request_wait_in_order,
+    hold_expires_and_the_next_request_cleans_up,
+    extend_lengthens_the_hold_up_to_the_maximum,
+    newer_request_from_the_same_pr_replaces_its_deployment,
+    cancel_ends_a_queued_request,
+    closed_pr_fails_resolution_with_a_clear_reason,
+    worker_that_dies_is_reaped,
+    status_lists_holder_and_queue,
+);
+
+const SHA_SERVICE: &str = "1111111111111111111111111111111111111111";
+const SHA_OGR: &str = "2222222222222222222222222222222222222222";
+const SHA_OTHER: &str = "3333333333333333333333333333333333333333";
+
+/// The app on the built-in default: Packit's components, one dry-run `dev`.
+async fn dry_app(db: Db) -> TestApp {
+    let t = TestApp::start_with(
+        db,
+        Options {
+            config: Config::builtin_default(),
+            ..Options::default()
+        },
+    )
+    .await;
+    for (repo, who) in [("packit/packit-service", "alice"), ("packit/ogr", "alice")] {
+        t.github.set_permission(repo, who, "write");
+    }
+    t.github
+        .set_permission("packit/packit-service", "bob", "write");
+    t.github.add_pull(
+        "packit/packit-service",
+        614,
+        SHA_SERVICE,
+        "fix",
+        "open",
+        "alice",
+        &[],
+    );
+    t.github.add_pull(
+        "packit/packit-service",
+        700,
+        SHA_OTHER,
+        "other",
+        "open",
+        "bob",
+        &[],
+    );
+    t.github
+        .add_pull("packit/ogr", 123, SHA_OGR, "ogr-fix", "open", "alice", &[]);
+    t
+}
+
+async fn comment(t: &TestApp, number: u64, body: &str, who: &str) {
+    let event = comment_event("packit/packit-service", number, true, body, who);
+    let (status, answer) = t.deliver("issue_comment", &event).await;
+    assert!(status.is_success(), "{answer}");
+}
+
+async fn job(t: &TestApp, id: i64) -> Value {
+    let (status, job) = t.get(&format!("/api/v1/jobs/{id}")).await;
+    assert!(status.is_success(), "{job}");
+    job
+}
+
+fn steps(job: &Value) -> Vec<String> {
+    job["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["step"].as_str().expect("step").to_string())
+        .collect()
+}
+
+fn event_text(job: &Value, step: &str) -> String {
+    job["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["step"] == step)
+        .map(|e| e["message"].as_str().expect("message").to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+async fn holder(t: &TestApp) -> Option<i64> {
+    let envs = t.app.state.store.environments().await.expect("envs");
+    envs.iter()
+        .find(|e| e.name == "dev")
+        .and_then(|e| e.holder_job)
+}
+
+async fn dry_run_environment_takes_a_request_through_every_step(db: Db) {
+    let t = dry_app(db).await;
+    comment(&t, 614, "/deploy ogr=123", "alice").await;
+    t.run().await;
+    let jobs = t.jobs().await;
+    assert_eq!(jobs.len(), 1);
+    let id = jobs[0]["id"].as_i64().expect("id");
+    let job = job(&t, id).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(
+        steps(&job),
+        [
+            "queued", "resolve", "resolve", "plan", "lock", "build", "cleanup", "deploy", "hold",
+            "end"
+        ]
+    );
+    assert!(
+        event_text(&job, "resolve").contains("ogr=#123 → 222222222222"),
+        "{job}"
+    );
+    assert!(event_text(&job, "build").contains("dry-run"), "{job}");
+    assert!(
+        event_text(&job, "build")
+            .contains("quay.io/packit/packit-worker:packit-service-111111111111-ogr-222222222222"),
+        "{job}"
+    );
+    assert!(event_text(&job, "deploy").contains("skipped (dry-run environment)"));
+    // The plan is data the API shows.
+    let plan = &job["plan"];
+    assert_eq!(plan["base"], "stg");
+    assert_eq!(plan["environment"], "dev");
+    assert_eq!(job["pinned"][0]["sha"].as_str().map(str::len), Some(40));
+    assert_eq!(holder(&t).await, Some(id));
+    t.github.take_comments("packit/packit-service", 614);
+}
+
+async fn dry_run_request_plans_only(db: Db) {
+    let t = dry_app(db).await;
+    comment(&t, 614, "/deploy --dry-run ogr=123", "alice").await;
+    t.run().await;
+    let jobs = t.jobs().await;
+    let job = job(&t, jobs[0]["id"].as_i64().expect("id")).await;
+    assert_eq!(job["state"], "succeeded");
+    assert!(!steps(&job).contains(&"lock".to_string()), "{job}");
+    assert!(
+        job["plan"]["images"]
+            .as_array()
+            .is_some_and(|i| !i.is_empty())
+    );
+    assert_eq!(holder(&t).await, None, "a dry run holds nothing");
+}
+
+async fn busy_environment_makes_the_next_request_wait_in_order(db: Db) {
+    let t = dry_app(db).await;
+    comment(&t, 614, "/deploy", "alice").await;
+    t.run().await;
+    let first = t.jobs().await[0]["id"].as_i64().expect("id");
+    assert_eq!(holder(&t).await, Some(first));
+
+    comment(&t, 700, "/deploy", "bob").await;
+    t.run().await;
+    let jobs = t.jobs().await;
+    let second = jobs[0]["id"].as_i64().expect("id");
+    let waiting = job(&t, second).await;
+    assert_eq!(waiting["state"], "queued");
+    let text = event_text(&waiting, "waiting");
+    assert!(text.contains("position 1"), "{text}");
+    assert!(text.contains(&format!("request #{first}")), "{text}");
+
+    // Releasing the first lets the second run at once.
+    comment(&t, 614, "/deploy release", "alice").await;
+    t.run().await;
+    assert_eq!(job(&t, second).await["state"], "succeeded");
+    assert_eq!(holder(&t).await, Some(second));
+    let replies = t.github.take_comments("packit/packit-service", 614);
+    assert!(
+        replies.iter().any(|c| c.body.contains("released `dev`")),
+        "{replies:?}"
+    );
+}
+
+async fn hold_expires_and_the_next_request_cleans_up(db: Db) {
+    let t = dry_app(db).await;
+    comment(&t, 614, "/deploy --ttl=1h", "alice").await;
+    t.run().await;
+    let first = t.jobs().await[0]["id"].as_i64().expect("id");
+    assert_eq!(holder(&t).await, Some(first));
+    t.advance(Duration::from_secs(3600 + 60));
+    t.run().await;
+    assert_eq!(holder(&t).await, None);
+    let notices = t.github.take_comments("packit/packit-service", 614);
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(notices[0].body.contains("expired"), "{}", notices[0].body);
+    let envs = t.app.state.store.environments().await.expect("envs");
+    assert!(envs[0].dirty);
+
+    comment(&t, 700, "/deploy", "bob").await;
+    t.run().await;
+    let second = t.jobs().await[0]["id"].as_i64().expect("id");
+    let job = job(&t, second).await;
+    assert!(
+        event_text(&job, "cleanup").contains("would clean up the previous deployment"),
+        "{job}"
+    );
+    assert!(!t.app.state.store.environments().await.expect("envs")[0].dirty);
+}
+
+async fn extend_lengthens_the_hold_up_to_the_maximum(db: Db) {
+    let t = dry_app(db).await;
+    comment(&t, 614, "/deploy --ttl=1h", "alice").await;
+    t.run().await;
+    let before = t.app.state.store.environments().await.expect("envs")[0]
+        .held_until
+        .expect("held");
+    comment(&t, 614, "/deploy extend 1h30m", "alice").await;
+    t.run().await;
+    let after = t.app.state.store.environments().await.expect("envs")[0]
+        .held_until
+        .expect("held");
+    assert_eq!(after - before, 90 * 60 * 1000);
+    comment(&t, 614, "/deploy extend 8h", "alice").await;
+    t.run().await;
+    let replies = t.github.take_comments("packit/packit-service", 614);
+    assert!(
+        replies
+            .last()
+            .is_some_and(|c| c.body.contains("capped at the maximum of 8h")),
+        "{replies:?}"
+    );
+    let capped = t.app.state.store.environments().await.expect("envs")[0]
+        .held_until
+        .expect("held");
+    let now = t.app.state.store.now_ms();
+    assert!(capped <= now + 8 * 3600 * 1000 && capped > now + 8 * 3600 * 1000 - 60_000);
+    // Another PR holds nothing to extend.
+    comment(&t, 700, "/deploy extend 1h", "bob").await;
+    t.run().await;
+    let replies = t.github.take_comments("packit/packit-service", 700);
+    assert!(
+        replies[0].body.contains("holds no environment"),
+        "{replies:?}"
+    );
+}
+
+async fn newer_request_from_the_same_pr_replaces_its_deployment(db: Db) {
+    let t = dry_app(db).await;
+    comment(&t, 614, "/deploy", "alice").await;
+    t.run().await;
+    let first = t.jobs().await[0]["id"].as_i64().expect("id");
+    comment(&t, 614, "/deploy ogr=123", "alice").await;
+    t.run().await;
+    let second = t.jobs().await[0]["id"].as_i64().expect("id");
+    assert_ne!(first, second);
+    assert_eq!(job(&t, second).await["state"], "succeeded");
+    assert_eq!(holder(&t).await, Some(second), "replaced without queueing");
+    let old = job(&t, first).await;
+    assert!(event_text(&old, "release").contains(&format!("replaced by request #{second}")));
+
+    // Two queued requests from one PR: the newer supersedes the older.
+    comment(&t, 700, "/deploy", "bob").await;
+    comment(&t, 700, "/deploy ogr=123", "bob").await;
+    t.settle().await;
+    let jobs = t.jobs().await;
+    assert_eq!(jobs[1]["state"], "superseded");
+    assert_eq!(jobs[0]["state"], "queued");
+}
+
+async fn cancel_ends_a_queued_request(db: Db) {
+    let t = dry_app(db).await;
+    comment(&t, 614, "/deploy", "alice").await;
+    t.settle().await;
+    comment(&t, 614, "/deploy cancel", "alice").await;
+    t.settle().await;
+    let jobs = t.jobs().await;
+    assert_eq!(jobs[0]["state"], "cancelled");
+    let replies = t.github.take_comments("packit/packit-service", 614);
+    assert!(
+        replies.iter().any(|c| c.body.contains("cancelled request")),
+        "{replies:?}"
+    );
+    t.run().await;
+    assert_eq!(holder(&t).await, None);
+}
+
+async fn closed_pr_fails_resolution_with_a_clear_reason(db: Db) {
+    let t = dry_app(db).await;
+    t.github
+        .add_pull("packit/ogr", 5, SHA_OTHER, "old", "closed", "alice", &[]);
+    comment(&t, 614, "/deploy ogr=5", "alice").await;
+    t.run().await;
+    let jobs = t.jobs().await;
+    assert_eq!(jobs[0]["state"], "failed");
+    assert!(
+        jobs[0]["error"]
+            .as_str()
+            .expect("error")
+            .contains("packit/ogr#5 is closed")
+    );
+    comment(&t, 614, "/deploy ogr=99", "alice").await;
+    t.run().await;
+    let jobs = t.jobs().await;
+    assert!(
+        jobs[0]["error"]
+            .as_str()
+            .expect("error")
+            .contains("does not exist")
+    );
+    assert_eq!(holder(&t).await, None);
+}
+
+async fn worker_that_dies_is_reaped(db: Db) {
+    let t = dry_app(db).await;
+    let store = &t.app.state.store;
+    comment(&t, 614, "/deploy", "alice").await;
+    t.settle().await;
+    // A worker claims the job and dies during `resolve` (safe to repeat).
+    let job1 = store
+        .claim_job("dead-worker", 1_000)
+        .await
+        .expect("claim")
+        .expect("job");
+    let mut tx = store.begin().await.expect("tx");
+    deploybot::store::Store::set_step(&mut tx, job1.id, "resolve")
+        .await
+        .expect("step");
+    tx.commit().await.expect("commit");
+    t.advance(Duration::from_secs(5));
+    t.run().await;
+    let j = job(&t, job1.id).await;
+    assert_eq!(j["state"], "succeeded", "re-queued and finished: {j}");
+    assert!(event_text(&j, "worker").contains("trying again"));
+
+    // Another dies during `deploy` while holding the environment: failed, released, dirty.
+    comment(&t, 614, "/deploy ogr=123", "alice").await;
+    t.settle().await;
+    let job2 = store
+        .claim_job("dead-worker", 1_000)
+        .await
+        .expect("claim")
+        .expect("job");
+    let mut tx = store.begin().await.expect("tx");
+    let until = tx.now + 3_600_000;
+    assert!(
+        deploybot::store::Store::hold_environment(&mut tx, "dev", Some(job1.id), job2.id, until)
+            .await
+            .expect("hold")
+    );
+    deploybot::store::Store::set_step(&mut tx, job2.id, "deploy")
+        .await
+        .expect("step");
+    tx.commit().await.expect("commit");
+    t.advance(Duration::from_secs(5));
+    t.run().await;
+    let j = job(&t, job2.id).await;
+    assert_eq!(j["state"], "failed");
+    assert!(
+        j["error"]
+            .as_str()
+            .expect("error")
+            .contains("stopped during `deploy`")
+    );
+    assert_eq!(holder(&t).await, None);
+    assert!(store.environments().await.expect("envs")[0].dirty);
+}
+
+async fn status_lists_holder_and_queue(db: Db) {
+    let t = dry_app(db).await;
+    comment(&t, 614, "/deploy", "alice").await;
+    t.run().await;
+    comment(&t, 700, "/deploy", "bob").await;
+    t.run().await;
+    comment(&t, 700, "/deploy status", "bob").await;
+    t.run().await;
+    let replies = t.github.take_comments("packit/packit-service", 700);
+    let status = &replies.last().expect("reply").body;
+    assert!(status.contains("`dev`"), "{status}");
+    assert!(status.contains("packit/packit-service#614"), "{status}");
+    assert!(status.contains("(waiting)"), "{status}");
+}
+
+/// Two workers on one PostgreSQL queue race for one environment: it is never
+/// held twice and each request runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_workers_race_for_one_environment() {
+    let t = dry_app(Db::Postgres).await;
+    for n in [614, 700] {
+        let who = if n == 614 { "alice" } else { "bob" };
+        comment(&t, n, "/deploy", who).await;
+    }
+    t.settle().await;
+    let other = deploybot::App::new(
+        deploybot::settings::Settings {
+            config_source: deploybot::config::ConfigSource::BuiltInDefault,
+            database_url: t.database_url.clone(),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            webhook_secrets: vec![],
+            github: Some(deploybot::github::GitHubSettings {
+                api_url: t.github.url(),
+                app_id: APP_ID,
+                private_key_pem: std::fs::read(key_path()).expect("key"),
+            }),
+        },
+        Config::builtin_default(),
+    )
+    .await
+    .expect("second app");
+    let (a, b) = tokio::join!(t.app.worker.run_until_idle(), other.worker.run_until_idle());
+    a.expect("worker a");
+    b.expect("worker b");
+    let jobs = t.jobs().await;
+    let states: Vec<&str> = jobs
+        .iter()
+        .map(|j| j["state"].as_str().expect("state"))
+        .collect();
+    assert_eq!(
+        states.iter().filter(|s| **s == "succeeded").count(),
+        1,
+        "{states:?}"
+    );
+    assert_eq!(
+        states.iter().filter(|s| **s == "queued").count(),
+        1,
+        "{states:?}"
+    );
+    let winner = jobs
+        .iter()
+        .find(|j| j["state"] == "succeeded")
+        .expect("winner");
+    assert_eq!(holder(&t).await, winner["id"].as_i64());
+    for j in &jobs {
+        let events = job(&t, j["id"].as_i64().expect("id")).await;
+        assert!(
+            steps(&events).iter().filter(|s| *s == "lock").count() <= 1,
+            "locked at most once: {events}"
+        );
+    }
+}
