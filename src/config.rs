@@ -41,6 +41,11 @@ pub struct BotConfig {
     pub public_url: String,
     /// Largest webhook body accepted, in bytes (413 beyond it).
     pub max_body_bytes: usize,
+    /// How to clone a repository; `{repo}` is `owner/name`.
+    pub git_url: String,
+    /// Where jobs check out repositories and write build contexts
+    /// (default: the system's temporary folder).
+    pub workdir: Option<String>,
 }
 
 impl Default for BotConfig {
@@ -50,6 +55,8 @@ impl Default for BotConfig {
             trigger_label: "deploy-test".into(),
             public_url: "http://localhost:8080".into(),
             max_body_bytes: 5 * 1024 * 1024,
+            git_url: "https://github.com/{repo}.git".into(),
+            workdir: None,
         }
     }
 }
@@ -181,6 +188,124 @@ pub struct Environment {
     pub default_ttl: String,
     #[serde(default = "max_ttl")]
     pub max_ttl: String,
+    /// How images are built (default: OpenShift Builds for `openshift`, none otherwise).
+    #[serde(default)]
+    pub builder: Option<Builder>,
+    /// How the environment is pointed at the images.
+    #[serde(default)]
+    pub deployer: Option<Deployer>,
+    /// What is done to the previous deployment before a new one.
+    #[serde(default)]
+    pub cleanup: Option<Cleanup>,
+    /// Time limits per step.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+/// Image builders. Placeholders in `args`: `{repo_url}`, `{commit}`,
+/// `{containerfile}`, `{image}` (the full target reference), `{context}` (the
+/// checkout or the overlay's folder) and `{build_args}`, which expands to one
+/// `--build-arg` `KEY=VALUE` pair per argument. Nothing runs through a shell.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "kebab-case")]
+pub enum Builder {
+    /// OpenShift Builds in the environment's namespace.
+    Openshift {
+        /// Secret used to push the built images.
+        #[serde(default)]
+        push_secret: Option<String>,
+    },
+    /// A local command such as podman or buildah, run in a checkout.
+    Command { args: Vec<String> },
+}
+
+/// Deployers.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "kebab-case")]
+pub enum Deployer {
+    /// Point workloads (or ImageStream tags) of the namespace at the images.
+    Kubernetes { workloads: Vec<Workload> },
+    /// Run a command in a checkout of the deployer component (e.g. packit/deployment),
+    /// after writing a vars file (JSON, which YAML readers accept) with the images.
+    Command {
+        args: Vec<String>,
+        /// Path of the generated vars file inside the checkout.
+        vars_file: String,
+        /// Variable name → image repository; the variable gets the full image reference.
+        #[serde(default)]
+        image_vars: BTreeMap<String, String>,
+        /// Variable name → component; the variable is true when the component is deployed.
+        #[serde(default)]
+        flag_vars: BTreeMap<String, String>,
+        /// Fixed extra variables.
+        #[serde(default)]
+        extra_vars: BTreeMap<String, String>,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// `Deployment`, `StatefulSet` or `ImageStream`.
+    pub kind: String,
+    pub name: String,
+    /// The image repository this workload runs.
+    pub image: String,
+    /// For ImageStreams: the tag pods follow (default `latest`).
+    #[serde(default)]
+    pub tag: Option<String>,
+}
+
+/// Cleanup of the previous deployment.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "kebab-case")]
+pub enum Cleanup {
+    /// Point every configured workload back at its base image.
+    ResetImages,
+    /// Run a command (in the deployer's checkout when there is one).
+    Command { args: Vec<String> },
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    pub resolve: String,
+    pub build: String,
+    pub cleanup: String,
+    pub deploy: String,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            resolve: "5m".into(),
+            build: "45m".into(),
+            cleanup: "10m".into(),
+            deploy: "20m".into(),
+        }
+    }
+}
+
+impl Timeouts {
+    pub fn get(&self, step: &str) -> Duration {
+        let text = match step {
+            "resolve" => &self.resolve,
+            "build" => &self.build,
+            "cleanup" => &self.cleanup,
+            _ => &self.deploy,
+        };
+        parse_duration_or_secs(text).unwrap_or(Duration::from_secs(1200))
+    }
+}
+
+/// `90m`-style durations, or plain seconds (`"5s"` is allowed here for tests).
+pub fn parse_duration_or_secs(text: &str) -> Option<Duration> {
+    parse_duration(text).or_else(|| {
+        text.strip_suffix('s')
+            .and_then(|n| n.parse::<u64>().ok())
+            .filter(|n| *n > 0)
+            .map(Duration::from_secs)
+    })
 }
 
 fn default_ttl() -> String {
@@ -236,6 +361,10 @@ impl Config {
             url: None,
             default_ttl: default_ttl(),
             max_ttl: max_ttl(),
+            builder: None,
+            deployer: None,
+            cleanup: None,
+            timeouts: Timeouts::default(),
         }];
         config
     }

@@ -36,6 +36,7 @@ pub struct App {
     pub state: Arc<AppState>,
     pub intake: Arc<Intake>,
     pub reporter: Arc<Reporter>,
+    pub pipeline: Arc<Pipeline>,
     pub worker: Arc<Worker>,
 }
 
@@ -64,7 +65,7 @@ impl App {
             .await
             .map_err(|e| e.to_string())?;
         let pipeline = Arc::new(Pipeline::new(store.clone(), config.clone(), github));
-        let worker = Arc::new(Worker::new(pipeline, WorkerSettings::default()));
+        let worker = Arc::new(Worker::new(pipeline.clone(), WorkerSettings::default()));
         let state = Arc::new(AppState {
             store,
             config,
@@ -76,6 +77,7 @@ impl App {
             state,
             intake,
             reporter,
+            pipeline,
             worker,
         })
     }

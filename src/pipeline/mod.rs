@@ -2,6 +2,9 @@
 //! up → deploy → hold. A worker runs one job through it; every step writes
 //! events; a job that must wait for its environment goes back to the queue.
 
+pub mod build;
+pub mod deploy;
+pub mod exec;
 pub mod plan;
 pub mod resolve;
 
@@ -11,11 +14,14 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::command::{DeployRequest, format_duration};
-use crate::config::{Config, Environment, EnvironmentKind};
+use crate::config::{Builder, Cleanup, Config, Deployer, Environment, EnvironmentKind};
 use crate::github::GitHub;
 use crate::installations::find_installation;
 use crate::report::Report;
 use crate::store::{Job, Store, StoreError, Tx};
+use build::{Stage, command_build};
+use deploy::{checkout_deployer, command_deploy};
+use exec::{Exec, StepError, WorkDir, deadline};
 use plan::{ImageAction, Pinned, Plan, plan};
 use resolve::{ResolveError, resolve};
 
@@ -163,79 +169,14 @@ impl Pipeline {
         let started = self.store.now_ms();
 
         // 4–6. Build, clean up, deploy.
-        let dry = environment.kind == EnvironmentKind::DryRun;
-        let builds: Vec<String> = plan.builds().map(|i| i.reference()).collect();
-        if dry {
-            self.step(
-                job.id,
-                "build",
-                &if builds.is_empty() {
-                    "nothing to build".to_string()
-                } else {
-                    format!(
-                        "skipped (dry-run environment): would build {}",
-                        builds.join(", ")
-                    )
-                },
-            )
-            .await?;
-        } else {
-            let e = format!(
-                "environment kind {:?} cannot build yet in this version",
-                environment.kind
-            );
-            self.finish(job, "failed", "failure", Some(&e), false)
-                .await?;
-            return Ok(Outcome::Failed(e));
+        match self
+            .build_clean_deploy(job, &plan, &environment, cancel)
+            .await
+        {
+            Ok(()) => {}
+            Err(StepError::Store(e)) => return Err(e),
+            Err(e) => return self.step_failed(job, e).await,
         }
-        if cancelled(cancel) {
-            self.finish(
-                job,
-                "cancelled",
-                "cancelled",
-                Some("cancelled after the build"),
-                false,
-            )
-            .await?;
-            return Ok(Outcome::Cancelled);
-        }
-        let dirty = {
-            let mut tx = self.store.begin().await?;
-            let row = Store::environment_row(&mut tx, &environment.name).await?;
-            tx.commit().await?;
-            row.is_some_and(|r| r.dirty)
-        };
-        self.step(
-            job.id,
-            "cleanup",
-            &match (dirty, dry) {
-                (false, _) => "nothing to clean up".to_string(),
-                (true, true) => {
-                    "skipped (dry-run environment): would clean up the previous deployment".into()
-                }
-                (true, false) => "cleaned up the previous deployment".into(),
-            },
-        )
-        .await?;
-        let deployed: Vec<String> = plan
-            .images
-            .iter()
-            .filter(|i| i.deployed)
-            .map(|i| i.reference())
-            .collect();
-        self.step(
-            job.id,
-            "deploy",
-            &if dry {
-                format!(
-                    "skipped (dry-run environment): would deploy {}",
-                    deployed.join(", ")
-                )
-            } else {
-                format!("deployed {}", deployed.join(", "))
-            },
-        )
-        .await?;
 
         // 7. Hold.
         let ttl = request.ttl.unwrap_or_else(|| environment.default_ttl());
@@ -263,6 +204,272 @@ impl Pipeline {
         Store::add_event(&mut tx, job.id, "end", "success").await?;
         tx.commit().await?;
         Ok(Outcome::Succeeded)
+    }
+
+    /// End a job whose step failed, was cancelled or ran out of time.
+    async fn step_failed(&self, job: &Job, e: StepError) -> Result<Outcome, StoreError> {
+        let step = self
+            .store
+            .get_job(job.id)
+            .await?
+            .map(|j| j.step)
+            .unwrap_or_default();
+        // A deployment that started may have left the environment half-changed.
+        let dirty = matches!(step.as_str(), "build" | "cleanup" | "deploy");
+        match e {
+            StepError::Failed { reason, excerpt } => {
+                if !excerpt.is_empty() {
+                    self.event(job.id, &step, &format!("last lines of output:\n{excerpt}"))
+                        .await?;
+                }
+                let error = format!("{step} failed: {reason}");
+                self.finish(job, "failed", "failure", Some(&error), dirty)
+                    .await?;
+                Ok(Outcome::Failed(error))
+            }
+            StepError::TimedOut => {
+                let error = format!("{step} took longer than its time limit");
+                self.finish(job, "timed_out", "timed_out", Some(&error), dirty)
+                    .await?;
+                Ok(Outcome::Failed(error))
+            }
+            StepError::Cancelled => {
+                self.finish(
+                    job,
+                    "cancelled",
+                    "cancelled",
+                    Some(&format!("cancelled during {step}")),
+                    dirty,
+                )
+                .await?;
+                Ok(Outcome::Cancelled)
+            }
+            StepError::Store(e) => Err(e),
+        }
+    }
+
+    fn workdir(&self) -> std::path::PathBuf {
+        self.config
+            .bot
+            .workdir
+            .as_ref()
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join("deploybot"))
+    }
+
+    fn exec<'a>(
+        &'a self,
+        job: &Job,
+        step: &'a str,
+        environment: &Environment,
+        cancel: &watch::Receiver<bool>,
+    ) -> Exec<'a> {
+        Exec {
+            store: &self.store,
+            job_id: job.id,
+            step,
+            deadline: deadline(environment.timeouts.get(step)),
+            cancel: cancel.clone(),
+        }
+    }
+
+    async fn build_clean_deploy(
+        &self,
+        job: &Job,
+        plan: &Plan,
+        environment: &Environment,
+        cancel: &mut watch::Receiver<bool>,
+    ) -> Result<(), StepError> {
+        let dry = environment.kind == EnvironmentKind::DryRun;
+        let git_url = self.config.bot.git_url.clone();
+        let work = WorkDir::new(&self.workdir(), job.id)?;
+
+        // Build.
+        let stages: Vec<Vec<Stage>> = plan
+            .builds()
+            .map(|i| build::stages(i, plan.base.as_str()))
+            .collect();
+        let targets: Vec<String> = stages.iter().flatten().map(|s| s.target.clone()).collect();
+        match (&environment.builder, dry) {
+            _ if targets.is_empty() => self.step(job.id, "build", "nothing to build").await?,
+            (_, true) => {
+                self.step(
+                    job.id,
+                    "build",
+                    &format!(
+                        "skipped (dry-run environment): would build {}",
+                        targets.join(", ")
+                    ),
+                )
+                .await?
+            }
+            (None, false) => {
+                return Err(StepError::failed(format!(
+                    "environment `{}` has no builder configured, but the plan builds {}",
+                    environment.name,
+                    targets.join(", ")
+                )));
+            }
+            (Some(Builder::Command { args }), false) => {
+                self.step(
+                    job.id,
+                    "build",
+                    &format!("building {} image(s) in parallel", stages.len()),
+                )
+                .await?;
+                let started = self.store.now_ms();
+                let builds = stages.iter().enumerate().map(|(n, image_stages)| {
+                    let mut exec = self.exec(job, "build", environment, cancel);
+                    let dir = work.0.join(format!("build-{n}"));
+                    let (args, git_url) = (args.clone(), git_url.clone());
+                    async move {
+                        for (k, stage) in image_stages.iter().enumerate() {
+                            let inputs = stage.inputs();
+                            let (image, tag) =
+                                stage.target.rsplit_once(':').unwrap_or((&stage.target, ""));
+                            if self.store.image_built(image, tag, &inputs).await? {
+                                self.event(
+                                    job.id,
+                                    "build",
+                                    &format!(
+                                        "reused {} (built before from the same inputs)",
+                                        stage.target
+                                    ),
+                                )
+                                .await?;
+                                continue;
+                            }
+                            let stage_dir = dir.join(format!("stage-{k}"));
+                            command_build(&mut exec, &args, stage, &stage_dir, &git_url).await?;
+                            self.store.record_image(image, tag, &inputs, job.id).await?;
+                            self.event(job.id, "build", &format!("built {}", stage.target))
+                                .await?;
+                        }
+                        Ok::<(), StepError>(())
+                    }
+                });
+                for result in futures_util::future::join_all(builds).await {
+                    result?;
+                }
+                self.event(
+                    job.id,
+                    "build",
+                    &format!("build done in {}", secs(self.store.now_ms() - started)),
+                )
+                .await?;
+            }
+            (Some(Builder::Openshift { .. }), false) => {
+                return Err(StepError::failed(
+                    "OpenShift builds are not available in this version of deploybot",
+                ));
+            }
+        }
+
+        // Check out the deployer component once, for cleanup and deploy commands.
+        let needs_checkout = !dry
+            && (matches!(environment.deployer, Some(Deployer::Command { .. }))
+                || matches!(environment.cleanup, Some(Cleanup::Command { .. })));
+        let checkout_dir = work.0.join("deployer");
+        if needs_checkout && plan.checkout.is_some() {
+            let mut exec = self.exec(job, "deploy", environment, cancel);
+            checkout_deployer(&mut exec, plan, &git_url, &checkout_dir).await?;
+        } else {
+            std::fs::create_dir_all(&checkout_dir).map_err(|e| {
+                StepError::failed(format!("cannot create {}: {e}", checkout_dir.display()))
+            })?;
+        }
+
+        // Clean up what the previous deployment left.
+        let dirty = {
+            let mut tx = self.store.begin().await?;
+            let row = Store::environment_row(&mut tx, &environment.name).await?;
+            tx.commit().await?;
+            row.is_some_and(|r| r.dirty)
+        };
+        match (&environment.cleanup, dirty, dry) {
+            (_, false, _) => self.step(job.id, "cleanup", "nothing to clean up").await?,
+            (_, true, true) => {
+                self.step(
+                    job.id,
+                    "cleanup",
+                    "skipped (dry-run environment): would clean up the previous deployment",
+                )
+                .await?
+            }
+            (None, true, false) => {
+                self.step(
+                    job.id,
+                    "cleanup",
+                    "no cleanup configured; the new deployment replaces the previous one",
+                )
+                .await?
+            }
+            (Some(Cleanup::Command { args }), true, false) => {
+                self.step(job.id, "cleanup", "cleaning up the previous deployment")
+                    .await?;
+                let mut exec = self.exec(job, "cleanup", environment, cancel);
+                exec.run(args, &checkout_dir).await?;
+            }
+            (Some(Cleanup::ResetImages), true, false) => {
+                return Err(StepError::failed(
+                    "resetting workloads needs the cluster, which is not available in this version of deploybot",
+                ));
+            }
+        }
+
+        // Deploy.
+        let deployed: Vec<String> = plan
+            .images
+            .iter()
+            .filter(|i| i.deployed)
+            .map(|i| i.reference())
+            .collect();
+        match (&environment.deployer, dry) {
+            (_, true) => {
+                self.step(
+                    job.id,
+                    "deploy",
+                    &format!(
+                        "skipped (dry-run environment): would deploy {}",
+                        deployed.join(", ")
+                    ),
+                )
+                .await?
+            }
+            (None, false) => {
+                return Err(StepError::failed(format!(
+                    "environment `{}` has no deployer configured",
+                    environment.name
+                )));
+            }
+            (
+                Some(Deployer::Command {
+                    args,
+                    vars_file,
+                    image_vars,
+                    flag_vars,
+                    extra_vars,
+                }),
+                false,
+            ) => {
+                self.step(
+                    job.id,
+                    "deploy",
+                    &format!("deploying {}", deployed.join(", ")),
+                )
+                .await?;
+                let vars = deploy::vars(plan, environment, image_vars, flag_vars, extra_vars);
+                let mut exec = self.exec(job, "deploy", environment, cancel);
+                command_deploy(&mut exec, args, vars_file, &vars, &checkout_dir).await?;
+                self.event(job.id, "deploy", "deployed").await?;
+            }
+            (Some(Deployer::Kubernetes { .. }), false) => {
+                return Err(StepError::failed(
+                    "Kubernetes deployments are not available in this version of deploybot",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Pin and plan; `Err(outcome)` when the job ended or must retry.

@@ -1,0 +1,253 @@
+//! Running configured commands and git checkouts for a job: no shell, output
+//! streamed into the job's events, stopped on cancel or timeout.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::watch;
+
+use crate::store::{Store, StoreError};
+
+/// Lines of output kept in a job's events per command.
+const MAX_EVENT_LINES: usize = 400;
+/// Lines kept for a failure excerpt.
+const EXCERPT_LINES: usize = 20;
+
+/// Why a step did not complete.
+#[derive(Debug)]
+pub enum StepError {
+    /// It failed; the reason and a short excerpt of the output.
+    Failed {
+        reason: String,
+        excerpt: String,
+    },
+    Cancelled,
+    TimedOut,
+    Store(StoreError),
+}
+
+impl From<StoreError> for StepError {
+    fn from(e: StoreError) -> Self {
+        StepError::Store(e)
+    }
+}
+
+impl StepError {
+    pub fn failed(reason: impl Into<String>) -> StepError {
+        StepError::Failed {
+            reason: reason.into(),
+            excerpt: String::new(),
+        }
+    }
+}
+
+/// Where a job's commands run and what they may be given.
+pub struct Exec<'a> {
+    pub store: &'a Store,
+    pub job_id: i64,
+    pub step: &'a str,
+    pub deadline: tokio::time::Instant,
+    pub cancel: watch::Receiver<bool>,
+}
+
+impl Exec<'_> {
+    /// Run `argv` in `cwd`; Ok when it exits 0.
+    pub async fn run(&mut self, argv: &[String], cwd: &Path) -> Result<(), StepError> {
+        let Some((program, args)) = argv.split_first() else {
+            return Err(StepError::failed("empty command"));
+        };
+        let event = |store: &Store, message: String| {
+            let store = store.clone();
+            let (job, step) = (self.job_id, self.step.to_string());
+            async move {
+                let mut tx = store.begin().await?;
+                Store::add_event(&mut tx, job, &step, &message).await?;
+                tx.commit().await
+            }
+        };
+        event(self.store, format!("$ {}", argv.join(" "))).await?;
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(args)
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .process_group(0);
+        let mut child = command
+            .spawn()
+            .map_err(|e| StepError::failed(format!("cannot start `{program}`: {e}")))?;
+        let pid = child.id();
+        let (tx_lines, mut lines) = tokio::sync::mpsc::channel::<String>(256);
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx_lines = tx_lines.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    if tx_lines.send(line).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx_lines);
+        let mut tail: Vec<String> = Vec::new();
+        let mut recorded = 0usize;
+        let mut streams_open = true;
+        let status = loop {
+            tokio::select! {
+                line = lines.recv(), if streams_open => match line {
+                    Some(line) => {
+                        if recorded < MAX_EVENT_LINES {
+                            event(self.store, format!("│ {line}")).await?;
+                        } else if recorded == MAX_EVENT_LINES {
+                            event(self.store, "│ … (further output not recorded)".into()).await?;
+                        }
+                        recorded += 1;
+                        tail.push(line);
+                        if tail.len() > EXCERPT_LINES {
+                            tail.remove(0);
+                        }
+                    }
+                    None => streams_open = false,
+                },
+                status = child.wait(), if !streams_open => {
+                    break status.map_err(|e| StepError::failed(format!("`{program}`: {e}")))?;
+                }
+                _ = tokio::time::sleep_until(self.deadline) => {
+                    stop(pid).await;
+                    let _ = child.kill().await;
+                    return Err(StepError::TimedOut);
+                }
+                _ = self.cancel.changed() => {
+                    if *self.cancel.borrow() {
+                        stop(pid).await;
+                        let _ = child.kill().await;
+                        return Err(StepError::Cancelled);
+                    }
+                }
+            }
+        };
+        if status.success() {
+            Ok(())
+        } else {
+            Err(StepError::Failed {
+                reason: format!("`{program}` exited with {status}"),
+                excerpt: tail.join("\n"),
+            })
+        }
+    }
+}
+
+/// Stop a command's whole process group (make, ansible and their children).
+async fn stop(pid: Option<u32>) {
+    if let Some(pid) = pid {
+        let _ = tokio::process::Command::new("kill")
+            .args(["-TERM", "--", &format!("-{pid}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+    }
+}
+
+/// The clone URL of `repo` (`owner/name`) from the configured template.
+pub fn clone_url(template: &str, repo: &str) -> String {
+    template.replace("{repo}", repo)
+}
+
+/// Check out `url` at `revision` (a commit SHA or a branch) into `dir`.
+pub async fn checkout(
+    exec: &mut Exec<'_>,
+    url: &str,
+    revision: &str,
+    dir: &Path,
+) -> Result<(), StepError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StepError::failed(format!("cannot create {}: {e}", dir.display())))?;
+    let d = dir.display().to_string();
+    let git = |args: &[&str]| -> Vec<String> {
+        ["git", "-C", &d]
+            .iter()
+            .chain(args)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    exec.run(&git(&["init", "--quiet"]), dir).await?;
+    exec.run(
+        &git(&["fetch", "--quiet", "--depth", "1", url, revision]),
+        dir,
+    )
+    .await?;
+    exec.run(
+        &git(&["checkout", "--quiet", "--detach", "FETCH_HEAD"]),
+        dir,
+    )
+    .await
+}
+
+/// A job's scratch folder, removed when dropped.
+pub struct WorkDir(pub PathBuf);
+
+impl WorkDir {
+    pub fn new(root: &Path, job_id: i64) -> Result<WorkDir, StepError> {
+        let dir = root.join(format!(
+            "job-{job_id}-{}",
+            &uuid::Uuid::new_v4().to_string()[..8]
+        ));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StepError::failed(format!("cannot create {}: {e}", dir.display())))?;
+        Ok(WorkDir(dir))
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Wait until `deadline`, cancellation, or `fut` — whichever is first.
+pub async fn bounded<T>(
+    deadline: tokio::time::Instant,
+    cancel: &mut watch::Receiver<bool>,
+    fut: impl std::future::Future<Output = Result<T, StepError>>,
+) -> Result<T, StepError> {
+    if *cancel.borrow() {
+        return Err(StepError::Cancelled);
+    }
+    tokio::select! {
+        r = fut => r,
+        _ = tokio::time::sleep_until(deadline) => Err(StepError::TimedOut),
+        _ = async {
+            loop {
+                if cancel.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                if *cancel.borrow() {
+                    return;
+                }
+            }
+        } => Err(StepError::Cancelled),
+    }
+}
+
+pub fn deadline(timeout: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::now() + timeout
+}

@@ -1,0 +1,439 @@
+//! The `command` builder and deployer with real processes and real git
+//! repositories: checkouts at pinned commits, overlay builds, the generated
+//! vars file, image reuse, a failing build, cancel during a build, time limits.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deploybot::config::Config;
+use deploybot::worker::{Worker, WorkerSettings};
+use serde_json::Value;
+use support::harness::*;
+
+/// Local git repositories standing in for GitHub's.
+struct Repos {
+    root: PathBuf,
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.org")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.org")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl Repos {
+    fn new(root: &Path) -> Repos {
+        Repos {
+            root: root.to_path_buf(),
+        }
+    }
+
+    /// Create `repo` with `files` committed on main; returns the commit.
+    fn commit(&self, repo: &str, files: &[(&str, &str)]) -> String {
+        let dir = self.root.join(format!("{repo}.git"));
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            git(&dir, &["init", "--quiet", "--initial-branch=main"]);
+            git(&dir, &["config", "uploadpack.allowAnySHA1InWant", "true"]);
+        }
+        for (path, text) in files {
+            let file = dir.join(path);
+            std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&file, text).expect("write");
+        }
+        git(&dir, &["add", "-A"]);
+        git(
+            &dir,
+            &["commit", "--quiet", "--allow-empty", "-m", "change"],
+        );
+        git(&dir, &["rev-parse", "HEAD"])
+    }
+
+    fn url(&self) -> String {
+        format!("file://{}/{{repo}}.git", self.root.display())
+    }
+}
+
+fn strings(v: &[&str]) -> String {
+    v.iter()
+        .map(|s| format!("{s:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Packit's components with one `command` environment whose builder,
+/// cleanup and deployer are the given argument lists.
+fn config(
+    git_url: &str,
+    workdir: &Path,
+    builder: &[&str],
+    deployer: &[&str],
+    build_timeout: &str,
+) -> Config {
+    let packit =
+        std::fs::read_to_string(manifest_dir().join("deploy/packit.toml")).expect("packit.toml");
+    let components = &packit[packit.find("[[component]]").expect("components")
+        ..packit.find("[[environment]]").expect("env")];
+    let text = format!(
+        r#"
+[bot]
+git_url = "{git_url}"
+workdir = "{workdir}"
+[github]
+bot_login = "packit-deploybot[bot]"
+[permissions]
+min_permission = "write"
+{components}
+[[environment]]
+name = "dev"
+kind = "command"
+url = "https://dev.example.org"
+[environment.builder]
+kind = "command"
+args = [{builder}]
+[environment.deployer]
+kind = "command"
+args = [{deployer}]
+vars_file = "vars/generated.json"
+image_vars = {{ image = "quay.io/packit/packit-service", image_worker = "quay.io/packit/packit-worker", image_dashboard = "quay.io/packit/dashboard" }}
+flag_vars = {{ with_dashboard = "dashboard", with_tokman = "tokman" }}
+extra_vars = {{ deployment = "dev" }}
+[environment.cleanup]
+kind = "command"
+args = ["true"]
+[environment.timeouts]
+build = "{build_timeout}"
+"#,
+        workdir = workdir.display(),
+        builder = strings(builder),
+        deployer = strings(deployer),
+    );
+    Config::from_toml(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
+}
+
+struct World {
+    t: TestApp,
+    tmp: tempfile::TempDir,
+    service_sha: String,
+    ogr_sha: String,
+    deployment_sha: String,
+}
+
+impl World {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.tmp.path().join("build.log")).unwrap_or_default()
+    }
+}
+
+async fn world(db: Db, builder: &[&str], build_timeout: &str) -> World {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repos = Repos::new(&tmp.path().join("git"));
+    let service_sha = repos.commit(
+        "packit/packit-service",
+        &[
+            ("files/docker/Dockerfile", "FROM scratch\n"),
+            ("files/docker/Dockerfile.worker", "FROM scratch\n"),
+        ],
+    );
+    let ogr_sha = repos.commit("packit/ogr", &[("setup.py", "# ogr\n")]);
+    let deployment_sha = repos.commit("packit/deployment", &[("Makefile", "deploy:\n")]);
+    let log = tmp.path().join("build.log");
+    let deployed = tmp.path().join("deployed.json");
+    let builder: Vec<String> = builder
+        .iter()
+        .map(|a| a.replace("LOG", &log.display().to_string()))
+        .collect();
+    let builder: Vec<&str> = builder.iter().map(String::as_str).collect();
+    let deployer_script = format!(
+        "cp vars/generated.json {} && git rev-parse HEAD >> {} && echo deployed",
+        deployed.display(),
+        log.display()
+    );
+    let work = tmp.path().join("work");
+    let config = config(
+        &repos.url(),
+        &work,
+        &builder,
+        &["sh", "-c", &deployer_script],
+        build_timeout,
+    );
+    let t = TestApp::start_with(
+        db,
+        Options {
+            config,
+            ..Options::default()
+        },
+    )
+    .await;
+    t.github
+        .set_permission("packit/packit-service", "alice", "write");
+    t.github.add_pull(
+        "packit/packit-service",
+        614,
+        &service_sha,
+        "fix",
+        "open",
+        "alice",
+        &[],
+    );
+    t.github
+        .add_pull("packit/ogr", 123, &ogr_sha, "ogr-fix", "open", "alice", &[]);
+    t.github.add_pull(
+        "packit/deployment",
+        321,
+        &deployment_sha,
+        "dep",
+        "open",
+        "alice",
+        &[],
+    );
+    World {
+        t,
+        tmp,
+        service_sha,
+        ogr_sha,
+        deployment_sha,
+    }
+}
+
+/// A builder that records what it builds: the target, the Containerfile it
+/// was given, and (for source builds) the commit checked out in its context.
+const RECORDING_BUILDER: &[&str] = &[
+    "sh",
+    "-c",
+    "echo \"built $2\" >> LOG; if [ -d \"$3/.git\" ]; then git -C \"$3\" rev-parse HEAD >> LOG; test -f \"$1\"; else cat \"$1\" >> LOG; fi",
+    "sh",
+    "{containerfile}",
+    "{image}",
+    "{context}",
+];
+
+async fn comment(t: &TestApp, body: &str) {
+    let event = comment_event("packit/packit-service", 614, true, body, "alice");
+    let (status, answer) = t.deliver("issue_comment", &event).await;
+    assert!(status.is_success(), "{answer}");
+}
+
+async fn last_job(t: &TestApp) -> Value {
+    let id = t.jobs().await[0]["id"].as_i64().expect("id");
+    t.get(&format!("/api/v1/jobs/{id}")).await.1
+}
+
+fn events(job: &Value, step: &str) -> String {
+    job["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["step"] == step)
+        .map(|e| e["message"].as_str().expect("message").to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(Db::Postgres).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(Db::Sqlite).await
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    builds_checkouts_and_deploys_with_commands,
+    failed_build_records_an_excerpt_and_releases,
+    build_time_limit_ends_the_job_as_timed_out,
+    cancel_stops_a_running_build,
+);
+
+async fn builds_checkouts_and_deploys_with_commands(db: Db) {
+    let w = world(db, RECORDING_BUILDER, "5m").await;
+    let t = &w.t;
+    comment(t, "/deploy ogr=123 deployment=321").await;
+    t.run().await;
+    let job = last_job(t).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let short = |s: &str| s[..12].to_string();
+    let log = w.log();
+    // Source builds of both packit-service images at the PR's commit...
+    for image in ["packit-service", "packit-worker"] {
+        let target = format!(
+            "built quay.io/packit/{image}:packit-service-{}",
+            short(&w.service_sha)
+        );
+        assert!(log.contains(&target), "{log}");
+        // ...then overlays FROM them that install ogr at its pinned commit.
+        let overlay = format!(
+            "built quay.io/packit/{image}:packit-service-{}-ogr-{}",
+            short(&w.service_sha),
+            short(&w.ogr_sha)
+        );
+        assert!(log.contains(&overlay), "{log}");
+    }
+    assert!(log.contains(&format!(
+        "FROM quay.io/packit/packit-worker:packit-service-{}",
+        short(&w.service_sha)
+    )));
+    assert!(
+        log.contains(&format!(
+            "git+https://github.com/packit/ogr.git@{}",
+            w.ogr_sha
+        )),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches(&w.service_sha).count(),
+        2,
+        "the checkout is at the pinned commit: {log}"
+    );
+    // The deploy command ran in a checkout of deployment=321 with the vars file.
+    assert!(log.trim_end().ends_with(&w.deployment_sha), "{log}");
+    let vars: Value = serde_json::from_str(
+        &std::fs::read_to_string(w.tmp.path().join("deployed.json")).expect("vars written"),
+    )
+    .expect("json");
+    assert_eq!(
+        vars["image"],
+        format!(
+            "quay.io/packit/packit-service:packit-service-{}-ogr-{}",
+            short(&w.service_sha),
+            short(&w.ogr_sha)
+        )
+    );
+    assert_eq!(vars["image_dashboard"], "quay.io/packit/dashboard:stg");
+    assert_eq!(vars["with_dashboard"], true);
+    assert_eq!(vars["deployment"], "dev");
+    assert!(events(&job, "deploy").contains("│ deployed"), "{job}");
+
+    // The same SHAs again: every image is reused, nothing is built.
+    let before = w.log().matches("built ").count();
+    comment(t, "/deploy ogr=123 deployment=321").await;
+    t.run().await;
+    let job = last_job(t).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(w.log().matches("built ").count(), before, "nothing rebuilt");
+    assert_eq!(events(&job, "build").matches("reused ").count(), 4, "{job}");
+    t.github.take_comments("packit/packit-service", 614);
+}
+
+async fn failed_build_records_an_excerpt_and_releases(db: Db) {
+    let w = world(
+        db,
+        &["sh", "-c", "echo compiling; echo 'error: boom' >&2; exit 3"],
+        "5m",
+    )
+    .await;
+    let t = &w.t;
+    comment(t, "/deploy").await;
+    t.run().await;
+    let job = last_job(t).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["conclusion"], "failure");
+    let error = job["error"].as_str().expect("error");
+    assert!(
+        error.contains("build failed") && error.contains("exit status: 3"),
+        "{error}"
+    );
+    assert!(events(&job, "build").contains("error: boom"), "{job}");
+    let envs = t.app.state.store.environments().await.expect("envs");
+    assert_eq!(envs[0].holder_job, None, "the lock is released");
+    assert!(envs[0].dirty);
+}
+
+async fn build_time_limit_ends_the_job_as_timed_out(db: Db) {
+    let w = world(db, &["sleep", "30"], "1s").await;
+    let t = &w.t;
+    comment(t, "/deploy").await;
+    t.run().await;
+    let job = last_job(t).await;
+    assert_eq!(job["state"], "timed_out", "{job}");
+    assert_eq!(job["conclusion"], "timed_out");
+    assert!(
+        job["error"]
+            .as_str()
+            .expect("error")
+            .contains("build took longer")
+    );
+    assert_eq!(
+        t.app.state.store.environments().await.expect("envs")[0].holder_job,
+        None
+    );
+}
+
+async fn cancel_stops_a_running_build(db: Db) {
+    let w = world(db, &["sleep", "30"], "5m").await;
+    let t = &w.t;
+    comment(t, "/deploy").await;
+    t.settle().await;
+    let worker = Arc::new(Worker::new(
+        t.app.pipeline.clone(),
+        WorkerSettings {
+            lease: Duration::from_secs(10),
+            heartbeat: Duration::from_millis(100),
+        },
+    ));
+    let running = {
+        let worker = worker.clone();
+        tokio::spawn(async move { worker.run_until_idle().await })
+    };
+    // Wait (bounded) until the build runs in the real process.
+    let mut building = false;
+    for _ in 0..200 {
+        if last_job(t).await["step"] == "build" {
+            building = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(building, "the job reached the build step");
+    comment(t, "/deploy cancel").await;
+    t.settle().await;
+    let finished = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("the build stops well before `sleep 30` ends")
+        .expect("task");
+    finished.expect("worker");
+    let job = last_job(t).await;
+    assert_eq!(job["state"], "cancelled", "{job}");
+    assert!(
+        job["error"]
+            .as_str()
+            .expect("error")
+            .contains("during build")
+    );
+    assert_eq!(
+        t.app.state.store.environments().await.expect("envs")[0].holder_job,
+        None
+    );
+    let replies = t.github.take_comments("packit/packit-service", 614);
+    assert!(
+        replies
+            .iter()
+            .any(|c| c.body.contains("stopping during `build`")),
+        "{replies:?}"
+    );
+}
