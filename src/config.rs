@@ -237,9 +237,9 @@ pub enum Deployer {
         /// Variable name → component; the variable is true when the component is deployed.
         #[serde(default)]
         flag_vars: BTreeMap<String, String>,
-        /// Fixed extra variables.
+        /// Fixed extra variables (any TOML value).
         #[serde(default)]
-        extra_vars: BTreeMap<String, String>,
+        extra_vars: BTreeMap<String, serde_json::Value>,
     },
 }
 

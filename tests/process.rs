@@ -149,6 +149,112 @@ async fn serve_and_receive_queue_a_deploy_from_a_comment() {
     }
 }
 
+/// `deploybot serve` on the embedded default (no configuration file): a
+/// `/deploy` goes through every step in the dry-run environment `dev`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_the_embedded_default_runs_a_dry_run_deployment() {
+    let github = FakeGitHub::start(APP_ID).await;
+    github.install("packit/packit-service", INSTALLATION);
+    github.install("packit/ogr", INSTALLATION);
+    github.set_permission("packit/packit-service", "alice", "write");
+    github.add_pull(
+        "packit/packit-service",
+        614,
+        "1111111111111111111111111111111111111111",
+        "fix",
+        "open",
+        "alice",
+        &[],
+    );
+    github.add_pull(
+        "packit/ogr",
+        123,
+        "2222222222222222222222222222222222222222",
+        "ogr-fix",
+        "open",
+        "alice",
+        &[],
+    );
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let _server = Server(
+        Command::new(env!("CARGO_BIN_EXE_deploybot"))
+            .arg("serve")
+            .env_remove("DEPLOYBOT_CONFIG")
+            .env_remove("DATABASE_URL")
+            .env("DEPLOYBOT_LISTEN", format!("127.0.0.1:{port}"))
+            .env("DEPLOYBOT_WEBHOOK_SECRET", SECRET)
+            .env("DEPLOYBOT_GITHUB_APP_ID", APP_ID.to_string())
+            .env("DEPLOYBOT_GITHUB_PRIVATE_KEY", key_path())
+            .env("DEPLOYBOT_GITHUB_API_URL", github.url())
+            .current_dir(tmp.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("deploybot serve starts"),
+    );
+    let health_url = format!("{base}/healthz");
+    let health = eventually("healthz", || http_get(&health_url)).await;
+    assert_eq!(health["database"], "sqlite");
+    assert!(
+        tmp.path().join("deploybot.db").exists(),
+        "the embedded SQLite default"
+    );
+
+    let event = comment_event(
+        "packit/packit-service",
+        614,
+        true,
+        "/deploy ogr=123",
+        "alice",
+    );
+    let payload = tmp.path().join("comment.json");
+    std::fs::write(&payload, serde_json::to_vec(&event).expect("json")).expect("write");
+    let receive = Command::new(env!("CARGO_BIN_EXE_deploybot"))
+        .args(["receive", "--event", "issue_comment", "--payload"])
+        .arg(&payload)
+        .env("DEPLOYBOT_WEBHOOK_SECRET", SECRET)
+        .env("DEPLOYBOT_LISTEN", format!("127.0.0.1:{port}"))
+        .output()
+        .expect("receive runs");
+    assert!(
+        receive.status.success(),
+        "{}",
+        String::from_utf8_lossy(&receive.stdout)
+    );
+
+    let jobs_url = format!("{base}/api/v1/jobs");
+    let id = eventually("a finished job", || async {
+        let body = http_get(&jobs_url).await?;
+        let job = body["jobs"].as_array()?.first()?.clone();
+        (job["state"] == "succeeded").then(|| job["id"].as_i64())?
+    })
+    .await;
+    let job = http_get(&format!("{base}/api/v1/jobs/{id}"))
+        .await
+        .expect("job");
+    assert_eq!(job["plan"]["environment"], "dev");
+    assert!(
+        job["plan"]["images"]
+            .as_array()
+            .is_some_and(|i| i.len() == 6),
+        "{job}"
+    );
+    let steps: Vec<&str> = job["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["step"].as_str())
+        .collect();
+    for step in [
+        "resolve", "plan", "lock", "build", "cleanup", "deploy", "hold",
+    ] {
+        assert!(steps.contains(&step), "{step} missing: {steps:?}");
+    }
+    github.assert_no_violations();
+}
+
 #[test]
 fn receive_without_a_secret_says_what_is_missing() {
     let out = Command::new(env!("CARGO_BIN_EXE_deploybot"))

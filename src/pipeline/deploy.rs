@@ -17,7 +17,7 @@ pub fn vars(
     environment: &Environment,
     image_vars: &BTreeMap<String, String>,
     flag_vars: &BTreeMap<String, String>,
-    extra_vars: &BTreeMap<String, String>,
+    extra_vars: &BTreeMap<String, Value>,
 ) -> Value {
     let mut out = Map::new();
     for (var, repository) in image_vars {
@@ -33,7 +33,7 @@ pub fn vars(
         out.insert(var.clone(), json!(plan.deploy.contains(component)));
     }
     for (var, value) in extra_vars {
-        out.insert(var.clone(), json!(value));
+        out.insert(var.clone(), value.clone());
     }
     out.insert("deploybot_environment".into(), json!(environment.name));
     out.insert("deploybot_base".into(), json!(plan.base.as_str()));

@@ -557,7 +557,7 @@ impl Pipeline {
             .images
             .iter()
             .filter(|i| i.action != ImageAction::Base)
-            .map(|i| format!("{} ({:?})", i.reference(), i.action).to_lowercase())
+            .map(|i| format!("{} ({})", i.reference(), i.action.as_str()))
             .collect();
         let mut tx = self.store.begin().await?;
         Store::save_resolution(

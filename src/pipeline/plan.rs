@@ -54,6 +54,17 @@ pub enum ImageAction {
     BuildAndOverlay,
 }
 
+impl ImageAction {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ImageAction::Base => "base",
+            ImageAction::Build => "build",
+            ImageAction::Overlay => "overlay",
+            ImageAction::BuildAndOverlay => "build and overlay",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImagePlan {
     /// Image repository, e.g. `quay.io/packit/packit-worker`.
