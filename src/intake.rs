@@ -609,10 +609,13 @@ impl Intake {
         source: &str,
         request: &DeployRequest,
     ) -> Result<i64, StoreError> {
-        let environment = request
-            .env
-            .clone()
-            .unwrap_or_else(|| self.config.default_environment().name.clone());
+        // Without --env, a pool of several environments is chosen from when
+        // the job runs (the first free one); a single environment is named now.
+        let environment = match (&request.env, self.config.environments.len()) {
+            (Some(env), _) => env.clone(),
+            (None, 1) => self.config.default_environment().name.clone(),
+            (None, _) => crate::store::ANY_ENVIRONMENT.to_string(),
+        };
         let mut pull_requests = Vec::new();
         if origin.is_pull_request {
             pull_requests.push((origin.repo.clone(), origin.number));

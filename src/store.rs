@@ -642,6 +642,9 @@ impl Store {
 
 // ---------------------------------------------------------------- the worker's queue
 
+/// A job's environment before the worker picks one from the pool.
+pub const ANY_ENVIRONMENT: &str = "*";
+
 /// Terminal job states.
 pub const TERMINAL: &[&str] = &[
     "succeeded",
@@ -728,6 +731,17 @@ impl Store {
                 cancel_requested: false,
             },
         })
+    }
+
+    /// Settle the environment of a job that asked for any of the pool.
+    pub async fn set_job_environment(tx: &mut Tx, job_id: i64, environment: &str) -> Result<()> {
+        sqlx::query("UPDATE jobs SET environment = $2, updated_at = $3 WHERE id = $1")
+            .bind(job_id)
+            .bind(environment)
+            .bind(tx.now)
+            .execute(tx.conn())
+            .await?;
+        Ok(())
     }
 
     pub async fn set_step(tx: &mut Tx, job_id: i64, step: &str) -> Result<()> {
@@ -892,10 +906,13 @@ impl Store {
         rows.iter().map(Job::from_row).collect()
     }
 
-    /// Make the jobs waiting for `environment` due now.
+    /// Make the jobs waiting for an environment due now: those waiting for
+    /// `environment`, and those that may take any environment of the pool
+    /// (each checks again, in queue order, whether it can go).
     pub async fn wake_waiting(tx: &mut Tx, environment: &str) -> Result<()> {
         sqlx::query(
-            "UPDATE jobs SET run_after = $2 WHERE state = 'queued' AND environment = $1 AND run_after > $2",
+            "UPDATE jobs SET run_after = $2 WHERE state = 'queued' AND run_after > $2 \
+             AND (environment = $1 OR step = 'waiting')",
         )
         .bind(environment)
         .bind(tx.now)

@@ -38,6 +38,7 @@ on_both_backends!(
     closed_pr_fails_resolution_with_a_clear_reason,
     worker_that_dies_is_reaped,
     status_lists_holder_and_queue,
+    requests_without_env_take_the_first_free_environment_of_the_pool,
 );
 
 const SHA_SERVICE: &str = "1111111111111111111111111111111111111111";
@@ -457,4 +458,55 @@ async fn two_workers_race_for_one_environment() {
             "locked at most once: {events}"
         );
     }
+}
+
+async fn requests_without_env_take_the_first_free_environment_of_the_pool(db: Db) {
+    let mut config = Config::builtin_default();
+    let mut second = config.environments[0].clone();
+    second.name = "dev2".into();
+    config.environments.push(second);
+    let t = TestApp::start_with(
+        db,
+        Options {
+            config,
+            ..Options::default()
+        },
+    )
+    .await;
+    for (n, sha, who) in [
+        (614, SHA_SERVICE, "alice"),
+        (700, SHA_OTHER, "bob"),
+        (800, SHA_OGR, "carol"),
+    ] {
+        t.github
+            .set_permission("packit/packit-service", who, "write");
+        t.github
+            .add_pull("packit/packit-service", n, sha, "b", "open", who, &[]);
+    }
+    comment(&t, 614, "/deploy", "alice").await;
+    comment(&t, 700, "/deploy", "bob").await;
+    comment(&t, 800, "/deploy", "carol").await;
+    t.run().await;
+    let jobs = t.jobs().await;
+    let env_of = |n: i64| {
+        jobs.iter()
+            .find(|j| j["pull_request"] == n)
+            .map(|j| {
+                (
+                    j["environment"].as_str().unwrap_or("").to_string(),
+                    j["state"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .expect("job")
+    };
+    assert_eq!(env_of(614), ("dev".to_string(), "succeeded".to_string()));
+    assert_eq!(env_of(700), ("dev2".to_string(), "succeeded".to_string()));
+    assert_eq!(env_of(800).1, "queued", "the pool is full: {jobs:?}");
+    // Releasing dev2 lets the third run there.
+    comment(&t, 700, "/deploy release", "bob").await;
+    t.run().await;
+    let jobs = t.jobs().await;
+    let third = jobs.iter().find(|j| j["pull_request"] == 800).expect("job");
+    assert_eq!(third["state"], "succeeded", "{jobs:?}");
+    t.github.take_comments("packit/packit-service", 700);
 }

@@ -116,6 +116,16 @@ impl Pipeline {
     ) -> Result<Outcome, StoreError> {
         let request: DeployRequest =
             serde_json::from_value(job.request.clone()).unwrap_or_default();
+        let chosen;
+        let pooled = request.env.is_none() && self.config.environments.len() > 1;
+        let job = if job.environment == crate::store::ANY_ENVIRONMENT
+            || (pooled && job.step == "waiting")
+        {
+            chosen = self.choose_environment(job).await?;
+            &chosen
+        } else {
+            job
+        };
         let Some(environment) = self.environment(job).cloned() else {
             let e = format!("environment `{}` is not configured", job.environment);
             self.finish(job, "failed", "failure", Some(&e), false)
@@ -204,6 +214,41 @@ impl Pipeline {
         Store::add_event(&mut tx, job.id, "end", "success").await?;
         tx.commit().await?;
         Ok(Outcome::Succeeded)
+    }
+
+    /// For a request without `--env`: the first free environment of the pool,
+    /// else the one whose hold ends first (the job then waits for it).
+    async fn choose_environment(&self, job: &Job) -> Result<Job, StoreError> {
+        let mut tx = self.store.begin().await?;
+        let rows = Store::environments_in(&mut tx).await?;
+        let now = tx.now;
+        let configured = |name: &str| self.config.environment(name).is_some();
+        let free = rows
+            .iter()
+            .filter(|r| configured(&r.name))
+            .find(|r| r.holder_job.is_none() || r.held_until.is_some_and(|u| u < now));
+        let soonest = rows
+            .iter()
+            .filter(|r| configured(&r.name))
+            .min_by_key(|r| r.held_until.unwrap_or(i64::MAX));
+        let name = free
+            .or(soonest)
+            .map(|r| r.name.clone())
+            .unwrap_or_else(|| self.config.default_environment().name.clone());
+        if name != job.environment {
+            Store::set_job_environment(&mut tx, job.id, &name).await?;
+            Store::add_event(
+                &mut tx,
+                job.id,
+                "environment",
+                &format!("took `{name}` from the pool"),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        let mut job = job.clone();
+        job.environment = name;
+        Ok(job)
     }
 
     /// End a job whose step failed, was cancelled or ran out of time.
