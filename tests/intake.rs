@@ -2,6 +2,9 @@
 //! database (PostgreSQL and SQLite), authorised against the fake GitHub, and
 //! acknowledged through the outbox.
 
+/// The fakes' own tests, run once (in this crate).
+#[path = "support/selftest.rs"]
+mod selftest;
 mod support;
 
 use axum::http::StatusCode;

@@ -6,4 +6,3 @@
 pub mod fake_github;
 pub mod harness;
 pub mod pg;
-mod selftest;

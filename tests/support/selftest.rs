@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, Row};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::fake_github::{self, BOT_LOGIN, FakeGitHub};
-use super::pg;
+use crate::support::fake_github::{self, BOT_LOGIN, FakeGitHub};
+use crate::support::pg;
 
 const APP_ID: u64 = 4242;
 
