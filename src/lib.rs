@@ -2,6 +2,7 @@
 //! pull requests. See README.md for the architecture.
 
 pub mod auth;
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod github;

@@ -4,5 +4,6 @@
 #![allow(dead_code)]
 
 pub mod fake_github;
+pub mod fake_kube;
 pub mod harness;
 pub mod pg;

@@ -1,0 +1,1791 @@
+//! A stateful fake of the Kubernetes/OpenShift API server, served over real
+//! HTTP, so that deploybot's kube client runs unchanged against it
+//! (`Cluster::connect(Some(&fake.url()))`).
+//!
+//! It serves exactly the operations of
+//! `../shared/fixtures/kubernetes/openapi-subset.json` (relative to the
+//! package): anything else is answered 404 and recorded as a violation, and
+//! so is a query parameter the operation does not list. Every request body
+//! is validated against its operation's schema, and every object the fake is
+//! about to store (after a PATCH, a server-side apply, a test control...)
+//! against its kind's schema, both with `additionalProperties: false` added
+//! to every object schema that lists properties (unknown or misspelt fields
+//! are violations; maps such as `labels` keep their own
+//! `additionalProperties`). A body that does not validate is answered 400
+//! (422 for a PATCH result) and recorded.
+//!
+//! Like the real API server where deploybot depends on it: objects keyed by
+//! (kind, namespace, name) carry `uid`, `creationTimestamp`, a
+//! `resourceVersion` from one global counter bumped on every write, and a
+//! `generation` bumped when `spec` changes; POST answers 409 AlreadyExists
+//! for an existing name; PUT with a missing or stale resourceVersion answers
+//! 409 Conflict (a meta `Status` body; stricter than the real server, which
+//! lets a PUT without resourceVersion through for some kinds, Leases among
+//! them: deploybot never relies on that); PATCH understands JSON merge patch,
+//! strategic merge patch (lists of containers, env, volumes merged by
+//! `name`) and server-side apply (JSON bodies only: 415 for other YAML; a
+//! field applied before and left out now is removed); `status` cannot be
+//! written except through the test controls; instantiating a BuildConfig
+//! creates Build `<bc>-<n>` in phase New; a Build's log answers text/plain.
+//!
+//! Tests arrange state (`put_object`, `set_rollout`, `set_build_phase`),
+//! inject faults and races (`fail_next`, `bump_resource_version`,
+//! `interleave_write`), inspect (`get_object`, `builds`, `requests`) and
+//! finally `assert_no_violations` (also checked when the fake is dropped,
+//! unless the test is panicking or called `disable_final_checks`).
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use axum::body::Body;
+use axum::extract::{Request, State as AxumState};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use chrono::{SecondsFormat, Utc};
+use serde_json::{Map, Value, json};
+
+/// Where the Kubernetes fixtures are: `../shared/fixtures/kubernetes`.
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/kubernetes")
+}
+
+/// An example object from the fixtures (`deployment-complete.json`...).
+pub fn example(file: &str) -> Value {
+    let path = fixtures_dir().join("examples").join(file);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+// ===========================================================================
+// Kinds
+// ===========================================================================
+
+/// A kind the fake stores.
+struct Kind {
+    kind: &'static str,
+    group: &'static str,
+    plural: &'static str,
+    /// Its schema in `components/schemas`.
+    schema: &'static str,
+    /// `status` is a subresource: PUT/PATCH/POST cannot change it.
+    has_status: bool,
+}
+
+const KINDS: [Kind; 6] = [
+    Kind {
+        kind: "Lease",
+        group: "coordination.k8s.io",
+        plural: "leases",
+        schema: "io.k8s.api.coordination.v1.Lease",
+        has_status: false,
+    },
+    Kind {
+        kind: "Deployment",
+        group: "apps",
+        plural: "deployments",
+        schema: "io.k8s.api.apps.v1.Deployment",
+        has_status: true,
+    },
+    Kind {
+        kind: "StatefulSet",
+        group: "apps",
+        plural: "statefulsets",
+        schema: "io.k8s.api.apps.v1.StatefulSet",
+        has_status: true,
+    },
+    Kind {
+        kind: "BuildConfig",
+        group: "build.openshift.io",
+        plural: "buildconfigs",
+        schema: "com.github.openshift.api.build.v1.BuildConfig",
+        has_status: true,
+    },
+    Kind {
+        kind: "Build",
+        group: "build.openshift.io",
+        plural: "builds",
+        schema: "com.github.openshift.api.build.v1.Build",
+        has_status: true,
+    },
+    Kind {
+        kind: "ImageStream",
+        group: "image.openshift.io",
+        plural: "imagestreams",
+        schema: "com.github.openshift.api.image.v1.ImageStream",
+        has_status: true,
+    },
+];
+
+impl Kind {
+    fn named(kind: &str) -> &'static Kind {
+        KINDS
+            .iter()
+            .find(|k| k.kind == kind)
+            .unwrap_or_else(|| panic!("the fake Kubernetes does not store kind {kind:?}"))
+    }
+
+    fn by_plural(plural: &str) -> Option<&'static Kind> {
+        KINDS.iter().find(|k| k.plural == plural)
+    }
+
+    fn api_version(&self) -> String {
+        format!("{}/v1", self.group)
+    }
+
+    /// `leases.coordination.k8s.io`, as the API server names resources.
+    fn resource(&self) -> String {
+        format!("{}.{}", self.plural, self.group)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Key {
+    kind: &'static str,
+    namespace: String,
+    name: String,
+}
+
+impl Key {
+    fn new(kind: &str, namespace: &str, name: &str) -> Key {
+        Key {
+            kind: Kind::named(kind).kind,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
+// ===========================================================================
+// Public API
+// ===========================================================================
+
+/// One request the fake answered.
+#[derive(Clone, Debug)]
+pub struct RequestRecord {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub content_type: Option<String>,
+    pub body: String,
+    pub status: u16,
+}
+
+impl RequestRecord {
+    /// The body as JSON, if it is.
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_str(&self.body).ok()
+    }
+}
+
+/// A running fake API server. Dropping it stops the server.
+pub struct FakeKube {
+    url: String,
+    shared: Arc<Shared>,
+    server: tokio::task::JoinHandle<()>,
+    final_checks: AtomicBool,
+}
+
+struct Shared {
+    spec: &'static Spec,
+    state: Mutex<KubeState>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, KubeState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl FakeKube {
+    /// Starts a fake on 127.0.0.1 (free port).
+    pub async fn start() -> FakeKube {
+        let shared = Arc::new(Shared {
+            spec: spec(),
+            state: Mutex::new(KubeState::default()),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let url = format!("http://{}", listener.local_addr().expect("local addr"));
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(shared.clone());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .await
+                .expect("fake Kubernetes server");
+        });
+        FakeKube {
+            url,
+            shared,
+            server,
+            final_checks: AtomicBool::new(true),
+        }
+    }
+
+    /// Base URL (`http://127.0.0.1:PORT`).
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    fn state(&self) -> MutexGuard<'_, KubeState> {
+        self.shared.lock()
+    }
+
+    // ----- arrange ---------------------------------------------------------
+
+    /// Stores `object` as is (any `status` included), as if some other
+    /// client had created it: `metadata.namespace` and `name` are required;
+    /// `uid` and `creationTimestamp` are kept or made up, `resourceVersion`
+    /// is a fresh one, `generation` kept or 1. Returns the stored object.
+    pub fn put_object(&self, object: Value) -> Value {
+        let mut state = self.state();
+        let kind = Kind::named(
+            object["kind"]
+                .as_str()
+                .expect("put_object: the object has no kind"),
+        );
+        let namespace = object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .expect("put_object: the object has no metadata.namespace")
+            .to_string();
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .expect("put_object: the object has no metadata.name")
+            .to_string();
+        let mut object = object;
+        strip_nulls(&mut object);
+        let rv = state.next_resource_version();
+        let uid = state.next_uid();
+        let metadata = object["metadata"]
+            .as_object_mut()
+            .expect("metadata is an object");
+        metadata.entry("uid").or_insert(json!(uid));
+        metadata.entry("creationTimestamp").or_insert(json!(now()));
+        metadata.entry("generation").or_insert(json!(1));
+        metadata.insert("resourceVersion".into(), json!(rv));
+        state.check_stored(self.shared.spec, kind, &object, "put_object");
+        state
+            .objects
+            .insert(Key::new(kind.kind, &namespace, &name), object.clone());
+        object
+    }
+
+    /// The stored object, if any (`kind` is `Lease`, `Deployment`...).
+    pub fn get_object(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        self.state()
+            .objects
+            .get(&Key::new(kind, namespace, name))
+            .cloned()
+    }
+
+    /// Removes an object, as if someone deleted it.
+    pub fn delete_object(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        self.state()
+            .objects
+            .remove(&Key::new(kind, namespace, name))
+    }
+
+    /// Moves the status of Deployment/StatefulSet `namespace/name` as its
+    /// controller would: `complete` = the current generation is fully rolled
+    /// out (all replicas updated, ready and available); otherwise the
+    /// current generation is observed and rolling (one replica updated, one
+    /// old one still there).
+    pub fn set_rollout(&self, namespace: &str, kind: &str, name: &str, complete: bool) {
+        let spec = self.shared.spec;
+        let mut state = self.state();
+        state.modify(spec, Key::new(kind, namespace, name), |object| {
+            let generation = object["metadata"]["generation"].as_i64().unwrap_or(1);
+            let replicas = object["spec"]["replicas"].as_i64().unwrap_or(1);
+            let now = now();
+            match kind {
+                "Deployment" => {
+                    let progressing = if complete {
+                        json!({"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
+                               "message": format!("ReplicaSet \"{name}-{generation}\" has successfully progressed."),
+                               "lastUpdateTime": now, "lastTransitionTime": now})
+                    } else {
+                        json!({"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated",
+                               "message": format!("ReplicaSet \"{name}-{generation}\" is progressing."),
+                               "lastUpdateTime": now, "lastTransitionTime": now})
+                    };
+                    let available = json!({"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
+                                           "message": "Deployment has minimum availability.",
+                                           "lastUpdateTime": now, "lastTransitionTime": now});
+                    object["status"] = if complete {
+                        json!({"observedGeneration": generation, "replicas": replicas,
+                               "updatedReplicas": replicas, "readyReplicas": replicas,
+                               "availableReplicas": replicas, "conditions": [available, progressing]})
+                    } else {
+                        json!({"observedGeneration": generation, "replicas": replicas + 1,
+                               "updatedReplicas": 1, "readyReplicas": replicas,
+                               "availableReplicas": replicas, "unavailableReplicas": 1,
+                               "conditions": [available, progressing]})
+                    };
+                }
+                "StatefulSet" => {
+                    let revision = format!("{name}-rev{generation}");
+                    let previous = object["status"]["currentRevision"]
+                        .as_str()
+                        .filter(|r| *r != revision)
+                        .map_or_else(|| format!("{name}-rev{}", generation - 1), str::to_string);
+                    object["status"] = if complete {
+                        json!({"observedGeneration": generation, "replicas": replicas,
+                               "readyReplicas": replicas, "currentReplicas": replicas,
+                               "updatedReplicas": replicas, "availableReplicas": replicas,
+                               "currentRevision": revision, "updateRevision": revision})
+                    } else {
+                        json!({"observedGeneration": generation, "replicas": replicas,
+                               "readyReplicas": replicas, "currentReplicas": replicas - 1,
+                               "updatedReplicas": 1, "availableReplicas": replicas,
+                               "currentRevision": previous, "updateRevision": revision})
+                    };
+                }
+                other => panic!("set_rollout: {other} has no rollout"),
+            }
+        });
+    }
+
+    /// Makes Deployment `namespace/name`'s rollout fail: its Progressing
+    /// condition turns False with reason ProgressDeadlineExceeded and
+    /// `message`.
+    pub fn fail_rollout(&self, namespace: &str, kind: &str, name: &str, message: &str) {
+        assert_eq!(
+            kind, "Deployment",
+            "fail_rollout: only Deployments have a progress deadline"
+        );
+        let spec = self.shared.spec;
+        let mut state = self.state();
+        state.modify(spec, Key::new(kind, namespace, name), |object| {
+            let generation = object["metadata"]["generation"].as_i64().unwrap_or(1);
+            let replicas = object["spec"]["replicas"].as_i64().unwrap_or(1);
+            let now = now();
+            object["status"] = json!({
+                "observedGeneration": generation, "replicas": replicas + 1,
+                "updatedReplicas": 1, "readyReplicas": replicas, "availableReplicas": replicas,
+                "unavailableReplicas": 1,
+                "conditions": [
+                    {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
+                     "message": "Deployment has minimum availability.", "lastUpdateTime": now, "lastTransitionTime": now},
+                    {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                     "message": message, "lastUpdateTime": now, "lastTransitionTime": now},
+                ],
+            });
+        });
+    }
+
+    /// Moves Build `namespace/build` to `phase` (New, Pending, Running,
+    /// Complete, Failed, Error, Cancelled) and appends `log_text` to its log.
+    /// Failed gets a reason, a message and a `logSnippet` (the log's last
+    /// lines); Complete gets an output digest.
+    pub fn set_build_phase(&self, namespace: &str, build: &str, phase: &str, log_text: &str) {
+        assert!(
+            [
+                "New",
+                "Pending",
+                "Running",
+                "Complete",
+                "Failed",
+                "Error",
+                "Cancelled"
+            ]
+            .contains(&phase),
+            "set_build_phase: unknown phase {phase:?}"
+        );
+        let spec = self.shared.spec;
+        let mut state = self.state();
+        let log_key = (namespace.to_string(), build.to_string());
+        let log = state.logs.entry(log_key).or_default();
+        log.push_str(log_text);
+        let log = log.clone();
+        state.digests += 1;
+        let digest = format!("sha256:{:064x}", state.digests);
+        state.modify(spec, Key::new("Build", namespace, build), |object| {
+            let now = now();
+            let status = object["status"]
+                .as_object_mut()
+                .expect("a Build has a status");
+            status.insert("phase".into(), json!(phase));
+            if phase != "New" && phase != "Pending" {
+                status.entry("startTimestamp").or_insert(json!(now));
+            }
+            for key in ["reason", "message", "logSnippet"] {
+                status.remove(key);
+            }
+            match phase {
+                "Complete" => {
+                    status.insert("output".into(), json!({"to": {"imageDigest": digest}}));
+                }
+                "Failed" => {
+                    status.insert("reason".into(), json!("GenericBuildFailed"));
+                    status.insert(
+                        "message".into(),
+                        json!("Generic Build failure - check logs for details."),
+                    );
+                    let lines: Vec<&str> = log.lines().collect();
+                    let snippet = lines[lines.len().saturating_sub(5)..].join("\n");
+                    if !snippet.is_empty() {
+                        status.insert("logSnippet".into(), json!(snippet));
+                    }
+                }
+                "Error" => {
+                    status.insert("reason".into(), json!("BuildPodDeleted"));
+                    status.insert(
+                        "message".into(),
+                        json!("The pod for this build was deleted before the build completed."),
+                    );
+                }
+                "Cancelled" => {
+                    status.insert("reason".into(), json!("CancelledBuild"));
+                    status.insert(
+                        "message".into(),
+                        json!("The build was cancelled by the user."),
+                    );
+                }
+                _ => {}
+            }
+            if ["Complete", "Failed", "Error", "Cancelled"].contains(&phase) {
+                status.insert("completionTimestamp".into(), json!(now));
+            }
+        });
+    }
+
+    /// The Builds of `namespace`, oldest first.
+    pub fn builds(&self, namespace: &str) -> Vec<Value> {
+        let mut builds: Vec<Value> = self
+            .state()
+            .objects
+            .iter()
+            .filter(|(key, _)| key.kind == "Build" && key.namespace == namespace)
+            .map(|(_, object)| object.clone())
+            .collect();
+        builds.sort_by_key(|b| {
+            (
+                b["metadata"]["annotations"]["openshift.io/build.number"]
+                    .as_str()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0),
+                b["metadata"]["name"].as_str().unwrap_or("").to_string(),
+            )
+        });
+        builds
+    }
+
+    /// The log of a Build so far.
+    pub fn build_log(&self, namespace: &str, build: &str) -> String {
+        self.state()
+            .logs
+            .get(&(namespace.to_string(), build.to_string()))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    // ----- faults and races --------------------------------------------------
+
+    /// The next `times` requests with `method` whose path starts with
+    /// `path_prefix` are answered `status` (with a meta `Status` body) and
+    /// change nothing. Note that kube retries 429, 503 and 504 itself.
+    pub fn fail_next(&self, method: &str, path_prefix: &str, status: u16, times: usize) {
+        self.state().failures.push(Failure {
+            method: method.to_ascii_uppercase(),
+            path_prefix: path_prefix.to_string(),
+            status,
+            remaining: times,
+        });
+    }
+
+    /// Bumps the object's resourceVersion (nothing else changes), as a write
+    /// by somebody else would: a client holding the old one gets 409.
+    pub fn bump_resource_version(&self, kind: &str, namespace: &str, name: &str) {
+        let spec = self.shared.spec;
+        self.state()
+            .modify(spec, Key::new(kind, namespace, name), |_| {});
+    }
+
+    /// Just before the next client write (PUT, PATCH, DELETE) to the object
+    /// is served, applies the JSON merge patch `patch` to it as another
+    /// client's write (new resourceVersion): the race between a client's GET
+    /// and its write, made deterministic.
+    pub fn interleave_write(&self, kind: &str, namespace: &str, name: &str, patch: Value) {
+        self.state()
+            .interleaved
+            .push((Key::new(kind, namespace, name), patch));
+    }
+
+    // ----- inspect -----------------------------------------------------------
+
+    /// Every request answered so far, in order.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.state().requests.clone()
+    }
+
+    /// What went against the API description so far.
+    pub fn violations(&self) -> Vec<String> {
+        self.state().violations.clone()
+    }
+
+    /// Returns and forgets the violations (for tests that provoke them).
+    pub fn take_violations(&self) -> Vec<String> {
+        std::mem::take(&mut self.state().violations)
+    }
+
+    /// Panics with the list of violations, if any.
+    pub fn assert_no_violations(&self) {
+        let violations = self.violations();
+        assert!(
+            violations.is_empty(),
+            "the fake Kubernetes API saw {} violation(s):\n  {}",
+            violations.len(),
+            violations.join("\n  ")
+        );
+    }
+
+    /// Skips the check of violations when the fake is dropped.
+    pub fn disable_final_checks(&self) {
+        self.final_checks.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for FakeKube {
+    fn drop(&mut self) {
+        self.server.abort();
+        if self.final_checks.load(Ordering::SeqCst) && !std::thread::panicking() {
+            self.assert_no_violations();
+        }
+    }
+}
+
+// ===========================================================================
+// State
+// ===========================================================================
+
+struct Failure {
+    method: String,
+    path_prefix: String,
+    status: u16,
+    remaining: usize,
+}
+
+#[derive(Default)]
+struct KubeState {
+    objects: BTreeMap<Key, Value>,
+    resource_version: u64,
+    uids: u64,
+    digests: u64,
+    violations: Vec<String>,
+    requests: Vec<RequestRecord>,
+    failures: Vec<Failure>,
+    interleaved: Vec<(Key, Value)>,
+    logs: HashMap<(String, String), String>,
+    /// The last server-side-applied configuration of each object, per field
+    /// manager.
+    applied: HashMap<(Key, String), Value>,
+}
+
+impl KubeState {
+    fn next_resource_version(&mut self) -> String {
+        self.resource_version += 1;
+        (1000 + self.resource_version).to_string()
+    }
+
+    fn next_uid(&mut self) -> String {
+        self.uids += 1;
+        format!("6b1d6c1e-0000-4000-8000-{:012x}", self.uids)
+    }
+
+    fn violation(&mut self, message: String) {
+        self.violations.push(message);
+    }
+
+    fn take_failure(&mut self, method: &str, path: &str) -> Option<u16> {
+        let failure = self
+            .failures
+            .iter_mut()
+            .find(|f| f.remaining > 0 && f.method == method && path.starts_with(&f.path_prefix))?;
+        failure.remaining -= 1;
+        Some(failure.status)
+    }
+
+    /// Records a violation when an object the fake is about to store does
+    /// not match its schema (a bug of the fake or of a test control).
+    fn check_stored(&mut self, spec: &Spec, kind: &Kind, object: &Value, context: &str) {
+        for error in spec.errors(kind.schema, object) {
+            self.violation(format!(
+                "{context}: the stored {} is invalid: {error}",
+                kind.kind
+            ));
+        }
+    }
+
+    /// Changes a stored object through a test control (new resourceVersion;
+    /// new generation if the spec changed).
+    fn modify(&mut self, spec: &Spec, key: Key, change: impl FnOnce(&mut Value)) {
+        let rv = self.next_resource_version();
+        let object = self.objects.get_mut(&key).unwrap_or_else(|| {
+            panic!("no {} {}/{} in the fake", key.kind, key.namespace, key.name)
+        });
+        let old_spec = object.get("spec").cloned();
+        change(object);
+        strip_nulls(object);
+        if object.get("spec").cloned() != old_spec {
+            let generation = object["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+            object["metadata"]["generation"] = json!(generation);
+        }
+        object["metadata"]["resourceVersion"] = json!(rv);
+        let object = object.clone();
+        self.check_stored(spec, Kind::named(key.kind), &object, "test control");
+    }
+
+    /// Applies a pending [`FakeKube::interleave_write`] for `key`.
+    fn run_interleaved(&mut self, spec: &Spec, key: &Key) {
+        if let Some(index) = self.interleaved.iter().position(|(k, _)| k == key) {
+            let (key, patch) = self.interleaved.remove(index);
+            if self.objects.contains_key(&key) {
+                self.modify(spec, key, |object| merge_patch(object, &patch));
+            }
+        }
+    }
+}
+
+// ===========================================================================
+// Serving
+// ===========================================================================
+
+struct Reply {
+    status: u16,
+    body: ReplyBody,
+}
+
+enum ReplyBody {
+    Json(Value),
+    Text(String),
+}
+
+impl Reply {
+    fn json(status: u16, body: Value) -> Reply {
+        Reply {
+            status,
+            body: ReplyBody::Json(body),
+        }
+    }
+
+    /// A meta `Status` failure, as the API server sends it.
+    fn failure(code: u16, reason: &str, message: &str, details: Option<Value>) -> Reply {
+        let mut status = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+            "code": code,
+        });
+        if let Some(details) = details {
+            status["details"] = details;
+        }
+        Reply::json(code, status)
+    }
+
+    fn not_found(kind: &Kind, name: &str) -> Reply {
+        Reply::failure(
+            404,
+            "NotFound",
+            &format!("{} \"{name}\" not found", kind.resource()),
+            Some(json!({"name": name, "group": kind.group, "kind": kind.plural})),
+        )
+    }
+
+    fn conflict(kind: &Kind, name: &str) -> Reply {
+        Reply::failure(
+            409,
+            "Conflict",
+            &format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; \
+                 please apply your changes to the latest version and try again",
+                kind.resource()
+            ),
+            Some(json!({"name": name, "group": kind.group, "kind": kind.plural})),
+        )
+    }
+
+    fn bad_request(message: &str) -> Reply {
+        Reply::failure(400, "BadRequest", message, None)
+    }
+
+    fn invalid(kind: &Kind, name: &str, message: &str) -> Reply {
+        Reply::failure(
+            422,
+            "Invalid",
+            &format!("{} \"{name}\" is invalid: {message}", kind.kind),
+            Some(json!({"name": name, "group": kind.group, "kind": kind.kind})),
+        )
+    }
+
+    fn into_response(self) -> Response {
+        let (content_type, body) = match self.body {
+            ReplyBody::Json(value) => ("application/json", Body::from(value.to_string())),
+            ReplyBody::Text(text) => ("text/plain; charset=utf-8", Body::from(text)),
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() =
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        response
+    }
+}
+
+fn reason_for(status: u16) -> &'static str {
+    match status {
+        400 => "BadRequest",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "NotFound",
+        409 => "Conflict",
+        422 => "Invalid",
+        429 => "TooManyRequests",
+        503 => "ServiceUnavailable",
+        504 => "Timeout",
+        _ => "InternalError",
+    }
+}
+
+async fn handle(AxumState(shared): AxumState<Arc<Shared>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 << 20)
+        .await
+        .unwrap_or_default();
+    let method = parts.method.as_str().to_string();
+    let path = parts.uri.path().to_string();
+    let query = parts.uri.query().unwrap_or("").to_string();
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut state = shared.lock();
+    let call = Call {
+        method: &method,
+        path: &path,
+        query: parse_query(&query),
+        content_type: content_type.as_deref(),
+        body: &bytes,
+    };
+    let reply = serve(shared.spec, &mut state, &call);
+    state.requests.push(RequestRecord {
+        method,
+        path,
+        query,
+        content_type,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+        status: reply.status,
+    });
+    reply.into_response()
+}
+
+/// One request, parsed.
+struct Call<'a> {
+    method: &'a str,
+    path: &'a str,
+    query: Vec<(String, String)>,
+    content_type: Option<&'a str>,
+    body: &'a [u8],
+}
+
+impl Call<'_> {
+    fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `application/json` from `application/json; charset=utf-8`.
+    fn media_type(&self) -> &str {
+        self.content_type
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+    }
+}
+
+fn serve(spec: &Spec, state: &mut KubeState, call: &Call<'_>) -> Reply {
+    if let Some(status) = state.take_failure(call.method, call.path) {
+        return Reply::failure(
+            status,
+            reason_for(status),
+            "failure injected by the test (fail_next)",
+            None,
+        );
+    }
+    let Some((route, params)) = spec.find(call.method, call.path) else {
+        state.violation(format!(
+            "{} {}: not an operation of openapi-subset.json",
+            call.method, call.path
+        ));
+        return Reply::failure(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+            None,
+        );
+    };
+    let operation = format!("{} {}", call.method, route.template);
+    for (name, _) in &call.query {
+        if !route.query_params.contains(name) {
+            state.violation(format!(
+                "{operation}: query parameter {name:?} is not in the description"
+            ));
+        }
+    }
+    let Some(kind) = Kind::by_plural(&route.plural) else {
+        state.violation(format!("{operation}: the fake does not implement it"));
+        return Reply::failure(404, "NotFound", "not implemented by the fake", None);
+    };
+    let namespace = params.get("namespace").cloned().unwrap_or_default();
+    let name = params.get("name").cloned();
+
+    // Bodies: JSON, valid against the operation's schema.
+    let mut body = None;
+    if !call.body.is_empty() {
+        match serde_json::from_slice::<Value>(call.body) {
+            Ok(value) => body = Some(value),
+            Err(e) => {
+                let apply = call.media_type() == "application/apply-patch+yaml";
+                state.violation(format!("{operation}: the body is not JSON: {e}"));
+                return if apply {
+                    Reply::failure(
+                        415,
+                        "UnsupportedMediaType",
+                        "the fake accepts only JSON (which is YAML) in apply patches",
+                        None,
+                    )
+                } else {
+                    Reply::bad_request(&format!("the body is not JSON: {e}"))
+                };
+            }
+        }
+    }
+    if let (Some(value), Some(schema)) = (&body, &route.body_schema) {
+        let errors = spec.errors(schema, value);
+        if !errors.is_empty() {
+            for error in &errors {
+                state.violation(format!(
+                    "{operation}: body does not match {schema}: {error}"
+                ));
+            }
+            return Reply::bad_request(&format!(
+                "the request body does not match {schema}: {}",
+                errors.join("; ")
+            ));
+        }
+    }
+    let needs_body = matches!(call.method, "POST" | "PUT" | "PATCH");
+    if needs_body && body.is_none() {
+        state.violation(format!("{operation}: no body"));
+        return Reply::bad_request("a body is required");
+    }
+
+    match (call.method, name, route.sub.as_deref()) {
+        ("POST", None, None) => {
+            let object = body.unwrap_or(Value::Null);
+            create(spec, state, kind, &namespace, object, &operation)
+        }
+        ("GET", Some(name), None | Some("status")) => {
+            match state.objects.get(&Key::new(kind.kind, &namespace, &name)) {
+                Some(object) => Reply::json(200, object.clone()),
+                None => Reply::not_found(kind, &name),
+            }
+        }
+        ("GET", None, None) => list(state, kind, &namespace, call, &operation),
+        ("PUT", Some(name), None) => {
+            let object = body.unwrap_or(Value::Null);
+            replace(spec, state, kind, &namespace, &name, object, &operation)
+        }
+        ("PATCH", Some(name), None) => {
+            let patch = body.unwrap_or(Value::Null);
+            patch_object(
+                spec, state, kind, &namespace, &name, patch, call, &operation,
+            )
+        }
+        ("DELETE", Some(name), None) => delete(spec, state, kind, &namespace, &name, body.as_ref()),
+        ("POST", Some(name), Some("instantiate")) => {
+            let request = body.unwrap_or(Value::Null);
+            instantiate(spec, state, &namespace, &name, &request, &operation)
+        }
+        ("GET", Some(name), Some("log")) => build_log(state, &namespace, &name, call),
+        _ => {
+            state.violation(format!("{operation}: the fake does not implement it"));
+            Reply::failure(404, "NotFound", "not implemented by the fake", None)
+        }
+    }
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Checks what a client sent as an object of `kind` named by the path.
+fn check_identity(
+    object: &Value,
+    kind: &Kind,
+    namespace: &str,
+    name: Option<&str>,
+) -> Result<(), String> {
+    if object.get("kind").and_then(Value::as_str) != Some(kind.kind) {
+        return Err(format!("kind must be {:?}", kind.kind));
+    }
+    if object.get("apiVersion").and_then(Value::as_str) != Some(kind.api_version().as_str()) {
+        return Err(format!("apiVersion must be {:?}", kind.api_version()));
+    }
+    if let Some(ns) = object
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        && ns != namespace
+    {
+        return Err(format!(
+            "metadata.namespace {ns:?} does not match the namespace of the request {namespace:?}"
+        ));
+    }
+    let object_name = object.pointer("/metadata/name").and_then(Value::as_str);
+    match (object_name, name) {
+        (None, _) => Err("metadata.name is required".into()),
+        (Some(given), Some(path)) if given != path => Err(format!(
+            "metadata.name {given:?} does not match the name in the path {path:?}"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Server-set metadata for a new object; `status` reset.
+fn initialise(state: &mut KubeState, kind: &Kind, namespace: &str, object: &mut Value) {
+    let rv = state.next_resource_version();
+    let uid = state.next_uid();
+    let metadata = object["metadata"]
+        .as_object_mut()
+        .expect("checked: metadata is an object");
+    metadata.insert("namespace".into(), json!(namespace));
+    metadata.insert("uid".into(), json!(uid));
+    metadata.insert("creationTimestamp".into(), json!(now()));
+    metadata.insert("resourceVersion".into(), json!(rv));
+    metadata.insert("generation".into(), json!(1));
+    if let Some(map) = object.as_object_mut() {
+        map.remove("status");
+        if kind.kind == "BuildConfig" {
+            map.insert("status".into(), json!({"lastVersion": 0}));
+        }
+    }
+}
+
+fn create(
+    spec: &Spec,
+    state: &mut KubeState,
+    kind: &Kind,
+    namespace: &str,
+    mut object: Value,
+    operation: &str,
+) -> Reply {
+    if let Err(problem) = check_identity(&object, kind, namespace, None) {
+        state.violation(format!("{operation}: {problem}"));
+        return Reply::bad_request(&problem);
+    }
+    if object.pointer("/metadata/resourceVersion").is_some() {
+        let problem = "resourceVersion should not be set on objects to be created";
+        state.violation(format!("{operation}: {problem}"));
+        return Reply::bad_request(problem);
+    }
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let key = Key::new(kind.kind, namespace, &name);
+    if state.objects.contains_key(&key) {
+        return Reply::failure(
+            409,
+            "AlreadyExists",
+            &format!("{} \"{name}\" already exists", kind.resource()),
+            Some(json!({"name": name, "group": kind.group, "kind": kind.plural})),
+        );
+    }
+    strip_nulls(&mut object);
+    initialise(state, kind, namespace, &mut object);
+    state.check_stored(spec, kind, &object, operation);
+    state.objects.insert(key, object.clone());
+    Reply::json(201, object)
+}
+
+/// Keeps what the server owns (identity, creation, status) from `old` and
+/// sets a new resourceVersion, and a new generation if the spec changed.
+fn carry_over(state: &mut KubeState, kind: &Kind, old: &Value, new: &mut Value) {
+    let rv = state.next_resource_version();
+    let generation = old["metadata"]["generation"].as_i64().unwrap_or(1)
+        + i64::from(old.get("spec") != new.get("spec"));
+    let metadata = new["metadata"]
+        .as_object_mut()
+        .expect("checked: metadata is an object");
+    for key in ["uid", "creationTimestamp", "namespace", "name"] {
+        if let Some(value) = old["metadata"].get(key) {
+            metadata.insert(key.into(), value.clone());
+        }
+    }
+    metadata.insert("resourceVersion".into(), json!(rv));
+    metadata.insert("generation".into(), json!(generation));
+    if kind.has_status
+        && let Some(map) = new.as_object_mut()
+    {
+        match old.get("status") {
+            Some(status) => map.insert("status".into(), status.clone()),
+            None => map.remove("status"),
+        };
+    }
+}
+
+fn replace(
+    spec: &Spec,
+    state: &mut KubeState,
+    kind: &Kind,
+    namespace: &str,
+    name: &str,
+    mut object: Value,
+    operation: &str,
+) -> Reply {
+    if let Err(problem) = check_identity(&object, kind, namespace, Some(name)) {
+        state.violation(format!("{operation}: {problem}"));
+        return Reply::bad_request(&problem);
+    }
+    let key = Key::new(kind.kind, namespace, name);
+    state.run_interleaved(spec, &key);
+    let Some(old) = state.objects.get(&key).cloned() else {
+        return Reply::not_found(kind, name);
+    };
+    let given = object
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str);
+    if given.is_none() || given != old["metadata"]["resourceVersion"].as_str() {
+        return Reply::conflict(kind, name);
+    }
+    if let Some(uid) = object.pointer("/metadata/uid").and_then(Value::as_str)
+        && Some(uid) != old["metadata"]["uid"].as_str()
+    {
+        return Reply::conflict(kind, name);
+    }
+    strip_nulls(&mut object);
+    carry_over(state, kind, &old, &mut object);
+    state.check_stored(spec, kind, &object, operation);
+    state.objects.insert(key, object.clone());
+    Reply::json(200, object)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn patch_object(
+    spec: &Spec,
+    state: &mut KubeState,
+    kind: &Kind,
+    namespace: &str,
+    name: &str,
+    patch: Value,
+    call: &Call<'_>,
+    operation: &str,
+) -> Reply {
+    let key = Key::new(kind.kind, namespace, name);
+    if !patch.is_object() {
+        state.violation(format!("{operation}: the patch is not a JSON object"));
+        return Reply::bad_request("the patch must be a JSON object");
+    }
+    state.run_interleaved(spec, &key);
+    let media_type = call.media_type();
+    let existing = state.objects.get(&key).cloned();
+    let mut problems = Vec::new();
+    let mut updated = match media_type {
+        "application/apply-patch+yaml" => {
+            let Some(manager) = call.param("fieldManager").filter(|m| !m.is_empty()) else {
+                state.violation(format!(
+                    "{operation}: server-side apply without fieldManager"
+                ));
+                return Reply::bad_request(
+                    "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: \
+                     is required for apply patch",
+                );
+            };
+            if let Err(problem) = check_identity(&patch, kind, namespace, Some(name)) {
+                state.violation(format!("{operation}: {problem}"));
+                return Reply::bad_request(&problem);
+            }
+            let mut applied = patch.clone();
+            strip_nulls(&mut applied);
+            for error in spec.errors(kind.schema, &applied) {
+                problems.push(format!("the applied configuration: {error}"));
+            }
+            let applied_key = (key.clone(), manager.to_string());
+            let Some(existing) = &existing else {
+                if !problems.is_empty() {
+                    return reject(state, kind, name, problems, operation);
+                }
+                state.applied.insert(applied_key, applied.clone());
+                let mut object = applied;
+                if let Some(map) = object["metadata"].as_object_mut() {
+                    map.remove("resourceVersion");
+                }
+                initialise(state, kind, namespace, &mut object);
+                state.check_stored(spec, kind, &object, operation);
+                state.objects.insert(key, object.clone());
+                return Reply::json(201, object);
+            };
+            let mut object = existing.clone();
+            if let Some(previous) = state.applied.get(&applied_key) {
+                remove_dropped(&mut object, previous, &applied);
+            }
+            strategic_merge(&mut object, &applied, &mut problems);
+            state.applied.insert(applied_key, applied);
+            object
+        }
+        "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+            let Some(existing) = &existing else {
+                return Reply::not_found(kind, name);
+            };
+            let mut object = existing.clone();
+            if media_type == "application/merge-patch+json" {
+                merge_patch(&mut object, &patch);
+            } else {
+                strategic_merge(&mut object, &patch, &mut problems);
+            }
+            object
+        }
+        other => {
+            state.violation(format!(
+                "{operation}: patch type {other:?} is not supported by the fake"
+            ));
+            return Reply::failure(
+                415,
+                "UnsupportedMediaType",
+                &format!("the fake does not support patches of type {other:?}"),
+                None,
+            );
+        }
+    };
+    let Some(existing) = existing else {
+        return Reply::not_found(kind, name);
+    };
+    if let Some(given) = patch
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        && Some(given) != existing["metadata"]["resourceVersion"].as_str()
+    {
+        return Reply::conflict(kind, name);
+    }
+    strip_nulls(&mut updated);
+    carry_over(state, kind, &existing, &mut updated);
+    for error in spec.errors(kind.schema, &updated) {
+        problems.push(format!("the patched object: {error}"));
+    }
+    if !problems.is_empty() {
+        return reject(state, kind, name, problems, operation);
+    }
+    state.objects.insert(key, updated.clone());
+    Reply::json(200, updated)
+}
+
+/// 422 for a patch whose result (or applied configuration) is invalid.
+fn reject(
+    state: &mut KubeState,
+    kind: &Kind,
+    name: &str,
+    problems: Vec<String>,
+    operation: &str,
+) -> Reply {
+    for problem in &problems {
+        state.violation(format!("{operation}: {problem}"));
+    }
+    Reply::invalid(kind, name, &problems.join("; "))
+}
+
+fn delete(
+    spec: &Spec,
+    state: &mut KubeState,
+    kind: &Kind,
+    namespace: &str,
+    name: &str,
+    options: Option<&Value>,
+) -> Reply {
+    let key = Key::new(kind.kind, namespace, name);
+    state.run_interleaved(spec, &key);
+    let Some(existing) = state.objects.get(&key) else {
+        return Reply::not_found(kind, name);
+    };
+    if let Some(wanted) = options
+        .and_then(|o| o.pointer("/preconditions/resourceVersion"))
+        .and_then(Value::as_str)
+        && Some(wanted) != existing["metadata"]["resourceVersion"].as_str()
+    {
+        return Reply::conflict(kind, name);
+    }
+    let uid = existing["metadata"]["uid"].clone();
+    state.objects.remove(&key);
+    state.applied.retain(|(k, _), _| *k != key);
+    Reply::json(
+        200,
+        json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Success",
+            "details": {"name": name, "group": kind.group, "kind": kind.plural, "uid": uid},
+        }),
+    )
+}
+
+fn list(
+    state: &mut KubeState,
+    kind: &Kind,
+    namespace: &str,
+    call: &Call<'_>,
+    operation: &str,
+) -> Reply {
+    if call.param("watch").is_some_and(|w| w == "true" || w == "1") {
+        state.violation(format!("{operation}: watch is not supported by the fake"));
+        return Reply::bad_request("watch is not supported by the fake");
+    }
+    let selector: Vec<(String, String)> = call
+        .param("labelSelector")
+        .unwrap_or("")
+        .split(',')
+        .filter(|term| !term.is_empty())
+        .filter_map(|term| term.split_once('='))
+        .map(|(k, v)| (k.trim_end_matches('=').to_string(), v.to_string()))
+        .collect();
+    let items: Vec<Value> = state
+        .objects
+        .iter()
+        .filter(|(key, _)| key.kind == kind.kind && key.namespace == namespace)
+        .filter(|(_, object)| {
+            selector.iter().all(|(k, v)| {
+                object["metadata"]["labels"].get(k).and_then(Value::as_str) == Some(v.as_str())
+            })
+        })
+        .map(|(_, object)| {
+            let mut item = object.clone();
+            if let Some(map) = item.as_object_mut() {
+                map.remove("kind");
+                map.remove("apiVersion");
+            }
+            item
+        })
+        .collect();
+    Reply::json(
+        200,
+        json!({
+            "kind": format!("{}List", kind.kind),
+            "apiVersion": kind.api_version(),
+            "metadata": {"resourceVersion": (1000 + state.resource_version).to_string()},
+            "items": items,
+        }),
+    )
+}
+
+/// `POST buildconfigs/{name}/instantiate`: a new Build from the BuildConfig,
+/// at the request's revision.
+fn instantiate(
+    spec: &Spec,
+    state: &mut KubeState,
+    namespace: &str,
+    bc_name: &str,
+    request: &Value,
+    operation: &str,
+) -> Reply {
+    if request.get("kind").and_then(Value::as_str) != Some("BuildRequest") {
+        state.violation(format!("{operation}: the body's kind is not BuildRequest"));
+        return Reply::bad_request("the body must be a BuildRequest");
+    }
+    if request.pointer("/metadata/name").and_then(Value::as_str) != Some(bc_name) {
+        state.violation(format!(
+            "{operation}: the BuildRequest's metadata.name is not the BuildConfig's name"
+        ));
+        return Reply::bad_request("metadata.name must be the BuildConfig's name");
+    }
+    let build_config_kind = Kind::named("BuildConfig");
+    let bc_key = Key::new("BuildConfig", namespace, bc_name);
+    let Some(bc) = state.objects.get(&bc_key).cloned() else {
+        return Reply::not_found(build_config_kind, bc_name);
+    };
+    let number = bc["status"]["lastVersion"].as_i64().unwrap_or(0) + 1;
+    state.modify(spec, bc_key, |bc| {
+        bc["status"]["lastVersion"] = json!(number);
+    });
+    let build_name = format!("{bc_name}-{number}");
+    let build_spec_fields = spec.properties("com.github.openshift.api.build.v1.BuildSpec");
+    let mut build_spec = Map::new();
+    for (key, value) in bc["spec"].as_object().into_iter().flatten() {
+        if build_spec_fields.contains(key) {
+            build_spec.insert(key.clone(), value.clone());
+        }
+    }
+    if let Some(revision) = request.get("revision") {
+        build_spec.insert("revision".into(), revision.clone());
+    }
+    build_spec.insert(
+        "triggeredBy".into(),
+        request
+            .get("triggeredBy")
+            .cloned()
+            .unwrap_or_else(|| json!([{"message": "Manually triggered"}])),
+    );
+    let run_policy = bc["spec"]["runPolicy"].as_str().unwrap_or("Serial");
+    let mut status = json!({
+        "phase": "New",
+        "config": {"kind": "BuildConfig", "namespace": namespace, "name": bc_name},
+    });
+    if bc.pointer("/spec/output/to/kind").and_then(Value::as_str) == Some("DockerImage") {
+        status["outputDockerImageReference"] = bc["spec"]["output"]["to"]["name"].clone();
+    }
+    let rv = state.next_resource_version();
+    let uid = state.next_uid();
+    let build = json!({
+        "apiVersion": "build.openshift.io/v1",
+        "kind": "Build",
+        "metadata": {
+            "name": build_name,
+            "namespace": namespace,
+            "uid": uid,
+            "resourceVersion": rv,
+            "generation": 1,
+            "creationTimestamp": now(),
+            "labels": {
+                "buildconfig": bc_name,
+                "openshift.io/build-config.name": bc_name,
+                "openshift.io/build.start-policy": run_policy,
+            },
+            "annotations": {
+                "openshift.io/build-config.name": bc_name,
+                "openshift.io/build.number": number.to_string(),
+            },
+            "ownerReferences": [{
+                "apiVersion": "build.openshift.io/v1",
+                "kind": "BuildConfig",
+                "name": bc_name,
+                "uid": bc["metadata"]["uid"],
+                "controller": true,
+            }],
+        },
+        "spec": build_spec,
+        "status": status,
+    });
+    state.check_stored(spec, Kind::named("Build"), &build, operation);
+    state
+        .objects
+        .insert(Key::new("Build", namespace, &build_name), build.clone());
+    state
+        .logs
+        .insert((namespace.to_string(), build_name), String::new());
+    Reply::json(201, build)
+}
+
+/// `GET builds/{name}/log`: the log as text (honours `tailLines`).
+fn build_log(state: &mut KubeState, namespace: &str, name: &str, call: &Call<'_>) -> Reply {
+    if !state
+        .objects
+        .contains_key(&Key::new("Build", namespace, name))
+    {
+        return Reply::not_found(Kind::named("Build"), name);
+    }
+    let log = state
+        .logs
+        .get(&(namespace.to_string(), name.to_string()))
+        .cloned()
+        .unwrap_or_default();
+    let text = match call
+        .param("tailLines")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        Some(n) => {
+            let lines: Vec<&str> = log.lines().collect();
+            let mut tail = lines[lines.len().saturating_sub(n)..].join("\n");
+            if !tail.is_empty() && log.ends_with('\n') {
+                tail.push('\n');
+            }
+            tail
+        }
+        None => log,
+    };
+    Reply {
+        status: 200,
+        body: ReplyBody::Text(text),
+    }
+}
+
+// ===========================================================================
+// Merging
+// ===========================================================================
+
+/// Lists merged by `name` in strategic merge patches and server-side apply.
+const MERGE_BY_NAME: [&str; 6] = [
+    "containers",
+    "initContainers",
+    "ephemeralContainers",
+    "env",
+    "volumes",
+    "imagePullSecrets",
+];
+
+/// RFC 7386 JSON merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let Value::Object(map) = target else {
+        return;
+    };
+    for (key, value) in patch {
+        if value.is_null() {
+            map.remove(key);
+        } else {
+            merge_patch(map.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
+
+/// Strategic merge patch, as far as deploybot needs it: objects merge,
+/// `null` deletes, the lists in [`MERGE_BY_NAME`] merge items by `name`,
+/// other lists are replaced. Directives (`$patch`...) are reported.
+fn strategic_merge(target: &mut Value, patch: &Value, problems: &mut Vec<String>) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let Value::Object(map) = target else {
+        return;
+    };
+    for (key, value) in patch {
+        if key.starts_with('$') {
+            problems.push(format!(
+                "strategic merge directive {key} is not supported by the fake"
+            ));
+            continue;
+        }
+        if value.is_null() {
+            map.remove(key);
+            continue;
+        }
+        let merge_by_name = MERGE_BY_NAME.contains(&key.as_str())
+            && value.is_array()
+            && map.get(key).is_some_and(Value::is_array);
+        if !merge_by_name {
+            strategic_merge(
+                map.entry(key.clone()).or_insert(Value::Null),
+                value,
+                problems,
+            );
+            continue;
+        }
+        let Some(Value::Array(existing)) = map.get_mut(key) else {
+            continue;
+        };
+        for item in value.as_array().into_iter().flatten() {
+            let Some(item_name) = item.get("name").and_then(Value::as_str) else {
+                problems.push(format!("an item of {key} has no name (its merge key)"));
+                continue;
+            };
+            match existing
+                .iter_mut()
+                .find(|e| e.get("name").and_then(Value::as_str) == Some(item_name))
+            {
+                Some(found) => strategic_merge(found, item, problems),
+                None => existing.push(item.clone()),
+            }
+        }
+    }
+}
+
+/// Server-side apply drops the fields a manager applied before and leaves
+/// out now (lists count as a whole).
+fn remove_dropped(target: &mut Value, previous: &Value, applied: &Value) {
+    let (Some(map), Some(previous)) = (target.as_object_mut(), previous.as_object()) else {
+        return;
+    };
+    for (key, old) in previous {
+        match applied.get(key) {
+            None => {
+                map.remove(key);
+            }
+            Some(new) if old.is_object() && new.is_object() => {
+                if let Some(child) = map.get_mut(key) {
+                    remove_dropped(child, old, new);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// Drops `null` members: the API server treats them as absent (and sends
+/// some, see SOURCE.md), while the schemas do not allow them.
+fn strip_nulls(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+// ===========================================================================
+// The API description
+// ===========================================================================
+
+static SPEC: OnceLock<Spec> = OnceLock::new();
+
+/// The operations and schemas of openapi-subset.json, loaded once per test
+/// process; each schema is compiled on first use.
+struct Spec {
+    routes: Vec<Route>,
+    components: Arc<Value>,
+    schemas: HashMap<String, OnceLock<jsonschema::Validator>>,
+}
+
+struct Route {
+    method: String,
+    template: String,
+    segments: Vec<Segment>,
+    query_params: Vec<String>,
+    /// Component name of the request body's schema.
+    body_schema: Option<String>,
+    /// The resource (`leases`) and subresource (`log`) of the path.
+    plural: String,
+    sub: Option<String>,
+}
+
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+fn spec() -> &'static Spec {
+    SPEC.get_or_init(|| {
+        let path = fixtures_dir().join("openapi-subset.json");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "the fake Kubernetes needs the API description at {} (shared/ must sit beside \
+                 the project): {e}",
+                path.display()
+            )
+        });
+        let document: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+        Spec::compile(&document)
+    })
+}
+
+const REF_PREFIX: &str = "#/components/schemas/";
+
+impl Spec {
+    fn compile(document: &Value) -> Spec {
+        let mut components = document["components"].clone();
+        forbid_unknown_fields(&mut components);
+        let schemas = components["schemas"]
+            .as_object()
+            .expect("components.schemas")
+            .keys()
+            .map(|name| (name.clone(), OnceLock::new()))
+            .collect();
+        let mut routes = Vec::new();
+        for (template, item) in document["paths"].as_object().expect("paths") {
+            let shared_params = item["parameters"].as_array().cloned().unwrap_or_default();
+            let parts: Vec<&str> = template.trim_start_matches('/').split('/').collect();
+            // /apis/{group}/{version}/namespaces/{namespace}/{plural}[/{name}[/{sub}]]
+            let plural = parts.get(5).copied().unwrap_or("").to_string();
+            let sub = parts.get(7).map(|s| s.to_string());
+            for (method, operation) in item.as_object().expect("path item") {
+                if !["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                    continue;
+                }
+                let query_params = operation["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .chain(shared_params.iter())
+                    .filter(|p| p["in"] == "query")
+                    .filter_map(|p| p["name"].as_str().map(str::to_string))
+                    .collect();
+                let body_schema = operation["requestBody"]["content"]
+                    .as_object()
+                    .and_then(|content| content.values().next())
+                    .and_then(|media| media["schema"]["$ref"].as_str())
+                    .and_then(|r| r.strip_prefix(REF_PREFIX))
+                    .map(str::to_string);
+                routes.push(Route {
+                    method: method.to_ascii_uppercase(),
+                    template: template.clone(),
+                    segments: parts
+                        .iter()
+                        .map(
+                            |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                                Some(name) => Segment::Param(name.to_string()),
+                                None => Segment::Literal(s.to_string()),
+                            },
+                        )
+                        .collect(),
+                    query_params,
+                    body_schema,
+                    plural: plural.clone(),
+                    sub: sub.clone(),
+                });
+            }
+        }
+        Spec {
+            routes,
+            components: Arc::new(components),
+            schemas,
+        }
+    }
+
+    fn find(&self, method: &str, path: &str) -> Option<(&Route, HashMap<String, String>)> {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        self.routes
+            .iter()
+            .filter(|route| route.method == method && route.segments.len() == parts.len())
+            .find_map(|route| {
+                let mut params = HashMap::new();
+                for (segment, part) in route.segments.iter().zip(&parts) {
+                    match segment {
+                        Segment::Literal(literal) if literal == part => {}
+                        Segment::Param(name) if !part.is_empty() => {
+                            params.insert(name.clone(), percent_decode(part));
+                        }
+                        _ => return None,
+                    }
+                }
+                Some((route, params))
+            })
+    }
+
+    /// The property names of schema `name`.
+    fn properties(&self, name: &str) -> Vec<String> {
+        self.components["schemas"][name]["properties"]
+            .as_object()
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// What is wrong with `instance` as a `name` (a component schema), one
+    /// message per error; `null` members count as absent.
+    fn errors(&self, name: &str, instance: &Value) -> Vec<String> {
+        let cell = self
+            .schemas
+            .get(name)
+            .unwrap_or_else(|| panic!("no schema {name} in openapi-subset.json"));
+        let validator = cell.get_or_init(|| {
+            let document = json!({
+                "components": *self.components,
+                "allOf": [{"$ref": format!("{REF_PREFIX}{name}")}],
+            });
+            jsonschema::options()
+                .with_draft(jsonschema::Draft::Draft4)
+                .should_validate_formats(true)
+                .build(&document)
+                .unwrap_or_else(|e| panic!("cannot compile schema {name}: {e}"))
+        });
+        let mut instance = instance.clone();
+        strip_nulls(&mut instance);
+        validator
+            .iter_errors(&instance)
+            .map(|error| {
+                let mut message = error.to_string();
+                if let Some((cut, _)) = message.char_indices().nth(300) {
+                    message.truncate(cut);
+                    message.push_str("...");
+                }
+                let at = error.instance_path().to_string();
+                if at.is_empty() {
+                    message
+                } else {
+                    format!("{message} (at {at})")
+                }
+            })
+            .collect()
+    }
+}
+
+/// Adds `additionalProperties: false` to every object schema that lists
+/// `properties` and says nothing about other members, so that unknown or
+/// misspelt fields fail validation (maps like `labels` carry their own
+/// `additionalProperties` and stay open).
+fn forbid_unknown_fields(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if map.get("properties").is_some_and(Value::is_object)
+                && !map.contains_key("additionalProperties")
+            {
+                map.insert("additionalProperties".into(), Value::Bool(false));
+            }
+            for (key, child) in map.iter_mut() {
+                // Inside `properties`, the keys are field names, not keywords.
+                if key == "properties" {
+                    for property in child
+                        .as_object_mut()
+                        .into_iter()
+                        .flat_map(|p| p.values_mut())
+                    {
+                        forbid_unknown_fields(property);
+                    }
+                } else {
+                    forbid_unknown_fields(child);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(forbid_unknown_fields),
+        _ => {}
+    }
+}
+
+// ===========================================================================
+// Small helpers
+// ===========================================================================
+
+fn parse_query(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (percent_decode(k), percent_decode(&v.replace('+', " ")))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = bytes.get(i + 1..i + 3)
+            && let Ok(byte) = u8::from_str_radix(&String::from_utf8_lossy(hex), 16)
+        {
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
