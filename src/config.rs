@@ -273,6 +273,8 @@ pub struct Timeouts {
     pub build: String,
     pub cleanup: String,
     pub deploy: String,
+    /// How often Builds and rollouts are polled, in milliseconds.
+    pub poll_ms: u64,
 }
 
 impl Default for Timeouts {
@@ -282,11 +284,16 @@ impl Default for Timeouts {
             build: "45m".into(),
             cleanup: "10m".into(),
             deploy: "20m".into(),
+            poll_ms: 3000,
         }
     }
 }
 
 impl Timeouts {
+    pub fn poll(&self) -> Duration {
+        Duration::from_millis(self.poll_ms.clamp(10, 60_000))
+    }
+
     pub fn get(&self, step: &str) -> Duration {
         let text = match step {
             "resolve" => &self.resolve,
@@ -316,6 +323,14 @@ fn max_ttl() -> String {
 }
 
 impl Environment {
+    /// The namespace of a cluster environment (locked with a Lease there).
+    pub fn cluster_namespace(&self) -> Option<&str> {
+        match self.kind {
+            EnvironmentKind::Kubernetes | EnvironmentKind::Openshift => self.namespace.as_deref(),
+            _ => None,
+        }
+    }
+
     pub fn default_ttl(&self) -> Duration {
         parse_duration(&self.default_ttl).unwrap_or(Duration::from_secs(7200))
     }

@@ -65,7 +65,12 @@ impl App {
             )
             .await
             .map_err(|e| e.to_string())?;
-        let pipeline = Arc::new(Pipeline::new(store.clone(), config.clone(), github));
+        let pipeline = Arc::new(Pipeline::new(
+            store.clone(),
+            config.clone(),
+            github,
+            settings.kube_url.clone(),
+        ));
         let worker = Arc::new(Worker::new(pipeline.clone(), WorkerSettings::default()));
         let state = Arc::new(AppState {
             store,

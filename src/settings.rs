@@ -15,6 +15,7 @@ pub const ENV_WEBHOOK_SECRET: &str = "DEPLOYBOT_WEBHOOK_SECRET";
 pub const ENV_APP_ID: &str = "DEPLOYBOT_GITHUB_APP_ID";
 pub const ENV_PRIVATE_KEY: &str = "DEPLOYBOT_GITHUB_PRIVATE_KEY";
 pub const ENV_API_URL: &str = "DEPLOYBOT_GITHUB_API_URL";
+pub const ENV_KUBE_URL: &str = "DEPLOYBOT_KUBE_URL";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_API_URL: &str = "https://api.github.com";
 
@@ -46,6 +47,10 @@ pub struct Settings {
     pub webhook_secrets: Vec<Secret>,
     /// `None` when GitHub credentials are absent: reporting is off.
     pub github: Option<GitHubSettings>,
+    /// The Kubernetes API (`DEPLOYBOT_KUBE_URL`, e.g. a `kubectl proxy`);
+    /// `None` infers it (in-cluster service account, else kubeconfig).
+    /// Contacted only by jobs that need the cluster.
+    pub kube_url: Option<String>,
 }
 
 /// Read a variable; unset and empty are the same.
@@ -120,6 +125,7 @@ impl Settings {
                 listen,
                 webhook_secrets,
                 github,
+                kube_url: var(ENV_KUBE_URL),
             },
             config,
         ))

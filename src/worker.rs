@@ -97,7 +97,90 @@ impl Worker {
             }
             tx.commit().await?;
         }
+        self.sync_leases().await?;
         Ok(n)
+    }
+
+    /// Make each cluster environment's Lease agree with the database: free
+    /// a Lease still held by one of our jobs that no longer holds the
+    /// environment (released, expired, reaped), and carry extended expiries
+    /// over. A Lease held by anyone else (another deploybot, `deploy --local`)
+    /// is left alone.
+    async fn sync_leases(&self) -> Result<(), StoreError> {
+        let config = &self.pipeline.config;
+        let clustered: Vec<_> = config
+            .environments
+            .iter()
+            .filter_map(|e| {
+                e.cluster_namespace()
+                    .map(|ns| (e.name.clone(), ns.to_string()))
+            })
+            .collect();
+        if clustered.is_empty() {
+            return Ok(());
+        }
+        let rows = self.store().environments().await?;
+        // Only environments deploybot has locked before: serve never contacts
+        // the cluster until a job needs it.
+        let clustered: Vec<_> = clustered
+            .into_iter()
+            .filter(|(name, _)| rows.iter().any(|r| &r.name == name && r.last_job.is_some()))
+            .collect();
+        if clustered.is_empty() {
+            return Ok(());
+        }
+        let cluster = match self.pipeline.cluster().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the cluster to check Leases");
+                return Ok(());
+            }
+        };
+        for (name, ns) in clustered {
+            let lease = match cluster.read_lock(&ns).await {
+                Ok(Some(lease)) => lease,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(environment = %name, error = %e, "cannot read the Lease");
+                    continue;
+                }
+            };
+            let Some(leased) = lease.job_id.filter(|_| lease.holder.is_some()) else {
+                continue;
+            };
+            let row = rows.iter().find(|r| r.name == name);
+            let holder = row.and_then(|r| r.holder_job);
+            if holder == Some(leased) {
+                let until = row.and_then(|r| r.held_until);
+                let leased_until = lease.expires_at.map(|t| t.timestamp_millis());
+                if let Some(until) = until
+                    && leased_until.is_none_or(|l| (l - until).abs() > 1_000)
+                    && let Some(at) = chrono::DateTime::from_timestamp_millis(until)
+                {
+                    let now = chrono::DateTime::from_timestamp_millis(self.store().now_ms())
+                        .unwrap_or_else(chrono::Utc::now);
+                    if let Err(e) = cluster.extend_lock(&ns, leased, at, now).await {
+                        tracing::warn!(environment = %name, error = %e, "cannot update the Lease's expiry");
+                    }
+                }
+                continue;
+            }
+            let ours = self.store().get_job(leased).await?.is_some_and(|job| {
+                job.environment == name
+                    && lease.requested_by.as_deref() == Some(job.requested_by.as_str())
+            });
+            if ours {
+                match cluster.release_lock(&ns, leased).await {
+                    Ok(_) => {
+                        tracing::info!(environment = %name, job = leased, "released a stale Lease")
+                    }
+                    Err(e) => {
+                        tracing::warn!(environment = %name, error = %e, "cannot release the Lease")
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Conclude or re-queue the job of a worker that died.

@@ -423,6 +423,7 @@ async fn two_workers_race_for_one_environment() {
                 app_id: APP_ID,
                 private_key_pem: std::fs::read(key_path()).expect("key"),
             }),
+            kube_url: None,
         },
         Config::builtin_default(),
     )

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::cluster::BuildSpec;
 use crate::pipeline::exec::{Exec, StepError, checkout, clone_url};
 use crate::pipeline::plan::{BuildStep, ImageAction, ImagePlan};
 
@@ -102,6 +103,74 @@ pub fn stages(image: &ImagePlan, base: &str) -> Vec<Stage> {
         });
     }
     stages
+}
+
+/// The OpenShift BuildConfig of a stage: named per image and inputs, so
+/// concurrent jobs never rewrite each other's BuildConfig.
+pub fn openshift_spec(
+    stage: &Stage,
+    git_url: &str,
+    push_secret: Option<&str>,
+    job_id: i64,
+) -> BuildSpec {
+    let short_image = stage.image.rsplit('/').next().unwrap_or(&stage.image);
+    let digest = {
+        use sha2::Digest;
+        let hash = sha2::Sha256::digest(stage.inputs().as_bytes());
+        hash.iter()
+            .take(5)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let mut name: String = format!("deploybot-{short_image}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name.truncate(63 - 11);
+    let name = format!("{}-{digest}", name.trim_end_matches('-'));
+    let labels = BTreeMap::from([
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "deploybot".to_string(),
+        ),
+        ("deploybot.dev/job".to_string(), job_id.to_string()),
+    ]);
+    match &stage.kind {
+        StageKind::Source {
+            repo,
+            sha,
+            containerfile,
+            build_args,
+            ..
+        } => BuildSpec {
+            name,
+            git_uri: clone_url(git_url, repo),
+            git_ref: sha.clone(),
+            containerfile_path: Some(containerfile.clone()),
+            inline_dockerfile: None,
+            build_args: build_args.clone(),
+            output_image: stage.target.clone(),
+            push_secret: push_secret.map(str::to_string),
+            labels,
+        },
+        StageKind::Overlay { .. } => BuildSpec {
+            name,
+            git_uri: String::new(),
+            git_ref: String::new(),
+            containerfile_path: None,
+            inline_dockerfile: stage.overlay_containerfile(),
+            build_args: BTreeMap::new(),
+            output_image: stage.target.clone(),
+            push_secret: push_secret.map(str::to_string),
+            labels,
+        },
+    }
 }
 
 /// Fill a command builder's argument template for `stage`.

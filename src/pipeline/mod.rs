@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::cluster::{BuildPhase, Cluster, ClusterError, LockOutcome, LockRequest, WorkloadKind};
 use crate::command::{DeployRequest, format_duration};
 use crate::config::{Builder, Cleanup, Config, Deployer, Environment, EnvironmentKind};
 use crate::github::GitHub;
@@ -47,6 +48,8 @@ pub struct Pipeline {
     pub store: Store,
     pub config: Arc<Config>,
     pub github: Option<GitHub>,
+    kube_url: Option<String>,
+    cluster: tokio::sync::OnceCell<Cluster>,
 }
 
 fn secs(ms: i64) -> String {
@@ -54,12 +57,26 @@ fn secs(ms: i64) -> String {
 }
 
 impl Pipeline {
-    pub fn new(store: Store, config: Arc<Config>, github: Option<GitHub>) -> Pipeline {
+    pub fn new(
+        store: Store,
+        config: Arc<Config>,
+        github: Option<GitHub>,
+        kube_url: Option<String>,
+    ) -> Pipeline {
         Pipeline {
             store,
             config,
             github,
+            kube_url,
+            cluster: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The cluster, connected on first use (only jobs that need it connect).
+    pub async fn cluster(&self) -> Result<&Cluster, ClusterError> {
+        self.cluster
+            .get_or_try_init(|| Cluster::connect(self.kube_url.as_deref()))
+            .await
     }
 
     async fn event(&self, job: i64, step: &str, message: &str) -> Result<(), StoreError> {
@@ -105,7 +122,29 @@ impl Pipeline {
                 .await?;
             }
         }
-        tx.commit().await
+        tx.commit().await?;
+        self.release_lease(job).await;
+        Ok(())
+    }
+
+    /// Free the environment's Lease if this job holds it (best effort: the
+    /// worker's maintenance reconciles Leases with the database anyway).
+    async fn release_lease(&self, job: &Job) {
+        let Some(ns) = self
+            .config
+            .environment(&job.environment)
+            .and_then(|e| e.cluster_namespace())
+        else {
+            return;
+        };
+        match self.cluster().await {
+            Ok(cluster) => {
+                if let Err(e) = cluster.release_lock(ns, job.id).await {
+                    tracing::warn!(job = job.id, error = %e, "cannot release the Lease now");
+                }
+            }
+            Err(e) => tracing::warn!(job = job.id, error = %e, "cannot reach the cluster"),
+        }
     }
 
     /// Run `job` (claimed by this worker) as far as it can go now.
@@ -173,7 +212,7 @@ impl Pipeline {
         }
 
         // 2–3. Wait for the environment, then lock it.
-        if !self.lock(job, &environment).await? {
+        if !self.lock(job, &environment, &plan).await? {
             return Ok(Outcome::Waiting);
         }
         let started = self.store.now_ms();
@@ -213,6 +252,7 @@ impl Pipeline {
         Store::finish_job(&mut tx, job.id, "succeeded", "success", None).await?;
         Store::add_event(&mut tx, job.id, "end", "success").await?;
         tx.commit().await?;
+        self.sync_lease_expiry(job, &environment, until).await;
         Ok(Outcome::Succeeded)
     }
 
@@ -403,10 +443,54 @@ impl Pipeline {
                 )
                 .await?;
             }
-            (Some(Builder::Openshift { .. }), false) => {
-                return Err(StepError::failed(
-                    "OpenShift builds are not available in this version of deploybot",
-                ));
+            (Some(Builder::Openshift { push_secret }), false) => {
+                let ns = environment.namespace.clone().unwrap_or_default();
+                self.step(
+                    job.id,
+                    "build",
+                    &format!(
+                        "building {} image(s) with OpenShift Builds in `{ns}`",
+                        stages.len()
+                    ),
+                )
+                .await?;
+                let cluster = self
+                    .cluster()
+                    .await
+                    .map_err(|e| StepError::failed(e.to_string()))?;
+                let started = self.store.now_ms();
+                let deadline = deadline(environment.timeouts.get("build"));
+                let builds = stages.iter().map(|image_stages| {
+                    let mut cancel = cancel.clone();
+                    let (ns, git_url, push_secret) =
+                        (ns.clone(), git_url.clone(), push_secret.clone());
+                    async move {
+                        for stage in image_stages {
+                            self.openshift_build(
+                                job,
+                                cluster,
+                                &ns,
+                                stage,
+                                &git_url,
+                                push_secret.as_deref(),
+                                deadline,
+                                environment,
+                                &mut cancel,
+                            )
+                            .await?;
+                        }
+                        Ok::<(), StepError>(())
+                    }
+                });
+                for result in futures_util::future::join_all(builds).await {
+                    result?;
+                }
+                self.event(
+                    job.id,
+                    "build",
+                    &format!("build done in {}", secs(self.store.now_ms() - started)),
+                )
+                .await?;
             }
         }
 
@@ -456,9 +540,20 @@ impl Pipeline {
                 exec.run(args, &checkout_dir).await?;
             }
             (Some(Cleanup::ResetImages), true, false) => {
-                return Err(StepError::failed(
-                    "resetting workloads needs the cluster, which is not available in this version of deploybot",
-                ));
+                self.step(job.id, "cleanup", "resetting workloads to the base images")
+                    .await?;
+                let base: Vec<(String, String)> = plan
+                    .images
+                    .iter()
+                    .map(|i| {
+                        (
+                            i.image.clone(),
+                            format!("{}:{}", i.image, plan.base.as_str()),
+                        )
+                    })
+                    .collect();
+                self.point_workloads(job, environment, &base, false, cancel)
+                    .await?;
             }
         }
 
@@ -509,10 +604,195 @@ impl Pipeline {
                 self.event(job.id, "deploy", "deployed").await?;
             }
             (Some(Deployer::Kubernetes { .. }), false) => {
-                return Err(StepError::failed(
-                    "Kubernetes deployments are not available in this version of deploybot",
-                ));
+                self.step(
+                    job.id,
+                    "deploy",
+                    &format!("deploying {}", deployed.join(", ")),
+                )
+                .await?;
+                let images: Vec<(String, String)> = plan
+                    .images
+                    .iter()
+                    .filter(|i| i.deployed)
+                    .map(|i| (i.image.clone(), i.reference()))
+                    .collect();
+                self.point_workloads(job, environment, &images, true, cancel)
+                    .await?;
+                self.event(job.id, "deploy", "every rollout finished")
+                    .await?;
             }
+        }
+        Ok(())
+    }
+
+    /// One OpenShift Build of one stage (reused when built before from the same inputs).
+    #[allow(clippy::too_many_arguments)]
+    async fn openshift_build(
+        &self,
+        job: &Job,
+        cluster: &Cluster,
+        ns: &str,
+        stage: &Stage,
+        git_url: &str,
+        push_secret: Option<&str>,
+        deadline: tokio::time::Instant,
+        environment: &Environment,
+        cancel: &mut watch::Receiver<bool>,
+    ) -> Result<(), StepError> {
+        let inputs = stage.inputs();
+        let (image, tag) = stage.target.rsplit_once(':').unwrap_or((&stage.target, ""));
+        if self.store.image_built(image, tag, &inputs).await? {
+            self.event(
+                job.id,
+                "build",
+                &format!(
+                    "reused {} (built before from the same inputs)",
+                    stage.target
+                ),
+            )
+            .await?;
+            return Ok(());
+        }
+        let spec = build::openshift_spec(stage, git_url, push_secret, job.id);
+        let commit = match &stage.kind {
+            build::StageKind::Source { sha, .. } => sha.clone(),
+            build::StageKind::Overlay { .. } => String::new(),
+        };
+        let api = |e: ClusterError| StepError::failed(e.to_string());
+        cluster.apply_build_config(ns, &spec).await.map_err(api)?;
+        let name = cluster
+            .start_build(ns, &spec.name, &commit)
+            .await
+            .map_err(api)?;
+        self.event(
+            job.id,
+            "build",
+            &format!("started Build `{name}` for {}", stage.target),
+        )
+        .await?;
+        let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let status = match cluster
+            .wait_build(ns, &name, timeout, environment.timeouts.poll(), cancel)
+            .await
+        {
+            Ok(status) => status,
+            Err(ClusterError::Timeout { .. }) => return Err(StepError::TimedOut),
+            Err(ClusterError::Cancelled { .. }) => return Err(StepError::Cancelled),
+            Err(e) => return Err(api(e)),
+        };
+        if status.phase == BuildPhase::Complete {
+            self.store.record_image(image, tag, &inputs, job.id).await?;
+            self.event(
+                job.id,
+                "build",
+                &format!("built {} (Build `{name}`)", stage.target),
+            )
+            .await?;
+            return Ok(());
+        }
+        let excerpt = cluster
+            .build_log_tail(ns, &name, 20)
+            .await
+            .unwrap_or_default();
+        Err(StepError::Failed {
+            reason: format!(
+                "Build `{name}` for {} ended {}{}",
+                stage.target,
+                status.phase.as_str(),
+                status.message.map(|m| format!(": {m}")).unwrap_or_default()
+            ),
+            excerpt,
+        })
+    }
+
+    /// Point the configured workloads at `images` (repository → reference),
+    /// annotated with the job, and wait for their rollouts when `wait`.
+    async fn point_workloads(
+        &self,
+        job: &Job,
+        environment: &Environment,
+        images: &[(String, String)],
+        wait: bool,
+        cancel: &mut watch::Receiver<bool>,
+    ) -> Result<(), StepError> {
+        let Some(Deployer::Kubernetes { workloads }) = &environment.deployer else {
+            return Err(StepError::failed(
+                "resetting images needs a kubernetes deployer with workloads",
+            ));
+        };
+        let ns = environment.namespace.clone().unwrap_or_default();
+        let cluster = self
+            .cluster()
+            .await
+            .map_err(|e| StepError::failed(e.to_string()))?;
+        let annotations = std::collections::BTreeMap::from([(
+            crate::cluster::JOB_ANNOTATION.to_string(),
+            job.id.to_string(),
+        )]);
+        let step = if wait { "deploy" } else { "cleanup" };
+        let deadline = deadline(environment.timeouts.get(step));
+        let api = |e: ClusterError| StepError::failed(e.to_string());
+        let mut rollouts = Vec::new();
+        for w in workloads {
+            let Some((_, reference)) = images.iter().find(|(repo, _)| *repo == w.image) else {
+                continue;
+            };
+            match w.kind.as_str() {
+                "ImageStream" => {
+                    let tag = w.tag.as_deref().unwrap_or("latest");
+                    cluster
+                        .set_imagestream_tag(&ns, &w.name, tag, reference, &annotations)
+                        .await
+                        .map_err(api)?;
+                    self.event(
+                        job.id,
+                        step,
+                        &format!("ImageStream `{}:{tag}` → {reference}", w.name),
+                    )
+                    .await?;
+                }
+                kind => {
+                    let kind = match kind {
+                        "StatefulSet" => WorkloadKind::StatefulSet,
+                        _ => WorkloadKind::Deployment,
+                    };
+                    cluster
+                        .set_workload_image(&ns, kind, &w.name, &w.image, reference, &annotations)
+                        .await
+                        .map_err(api)?;
+                    self.event(job.id, step, &format!("{kind} `{}` → {reference}", w.name))
+                        .await?;
+                    rollouts.push((kind, w.name.clone()));
+                }
+            }
+        }
+        if !wait {
+            return Ok(());
+        }
+        for (kind, name) in rollouts {
+            let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let waited = exec::bounded(deadline, cancel, async {
+                cluster
+                    .wait_rollout(&ns, kind, &name, timeout, environment.timeouts.poll())
+                    .await
+                    .map_err(|e| match e {
+                        ClusterError::Timeout { .. } => StepError::TimedOut,
+                        e => api(e),
+                    })
+            })
+            .await?;
+            if waited.failed {
+                return Err(StepError::failed(format!(
+                    "the rollout of {kind} `{name}` failed: {}",
+                    waited.message
+                )));
+            }
+            self.event(
+                job.id,
+                step,
+                &format!("{kind} `{name}` rolled out: {}", waited.message),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -634,7 +914,12 @@ impl Pipeline {
     }
 
     /// Take the environment, or put the job back to wait. True when held.
-    async fn lock(&self, job: &Job, environment: &Environment) -> Result<bool, StoreError> {
+    async fn lock(
+        &self,
+        job: &Job,
+        environment: &Environment,
+        plan: &Plan,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.store.begin().await?;
         let queue = Store::queue_in(&mut tx, &environment.name).await?;
         let row = Store::environment_row(&mut tx, &environment.name).await?;
@@ -701,6 +986,33 @@ impl Pipeline {
             tx.commit().await?;
             return Ok(false);
         }
+        let may_replace: Vec<i64> = holder_job
+            .iter()
+            .filter(|_| replaces)
+            .map(|h| h.id)
+            .collect();
+        if let Some(ns) = environment.cluster_namespace() {
+            // The cluster lock: only with the resourceVersion we read.
+            tx.commit().await?;
+            let held = self
+                .take_lease(job, environment, ns, &may_replace, plan)
+                .await;
+            tx = self.store.begin().await?;
+            if let Err(why) = held {
+                Store::release_environment(&mut tx, &environment.name, job.id, false).await?;
+                if let Some(previous) = holder {
+                    // Give the replaced hold back.
+                    let until = row.as_ref().and_then(|r| r.held_until).unwrap_or(tx.now);
+                    Store::hold_environment(&mut tx, &environment.name, None, previous, until)
+                        .await?;
+                }
+                Store::add_event(&mut tx, job.id, "waiting", &why).await?;
+                let run_after = tx.now + WAIT_POLL_MS;
+                Store::requeue(&mut tx, job.id, "waiting", run_after).await?;
+                tx.commit().await?;
+                return Ok(false);
+            }
+        }
         if let (true, Some(previous)) = (replaces, &holder_job) {
             Store::add_event(
                 &mut tx,
@@ -716,12 +1028,14 @@ impl Pipeline {
             job.id,
             "lock",
             &format!(
-                "locked {} (in the database{}){}",
+                "locked {} ({}){}",
                 environment.name,
-                if environment.kind == EnvironmentKind::DryRun {
-                    ", dry-run environment"
-                } else {
-                    ""
+                match (environment.cluster_namespace(), environment.kind) {
+                    (Some(ns), _) =>
+                        format!("Lease `deploybot` in namespace `{ns}`, mirrored in the database"),
+                    (None, EnvironmentKind::DryRun) =>
+                        "in the database, dry-run environment".into(),
+                    (None, _) => "in the database".into(),
                 },
                 if replaces {
                     ", replacing this pull request's previous deployment"
@@ -733,6 +1047,87 @@ impl Pipeline {
         .await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Take the environment's Lease; `Err` says why the job must wait.
+    async fn take_lease(
+        &self,
+        job: &Job,
+        environment: &Environment,
+        ns: &str,
+        may_replace: &[i64],
+        plan: &Plan,
+    ) -> Result<(), String> {
+        let cluster = self.cluster().await.map_err(|e| {
+            format!(
+                "cannot reach the cluster to lock {}: {e}; will retry",
+                environment.name
+            )
+        })?;
+        let mut prs: Vec<String> = plan
+            .refs
+            .iter()
+            .filter(|p| matches!(p.reference, crate::command::Ref::Pr(_)))
+            .map(|p| format!("{}{}", p.repo, p.reference))
+            .collect();
+        if job.is_pull_request
+            && let Some(n) = job.number
+        {
+            let origin = format!("{}#{n}", job.repo);
+            if !prs.contains(&origin) {
+                prs.insert(0, origin);
+            }
+        }
+        let now = chrono::DateTime::from_timestamp_millis(self.store.now_ms())
+            .unwrap_or_else(chrono::Utc::now);
+        let request = LockRequest {
+            job_id: job.id,
+            environment: environment.name.clone(),
+            prs,
+            requested_by: job.requested_by.clone(),
+            expires_at: now + chrono::Duration::from_std(environment.max_ttl()).unwrap_or_default(),
+            may_replace: may_replace.to_vec(),
+        };
+        match cluster.try_lock(ns, &request, now).await {
+            Ok(LockOutcome::Acquired(_)) => Ok(()),
+            Ok(LockOutcome::HeldBy(info)) => Err(format!(
+                "waiting for {}: its Lease is held by {} ({}) until {} — another deploybot or `deploy --local`",
+                environment.name,
+                info.holder.unwrap_or_else(|| "someone".into()),
+                if info.prs.is_empty() {
+                    "no PRs named".into()
+                } else {
+                    info.prs.join(", ")
+                },
+                info.expires_at
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_else(|| "no expiry".into())
+            )),
+            Err(e) => Err(format!(
+                "cannot lock {} in the cluster: {e}; will retry",
+                environment.name
+            )),
+        }
+    }
+
+    /// Set the Lease's expiry to the hold's.
+    async fn sync_lease_expiry(&self, job: &Job, environment: &Environment, until_ms: i64) {
+        let Some(ns) = environment.cluster_namespace() else {
+            return;
+        };
+        let Some(until) = chrono::DateTime::from_timestamp_millis(until_ms) else {
+            return;
+        };
+        let now = chrono::DateTime::from_timestamp_millis(self.store.now_ms())
+            .unwrap_or_else(chrono::Utc::now);
+        match self.cluster().await {
+            Ok(cluster) => {
+                if let Err(e) = cluster.extend_lock(ns, job.id, until, now).await {
+                    tracing::warn!(job = job.id, error = %e, "cannot set the Lease's expiry now");
+                }
+            }
+            Err(e) => tracing::warn!(job = job.id, error = %e, "cannot reach the cluster"),
+        }
     }
 
     /// Tell the holder PR that its hold ended.

@@ -67,6 +67,7 @@ pub struct Options {
     pub secrets: Vec<&'static str>,
     pub github: bool,
     pub config: Config,
+    pub kube_url: Option<String>,
 }
 
 impl Default for Options {
@@ -76,6 +77,7 @@ impl Default for Options {
             github: true,
             config: Config::load(&manifest_dir().join("deploy/packit.toml"))
                 .expect("deploy/packit.toml is valid"),
+            kube_url: None,
         }
     }
 }
@@ -112,6 +114,7 @@ impl TestApp {
                 app_id: APP_ID,
                 private_key_pem: std::fs::read(key_path()).expect("test key"),
             }),
+            kube_url: options.kube_url.clone(),
         };
         let app = App::new(settings, options.config)
             .await

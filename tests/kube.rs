@@ -1,0 +1,431 @@
+//! The pipeline against a cluster: the Lease lock, OpenShift Builds, workload
+//! images and rollouts, on the fake Kubernetes/OpenShift API server (checked
+//! against the official schemas) and the fake GitHub.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deploybot::config::Config;
+use serde_json::{Value, json};
+use support::fake_kube::{FakeKube, example};
+use support::harness::*;
+
+const NS: &str = "packit-dev";
+const SHA_SERVICE: &str = "1111111111111111111111111111111111111111";
+const SHA_OGR: &str = "2222222222222222222222222222222222222222";
+
+fn config(deploy_timeout: &str) -> Config {
+    let packit =
+        std::fs::read_to_string(manifest_dir().join("deploy/packit.toml")).expect("packit.toml");
+    let components = &packit[packit.find("[[component]]").expect("components")
+        ..packit.find("[[environment]]").expect("env")];
+    let text = format!(
+        r#"
+[github]
+bot_login = "packit-deploybot[bot]"
+{components}
+[[environment]]
+name = "dev"
+kind = "openshift"
+namespace = "{NS}"
+url = "https://dev.example.org"
+[environment.builder]
+kind = "openshift"
+push_secret = "quay-push"
+[environment.deployer]
+kind = "kubernetes"
+workloads = [
+  {{ kind = "Deployment", name = "packit-service", image = "quay.io/packit/packit-service" }},
+  {{ kind = "StatefulSet", name = "packit-worker", image = "quay.io/packit/packit-worker" }},
+  {{ kind = "ImageStream", name = "dashboard", tag = "dev", image = "quay.io/packit/dashboard" }},
+]
+[environment.cleanup]
+kind = "reset-images"
+[environment.timeouts]
+build = "30s"
+deploy = "{deploy_timeout}"
+poll_ms = 20
+"#
+    );
+    Config::from_toml(&text).unwrap_or_else(|e| panic!("test config: {e}"))
+}
+
+fn seed(kube: &FakeKube) {
+    let mut d = example("deployment-complete.json");
+    d["metadata"] = json!({ "name": "packit-service", "namespace": NS, "generation": 1 });
+    d["spec"]["template"]["spec"]["containers"][0]["image"] =
+        json!("quay.io/packit/packit-service:stg");
+    kube.put_object(d);
+    let mut s = example("statefulset-complete.json");
+    s["metadata"] = json!({ "name": "packit-worker", "namespace": NS, "generation": 1 });
+    s["spec"]["template"]["spec"]["containers"][0]["image"] =
+        json!("quay.io/packit/packit-worker:stg");
+    kube.put_object(s);
+    let mut i = example("imagestream-dev-tag.json");
+    i["metadata"] = json!({ "name": "dashboard", "namespace": NS, "generation": 2 });
+    kube.put_object(i);
+}
+
+struct World {
+    t: TestApp,
+    kube: FakeKube,
+}
+
+async fn world(db: Db, deploy_timeout: &str) -> World {
+    let kube = FakeKube::start().await;
+    seed(&kube);
+    let t = TestApp::start_with(
+        db,
+        Options {
+            config: config(deploy_timeout),
+            kube_url: Some(kube.url()),
+            ..Options::default()
+        },
+    )
+    .await;
+    t.github
+        .set_permission("packit/packit-service", "alice", "write");
+    t.github.add_pull(
+        "packit/packit-service",
+        614,
+        SHA_SERVICE,
+        "fix",
+        "open",
+        "alice",
+        &[],
+    );
+    t.github
+        .add_pull("packit/ogr", 123, SHA_OGR, "ogr-fix", "open", "alice", &[]);
+    World { t, kube }
+}
+
+/// What the cluster's controllers would do, until the worker is idle.
+#[derive(Clone, Copy)]
+struct Controllers {
+    build_phase: &'static str,
+    rollouts: bool,
+}
+
+async fn run_with(w: &World, controllers: Controllers) {
+    let worker = w.t.app.worker.clone();
+    let task = tokio::spawn(async move { worker.run_until_idle().await });
+    for _ in 0..2000 {
+        if task.is_finished() {
+            break;
+        }
+        for build in w.kube.builds(NS) {
+            let name = build["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let phase = build["status"]["phase"].as_str().unwrap_or("New");
+            if phase == "New" {
+                let log = if controllers.build_phase == "Failed" {
+                    "STEP 1/3: FROM quay.io/packit/base\nerror: pip install failed: boom\n"
+                } else {
+                    "STEP 1/3: FROM quay.io/packit/base\nPushed\n"
+                };
+                w.kube
+                    .set_build_phase(NS, &name, controllers.build_phase, log);
+            }
+        }
+        if controllers.rollouts {
+            for (kind, name) in [
+                ("Deployment", "packit-service"),
+                ("StatefulSet", "packit-worker"),
+            ] {
+                if let Some(o) = w.kube.get_object(kind, NS, name)
+                    && o["metadata"]["generation"] != o["status"]["observedGeneration"]
+                {
+                    w.kube.set_rollout(NS, kind, name, true);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let done = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the worker finishes")
+        .expect("task");
+    done.expect("worker");
+    // The reporter delivers what the job left.
+    w.t.settle().await;
+}
+
+async fn comment(t: &TestApp, body: &str) {
+    let event = comment_event("packit/packit-service", 614, true, body, "alice");
+    let (status, answer) = t.deliver("issue_comment", &event).await;
+    assert!(status.is_success(), "{answer}");
+    t.settle().await;
+}
+
+async fn last_job(t: &TestApp) -> Value {
+    let id = t.jobs().await[0]["id"].as_i64().expect("id");
+    t.get(&format!("/api/v1/jobs/{id}")).await.1
+}
+
+fn events(job: &Value, step: &str) -> String {
+    job["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["step"] == step)
+        .map(|e| e["message"].as_str().expect("message").to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn lease(kube: &FakeKube) -> Value {
+    kube.get_object("Lease", NS, "deploybot")
+        .expect("the Lease exists")
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(Db::Postgres).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(Db::Sqlite).await
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    multi_repository_request_end_to_end,
+    failed_build_records_the_log_and_frees_the_lease,
+    rollout_timeout_ends_the_job_as_timed_out,
+    lease_held_elsewhere_makes_the_job_wait,
+);
+
+async fn multi_repository_request_end_to_end(db: Db) {
+    let w = world(db, "30s").await;
+    comment(&w.t, "/deploy ogr=123").await;
+    run_with(
+        &w,
+        Controllers {
+            build_phase: "Complete",
+            rollouts: true,
+        },
+    )
+    .await;
+    let job = last_job(&w.t).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let id = job["id"].as_i64().expect("id");
+    let tag = "packit-service-111111111111-ogr-222222222222";
+
+    // Four Builds: packit-service and packit-worker from source at the PR's
+    // commit, then an overlay of each that installs ogr.
+    let builds = w.kube.builds(NS);
+    assert_eq!(builds.len(), 4, "{builds:?}");
+    let outputs: Vec<String> = builds
+        .iter()
+        .map(|b| {
+            b["spec"]["output"]["to"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    for expected in [
+        "quay.io/packit/packit-service:packit-service-111111111111".to_string(),
+        format!("quay.io/packit/packit-service:{tag}"),
+        "quay.io/packit/packit-worker:packit-service-111111111111".to_string(),
+        format!("quay.io/packit/packit-worker:{tag}"),
+    ] {
+        assert!(outputs.contains(&expected), "{expected} in {outputs:?}");
+    }
+    assert!(
+        builds
+            .iter()
+            .any(|b| b["spec"]["revision"]["git"]["commit"] == SHA_SERVICE),
+        "source builds are pinned: {builds:?}"
+    );
+
+    // The workloads run the new images, annotated with the job.
+    let d = w
+        .kube
+        .get_object("Deployment", NS, "packit-service")
+        .expect("deployment");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        format!("quay.io/packit/packit-service:{tag}")
+    );
+    assert_eq!(
+        d["metadata"]["annotations"]["deploybot.dev/job"],
+        id.to_string()
+    );
+    let s = w
+        .kube
+        .get_object("StatefulSet", NS, "packit-worker")
+        .expect("statefulset");
+    assert_eq!(
+        s["spec"]["template"]["spec"]["containers"][0]["image"],
+        format!("quay.io/packit/packit-worker:{tag}")
+    );
+    let i = w
+        .kube
+        .get_object("ImageStream", NS, "dashboard")
+        .expect("imagestream");
+    let dev = i["spec"]["tags"]
+        .as_array()
+        .expect("tags")
+        .iter()
+        .find(|t| t["name"] == "dev")
+        .expect("dev tag")
+        .clone();
+    assert_eq!(dev["from"]["name"], "quay.io/packit/dashboard:stg");
+
+    // `oc get lease deploybot -o yaml` tells who holds dev, for which PRs, until when.
+    let l = lease(&w.kube);
+    assert_eq!(l["spec"]["holderIdentity"], format!("deploybot-job-{id}"));
+    let prs = l["metadata"]["annotations"]["deploybot.dev/prs"]
+        .as_str()
+        .expect("prs");
+    assert!(
+        prs.contains("packit/packit-service#614") && prs.contains("packit/ogr#123"),
+        "{prs}"
+    );
+    assert!(l["metadata"]["annotations"]["deploybot.dev/expires-at"].is_string());
+    assert!(
+        events(&job, "lock").contains("Lease `deploybot` in namespace `packit-dev`"),
+        "{job}"
+    );
+    assert!(events(&job, "deploy").contains("rolled out"), "{job}");
+
+    // The same SHAs again (same PR: replaces its own deployment): no new Build.
+    comment(&w.t, "/deploy ogr=123").await;
+    run_with(
+        &w,
+        Controllers {
+            build_phase: "Complete",
+            rollouts: true,
+        },
+    )
+    .await;
+    let again = last_job(&w.t).await;
+    assert_eq!(again["state"], "succeeded", "{again}");
+    assert_eq!(w.kube.builds(NS).len(), 4, "images are reused");
+    assert_eq!(events(&again, "build").matches("reused").count(), 4);
+    let id2 = again["id"].as_i64().expect("id");
+    assert_eq!(
+        lease(&w.kube)["spec"]["holderIdentity"],
+        format!("deploybot-job-{id2}")
+    );
+
+    // Releasing frees the Lease too (the worker reconciles it).
+    comment(&w.t, "/deploy release").await;
+    w.t.run().await;
+    assert!(
+        lease(&w.kube)["spec"]["holderIdentity"].is_null(),
+        "{}",
+        lease(&w.kube)
+    );
+    w.t.github.take_comments("packit/packit-service", 614);
+    w.kube.assert_no_violations();
+}
+
+async fn failed_build_records_the_log_and_frees_the_lease(db: Db) {
+    let w = world(db, "30s").await;
+    comment(&w.t, "/deploy").await;
+    run_with(
+        &w,
+        Controllers {
+            build_phase: "Failed",
+            rollouts: true,
+        },
+    )
+    .await;
+    let job = last_job(&w.t).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        job["error"].as_str().expect("error").contains("Failed"),
+        "{job}"
+    );
+    assert!(
+        events(&job, "build").contains("error: pip install failed: boom"),
+        "{job}"
+    );
+    assert!(lease(&w.kube)["spec"]["holderIdentity"].is_null());
+    assert_eq!(
+        w.t.app.state.store.environments().await.expect("envs")[0].holder_job,
+        None
+    );
+    w.kube.assert_no_violations();
+}
+
+async fn rollout_timeout_ends_the_job_as_timed_out(db: Db) {
+    let w = world(db, "1s").await;
+    comment(&w.t, "/deploy").await;
+    run_with(
+        &w,
+        Controllers {
+            build_phase: "Complete",
+            rollouts: false,
+        },
+    )
+    .await;
+    let job = last_job(&w.t).await;
+    assert_eq!(job["state"], "timed_out", "{job}");
+    assert!(
+        job["error"]
+            .as_str()
+            .expect("error")
+            .contains("deploy took longer"),
+        "{job}"
+    );
+    assert!(lease(&w.kube)["spec"]["holderIdentity"].is_null());
+    let envs = w.t.app.state.store.environments().await.expect("envs");
+    assert!(
+        envs[0].dirty,
+        "a half-done rollout leaves the environment dirty"
+    );
+    w.kube.assert_no_violations();
+}
+
+async fn lease_held_elsewhere_makes_the_job_wait(db: Db) {
+    let w = world(db, "30s").await;
+    let until = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    w.kube.put_object(json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": "deploybot",
+            "namespace": NS,
+            "annotations": {
+                "deploybot.dev/job": "999",
+                "deploybot.dev/prs": "packit/ogr#1",
+                "deploybot.dev/requested-by": "someone-local",
+                "deploybot.dev/expires-at": until,
+            }
+        },
+        "spec": { "holderIdentity": "deploybot-job-999", "leaseDurationSeconds": 3600 }
+    }));
+    comment(&w.t, "/deploy").await;
+    let worker = Arc::clone(&w.t.app.worker);
+    worker.run_until_idle().await.expect("worker");
+    let job = last_job(&w.t).await;
+    assert_eq!(job["state"], "queued", "{job}");
+    let text = events(&job, "waiting");
+    assert!(
+        text.contains("deploybot-job-999") && text.contains("packit/ogr#1"),
+        "{text}"
+    );
+    assert_eq!(
+        lease(&w.kube)["spec"]["holderIdentity"],
+        "deploybot-job-999"
+    );
+    assert_eq!(
+        w.t.app.state.store.environments().await.expect("envs")[0].holder_job,
+        None
+    );
+    assert!(w.kube.builds(NS).is_empty());
+    w.kube.assert_no_violations();
+}
