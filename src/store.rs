@@ -860,6 +860,24 @@ impl Store {
         rows.iter().map(Job::from_row).collect()
     }
 
+    /// Whether `job_id` was asked for from, or deploys, this PR.
+    pub async fn job_references_pr(
+        tx: &mut Tx,
+        job_id: i64,
+        repo: &str,
+        number: i64,
+    ) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT 1 FROM job_pull_requests WHERE job_id = $1 AND repo = $2 AND number = $3",
+        )
+        .bind(job_id)
+        .bind(repo)
+        .bind(number)
+        .fetch_optional(tx.conn())
+        .await?;
+        Ok(row.is_some())
+    }
+
     /// End the queued jobs that were asked for from this PR/issue (a newer
     /// request from there supersedes them); returns their ids.
     pub async fn supersede_queued_from(

@@ -478,6 +478,30 @@ async fn commit(
                 if !ids.is_empty() {
                     tracing::info!(?ids, %repo, number, "queued jobs cancelled");
                 }
+                // A running request of the PR stops; a hold of the PR ends.
+                for job in Store::active_jobs_of_pr(&mut tx, repo, *number).await? {
+                    if Store::request_cancel(&mut tx, job.id).await? {
+                        Store::add_event(&mut tx, job.id, "cancel", &format!("{reason}; stopping"))
+                            .await?;
+                    }
+                }
+                for env in Store::environments_in(&mut tx).await? {
+                    let Some(holder) = env.holder_job else {
+                        continue;
+                    };
+                    if Store::job_references_pr(&mut tx, holder, repo, *number).await?
+                        && Store::release_environment(&mut tx, &env.name, holder, true).await?
+                    {
+                        Store::add_event(
+                            &mut tx,
+                            holder,
+                            "release",
+                            &format!("released: {reason}"),
+                        )
+                        .await?;
+                        tracing::info!(environment = %env.name, job = holder, "hold ended");
+                    }
+                }
             }
             Effect::SetInstallation {
                 repo,

@@ -203,6 +203,7 @@ on_both_backends!(
     failed_build_records_the_log_and_frees_the_lease,
     rollout_timeout_ends_the_job_as_timed_out,
     lease_held_elsewhere_makes_the_job_wait,
+    cancel_during_a_build_frees_the_lease,
 );
 
 async fn multi_repository_request_end_to_end(db: Db) {
@@ -427,5 +428,57 @@ async fn lease_held_elsewhere_makes_the_job_wait(db: Db) {
         None
     );
     assert!(w.kube.builds(NS).is_empty());
+    w.kube.assert_no_violations();
+}
+
+async fn cancel_during_a_build_frees_the_lease(db: Db) {
+    use deploybot::worker::{Worker, WorkerSettings};
+    let w = world(db, "30s").await;
+    comment(&w.t, "/deploy").await;
+    let worker = Arc::new(Worker::new(
+        w.t.app.pipeline.clone(),
+        WorkerSettings {
+            lease: Duration::from_secs(10),
+            heartbeat: Duration::from_millis(100),
+        },
+    ));
+    let task = {
+        let worker = worker.clone();
+        tokio::spawn(async move { worker.run_until_idle().await })
+    };
+    // The Builds start and keep running.
+    let mut running = false;
+    for _ in 0..400 {
+        let builds = w.kube.builds(NS);
+        if !builds.is_empty() {
+            for b in builds {
+                let name = b["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                if b["status"]["phase"] == "New" {
+                    w.kube.set_build_phase(NS, &name, "Running", "STEP 1/3\n");
+                }
+            }
+            running = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(running, "the Builds started");
+    comment(&w.t, "/deploy cancel").await;
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("the worker stops waiting for the Build")
+        .expect("task")
+        .expect("worker");
+    let job = last_job(&w.t).await;
+    assert_eq!(job["state"], "cancelled", "{job}");
+    assert!(lease(&w.kube)["spec"]["holderIdentity"].is_null());
+    assert_eq!(
+        w.t.app.state.store.environments().await.expect("envs")[0].holder_job,
+        None
+    );
+    w.t.github.take_comments("packit/packit-service", 614);
     w.kube.assert_no_violations();
 }

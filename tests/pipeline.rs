@@ -39,6 +39,7 @@ on_both_backends!(
     worker_that_dies_is_reaped,
     status_lists_holder_and_queue,
     requests_without_env_take_the_first_free_environment_of_the_pool,
+    closing_or_unlabelling_a_pr_ends_its_hold,
 );
 
 const SHA_SERVICE: &str = "1111111111111111111111111111111111111111";
@@ -510,4 +511,30 @@ async fn requests_without_env_take_the_first_free_environment_of_the_pool(db: Db
     let third = jobs.iter().find(|j| j["pull_request"] == 800).expect("job");
     assert_eq!(third["state"], "succeeded", "{jobs:?}");
     t.github.take_comments("packit/packit-service", 700);
+}
+
+async fn closing_or_unlabelling_a_pr_ends_its_hold(db: Db) {
+    let t = dry_app(db).await;
+    comment(&t, 614, "/deploy ogr=123", "alice").await;
+    t.run().await;
+    let first = t.jobs().await[0]["id"].as_i64().expect("id");
+    assert_eq!(holder(&t).await, Some(first));
+    // Closing a PR the deployment includes ends the hold.
+    let closed = pull_request_event("closed", "packit/ogr", 123, "alice");
+    let (status, _) = t.deliver("pull_request", &closed).await;
+    assert!(status.is_success());
+    assert_eq!(holder(&t).await, None);
+    let j = job(&t, first).await;
+    assert!(event_text(&j, "release").contains("closed"), "{j}");
+
+    // Removing the label ends the hold of that PR's deployment.
+    comment(&t, 700, "/deploy", "bob").await;
+    t.run().await;
+    let second = t.jobs().await[0]["id"].as_i64().expect("id");
+    assert_eq!(holder(&t).await, Some(second));
+    let mut unlabeled = pull_request_event("unlabeled", "packit/packit-service", 700, "bob");
+    unlabeled["label"]["name"] = serde_json::json!("deploy-test");
+    t.deliver("pull_request", &unlabeled).await;
+    assert_eq!(holder(&t).await, None);
+    assert!(t.app.state.store.environments().await.expect("envs")[0].dirty);
 }
