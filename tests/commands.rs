@@ -231,38 +231,6 @@ async fn comment(t: &TestApp, body: &str) {
     assert!(status.is_success(), "{answer}");
 }
 
-async fn last_job(t: &TestApp) -> Value {
-    let id = t.jobs().await[0]["id"].as_i64().expect("id");
-    t.get(&format!("/api/v1/jobs/{id}")).await.1
-}
-
-fn events(job: &Value, step: &str) -> String {
-    job["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter(|e| e["step"] == step)
-        .map(|e| e["message"].as_str().expect("message").to_string())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name(Db::Postgres).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(Db::Sqlite).await
-            }
-        }
-    )*};
-}
-
 on_both_backends!(
     builds_checkouts_and_deploys_with_commands,
     failed_build_records_an_excerpt_and_releases,
@@ -275,7 +243,7 @@ async fn builds_checkouts_and_deploys_with_commands(db: Db) {
     let t = &w.t;
     comment(t, "/deploy ogr=123 deployment=321").await;
     t.run().await;
-    let job = last_job(t).await;
+    let job = t.last_job().await;
     assert_eq!(job["state"], "succeeded", "{job}");
     let short = |s: &str| s[..12].to_string();
     let log = w.log();
@@ -333,7 +301,7 @@ async fn builds_checkouts_and_deploys_with_commands(db: Db) {
     let before = w.log().matches("built ").count();
     comment(t, "/deploy ogr=123 deployment=321").await;
     t.run().await;
-    let job = last_job(t).await;
+    let job = t.last_job().await;
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(w.log().matches("built ").count(), before, "nothing rebuilt");
     assert_eq!(events(&job, "build").matches("reused ").count(), 4, "{job}");
@@ -350,7 +318,7 @@ async fn failed_build_records_an_excerpt_and_releases(db: Db) {
     let t = &w.t;
     comment(t, "/deploy").await;
     t.run().await;
-    let job = last_job(t).await;
+    let job = t.last_job().await;
     assert_eq!(job["state"], "failed", "{job}");
     assert_eq!(job["conclusion"], "failure");
     let error = job["error"].as_str().expect("error");
@@ -369,7 +337,7 @@ async fn build_time_limit_ends_the_job_as_timed_out(db: Db) {
     let t = &w.t;
     comment(t, "/deploy").await;
     t.run().await;
-    let job = last_job(t).await;
+    let job = t.last_job().await;
     assert_eq!(job["state"], "timed_out", "{job}");
     assert_eq!(job["conclusion"], "timed_out");
     assert!(
@@ -403,7 +371,7 @@ async fn cancel_stops_a_running_build(db: Db) {
     // Wait (bounded) until the build runs in the real process.
     let mut building = false;
     for _ in 0..200 {
-        if last_job(t).await["step"] == "build" {
+        if t.last_job().await["step"] == "build" {
             building = true;
             break;
         }
@@ -417,7 +385,7 @@ async fn cancel_stops_a_running_build(db: Db) {
         .expect("the build stops well before `sleep 30` ends")
         .expect("task");
     finished.expect("worker");
-    let job = last_job(t).await;
+    let job = t.last_job().await;
     assert_eq!(job["state"], "cancelled", "{job}");
     assert!(
         job["error"]

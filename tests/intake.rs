@@ -12,23 +12,6 @@ use serde_json::json;
 use support::fake_github::FakeGitHub;
 use support::harness::*;
 
-/// Run one async test body against both backends.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name(Db::Postgres).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(Db::Sqlite).await
-            }
-        }
-    )*};
-}
-
 on_both_backends!(
     valid_command_queues_the_request_and_gets_eyes,
     edited_comment_queues_only_new_command_lines,

@@ -161,41 +161,9 @@ async fn comment(t: &TestApp, body: &str) {
     t.settle().await;
 }
 
-async fn last_job(t: &TestApp) -> Value {
-    let id = t.jobs().await[0]["id"].as_i64().expect("id");
-    t.get(&format!("/api/v1/jobs/{id}")).await.1
-}
-
-fn events(job: &Value, step: &str) -> String {
-    job["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter(|e| e["step"] == step)
-        .map(|e| e["message"].as_str().expect("message").to_string())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 fn lease(kube: &FakeKube) -> Value {
     kube.get_object("Lease", NS, "deploybot")
         .expect("the Lease exists")
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name(Db::Postgres).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(Db::Sqlite).await
-            }
-        }
-    )*};
 }
 
 on_both_backends!(
@@ -217,7 +185,7 @@ async fn multi_repository_request_end_to_end(db: Db) {
         },
     )
     .await;
-    let job = last_job(&w.t).await;
+    let job = w.t.last_job().await;
     assert_eq!(job["state"], "succeeded", "{job}");
     let id = job["id"].as_i64().expect("id");
     let tag = "packit-service-111111111111-ogr-222222222222";
@@ -311,7 +279,7 @@ async fn multi_repository_request_end_to_end(db: Db) {
         },
     )
     .await;
-    let again = last_job(&w.t).await;
+    let again = w.t.last_job().await;
     assert_eq!(again["state"], "succeeded", "{again}");
     assert_eq!(w.kube.builds(NS).len(), 4, "images are reused");
     assert_eq!(events(&again, "build").matches("reused").count(), 4);
@@ -344,7 +312,7 @@ async fn failed_build_records_the_log_and_frees_the_lease(db: Db) {
         },
     )
     .await;
-    let job = last_job(&w.t).await;
+    let job = w.t.last_job().await;
     assert_eq!(job["state"], "failed", "{job}");
     assert!(
         job["error"].as_str().expect("error").contains("Failed"),
@@ -373,7 +341,7 @@ async fn rollout_timeout_ends_the_job_as_timed_out(db: Db) {
         },
     )
     .await;
-    let job = last_job(&w.t).await;
+    let job = w.t.last_job().await;
     assert_eq!(job["state"], "timed_out", "{job}");
     assert!(
         job["error"]
@@ -412,7 +380,7 @@ async fn lease_held_elsewhere_makes_the_job_wait(db: Db) {
     comment(&w.t, "/deploy").await;
     let worker = Arc::clone(&w.t.app.worker);
     worker.run_until_idle().await.expect("worker");
-    let job = last_job(&w.t).await;
+    let job = w.t.last_job().await;
     assert_eq!(job["state"], "queued", "{job}");
     let text = events(&job, "waiting");
     assert!(
@@ -472,7 +440,7 @@ async fn cancel_during_a_build_frees_the_lease(db: Db) {
         .expect("the worker stops waiting for the Build")
         .expect("task")
         .expect("worker");
-    let job = last_job(&w.t).await;
+    let job = w.t.last_job().await;
     assert_eq!(job["state"], "cancelled", "{job}");
     assert!(lease(&w.kube)["spec"]["holderIdentity"].is_null());
     assert_eq!(

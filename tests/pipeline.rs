@@ -11,22 +11,6 @@ use deploybot::config::Config;
 use serde_json::Value;
 use support::harness::*;
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name(Db::Postgres).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(Db::Sqlite).await
-            }
-        }
-    )*};
-}
-
 on_both_backends!(
     dry_run_environment_takes_a_request_through_every_step,
     dry_run_request_plans_only,
@@ -90,12 +74,6 @@ async fn comment(t: &TestApp, number: u64, body: &str, who: &str) {
     assert!(status.is_success(), "{answer}");
 }
 
-async fn job(t: &TestApp, id: i64) -> Value {
-    let (status, job) = t.get(&format!("/api/v1/jobs/{id}")).await;
-    assert!(status.is_success(), "{job}");
-    job
-}
-
 fn steps(job: &Value) -> Vec<String> {
     job["events"]
         .as_array()
@@ -103,17 +81,6 @@ fn steps(job: &Value) -> Vec<String> {
         .iter()
         .map(|e| e["step"].as_str().expect("step").to_string())
         .collect()
-}
-
-fn event_text(job: &Value, step: &str) -> String {
-    job["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter(|e| e["step"] == step)
-        .map(|e| e["message"].as_str().expect("message").to_string())
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 async fn holder(t: &TestApp) -> Option<i64> {
@@ -130,7 +97,7 @@ async fn dry_run_environment_takes_a_request_through_every_step(db: Db) {
     let jobs = t.jobs().await;
     assert_eq!(jobs.len(), 1);
     let id = jobs[0]["id"].as_i64().expect("id");
-    let job = job(&t, id).await;
+    let job = t.job(id).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(
         steps(&job),
@@ -140,16 +107,16 @@ async fn dry_run_environment_takes_a_request_through_every_step(db: Db) {
         ]
     );
     assert!(
-        event_text(&job, "resolve").contains("ogr=#123 → 222222222222"),
+        events(&job, "resolve").contains("ogr=#123 → 222222222222"),
         "{job}"
     );
-    assert!(event_text(&job, "build").contains("dry-run"), "{job}");
+    assert!(events(&job, "build").contains("dry-run"), "{job}");
     assert!(
-        event_text(&job, "build")
+        events(&job, "build")
             .contains("quay.io/packit/packit-worker:packit-service-111111111111-ogr-222222222222"),
         "{job}"
     );
-    assert!(event_text(&job, "deploy").contains("skipped (dry-run environment)"));
+    assert!(events(&job, "deploy").contains("skipped (dry-run environment)"));
     // The plan is data the API shows.
     let plan = &job["plan"];
     assert_eq!(plan["base"], "stg");
@@ -164,7 +131,7 @@ async fn dry_run_request_plans_only(db: Db) {
     comment(&t, 614, "/deploy --dry-run ogr=123", "alice").await;
     t.run().await;
     let jobs = t.jobs().await;
-    let job = job(&t, jobs[0]["id"].as_i64().expect("id")).await;
+    let job = t.job(jobs[0]["id"].as_i64().expect("id")).await;
     assert_eq!(job["state"], "succeeded");
     assert!(!steps(&job).contains(&"lock".to_string()), "{job}");
     assert!(
@@ -186,16 +153,16 @@ async fn busy_environment_makes_the_next_request_wait_in_order(db: Db) {
     t.run().await;
     let jobs = t.jobs().await;
     let second = jobs[0]["id"].as_i64().expect("id");
-    let waiting = job(&t, second).await;
+    let waiting = t.job(second).await;
     assert_eq!(waiting["state"], "queued");
-    let text = event_text(&waiting, "waiting");
+    let text = events(&waiting, "waiting");
     assert!(text.contains("position 1"), "{text}");
     assert!(text.contains(&format!("request #{first}")), "{text}");
 
     // Releasing the first lets the second run at once.
     comment(&t, 614, "/deploy release", "alice").await;
     t.run().await;
-    assert_eq!(job(&t, second).await["state"], "succeeded");
+    assert_eq!(t.job(second).await["state"], "succeeded");
     assert_eq!(holder(&t).await, Some(second));
     let replies = t.github.take_comments("packit/packit-service", 614);
     assert!(
@@ -222,9 +189,9 @@ async fn hold_expires_and_the_next_request_cleans_up(db: Db) {
     comment(&t, 700, "/deploy", "bob").await;
     t.run().await;
     let second = t.jobs().await[0]["id"].as_i64().expect("id");
-    let job = job(&t, second).await;
+    let job = t.job(second).await;
     assert!(
-        event_text(&job, "cleanup").contains("would clean up the previous deployment"),
+        events(&job, "cleanup").contains("would clean up the previous deployment"),
         "{job}"
     );
     assert!(!t.app.state.store.environments().await.expect("envs")[0].dirty);
@@ -276,10 +243,10 @@ async fn newer_request_from_the_same_pr_replaces_its_deployment(db: Db) {
     t.run().await;
     let second = t.jobs().await[0]["id"].as_i64().expect("id");
     assert_ne!(first, second);
-    assert_eq!(job(&t, second).await["state"], "succeeded");
+    assert_eq!(t.job(second).await["state"], "succeeded");
     assert_eq!(holder(&t).await, Some(second), "replaced without queueing");
-    let old = job(&t, first).await;
-    assert!(event_text(&old, "release").contains(&format!("replaced by request #{second}")));
+    let old = t.job(first).await;
+    assert!(events(&old, "release").contains(&format!("replaced by request #{second}")));
 
     // Two queued requests from one PR: the newer supersedes the older.
     comment(&t, 700, "/deploy", "bob").await;
@@ -351,9 +318,9 @@ async fn worker_that_dies_is_reaped(db: Db) {
     tx.commit().await.expect("commit");
     t.advance(Duration::from_secs(5));
     t.run().await;
-    let j = job(&t, job1.id).await;
+    let j = t.job(job1.id).await;
     assert_eq!(j["state"], "succeeded", "re-queued and finished: {j}");
-    assert!(event_text(&j, "worker").contains("trying again"));
+    assert!(events(&j, "worker").contains("trying again"));
 
     // Another dies during `deploy` while holding the environment: failed, released, dirty.
     comment(&t, 614, "/deploy ogr=123", "alice").await;
@@ -376,7 +343,7 @@ async fn worker_that_dies_is_reaped(db: Db) {
     tx.commit().await.expect("commit");
     t.advance(Duration::from_secs(5));
     t.run().await;
-    let j = job(&t, job2.id).await;
+    let j = t.job(job2.id).await;
     assert_eq!(j["state"], "failed");
     assert!(
         j["error"]
@@ -454,7 +421,7 @@ async fn two_workers_race_for_one_environment() {
         .expect("winner");
     assert_eq!(holder(&t).await, winner["id"].as_i64());
     for j in &jobs {
-        let events = job(&t, j["id"].as_i64().expect("id")).await;
+        let events = t.job(j["id"].as_i64().expect("id")).await;
         assert!(
             steps(&events).iter().filter(|s| *s == "lock").count() <= 1,
             "locked at most once: {events}"
@@ -524,8 +491,8 @@ async fn closing_or_unlabelling_a_pr_ends_its_hold(db: Db) {
     let (status, _) = t.deliver("pull_request", &closed).await;
     assert!(status.is_success());
     assert_eq!(holder(&t).await, None);
-    let j = job(&t, first).await;
-    assert!(event_text(&j, "release").contains("closed"), "{j}");
+    let j = t.job(first).await;
+    assert!(events(&j, "release").contains("closed"), "{j}");
 
     // Removing the label ends the hold of that PR's deployment.
     comment(&t, 700, "/deploy", "bob").await;

@@ -294,3 +294,51 @@ pub fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
     v.sort();
     v
 }
+
+/// Run each named async test body (`async fn name(db: Db)`) against both
+/// backends, as `name::postgres` and `name::sqlite`.
+#[allow(unused_macros)]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(Db::Postgres).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(Db::Sqlite).await
+            }
+        }
+    )*};
+}
+#[allow(unused_imports)]
+pub(crate) use on_both_backends;
+
+impl TestApp {
+    /// The newest job with its plan and events, as the API shows it.
+    pub async fn last_job(&self) -> Value {
+        let id = self.jobs().await[0]["id"].as_i64().expect("id");
+        self.job(id).await
+    }
+
+    /// One job with its plan and events, as the API shows it.
+    pub async fn job(&self, id: i64) -> Value {
+        let (status, job) = self.get(&format!("/api/v1/jobs/{id}")).await;
+        assert!(status.is_success(), "{job}");
+        job
+    }
+}
+
+/// The messages of a job's events of one step, one per line.
+pub fn events(job: &Value, step: &str) -> String {
+    job["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["step"] == step)
+        .map(|e| e["message"].as_str().expect("message").to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
