@@ -24,6 +24,7 @@ on_both_backends!(
     status_lists_holder_and_queue,
     requests_without_env_take_the_first_free_environment_of_the_pool,
     closing_or_unlabelling_a_pr_ends_its_hold,
+    slow_github_times_resolve_out,
 );
 
 const SHA_SERVICE: &str = "1111111111111111111111111111111111111111";
@@ -504,4 +505,44 @@ async fn closing_or_unlabelling_a_pr_ends_its_hold(db: Db) {
     t.deliver("pull_request", &unlabeled).await;
     assert_eq!(holder(&t).await, None);
     assert!(t.app.state.store.environments().await.expect("envs")[0].dirty);
+}
+
+async fn slow_github_times_resolve_out(db: Db) {
+    let mut config = Config::builtin_default();
+    config.environments[0].timeouts.resolve = "1s".into();
+    let t = TestApp::start_with(
+        db,
+        Options {
+            config,
+            ..Options::default()
+        },
+    )
+    .await;
+    t.github
+        .set_permission("packit/packit-service", "alice", "write");
+    t.github.add_pull(
+        "packit/packit-service",
+        614,
+        SHA_SERVICE,
+        "fix",
+        "open",
+        "alice",
+        &[],
+    );
+    comment(&t, 614, "/deploy", "alice").await;
+    t.settle().await;
+    t.github.set_latency(Duration::from_secs(3));
+    t.app.worker.run_until_idle().await.expect("worker");
+    let job = t.last_job().await;
+    assert_eq!(job["state"], "timed_out", "{job}");
+    assert!(
+        job["error"]
+            .as_str()
+            .expect("error")
+            .contains("resolve took longer"),
+        "{job}"
+    );
+    assert_eq!(holder(&t).await, None);
+    t.github.set_latency(Duration::ZERO);
+    t.github.take_comments("packit/packit-service", 614);
 }

@@ -810,14 +810,23 @@ impl Pipeline {
         let store = &self.store;
         let github = self.github.as_ref();
         let known = job.installation_id;
-        let pinned: Vec<Pinned> = match resolve(&self.config, github, request, |repo| async move {
+        let resolving = resolve(&self.config, github, request, |repo| async move {
             match github {
                 Some(gh) => find_installation(store, gh, &repo, known).await,
                 None => Err(crate::github::GitHubError::NotConfigured),
             }
-        })
-        .await
-        {
+        });
+        let limit = environment.timeouts.get("resolve");
+        let Ok(resolved) = tokio::time::timeout(limit, resolving).await else {
+            let e = format!(
+                "resolve took longer than its time limit ({})",
+                format_duration(limit)
+            );
+            self.finish(job, "timed_out", "timed_out", Some(&e), false)
+                .await?;
+            return Ok(Err(Outcome::Failed(e)));
+        };
+        let pinned: Vec<Pinned> = match resolved {
             Ok(p) => p,
             Err(ResolveError::Invalid(e)) => {
                 self.finish(job, "failed", "failure", Some(&e), false)
