@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::pipeline::{Outcome, Pipeline};
 use crate::store::{Job, Store, StoreError};
@@ -232,9 +233,6 @@ impl Worker {
         let Some(job) = self.store().claim_job(&self.id, lease).await? else {
             return Ok(false);
         };
-        let span = tracing::info_span!("job", job = job.id);
-        let _guard = span.enter();
-        drop(_guard);
         let (cancel_tx, mut cancel_rx) = watch::channel(job.cancel_requested);
         let heartbeat = {
             let store = self.store().clone();
@@ -258,7 +256,11 @@ impl Worker {
                 }
             })
         };
-        let outcome = self.pipeline.run(&job, &mut cancel_rx).await;
+        let outcome = self
+            .pipeline
+            .run(&job, &mut cancel_rx)
+            .instrument(tracing::info_span!("job", job = job.id))
+            .await;
         heartbeat.abort();
         match &outcome {
             Ok(Outcome::Waiting) => tracing::debug!(job = job.id, "waiting for its environment"),
