@@ -149,7 +149,8 @@ pub struct Image {
     pub name: String,
     /// Containerfile path inside the component's repository.
     pub containerfile: String,
-    /// Build arguments; a value may depend on the base (`{ stg = "main", prod = "stable" }`).
+    /// Build arguments; a value may depend on the base (`{ stg = "main", prod = "stable" }`)
+    /// and use `{environment_url}` and `{commit}`.
     #[serde(default)]
     pub build_args: BTreeMap<String, BuildArg>,
 }

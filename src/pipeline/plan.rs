@@ -213,7 +213,10 @@ pub fn plan(
                                 Base::Prod => prod.clone(),
                             },
                         };
-                        (k.clone(), fill(&value, &[("environment_url", &env_url)]))
+                        (
+                            k.clone(),
+                            fill(&value, &[("environment_url", &env_url), ("commit", sha)]),
+                        )
                     })
                     .collect();
                 steps.push(BuildStep::Source {
@@ -465,7 +468,8 @@ mod tests {
         assert!(!image(&p, "packit-service").deployed);
         assert!(
             matches!(&dash.steps[0], BuildStep::Source { build_args, .. }
-            if build_args.get("API_URL").map(String::as_str) == Some("https://dev.packit.dev/api"))
+            if build_args.get("REACT_APP_API_URL").map(String::as_str) == Some("https://dev.packit.dev/api")
+            && build_args.get("REACT_APP_GIT_SHA") == Some(&sha('f')))
         );
     }
 
