@@ -500,6 +500,144 @@ impl GitHub {
     }
 }
 
+/// A check run's state as deploybot reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CheckRun {
+    pub name: String,
+    /// `queued`, `in_progress` or `completed`.
+    pub status: String,
+    /// With `completed`: `success`, `failure`, `cancelled`, `timed_out`, ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conclusion: Option<String>,
+    pub external_id: String,
+    pub details_url: String,
+    pub output: CheckRunOutput,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CheckRunOutput {
+    pub title: String,
+    pub summary: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+impl GitHub {
+    /// Create a check run on `head_sha`; returns its id.
+    pub async fn create_check_run(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        head_sha: &str,
+        run: &CheckRun,
+    ) -> GhResult<u64> {
+        #[derive(Deserialize)]
+        struct Created {
+            id: u64,
+        }
+        let mut body =
+            serde_json::to_value(run).map_err(|e| GitHubError::Transport(e.to_string()))?;
+        body["head_sha"] = serde_json::json!(head_sha);
+        let client = self.installation(inst)?;
+        let created: Created = client
+            .post(format!("{}/check-runs", repo.path()), Some(&body))
+            .await?;
+        Ok(created.id)
+    }
+
+    /// Update a check run (the whole state: the last update wins).
+    pub async fn update_check_run(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        id: u64,
+        run: &CheckRun,
+    ) -> GhResult<()> {
+        let client = self.installation(inst)?;
+        client
+            .patch::<serde_json::Value, _, _>(format!("{}/check-runs/{id}", repo.path()), Some(run))
+            .await?;
+        Ok(())
+    }
+
+    /// Replace an issue comment's body.
+    pub async fn update_comment(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        comment: CommentId,
+        body: &str,
+    ) -> GhResult<()> {
+        let client = self.installation(inst)?;
+        client
+            .patch::<serde_json::Value, _, _>(
+                format!("{}/issues/comments/{}", repo.path(), comment.0),
+                Some(&serde_json::json!({ "body": body })),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Create a deployment of `git_ref` to `environment`; returns its id.
+    pub async fn create_deployment(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        git_ref: &str,
+        environment: &str,
+        description: &str,
+    ) -> GhResult<u64> {
+        #[derive(Deserialize)]
+        struct Created {
+            id: u64,
+        }
+        let client = self.installation(inst)?;
+        let body = serde_json::json!({
+            "ref": git_ref,
+            "environment": environment,
+            "description": description,
+            "auto_merge": false,
+            "required_contexts": [],
+            "transient_environment": true,
+            "production_environment": false,
+        });
+        let created: Created = client
+            .post(format!("{}/deployments", repo.path()), Some(&body))
+            .await?;
+        Ok(created.id)
+    }
+
+    /// Add a status (`queued`, `in_progress`, `success`, `failure`, `inactive`...) to a deployment.
+    pub async fn create_deployment_status(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        deployment: u64,
+        state: &str,
+        environment_url: Option<&str>,
+        log_url: &str,
+        description: &str,
+    ) -> GhResult<()> {
+        let client = self.installation(inst)?;
+        let mut body = serde_json::json!({
+            "state": state,
+            "log_url": log_url,
+            "description": description,
+            "auto_inactive": false,
+        });
+        if let Some(url) = environment_url {
+            body["environment_url"] = serde_json::json!(url);
+        }
+        client
+            .post::<_, serde_json::Value>(
+                format!("{}/deployments/{deployment}/statuses", repo.path()),
+                Some(&body),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
 /// Percent-encode anything but unreserved characters in one path segment.
 fn path_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
