@@ -522,6 +522,15 @@ pub struct CheckRunOutput {
     pub text: Option<String>,
 }
 
+/// A deployment status: `queued`, `in_progress`, `success`, `failure`, `inactive`...
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeploymentStatus<'a> {
+    pub state: &'a str,
+    pub environment_url: Option<&'a str>,
+    pub log_url: &'a str,
+    pub description: &'a str,
+}
+
 impl GitHub {
     /// Create a check run on `head_sha`; returns its id.
     pub async fn create_check_run(
@@ -607,25 +616,22 @@ impl GitHub {
         Ok(created.id)
     }
 
-    /// Add a status (`queued`, `in_progress`, `success`, `failure`, `inactive`...) to a deployment.
+    /// Add a status to a deployment.
     pub async fn create_deployment_status(
         &self,
         inst: InstallationId,
         repo: &RepoName,
         deployment: u64,
-        state: &str,
-        environment_url: Option<&str>,
-        log_url: &str,
-        description: &str,
+        status: &DeploymentStatus<'_>,
     ) -> GhResult<()> {
         let client = self.installation(inst)?;
         let mut body = serde_json::json!({
-            "state": state,
-            "log_url": log_url,
-            "description": description,
+            "state": status.state,
+            "log_url": status.log_url,
+            "description": status.description,
             "auto_inactive": false,
         });
-        if let Some(url) = environment_url {
+        if let Some(url) = status.environment_url {
             body["environment_url"] = serde_json::json!(url);
         }
         client
