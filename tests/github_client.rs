@@ -117,17 +117,15 @@ async fn writes_check_runs_comments_and_deployments() {
         .create_deployment(inst, &repo, SHA, "dev", "deploybot request #42")
         .await
         .expect("deployment");
-    gh.create_deployment_status(
-        inst,
-        &repo,
-        deployment,
-        "success",
-        Some("https://dev.example.org"),
-        "https://deploybot.example.org/jobs/42",
-        "deployed",
-    )
-    .await
-    .expect("status");
+    let status = DeploymentStatus {
+        state: "success",
+        environment_url: Some("https://dev.example.org"),
+        log_url: "https://deploybot.example.org/jobs/42",
+        description: "deployed",
+    };
+    gh.create_deployment_status(inst, &repo, deployment, &status)
+        .await
+        .expect("status");
     let statuses = fake.deployment_statuses(deployment);
     assert_eq!(statuses.last().expect("status")["state"], "success");
     assert_eq!(
