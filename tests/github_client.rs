@@ -5,7 +5,8 @@
 mod support;
 
 use deploybot::github::{
-    CheckRun, CheckRunOutput, CommentId, GitHub, GitHubSettings, InstallationId, RepoName,
+    CheckRun, CheckRunOutput, CommentId, DeploymentStatus, GitHub, GitHubSettings, InstallationId,
+    RepoName,
 };
 use support::fake_github::FakeGitHub;
 use support::harness::*;
