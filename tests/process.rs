@@ -256,6 +256,35 @@ async fn serve_on_the_embedded_default_runs_a_dry_run_deployment() {
 }
 
 #[test]
+fn migrate_creates_and_upgrades_the_database() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let db = tmp.path().join("state.db");
+    for _ in 0..2 {
+        let out = Command::new(env!("CARGO_BIN_EXE_deploybot"))
+            .arg("migrate")
+            .env("DATABASE_URL", format!("sqlite://{}", db.display()))
+            .env_remove("DEPLOYBOT_CONFIG")
+            .output()
+            .expect("runs");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(said.contains("migrations applied"), "{said}");
+    }
+    assert!(db.exists());
+    let bad = Command::new(env!("CARGO_BIN_EXE_deploybot"))
+        .arg("migrate")
+        .env("DATABASE_URL", "mysql://nope")
+        .output()
+        .expect("runs");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("postgres:// or sqlite://"));
+}
+
+#[test]
 fn receive_without_a_secret_says_what_is_missing() {
     let out = Command::new(env!("CARGO_BIN_EXE_deploybot"))
         .args(["receive", "--event", "ping", "--payload", "/nonexistent"])

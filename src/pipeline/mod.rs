@@ -1015,7 +1015,9 @@ impl Pipeline {
                     Store::hold_environment(&mut tx, &environment.name, None, previous, until)
                         .await?;
                 }
-                Store::add_event(&mut tx, job.id, "waiting", &why).await?;
+                if job.step != "waiting" {
+                    Store::add_event(&mut tx, job.id, "waiting", &why).await?;
+                }
                 let run_after = tx.now + WAIT_POLL_MS;
                 Store::requeue(&mut tx, job.id, "waiting", run_after).await?;
                 tx.commit().await?;
