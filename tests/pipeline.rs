@@ -124,6 +124,8 @@ async fn dry_run_environment_takes_a_request_through_every_step(db: Db) {
     assert_eq!(plan["environment"], "dev");
     assert_eq!(job["pinned"][0]["sha"].as_str().map(str::len), Some(40));
     assert_eq!(holder(&t).await, Some(id));
+    let comment_id = comment_id_for(614, "/deploy ogr=123");
+    assert_eq!(t.github.reactions(comment_id), ["eyes", "rocket"]);
     t.github.take_comments("packit/packit-service", 614);
 }
 
@@ -288,6 +290,10 @@ async fn closed_pr_fails_resolution_with_a_clear_reason(db: Db) {
             .as_str()
             .expect("error")
             .contains("packit/ogr#5 is closed")
+    );
+    assert_eq!(
+        t.github.reactions(comment_id_for(614, "/deploy ogr=5")),
+        ["eyes", "confused"]
     );
     comment(&t, 614, "/deploy ogr=99", "alice").await;
     t.run().await;

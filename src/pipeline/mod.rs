@@ -107,6 +107,7 @@ impl Pipeline {
     ) -> Result<(), StoreError> {
         let mut tx = self.store.begin().await?;
         if Store::finish_job(&mut tx, job.id, state, conclusion, error).await? {
+            Pipeline::end_reaction(&mut tx, job, conclusion == "success").await?;
             let message = match error {
                 Some(e) => format!("{conclusion}: {e}"),
                 None => conclusion.to_string(),
@@ -249,7 +250,9 @@ impl Pipeline {
             ),
         )
         .await?;
-        Store::finish_job(&mut tx, job.id, "succeeded", "success", None).await?;
+        if Store::finish_job(&mut tx, job.id, "succeeded", "success", None).await? {
+            Pipeline::end_reaction(&mut tx, job, true).await?;
+        }
         Store::add_event(&mut tx, job.id, "end", "success").await?;
         tx.commit().await?;
         self.sync_lease_expiry(job, &environment, until).await;
@@ -1139,6 +1142,21 @@ impl Pipeline {
             }
             Err(e) => tracing::warn!(job = job.id, error = %e, "cannot reach the cluster"),
         }
+    }
+
+    /// 🚀 or 😕 on the command's comment when the request ends.
+    async fn end_reaction(tx: &mut Tx, job: &Job, success: bool) -> Result<(), StoreError> {
+        if let Some(comment_id) = job.comment_id {
+            Report::Reaction {
+                repo: job.repo.clone(),
+                installation_id: job.installation_id,
+                comment_id,
+                content: if success { "rocket" } else { "confused" }.into(),
+            }
+            .enqueue(tx, Some(job.id))
+            .await?;
+        }
+        Ok(())
     }
 
     /// Tell the holder PR that its hold ended.
