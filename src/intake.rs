@@ -52,6 +52,8 @@ pub enum Trigger {
 }
 
 const LOCK_MS: i64 = 60_000;
+/// Attempts to authorise a trigger while GitHub fails, before giving up.
+const MAX_ATTEMPTS: i64 = 12;
 
 pub struct Intake {
     store: Store,
@@ -105,6 +107,22 @@ impl Intake {
         match self.process(claimed.id, &claimed.payload).await {
             Ok(()) => {}
             Err(IntakeError::Store(e)) => return Err(e),
+            Err(IntakeError::GitHub(e))
+                if !e.is_transient() || claimed.attempts >= MAX_ATTEMPTS =>
+            {
+                // Asking again will not help (a bad key, the App not installed
+                // on the repository, GitHub refusing): give up, loudly.
+                tracing::error!(
+                    trigger = claimed.id,
+                    attempts = claimed.attempts,
+                    error = %e,
+                    "cannot authorise this trigger; giving up"
+                );
+                self.finish(claimed.id).await.map_err(|e| match e {
+                    IntakeError::Store(e) => e,
+                    IntakeError::GitHub(e) => StoreError::Config(e.to_string()),
+                })?;
+            }
             Err(IntakeError::GitHub(e)) => {
                 let delay = e.retry_after().unwrap_or(Duration::from_secs(
                     2u64.saturating_pow(claimed.attempts.clamp(0, 9) as u32),
@@ -190,8 +208,12 @@ impl Intake {
                             .await?;
                     }
                 }
-                Store::finish_trigger(&mut tx, trigger_id).await?;
-                tx.commit().await?;
+                if Store::finish_trigger(&mut tx, trigger_id).await? {
+                    tx.commit().await?;
+                } else {
+                    // Another processor finished it while this one waited on GitHub.
+                    tx.rollback().await?;
+                }
             }
             Trigger::Label {
                 repo,
@@ -267,8 +289,12 @@ impl Intake {
                             .await?;
                     }
                 }
-                Store::finish_trigger(&mut tx, trigger_id).await?;
-                tx.commit().await?;
+                if Store::finish_trigger(&mut tx, trigger_id).await? {
+                    tx.commit().await?;
+                } else {
+                    // Another processor finished it while this one waited on GitHub.
+                    tx.rollback().await?;
+                }
             }
         }
         Ok(())
@@ -277,8 +303,11 @@ impl Intake {
     /// Mark a trigger done without effects (it cannot be acted on).
     async fn finish(&self, trigger_id: i64) -> Result<(), IntakeError> {
         let mut tx = self.store.begin().await?;
-        Store::finish_trigger(&mut tx, trigger_id).await?;
-        tx.commit().await?;
+        if Store::finish_trigger(&mut tx, trigger_id).await? {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
         Ok(())
     }
 
@@ -423,11 +452,15 @@ impl Intake {
         let reason = format!("cancelled by @{author}");
         let mut done = Vec::new();
         for job in jobs {
-            if job.state == "queued" {
-                if Store::finish_job(tx, job.id, "cancelled", "cancelled", Some(&reason)).await? {
-                    Store::add_event(tx, job.id, "end", &format!("cancelled: {reason}")).await?;
-                    done.push(format!("#{} (was queued)", job.id));
+            if job.state == "queued" && Store::cancel_queued_job(tx, job.id, &reason).await? {
+                Store::add_event(tx, job.id, "end", &format!("cancelled: {reason}")).await?;
+                if let Some(r) = Report::end_reaction(&job, false) {
+                    r.enqueue(tx, Some(job.id)).await?;
                 }
+                if let Some(env) = self.config.environment(&job.environment) {
+                    Store::release_environment(tx, &env.name, job.id, false).await?;
+                }
+                done.push(format!("#{} (was queued)", job.id));
             } else if Store::request_cancel(tx, job.id).await? {
                 Store::add_event(tx, job.id, "cancel", &format!("{reason}; stopping")).await?;
                 done.push(format!("#{} (stopping during `{}`)", job.id, job.step));

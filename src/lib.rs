@@ -150,7 +150,27 @@ impl App {
 
     /// Run jobs until `shutdown` flips: woken by new jobs in this process
     /// (and, on PostgreSQL, by other processes), with a poll as a safety net.
-    pub async fn run_worker(&self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run_worker(&self, shutdown: watch::Receiver<bool>) {
+        // Holds expire and dead workers are reaped even while a long job runs.
+        let maintenance = async {
+            let mut shutdown = shutdown.clone();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                    _ = shutdown.changed() => {}
+                }
+                if *shutdown.borrow() {
+                    return;
+                }
+                if let Err(e) = self.worker.maintain().await {
+                    tracing::error!(error = %e, "maintenance failed; retrying shortly");
+                }
+            }
+        };
+        tokio::join!(maintenance, self.run_jobs(shutdown.clone()));
+    }
+
+    async fn run_jobs(&self, mut shutdown: watch::Receiver<bool>) {
         let jobs_wake = self.state.jobs_wake.clone();
         let mut listener = match self.state.store.listen().await {
             Ok(l) => l,

@@ -58,6 +58,16 @@ impl Report {
         }
     }
 
+    /// 🚀 (success) or 😕 on the comment that asked for `job`, if one did.
+    pub fn end_reaction(job: &crate::store::Job, success: bool) -> Option<Report> {
+        job.comment_id.map(|comment_id| Report::Reaction {
+            repo: job.repo.clone(),
+            installation_id: job.installation_id,
+            comment_id,
+            content: if success { "rocket" } else { "confused" }.into(),
+        })
+    }
+
     /// Queue this report inside the caller's transaction.
     pub async fn enqueue(&self, tx: &mut Tx, job_id: Option<i64>) -> Result<i64, StoreError> {
         Store::enqueue_report(tx, job_id, self.kind(), self).await

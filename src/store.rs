@@ -321,15 +321,18 @@ impl Store {
         row.map(|row| Claimed::from_row(&row)).transpose()
     }
 
-    pub async fn finish_trigger(tx: &mut Tx, id: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE triggers SET state = 'done', locked_until = NULL, updated_at = $2 WHERE id = $1",
+    /// Mark a trigger done; false if another processor finished it first
+    /// (its lock ran out while this one worked): the caller rolls back.
+    pub async fn finish_trigger(tx: &mut Tx, id: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE triggers SET state = 'done', locked_until = NULL, updated_at = $2 \
+             WHERE id = $1 AND state = 'pending'",
         )
         .bind(id)
         .bind(tx.now)
         .execute(tx.conn())
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     /// Put a trigger back for a later attempt (GitHub was unreachable).
@@ -775,7 +778,9 @@ impl Store {
     pub async fn requeue(tx: &mut Tx, job_id: i64, step: &str, run_after: i64) -> Result<()> {
         sqlx::query(
             "UPDATE jobs SET state = 'queued', step = $2, run_after = $3, lease_owner = NULL, \
-             lease_expires_at = NULL, updated_at = $4 WHERE id = $1 AND state = 'running'",
+             lease_expires_at = NULL, updated_at = $4, \
+             attempts = CASE WHEN $2 = 'waiting' THEN attempts - 1 ELSE attempts END \
+             WHERE id = $1 AND state = 'running'",
         )
         .bind(job_id)
         .bind(step)
@@ -803,6 +808,20 @@ impl Store {
         .bind(state)
         .bind(conclusion)
         .bind(error)
+        .bind(tx.now)
+        .execute(tx.conn())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Cancel a job only if it is still queued (not claimed meanwhile).
+    pub async fn cancel_queued_job(tx: &mut Tx, job_id: i64, reason: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = 'cancelled', conclusion = 'cancelled', error = $2, \
+             finished_at = $3, updated_at = $3 WHERE id = $1 AND state = 'queued'",
+        )
+        .bind(job_id)
+        .bind(reason)
         .bind(tx.now)
         .execute(tx.conn())
         .await?;
@@ -1052,7 +1071,8 @@ impl Store {
     /// Holds whose time is up.
     pub async fn expired_holds(&self) -> Result<Vec<EnvironmentRow>> {
         let rows = sqlx::query(
-            "SELECT * FROM environments WHERE holder_job IS NOT NULL AND held_until < $1 ORDER BY name",
+            "SELECT * FROM environments WHERE holder_job IS NOT NULL AND held_until < $1 \
+             AND holder_job NOT IN (SELECT id FROM jobs WHERE state = 'running') ORDER BY name",
         )
         .bind(self.clock.now_ms())
         .fetch_all(&self.pool)

@@ -489,7 +489,12 @@ async fn commit(
                     let Some(holder) = env.holder_job else {
                         continue;
                     };
-                    if Store::job_references_pr(&mut tx, holder, repo, *number).await?
+                    // A running holder was asked to stop above; its end frees it.
+                    let running = Store::job_in(&mut tx, holder)
+                        .await?
+                        .is_some_and(|j| j.state == "running");
+                    if !running
+                        && Store::job_references_pr(&mut tx, holder, repo, *number).await?
                         && Store::release_environment(&mut tx, &env.name, holder, true).await?
                     {
                         Store::add_event(

@@ -166,9 +166,12 @@ impl Worker {
                 }
                 continue;
             }
+            // Ours and ended (a queued or running job may be about to lock, or
+            // still deploying: its Lease stays).
             let ours = self.store().get_job(leased).await?.is_some_and(|job| {
                 job.environment == name
                     && lease.requested_by.as_deref() == Some(job.requested_by.as_str())
+                    && !matches!(job.state.as_str(), "queued" | "running")
             });
             if ours {
                 match cluster.release_lock(&ns, leased).await {
@@ -210,6 +213,9 @@ impl Worker {
             let error = format!("the worker running this job stopped during `{step}`");
             if Store::finish_job(&mut tx, job.id, "failed", "failure", Some(&error)).await? {
                 Store::add_event(&mut tx, job.id, "end", &format!("failure: {error}")).await?;
+                if let Some(report) = crate::report::Report::end_reaction(job, false) {
+                    report.enqueue(&mut tx, Some(job.id)).await?;
+                }
             }
             let dirty = DIRTYING.contains(&step);
             if Store::release_environment(&mut tx, &job.environment, job.id, dirty).await? {

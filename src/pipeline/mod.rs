@@ -113,15 +113,17 @@ impl Pipeline {
                 None => conclusion.to_string(),
             };
             Store::add_event(&mut tx, job.id, "end", &message).await?;
-            if Store::release_environment(&mut tx, &job.environment, job.id, dirty).await? {
-                Store::add_event(
-                    &mut tx,
-                    job.id,
-                    "release",
-                    &format!("released {}", job.environment),
-                )
-                .await?;
-            }
+        }
+        // Whoever ended the job (this worker, or a cancel that won a race),
+        // what it holds is freed.
+        if Store::release_environment(&mut tx, &job.environment, job.id, dirty).await? {
+            Store::add_event(
+                &mut tx,
+                job.id,
+                "release",
+                &format!("released {}", job.environment),
+            )
+            .await?;
         }
         tx.commit().await?;
         self.release_lease(job).await;
@@ -252,6 +254,18 @@ impl Pipeline {
         .await?;
         if Store::finish_job(&mut tx, job.id, "succeeded", "success", None).await? {
             Pipeline::end_reaction(&mut tx, job, true).await?;
+        } else {
+            // Cancelled meanwhile: hold nothing.
+            tx.rollback().await?;
+            self.finish(
+                job,
+                "cancelled",
+                "cancelled",
+                Some("cancelled while deploying"),
+                true,
+            )
+            .await?;
+            return Ok(Outcome::Cancelled);
         }
         Store::add_event(&mut tx, job.id, "end", "success").await?;
         tx.commit().await?;
@@ -266,10 +280,27 @@ impl Pipeline {
         let rows = Store::environments_in(&mut tx).await?;
         let now = tx.now;
         let configured = |name: &str| self.config.environment(name).is_some();
-        let free = rows
-            .iter()
-            .filter(|r| configured(&r.name))
-            .find(|r| r.holder_job.is_none() || r.held_until.is_some_and(|u| u < now));
+        let mut holders = std::collections::HashMap::new();
+        for id in rows.iter().filter_map(|r| r.holder_job) {
+            if let Some(h) = Store::job_in(&mut tx, id).await? {
+                holders.insert(id, h);
+            }
+        }
+        // A newer request from a PR replaces that PR's own deployment.
+        let own = rows.iter().filter(|r| configured(&r.name)).find(|r| {
+            r.holder_job
+                .and_then(|id| holders.get(&id))
+                .is_some_and(|h| h.repo == job.repo && h.number == job.number)
+        });
+        let free = own.or_else(|| {
+            rows.iter().filter(|r| configured(&r.name)).find(|r| {
+                let running = r
+                    .holder_job
+                    .and_then(|id| holders.get(&id))
+                    .is_some_and(|h| h.state == "running");
+                r.holder_job.is_none() || (!running && r.held_until.is_some_and(|u| u < now))
+            })
+        });
         let soonest = rows
             .iter()
             .filter(|r| configured(&r.name))
@@ -436,9 +467,8 @@ impl Pipeline {
                         Ok::<(), StepError>(())
                     }
                 });
-                for result in futures_util::future::join_all(builds).await {
-                    result?;
-                }
+                // The first failure stops the others (their processes are killed).
+                futures_util::future::try_join_all(builds).await?;
                 self.event(
                     job.id,
                     "build",
@@ -485,9 +515,8 @@ impl Pipeline {
                         Ok::<(), StepError>(())
                     }
                 });
-                for result in futures_util::future::join_all(builds).await {
-                    result?;
-                }
+                // The first failure stops the others (their processes are killed).
+                futures_util::future::try_join_all(builds).await?;
                 self.event(
                     job.id,
                     "build",
@@ -944,10 +973,12 @@ impl Pipeline {
         let replaces = holder_job.as_ref().is_some_and(|h| {
             h.state == "succeeded" && h.repo == job.repo && h.number == job.number
         });
+        // A hold past its time is free, unless its job is still deploying.
         let expired = row
             .as_ref()
             .and_then(|r| r.held_until)
-            .is_some_and(|until| until < tx.now);
+            .is_some_and(|until| until < tx.now)
+            && holder_job.as_ref().is_none_or(|h| h.state != "running");
         let free = holder.is_none() || holder == Some(job.id) || expired || replaces;
         let earlier_waiting = queue
             .iter()
@@ -998,11 +1029,22 @@ impl Pipeline {
             tx.commit().await?;
             return Ok(false);
         }
-        let may_replace: Vec<i64> = holder_job
+        let mut may_replace: Vec<i64> = holder_job
             .iter()
-            .filter(|_| replaces)
+            .filter(|_| replaces || expired)
             .map(|h| h.id)
             .collect();
+        // The Lease may still name the previous holder until the worker
+        // reconciles it: an ended previous job may be replaced.
+        if let Some(last) = row.as_ref().and_then(|r| r.last_job)
+            && last != job.id
+            && Some(last) != holder
+            && Store::job_in(&mut tx, last)
+                .await?
+                .is_some_and(|j| !matches!(j.state.as_str(), "queued" | "running"))
+        {
+            may_replace.push(last);
+        }
         if let Some(ns) = environment.cluster_namespace() {
             // The cluster lock: only with the resourceVersion we read.
             tx.commit().await?;
@@ -1146,15 +1188,8 @@ impl Pipeline {
 
     /// 🚀 or 😕 on the command's comment when the request ends.
     async fn end_reaction(tx: &mut Tx, job: &Job, success: bool) -> Result<(), StoreError> {
-        if let Some(comment_id) = job.comment_id {
-            Report::Reaction {
-                repo: job.repo.clone(),
-                installation_id: job.installation_id,
-                comment_id,
-                content: if success { "rocket" } else { "confused" }.into(),
-            }
-            .enqueue(tx, Some(job.id))
-            .await?;
+        if let Some(report) = Report::end_reaction(job, success) {
+            report.enqueue(tx, Some(job.id)).await?;
         }
         Ok(())
     }
