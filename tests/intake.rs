@@ -37,6 +37,7 @@ on_both_backends!(
     reporter_crash_after_posting_does_not_post_twice,
     github_outage_delays_but_loses_nothing,
     reporter_retries_a_failed_report_with_backoff,
+    hopeless_github_errors_end_the_trigger,
     api_reads_jobs_and_hides_secrets,
 );
 
@@ -873,4 +874,27 @@ async fn healthz_says_github_reporting_is_off_without_credentials() {
     t.settle().await;
     assert!(t.jobs().await.is_empty());
     assert!(t.github.requests().is_empty());
+}
+
+async fn hopeless_github_errors_end_the_trigger(db: Db) {
+    let t = TestApp::start(db).await;
+    // The App lost access: GitHub answers 403 without a rate limit.
+    t.github.fail_next(
+        "GET",
+        "/repos/packit/packit-service/collaborators",
+        403,
+        1,
+        vec![],
+    );
+    let event = comment_event("packit/packit-service", 614, true, "/deploy", "alice");
+    t.deliver("issue_comment", &event).await;
+    t.settle().await;
+    let store = &t.app.state.store;
+    assert_eq!(
+        store.pending_triggers().await.expect("count"),
+        0,
+        "not retried forever"
+    );
+    assert!(t.jobs().await.is_empty());
+    check_clean(&t.github);
 }

@@ -25,6 +25,7 @@ on_both_backends!(
     requests_without_env_take_the_first_free_environment_of_the_pool,
     closing_or_unlabelling_a_pr_ends_its_hold,
     slow_github_times_resolve_out,
+    a_deploying_jobs_hold_does_not_expire_under_it,
 );
 
 const SHA_SERVICE: &str = "1111111111111111111111111111111111111111";
@@ -484,6 +485,14 @@ async fn requests_without_env_take_the_first_free_environment_of_the_pool(db: Db
     let jobs = t.jobs().await;
     let third = jobs.iter().find(|j| j["pull_request"] == 800).expect("job");
     assert_eq!(third["state"], "succeeded", "{jobs:?}");
+    // A newer request from a PR that holds one environment replaces it there.
+    comment(&t, 614, "/deploy ogr=123", "alice").await;
+    t.github
+        .add_pull("packit/ogr", 123, SHA_OGR, "x", "open", "alice", &[]);
+    t.run().await;
+    let newest = t.last_job().await;
+    assert_eq!(newest["state"], "succeeded", "{newest}");
+    assert_eq!(newest["environment"], "dev");
     t.github.take_comments("packit/packit-service", 700);
 }
 
@@ -551,4 +560,45 @@ async fn slow_github_times_resolve_out(db: Db) {
     assert_eq!(holder(&t).await, None);
     t.github.set_latency(Duration::ZERO);
     t.github.take_comments("packit/packit-service", 614);
+}
+
+async fn a_deploying_jobs_hold_does_not_expire_under_it(db: Db) {
+    let t = dry_app(db).await;
+    let store = &t.app.state.store;
+    comment(&t, 614, "/deploy", "alice").await;
+    t.settle().await;
+    // A slow worker is deploying: it holds dev, its lease is fresh, the
+    // provisional hold time has passed.
+    let slow = store
+        .claim_job("slow-worker", 3_600_000)
+        .await
+        .expect("claim")
+        .expect("job");
+    let mut tx = store.begin().await.expect("tx");
+    let until = tx.now + 1_000;
+    assert!(
+        deploybot::store::Store::hold_environment(&mut tx, "dev", None, slow.id, until)
+            .await
+            .expect("hold")
+    );
+    deploybot::store::Store::set_step(&mut tx, slow.id, "deploy")
+        .await
+        .expect("step");
+    tx.commit().await.expect("commit");
+    t.advance(Duration::from_secs(120));
+    comment(&t, 700, "/deploy", "bob").await;
+    t.run().await;
+    assert_eq!(
+        holder(&t).await,
+        Some(slow.id),
+        "still held by the deploying job"
+    );
+    let waiting = t.last_job().await;
+    assert_eq!(waiting["state"], "queued", "{waiting}");
+    assert!(
+        t.github
+            .take_comments("packit/packit-service", 614)
+            .is_empty(),
+        "no expiry notice"
+    );
 }
