@@ -250,20 +250,20 @@ async fn builds_checkouts_and_deploys_with_commands(db: Db) {
     // Source builds of both packit-service images at the PR's commit...
     for image in ["packit-service", "packit-worker"] {
         let target = format!(
-            "built quay.io/packit/{image}:packit-service-{}",
+            "built quay.io/packit/{image}:packit-service-{}-stg",
             short(&w.service_sha)
         );
         assert!(log.contains(&target), "{log}");
         // ...then overlays FROM them that install ogr at its pinned commit.
         let overlay = format!(
-            "built quay.io/packit/{image}:packit-service-{}-ogr-{}",
+            "built quay.io/packit/{image}:packit-service-{}-stg-ogr-{}",
             short(&w.service_sha),
             short(&w.ogr_sha)
         );
         assert!(log.contains(&overlay), "{log}");
     }
     assert!(log.contains(&format!(
-        "FROM quay.io/packit/packit-worker:packit-service-{}",
+        "FROM quay.io/packit/packit-worker:packit-service-{}-stg",
         short(&w.service_sha)
     )));
     assert!(
@@ -287,7 +287,7 @@ async fn builds_checkouts_and_deploys_with_commands(db: Db) {
     assert_eq!(
         vars["image"],
         format!(
-            "quay.io/packit/packit-service:packit-service-{}-ogr-{}",
+            "quay.io/packit/packit-service:packit-service-{}-stg-ogr-{}",
             short(&w.service_sha),
             short(&w.ogr_sha)
         )

@@ -188,7 +188,7 @@ async fn multi_repository_request_end_to_end(db: Db) {
     let job = w.t.last_job().await;
     assert_eq!(job["state"], "succeeded", "{job}");
     let id = job["id"].as_i64().expect("id");
-    let tag = "packit-service-111111111111-ogr-222222222222";
+    let tag = "packit-service-111111111111-stg-ogr-222222222222";
 
     // Four Builds: packit-service and packit-worker from source at the PR's
     // commit, then an overlay of each that installs ogr.
@@ -204,9 +204,9 @@ async fn multi_repository_request_end_to_end(db: Db) {
         })
         .collect();
     for expected in [
-        "quay.io/packit/packit-service:packit-service-111111111111".to_string(),
+        "quay.io/packit/packit-service:packit-service-111111111111-stg".to_string(),
         format!("quay.io/packit/packit-service:{tag}"),
-        "quay.io/packit/packit-worker:packit-service-111111111111".to_string(),
+        "quay.io/packit/packit-worker:packit-service-111111111111-stg".to_string(),
         format!("quay.io/packit/packit-worker:{tag}"),
     ] {
         assert!(outputs.contains(&expected), "{expected} in {outputs:?}");

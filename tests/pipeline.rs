@@ -114,8 +114,9 @@ async fn dry_run_environment_takes_a_request_through_every_step(db: Db) {
     );
     assert!(events(&job, "build").contains("dry-run"), "{job}");
     assert!(
-        events(&job, "build")
-            .contains("quay.io/packit/packit-worker:packit-service-111111111111-ogr-222222222222"),
+        events(&job, "build").contains(
+            "quay.io/packit/packit-worker:packit-service-111111111111-stg-ogr-222222222222"
+        ),
         "{job}"
     );
     assert!(events(&job, "deploy").contains("skipped (dry-run environment)"));

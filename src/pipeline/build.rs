@@ -77,8 +77,9 @@ pub fn stages(image: &ImagePlan, base: &str) -> Vec<Stage> {
                 sha,
                 containerfile,
                 build_args,
+                tag,
             } => {
-                let target = format!("{}:{component}-{}", image.image, &sha[..12.min(sha.len())]);
+                let target = format!("{}:{tag}", image.image);
                 stages.push(Stage {
                     image: image.image.clone(),
                     target: target.clone(),
@@ -273,6 +274,7 @@ mod tests {
             sha: "a".repeat(40),
             containerfile: "files/docker/Dockerfile.worker".into(),
             build_args: BTreeMap::from([("SOURCE_BRANCH".into(), "main".into())]),
+            tag: "packit-service-aaaaaaaaaaaa-stg".into(),
         }
     }
 
@@ -297,11 +299,11 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert_eq!(
             s[0].target,
-            "quay.io/packit/packit-worker:packit-service-aaaaaaaaaaaa"
+            "quay.io/packit/packit-worker:packit-service-aaaaaaaaaaaa-stg"
         );
         let file = s[1].overlay_containerfile().expect("overlay");
         assert!(
-            file.starts_with("FROM quay.io/packit/packit-worker:packit-service-aaaaaaaaaaaa\n")
+            file.starts_with("FROM quay.io/packit/packit-worker:packit-service-aaaaaaaaaaaa-stg\n")
         );
         assert_eq!(file.matches("RUN pip3 install").count(), 2);
         assert_eq!(s[1].target, "quay.io/packit/packit-worker:final");
@@ -357,7 +359,7 @@ mod tests {
                 "-f",
                 "/w/src/Dockerfile",
                 "-t",
-                "quay.io/packit/packit-worker:packit-service-aaaaaaaaaaaa",
+                "quay.io/packit/packit-worker:packit-service-aaaaaaaaaaaa-stg",
                 "--build-arg",
                 "SOURCE_BRANCH=main",
                 "/w/src"

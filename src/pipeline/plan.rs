@@ -31,6 +31,10 @@ pub enum BuildStep {
         sha: String,
         containerfile: String,
         build_args: BTreeMap<String, String>,
+        /// The tag this build produces: `<component>-<sha12>`, with the base
+        /// and/or the environment when the build arguments depend on them, so
+        /// that a tag always names one content.
+        tag: String,
     },
     /// `FROM` the previous image (or the base tag), install a library at `sha`.
     Overlay {
@@ -219,14 +223,35 @@ pub fn plan(
                         )
                     })
                     .collect();
+                let mut tag = format!("{}-{}", owner.name, short(sha));
+                let raw = |v: &BuildArg| match v {
+                    BuildArg::Fixed(s) => vec![s.clone()],
+                    BuildArg::PerBase { stg, prod } => vec![stg.clone(), prod.clone()],
+                };
+                if image
+                    .build_args
+                    .values()
+                    .any(|v| matches!(v, BuildArg::PerBase { .. }))
+                {
+                    tag.push_str(&format!("-{}", base.as_str()));
+                }
+                if image
+                    .build_args
+                    .values()
+                    .flat_map(raw)
+                    .any(|v| v.contains("{environment_url}"))
+                {
+                    tag.push_str(&format!("-{}", environment.name));
+                }
+                tag_parts.push(tag.clone());
                 steps.push(BuildStep::Source {
                     component: owner.name.clone(),
                     repo: owner.repo.clone(),
                     sha: sha.to_string(),
                     containerfile: image.containerfile.clone(),
                     build_args,
+                    tag,
                 });
-                tag_parts.push(format!("{}-{}", owner.name, short(sha)));
             }
             for lib in libraries.iter().filter(|l| l.changes.contains(&image.name)) {
                 let sha = sha_of(&lib.name).unwrap_or_default();
@@ -386,7 +411,10 @@ mod tests {
         let p = plan_for("packit-service=614 ogr=123").expect("plan");
         let worker = image(&p, "packit-worker");
         assert_eq!(worker.action, ImageAction::BuildAndOverlay);
-        assert_eq!(worker.tag, "packit-service-aaaaaaaaaaaa-ogr-bbbbbbbbbbbb");
+        assert_eq!(
+            worker.tag,
+            "packit-service-aaaaaaaaaaaa-stg-ogr-bbbbbbbbbbbb"
+        );
         assert!(
             matches!(&worker.steps[0], BuildStep::Source { containerfile, build_args, .. }
             if containerfile == "files/docker/Dockerfile.worker"
@@ -406,7 +434,7 @@ mod tests {
         let p = plan_for("--base=prod packit-service=614").expect("plan");
         let service = image(&p, "packit-service");
         assert_eq!(service.action, ImageAction::Build);
-        assert_eq!(service.tag, "packit-service-aaaaaaaaaaaa");
+        assert_eq!(service.tag, "packit-service-aaaaaaaaaaaa-prod");
         assert!(
             matches!(&service.steps[0], BuildStep::Source { build_args, .. }
             if build_args.get("SOURCE_BRANCH").map(String::as_str) == Some("stable"))
@@ -465,6 +493,10 @@ mod tests {
         let dash = image(&p, "dashboard");
         assert_eq!(dash.action, ImageAction::Build);
         assert!(dash.deployed);
+        assert_eq!(
+            dash.tag, "dashboard-ffffffffffff-dev",
+            "the API URL is the environment's"
+        );
         assert!(!image(&p, "packit-service").deployed);
         assert!(
             matches!(&dash.steps[0], BuildStep::Source { build_args, .. }
