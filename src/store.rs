@@ -445,7 +445,7 @@ impl Store {
         let rows = sqlx::query(
             "UPDATE jobs SET state = $3, conclusion = $3, updated_at = $4, finished_at = $4, error = $5 \
              WHERE state = 'queued' AND id IN \
-             (SELECT job_id FROM job_pull_requests WHERE repo = $1 AND number = $2) RETURNING id",
+             (SELECT job_id FROM job_pull_requests WHERE repo = $1 AND number = $2) RETURNING *",
         )
         .bind(repo)
         .bind(number)
@@ -454,14 +454,33 @@ impl Store {
         .bind(reason)
         .fetch_all(tx.conn())
         .await?;
-        let mut ids = rows
-            .iter()
-            .map(|r| r.try_get::<i64, _>(0))
-            .collect::<Result<Vec<_>, _>>()?;
-        ids.sort_unstable();
-        for id in &ids {
-            Store::add_event(tx, *id, state, reason).await?;
+        let jobs = rows.iter().map(Job::from_row).collect::<Result<Vec<_>>>()?;
+        Store::ended_without_deploying(tx, &jobs, state, reason).await
+    }
+
+    /// Events, 😕 on the asking comment (for cancelled ones; a superseded
+    /// request lives on in the newer one), and a freed environment for queued
+    /// jobs that just ended without deploying; returns their ids, sorted.
+    async fn ended_without_deploying(
+        tx: &mut Tx,
+        jobs: &[Job],
+        state: &str,
+        reason: &str,
+    ) -> Result<Vec<i64>> {
+        let mut ids = Vec::new();
+        for job in jobs {
+            Store::add_event(tx, job.id, state, reason).await?;
+            if state == "cancelled"
+                && let Some(report) = crate::report::Report::end_reaction(job, false)
+            {
+                report.enqueue(tx, Some(job.id)).await?;
+            }
+            // A re-queued job may still hold its environment (its worker died
+            // after locking, before anything was deployed): free it.
+            Store::release_environment(tx, &job.environment, job.id, false).await?;
+            ids.push(job.id);
         }
+        ids.sort_unstable();
         Ok(ids)
     }
 
@@ -907,7 +926,7 @@ impl Store {
     ) -> Result<Vec<i64>> {
         let rows = sqlx::query(
             "UPDATE jobs SET state = 'superseded', conclusion = 'superseded', updated_at = $3, \
-             finished_at = $3, error = $4 WHERE state = 'queued' AND repo = $1 AND number = $2 RETURNING id",
+             finished_at = $3, error = $4 WHERE state = 'queued' AND repo = $1 AND number = $2 RETURNING *",
         )
         .bind(repo)
         .bind(number)
@@ -915,14 +934,8 @@ impl Store {
         .bind(reason)
         .fetch_all(tx.conn())
         .await?;
-        let ids = rows
-            .iter()
-            .map(|r| r.try_get::<i64, _>(0))
-            .collect::<Result<Vec<_>, _>>()?;
-        for id in &ids {
-            Store::add_event(tx, *id, "superseded", reason).await?;
-        }
-        Ok(ids)
+        let jobs = rows.iter().map(Job::from_row).collect::<Result<Vec<_>>>()?;
+        Store::ended_without_deploying(tx, &jobs, "superseded", reason).await
     }
 
     /// Queued and running jobs for `environment`, oldest first.

@@ -503,6 +503,8 @@ async fn close_cancels_the_prs_queued_jobs(db: Db) {
     );
     assert_eq!(by_pr(700)["state"], "queued");
     t.settle().await;
+    let asked = comment_id_for(614, "/deploy ogr=123");
+    assert_eq!(t.github.reactions(asked), ["eyes", "confused"]);
     check_clean(&t.github);
 }
 
