@@ -196,6 +196,12 @@ impl Intake {
                     is_pull_request: *is_pull_request,
                     installation_id: *installation_id,
                 };
+                // Parse, and check the PRs named, before the transaction:
+                // nothing slow runs while it is open.
+                let prepared = match &decision {
+                    Decision::Allowed(_) => self.prepare(&origin, lines).await?,
+                    Decision::Denied(_) => Vec::new(),
+                };
                 let mut tx = self.store.begin().await?;
                 match decision {
                     Decision::Denied(why) => {
@@ -204,7 +210,7 @@ impl Intake {
                     }
                     Decision::Allowed(why) => {
                         tracing::info!(%repo, number, author, %why, "command authorised");
-                        self.apply_commands(&mut tx, &origin, *comment_id, author, lines)
+                        self.apply_commands(&mut tx, &origin, *comment_id, author, prepared)
                             .await?;
                     }
                 }
@@ -330,48 +336,108 @@ impl Intake {
         Ok(())
     }
 
+    /// Parse each command line; for deploy requests add the current PR and
+    /// check every PR named with GitHub (it must exist, be open and belong to
+    /// the component's repository: SPEC §3 answers those at once).
+    async fn prepare(
+        &self,
+        origin: &Origin,
+        lines: &[String],
+    ) -> Result<Vec<Prepared>, IntakeError> {
+        let vocab = self.config.vocabulary();
+        let mut out = Vec::new();
+        for line in lines {
+            let command = match parse_command(line, &vocab) {
+                Ok(command) => command,
+                Err(e) => {
+                    out.push(Prepared::Invalid(e.render(line)));
+                    continue;
+                }
+            };
+            let Command::Deploy(mut request) = command else {
+                out.push(Prepared::Command(command));
+                continue;
+            };
+            if origin.is_pull_request
+                && let Some(component) = self.config.component_by_repo(&origin.repo)
+                && let Ok(pr) = u64::try_from(origin.number)
+            {
+                request.include_current_pr(&component.name, pr);
+            }
+            if request.refs.is_empty() {
+                out.push(Prepared::Invalid(format!(
+                    "there is nothing to deploy: on an issue, name what to deploy, \
+                     for example `{} packit-service=614 ogr=123`. `{} help` lists the components.",
+                    vocab.prefix, vocab.prefix
+                )));
+                continue;
+            }
+            match self.check_pull_requests(&request).await? {
+                Some(problem) => out.push(Prepared::Invalid(problem)),
+                None => out.push(Prepared::Command(Command::Deploy(request))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// A user-facing problem with a PR the request names, if any.
+    async fn check_pull_requests(
+        &self,
+        request: &DeployRequest,
+    ) -> Result<Option<String>, IntakeError> {
+        let Some(github) = &self.github else {
+            return Ok(None);
+        };
+        for r in &request.refs {
+            let (Ref::Pr(n), Some(c)) = (&r.reference, self.config.component(&r.component)) else {
+                continue;
+            };
+            let Some(repo) = RepoName::parse(&c.repo) else {
+                continue;
+            };
+            let inst = find_installation(&self.store, github, &repo, None).await?;
+            let problem = match github.pull_request(inst, &repo, *n).await? {
+                None => Some(format!("{repo}#{n} does not exist")),
+                Some(pr) if !pr.base_repo.eq_ignore_ascii_case(&c.repo) => {
+                    Some(format!("{repo}#{n} is not a pull request of {}", c.repo))
+                }
+                Some(pr) if !pr.open => Some(format!("{repo}#{n} is closed")),
+                Some(_) => None,
+            };
+            if let Some(problem) = problem {
+                return Ok(Some(format!(
+                    "`{}={n}`: {problem}; only open pull requests of a component's repository are deployed. \
+                     Nothing was queued.",
+                    r.component
+                )));
+            }
+        }
+        Ok(None)
+    }
+
     async fn apply_commands(
         &self,
         tx: &mut Tx,
         origin: &Origin,
         comment_id: i64,
         author: &str,
-        lines: &[String],
+        prepared: Vec<Prepared>,
     ) -> Result<(), StoreError> {
         let vocab = self.config.vocabulary();
         let mut acknowledged = false;
-        for line in lines {
-            let command = match parse_command(line, &vocab) {
-                Ok(command) => command,
-                Err(e) => {
+        for item in prepared {
+            let command = match item {
+                Prepared::Command(command) => command,
+                Prepared::Invalid(text) => {
                     origin
-                        .reply(format!("@{author}, {}", e.render(line)))
+                        .reply(format!("@{author}, {text}"))
                         .enqueue(tx, None)
                         .await?;
                     continue;
                 }
             };
             match command {
-                Command::Deploy(mut request) => {
-                    if origin.is_pull_request
-                        && let Some(component) = self.config.component_by_repo(&origin.repo)
-                    {
-                        request.include_current_pr(
-                            &component.name,
-                            u64::try_from(origin.number).unwrap_or_default(),
-                        );
-                    }
-                    if request.refs.is_empty() {
-                        origin
-                            .reply(format!(
-                                "@{author}, there is nothing to deploy: on an issue, name what to deploy, \
-                                 for example `{} packit-service=614 ogr=123`. `{} help` lists the components.",
-                                vocab.prefix, vocab.prefix
-                            ))
-                            .enqueue(tx, None)
-                            .await?;
-                        continue;
-                    }
+                Command::Deploy(request) => {
                     Store::supersede_queued_from(
                         tx,
                         &origin.repo,
@@ -680,6 +746,14 @@ impl Intake {
         tracing::info!(job = id, repo = %origin.repo, number = origin.number, "job queued");
         Ok(id)
     }
+}
+
+/// A command line after parsing and checking.
+enum Prepared {
+    /// A command, ready to apply.
+    Command(Command),
+    /// What to answer instead (markdown, without the greeting).
+    Invalid(String),
 }
 
 /// Where a trigger came from, to answer there.

@@ -38,6 +38,7 @@ on_both_backends!(
     github_outage_delays_but_loses_nothing,
     reporter_retries_a_failed_report_with_backoff,
     hopeless_github_errors_end_the_trigger,
+    closed_or_missing_prs_are_answered_at_once,
     api_reads_jobs_and_hides_secrets,
 );
 
@@ -898,5 +899,40 @@ async fn hopeless_github_errors_end_the_trigger(db: Db) {
         "not retried forever"
     );
     assert!(t.jobs().await.is_empty());
+    check_clean(&t.github);
+}
+
+async fn closed_or_missing_prs_are_answered_at_once(db: Db) {
+    let t = TestApp::start(db).await;
+    t.github
+        .set_permission("packit/packit-service", "alice", "write");
+    t.github.add_pull(
+        "packit/ogr",
+        7,
+        &default_sha(7),
+        "old",
+        "closed",
+        "bob",
+        &[],
+    );
+    for (body, expected) in [
+        ("/deploy ogr=7", "packit/ogr#7 is closed"),
+        ("/deploy ogr=99", "packit/ogr#99 does not exist"),
+    ] {
+        let event = comment_event("packit/packit-service", 614, true, body, "alice");
+        t.deliver("issue_comment", &event).await;
+        t.settle().await;
+        let replies = t.github.take_comments("packit/packit-service", 614);
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        assert!(replies[0].body.contains(expected), "{}", replies[0].body);
+        assert!(
+            replies[0].body.contains("`ogr="),
+            "quotes the ref: {}",
+            replies[0].body
+        );
+        let comment_id = event["comment"]["id"].as_u64().expect("id");
+        assert!(t.github.reactions(comment_id).is_empty());
+    }
+    assert!(t.jobs().await.is_empty(), "nothing queued");
     check_clean(&t.github);
 }

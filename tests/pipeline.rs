@@ -281,9 +281,13 @@ async fn cancel_ends_a_queued_request(db: Db) {
 
 async fn closed_pr_fails_resolution_with_a_clear_reason(db: Db) {
     let t = dry_app(db).await;
+    // Open when asked for (intake checks), closed by the time a worker pins it.
+    t.github
+        .add_pull("packit/ogr", 5, SHA_OTHER, "old", "open", "alice", &[]);
+    comment(&t, 614, "/deploy ogr=5", "alice").await;
+    t.settle().await;
     t.github
         .add_pull("packit/ogr", 5, SHA_OTHER, "old", "closed", "alice", &[]);
-    comment(&t, 614, "/deploy ogr=5", "alice").await;
     t.run().await;
     let jobs = t.jobs().await;
     assert_eq!(jobs[0]["state"], "failed");
@@ -296,15 +300,6 @@ async fn closed_pr_fails_resolution_with_a_clear_reason(db: Db) {
     assert_eq!(
         t.github.reactions(comment_id_for(614, "/deploy ogr=5")),
         ["eyes", "confused"]
-    );
-    comment(&t, 614, "/deploy ogr=99", "alice").await;
-    t.run().await;
-    let jobs = t.jobs().await;
-    assert!(
-        jobs[0]["error"]
-            .as_str()
-            .expect("error")
-            .contains("does not exist")
     );
     assert_eq!(holder(&t).await, None);
 }

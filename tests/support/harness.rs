@@ -22,6 +22,24 @@ pub const INSTALLATION: u64 = 77;
 pub const SECRET: &str = "current-webhook-secret";
 pub const OLD_SECRET: &str = "previous-webhook-secret";
 
+/// Open pull requests every test app's fake GitHub starts with.
+pub const DEFAULT_PULLS: &[(&str, u64)] = &[
+    ("packit/packit-service", 614),
+    ("packit/packit-service", 700),
+    ("packit/packit-service", 800),
+    ("packit/ogr", 1),
+    ("packit/ogr", 2),
+    ("packit/ogr", 123),
+    ("packit/packit", 456),
+    ("packit/tokman", 5),
+    ("packit/deployment", 321),
+];
+
+/// The head commit of a default PR: its number in hex, padded to 40 digits.
+pub fn default_sha(number: u64) -> String {
+    format!("{number:0>40x}")
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Db {
     Postgres,
@@ -102,6 +120,18 @@ impl TestApp {
             "packit/packit-service-centosmsg",
         ] {
             github.install(repo, INSTALLATION);
+        }
+        // Open PRs the tests name (a test may replace one with add_pull).
+        for (repo, number) in DEFAULT_PULLS {
+            github.add_pull(
+                repo,
+                *number,
+                &default_sha(*number),
+                "change",
+                "open",
+                "alice",
+                &[],
+            );
         }
         let database_url = database(db, &tmp).await;
         let settings = Settings {
