@@ -59,7 +59,15 @@ async fn serve_and_receive_queue_a_deploy_from_a_comment() {
     github.install("packit/ogr", INSTALLATION);
     github.set_permission("packit/packit-service", "alice", "write");
     for (repo, number) in DEFAULT_PULLS {
-        github.add_pull(repo, *number, &default_sha(*number), "change", "open", "alice", &[]);
+        github.add_pull(
+            repo,
+            *number,
+            &default_sha(*number),
+            "change",
+            "open",
+            "alice",
+            &[],
+        );
     }
     let database_url = support::pg::fresh_database_url().await;
     let port = free_port();
