@@ -323,6 +323,17 @@ fn max_ttl() -> String {
     "8h".into()
 }
 
+impl EnvironmentKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EnvironmentKind::DryRun => "dry-run",
+            EnvironmentKind::Kubernetes => "kubernetes",
+            EnvironmentKind::Openshift => "openshift",
+            EnvironmentKind::Command => "command",
+        }
+    }
+}
+
 impl Environment {
     /// The namespace of a cluster environment (locked with a Lease there).
     pub fn cluster_namespace(&self) -> Option<&str> {
@@ -573,9 +584,9 @@ impl Config {
             .iter()
             .map(|e| {
                 format!(
-                    "{} ({:?}, ttl {} up to {})",
+                    "{} ({}, ttl {} up to {})",
                     e.name,
-                    e.kind,
+                    e.kind.as_str(),
                     format_duration(e.default_ttl()),
                     format_duration(e.max_ttl())
                 )
