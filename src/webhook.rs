@@ -80,6 +80,13 @@ pub enum Effect {
         number: i64,
         reason: String,
     },
+    /// New commits on a PR without the trigger label: tell a deployment
+    /// that includes it.
+    NewCommits {
+        repo: String,
+        number: i64,
+        head_sha: String,
+    },
     SetInstallation {
         repo: String,
         installation_id: i64,
@@ -323,6 +330,14 @@ fn decode_pull_request(ev: PullRequestEvent, config: &Config) -> (Vec<Effect>, &
             })],
             "new commits on a labelled PR",
         ),
+        "synchronize" => (
+            vec![Effect::NewCommits {
+                repo,
+                number: ev.number,
+                head_sha: ev.pull_request.head.sha,
+            }],
+            "new commits on a PR",
+        ),
         "closed" => (
             vec![Effect::CancelPr {
                 repo,
@@ -427,6 +442,7 @@ pub async fn receive(
         action.as_deref(),
         &effects,
         outcome,
+        &state.config.bot.command_prefix,
     )
     .await
     {
@@ -457,6 +473,7 @@ async fn commit(
     action: Option<&str>,
     effects: &[Effect],
     outcome: &str,
+    prefix: &str,
 ) -> crate::store::Result<bool> {
     let mut tx = store.begin().await?;
     if !Store::record_delivery(&mut tx, delivery, event, action, outcome).await? {
@@ -508,6 +525,11 @@ async fn commit(
                     }
                 }
             }
+            Effect::NewCommits {
+                repo,
+                number,
+                head_sha,
+            } => new_commits_notice(&mut tx, repo, *number, head_sha, prefix).await?,
             Effect::SetInstallation {
                 repo,
                 installation_id,
@@ -519,6 +541,68 @@ async fn commit(
     }
     tx.commit().await?;
     Ok(true)
+}
+
+/// Tell the PR that holds an environment with a deployment including
+/// `repo#number` that the PR has moved on since.
+async fn new_commits_notice(
+    tx: &mut crate::store::Tx,
+    repo: &str,
+    number: i64,
+    head_sha: &str,
+    prefix: &str,
+) -> crate::store::Result<()> {
+    for env in Store::environments_in(tx).await? {
+        let Some(holder) = env.holder_job else {
+            continue;
+        };
+        let Some(job) = Store::job_in(tx, holder).await? else {
+            continue;
+        };
+        if job.state != "succeeded" {
+            continue;
+        }
+        let pins: Vec<crate::pipeline::plan::Pinned> = job
+            .pinned
+            .clone()
+            .and_then(|p| serde_json::from_value(p).ok())
+            .unwrap_or_default();
+        let Some(pin) = pins.iter().find(|p| {
+            p.repo.eq_ignore_ascii_case(repo)
+                && p.reference == crate::command::Ref::Pr(u64::try_from(number).unwrap_or_default())
+        }) else {
+            continue;
+        };
+        if pin.sha.eq_ignore_ascii_case(head_sha) {
+            continue;
+        }
+        let Some(origin) = job.number else { continue };
+        let short = |s: &str| s.get(..12).unwrap_or(s).to_string();
+        crate::report::Report::Comment {
+            repo: job.repo.clone(),
+            installation_id: job.installation_id,
+            number: origin,
+            body: format!(
+                "{repo}#{number} has new commits since request #{} deployed it to **{}**: \
+                 `{}` → `{}`. The environment still runs `{}`; comment `{prefix}` to deploy the new head.",
+                job.id,
+                env.name,
+                short(&pin.sha),
+                short(head_sha),
+                short(&pin.sha)
+            ),
+        }
+        .enqueue(tx, Some(job.id))
+        .await?;
+        Store::add_event(
+            tx,
+            job.id,
+            "notice",
+            &format!("{repo}#{number} moved to {}", short(head_sha)),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

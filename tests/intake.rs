@@ -39,6 +39,7 @@ on_both_backends!(
     reporter_retries_a_failed_report_with_backoff,
     hopeless_github_errors_end_the_trigger,
     closed_or_missing_prs_are_answered_at_once,
+    help_lists_usage_components_and_aliases,
     api_reads_jobs_and_hides_secrets,
 );
 
@@ -934,5 +935,34 @@ async fn closed_or_missing_prs_are_answered_at_once(db: Db) {
         assert!(t.github.reactions(comment_id).is_empty());
     }
     assert!(t.jobs().await.is_empty(), "nothing queued");
+    check_clean(&t.github);
+}
+
+async fn help_lists_usage_components_and_aliases(db: Db) {
+    let t = TestApp::start(db).await;
+    t.github
+        .set_permission("packit/packit-service", "alice", "write");
+    t.deliver(
+        "issue_comment",
+        &comment_event("packit/packit-service", 614, true, "/deploy help", "alice"),
+    )
+    .await;
+    t.settle().await;
+    let replies = t.github.take_comments("packit/packit-service", 614);
+    assert_eq!(replies.len(), 1);
+    let help = &replies[0].body;
+    for needle in [
+        "/deploy",
+        "--base",
+        "release",
+        "extend",
+        "packit-service",
+        "fedmsg",
+        "ogr",
+        "retired",
+    ] {
+        assert!(help.contains(needle), "{needle} in {help}");
+    }
+    assert!(t.jobs().await.is_empty());
     check_clean(&t.github);
 }

@@ -26,6 +26,7 @@ on_both_backends!(
     closing_or_unlabelling_a_pr_ends_its_hold,
     slow_github_times_resolve_out,
     a_deploying_jobs_hold_does_not_expire_under_it,
+    new_commits_on_a_deployed_pr_are_noticed,
 );
 
 const SHA_SERVICE: &str = "1111111111111111111111111111111111111111";
@@ -596,5 +597,37 @@ async fn a_deploying_jobs_hold_does_not_expire_under_it(db: Db) {
             .take_comments("packit/packit-service", 614)
             .is_empty(),
         "no expiry notice"
+    );
+}
+
+async fn new_commits_on_a_deployed_pr_are_noticed(db: Db) {
+    let t = dry_app(db).await;
+    comment(&t, 614, "/deploy ogr=123", "alice").await;
+    t.run().await;
+    // packit/ogr#123 (not labelled) moves on.
+    let mut sync = pull_request_event("synchronize", "packit/ogr", 123, "alice");
+    sync["pull_request"]["head"]["sha"] = serde_json::json!(SHA_OTHER);
+    sync["pull_request"]["labels"] = serde_json::json!([]);
+    let (status, _) = t.deliver("pull_request", &sync).await;
+    assert!(status.is_success());
+    t.settle().await;
+    let notices = t.github.take_comments("packit/packit-service", 614);
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    let body = &notices[0].body;
+    assert!(body.contains("packit/ogr#123 has new commits"), "{body}");
+    assert!(
+        body.contains("222222222222") && body.contains("333333333333"),
+        "{body}"
+    );
+    assert!(body.contains("`/deploy`"), "{body}");
+    // The same head again says nothing new.
+    let mut same = sync.clone();
+    same["pull_request"]["head"]["sha"] = serde_json::json!(SHA_OGR);
+    t.deliver("pull_request", &same).await;
+    t.settle().await;
+    assert!(
+        t.github
+            .take_comments("packit/packit-service", 614)
+            .is_empty()
     );
 }
