@@ -443,26 +443,12 @@ impl Pipeline {
                     let (args, git_url) = (args.clone(), git_url.clone());
                     async move {
                         for (k, stage) in image_stages.iter().enumerate() {
-                            let inputs = stage.inputs();
-                            let (image, tag) =
-                                stage.target.rsplit_once(':').unwrap_or((&stage.target, ""));
-                            if self.store.image_built(image, tag, &inputs).await? {
-                                self.event(
-                                    job.id,
-                                    "build",
-                                    &format!(
-                                        "reused {} (built before from the same inputs)",
-                                        stage.target
-                                    ),
-                                )
-                                .await?;
+                            if self.reused(job, stage).await? {
                                 continue;
                             }
                             let stage_dir = dir.join(format!("stage-{k}"));
                             command_build(&mut exec, &args, stage, &stage_dir, &git_url).await?;
-                            self.store.record_image(image, tag, &inputs, job.id).await?;
-                            self.event(job.id, "build", &format!("built {}", stage.target))
-                                .await?;
+                            self.built(job, stage, "").await?;
                         }
                         Ok::<(), StepError>(())
                     }
@@ -657,6 +643,35 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Whether `stage`'s target was built before from the same inputs (then
+    /// it is reused, and the job's events say so).
+    async fn reused(&self, job: &Job, stage: &Stage) -> Result<bool, StoreError> {
+        let (image, tag) = stage.target.rsplit_once(':').unwrap_or((&stage.target, ""));
+        if !self.store.image_built(image, tag, &stage.inputs()).await? {
+            return Ok(false);
+        }
+        self.event(
+            job.id,
+            "build",
+            &format!(
+                "reused {} (built before from the same inputs)",
+                stage.target
+            ),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Remember a built stage for reuse, and say so.
+    async fn built(&self, job: &Job, stage: &Stage, how: &str) -> Result<(), StoreError> {
+        let (image, tag) = stage.target.rsplit_once(':').unwrap_or((&stage.target, ""));
+        self.store
+            .record_image(image, tag, &stage.inputs(), job.id)
+            .await?;
+        self.event(job.id, "build", &format!("built {}{how}", stage.target))
+            .await
+    }
+
     /// One OpenShift Build of one stage (reused when built before from the same inputs).
     #[allow(clippy::too_many_arguments)]
     async fn openshift_build(
@@ -671,18 +686,7 @@ impl Pipeline {
         environment: &Environment,
         cancel: &mut watch::Receiver<bool>,
     ) -> Result<(), StepError> {
-        let inputs = stage.inputs();
-        let (image, tag) = stage.target.rsplit_once(':').unwrap_or((&stage.target, ""));
-        if self.store.image_built(image, tag, &inputs).await? {
-            self.event(
-                job.id,
-                "build",
-                &format!(
-                    "reused {} (built before from the same inputs)",
-                    stage.target
-                ),
-            )
-            .await?;
+        if self.reused(job, stage).await? {
             return Ok(());
         }
         let spec = build::openshift_spec(stage, git_url, push_secret, job.id);
@@ -713,14 +717,9 @@ impl Pipeline {
             Err(e) => return Err(api(e)),
         };
         if status.phase == BuildPhase::Complete {
-            self.store.record_image(image, tag, &inputs, job.id).await?;
-            self.event(
-                job.id,
-                "build",
-                &format!("built {} (Build `{name}`)", stage.target),
-            )
-            .await?;
-            return Ok(());
+            return Ok(self
+                .built(job, stage, &format!(" (Build `{name}`)"))
+                .await?);
         }
         let excerpt = cluster
             .build_log_tail(ns, &name, 20)
