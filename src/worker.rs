@@ -209,26 +209,16 @@ impl Worker {
             .await?;
             let now = tx.now;
             Store::requeue(&mut tx, job.id, step, now).await?;
+            tx.commit().await?;
         } else {
+            // The lease is this reaper's now; end the job like its worker would.
+            tx.commit().await?;
             let error = format!("the worker running this job stopped during `{step}`");
-            if Store::finish_job(&mut tx, job.id, "failed", "failure", Some(&error)).await? {
-                Store::add_event(&mut tx, job.id, "end", &format!("failure: {error}")).await?;
-                if let Some(report) = crate::report::Report::end_reaction(job, false) {
-                    report.enqueue(&mut tx, Some(job.id)).await?;
-                }
-            }
             let dirty = DIRTYING.contains(&step);
-            if Store::release_environment(&mut tx, &job.environment, job.id, dirty).await? {
-                Store::add_event(
-                    &mut tx,
-                    job.id,
-                    "release",
-                    &format!("released {}", job.environment),
-                )
+            self.pipeline
+                .finish(job, "failed", "failure", Some(&error), dirty)
                 .await?;
-            }
         }
-        tx.commit().await?;
         tracing::warn!(job = job.id, step, "reaped the job of a dead worker");
         Ok(true)
     }

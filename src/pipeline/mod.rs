@@ -96,8 +96,9 @@ impl Pipeline {
         self.config.environment(&job.environment)
     }
 
-    /// End a job, free what it holds, and tell its PR when it failed.
-    async fn finish(
+    /// End a job (if it has not ended), free what it holds, and put 🚀/😕
+    /// on the comment that asked for it.
+    pub(crate) async fn finish(
         &self,
         job: &Job,
         state: &str,
