@@ -46,6 +46,10 @@ pub struct BotConfig {
     /// Where jobs check out repositories and write build contexts
     /// (default: the system's temporary folder).
     pub workdir: Option<String>,
+    /// Least time between two edits of one request's status on GitHub
+    /// (comment, check runs) while it runs, in milliseconds; the final state
+    /// is always sent at once.
+    pub status_interval_ms: u64,
 }
 
 impl Default for BotConfig {
@@ -57,6 +61,7 @@ impl Default for BotConfig {
             max_body_bytes: 5 * 1024 * 1024,
             git_url: "https://github.com/{repo}.git".into(),
             workdir: None,
+            status_interval_ms: 2_000,
         }
     }
 }

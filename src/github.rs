@@ -89,6 +89,18 @@ impl GitHubError {
         }
     }
 
+    /// A primary or secondary rate limit (GitHub said how long to wait).
+    pub fn is_rate_limit(&self) -> bool {
+        matches!(
+            self,
+            GitHubError::Status {
+                status: 403 | 429,
+                retry_after: Some(_),
+                ..
+            }
+        )
+    }
+
     pub fn status(&self) -> Option<u16> {
         match self {
             GitHubError::Status { status, .. } => Some(*status),
@@ -139,8 +151,18 @@ impl From<octocrab::Error> for GitHubError {
                         let now = u64::try_from(chrono::Utc::now().timestamp()).ok()?;
                         exhausted.then(|| Duration::from_secs(reset.saturating_sub(now) + 1))
                     });
+                let status = source.status_code.as_u16();
+                // GitHub's secondary rate limits may come without a
+                // Retry-After; its documentation says to wait a minute then.
+                let secondary = (status == 403 || status == 429)
+                    && source
+                        .message
+                        .to_ascii_lowercase()
+                        .contains("secondary rate limit");
+                let retry_after =
+                    retry_after.or_else(|| secondary.then_some(Duration::from_secs(60)));
                 GitHubError::Status {
-                    status: source.status_code.as_u16(),
+                    status,
                     message: source.message.clone(),
                     retry_after,
                 }

@@ -14,8 +14,9 @@ use crate::command::{Command, DeployRequest, Ref, help_text, parse_command};
 use crate::config::Config;
 use crate::github::{GitHub, GitHubError, InstallationId, RepoName};
 use crate::installations::find_installation;
+use crate::pipeline::plan::Pinned;
 use crate::report::Report;
-use crate::store::{NewJob, Store, StoreError, Tx};
+use crate::store::{NewJob, PullRef, Store, StoreError, Tx};
 
 /// An event that needs authorisation before it becomes jobs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +39,14 @@ pub enum Trigger {
         sender: String,
         pr_author: String,
         head_sha: String,
+        installation_id: Option<i64>,
+    },
+    /// "Re-run" on one of deploybot's check runs: the same request again,
+    /// with the same pinned commits.
+    Rerun {
+        repo: String,
+        check_run_id: i64,
+        sender: String,
         installation_id: Option<i64>,
     },
     /// New commits on a labelled PR.
@@ -221,6 +230,94 @@ impl Intake {
                     tx.rollback().await?;
                 }
             }
+            Trigger::Rerun {
+                repo,
+                check_run_id,
+                sender,
+                installation_id,
+            } => {
+                let Some(old) = self.store.job_of_check_run(repo, *check_run_id).await? else {
+                    // Not one of ours (or from before deploybot kept check runs).
+                    return self.finish(trigger_id).await;
+                };
+                let Some(old) = self.store.get_job(old).await? else {
+                    return self.finish(trigger_id).await;
+                };
+                // The user must be allowed where the check run is and where the
+                // request was asked.
+                let mut decision = Decision::Denied(String::new());
+                for r in [repo.as_str(), old.repo.as_str()] {
+                    let Some(name) = RepoName::parse(r) else {
+                        return self.finish(trigger_id).await;
+                    };
+                    let known = if r == repo {
+                        *installation_id
+                    } else {
+                        old.installation_id
+                    };
+                    decision = self.authorise(&name, known, sender).await?;
+                    if !decision.allowed() {
+                        break;
+                    }
+                }
+                let origin = Origin {
+                    repo: old.repo.clone(),
+                    number: old.number.unwrap_or_default(),
+                    is_pull_request: old.is_pull_request,
+                    installation_id: old.installation_id,
+                };
+                let pulls = self.store.job_pull_requests(old.id).await?;
+                let mut tx = self.store.begin().await?;
+                match decision {
+                    Decision::Denied(why) => {
+                        tracing::info!(%repo, sender, %why, "re-run refused");
+                        if old.number.is_some() {
+                            self.refuse(&mut tx, &origin, sender, &why).await?;
+                        }
+                    }
+                    Decision::Allowed(_) => {
+                        let request: DeployRequest =
+                            serde_json::from_value(old.request.clone()).unwrap_or_default();
+                        let pinned: Vec<Pinned> = old
+                            .pinned
+                            .clone()
+                            .and_then(|p| serde_json::from_value(p).ok())
+                            .unwrap_or_default();
+                        let asked = Asked {
+                            by: sender,
+                            source: "rerun",
+                            comment_id: None,
+                        };
+                        let id = self
+                            .queue_job(
+                                &mut tx,
+                                &origin,
+                                old.number,
+                                &asked,
+                                &request,
+                                pulls,
+                                &pinned,
+                                &format!("re-run of request #{} by @{sender}", old.id),
+                            )
+                            .await?;
+                        if let Some(number) = old.number {
+                            Store::supersede_queued_from(
+                                &mut tx,
+                                &old.repo,
+                                number,
+                                &format!("superseded by request #{id} (re-run by @{sender})"),
+                                id,
+                            )
+                            .await?;
+                        }
+                    }
+                }
+                if Store::finish_trigger(&mut tx, trigger_id).await? {
+                    tx.commit().await?;
+                } else {
+                    tx.rollback().await?;
+                }
+            }
             Trigger::Label {
                 repo,
                 number,
@@ -291,7 +388,23 @@ impl Intake {
                             .await?;
                         }
                         let source = if synchronize { "synchronize" } else { "label" };
-                        self.queue(&mut tx, &origin, None, sender, source, &request)
+                        let pinned: Vec<Pinned> = request
+                            .refs
+                            .iter()
+                            .filter(|_| is_sha(head_sha))
+                            .map(|r| Pinned {
+                                component: component.clone(),
+                                repo: repo.clone(),
+                                reference: r.reference.clone(),
+                                sha: head_sha.to_ascii_lowercase(),
+                            })
+                            .collect();
+                        let asked = Asked {
+                            by: sender,
+                            source,
+                            comment_id: None,
+                        };
+                        self.queue(&mut tx, &origin, &asked, &request, &pinned)
                             .await?;
                     }
                 }
@@ -372,21 +485,23 @@ impl Intake {
                 )));
                 continue;
             }
-            match self.check_pull_requests(&request).await? {
-                Some(problem) => out.push(Prepared::Invalid(problem)),
-                None => out.push(Prepared::Command(Command::Deploy(request))),
+            match self.pin_pull_requests(&request).await? {
+                Err(problem) => out.push(Prepared::Invalid(problem)),
+                Ok(pinned) => out.push(Prepared::Deploy(request, pinned)),
             }
         }
         Ok(out)
     }
 
-    /// A user-facing problem with a PR the request names, if any.
-    async fn check_pull_requests(
+    /// Pin every PR the request names to its head commit now (check runs go
+    /// on those commits from the start), or say what is wrong with one.
+    async fn pin_pull_requests(
         &self,
         request: &DeployRequest,
-    ) -> Result<Option<String>, IntakeError> {
+    ) -> Result<Result<Vec<Pinned>, String>, IntakeError> {
+        let mut pinned = Vec::new();
         let Some(github) = &self.github else {
-            return Ok(None);
+            return Ok(Ok(pinned));
         };
         for r in &request.refs {
             let (Ref::Pr(n), Some(c)) = (&r.reference, self.config.component(&r.component)) else {
@@ -397,22 +512,29 @@ impl Intake {
             };
             let inst = find_installation(&self.store, github, &repo, None).await?;
             let problem = match github.pull_request(inst, &repo, *n).await? {
-                None => Some(format!("{repo}#{n} does not exist")),
+                None => format!("{repo}#{n} does not exist"),
                 Some(pr) if !pr.base_repo.eq_ignore_ascii_case(&c.repo) => {
-                    Some(format!("{repo}#{n} is not a pull request of {}", c.repo))
+                    format!("{repo}#{n} is not a pull request of {}", c.repo)
                 }
-                Some(pr) if !pr.open => Some(format!("{repo}#{n} is closed")),
-                Some(_) => None,
+                Some(pr) if !pr.open => format!("{repo}#{n} is closed"),
+                Some(pr) if is_sha(&pr.head_sha) => {
+                    pinned.push(Pinned {
+                        component: c.name.clone(),
+                        repo: c.repo.clone(),
+                        reference: r.reference.clone(),
+                        sha: pr.head_sha.to_ascii_lowercase(),
+                    });
+                    continue;
+                }
+                Some(_) => format!("GitHub answered an unexpected head commit for {repo}#{n}"),
             };
-            if let Some(problem) = problem {
-                return Ok(Some(format!(
-                    "`{}={n}`: {problem}; only open pull requests of a component's repository are deployed. \
-                     Nothing was queued.",
-                    r.component
-                )));
-            }
+            return Ok(Err(format!(
+                "`{}={n}`: {problem}; only open pull requests of a component's repository are deployed. \
+                 Nothing was queued.",
+                r.component
+            )));
         }
-        Ok(None)
+        Ok(Ok(pinned))
     }
 
     async fn apply_commands(
@@ -428,25 +550,28 @@ impl Intake {
         for item in prepared {
             let command = match item {
                 Prepared::Command(command) => command,
-                Prepared::Invalid(text) => {
-                    origin
-                        .reply(format!("@{author}, {text}"))
-                        .enqueue(tx, None)
+                Prepared::Deploy(request, pinned) => {
+                    let id = self
+                        .queue(
+                            tx,
+                            origin,
+                            &Asked {
+                                by: author,
+                                source: "comment",
+                                comment_id: Some(comment_id),
+                            },
+                            &request,
+                            &pinned,
+                        )
                         .await?;
-                    continue;
-                }
-            };
-            match command {
-                Command::Deploy(request) => {
                     Store::supersede_queued_from(
                         tx,
                         &origin.repo,
                         origin.number,
-                        &format!("superseded by a newer request from @{author}"),
+                        &format!("superseded by request #{id} from @{author}"),
+                        id,
                     )
                     .await?;
-                    self.queue(tx, origin, Some(comment_id), author, "comment", &request)
-                        .await?;
                     if !acknowledged {
                         Report::Reaction {
                             repo: origin.repo.clone(),
@@ -458,6 +583,20 @@ impl Intake {
                         .await?;
                         acknowledged = true;
                     }
+                    continue;
+                }
+                Prepared::Invalid(text) => {
+                    origin
+                        .reply(format!("@{author}, {text}"))
+                        .enqueue(tx, None)
+                        .await?;
+                    continue;
+                }
+            };
+            match command {
+                Command::Deploy(_) => {
+                    // `prepare` turns every deploy request into `Prepared::Deploy`.
+                    tracing::error!("a deploy request reached apply_commands unprepared");
                 }
                 Command::Cancel { job } => {
                     let text = self.cancel(tx, origin, author, job).await?;
@@ -703,10 +842,72 @@ impl Intake {
         &self,
         tx: &mut Tx,
         origin: &Origin,
-        comment_id: Option<i64>,
-        requested_by: &str,
-        source: &str,
+        asked: &Asked<'_>,
         request: &DeployRequest,
+        pinned: &[Pinned],
+    ) -> Result<i64, StoreError> {
+        let head = |repo: &str, number: i64| {
+            pinned
+                .iter()
+                .find(|p| {
+                    p.repo == repo
+                        && matches!(p.reference, Ref::Pr(n) if i64::try_from(n) == Ok(number))
+                })
+                .map(|p| p.sha.clone())
+        };
+        let mut pull_requests = Vec::new();
+        if origin.is_pull_request {
+            pull_requests.push(PullRef {
+                repo: origin.repo.clone(),
+                number: origin.number,
+                head_sha: head(&origin.repo, origin.number),
+            });
+        }
+        for r in &request.refs {
+            if let (Ref::Pr(n), Some(c)) = (&r.reference, self.config.component(&r.component)) {
+                let number = i64::try_from(*n).unwrap_or_default();
+                if !pull_requests
+                    .iter()
+                    .any(|p| p.repo == c.repo && p.number == number)
+                {
+                    pull_requests.push(PullRef {
+                        repo: c.repo.clone(),
+                        number,
+                        head_sha: head(&c.repo, number),
+                    });
+                }
+            }
+        }
+        let message = format!(
+            "queued by @{} ({}): {}",
+            asked.by,
+            asked.source,
+            request.to_args()
+        );
+        self.queue_job(
+            tx,
+            origin,
+            Some(origin.number),
+            asked,
+            request,
+            pull_requests,
+            pinned,
+            &message,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn queue_job(
+        &self,
+        tx: &mut Tx,
+        origin: &Origin,
+        number: Option<i64>,
+        asked: &Asked<'_>,
+        request: &DeployRequest,
+        pull_requests: Vec<PullRef>,
+        pinned: &[Pinned],
+        message: &str,
     ) -> Result<i64, StoreError> {
         // Without --env, a pool of several environments is chosen from when
         // the job runs (the first free one); a single environment is named now.
@@ -715,32 +916,21 @@ impl Intake {
             (None, 1) => self.config.default_environment().name.clone(),
             (None, _) => crate::store::ANY_ENVIRONMENT.to_string(),
         };
-        let mut pull_requests = Vec::new();
-        if origin.is_pull_request {
-            pull_requests.push((origin.repo.clone(), origin.number));
-        }
-        for r in &request.refs {
-            if let (Ref::Pr(n), Some(c)) = (&r.reference, self.config.component(&r.component)) {
-                pull_requests.push((c.repo.clone(), i64::try_from(*n).unwrap_or_default()));
-            }
-        }
         let job = NewJob {
-            source: source.into(),
+            source: asked.source.into(),
             request: serde_json::to_value(request)?,
-            requested_by: requested_by.into(),
+            requested_by: asked.by.into(),
             repo: origin.repo.clone(),
-            number: Some(origin.number),
+            number,
             is_pull_request: origin.is_pull_request,
-            comment_id,
+            comment_id: asked.comment_id,
             installation_id: origin.installation_id,
             delivery_id: None,
             environment,
             base: request.base.as_str().into(),
             pull_requests,
-            queued_message: format!(
-                "queued by @{requested_by} ({source}): {}",
-                request.to_args()
-            ),
+            pinned: (!pinned.is_empty()).then(|| serde_json::json!(pinned)),
+            queued_message: message.to_string(),
         };
         let id = Store::insert_job(tx, &job).await?;
         tracing::info!(job = id, repo = %origin.repo, number = origin.number, "job queued");
@@ -750,10 +940,21 @@ impl Intake {
 
 /// A command line after parsing and checking.
 enum Prepared {
-    /// A command, ready to apply.
+    /// A command other than a deploy request, ready to apply.
     Command(Command),
+    /// A deploy request with the PRs it names pinned to their heads.
+    Deploy(DeployRequest, Vec<Pinned>),
     /// What to answer instead (markdown, without the greeting).
     Invalid(String),
+}
+
+/// Who asked for a deployment, and how.
+struct Asked<'a> {
+    by: &'a str,
+    /// `comment`, `label`, `synchronize`, `rerun`.
+    source: &'a str,
+    /// The comment that asked (it gets the reactions).
+    comment_id: Option<i64>,
 }
 
 /// Where a trigger came from, to answer there.
@@ -773,6 +974,10 @@ impl Origin {
             body,
         }
     }
+}
+
+fn is_sha(sha: &str) -> bool {
+    sha.len() == 40 && sha.chars().all(|c| c.is_ascii_hexdigit())
 }
 
 fn short(sha: &str) -> &str {

@@ -12,6 +12,7 @@ pub mod pipeline;
 pub mod receive;
 pub mod report;
 pub mod settings;
+pub mod status;
 pub mod store;
 pub mod web;
 pub mod webhook;
@@ -54,7 +55,7 @@ impl App {
         };
         let config = Arc::new(config);
         let intake = Arc::new(Intake::new(store.clone(), config.clone(), github.clone()));
-        let reporter = Arc::new(Reporter::new(store.clone(), github.clone()));
+        let reporter = Arc::new(Reporter::new(store.clone(), github.clone(), config.clone()));
         store
             .ensure_environments(
                 &config

@@ -7,13 +7,19 @@
 //! that was claimed before (its sender may have died after posting) first
 //! looks for that marker among the comments.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::github::{CommentId, GitHub, GitHubError, RepoName};
+use crate::config::Config;
+use crate::github::{
+    CheckRun, CheckRunOutput, CommentId, DeploymentStatus, GitHub, GitHubError, InstallationId,
+    RepoName,
+};
 use crate::installations::find_installation;
-use crate::store::{Store, StoreError, Tx};
+use crate::status::Snapshot;
+use crate::store::{Job, Store, StoreError, Tx};
 
 /// Reports deploybot sends to GitHub.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +39,10 @@ pub enum Report {
         number: i64,
         body: String,
     },
+    /// Bring a request's status on GitHub (status comment, check runs,
+    /// deployment) in line with its current state. One per job, re-armed on
+    /// every change (see `Store::want_sync`).
+    Sync { job_id: i64 },
 }
 
 impl Report {
@@ -40,11 +50,13 @@ impl Report {
         match self {
             Report::Reaction { .. } => "reaction",
             Report::Comment { .. } => "comment",
+            Report::Sync { .. } => "sync",
         }
     }
 
     fn target(&self) -> (&str, Option<i64>) {
         match self {
+            Report::Sync { .. } => ("", None),
             Report::Reaction {
                 repo,
                 installation_id,
@@ -79,12 +91,27 @@ pub fn marker(id: i64) -> String {
     format!("<!-- deploybot:report:{id} -->")
 }
 
+/// The hidden marker of request `job_id`'s status comment.
+pub fn job_marker(job_id: i64) -> String {
+    format!("<!-- deploybot:job:{job_id} -->")
+}
+
+/// The name deploybot's check runs carry.
+pub const CHECK_NAME: &str = "deploybot";
+
+fn digest(text: &str) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(text.as_bytes());
+    hash.iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
 const LOCK_MS: i64 = 60_000;
 const MAX_ATTEMPTS: i64 = 12;
 
 pub struct Reporter {
     store: Store,
     github: Option<GitHub>,
+    config: Arc<Config>,
 }
 
 /// What one step of the reporter did.
@@ -98,8 +125,12 @@ pub enum Step {
 }
 
 impl Reporter {
-    pub fn new(store: Store, github: Option<GitHub>) -> Reporter {
-        Reporter { store, github }
+    pub fn new(store: Store, github: Option<GitHub>, config: Arc<Config>) -> Reporter {
+        Reporter {
+            store,
+            github,
+            config,
+        }
     }
 
     /// Send the next due report, if any.
@@ -118,15 +149,41 @@ impl Reporter {
                 .await?;
             return Ok(Step::Skipped);
         };
-        match self
-            .send(github, claimed.id, claimed.attempts, &claimed.payload)
-            .await
-        {
-            Ok(()) => {
-                self.store.report_sent(claimed.id).await?;
+        let sent = match &claimed.payload {
+            Report::Sync { job_id } => self.sync(github, *job_id).await,
+            other => self
+                .send(github, claimed.id, claimed.attempts, other)
+                .await
+                .map(|()| true),
+        };
+        match sent {
+            Ok(active) => {
+                if let Report::Sync { .. } = claimed.payload {
+                    // Changes that came while sending are sent next, after a
+                    // pause while the request runs (GitHub is not a log).
+                    let pause = if active {
+                        i64::try_from(self.config.bot.status_interval_ms).unwrap_or(0)
+                    } else {
+                        0
+                    };
+                    self.store
+                        .sync_sent(claimed.id, claimed.version, pause)
+                        .await?;
+                } else {
+                    self.store.report_sent(claimed.id).await?;
+                }
                 Ok(Step::Sent)
             }
             Err(e) => {
+                if e.is_rate_limit()
+                    && let Some(wait) = e.retry_after()
+                {
+                    // Every report waits, not only this one.
+                    let until = self.store.now_ms()
+                        + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 4);
+                    tracing::warn!(?wait, "GitHub rate limit: reports paused");
+                    self.store.delay_reports(until).await?;
+                }
                 let give_up = !e.is_transient() || claimed.attempts >= MAX_ATTEMPTS;
                 let backoff =
                     Duration::from_secs(2u64.saturating_pow(claimed.attempts as u32).min(600));
@@ -207,7 +264,261 @@ impl Reporter {
                     .await
                     .map(|_| ())
             }
+            Report::Sync { .. } => Ok(()), // sent by `sync`
         }
+    }
+
+    /// Bring job `job_id`'s status on GitHub up to date; Ok(true) while the
+    /// job is still active. A part GitHub refuses for good (a repository the
+    /// App is not installed on) is logged and skipped; a transient failure
+    /// ends the attempt, and the next one sends only what is still different.
+    async fn sync(&self, github: &GitHub, job_id: i64) -> Result<bool, GitHubError> {
+        let store_error = |e: StoreError| GitHubError::Transport(format!("database: {e}"));
+        let Some(snap) = self.snapshot(job_id).await.map_err(store_error)? else {
+            return Ok(false);
+        };
+        let job = &snap.job;
+        let tolerate = |what: &str, r: Result<(), GitHubError>| match r {
+            Err(e) if e.is_transient() => Err(e),
+            Err(e) => {
+                tracing::warn!(job = job_id, what, error = %e, "GitHub refused a status update; skipped");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+        };
+
+        // 1. The status comment where the request was asked.
+        if let (Some(number), Some(repo)) = (job.number, RepoName::parse(&job.repo)) {
+            let body = format!("{}\n{}", snap.comment(), job_marker(job.id));
+            let r = self.put_comment(github, job, &repo, number, &body).await;
+            tolerate("status comment", r)?;
+        }
+
+        // 2. A check run on every referenced PR's pinned head.
+        let check = snap.check_run();
+        let run = CheckRun {
+            name: CHECK_NAME.into(),
+            status: check.status.into(),
+            conclusion: check.conclusion.map(str::to_string),
+            external_id: job.id.to_string(),
+            details_url: snap.details_url.clone(),
+            output: CheckRunOutput {
+                title: check.title.clone(),
+                summary: check.summary.clone(),
+                text: check.text.clone(),
+            },
+        };
+        for pr in &snap.pulls {
+            let (Some(sha), Some(repo)) = (&pr.head_sha, RepoName::parse(&pr.repo)) else {
+                continue;
+            };
+            let r = self
+                .put_check_run(github, job, &repo, pr.number, sha, &run)
+                .await;
+            tolerate("check run", r)?;
+        }
+
+        // 3. The deployment on the originating PR's head.
+        if let (Some(state), Some(target)) = (snap.deployment(), snap.deployment_target())
+            && let (Some(sha), Some(repo)) = (&target.head_sha, RepoName::parse(&target.repo))
+        {
+            let status = DeploymentStatus {
+                state: state.state,
+                environment_url: snap.environment_url.as_deref(),
+                log_url: &snap.details_url,
+                description: &state.description,
+            };
+            let r = self
+                .put_deployment(github, job, &repo, sha, &snap.job.environment, &status)
+                .await;
+            tolerate("deployment", r)?;
+        }
+        Ok(snap.active())
+    }
+
+    async fn snapshot(&self, job_id: i64) -> Result<Option<Snapshot>, StoreError> {
+        let Some(job) = self.store.get_job(job_id).await? else {
+            return Ok(None);
+        };
+        let events = self.store.job_events(job_id).await?;
+        let pulls = self.store.job_pull_requests(job_id).await?;
+        let configured = self.config.environment(&job.environment);
+        let environment = self
+            .store
+            .environments()
+            .await?
+            .into_iter()
+            .find(|r| r.name == job.environment);
+        let (mut queue_position, mut holder) = (None, None);
+        if job.state == "queued" && configured.is_some() {
+            let queue = self.store.queue_of(&job.environment).await?;
+            let ahead = queue
+                .iter()
+                .filter(|j| j.id < job.id && j.state == "queued")
+                .count();
+            queue_position = Some(ahead + 1);
+            if let Some(id) = environment
+                .as_ref()
+                .and_then(|e| e.holder_job)
+                .filter(|id| *id != job.id)
+            {
+                holder = Some(match self.store.get_job(id).await? {
+                    Some(h) => format!(
+                        "request #{id} ({}#{})",
+                        h.repo,
+                        h.number.unwrap_or_default()
+                    ),
+                    None => format!("request #{id}"),
+                });
+            }
+        }
+        let details_url = format!(
+            "{}/jobs/{}",
+            self.config.bot.public_url.trim_end_matches('/'),
+            job.id
+        );
+        Ok(Some(Snapshot {
+            environment_url: configured.and_then(|e| e.url.clone()),
+            dry_run_environment: configured
+                .is_some_and(|e| e.kind == crate::config::EnvironmentKind::DryRun),
+            job,
+            events,
+            pulls,
+            environment,
+            queue_position,
+            holder,
+            details_url,
+            command_prefix: self.config.bot.command_prefix.clone(),
+            now_ms: self.store.now_ms(),
+        }))
+    }
+
+    async fn installation_for(
+        &self,
+        github: &GitHub,
+        job: &Job,
+        repo: &RepoName,
+    ) -> Result<InstallationId, GitHubError> {
+        let known = (job.repo == repo.to_string())
+            .then_some(job.installation_id)
+            .flatten();
+        find_installation(&self.store, github, repo, known).await
+    }
+
+    async fn record(&self, job: i64, name: &str, id: u64, digest: &str) -> Result<(), GitHubError> {
+        self.store
+            .set_github_object(job, name, i64::try_from(id).unwrap_or(i64::MAX), digest)
+            .await
+            .map_err(|e| GitHubError::Transport(format!("database: {e}")))
+    }
+
+    async fn recorded(&self, job: i64, name: &str) -> Result<Option<(u64, String)>, GitHubError> {
+        let found = self
+            .store
+            .github_object(job, name)
+            .await
+            .map_err(|e| GitHubError::Transport(format!("database: {e}")))?;
+        Ok(found.map(|(id, d)| (u64::try_from(id).unwrap_or_default(), d)))
+    }
+
+    /// Create or edit the request's status comment (found again by its
+    /// marker if an earlier attempt posted it and died before recording it).
+    async fn put_comment(
+        &self,
+        github: &GitHub,
+        job: &Job,
+        repo: &RepoName,
+        number: i64,
+        body: &str,
+    ) -> Result<(), GitHubError> {
+        let name = "comment";
+        let want = digest(body);
+        let inst = self.installation_for(github, job, repo).await?;
+        let number = u64::try_from(number).unwrap_or_default();
+        let id = match self.recorded(job.id, name).await? {
+            Some((_, have)) if have == want => return Ok(()),
+            Some((id, _)) => Some(CommentId(id)),
+            None => {
+                let marker = job_marker(job.id);
+                github
+                    .list_comments(inst, repo, number)
+                    .await?
+                    .into_iter()
+                    .find(|(_, b)| b.contains(&marker))
+                    .map(|(id, _)| id)
+            }
+        };
+        let id = match id {
+            Some(id) => {
+                github.update_comment(inst, repo, id, body).await?;
+                id
+            }
+            None => github.create_comment(inst, repo, number, body).await?,
+        };
+        self.record(job.id, name, id.0, &want).await
+    }
+
+    async fn put_check_run(
+        &self,
+        github: &GitHub,
+        job: &Job,
+        repo: &RepoName,
+        number: i64,
+        sha: &str,
+        run: &CheckRun,
+    ) -> Result<(), GitHubError> {
+        let name = format!("check:{repo}#{number}");
+        let want = digest(&serde_json::to_string(run).unwrap_or_default());
+        let inst = self.installation_for(github, job, repo).await?;
+        match self.recorded(job.id, &name).await? {
+            Some((_, have)) if have == want => Ok(()),
+            Some((id, _)) => {
+                github.update_check_run(inst, repo, id, run).await?;
+                self.record(job.id, &name, id, &want).await
+            }
+            None => {
+                let id = github.create_check_run(inst, repo, sha, run).await?;
+                self.record(job.id, &name, id, &want).await
+            }
+        }
+    }
+
+    /// Create the deployment once, then add a status whenever its state changes.
+    async fn put_deployment(
+        &self,
+        github: &GitHub,
+        job: &Job,
+        repo: &RepoName,
+        sha: &str,
+        environment: &str,
+        status: &DeploymentStatus<'_>,
+    ) -> Result<(), GitHubError> {
+        let name = "deployment";
+        let want = digest(&format!("{}|{}", status.state, status.description));
+        let inst = self.installation_for(github, job, repo).await?;
+        let id = match self.recorded(job.id, name).await? {
+            Some((_, have)) if have == want => return Ok(()),
+            Some((id, _)) => id,
+            // An ended request that never had a deployment does not get one.
+            None if matches!(status.state, "inactive") => return Ok(()),
+            None => {
+                let id = github
+                    .create_deployment(
+                        inst,
+                        repo,
+                        sha,
+                        environment,
+                        &format!("deploybot request #{}", job.id),
+                    )
+                    .await?;
+                self.record(job.id, name, id, "").await?;
+                id
+            }
+        };
+        github
+            .create_deployment_status(inst, repo, id, status)
+            .await?;
+        self.record(job.id, name, id, &want).await
     }
 
     /// Send every report that is due now (tests and shutdown use this).

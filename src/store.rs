@@ -310,7 +310,7 @@ impl Store {
             "UPDATE triggers SET locked_until = $1, attempts = attempts + 1, updated_at = $2 \
              WHERE id = (SELECT id FROM triggers WHERE state = 'pending' AND run_after <= $2 \
              AND (locked_until IS NULL OR locked_until < $2) ORDER BY id LIMIT 1 {}) \
-             RETURNING id, payload, attempts",
+             RETURNING id, payload, attempts, 0 AS version",
             self.skip_locked()
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql)) // only a fixed locking clause is spliced in
@@ -384,16 +384,24 @@ impl Store {
         .fetch_one(tx.conn())
         .await?;
         let id: i64 = row.try_get(0)?;
-        for (repo, number) in &job.pull_requests {
+        for pr in &job.pull_requests {
             sqlx::query(
-                "INSERT INTO job_pull_requests (job_id, repo, number) VALUES ($1, $2, $3) \
+                "INSERT INTO job_pull_requests (job_id, repo, number, head_sha) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT DO NOTHING",
             )
             .bind(id)
-            .bind(repo)
-            .bind(*number)
+            .bind(&pr.repo)
+            .bind(pr.number)
+            .bind(pr.head_sha.as_deref())
             .execute(tx.conn())
             .await?;
+        }
+        if let Some(pinned) = &job.pinned {
+            sqlx::query("UPDATE jobs SET pinned = $2 WHERE id = $1")
+                .bind(id)
+                .bind(serde_json::to_string(pinned)?)
+                .execute(tx.conn())
+                .await?;
         }
         Store::add_event(tx, id, "queued", &job.queued_message).await?;
         tx.notify_jobs().await?;
@@ -478,6 +486,7 @@ impl Store {
             // A re-queued job may still hold its environment (its worker died
             // after locking, before anything was deployed): free it.
             Store::release_environment(tx, &job.environment, job.id, false).await?;
+            Store::resync_queue(tx, &job.environment).await?;
             ids.push(job.id);
         }
         ids.sort_unstable();
@@ -486,7 +495,14 @@ impl Store {
 
     // ---------------------------------------------------------------- events
 
+    /// Record what happened to a job; its status on GitHub follows.
     pub async fn add_event(tx: &mut Tx, job_id: i64, step: &str, message: &str) -> Result<()> {
+        Store::add_output(tx, job_id, step, message).await?;
+        Store::want_sync(tx, job_id).await
+    }
+
+    /// Record a line of a command's output (no status update on GitHub for it).
+    pub async fn add_output(tx: &mut Tx, job_id: i64, step: &str, message: &str) -> Result<()> {
         sqlx::query("INSERT INTO job_events (job_id, at, step, message) VALUES ($1, $2, $3, $4)")
             .bind(job_id)
             .bind(tx.now)
@@ -495,6 +511,123 @@ impl Store {
             .execute(tx.conn())
             .await?;
         Ok(())
+    }
+
+    /// Ask the reporter to bring the job's status on GitHub (status comment,
+    /// check runs, deployment) up to date. One sync report per job: a change
+    /// while it is pending or being sent re-arms it (version + 1).
+    pub async fn want_sync(tx: &mut Tx, job_id: i64) -> Result<()> {
+        let payload = serde_json::to_string(&crate::report::Report::Sync { job_id })?;
+        sqlx::query(
+            "INSERT INTO outbox (job_id, kind, payload, state, run_after, created_at, version) \
+             VALUES ($1, 'sync', $2, 'pending', $3, $3, 1) \
+             ON CONFLICT (job_id) WHERE kind = 'sync' DO UPDATE SET \
+             run_after = CASE WHEN outbox.state = 'pending' THEN outbox.run_after ELSE $3 END, \
+             attempts = CASE WHEN outbox.state = 'pending' THEN outbox.attempts ELSE 0 END, \
+             state = 'pending', version = outbox.version + 1",
+        )
+        .bind(job_id)
+        .bind(payload)
+        .bind(tx.now)
+        .execute(tx.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// Re-sync every queued job of `environment` (their queue positions moved).
+    pub async fn resync_queue(tx: &mut Tx, environment: &str) -> Result<()> {
+        let rows = sqlx::query("SELECT id FROM jobs WHERE state = 'queued' AND environment = $1")
+            .bind(environment)
+            .fetch_all(tx.conn())
+            .await?;
+        for row in rows {
+            Store::want_sync(tx, row.try_get(0)?).await?;
+        }
+        Ok(())
+    }
+
+    /// The PRs a job references, with their pinned heads, in a stable order.
+    pub async fn job_pull_requests(&self, job_id: i64) -> Result<Vec<PullRef>> {
+        let rows = sqlx::query(
+            "SELECT repo, number, head_sha FROM job_pull_requests WHERE job_id = $1 \
+             ORDER BY repo, number",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PullRef {
+                    repo: r.try_get("repo")?,
+                    number: r.try_get("number")?,
+                    head_sha: r.try_get("head_sha")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Fill in PR heads pinned later (by the pipeline's resolve step).
+    pub async fn set_pull_heads(tx: &mut Tx, job_id: i64, heads: &[PullRef]) -> Result<()> {
+        for pr in heads {
+            sqlx::query(
+                "UPDATE job_pull_requests SET head_sha = $4 WHERE job_id = $1 AND repo = $2 \
+                 AND number = $3 AND head_sha IS NULL",
+            )
+            .bind(job_id)
+            .bind(&pr.repo)
+            .bind(pr.number)
+            .bind(pr.head_sha.as_deref())
+            .execute(tx.conn())
+            .await?;
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- GitHub objects
+
+    /// What deploybot created on GitHub for `job_id` under `name`: (id, digest).
+    pub async fn github_object(&self, job_id: i64, name: &str) -> Result<Option<(i64, String)>> {
+        let row = sqlx::query(
+            "SELECT github_id, digest FROM github_objects WHERE job_id = $1 AND name = $2",
+        )
+        .bind(job_id)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+    }
+
+    pub async fn set_github_object(
+        &self,
+        job_id: i64,
+        name: &str,
+        github_id: i64,
+        digest: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO github_objects (job_id, name, github_id, digest, updated_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (job_id, name) DO UPDATE SET \
+             github_id = excluded.github_id, digest = excluded.digest, updated_at = excluded.updated_at",
+        )
+        .bind(job_id)
+        .bind(name)
+        .bind(github_id)
+        .bind(digest)
+        .bind(self.clock.now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The job whose check run in `repo` has id `check_run_id`.
+    pub async fn job_of_check_run(&self, repo: &str, check_run_id: i64) -> Result<Option<i64>> {
+        let row =
+            sqlx::query("SELECT job_id FROM github_objects WHERE github_id = $1 AND name LIKE $2")
+                .bind(check_run_id)
+                .bind(format!("check:{repo}#%"))
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
     }
 
     pub async fn job_events(&self, job_id: i64) -> Result<Vec<JobEvent>> {
@@ -506,9 +639,11 @@ impl Store {
         .await?;
         rows.iter()
             .map(|r| {
+                let at: i64 = r.try_get("at")?;
                 Ok(JobEvent {
                     id: r.try_get("id")?,
-                    at: rfc3339(r.try_get("at")?),
+                    at: rfc3339(at),
+                    at_ms: at,
                     step: r.try_get("step")?,
                     message: r.try_get("message")?,
                 })
@@ -549,7 +684,7 @@ impl Store {
             "UPDATE outbox SET locked_until = $1, attempts = attempts + 1 \
              WHERE id = (SELECT id FROM outbox WHERE state = 'pending' AND run_after <= $2 \
              AND (locked_until IS NULL OR locked_until < $2) ORDER BY id LIMIT 1 {}) \
-             RETURNING id, payload, attempts",
+             RETURNING id, payload, attempts, version",
             self.skip_locked()
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql)) // only a fixed locking clause is spliced in
@@ -558,6 +693,41 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         row.map(|row| Claimed::from_row(&row)).transpose()
+    }
+
+    /// A sync report was sent with the state as of `version`: done, unless
+    /// the job changed meanwhile (then it stays due, not before `next_ms`).
+    pub async fn sync_sent(&self, id: i64, version: i64, next_ms: i64) -> Result<bool> {
+        let now = self.clock.now_ms();
+        let done = sqlx::query(
+            "UPDATE outbox SET state = 'sent', sent_at = $3, locked_until = NULL, attempts = 0 \
+             WHERE id = $1 AND version = $2",
+        )
+        .bind(id)
+        .bind(version)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(true);
+        }
+        sqlx::query(
+            "UPDATE outbox SET locked_until = NULL, attempts = 0, run_after = $2 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now + next_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(false)
+    }
+
+    /// GitHub rate-limited us: no report is sent before `until_ms`.
+    pub async fn delay_reports(&self, until_ms: i64) -> Result<()> {
+        sqlx::query("UPDATE outbox SET run_after = $1 WHERE state = 'pending' AND run_after < $1")
+            .bind(until_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     pub async fn report_sent(&self, id: i64) -> Result<()> {
@@ -773,7 +943,7 @@ impl Store {
             .bind(tx.now)
             .execute(tx.conn())
             .await?;
-        Ok(())
+        Store::want_sync(tx, job_id).await
     }
 
     pub async fn save_resolution(
@@ -837,14 +1007,21 @@ impl Store {
     pub async fn cancel_queued_job(tx: &mut Tx, job_id: i64, reason: &str) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE jobs SET state = 'cancelled', conclusion = 'cancelled', error = $2, \
-             finished_at = $3, updated_at = $3 WHERE id = $1 AND state = 'queued'",
+             finished_at = $3, updated_at = $3 WHERE id = $1 AND state = 'queued' RETURNING environment",
         )
         .bind(job_id)
         .bind(reason)
         .bind(tx.now)
-        .execute(tx.conn())
+        .fetch_optional(tx.conn())
         .await?;
-        Ok(done.rows_affected() == 1)
+        match done {
+            Some(row) => {
+                let environment: String = row.try_get(0)?;
+                Store::resync_queue(tx, &environment).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// Ask a running job to stop (its worker sees it at the next heartbeat).
@@ -923,15 +1100,18 @@ impl Store {
         repo: &str,
         number: i64,
         reason: &str,
+        newer: i64,
     ) -> Result<Vec<i64>> {
         let rows = sqlx::query(
             "UPDATE jobs SET state = 'superseded', conclusion = 'superseded', updated_at = $3, \
-             finished_at = $3, error = $4 WHERE state = 'queued' AND repo = $1 AND number = $2 RETURNING *",
+             finished_at = $3, error = $4 WHERE state = 'queued' AND repo = $1 AND number = $2 \
+             AND id < $5 RETURNING *",
         )
         .bind(repo)
         .bind(number)
         .bind(tx.now)
         .bind(reason)
+        .bind(newer)
         .fetch_all(tx.conn())
         .await?;
         let jobs = rows.iter().map(Job::from_row).collect::<Result<Vec<_>>>()?;
@@ -968,6 +1148,7 @@ impl Store {
         .bind(tx.now)
         .execute(tx.conn())
         .await?;
+        Store::resync_queue(tx, environment).await?;
         tx.notify_jobs().await
     }
 
@@ -1067,6 +1248,8 @@ impl Store {
         .execute(tx.conn())
         .await?;
         if done.rows_affected() == 1 {
+            // The holder's deployment on GitHub becomes inactive.
+            Store::want_sync(tx, job_id).await?;
             Store::wake_waiting(tx, name).await?;
         }
         Ok(done.rows_affected() == 1)
@@ -1137,6 +1320,7 @@ pub struct Claimed<T> {
     pub payload: T,
     /// Attempts including this one.
     pub attempts: i64,
+    pub version: i64,
 }
 
 impl<T: DeserializeOwned> Claimed<T> {
@@ -1146,6 +1330,8 @@ impl<T: DeserializeOwned> Claimed<T> {
             id: row.try_get("id")?,
             payload: serde_json::from_str(&payload)?,
             attempts: row.try_get("attempts")?,
+            // Only reports have versions (re-armed sync reports).
+            version: row.try_get("version")?,
         })
     }
 }
@@ -1164,8 +1350,11 @@ pub struct NewJob {
     pub delivery_id: Option<String>,
     pub environment: String,
     pub base: String,
-    /// Every PR the request references, as (`owner/name`, number).
-    pub pull_requests: Vec<(String, i64)>,
+    /// Every PR the request references: `owner/name`, number, and the head
+    /// commit it was pinned to at acceptance (when known).
+    pub pull_requests: Vec<PullRef>,
+    /// Refs already pinned to commits (the pipeline pins the rest).
+    pub pinned: Option<serde_json::Value>,
     pub queued_message: String,
 }
 
@@ -1240,8 +1429,18 @@ impl Job {
 pub struct JobEvent {
     pub id: i64,
     pub at: String,
+    #[serde(skip)]
+    pub at_ms: i64,
     pub step: String,
     pub message: String,
+}
+
+/// A PR a job references.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRef {
+    pub repo: String,
+    pub number: i64,
+    pub head_sha: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -37,6 +37,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/v1/jobs", get(list_jobs))
         .route("/api/v1/jobs/{id}", get(get_job))
+        .route("/jobs/{id}", get(job_log))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -196,11 +197,71 @@ async fn get_job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> 
             let mut value = serde_json::to_value(view).unwrap_or_default();
             value["pinned"] = pinned.unwrap_or_default();
             value["plan"] = plan.unwrap_or_default();
+            let events: Vec<_> = events
+                .into_iter()
+                .map(|mut e| {
+                    e.message = crate::status::redact(&e.message);
+                    e
+                })
+                .collect();
             value["events"] = serde_json::to_value(events).unwrap_or_default();
             Json(value).into_response()
         }
         None => error(StatusCode::NOT_FOUND, format!("no job {id}")),
     }
+}
+
+/// A job's full log as plain text (the "full log" link of its status).
+async fn job_log(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<i64>() else {
+        return error(StatusCode::BAD_REQUEST, "a job id is a number");
+    };
+    let (job, events) = match (
+        state.store.get_job(id).await,
+        state.store.job_events(id).await,
+    ) {
+        (Ok(Some(job)), Ok(events)) => (job, events),
+        (Ok(None), _) => return error(StatusCode::NOT_FOUND, format!("no job {id}")),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot read job");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database is unavailable",
+            );
+        }
+    };
+    let mut out = format!(
+        "deploybot request #{} — {}{}\n{}#{} · requested by @{} · environment {} · base {}\n\n",
+        job.id,
+        job.state,
+        job.error
+            .as_deref()
+            .map(|e| format!(": {}", crate::status::redact(e)))
+            .unwrap_or_default(),
+        job.repo,
+        job.number.unwrap_or_default(),
+        job.requested_by,
+        job.environment,
+        job.base
+    );
+    for e in events {
+        let message = crate::status::redact(&e.message);
+        for (n, line) in message.lines().enumerate() {
+            if n == 0 {
+                out.push_str(&format!("{} [{}] {line}\n", e.at, e.step));
+            } else {
+                out.push_str(&format!("    {line}\n"));
+            }
+        }
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {

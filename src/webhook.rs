@@ -100,7 +100,12 @@ pub enum Effect {
 pub fn handles(event: &str) -> bool {
     matches!(
         event,
-        "issue_comment" | "pull_request" | "ping" | "installation" | "installation_repositories"
+        "issue_comment"
+            | "pull_request"
+            | "check_run"
+            | "ping"
+            | "installation"
+            | "installation_repositories"
     )
 }
 
@@ -193,6 +198,23 @@ struct Head {
 }
 
 #[derive(Deserialize)]
+struct CheckRunEvent {
+    action: String,
+    check_run: CheckRunPayload,
+    repository: Repository,
+    sender: User,
+    #[serde(default)]
+    installation: Option<Installation>,
+}
+
+#[derive(Deserialize)]
+struct CheckRunPayload {
+    id: i64,
+    #[serde(default)]
+    external_id: Option<String>,
+}
+
+#[derive(Deserialize)]
 struct InstallationEvent {
     action: String,
     installation: Installation,
@@ -237,6 +259,10 @@ pub fn decode(
         "pull_request" => {
             let ev: PullRequestEvent = serde_json::from_value(value).map_err(shape)?;
             decode_pull_request(ev, config)
+        }
+        "check_run" => {
+            let ev: CheckRunEvent = serde_json::from_value(value).map_err(shape)?;
+            decode_check_run(ev, config)
         }
         "installation" | "installation_repositories" => {
             let ev: InstallationEvent = serde_json::from_value(value).map_err(shape)?;
@@ -348,6 +374,34 @@ fn decode_pull_request(ev: PullRequestEvent, config: &Config) -> (Vec<Effect>, &
         ),
         _ => (vec![], "ignored: pull_request action not relevant"),
     }
+}
+
+/// "Re-run" on a check run: deploybot's carry the job id as `external_id`
+/// (the intake then finds the job by the check run's id).
+fn decode_check_run(ev: CheckRunEvent, config: &Config) -> (Vec<Effect>, &'static str) {
+    if ev.action != "rerequested" {
+        return (vec![], "ignored: check_run action not handled");
+    }
+    let ours = ev
+        .check_run
+        .external_id
+        .as_deref()
+        .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()));
+    if !ours || config.component_by_repo(&ev.repository.full_name).is_none() {
+        return (vec![], "ignored: not a deploybot check run");
+    }
+    if is_bot(&ev.sender, config) {
+        return (vec![], "ignored: re-run by a bot");
+    }
+    (
+        vec![Effect::Trigger(Trigger::Rerun {
+            repo: ev.repository.full_name,
+            check_run_id: ev.check_run.id,
+            sender: ev.sender.login,
+            installation_id: ev.installation.map(|i| i.id),
+        })],
+        "check run re-run requested",
+    )
 }
 
 fn decode_installation(ev: InstallationEvent) -> (Vec<Effect>, &'static str) {

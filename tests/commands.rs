@@ -242,6 +242,7 @@ async fn builds_checkouts_and_deploys_with_commands(db: Db) {
     let w = world(db, RECORDING_BUILDER, "5m").await;
     let t = &w.t;
     comment(t, "/deploy ogr=123 deployment=321").await;
+    t.settle().await; // accepted and reported before a worker takes it
     t.run().await;
     let job = t.last_job().await;
     assert_eq!(job["state"], "succeeded", "{job}");
@@ -300,12 +301,100 @@ async fn builds_checkouts_and_deploys_with_commands(db: Db) {
     // The same SHAs again: every image is reused, nothing is built.
     let before = w.log().matches("built ").count();
     comment(t, "/deploy ogr=123 deployment=321").await;
+    t.settle().await;
     t.run().await;
     let job = t.last_job().await;
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(w.log().matches("built ").count(), before, "nothing rebuilt");
     assert_eq!(events(&job, "build").matches("reused ").count(), 4, "{job}");
-    t.github.take_comments("packit/packit-service", 614);
+    t.replies("packit/packit-service", 614);
+
+    // What the Packit team sees on GitHub.
+    let (first, second) = (1, job["id"].as_i64().expect("id"));
+    let status = t.status_comment(second).body;
+    println!("{status}");
+    assert!(status.starts_with("### 🚀 Deployed to `dev`\n"), "{status}");
+    assert!(
+        status
+            .contains("Request #2 by @alice: `/deploy ogr=123 deployment=321 packit-service=614`"),
+        "{status}"
+    );
+    assert!(
+        status.contains("environment `dev` (https://dev.example.org)"),
+        "{status}"
+    );
+    assert!(status.contains("held until"), "{status}");
+    for sha in [&w.service_sha, &w.ogr_sha, &w.deployment_sha] {
+        assert!(status.contains(&short(sha)), "{sha} in {status}");
+    }
+    assert!(
+        status.contains(&format!(
+            "`quay.io/packit/packit-service:packit-service-{}-stg-ogr-{}`: reused",
+            short(&w.service_sha),
+            short(&w.ogr_sha)
+        )),
+        "{status}"
+    );
+    for step in [
+        "resolve", "plan", "lock", "build", "cleanup", "deploy", "hold",
+    ] {
+        assert!(
+            status.contains(&format!("| ✅ {step} |")),
+            "{step}: {status}"
+        );
+    }
+    assert!(status.contains("`/deploy release`"), "{status}");
+    let first_status = t.status_comment(first).body;
+    assert!(
+        first_status.starts_with("### ✅ Was deployed to `dev`; the hold has ended"),
+        "{first_status}"
+    );
+    assert!(first_status.contains(": built"), "{first_status}");
+    // A check run on each PR's pinned head, for each request.
+    for (repo, number, sha) in [
+        ("packit/packit-service", 614, &w.service_sha),
+        ("packit/ogr", 123, &w.ogr_sha),
+        ("packit/deployment", 321, &w.deployment_sha),
+    ] {
+        for id in [first, second] {
+            let runs = t.check_runs_for(repo, id);
+            assert_eq!(runs.len(), 1, "{repo}#{number}: {runs:?}");
+            let run = &runs[0];
+            assert_eq!(run["head_sha"], sha.as_str());
+            assert_eq!(run["status"], "completed");
+            assert_eq!(run["conclusion"], "success");
+            let title = if id == first {
+                "Was deployed to `dev`; the hold has ended"
+            } else {
+                "Deployed to `dev`"
+            };
+            assert_eq!(run["output"]["title"], title);
+            let summary = run["output"]["summary"].as_str().expect("summary");
+            assert!(summary.contains(&short(&w.ogr_sha)), "{summary}");
+            assert!(summary.contains("| ✅ deploy |"), "{summary}");
+        }
+    }
+    // A deployment on the PR's head: queued → success (in_progress while a
+    // worker runs it: see cancel_stops_a_running_build), and the first one
+    // inactive once the second replaced it.
+    assert_eq!(
+        t.deployment_states("packit/packit-service", first),
+        ["queued", "success", "inactive"]
+    );
+    assert_eq!(
+        t.deployment_states("packit/packit-service", second),
+        ["queued", "success"]
+    );
+    let deployment = &t.github.deployments("packit/packit-service")[1];
+    assert_eq!(deployment["sha"], w.service_sha.as_str());
+    assert_eq!(deployment["environment"], "dev");
+    let statuses = t
+        .github
+        .deployment_statuses(deployment["id"].as_u64().expect("id"));
+    assert_eq!(
+        statuses.last().expect("status")["environment_url"],
+        "https://dev.example.org"
+    );
 }
 
 async fn failed_build_records_an_excerpt_and_releases(db: Db) {
@@ -330,6 +419,48 @@ async fn failed_build_records_an_excerpt_and_releases(db: Db) {
     let envs = t.app.state.store.environments().await.expect("envs");
     assert_eq!(envs[0].holder_job, None, "the lock is released");
     assert!(envs[0].dirty);
+
+    // What the PR shows.
+    let id = job["id"].as_i64().expect("id");
+    let status = t.status_comment(id).body;
+    println!("{status}");
+    assert!(
+        status.starts_with("### ❌ Failed at `build` (`dev`)"),
+        "{status}"
+    );
+    assert!(
+        status.contains("**build failed: `sh` exited with exit status: 3**"),
+        "{status}"
+    );
+    assert!(
+        status.contains("```\ncompiling\nerror: boom\n```"),
+        "the excerpt: {status}"
+    );
+    assert!(
+        status.contains("[Full log](http://localhost:8080/jobs/1)"),
+        "{status}"
+    );
+    assert!(status.contains("| ❌ build |"), "{status}");
+    let run = &t.check_runs_for("packit/packit-service", id)[0];
+    assert_eq!(run["conclusion"], "failure");
+    assert_eq!(run["output"]["title"], "Failed at `build` (`dev`)");
+    assert!(
+        run["output"]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("error: boom")),
+        "{run}"
+    );
+    assert_eq!(
+        t.deployment_states("packit/packit-service", id),
+        ["failure"]
+    );
+    let comment_id = comment_id_for(614, "/deploy");
+    assert_eq!(t.github.reactions(comment_id), ["eyes", "confused"]);
+    // The full log behind the link.
+    let (code, log) = t.get("/jobs/1").await;
+    assert!(code.is_success());
+    let log = log.as_str().expect("plain text");
+    assert!(log.contains("[build] │ error: boom"), "{log}");
 }
 
 async fn build_time_limit_ends_the_job_as_timed_out(db: Db) {
@@ -350,6 +481,9 @@ async fn build_time_limit_ends_the_job_as_timed_out(db: Db) {
         t.app.state.store.environments().await.expect("envs")[0].holder_job,
         None
     );
+    assert_eq!(t.headlines().await, ["### ⌛ Timed out at `build` (`dev`)"]);
+    let run = &t.check_runs_for("packit/packit-service", 1)[0];
+    assert_eq!(run["conclusion"], "timed_out");
 }
 
 async fn cancel_stops_a_running_build(db: Db) {
@@ -378,6 +512,18 @@ async fn cancel_stops_a_running_build(db: Db) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(building, "the job reached the build step");
+    // While it builds, GitHub shows it running.
+    t.settle().await;
+    assert!(
+        t.status_comment(1)
+            .body
+            .starts_with("### 🔄 Deploying to `dev`: build"),
+        "{}",
+        t.status_comment(1).body
+    );
+    let run = &t.check_runs_for("packit/packit-service", 1)[0];
+    assert_eq!(run["status"], "in_progress");
+    assert_eq!(run["output"]["title"], "Deploying to `dev`: build");
     comment(t, "/deploy cancel").await;
     t.settle().await;
     let finished = tokio::time::timeout(Duration::from_secs(20), running)
@@ -397,11 +543,19 @@ async fn cancel_stops_a_running_build(db: Db) {
         t.app.state.store.environments().await.expect("envs")[0].holder_job,
         None
     );
-    let replies = t.github.take_comments("packit/packit-service", 614);
+    let replies = t.replies("packit/packit-service", 614);
     assert!(
         replies
             .iter()
             .any(|c| c.body.contains("stopping during `build`")),
         "{replies:?}"
     );
+    t.settle().await;
+    assert_eq!(t.headlines().await, ["### ⏹️ Cancelled during build"]);
+    assert_eq!(
+        t.deployment_states("packit/packit-service", 1),
+        ["queued", "in_progress", "inactive"]
+    );
+    let run = &t.check_runs_for("packit/packit-service", 1)[0];
+    assert_eq!(run["conclusion"], "cancelled");
 }

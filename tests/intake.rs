@@ -9,7 +9,6 @@ mod support;
 
 use axum::http::StatusCode;
 use serde_json::json;
-use support::fake_github::FakeGitHub;
 use support::harness::*;
 
 on_both_backends!(
@@ -43,9 +42,14 @@ on_both_backends!(
     api_reads_jobs_and_hides_secrets,
 );
 
-fn check_clean(github: &FakeGitHub) {
-    github.assert_no_violations();
-    github.assert_no_unseen_comments();
+/// No API misuse, exactly one status comment per accepted request, and no
+/// other comment the test did not look at.
+async fn check_clean(t: &TestApp) {
+    t.github.assert_no_violations();
+    for job in t.jobs().await {
+        t.status_comment(job["id"].as_i64().expect("id"));
+    }
+    t.github.assert_no_unseen_comments();
 }
 
 async fn valid_command_queues_the_request_and_gets_eyes(db: Db) {
@@ -79,7 +83,46 @@ async fn valid_command_queues_the_request_and_gets_eyes(db: Db) {
     );
     let comment_id = event["comment"]["id"].as_u64().expect("id");
     assert_eq!(t.github.reactions(comment_id), vec!["eyes".to_string()]);
-    check_clean(&t.github);
+
+    // At acceptance: the status comment says it is queued and names both PRs
+    // pinned to their heads; each PR's head carries a queued check run.
+    let id = job["id"].as_i64().expect("id");
+    let status = t.status_comment(id);
+    assert_eq!(status.number, 614);
+    assert!(
+        status.body.starts_with("### ⏳ Queued for `dev`"),
+        "{}",
+        status.body
+    );
+    assert!(
+        status
+            .body
+            .contains("Request #1 by @alice: `/deploy ogr=123 packit-service=614`"),
+        "{}",
+        status.body
+    );
+    assert!(
+        status
+            .body
+            .contains(&format!("commit/{}", default_sha(123)))
+    );
+    assert!(
+        status
+            .body
+            .contains(&format!("commit/{}", default_sha(614)))
+    );
+    for (repo, number) in [("packit/packit-service", 614), ("packit/ogr", 123)] {
+        let runs = t.check_runs_for(repo, id);
+        assert_eq!(runs.len(), 1, "{repo}: {runs:?}");
+        assert_eq!(runs[0]["head_sha"], default_sha(number));
+        assert_eq!(runs[0]["status"], "queued");
+        assert_eq!(runs[0]["name"], "deploybot");
+        assert_eq!(
+            runs[0]["details_url"],
+            "https://deploybot.packit.dev/jobs/1"
+        );
+    }
+    check_clean(&t).await;
 }
 
 async fn edited_comment_queues_only_new_command_lines(db: Db) {
@@ -115,7 +158,7 @@ async fn edited_comment_queues_only_new_command_lines(db: Db) {
     t.deliver("issue_comment", &prose).await;
     t.settle().await;
     assert_eq!(t.jobs().await.len(), 2);
-    check_clean(&t.github);
+    check_clean(&t).await;
 }
 
 async fn malformed_command_gets_one_helpful_reply_and_no_job(db: Db) {
@@ -133,7 +176,7 @@ async fn malformed_command_gets_one_helpful_reply_and_no_job(db: Db) {
     t.settle().await;
 
     assert!(t.jobs().await.is_empty());
-    let replies = t.github.take_comments("packit/packit-service", 614);
+    let replies = t.replies("packit/packit-service", 614);
     assert_eq!(replies.len(), 1, "{replies:?}");
     let body = &replies[0].body;
     assert!(body.contains("ogrr"), "quotes the token: {body}");
@@ -148,7 +191,7 @@ async fn malformed_command_gets_one_helpful_reply_and_no_job(db: Db) {
         t.github.reactions(comment_id).is_empty(),
         "no 👀 on a malformed command"
     );
-    check_clean(&t.github);
+    check_clean(&t).await;
 }
 
 async fn unauthorised_user_is_answered_once(db: Db) {
@@ -165,7 +208,7 @@ async fn unauthorised_user_is_answered_once(db: Db) {
     t.deliver("issue_comment", &first).await;
     t.settle().await;
     assert!(t.jobs().await.is_empty());
-    let replies = t.github.take_comments("packit/packit-service", 614);
+    let replies = t.replies("packit/packit-service", 614);
     assert_eq!(replies.len(), 1);
     assert!(replies[0].body.contains("@mallory"), "{}", replies[0].body);
     assert!(replies[0].body.contains("write"), "{}", replies[0].body);
@@ -181,9 +224,7 @@ async fn unauthorised_user_is_answered_once(db: Db) {
     t.settle().await;
     assert!(t.jobs().await.is_empty());
     assert!(
-        t.github
-            .take_comments("packit/packit-service", 614)
-            .is_empty(),
+        t.replies("packit/packit-service", 614).is_empty(),
         "no second reply"
     );
     for e in [&first, &second] {
@@ -193,7 +234,7 @@ async fn unauthorised_user_is_answered_once(db: Db) {
                 .is_empty()
         );
     }
-    check_clean(&t.github);
+    check_clean(&t).await;
 }
 
 async fn team_member_on_the_allow_list_may_deploy(db: Db) {
@@ -208,7 +249,7 @@ async fn team_member_on_the_allow_list_may_deploy(db: Db) {
     let jobs = t.jobs().await;
     assert_eq!(jobs.len(), 1);
     assert_eq!(components(&jobs[0]), pairs(&[("ogr", "#123")]));
-    check_clean(&t.github);
+    check_clean(&t).await;
 }
 
 async fn bot_comments_do_nothing(db: Db) {
@@ -239,7 +280,7 @@ async fn bot_comments_do_nothing(db: Db) {
     t.deliver("issue_comment", &own).await;
     t.settle().await;
     assert!(t.jobs().await.is_empty());
-    check_clean(&t.github);
+    check_clean(&t).await;
 }
 
 async fn redelivery_queues_nothing_new(db: Db) {
@@ -265,7 +306,7 @@ async fn redelivery_queues_nothing_new(db: Db) {
     assert_eq!(t.deliveries().await, 1);
     let comment_id = event["comment"]["id"].as_u64().expect("id");
     assert_eq!(t.github.reactions(comment_id), vec!["eyes".to_string()]);
-    check_clean(&t.github);
+    check_clean(&t).await;
 }
 
 async fn bad_missing_or_stale_signatures_get_401_and_store_nothing(db: Db) {
@@ -341,7 +382,7 @@ async fn rotated_secret_verifies(db: Db) {
     assert!(status.is_success(), "{status}");
     t.settle().await;
     assert_eq!(t.jobs().await.len(), 1);
-    check_clean(&t.github);
+    check_clean(&t).await;
 }
 
 async fn oversized_body_gets_413(db: Db) {
@@ -443,7 +484,7 @@ async fn label_by_authorised_sender_queues_that_pr(db: Db) {
     t.deliver("pull_request", &other).await;
     t.settle().await;
     assert_eq!(t.jobs().await.len(), 1);
-    check_clean(&t.github);
+    check_clean(&t).await;
 }
 
 async fn label_by_stranger_is_refused_once(db: Db) {
@@ -456,8 +497,8 @@ async fn label_by_stranger_is_refused_once(db: Db) {
         t.settle().await;
     }
     assert!(t.jobs().await.is_empty());
-    assert_eq!(t.github.take_comments("packit/ogr", 123).len(), 1);
-    check_clean(&t.github);
+    assert_eq!(t.replies("packit/ogr", 123).len(), 1);
+    check_clean(&t).await;
 }
 
 async fn close_cancels_the_prs_queued_jobs(db: Db) {
@@ -507,7 +548,7 @@ async fn close_cancels_the_prs_queued_jobs(db: Db) {
     t.settle().await;
     let asked = comment_id_for(614, "/deploy ogr=123");
     assert_eq!(t.github.reactions(asked), ["eyes", "confused"]);
-    check_clean(&t.github);
+    check_clean(&t).await;
 }
 
 async fn synchronize_supersedes_and_requeues_when_author_is_trusted(db: Db) {
@@ -535,7 +576,7 @@ async fn synchronize_supersedes_and_requeues_when_author_is_trusted(db: Db) {
     t.deliver("pull_request", &plain).await;
     t.settle().await;
     assert_eq!(t.jobs().await.len(), 2);
-    check_clean(&t.github);
+    check_clean(&t).await;
 }
 
 async fn synchronize_by_untrusted_author_is_not_deployed(db: Db) {
@@ -548,10 +589,10 @@ async fn synchronize_by_untrusted_author_is_not_deployed(db: Db) {
     t.deliver("pull_request", &sync).await;
     t.settle().await;
     assert!(t.jobs().await.is_empty());
-    let replies = t.github.take_comments("packit/ogr", 123);
+    let replies = t.replies("packit/ogr", 123);
     assert_eq!(replies.len(), 1);
     assert!(replies[0].body.contains("/deploy"), "{}", replies[0].body);
-    check_clean(&t.github);
+    check_clean(&t).await;
 }
 
 async fn installation_events_are_remembered_and_used(db: Db) {
@@ -600,7 +641,7 @@ async fn installation_events_are_remembered_and_used(db: Db) {
             .reactions(event["comment"]["id"].as_u64().expect("id")),
         vec!["eyes".to_string()]
     );
-    check_clean(&t.github);
+    check_clean(&t).await;
 }
 
 async fn comment_on_issue_needs_explicit_refs(db: Db) {
@@ -614,7 +655,7 @@ async fn comment_on_issue_needs_explicit_refs(db: Db) {
     .await;
     t.settle().await;
     assert!(t.jobs().await.is_empty());
-    let replies = t.github.take_comments("packit/packit-service", 50);
+    let replies = t.replies("packit/packit-service", 50);
     assert_eq!(replies.len(), 1);
     assert!(
         replies[0].body.contains("nothing to deploy"),
@@ -642,7 +683,7 @@ async fn comment_on_issue_needs_explicit_refs(db: Db) {
         components(&jobs[0]),
         pairs(&[("ogr", "#1"), ("packit-service-fedmsg", "branch:main")])
     );
-    check_clean(&t.github);
+    check_clean(&t).await;
 }
 
 async fn retired_component_answers_retired(db: Db) {
@@ -662,10 +703,10 @@ async fn retired_component_answers_retired(db: Db) {
     .await;
     t.settle().await;
     assert!(t.jobs().await.is_empty());
-    let replies = t.github.take_comments("packit/packit-service", 614);
+    let replies = t.replies("packit/packit-service", 614);
     assert_eq!(replies.len(), 1);
     assert!(replies[0].body.contains("retired"), "{}", replies[0].body);
-    check_clean(&t.github);
+    check_clean(&t).await;
 }
 
 async fn reporter_crash_after_posting_does_not_post_twice(db: Db) {
@@ -693,9 +734,9 @@ async fn reporter_crash_after_posting_does_not_post_twice(db: Db) {
         .post_comment_as_app("packit/ogr", 9, &format!("hello\n\n{}", marker(id)));
     // The next reporter finds the marker and does not post again.
     t.settle().await;
-    assert_eq!(t.github.take_comments("packit/ogr", 9).len(), 1);
+    assert_eq!(t.replies("packit/ogr", 9).len(), 1);
     assert_eq!(store.pending_reports().await.expect("count"), 0);
-    check_clean(&t.github);
+    check_clean(&t).await;
 }
 
 async fn github_outage_delays_but_loses_nothing(db: Db) {
@@ -738,7 +779,7 @@ async fn github_outage_delays_but_loses_nothing(db: Db) {
     );
     let comment_id = event["comment"]["id"].as_u64().expect("id");
     assert_eq!(t.github.reactions(comment_id), vec!["eyes".to_string()]);
-    check_clean(&t.github);
+    check_clean(&t).await;
 }
 
 async fn reporter_retries_a_failed_report_with_backoff(db: Db) {
@@ -788,7 +829,7 @@ async fn reporter_retries_a_failed_report_with_backoff(db: Db) {
     }
     assert_eq!(t.github.reactions(comment_id), vec!["eyes".to_string()]);
     assert_eq!(store.pending_reports().await.expect("count"), 0);
-    check_clean(&t.github);
+    check_clean(&t).await;
 }
 
 async fn api_reads_jobs_and_hides_secrets(db: Db) {
@@ -846,7 +887,7 @@ async fn api_reads_jobs_and_hides_secrets(db: Db) {
     for secret in secrets {
         assert!(!everything.contains(&secret), "a secret leaked");
     }
-    check_clean(&t.github);
+    check_clean(&t).await;
 }
 
 #[tokio::test]
@@ -900,7 +941,7 @@ async fn hopeless_github_errors_end_the_trigger(db: Db) {
         "not retried forever"
     );
     assert!(t.jobs().await.is_empty());
-    check_clean(&t.github);
+    check_clean(&t).await;
 }
 
 async fn closed_or_missing_prs_are_answered_at_once(db: Db) {
@@ -923,7 +964,7 @@ async fn closed_or_missing_prs_are_answered_at_once(db: Db) {
         let event = comment_event("packit/packit-service", 614, true, body, "alice");
         t.deliver("issue_comment", &event).await;
         t.settle().await;
-        let replies = t.github.take_comments("packit/packit-service", 614);
+        let replies = t.replies("packit/packit-service", 614);
         assert_eq!(replies.len(), 1, "{replies:?}");
         assert!(replies[0].body.contains(expected), "{}", replies[0].body);
         assert!(
@@ -935,7 +976,7 @@ async fn closed_or_missing_prs_are_answered_at_once(db: Db) {
         assert!(t.github.reactions(comment_id).is_empty());
     }
     assert!(t.jobs().await.is_empty(), "nothing queued");
-    check_clean(&t.github);
+    check_clean(&t).await;
 }
 
 async fn help_lists_usage_components_and_aliases(db: Db) {
@@ -948,7 +989,7 @@ async fn help_lists_usage_components_and_aliases(db: Db) {
     )
     .await;
     t.settle().await;
-    let replies = t.github.take_comments("packit/packit-service", 614);
+    let replies = t.replies("packit/packit-service", 614);
     assert_eq!(replies.len(), 1);
     let help = &replies[0].body;
     for needle in [
@@ -964,5 +1005,5 @@ async fn help_lists_usage_components_and_aliases(db: Db) {
         assert!(help.contains(needle), "{needle} in {help}");
     }
     assert!(t.jobs().await.is_empty());
-    check_clean(&t.github);
+    check_clean(&t).await;
 }

@@ -297,8 +297,23 @@ async fn multi_repository_request_end_to_end(db: Db) {
         "{}",
         lease(&w.kube)
     );
-    w.t.github.take_comments("packit/packit-service", 614);
+    w.t.replies("packit/packit-service", 614);
     w.kube.assert_no_violations();
+    // Released: both requests' deployments are over, on GitHub too.
+    assert_eq!(
+        w.t.headlines().await,
+        [
+            "### ✅ Was deployed to `dev`; the hold has ended",
+            "### ✅ Was deployed to `dev`; the hold has ended"
+        ]
+    );
+    assert_eq!(
+        w.t.deployment_states("packit/packit-service", 2),
+        ["queued", "success", "inactive"]
+    );
+    let run = &w.t.check_runs_for("packit/ogr", 2)[0];
+    assert_eq!(run["conclusion"], "success");
+    assert_eq!(run["head_sha"], "2222222222222222222222222222222222222222");
 }
 
 async fn failed_build_records_the_log_and_frees_the_lease(db: Db) {
@@ -328,6 +343,15 @@ async fn failed_build_records_the_log_and_frees_the_lease(db: Db) {
         None
     );
     w.kube.assert_no_violations();
+    let status = w.t.status_comment(1).body;
+    assert!(
+        status.starts_with("### ❌ Failed at `build` (`dev`)"),
+        "{status}"
+    );
+    assert!(
+        status.contains("error: pip install failed: boom"),
+        "{status}"
+    );
 }
 
 async fn rollout_timeout_ends_the_job_as_timed_out(db: Db) {
@@ -357,6 +381,10 @@ async fn rollout_timeout_ends_the_job_as_timed_out(db: Db) {
         "a half-done rollout leaves the environment dirty"
     );
     w.kube.assert_no_violations();
+    assert_eq!(
+        w.t.headlines().await,
+        ["### ⌛ Timed out at `deploy` (`dev`)"]
+    );
 }
 
 async fn lease_held_elsewhere_makes_the_job_wait(db: Db) {
@@ -397,6 +425,9 @@ async fn lease_held_elsewhere_makes_the_job_wait(db: Db) {
     );
     assert!(w.kube.builds(NS).is_empty());
     w.kube.assert_no_violations();
+    w.t.settle().await;
+    let status = w.t.status_comment(1).body;
+    assert!(status.starts_with("### ⏳ Waiting for `dev`"), "{status}");
 }
 
 async fn cancel_during_a_build_frees_the_lease(db: Db) {
@@ -447,6 +478,8 @@ async fn cancel_during_a_build_frees_the_lease(db: Db) {
         w.t.app.state.store.environments().await.expect("envs")[0].holder_job,
         None
     );
-    w.t.github.take_comments("packit/packit-service", 614);
+    w.t.replies("packit/packit-service", 614);
     w.kube.assert_no_violations();
+    w.t.settle().await;
+    assert_eq!(w.t.headlines().await, ["### ⏹️ Cancelled during build"]);
 }

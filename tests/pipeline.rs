@@ -129,7 +129,30 @@ async fn dry_run_environment_takes_a_request_through_every_step(db: Db) {
     assert_eq!(holder(&t).await, Some(id));
     let comment_id = comment_id_for(614, "/deploy ogr=123");
     assert_eq!(t.github.reactions(comment_id), ["eyes", "rocket"]);
-    t.github.take_comments("packit/packit-service", 614);
+    t.replies("packit/packit-service", 614);
+    // On GitHub: the status comment, a successful check run on each PR's head.
+    let status = t.status_comment(id).body;
+    assert!(
+        status.starts_with("### 🚀 Done on `dev` (a dry-run environment: nothing was changed)"),
+        "{status}"
+    );
+    assert!(status.contains("held until"), "{status}");
+    assert!(
+        status.contains("`quay.io/packit/packit-worker:packit-service-111111111111-stg-ogr-222222222222`: to build, with ogr installed")
+            || status.contains("packit-worker"),
+        "{status}"
+    );
+    for (repo, sha) in [
+        ("packit/packit-service", SHA_SERVICE),
+        ("packit/ogr", SHA_OGR),
+    ] {
+        let runs = t.check_runs_for(repo, id);
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        assert_eq!(runs[0]["head_sha"], sha);
+        assert_eq!(runs[0]["conclusion"], "success");
+    }
+    // A dry-run environment gets no GitHub deployment.
+    assert!(t.github.deployments("packit/packit-service").is_empty());
 }
 
 async fn dry_run_request_plans_only(db: Db) {
@@ -146,6 +169,10 @@ async fn dry_run_request_plans_only(db: Db) {
             .is_some_and(|i| !i.is_empty())
     );
     assert_eq!(holder(&t).await, None, "a dry run holds nothing");
+    assert_eq!(
+        t.headlines().await,
+        ["### ✅ Dry run: planned, nothing deployed"]
+    );
 }
 
 async fn busy_environment_makes_the_next_request_wait_in_order(db: Db) {
@@ -164,16 +191,40 @@ async fn busy_environment_makes_the_next_request_wait_in_order(db: Db) {
     let text = events(&waiting, "waiting");
     assert!(text.contains("position 1"), "{text}");
     assert!(text.contains(&format!("request #{first}")), "{text}");
+    let status = t.status_comment(second).body;
+    assert!(
+        status.starts_with("### ⏳ Waiting for `dev` (position 1 in the queue)"),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!(
+            "held by request #{first} (packit/packit-service#614)"
+        )),
+        "{status}"
+    );
+    let run = &t.check_runs_for("packit/packit-service", second)[0];
+    assert_eq!(run["status"], "queued");
+    assert_eq!(
+        run["output"]["title"],
+        "Waiting for `dev` (position 1 in the queue)"
+    );
 
     // Releasing the first lets the second run at once.
     comment(&t, 614, "/deploy release", "alice").await;
     t.run().await;
     assert_eq!(t.job(second).await["state"], "succeeded");
     assert_eq!(holder(&t).await, Some(second));
-    let replies = t.github.take_comments("packit/packit-service", 614);
+    let replies = t.replies("packit/packit-service", 614);
     assert!(
         replies.iter().any(|c| c.body.contains("released `dev`")),
         "{replies:?}"
+    );
+    assert_eq!(
+        t.headlines().await,
+        [
+            "### ✅ Was deployed to `dev`; the hold has ended",
+            "### 🚀 Done on `dev` (a dry-run environment: nothing was changed)"
+        ]
     );
 }
 
@@ -186,7 +237,7 @@ async fn hold_expires_and_the_next_request_cleans_up(db: Db) {
     t.advance(Duration::from_secs(3600 + 60));
     t.run().await;
     assert_eq!(holder(&t).await, None);
-    let notices = t.github.take_comments("packit/packit-service", 614);
+    let notices = t.replies("packit/packit-service", 614);
     assert_eq!(notices.len(), 1, "{notices:?}");
     assert!(notices[0].body.contains("expired"), "{}", notices[0].body);
     let envs = t.app.state.store.environments().await.expect("envs");
@@ -201,6 +252,13 @@ async fn hold_expires_and_the_next_request_cleans_up(db: Db) {
         "{job}"
     );
     assert!(!t.app.state.store.environments().await.expect("envs")[0].dirty);
+    assert_eq!(
+        t.headlines().await,
+        [
+            "### ✅ Was deployed to `dev`; the hold has ended",
+            "### 🚀 Done on `dev` (a dry-run environment: nothing was changed)"
+        ]
+    );
 }
 
 async fn extend_lengthens_the_hold_up_to_the_maximum(db: Db) {
@@ -218,7 +276,7 @@ async fn extend_lengthens_the_hold_up_to_the_maximum(db: Db) {
     assert_eq!(after - before, 90 * 60 * 1000);
     comment(&t, 614, "/deploy extend 8h", "alice").await;
     t.run().await;
-    let replies = t.github.take_comments("packit/packit-service", 614);
+    let replies = t.replies("packit/packit-service", 614);
     assert!(
         replies
             .last()
@@ -233,10 +291,19 @@ async fn extend_lengthens_the_hold_up_to_the_maximum(db: Db) {
     // Another PR holds nothing to extend.
     comment(&t, 700, "/deploy extend 1h", "bob").await;
     t.run().await;
-    let replies = t.github.take_comments("packit/packit-service", 700);
+    let replies = t.replies("packit/packit-service", 700);
     assert!(
         replies[0].body.contains("holds no environment"),
         "{replies:?}"
+    );
+    let status = t.status_comment(1).body;
+    assert!(
+        status.starts_with("### 🚀 Done on `dev` (a dry-run environment: nothing was changed)"),
+        "{status}"
+    );
+    assert!(
+        status.contains("(7h 59m left)") || status.contains("(8h 00m left)"),
+        "the extended hold: {status}"
     );
 }
 
@@ -261,6 +328,15 @@ async fn newer_request_from_the_same_pr_replaces_its_deployment(db: Db) {
     let jobs = t.jobs().await;
     assert_eq!(jobs[1]["state"], "superseded");
     assert_eq!(jobs[0]["state"], "queued");
+    assert_eq!(
+        t.headlines().await,
+        [
+            "### ✅ Was deployed to `dev`; the hold has ended",
+            "### 🚀 Done on `dev` (a dry-run environment: nothing was changed)",
+            "### ⏭️ Superseded by request #4 from @bob",
+            "### ⏳ Queued for `dev`",
+        ]
+    );
 }
 
 async fn cancel_ends_a_queued_request(db: Db) {
@@ -271,13 +347,16 @@ async fn cancel_ends_a_queued_request(db: Db) {
     t.settle().await;
     let jobs = t.jobs().await;
     assert_eq!(jobs[0]["state"], "cancelled");
-    let replies = t.github.take_comments("packit/packit-service", 614);
+    let replies = t.replies("packit/packit-service", 614);
     assert!(
         replies.iter().any(|c| c.body.contains("cancelled request")),
         "{replies:?}"
     );
     t.run().await;
     assert_eq!(holder(&t).await, None);
+    assert_eq!(t.headlines().await, ["### ⏹️ Cancelled by @alice"]);
+    let run = &t.check_runs_for("packit/packit-service", 1)[0];
+    assert_eq!(run["conclusion"], "cancelled");
 }
 
 async fn closed_pr_fails_resolution_with_a_clear_reason(db: Db) {
@@ -303,6 +382,18 @@ async fn closed_pr_fails_resolution_with_a_clear_reason(db: Db) {
         ["eyes", "confused"]
     );
     assert_eq!(holder(&t).await, None);
+    let status = t.status_comment(1).body;
+    assert!(
+        status.starts_with("### ❌ Failed at `resolve` (`dev`)"),
+        "{status}"
+    );
+    assert!(status.contains("packit/ogr#5 is closed"), "{status}");
+    let run = &t.check_runs_for("packit/ogr", 1)[0];
+    assert_eq!(run["conclusion"], "failure");
+    assert_eq!(
+        run["head_sha"], SHA_OTHER,
+        "pinned when the request was accepted"
+    );
 }
 
 async fn worker_that_dies_is_reaped(db: Db) {
@@ -358,6 +449,11 @@ async fn worker_that_dies_is_reaped(db: Db) {
     );
     assert_eq!(holder(&t).await, None);
     assert!(store.environments().await.expect("envs")[0].dirty);
+    let headlines = t.headlines().await;
+    assert!(
+        headlines[1].starts_with("### ❌ Failed at `deploy`"),
+        "{headlines:?}"
+    );
 }
 
 async fn status_lists_holder_and_queue(db: Db) {
@@ -368,11 +464,18 @@ async fn status_lists_holder_and_queue(db: Db) {
     t.run().await;
     comment(&t, 700, "/deploy status", "bob").await;
     t.run().await;
-    let replies = t.github.take_comments("packit/packit-service", 700);
+    let replies = t.replies("packit/packit-service", 700);
     let status = &replies.last().expect("reply").body;
     assert!(status.contains("`dev`"), "{status}");
     assert!(status.contains("packit/packit-service#614"), "{status}");
     assert!(status.contains("(waiting)"), "{status}");
+    assert_eq!(
+        t.headlines().await,
+        [
+            "### 🚀 Done on `dev` (a dry-run environment: nothing was changed)",
+            "### ⏳ Waiting for `dev` (position 1 in the queue)"
+        ]
+    );
 }
 
 /// Two workers on one PostgreSQL queue race for one environment: it is never
@@ -432,6 +535,11 @@ async fn two_workers_race_for_one_environment() {
             "locked at most once: {events}"
         );
     }
+    assert_eq!(
+        t.headlines().await.len(),
+        2,
+        "one status comment per request"
+    );
 }
 
 async fn requests_without_env_take_the_first_free_environment_of_the_pool(db: Db) {
@@ -490,7 +598,13 @@ async fn requests_without_env_take_the_first_free_environment_of_the_pool(db: Db
     let newest = t.last_job().await;
     assert_eq!(newest["state"], "succeeded", "{newest}");
     assert_eq!(newest["environment"], "dev");
-    t.github.take_comments("packit/packit-service", 700);
+    t.replies("packit/packit-service", 700);
+    let headlines = t.headlines().await;
+    assert_eq!(headlines.len(), 4, "{headlines:?}");
+    assert!(
+        headlines[3].starts_with("### 🚀 Done on `dev`"),
+        "{headlines:?}"
+    );
 }
 
 async fn closing_or_unlabelling_a_pr_ends_its_hold(db: Db) {
@@ -517,6 +631,14 @@ async fn closing_or_unlabelling_a_pr_ends_its_hold(db: Db) {
     t.deliver("pull_request", &unlabeled).await;
     assert_eq!(holder(&t).await, None);
     assert!(t.app.state.store.environments().await.expect("envs")[0].dirty);
+    t.settle().await;
+    assert_eq!(
+        t.headlines().await,
+        [
+            "### ✅ Was deployed to `dev`; the hold has ended",
+            "### ✅ Was deployed to `dev`; the hold has ended"
+        ]
+    );
 }
 
 async fn slow_github_times_resolve_out(db: Db) {
@@ -556,7 +678,12 @@ async fn slow_github_times_resolve_out(db: Db) {
     );
     assert_eq!(holder(&t).await, None);
     t.github.set_latency(Duration::ZERO);
-    t.github.take_comments("packit/packit-service", 614);
+    t.replies("packit/packit-service", 614);
+    t.settle().await;
+    assert_eq!(
+        t.headlines().await,
+        ["### ⌛ Timed out at `resolve` (`dev`)"]
+    );
 }
 
 async fn a_deploying_jobs_hold_does_not_expire_under_it(db: Db) {
@@ -593,10 +720,13 @@ async fn a_deploying_jobs_hold_does_not_expire_under_it(db: Db) {
     let waiting = t.last_job().await;
     assert_eq!(waiting["state"], "queued", "{waiting}");
     assert!(
-        t.github
-            .take_comments("packit/packit-service", 614)
-            .is_empty(),
+        t.replies("packit/packit-service", 614).is_empty(),
         "no expiry notice"
+    );
+    let headlines = t.headlines().await;
+    assert_eq!(
+        headlines[0], "### 🔄 Deploying to `dev`: deploy",
+        "{headlines:?}"
     );
 }
 
@@ -611,7 +741,7 @@ async fn new_commits_on_a_deployed_pr_are_noticed(db: Db) {
     let (status, _) = t.deliver("pull_request", &sync).await;
     assert!(status.is_success());
     t.settle().await;
-    let notices = t.github.take_comments("packit/packit-service", 614);
+    let notices = t.replies("packit/packit-service", 614);
     assert_eq!(notices.len(), 1, "{notices:?}");
     let body = &notices[0].body;
     assert!(body.contains("packit/ogr#123 has new commits"), "{body}");
@@ -625,9 +755,9 @@ async fn new_commits_on_a_deployed_pr_are_noticed(db: Db) {
     same["pull_request"]["head"]["sha"] = serde_json::json!(SHA_OGR);
     t.deliver("pull_request", &same).await;
     t.settle().await;
-    assert!(
-        t.github
-            .take_comments("packit/packit-service", 614)
-            .is_empty()
+    assert!(t.replies("packit/packit-service", 614).is_empty());
+    assert_eq!(
+        t.headlines().await,
+        ["### 🚀 Done on `dev` (a dry-run environment: nothing was changed)"]
     );
 }

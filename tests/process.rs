@@ -143,6 +143,30 @@ async fn serve_and_receive_queue_a_deploy_from_a_comment() {
         (github.reactions(comment_id) == vec!["eyes".to_string()]).then_some(())
     })
     .await;
+    // The status comment and a check run on both PRs' heads.
+    let status = eventually("the status comment", || async {
+        github
+            .all_comments()
+            .into_iter()
+            .find(|c| c.body.contains("<!-- deploybot:job:1 -->"))
+    })
+    .await;
+    github.mark_seen(status.id);
+    assert!(
+        status
+            .body
+            .contains("Request #1 by @alice: `/deploy ogr=123 packit-service=614`"),
+        "{}",
+        status.body
+    );
+    for (repo, number) in [("packit/packit-service", 614), ("packit/ogr", 123)] {
+        let run = eventually("a check run", || async {
+            github.check_runs(repo).into_iter().next()
+        })
+        .await;
+        assert_eq!(run["head_sha"], default_sha(number));
+        assert_eq!(run["external_id"], "1");
+    }
     github.assert_no_violations();
     drop(server);
 
@@ -263,6 +287,23 @@ async fn serve_on_the_embedded_default_runs_a_dry_run_deployment() {
     ] {
         assert!(steps.contains(&step), "{step} missing: {steps:?}");
     }
+    // GitHub shows it done (the last edit comes within the status interval).
+    let status = eventually("the final status comment", || async {
+        github
+            .all_comments()
+            .into_iter()
+            .find(|c| c.body.starts_with("### 🚀 Done on `dev`"))
+    })
+    .await;
+    github.mark_seen(status.id);
+    let run = eventually("a successful check run", || async {
+        github
+            .check_runs("packit/ogr")
+            .into_iter()
+            .find(|r| r["conclusion"] == "success")
+    })
+    .await;
+    assert_eq!(run["head_sha"], "2222222222222222222222222222222222222222");
     github.assert_no_violations();
 }
 

@@ -63,7 +63,7 @@ impl Exec<'_> {
             let (job, step) = (self.job_id, self.step.to_string());
             async move {
                 let mut tx = store.begin().await?;
-                Store::add_event(&mut tx, job, &step, &message).await?;
+                Store::add_output(&mut tx, job, &step, &message).await?;
                 tx.commit().await
             }
         };

@@ -19,7 +19,7 @@ use crate::config::{Builder, Cleanup, Config, Deployer, Environment, Environment
 use crate::github::GitHub;
 use crate::installations::find_installation;
 use crate::report::Report;
-use crate::store::{Job, Store, StoreError, Tx};
+use crate::store::{Job, PullRef, Store, StoreError, Tx};
 use build::{Stage, command_build};
 use deploy::{checkout_deployer, command_deploy};
 use exec::{Exec, StepError, WorkDir, deadline};
@@ -842,7 +842,12 @@ impl Pipeline {
         let store = &self.store;
         let github = self.github.as_ref();
         let known = job.installation_id;
-        let resolving = resolve(&self.config, github, request, |repo| async move {
+        let already: Vec<Pinned> = job
+            .pinned
+            .clone()
+            .and_then(|p| serde_json::from_value(p).ok())
+            .unwrap_or_default();
+        let resolving = resolve(&self.config, github, request, &already, |repo| async move {
             match github {
                 Some(gh) => find_installation(store, gh, &repo, known).await,
                 None => Err(crate::github::GitHubError::NotConfigured),
@@ -933,6 +938,18 @@ impl Pipeline {
             &serde_json::to_value(&plan)?,
         )
         .await?;
+        let heads: Vec<PullRef> = pinned
+            .iter()
+            .filter_map(|p| match p.reference {
+                crate::command::Ref::Pr(n) => Some(PullRef {
+                    repo: p.repo.clone(),
+                    number: i64::try_from(n).ok()?,
+                    head_sha: Some(p.sha.clone()),
+                }),
+                _ => None,
+            })
+            .collect();
+        Store::set_pull_heads(&mut tx, job.id, &heads).await?;
         Store::set_step(&mut tx, job.id, "plan").await?;
         Store::add_event(
             &mut tx,

@@ -29,11 +29,14 @@ impl From<GitHubError> for ResolveError {
     }
 }
 
-/// Pin every ref of `request`. `installation` finds the installation of a repository.
+/// Pin every ref of `request` (those in `known` were pinned when the request
+/// was accepted and keep their commits). `installation` finds the
+/// installation of a repository.
 pub async fn resolve<F, Fut>(
     config: &Config,
     github: Option<&GitHub>,
     request: &DeployRequest,
+    known: &[Pinned],
     installation: F,
 ) -> Result<Vec<Pinned>, ResolveError>
 where
@@ -50,6 +53,13 @@ where
                 "`{}` is retired and is not deployed",
                 component.name
             )));
+        }
+        let known = known
+            .iter()
+            .find(|p| p.component == component.name && p.reference == r.reference);
+        if let (Some(pin), false) = (known, matches!(r.reference, Ref::Pr(_))) {
+            pinned.push(pin.clone());
+            continue;
         }
         let Some(github) = github else {
             return Err(ResolveError::Invalid(
@@ -79,7 +89,12 @@ where
                         "{repo}#{n} is closed; only open pull requests are deployed"
                     )));
                 }
-                pr.head_sha
+                // A PR pinned when the request was accepted keeps that commit
+                // (its check run is there); it must still be open.
+                match known {
+                    Some(pin) => pin.sha.clone(),
+                    None => pr.head_sha,
+                }
             }
             Ref::Branch(b) => github
                 .branch_head(inst, &repo, b)

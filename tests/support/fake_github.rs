@@ -388,6 +388,33 @@ impl FakeGitHub {
         taken
     }
 
+    /// Like `take_comments`, for the comments `keep` accepts only.
+    pub fn take_comments_matching(
+        &self,
+        repo: &str,
+        number: u64,
+        keep: impl Fn(&Comment) -> bool,
+    ) -> Vec<Comment> {
+        let mut state = self.state();
+        let mut taken = Vec::new();
+        for c in state.comments.iter_mut() {
+            if !c.seen && c.comment.repo == repo && c.comment.number == number && keep(&c.comment) {
+                c.seen = true;
+                taken.push(c.comment.clone());
+            }
+        }
+        taken
+    }
+
+    /// Marks comment `id` seen (a test looked at it another way).
+    pub fn mark_seen(&self, id: u64) {
+        for c in self.state().comments.iter_mut() {
+            if c.comment.id == id {
+                c.seen = true;
+            }
+        }
+    }
+
     /// Panics, listing them, if comments were posted that no
     /// `take_comments` returned.
     pub fn assert_no_unseen_comments(&self) {

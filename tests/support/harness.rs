@@ -146,9 +146,11 @@ impl TestApp {
             }),
             kube_url: options.kube_url.clone(),
         };
-        let app = App::new(settings, options.config)
-            .await
-            .expect("app starts");
+        // Tests look at GitHub right after the work is done: no pause between
+        // status edits.
+        let mut config = options.config;
+        config.bot.status_interval_ms = 0;
+        let app = App::new(settings, config).await.expect("app starts");
         TestApp {
             app,
             github,
@@ -371,4 +373,91 @@ pub fn events(job: &Value, step: &str) -> String {
         .map(|e| e["message"].as_str().expect("message").to_string())
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Whether `body` is a request's status comment (not a reply or notice).
+pub fn is_status_comment(body: &str) -> bool {
+    body.contains("<!-- deploybot:job:")
+}
+
+impl TestApp {
+    /// Replies and notices posted on `repo`#`number` since the last look
+    /// (status comments are left for `status_comment`).
+    pub fn replies(&self, repo: &str, number: u64) -> Vec<super::fake_github::Comment> {
+        self.github
+            .take_comments_matching(repo, number, |c| !is_status_comment(&c.body))
+    }
+
+    /// Request `job`'s status comment as it reads now (edits applied),
+    /// asserting there is exactly one.
+    pub fn status_comment(&self, job: i64) -> super::fake_github::Comment {
+        let marker = format!("<!-- deploybot:job:{job} -->");
+        let found: Vec<_> = self
+            .github
+            .all_comments()
+            .into_iter()
+            .filter(|c| c.body.contains(&marker))
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "request #{job} must have exactly one status comment: {found:#?}"
+        );
+        self.github.mark_seen(found[0].id);
+        found[0].clone()
+    }
+
+    /// Marks every status comment seen (for tests about something else).
+    pub fn seen_status_comments(&self) {
+        for c in self.github.all_comments() {
+            if is_status_comment(&c.body) {
+                self.github.mark_seen(c.id);
+            }
+        }
+    }
+
+    /// deploybot's check runs on `repo`, as GitHub returns them.
+    pub fn check_runs_for(&self, repo: &str, job: i64) -> Vec<Value> {
+        self.github
+            .check_runs(repo)
+            .into_iter()
+            .filter(|r| r["external_id"] == json!(job.to_string()))
+            .collect()
+    }
+
+    /// (state, description, environment_url) of each status of `repo`'s
+    /// deployments for request `job`, oldest first.
+    pub fn deployment_states(&self, repo: &str, job: i64) -> Vec<String> {
+        let description = format!("deploybot request #{job}");
+        self.github
+            .deployments(repo)
+            .into_iter()
+            .filter(|d| d["description"] == json!(description))
+            .flat_map(|d| {
+                let id = d["id"].as_u64().expect("deployment id");
+                self.github.deployment_statuses(id)
+            })
+            .map(|s| s["state"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+}
+
+impl TestApp {
+    /// The first line of every request's status comment, oldest request
+    /// first (each request must have exactly one; all are marked seen).
+    pub async fn headlines(&self) -> Vec<String> {
+        let mut jobs: Vec<i64> = self
+            .jobs()
+            .await
+            .iter()
+            .map(|j| j["id"].as_i64().expect("id"))
+            .collect();
+        jobs.sort_unstable();
+        jobs.into_iter()
+            .map(|id| {
+                let body = self.status_comment(id).body;
+                body.lines().next().unwrap_or_default().to_string()
+            })
+            .collect()
+    }
 }

@@ -1,0 +1,719 @@
+//! What a request looks like on GitHub: the status comment, the check runs'
+//! text and the deployment's state, rendered from a snapshot of the job.
+//! Pure: the reporter reads the snapshot and sends what this renders.
+
+use crate::command::{DeployRequest, Ref};
+use crate::pipeline::plan::{ImageAction, Pinned, Plan};
+use crate::store::{EnvironmentRow, Job, JobEvent, PullRef, rfc3339};
+
+/// Everything the status of one request is rendered from.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub job: Job,
+    pub events: Vec<JobEvent>,
+    pub pulls: Vec<PullRef>,
+    /// The job's environment row (absent while a pool has not chosen yet).
+    pub environment: Option<EnvironmentRow>,
+    /// The environment's URL from the configuration.
+    pub environment_url: Option<String>,
+    /// Whether the environment is a dry-run one (nothing is really deployed).
+    pub dry_run_environment: bool,
+    /// Position in the environment's queue (1 = next), while queued.
+    pub queue_position: Option<usize>,
+    /// Who holds the environment when it is not this job: `request #5 (packit/ogr#12)`.
+    pub holder: Option<String>,
+    /// The job's page (its full log).
+    pub details_url: String,
+    pub command_prefix: String,
+    pub now_ms: i64,
+}
+
+/// The pipeline's steps in order, as events name them.
+const STEPS: [&str; 9] = [
+    "queued", "resolve", "plan", "waiting", "lock", "build", "cleanup", "deploy", "hold",
+];
+
+/// Where a request is, as a person would put it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Queued,
+    Waiting,
+    Running,
+    Deployed,
+    /// Deployed earlier; the hold has ended.
+    Ended,
+    Planned,
+    Failed,
+    TimedOut,
+    Cancelled,
+    Superseded,
+}
+
+/// A check run as deploybot reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckState {
+    pub status: &'static str,
+    pub conclusion: Option<&'static str>,
+    pub title: String,
+    pub summary: String,
+    pub text: Option<String>,
+}
+
+/// A deployment status to post.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentState {
+    pub state: &'static str,
+    pub description: String,
+}
+
+impl Snapshot {
+    fn request(&self) -> DeployRequest {
+        serde_json::from_value(self.job.request.clone()).unwrap_or_default()
+    }
+
+    fn plan(&self) -> Option<Plan> {
+        self.job
+            .plan
+            .clone()
+            .and_then(|p| serde_json::from_value(p).ok())
+    }
+
+    fn pinned(&self) -> Vec<Pinned> {
+        self.job
+            .pinned
+            .clone()
+            .and_then(|p| serde_json::from_value(p).ok())
+            .unwrap_or_default()
+    }
+
+    fn holds(&self) -> bool {
+        self.environment
+            .as_ref()
+            .is_some_and(|e| e.holder_job == Some(self.job.id))
+    }
+
+    fn environment_name(&self) -> Option<&str> {
+        (self.job.environment != crate::store::ANY_ENVIRONMENT)
+            .then_some(self.job.environment.as_str())
+    }
+
+    pub fn phase(&self) -> Phase {
+        match (self.job.state.as_str(), self.job.step.as_str()) {
+            ("queued", "waiting") => Phase::Waiting,
+            ("queued", _) => Phase::Queued,
+            ("running", _) => Phase::Running,
+            ("succeeded", _) if self.request().dry_run => Phase::Planned,
+            ("succeeded", _) if self.holds() => Phase::Deployed,
+            ("succeeded", _) => Phase::Ended,
+            ("timed_out", _) => Phase::TimedOut,
+            ("cancelled", _) => Phase::Cancelled,
+            ("superseded", _) => Phase::Superseded,
+            _ => Phase::Failed,
+        }
+    }
+
+    fn env_label(&self) -> String {
+        match self.environment_name() {
+            Some(name) => format!("`{name}`"),
+            None => "the first free environment".into(),
+        }
+    }
+
+    /// One line saying where the request is.
+    pub fn headline(&self) -> String {
+        let env = self.env_label();
+        let error = self.job.error.clone().unwrap_or_default();
+        match self.phase() {
+            Phase::Queued => format!("Queued for {env}"),
+            Phase::Waiting => format!(
+                "Waiting for {env}{}",
+                self.queue_position
+                    .map(|p| format!(" (position {p} in the queue)"))
+                    .unwrap_or_default()
+            ),
+            Phase::Running => format!("Deploying to {env}: {}", self.job.step),
+            Phase::Deployed if self.dry_run_environment => {
+                format!("Done on {env} (a dry-run environment: nothing was changed)")
+            }
+            Phase::Deployed => format!("Deployed to {env}"),
+            Phase::Ended => format!("Was deployed to {env}; the hold has ended"),
+            Phase::Planned => "Dry run: planned, nothing deployed".into(),
+            Phase::Failed => format!("Failed at `{}` ({env})", self.job.step),
+            Phase::TimedOut => format!("Timed out at `{}` ({env})", self.job.step),
+            Phase::Cancelled | Phase::Superseded => {
+                let (word, rest) = match self.phase() {
+                    Phase::Cancelled => ("Cancelled", "cancelled"),
+                    _ => ("Superseded", "superseded"),
+                };
+                let error = redact(first_line(&error));
+                match error.strip_prefix(rest) {
+                    Some(tail) => format!("{word}{tail}"),
+                    None if error.is_empty() => word.to_string(),
+                    None => format!("{word}: {error}"),
+                }
+            }
+        }
+    }
+
+    fn icon(&self) -> &'static str {
+        match self.phase() {
+            Phase::Queued | Phase::Waiting => "⏳",
+            Phase::Running => "🔄",
+            Phase::Deployed => "🚀",
+            Phase::Ended | Phase::Planned => "✅",
+            Phase::Failed => "❌",
+            Phase::TimedOut => "⌛",
+            Phase::Cancelled => "⏹️",
+            Phase::Superseded => "⏭️",
+        }
+    }
+
+    /// The lines every view shares: who asked what, where, until when.
+    fn facts(&self) -> String {
+        let request = self.request();
+        let mut out = format!(
+            "Request #{} by @{}: `{} {}`",
+            self.job.id,
+            self.job.requested_by,
+            self.command_prefix,
+            request.to_args()
+        );
+        if self.job.source != "comment" {
+            out.push_str(&format!(" ({})", source_label(&self.job.source)));
+        }
+        out.push('\n');
+        let mut facts = vec![format!("base `{}`", self.job.base)];
+        if let Some(name) = self.environment_name() {
+            let mut env = format!("environment `{name}`");
+            if let Some(url) = &self.environment_url {
+                env.push_str(&format!(" ({url})"));
+            }
+            facts.push(env);
+        }
+        if let Some(until) = self
+            .environment
+            .as_ref()
+            .filter(|_| self.holds() && self.job.state == "succeeded")
+            .and_then(|e| e.held_until)
+        {
+            facts.push(format!(
+                "held until **{}** ({} left)",
+                human_time(until),
+                human_span(until - self.now_ms)
+            ));
+        }
+        if let (Phase::Waiting, Some(holder)) = (self.phase(), &self.holder) {
+            facts.push(format!("held by {holder}"));
+        }
+        out.push_str(&capitalise(&facts.join(" · ")));
+        out.push('\n');
+        out
+    }
+
+    /// Components with their refs and commits.
+    fn components_table(&self) -> String {
+        let plan = self.plan();
+        let pinned = match &plan {
+            Some(p) => p.refs.clone(),
+            None => self.pinned(),
+        };
+        let request = self.request();
+        let mut out = String::from("| component | ref | commit |\n|---|---|---|\n");
+        for r in &request.refs {
+            let pin = pinned
+                .iter()
+                .find(|p| p.component == r.component && p.reference == r.reference);
+            let commit = match pin {
+                Some(p) => format!(
+                    "[`{}`](https://github.com/{}/commit/{})",
+                    short(&p.sha),
+                    p.repo,
+                    p.sha
+                ),
+                None => "not pinned yet".into(),
+            };
+            let reference = match (&r.reference, pin) {
+                (Ref::Pr(n), Some(p)) => format!("[#{n}](https://github.com/{}/pull/{n})", p.repo),
+                (other, _) => format!("{other}"),
+            };
+            out.push_str(&format!("| {} | {reference} | {commit} |\n", r.component));
+        }
+        out
+    }
+
+    /// Images built or reused for this request (base images are not listed).
+    fn images(&self) -> String {
+        let Some(plan) = self.plan() else {
+            return String::new();
+        };
+        let mut lines = Vec::new();
+        for image in plan.images.iter().filter(|i| i.action != ImageAction::Base) {
+            let reference = image.reference();
+            let said = |verb: &str| {
+                self.events.iter().any(|e| {
+                    e.step == "build" && e.message.starts_with(&format!("{verb} {reference}"))
+                })
+            };
+            let state = if said("reused") {
+                "reused (built before from the same commits)"
+            } else if said("built") {
+                "built"
+            } else if self.job.state == "running" || self.job.state == "queued" {
+                "to build"
+            } else {
+                "not built"
+            };
+            let how = match image.action {
+                ImageAction::Overlay | ImageAction::BuildAndOverlay => {
+                    let libs: Vec<String> = image
+                        .steps
+                        .iter()
+                        .filter_map(|s| match s {
+                            crate::pipeline::plan::BuildStep::Overlay { library, .. } => {
+                                Some(library.clone())
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    format!(", with {} installed", libs.join(", "))
+                }
+                _ => String::new(),
+            };
+            lines.push(format!("- `{reference}`: {state}{how}"));
+        }
+        if lines.is_empty() {
+            return format!(
+                "Images: nothing to build; every image comes from `{}`.\n",
+                plan.base.as_str()
+            );
+        }
+        let others = plan.images.len() - lines.len();
+        let mut out = String::from("Images:\n");
+        out.push_str(&lines.join("\n"));
+        out.push('\n');
+        if others > 0 {
+            out.push_str(&format!(
+                "- the {others} other image(s) from `{}`\n",
+                plan.base.as_str()
+            ));
+        }
+        out
+    }
+
+    /// Steps with their durations and what each said last.
+    fn steps_table(&self) -> String {
+        struct Line {
+            step: String,
+            start: i64,
+            note: String,
+        }
+        let mut lines: Vec<Line> = Vec::new();
+        for e in &self.events {
+            if !STEPS.contains(&e.step.as_str()) || is_output(&e.message) {
+                continue;
+            }
+            match lines.last_mut() {
+                Some(last) if last.step == e.step => last.note = e.message.clone(),
+                _ => lines.push(Line {
+                    step: e.step.clone(),
+                    start: e.at_ms,
+                    note: e.message.clone(),
+                }),
+            }
+        }
+        let ended = !matches!(self.job.state.as_str(), "queued" | "running");
+        let end_ms = self
+            .events
+            .iter()
+            .rev()
+            .find(|e| e.step == "end")
+            .map(|e| e.at_ms)
+            .unwrap_or(self.now_ms);
+        let failed = matches!(self.phase(), Phase::Failed | Phase::TimedOut);
+        let mut out = String::from("| step | time | |\n|---|---|---|\n");
+        let count = lines.len();
+        for (n, line) in lines.iter().enumerate() {
+            let last = n + 1 == count;
+            let until = lines.get(n + 1).map(|l| l.start).unwrap_or(end_ms);
+            let (icon, time) = match (last, ended) {
+                (true, false) => ("🔄", "…".to_string()),
+                (true, true) if failed && line.step != "hold" => {
+                    ("❌", human_span(until - line.start))
+                }
+                (true, true) if line.step == "hold" => ("✅", String::new()),
+                _ => ("✅", human_span(until - line.start)),
+            };
+            let time = if line.step == "hold" {
+                String::new()
+            } else {
+                time
+            };
+            let note = match line.step.as_str() {
+                // The facts, components and images above say these.
+                "queued" | "resolve" | "plan" => String::new(),
+                "build" => self.build_note().unwrap_or_else(|| cell(&line.note)),
+                "hold" => String::new(),
+                _ => cell(&line.note),
+            };
+            out.push_str(&format!("| {icon} {} | {time} | {note} |\n", line.step));
+        }
+        out
+    }
+
+    /// `2 built, 2 reused` (None when nothing was built or reused).
+    fn build_note(&self) -> Option<String> {
+        let count = |verb: &str| {
+            self.events
+                .iter()
+                .filter(|e| e.step == "build" && e.message.starts_with(verb))
+                .count()
+        };
+        let (built, reused) = (count("built "), count("reused "));
+        let mut parts = Vec::new();
+        if built > 0 {
+            parts.push(format!("{built} built"));
+        }
+        if reused > 0 {
+            parts.push(format!("{reused} reused"));
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+
+    /// What failed, with a short excerpt of the output and the log's link.
+    fn failure(&self) -> Option<String> {
+        if !matches!(self.phase(), Phase::Failed | Phase::TimedOut) {
+            return None;
+        }
+        let error = self.job.error.clone().unwrap_or_default();
+        let mut out = format!("**{}**\n", redact(&error));
+        if let Some(excerpt) = self.excerpt() {
+            out.push_str(&format!(
+                "\n<details open><summary>Last lines of the output</summary>\n\n```\n{excerpt}\n```\n\n</details>\n"
+            ));
+        }
+        out.push_str(&format!("\n[Full log]({})\n", self.details_url));
+        Some(out)
+    }
+
+    /// The failing step's last output lines (at most 15 lines and 1500 characters).
+    fn excerpt(&self) -> Option<String> {
+        let text = self
+            .events
+            .iter()
+            .rev()
+            .find_map(|e| e.message.strip_prefix("last lines of output:\n"))?;
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(15)..];
+        let mut out = redact(&tail.join("\n")).replace("```", "'''");
+        if out.len() > 1500 {
+            let cut = out.len() - 1500;
+            let cut = (cut..out.len())
+                .find(|i| out.is_char_boundary(*i))
+                .unwrap_or(cut);
+            out = format!("…{}", &out[cut..]);
+        }
+        Some(out)
+    }
+
+    fn hints(&self) -> String {
+        let p = &self.command_prefix;
+        match self.phase() {
+            Phase::Queued | Phase::Waiting | Phase::Running => {
+                format!("`{p} cancel {}` stops it.", self.job.id)
+            }
+            Phase::Deployed => format!(
+                "`{p} extend 2h` keeps it longer · `{p} release` frees it for others · `{p} status` shows every environment."
+            ),
+            Phase::Failed | Phase::TimedOut => {
+                "Fix and comment the command again, or use “Re-run” on the check run.".into()
+            }
+            _ => String::new(),
+        }
+    }
+
+    /// The body of the status comment (without the marker).
+    pub fn comment(&self) -> String {
+        let mut out = format!("### {} {}\n\n", self.icon(), self.headline());
+        out.push_str(&self.facts());
+        if let Some(failure) = self.failure() {
+            out.push('\n');
+            out.push_str(&failure);
+        }
+        out.push('\n');
+        out.push_str(&self.components_table());
+        let images = self.images();
+        if !images.is_empty() {
+            out.push('\n');
+            out.push_str(&images);
+        }
+        if self
+            .events
+            .iter()
+            .any(|e| e.step != "queued" && STEPS.contains(&e.step.as_str()))
+        {
+            out.push('\n');
+            out.push_str(&self.steps_table());
+        }
+        let hints = self.hints();
+        out.push('\n');
+        if !hints.is_empty() {
+            out.push_str(&format!("{hints} "));
+        }
+        out.push_str(&format!("[Details and full log]({})", self.details_url));
+        out.push('\n');
+        out
+    }
+
+    /// The check run's state and text.
+    pub fn check_run(&self) -> CheckState {
+        let (status, conclusion) = match self.phase() {
+            Phase::Queued | Phase::Waiting => ("queued", None),
+            Phase::Running => ("in_progress", None),
+            Phase::Deployed | Phase::Ended | Phase::Planned => ("completed", Some("success")),
+            Phase::Failed => ("completed", Some("failure")),
+            Phase::TimedOut => ("completed", Some("timed_out")),
+            Phase::Cancelled | Phase::Superseded => ("completed", Some("cancelled")),
+        };
+        let mut summary = self.facts();
+        summary.push('\n');
+        summary.push_str(&self.components_table());
+        let images = self.images();
+        if !images.is_empty() {
+            summary.push('\n');
+            summary.push_str(&images);
+        }
+        summary.push('\n');
+        summary.push_str(&self.steps_table());
+        let text = self.failure();
+        CheckState {
+            status,
+            conclusion,
+            title: truncate(&self.headline(), 200),
+            summary: truncate(&summary, 60_000),
+            text: text.map(|t| truncate(&t, 60_000)),
+        }
+    }
+
+    /// The deployment status, when this request has (or gets) a deployment.
+    pub fn deployment(&self) -> Option<DeploymentState> {
+        if self.request().dry_run || self.dry_run_environment {
+            return None;
+        }
+        self.environment_name()?;
+        let env = self.env_label();
+        let (state, description) = match self.phase() {
+            Phase::Queued | Phase::Waiting => {
+                ("queued", format!("request #{} is queued", self.job.id))
+            }
+            Phase::Running => ("in_progress", format!("deploying: {}", self.job.step)),
+            Phase::Deployed => ("success", format!("deployed to {env}")),
+            Phase::Ended => ("inactive", "the hold has ended".into()),
+            Phase::Failed | Phase::TimedOut => (
+                "failure",
+                first_line(self.job.error.as_deref().unwrap_or("failed")).to_string(),
+            ),
+            Phase::Cancelled | Phase::Superseded => (
+                "inactive",
+                first_line(self.job.error.as_deref().unwrap_or("cancelled")).to_string(),
+            ),
+            Phase::Planned => return None,
+        };
+        Some(DeploymentState {
+            state,
+            description: truncate(&redact(&description), 140),
+        })
+    }
+
+    /// The PR and commit the deployment goes on: the PR where it was asked,
+    /// else the first referenced PR.
+    pub fn deployment_target(&self) -> Option<&PullRef> {
+        let origin = self.pulls.iter().find(|p| {
+            self.job.is_pull_request && p.repo == self.job.repo && Some(p.number) == self.job.number
+        });
+        origin
+            .or_else(|| self.pulls.first())
+            .filter(|p| p.head_sha.is_some())
+    }
+
+    /// Whether the job has ended (no more changes but the hold's end).
+    pub fn active(&self) -> bool {
+        matches!(self.job.state.as_str(), "queued" | "running")
+    }
+}
+
+fn source_label(source: &str) -> &str {
+    match source {
+        "label" => "the deploy label",
+        "synchronize" => "new commits on a labelled pull request",
+        "rerun" => "a check run's Re-run",
+        "cli" => "the deploy CLI",
+        other => other,
+    }
+}
+
+fn is_output(message: &str) -> bool {
+    message.starts_with("$ ")
+        || message.starts_with("│ ")
+        || message.starts_with("last lines of output:")
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
+}
+
+fn capitalise(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(c) => c.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
+}
+
+/// A table cell: one line, no pipes, at most 90 characters.
+fn cell(text: &str) -> String {
+    let line = redact(first_line(text)).replace('|', "\\|");
+    truncate(&line, 90)
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// `2026-11-27 14:05 UTC`.
+fn human_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_else(|| rfc3339(ms))
+}
+
+/// `0.4s`, `12s`, `3m 05s`, `2h 10m`.
+pub fn human_span(ms: i64) -> String {
+    let ms = ms.max(0);
+    let secs = ms / 1000;
+    if secs < 10 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else if secs < 60 {
+        format!("{secs}s")
+    } else if secs < 3600 {
+        format!("{}m {:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{}h {:02}m", secs / 3600, secs % 3600 / 60)
+    }
+}
+
+/// Hide things that look like credentials in text shown on GitHub: tokens
+/// GitHub issues (`ghp_`, `ghs_`, `gho_`, `ghu_`, `ghr_`, `github_pat_`),
+/// private key blocks, and the value of `password=`, `token=`, `secret=`
+/// style assignments and `Authorization:` headers.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_key = false;
+    for line in text.split_inclusive('\n') {
+        if line.contains("-----BEGIN") && line.contains("PRIVATE KEY") {
+            in_key = true;
+            out.push_str("[redacted private key]\n");
+            continue;
+        }
+        if in_key {
+            if line.contains("-----END") {
+                in_key = false;
+            }
+            continue;
+        }
+        out.push_str(&redact_line(line));
+    }
+    out
+}
+
+fn redact_line(line: &str) -> String {
+    const TOKEN_PREFIXES: [&str; 6] = ["ghp_", "ghs_", "gho_", "ghu_", "ghr_", "github_pat_"];
+    const KEYS: [&str; 6] = [
+        "password",
+        "passwd",
+        "token",
+        "secret",
+        "api_key",
+        "authorization",
+    ];
+    let mut out = String::with_capacity(line.len());
+    for word in line.split_inclusive(|c: char| c.is_whitespace()) {
+        let trimmed = word.trim_end();
+        let tail = &word[trimmed.len()..];
+        let lower = trimmed.to_ascii_lowercase();
+        if TOKEN_PREFIXES
+            .iter()
+            .any(|p| lower.trim_start_matches(['"', '\'', '(']).starts_with(p))
+        {
+            out.push_str(&format!("[redacted]{tail}"));
+            continue;
+        }
+        // `key=value`, `key: value`: the value goes (up to the line's end
+        // when it is in the next words, as in `Authorization: Bearer x`).
+        let assignment = KEYS.iter().find_map(|k| {
+            let at = lower.find(k)?;
+            let rest = &trimmed[at + k.len()..];
+            let sep = rest.find(['=', ':'])?;
+            rest[..sep]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '"')
+                .then_some(at + k.len() + sep + 1)
+        });
+        match assignment {
+            Some(cut) if cut < trimmed.len() => {
+                out.push_str(&format!("{}[redacted]{tail}", &trimmed[..cut]));
+            }
+            Some(_) => {
+                let newline = if line.ends_with('\n') { "\n" } else { "" };
+                out.push_str(&format!("{trimmed} [redacted]{newline}"));
+                return out;
+            }
+            None => out.push_str(word),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_hidden() {
+        let cases = [
+            (
+                "token ghs_abcdefABCDEF0123456789 used",
+                "token [redacted] used",
+            ),
+            ("PASSWORD=hunter2 make", "PASSWORD=[redacted] make"),
+            ("Authorization: Bearer abc.def", "Authorization: [redacted]"),
+            ("db_password: s3cret", "db_password: [redacted]"),
+            ("nothing to see", "nothing to see"),
+        ];
+        for (input, want) in cases {
+            let got = redact(input);
+            assert!(!got.contains("ghs_abc"), "{got}");
+            assert!(!got.contains("hunter2"), "{got}");
+            assert!(!got.contains("s3cret"), "{got}");
+            assert_eq!(got, want);
+        }
+        let key = "a\n-----BEGIN RSA PRIVATE KEY-----\nMIIE\nabc\n-----END RSA PRIVATE KEY-----\nb";
+        assert_eq!(redact(key), "a\n[redacted private key]\nb");
+    }
+
+    #[test]
+    fn spans_read_naturally() {
+        assert_eq!(human_span(400), "0.4s");
+        assert_eq!(human_span(12_000), "12s");
+        assert_eq!(human_span(185_000), "3m 05s");
+        assert_eq!(human_span(7_800_000), "2h 10m");
+    }
+}
