@@ -804,26 +804,48 @@ impl Intake {
         for env in Store::environments_in(tx).await? {
             let holder = match env.holder_job {
                 Some(id) => match Store::job_in(tx, id).await? {
-                    Some(job) => format!(
-                        "#{id} ({}#{}, @{})",
-                        job.repo,
-                        job.number.unwrap_or_default(),
-                        job.requested_by
-                    ),
-                    None => format!("#{id}"),
+                    Some(job) => {
+                        let pulls: Vec<String> = Store::job_pull_requests_in(tx, id)
+                            .await?
+                            .iter()
+                            .map(|p| format!("{}#{}", p.repo, p.number))
+                            .collect();
+                        let state = match job.state.as_str() {
+                            "running" => format!(", deploying: {}", job.step),
+                            _ => String::new(),
+                        };
+                        format!(
+                            "request #{id} by @{}{state}: {}",
+                            job.requested_by,
+                            if pulls.is_empty() {
+                                format!("{}#{}", job.repo, job.number.unwrap_or_default())
+                            } else {
+                                pulls.join(", ")
+                            }
+                        )
+                    }
+                    None => format!("request #{id}"),
                 },
                 None if env.dirty => "free (dirty: cleaned before the next deployment)".into(),
                 None => "free".into(),
             };
             let until = env
                 .held_until
-                .map(crate::store::rfc3339)
+                .map(crate::status::human_time)
                 .unwrap_or_else(|| "–".into());
             let queue: Vec<String> = Store::queue_in(tx, &env.name)
                 .await?
                 .iter()
                 .filter(|j| Some(j.id) != env.holder_job)
-                .map(|j| format!("#{} ({})", j.id, j.step))
+                .map(|j| {
+                    format!(
+                        "#{} {}#{} ({})",
+                        j.id,
+                        j.repo,
+                        j.number.unwrap_or_default(),
+                        j.step
+                    )
+                })
                 .collect();
             out.push_str(&format!(
                 "| `{}` | {holder} | {until} | {} |\n",

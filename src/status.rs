@@ -589,7 +589,7 @@ fn truncate(text: &str, max: usize) -> String {
 }
 
 /// `2026-11-27 14:05 UTC`.
-fn human_time(ms: i64) -> String {
+pub fn human_time(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
         .unwrap_or_else(|| rfc3339(ms))

@@ -548,12 +548,19 @@ impl Store {
 
     /// The PRs a job references, with their pinned heads, in a stable order.
     pub async fn job_pull_requests(&self, job_id: i64) -> Result<Vec<PullRef>> {
+        let mut tx = self.begin().await?;
+        let pulls = Store::job_pull_requests_in(&mut tx, job_id).await?;
+        tx.commit().await?;
+        Ok(pulls)
+    }
+
+    pub async fn job_pull_requests_in(tx: &mut Tx, job_id: i64) -> Result<Vec<PullRef>> {
         let rows = sqlx::query(
             "SELECT repo, number, head_sha FROM job_pull_requests WHERE job_id = $1 \
              ORDER BY repo, number",
         )
         .bind(job_id)
-        .fetch_all(&self.pool)
+        .fetch_all(tx.conn())
         .await?;
         rows.iter()
             .map(|r| {

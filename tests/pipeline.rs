@@ -468,7 +468,14 @@ async fn status_lists_holder_and_queue(db: Db) {
     let status = &replies.last().expect("reply").body;
     assert!(status.contains("`dev`"), "{status}");
     assert!(status.contains("packit/packit-service#614"), "{status}");
-    assert!(status.contains("(waiting)"), "{status}");
+    assert!(
+        status.contains("request #1 by @alice: packit/packit-service#614"),
+        "{status}"
+    );
+    assert!(
+        status.contains("#2 packit/packit-service#700 (waiting)"),
+        "{status}"
+    );
     assert_eq!(
         t.headlines().await,
         [

@@ -336,6 +336,27 @@ impl FakeGitHub {
             status,
             remaining: times,
             headers,
+            after_effect: false,
+        });
+    }
+
+    /// Like `fail_next`, but each request takes effect first and only its
+    /// answer is the error: the caller cannot know its write happened.
+    pub fn fail_next_after_effect(
+        &self,
+        method: &str,
+        path_prefix: &str,
+        status: u16,
+        times: usize,
+    ) {
+        StatusCode::from_u16(status).expect("valid HTTP status");
+        self.state().faults.push(Fault {
+            method: method.to_ascii_uppercase(),
+            path_prefix: path_prefix.to_string(),
+            status,
+            remaining: times,
+            headers: Vec::new(),
+            after_effect: true,
         });
     }
 
@@ -625,6 +646,9 @@ struct Fault {
     status: u16,
     remaining: usize,
     headers: Vec<(String, String)>,
+    /// The request takes effect, then the answer is this error (a gateway
+    /// that timed out after GitHub did the work).
+    after_effect: bool,
 }
 
 /// Id sequences. GitHub's ids are large and only grow; distinct starting
@@ -990,7 +1014,7 @@ fn answer(
         }
     }
 
-    if let Some(reply) = injected_fault(state, method, path) {
+    if let Some(reply) = injected_fault(state, method, path, false) {
         return (reply, Some(route));
     }
 
@@ -1006,12 +1030,24 @@ fn answer(
         body,
         identity,
     };
-    (dispatch(state, &call), Some(route))
+    let reply = dispatch(state, &call);
+    if (200..300).contains(&reply.status)
+        && let Some(fault) = injected_fault(state, method, path, true)
+    {
+        return (fault, Some(route));
+    }
+    (reply, Some(route))
 }
 
-fn injected_fault(state: &mut GitHubState, method: &str, path: &str) -> Option<Reply> {
+fn injected_fault(
+    state: &mut GitHubState,
+    method: &str,
+    path: &str,
+    after_effect: bool,
+) -> Option<Reply> {
     let index = state.faults.iter().position(|f| {
         f.remaining > 0
+            && f.after_effect == after_effect
             && (f.method == "*" || f.method == method)
             && path.starts_with(&f.path_prefix)
     })?;

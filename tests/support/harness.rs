@@ -78,6 +78,8 @@ pub struct TestApp {
     pub app: App,
     pub github: FakeGitHub,
     pub database_url: String,
+    settings: Settings,
+    config: Config,
     _tmp: tempfile::TempDir,
 }
 
@@ -150,13 +152,25 @@ impl TestApp {
         // status edits.
         let mut config = options.config;
         config.bot.status_interval_ms = 0;
-        let app = App::new(settings, config).await.expect("app starts");
+        let app = App::new(settings.clone(), config.clone())
+            .await
+            .expect("app starts");
         TestApp {
             app,
             github,
             database_url,
+            settings,
+            config,
             _tmp: tmp,
         }
+    }
+
+    /// Stop this deploybot and start a new one on the same database and
+    /// GitHub (what a crash and restart leaves: the database, nothing else).
+    pub async fn restart(&mut self) {
+        self.app = App::new(self.settings.clone(), self.config.clone())
+            .await
+            .expect("app restarts");
     }
 
     /// Run the intake and the reporter until nothing is due (jobs stay queued).
@@ -460,4 +474,16 @@ impl TestApp {
             })
             .collect()
     }
+}
+
+/// GitHub's `check_run` rerequested example: "Re-run" on check run `id` in
+/// `repo`, whose `external_id` is `external_id`, by `sender`.
+pub fn rerun_event(repo: &str, id: u64, external_id: &str, sender: &str) -> Value {
+    let mut v = fixture("check_run/rerequested.json");
+    set_repo(&mut v, repo);
+    v["installation"] = json!({ "id": INSTALLATION });
+    v["check_run"]["id"] = json!(id);
+    v["check_run"]["external_id"] = json!(external_id);
+    v["sender"]["login"] = json!(sender);
+    v
 }

@@ -1,0 +1,220 @@
+//! What a request looks like on GitHub when GitHub misbehaves or deploybot
+//! restarts, and the check run's "Re-run". Real PostgreSQL and SQLite, the
+//! stateful fake GitHub (every request checked against GitHub's OpenAPI
+//! description), the built-in dry-run environment.
+
+mod support;
+
+use std::time::Duration;
+
+use deploybot::config::Config;
+use support::harness::*;
+
+on_both_backends!(
+    rerun_queues_the_same_request_with_the_same_commits,
+    github_errors_and_rate_limits_delay_reports_but_not_the_deployment,
+    a_restart_between_steps_neither_duplicates_nor_loses_reports,
+    a_comment_posted_but_not_acknowledged_is_found_again,
+);
+
+const DONE: &str = "### 🚀 Done on `dev` (a dry-run environment: nothing was changed)";
+const ENDED: &str = "### ✅ Was deployed to `dev`; the hold has ended";
+
+async fn app(db: Db) -> TestApp {
+    let t = TestApp::start_with(
+        db,
+        Options {
+            config: Config::builtin_default(),
+            ..Options::default()
+        },
+    )
+    .await;
+    for repo in ["packit/packit-service", "packit/ogr"] {
+        t.github.set_permission(repo, "alice", "write");
+    }
+    t
+}
+
+async fn comment(t: &TestApp, body: &str) {
+    let event = comment_event("packit/packit-service", 614, true, body, "alice");
+    let (status, answer) = t.deliver("issue_comment", &event).await;
+    assert!(status.is_success(), "{answer}");
+}
+
+/// Exactly one check run per referenced PR for `job`, each completed with
+/// `conclusion` on the PR's default head.
+fn assert_check_runs(t: &TestApp, job: i64, conclusion: &str) {
+    for (repo, number) in [("packit/packit-service", 614), ("packit/ogr", 123)] {
+        let runs = t.check_runs_for(repo, job);
+        assert_eq!(runs.len(), 1, "one check run on {repo}: {runs:#?}");
+        assert_eq!(runs[0]["head_sha"], default_sha(number));
+        assert_eq!(runs[0]["status"], "completed", "{}", runs[0]);
+        assert_eq!(runs[0]["conclusion"], conclusion, "{}", runs[0]);
+    }
+}
+
+async fn rerun_queues_the_same_request_with_the_same_commits(db: Db) {
+    let t = app(db).await;
+    comment(&t, "/deploy ogr=123").await;
+    t.run().await;
+    assert_check_runs(&t, 1, "success");
+    // ogr#123 moves on; "Re-run" on its check run deploys what was pinned.
+    t.github.add_pull(
+        "packit/ogr",
+        123,
+        &default_sha(9999),
+        "change",
+        "open",
+        "alice",
+        &[],
+    );
+    let run_id = t.check_runs_for("packit/ogr", 1)[0]["id"]
+        .as_u64()
+        .expect("id");
+    let rerun = rerun_event("packit/ogr", run_id, "1", "alice");
+    let (status, _) = t.deliver("check_run", &rerun).await;
+    assert!(status.is_success());
+    t.run().await;
+
+    let job = t.job(2).await;
+    assert_eq!(job["source"], "rerun");
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["requested_by"], "alice");
+    let pinned = job["pinned"].as_array().expect("pinned");
+    assert!(
+        pinned
+            .iter()
+            .any(|p| p["component"] == "ogr" && p["sha"] == default_sha(123).as_str()),
+        "the same commit as the first run: {job}"
+    );
+    assert_check_runs(&t, 2, "success");
+    assert_eq!(t.headlines().await, [ENDED, DONE]);
+    let status = t.status_comment(2).body;
+    assert!(
+        status.contains(
+            "Request #2 by @alice: `/deploy ogr=123 packit-service=614` (a check run's Re-run)"
+        ),
+        "{status}"
+    );
+
+    // Someone without write access: refused once, nothing queued.
+    t.github.set_permission("packit/ogr", "mallory", "read");
+    let (status, _) = t
+        .deliver(
+            "check_run",
+            &rerun_event("packit/ogr", run_id, "1", "mallory"),
+        )
+        .await;
+    assert!(status.is_success());
+    t.run().await;
+    assert_eq!(t.jobs().await.len(), 2);
+    let replies = t.replies("packit/packit-service", 614);
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert!(
+        replies[0]
+            .body
+            .starts_with("@mallory, I can't deploy for you")
+    );
+
+    // A check run that is not deploybot's (GitHub's own example) is ignored.
+    let (status, body) = t
+        .deliver("check_run", &fixture("check_run/rerequested.json"))
+        .await;
+    assert!(status.is_success(), "{body}");
+    t.run().await;
+    assert_eq!(t.jobs().await.len(), 2);
+    t.github.assert_clean();
+}
+
+async fn github_errors_and_rate_limits_delay_reports_but_not_the_deployment(db: Db) {
+    let t = app(db).await;
+    // GitHub's secondary rate limit on comments and reactions (twice), and
+    // 502s on ogr's check runs (three times).
+    t.github.fail_next(
+        "POST",
+        "/repos/packit/packit-service/issues",
+        403,
+        2,
+        vec![("retry-after".into(), "30".into())],
+    );
+    t.github
+        .fail_next("*", "/repos/packit/ogr/check-runs", 502, 3, vec![]);
+    comment(&t, "/deploy ogr=123").await;
+    t.run().await;
+
+    // The deployment went ahead; GitHub has not heard of it yet.
+    let job = t.job(1).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let comment_id = comment_id_for(614, "/deploy ogr=123");
+    assert!(t.github.reactions(comment_id).is_empty());
+    assert!(t.github.all_comments().is_empty());
+    let pending = t.app.state.store.pending_reports().await.expect("backlog");
+    assert!(pending > 0, "reports wait in the outbox");
+
+    // As time passes deploybot catches up, and GitHub ends up with the final
+    // state once: one comment, one check run per PR, each reaction once.
+    for _ in 0..12 {
+        t.advance(Duration::from_secs(60));
+        t.run().await;
+    }
+    assert_eq!(
+        t.app.state.store.pending_reports().await.expect("backlog"),
+        0
+    );
+    assert_eq!(t.headlines().await, [DONE]);
+    assert_check_runs(&t, 1, "success");
+    assert_eq!(t.github.reactions(comment_id), ["eyes", "rocket"]);
+    let refused = t
+        .github
+        .requests()
+        .iter()
+        .filter(|(_, _, status)| *status == 403 || *status == 502)
+        .count();
+    assert_eq!(refused, 5, "each fault was met once, then respected");
+    t.github.assert_clean();
+}
+
+async fn a_restart_between_steps_neither_duplicates_nor_loses_reports(db: Db) {
+    let mut t = app(db).await;
+    comment(&t, "/deploy ogr=123").await;
+    t.settle().await;
+    // Accepted and reported: queued everywhere.
+    assert_eq!(t.headlines().await, ["### ⏳ Queued for `dev`"]);
+    for repo in ["packit/packit-service", "packit/ogr"] {
+        assert_eq!(t.check_runs_for(repo, 1)[0]["status"], "queued");
+    }
+
+    // deploybot restarts (nothing survives but the database) and carries on.
+    t.restart().await;
+    t.run().await;
+    assert_eq!(t.headlines().await, [DONE]);
+    let status = t.status_comment(1);
+    assert!(status.edits >= 1, "the same comment, edited in place");
+    assert_check_runs(&t, 1, "success");
+
+    // A restart after the end changes nothing on GitHub.
+    let calls = t.github.requests().len();
+    t.restart().await;
+    t.run().await;
+    assert_eq!(t.github.requests().len(), calls, "nothing to send again");
+    t.github.assert_clean();
+}
+
+async fn a_comment_posted_but_not_acknowledged_is_found_again(db: Db) {
+    let t = app(db).await;
+    // GitHub creates the status comment, but deploybot never hears back.
+    t.github.fail_next_after_effect(
+        "POST",
+        "/repos/packit/packit-service/issues/614/comments",
+        502,
+        1,
+    );
+    comment(&t, "/deploy ogr=123").await;
+    t.settle().await;
+    t.advance(Duration::from_secs(60));
+    t.run().await;
+    // Found by its hidden marker and edited: still one status comment.
+    assert_eq!(t.headlines().await, [DONE]);
+    assert_check_runs(&t, 1, "success");
+    t.github.assert_clean();
+}
