@@ -362,13 +362,18 @@ impl Reporter {
                 .and_then(|e| e.holder_job)
                 .filter(|id| *id != job.id)
             {
+                let until = environment
+                    .as_ref()
+                    .and_then(|e| e.held_until)
+                    .map(|ms| format!(" until {}", crate::status::human_time(ms)))
+                    .unwrap_or_default();
                 holder = Some(match self.store.get_job(id).await? {
                     Some(h) => format!(
-                        "request #{id} ({}#{})",
+                        "request #{id} ({}#{}){until}",
                         h.repo,
                         h.number.unwrap_or_default()
                     ),
-                    None => format!("request #{id}"),
+                    None => format!("request #{id}{until}"),
                 });
             }
         }

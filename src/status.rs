@@ -205,6 +205,11 @@ impl Snapshot {
         if let (Phase::Waiting, Some(holder)) = (self.phase(), &self.holder) {
             facts.push(format!("held by {holder}"));
         }
+        if self.phase() == Phase::Ended
+            && let Some(why) = self.events.iter().rev().find(|e| e.step == "release")
+        {
+            facts.push(format!("hold ended: {}", redact(first_line(&why.message))));
+        }
         out.push_str(&capitalise(&facts.join(" · ")));
         out.push('\n');
         out

@@ -77,7 +77,7 @@ impl Worker {
                 Store::add_event(
                     &mut tx,
                     holder,
-                    "hold",
+                    "release",
                     &format!("the hold of {} expired", env.name),
                 )
                 .await?;

@@ -219,6 +219,13 @@ async fn busy_environment_makes_the_next_request_wait_in_order(db: Db) {
         replies.iter().any(|c| c.body.contains("released `dev`")),
         "{replies:?}"
     );
+    assert!(
+        t.status_comment(first)
+            .body
+            .contains("hold ended: released by @alice"),
+        "{}",
+        t.status_comment(first).body
+    );
     assert_eq!(
         t.headlines().await,
         [
@@ -252,6 +259,11 @@ async fn hold_expires_and_the_next_request_cleans_up(db: Db) {
         "{job}"
     );
     assert!(!t.app.state.store.environments().await.expect("envs")[0].dirty);
+    let first_status = t.status_comment(first).body;
+    assert!(
+        first_status.contains("hold ended: the hold of dev expired"),
+        "{first_status}"
+    );
     assert_eq!(
         t.headlines().await,
         [
