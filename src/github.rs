@@ -272,6 +272,29 @@ impl GitHub {
         }
     }
 
+    /// Whose GitHub token this is (`GET /user` with it); `None` when GitHub
+    /// does not accept it. The token is used for this one question only.
+    pub async fn token_login(&self, token: &str) -> GhResult<Option<String>> {
+        #[derive(Deserialize)]
+        struct User {
+            login: String,
+        }
+        let client = Octocrab::builder()
+            .base_uri(self.api_url.as_str())
+            .map_err(|e| GitHubError::Transport(e.to_string()))?
+            .add_retry_config(octocrab::service::middleware::retry::RetryConfig::None)
+            .set_connect_timeout(Some(Duration::from_secs(5)))
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .personal_token(token.to_string())
+            .build()
+            .map_err(|e| GitHubError::Transport(e.to_string()))?;
+        match self.get_json::<User>(&client, "/user").await {
+            Ok(user) => Ok(Some(user.login)),
+            Err(GitHubError::Status { status: 401, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The installation that covers `repo` (asked as the App).
     pub async fn repo_installation(&self, repo: &RepoName) -> GhResult<InstallationId> {
         #[derive(Deserialize)]

@@ -65,10 +65,11 @@ const LOCK_MS: i64 = 60_000;
 const MAX_ATTEMPTS: i64 = 12;
 
 pub struct Intake {
-    store: Store,
-    config: Arc<Config>,
-    github: Option<GitHub>,
+    pub(crate) store: Store,
+    pub(crate) config: Arc<Config>,
+    pub(crate) github: Option<GitHub>,
     auth: Authorizer,
+    pub(crate) tokens: crate::actions::TokenCache,
 }
 
 /// A problem that leaves the trigger pending for a later attempt.
@@ -105,6 +106,7 @@ impl Intake {
             config,
             github,
             auth,
+            tokens: Default::default(),
         }
     }
 
@@ -171,7 +173,7 @@ impl Intake {
         }
     }
 
-    async fn authorise(
+    pub(crate) async fn authorise(
         &self,
         repo: &RepoName,
         installation: Option<i64>,
@@ -495,7 +497,7 @@ impl Intake {
 
     /// Pin every PR the request names to its head commit now (check runs go
     /// on those commits from the start), or say what is wrong with one.
-    async fn pin_pull_requests(
+    pub(crate) async fn pin_pull_requests(
         &self,
         request: &DeployRequest,
     ) -> Result<Result<Vec<Pinned>, String>, IntakeError> {
@@ -860,7 +862,7 @@ impl Intake {
         Ok(out)
     }
 
-    async fn queue(
+    pub(crate) async fn queue(
         &self,
         tx: &mut Tx,
         origin: &Origin,
@@ -971,20 +973,20 @@ enum Prepared {
 }
 
 /// Who asked for a deployment, and how.
-struct Asked<'a> {
-    by: &'a str,
-    /// `comment`, `label`, `synchronize`, `rerun`.
-    source: &'a str,
+pub(crate) struct Asked<'a> {
+    pub(crate) by: &'a str,
+    /// `comment`, `label`, `synchronize`, `rerun`, `cli`.
+    pub(crate) source: &'a str,
     /// The comment that asked (it gets the reactions).
-    comment_id: Option<i64>,
+    pub(crate) comment_id: Option<i64>,
 }
 
 /// Where a trigger came from, to answer there.
-struct Origin {
-    repo: String,
-    number: i64,
-    is_pull_request: bool,
-    installation_id: Option<i64>,
+pub(crate) struct Origin {
+    pub(crate) repo: String,
+    pub(crate) number: i64,
+    pub(crate) is_pull_request: bool,
+    pub(crate) installation_id: Option<i64>,
 }
 
 impl Origin {

@@ -1,6 +1,8 @@
 //! deploybot: deploy a testing instance of a multi-repository service from
 //! pull requests. See README.md for the architecture.
 
+pub mod actions;
+pub mod api;
 pub mod auth;
 pub mod cluster;
 pub mod command;
@@ -8,6 +10,7 @@ pub mod config;
 pub mod github;
 pub mod installations;
 pub mod intake;
+pub mod page;
 pub mod pipeline;
 pub mod receive;
 pub mod report;
@@ -75,6 +78,7 @@ impl App {
         let worker = Arc::new(Worker::new(pipeline.clone(), WorkerSettings::default()));
         let state = Arc::new(AppState {
             store,
+            intake: intake.clone(),
             config,
             settings,
             wake: Arc::new(Notify::new()),

@@ -337,65 +337,7 @@ impl Reporter {
     }
 
     async fn snapshot(&self, job_id: i64) -> Result<Option<Snapshot>, StoreError> {
-        let Some(job) = self.store.get_job(job_id).await? else {
-            return Ok(None);
-        };
-        let events = self.store.job_events(job_id).await?;
-        let pulls = self.store.job_pull_requests(job_id).await?;
-        let configured = self.config.environment(&job.environment);
-        let environment = self
-            .store
-            .environments()
-            .await?
-            .into_iter()
-            .find(|r| r.name == job.environment);
-        let (mut queue_position, mut holder) = (None, None);
-        if job.state == "queued" && configured.is_some() {
-            let queue = self.store.queue_of(&job.environment).await?;
-            let ahead = queue
-                .iter()
-                .filter(|j| j.id < job.id && j.state == "queued")
-                .count();
-            queue_position = Some(ahead + 1);
-            if let Some(id) = environment
-                .as_ref()
-                .and_then(|e| e.holder_job)
-                .filter(|id| *id != job.id)
-            {
-                let until = environment
-                    .as_ref()
-                    .and_then(|e| e.held_until)
-                    .map(|ms| format!(" until {}", crate::status::human_time(ms)))
-                    .unwrap_or_default();
-                holder = Some(match self.store.get_job(id).await? {
-                    Some(h) => format!(
-                        "request #{id} ({}#{}){until}",
-                        h.repo,
-                        h.number.unwrap_or_default()
-                    ),
-                    None => format!("request #{id}{until}"),
-                });
-            }
-        }
-        let details_url = format!(
-            "{}/jobs/{}",
-            self.config.bot.public_url.trim_end_matches('/'),
-            job.id
-        );
-        Ok(Some(Snapshot {
-            environment_url: configured.and_then(|e| e.url.clone()),
-            dry_run_environment: configured
-                .is_some_and(|e| e.kind == crate::config::EnvironmentKind::DryRun),
-            job,
-            events,
-            pulls,
-            environment,
-            queue_position,
-            holder,
-            details_url,
-            command_prefix: self.config.bot.command_prefix.clone(),
-            now_ms: self.store.now_ms(),
-        }))
+        Snapshot::load(&self.store, &self.config, job_id).await
     }
 
     async fn installation_for(

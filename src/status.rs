@@ -3,8 +3,9 @@
 //! Pure: the reporter reads the snapshot and sends what this renders.
 
 use crate::command::{DeployRequest, Ref};
+use crate::config::Config;
 use crate::pipeline::plan::{ImageAction, Pinned, Plan};
-use crate::store::{EnvironmentRow, Job, JobEvent, PullRef, rfc3339};
+use crate::store::{EnvironmentRow, Job, JobEvent, PullRef, Store, StoreError, rfc3339};
 
 /// Everything the status of one request is rendered from.
 #[derive(Debug, Clone)]
@@ -59,6 +60,18 @@ pub struct CheckState {
     pub text: Option<String>,
 }
 
+/// One step of a request as the status shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepLine {
+    pub step: String,
+    /// ✅ done, 🔄 running, ❌ failed there.
+    pub icon: &'static str,
+    /// How long it took (empty for the hold).
+    pub time: String,
+    /// What it said last, in one short line.
+    pub note: String,
+}
+
 /// A deployment status to post.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeploymentState {
@@ -67,6 +80,72 @@ pub struct DeploymentState {
 }
 
 impl Snapshot {
+    /// Read everything the status of request `job_id` is rendered from.
+    pub async fn load(
+        store: &Store,
+        config: &Config,
+        job_id: i64,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        let Some(job) = store.get_job(job_id).await? else {
+            return Ok(None);
+        };
+        let events = store.job_events(job_id).await?;
+        let pulls = store.job_pull_requests(job_id).await?;
+        let configured = config.environment(&job.environment);
+        let environment = store
+            .environments()
+            .await?
+            .into_iter()
+            .find(|r| r.name == job.environment);
+        let (mut queue_position, mut holder) = (None, None);
+        if job.state == "queued" && configured.is_some() {
+            let queue = store.queue_of(&job.environment).await?;
+            let ahead = queue
+                .iter()
+                .filter(|j| j.id < job.id && j.state == "queued")
+                .count();
+            queue_position = Some(ahead + 1);
+            if let Some(id) = environment
+                .as_ref()
+                .and_then(|e| e.holder_job)
+                .filter(|id| *id != job.id)
+            {
+                let until = environment
+                    .as_ref()
+                    .and_then(|e| e.held_until)
+                    .map(|ms| format!(" until {}", human_time(ms)))
+                    .unwrap_or_default();
+                holder = Some(match store.get_job(id).await? {
+                    Some(h) => format!(
+                        "request #{id} ({}#{}){until}",
+                        h.repo,
+                        h.number.unwrap_or_default()
+                    ),
+                    None => format!("request #{id}{until}"),
+                });
+            }
+        }
+        let details_url = format!(
+            "{}/jobs/{}",
+            config.bot.public_url.trim_end_matches('/'),
+            job.id
+        );
+        Ok(Some(Snapshot {
+            environment_url: configured.and_then(|e| e.url.clone()),
+            dry_run_environment: configured
+                .is_some_and(|e| e.kind == crate::config::EnvironmentKind::DryRun),
+            job,
+            events,
+            pulls,
+            environment,
+            queue_position,
+            holder,
+            details_url,
+            command_prefix: config.bot.command_prefix.clone(),
+            now_ms: store.now_ms(),
+        }))
+    }
+
     fn request(&self) -> DeployRequest {
         serde_json::from_value(self.job.request.clone()).unwrap_or_default()
     }
@@ -86,7 +165,7 @@ impl Snapshot {
             .unwrap_or_default()
     }
 
-    fn holds(&self) -> bool {
+    pub fn holds(&self) -> bool {
         self.environment
             .as_ref()
             .is_some_and(|e| e.holder_job == Some(self.job.id))
@@ -155,7 +234,7 @@ impl Snapshot {
         }
     }
 
-    fn icon(&self) -> &'static str {
+    pub fn icon(&self) -> &'static str {
         match self.phase() {
             Phase::Queued | Phase::Waiting => "⏳",
             Phase::Running => "🔄",
@@ -305,8 +384,8 @@ impl Snapshot {
         out
     }
 
-    /// Steps with their durations and what each said last.
-    fn steps_table(&self) -> String {
+    /// Steps with their state, duration and what each said last.
+    pub fn step_lines(&self) -> Vec<StepLine> {
         struct Line {
             step: String,
             start: i64,
@@ -326,7 +405,7 @@ impl Snapshot {
                 }),
             }
         }
-        let ended = !matches!(self.job.state.as_str(), "queued" | "running");
+        let ended = !self.active();
         let end_ms = self
             .events
             .iter()
@@ -335,8 +414,8 @@ impl Snapshot {
             .map(|e| e.at_ms)
             .unwrap_or(self.now_ms);
         let failed = matches!(self.phase(), Phase::Failed | Phase::TimedOut);
-        let mut out = String::from("| step | time | |\n|---|---|---|\n");
         let count = lines.len();
+        let mut out = Vec::new();
         for (n, line) in lines.iter().enumerate() {
             let last = n + 1 == count;
             let until = lines.get(n + 1).map(|l| l.start).unwrap_or(end_ms);
@@ -345,7 +424,6 @@ impl Snapshot {
                 (true, true) if failed && line.step != "hold" => {
                     ("❌", human_span(until - line.start))
                 }
-                (true, true) if line.step == "hold" => ("✅", String::new()),
                 _ => ("✅", human_span(until - line.start)),
             };
             let time = if line.step == "hold" {
@@ -354,13 +432,28 @@ impl Snapshot {
                 time
             };
             let note = match line.step.as_str() {
-                // The facts, components and images above say these.
-                "queued" | "resolve" | "plan" => String::new(),
+                // The facts, components and images say these.
+                "queued" | "resolve" | "plan" | "hold" => String::new(),
                 "build" => self.build_note().unwrap_or_else(|| cell(&line.note)),
-                "hold" => String::new(),
                 _ => cell(&line.note),
             };
-            out.push_str(&format!("| {icon} {} | {time} | {note} |\n", line.step));
+            out.push(StepLine {
+                step: line.step.clone(),
+                icon,
+                time,
+                note,
+            });
+        }
+        out
+    }
+
+    fn steps_table(&self) -> String {
+        let mut out = String::from("| step | time | |\n|---|---|---|\n");
+        for line in self.step_lines() {
+            out.push_str(&format!(
+                "| {} {} | {} | {} |\n",
+                line.icon, line.step, line.time, line.note
+            ));
         }
         out
     }
@@ -401,7 +494,7 @@ impl Snapshot {
     }
 
     /// The failing step's last output lines (at most 15 lines and 1500 characters).
-    fn excerpt(&self) -> Option<String> {
+    pub fn excerpt(&self) -> Option<String> {
         let text = self
             .events
             .iter()

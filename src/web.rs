@@ -20,6 +20,8 @@ use crate::store::{Job, JobFilter, Store};
 /// Shared by every request.
 pub struct AppState {
     pub store: Store,
+    /// Authorises and applies the API's writes.
+    pub intake: Arc<crate::intake::Intake>,
     pub config: Arc<Config>,
     pub settings: Settings,
     /// Wakes the intake processor and reporter after a commit.
@@ -35,16 +37,29 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/webhook",
             post(crate::webhook::receive).layer(DefaultBodyLimit::max(limit)),
         )
-        .route("/api/v1/jobs", get(list_jobs))
+        .route("/api/v1/jobs", get(list_jobs).post(crate::api::create_job))
         .route("/api/v1/jobs/{id}", get(get_job))
-        .route("/jobs/{id}", get(job_log))
+        .route("/api/v1/jobs/{id}/cancel", post(crate::api::cancel_job))
+        .route("/api/v1/jobs/{id}/events", get(crate::api::job_events))
+        .route("/api/v1/environments", get(crate::api::list_environments))
+        .route(
+            "/api/v1/environments/{name}/release",
+            post(crate::api::release),
+        )
+        .route(
+            "/api/v1/environments/{name}/extend",
+            post(crate::api::extend),
+        )
+        .route("/api/v1/openapi.json", get(crate::api::openapi))
+        .route("/", get(crate::page::status_page))
+        .route("/jobs/{id}", get(crate::page::job_page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .with_state(state)
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
@@ -86,7 +101,7 @@ pub struct ComponentView {
 }
 
 impl JobView {
-    fn new(job: Job, config: &Config) -> JobView {
+    pub fn new(job: Job, config: &Config) -> JobView {
         let request: DeployRequest = serde_json::from_value(job.request).unwrap_or_default();
         JobView {
             id: job.id,
@@ -209,59 +224,6 @@ async fn get_job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> 
         }
         None => error(StatusCode::NOT_FOUND, format!("no job {id}")),
     }
-}
-
-/// A job's full log as plain text (the "full log" link of its status).
-async fn job_log(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    let Ok(id) = id.parse::<i64>() else {
-        return error(StatusCode::BAD_REQUEST, "a job id is a number");
-    };
-    let (job, events) = match (
-        state.store.get_job(id).await,
-        state.store.job_events(id).await,
-    ) {
-        (Ok(Some(job)), Ok(events)) => (job, events),
-        (Ok(None), _) => return error(StatusCode::NOT_FOUND, format!("no job {id}")),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::error!(error = %e, "cannot read job");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the database is unavailable",
-            );
-        }
-    };
-    let mut out = format!(
-        "deploybot request #{} — {}{}\n{}#{} · requested by @{} · environment {} · base {}\n\n",
-        job.id,
-        job.state,
-        job.error
-            .as_deref()
-            .map(|e| format!(": {}", crate::status::redact(e)))
-            .unwrap_or_default(),
-        job.repo,
-        job.number.unwrap_or_default(),
-        job.requested_by,
-        job.environment,
-        job.base
-    );
-    for e in events {
-        let message = crate::status::redact(&e.message);
-        for (n, line) in message.lines().enumerate() {
-            if n == 0 {
-                out.push_str(&format!("{} [{}] {line}\n", e.at, e.step));
-            } else {
-                out.push_str(&format!("    {line}\n"));
-            }
-        }
-    }
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; charset=utf-8",
-        )],
-        out,
-    )
-        .into_response()
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {

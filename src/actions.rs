@@ -1,0 +1,364 @@
+//! What the API (and so the `deploy` CLI) may do on a user's behalf: submit a
+//! request, cancel one, release or extend an environment. The user is who
+//! their GitHub token says; SPEC §5 applies to them on every repository the
+//! action touches, exactly as for a comment.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::auth::Decision;
+use crate::command::{DeployRequest, Ref};
+use crate::github::{GitHubError, RepoName};
+use crate::intake::{Asked, Intake, Origin};
+use crate::report::Report;
+use crate::store::{Store, StoreError};
+
+/// Why an action was not done, as the API answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionError {
+    /// 400: the request is malformed (the grammar's message).
+    BadRequest(String),
+    /// 401: no token, or GitHub does not know it.
+    Unauthorized(String),
+    /// 403: the user may not do this.
+    Forbidden(String),
+    /// 404
+    NotFound(String),
+    /// 409: the state does not allow it (nothing to release, already ended).
+    Conflict(String),
+    /// 503: GitHub or the database cannot be reached now.
+    Unavailable(String),
+}
+
+impl From<StoreError> for ActionError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "database error in an API action");
+        ActionError::Unavailable("the database is unavailable".into())
+    }
+}
+
+impl From<crate::intake::IntakeError> for ActionError {
+    fn from(e: crate::intake::IntakeError) -> Self {
+        match e {
+            crate::intake::IntakeError::Store(e) => e.into(),
+            crate::intake::IntakeError::GitHub(e) => e.into(),
+        }
+    }
+}
+
+impl From<GitHubError> for ActionError {
+    fn from(e: GitHubError) -> Self {
+        ActionError::Unavailable(format!("cannot ask GitHub now: {e}"))
+    }
+}
+
+/// Remembers whose a token is for a few minutes (keyed by its SHA-256, so
+/// the token itself is not kept).
+#[derive(Default)]
+pub struct TokenCache {
+    entries: Mutex<HashMap<String, (Instant, String)>>,
+}
+
+const TOKEN_TTL: Duration = Duration::from_secs(300);
+
+fn token_key(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Intake {
+    /// The GitHub login a bearer token belongs to.
+    pub async fn login_for_token(&self, token: &str) -> Result<String, ActionError> {
+        let token = token.trim();
+        if token.is_empty() || token.len() > 512 || token.chars().any(char::is_whitespace) {
+            return Err(ActionError::Unauthorized(
+                "send a GitHub token: `Authorization: Bearer <token>`".into(),
+            ));
+        }
+        let key = token_key(token);
+        if let Ok(cache) = self.tokens.entries.lock()
+            && let Some((at, login)) = cache.get(&key)
+            && at.elapsed() < TOKEN_TTL
+        {
+            return Ok(login.clone());
+        }
+        let Some(github) = &self.github else {
+            return Err(ActionError::Unavailable(
+                "GitHub access is not configured on this deploybot, so it cannot check tokens"
+                    .into(),
+            ));
+        };
+        match github.token_login(token).await? {
+            Some(login) => {
+                if let Ok(mut cache) = self.tokens.entries.lock() {
+                    cache.retain(|_, (at, _)| at.elapsed() < TOKEN_TTL);
+                    cache.insert(key, (Instant::now(), login.clone()));
+                }
+                Ok(login)
+            }
+            None => Err(ActionError::Unauthorized(
+                "GitHub does not accept this token".into(),
+            )),
+        }
+    }
+
+    /// SPEC §5 for `login` on each of `repos` (all must allow).
+    async fn allowed_on(&self, login: &str, repos: &[String]) -> Result<(), ActionError> {
+        for repo in repos {
+            let Some(name) = RepoName::parse(repo) else {
+                return Err(ActionError::BadRequest(format!(
+                    "`{repo}` is not a repository"
+                )));
+            };
+            if let Decision::Denied(why) = self.authorise(&name, None, login).await? {
+                return Err(ActionError::Forbidden(format!(
+                    "I can't do this for you: {why}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Queue a deployment request from the API. The request is asked "on" the
+    /// first PR it names (its status comment and deployment go there).
+    pub async fn submit(&self, login: &str, request: DeployRequest) -> Result<i64, ActionError> {
+        if request.refs.is_empty() {
+            return Err(ActionError::BadRequest(
+                "there is nothing to deploy: name what to deploy, for example \
+                 `packit-service=614 ogr=123`"
+                    .into(),
+            ));
+        }
+        let mut repos: Vec<String> = Vec::new();
+        for r in &request.refs {
+            let Some(component) = self.config.component(&r.component) else {
+                return Err(ActionError::BadRequest(format!(
+                    "`{}` is not a configured component",
+                    r.component
+                )));
+            };
+            if component.retired {
+                return Err(ActionError::BadRequest(format!(
+                    "`{}` is retired and is not deployed",
+                    component.name
+                )));
+            }
+            if !repos.contains(&component.repo) {
+                repos.push(component.repo.clone());
+            }
+        }
+        if let Some(env) = &request.env
+            && self.config.environment(env).is_none()
+        {
+            return Err(ActionError::BadRequest(format!(
+                "`{env}` is not a configured environment"
+            )));
+        }
+        self.allowed_on(login, &repos).await?;
+        let pinned = match self.pin_pull_requests(&request).await? {
+            Ok(pinned) => pinned,
+            Err(problem) => return Err(ActionError::BadRequest(problem)),
+        };
+        // Where it is "asked": the first PR it names, else the first component's repository.
+        let first_pr = request.refs.iter().find_map(|r| match r.reference {
+            Ref::Pr(n) => Some((self.config.component(&r.component)?.repo.clone(), n)),
+            _ => None,
+        });
+        let origin = match first_pr {
+            Some((repo, n)) => Origin {
+                repo,
+                number: i64::try_from(n).unwrap_or_default(),
+                is_pull_request: true,
+                installation_id: None,
+            },
+            None => Origin {
+                repo: repos[0].clone(),
+                number: 0,
+                is_pull_request: false,
+                installation_id: None,
+            },
+        };
+        let asked = Asked {
+            by: login,
+            source: "cli",
+            comment_id: None,
+        };
+        let mut tx = self.store.begin().await?;
+        let id = self
+            .queue(&mut tx, &origin, &asked, &request, &pinned)
+            .await?;
+        if origin.is_pull_request {
+            Store::supersede_queued_from(
+                &mut tx,
+                &origin.repo,
+                origin.number,
+                &format!("superseded by request #{id} from @{login}"),
+                id,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Cancel request `id`: a queued one ends now, a running one is asked to stop.
+    pub async fn cancel_job(&self, login: &str, id: i64) -> Result<String, ActionError> {
+        let Some(job) = self.store.get_job(id).await? else {
+            return Err(ActionError::NotFound(format!("no request #{id}")));
+        };
+        self.allowed_on(login, std::slice::from_ref(&job.repo))
+            .await?;
+        let reason = format!("cancelled by @{login}");
+        let mut tx = self.store.begin().await?;
+        let text =
+            if job.state == "queued" && Store::cancel_queued_job(&mut tx, id, &reason).await? {
+                Store::add_event(&mut tx, id, "end", &format!("cancelled: {reason}")).await?;
+                if let Some(r) = Report::end_reaction(&job, false) {
+                    r.enqueue(&mut tx, Some(id)).await?;
+                }
+                Store::release_environment(&mut tx, &job.environment, id, false).await?;
+                format!("request #{id} was queued; it is cancelled")
+            } else if Store::request_cancel(&mut tx, id).await? {
+                Store::add_event(&mut tx, id, "cancel", &format!("{reason}; stopping")).await?;
+                format!("request #{id} is stopping (it was in `{}`)", job.step)
+            } else {
+                tx.rollback().await?;
+                return Err(ActionError::Conflict(format!(
+                    "request #{id} has already ended ({})",
+                    job.state
+                )));
+            };
+        tx.commit().await?;
+        Ok(text)
+    }
+
+    /// The environment a request of `login` holds, if any.
+    pub async fn held_by_user(&self, login: &str) -> Result<Option<String>, ActionError> {
+        for env in self.store.environments().await? {
+            if let Some(holder) = env.holder_job
+                && let Some(job) = self.store.get_job(holder).await?
+                && job.requested_by.eq_ignore_ascii_case(login)
+            {
+                return Ok(Some(env.name));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Release `environment` (its holder's deployment is no longer held).
+    pub async fn release_environment(
+        &self,
+        login: &str,
+        environment: &str,
+    ) -> Result<String, ActionError> {
+        if self.config.environment(environment).is_none() {
+            return Err(ActionError::NotFound(format!(
+                "no environment `{environment}`"
+            )));
+        }
+        let mut tx = self.store.begin().await?;
+        let row = Store::environment_row(&mut tx, environment).await?;
+        tx.commit().await?;
+        let Some(holder) = row.and_then(|r| r.holder_job) else {
+            return Err(ActionError::Conflict(format!(
+                "`{environment}` is not held by anyone"
+            )));
+        };
+        let Some(job) = self.store.get_job(holder).await? else {
+            return Err(ActionError::Conflict(format!(
+                "`{environment}` is held by request #{holder}, which is gone"
+            )));
+        };
+        self.allowed_on(login, std::slice::from_ref(&job.repo))
+            .await?;
+        if job.state == "running" {
+            return Err(ActionError::Conflict(format!(
+                "request #{holder} is still deploying to `{environment}`; cancel it instead \
+                 (`deploy cancel {holder}`), which releases the environment"
+            )));
+        }
+        let mut tx = self.store.begin().await?;
+        if !Store::release_environment(&mut tx, environment, holder, true).await? {
+            tx.rollback().await?;
+            return Err(ActionError::Conflict(format!(
+                "`{environment}` changed hands meanwhile; look again"
+            )));
+        }
+        Store::add_event(&mut tx, holder, "release", &format!("released by @{login}")).await?;
+        if !job.requested_by.eq_ignore_ascii_case(login) {
+            crate::pipeline::Pipeline::notice(
+                &mut tx,
+                &job,
+                format!(
+                    "**{environment}** was released by @{login} (with the deploy CLI); the \
+                     deployment of request #{holder} is no longer held."
+                ),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(format!(
+            "released `{environment}` (held by request #{holder})"
+        ))
+    }
+
+    /// Lengthen `environment`'s hold by `by`, up to its maximum; returns the
+    /// new end (unix ms) and whether it was capped.
+    pub async fn extend_environment(
+        &self,
+        login: &str,
+        environment: &str,
+        by: Duration,
+    ) -> Result<(i64, bool), ActionError> {
+        let Some(config) = self.config.environment(environment) else {
+            return Err(ActionError::NotFound(format!(
+                "no environment `{environment}`"
+            )));
+        };
+        let max = config.max_ttl();
+        let mut tx = self.store.begin().await?;
+        let row = Store::environment_row(&mut tx, environment).await?;
+        tx.commit().await?;
+        let Some((holder, held_until)) = row.and_then(|r| r.holder_job.map(|h| (h, r.held_until)))
+        else {
+            return Err(ActionError::Conflict(format!(
+                "`{environment}` is not held by anyone"
+            )));
+        };
+        let Some(job) = self.store.get_job(holder).await? else {
+            return Err(ActionError::Conflict(format!(
+                "`{environment}` is held by request #{holder}, which is gone"
+            )));
+        };
+        self.allowed_on(login, std::slice::from_ref(&job.repo))
+            .await?;
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
+        let mut tx = self.store.begin().await?;
+        let now = tx.now;
+        let current = held_until.unwrap_or(now).max(now);
+        let limit = now + ms(max);
+        let until = (current + ms(by)).min(limit);
+        if !Store::set_hold_until(&mut tx, environment, holder, until).await? {
+            tx.rollback().await?;
+            return Err(ActionError::Conflict(format!(
+                "`{environment}` changed hands meanwhile; look again"
+            )));
+        }
+        Store::add_event(
+            &mut tx,
+            holder,
+            "hold",
+            &format!(
+                "extended by @{login} until {}",
+                crate::store::rfc3339(until)
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((until, current + ms(by) > limit))
+    }
+}

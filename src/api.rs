@@ -1,0 +1,457 @@
+//! The JSON API's environments, write endpoints and event stream (the read
+//! endpoints for jobs are in `web.rs`). Writes authenticate with a GitHub
+//! token (`Authorization: Bearer`); its user must be allowed as in SPEC §5.
+//! `openapi.json` describes all of it; a test keeps the two in agreement.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::actions::ActionError;
+use crate::command::{Command, parse_command};
+use crate::web::{AppState, JobView, error};
+
+/// The OpenAPI description of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+pub async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        OPENAPI.to_string(),
+    )
+        .into_response()
+}
+
+fn answer(e: ActionError) -> Response {
+    let (status, message) = match e {
+        ActionError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+        ActionError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m),
+        ActionError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
+        ActionError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+        ActionError::Conflict(m) => (StatusCode::CONFLICT, m),
+        ActionError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+    };
+    error(status, message)
+}
+
+/// The user behind the request's bearer token.
+async fn user(state: &AppState, headers: &HeaderMap) -> Result<String, ActionError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+                .or_else(|| v.strip_prefix("token "))
+        })
+        .ok_or_else(|| {
+            ActionError::Unauthorized(
+                "this needs a GitHub token: `Authorization: Bearer <token>` \
+                 (the deploy CLI sends GITHUB_TOKEN or `gh auth token`)"
+                    .into(),
+            )
+        })?;
+    state.intake.login_for_token(token).await
+}
+
+/// An environment as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct EnvironmentView {
+    pub name: String,
+    pub kind: String,
+    pub url: Option<String>,
+    pub holder: Option<HolderView>,
+    pub held_until: Option<String>,
+    /// Left changed by an earlier deployment: cleaned before the next one.
+    pub dirty: bool,
+    /// Requests waiting for it, first in line first.
+    pub queue: Vec<QueuedView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HolderView {
+    pub job: i64,
+    pub state: String,
+    pub step: String,
+    pub requested_by: String,
+    pub pull_requests: Vec<String>,
+    /// Component → pinned commit.
+    pub commits: Vec<PinView>,
+    pub images: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PinView {
+    pub component: String,
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub sha: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct QueuedView {
+    pub job: i64,
+    pub position: usize,
+    pub requested_by: String,
+    pub pull_requests: Vec<String>,
+    pub step: String,
+}
+
+/// Every environment with its holder and queue (the status page uses this too).
+pub async fn environment_views(state: &AppState) -> Result<Vec<EnvironmentView>, ActionError> {
+    let store = &state.store;
+    let rows = store.environments().await?;
+    let mut out = Vec::new();
+    for env in &state.config.environments {
+        let row = rows.iter().find(|r| r.name == env.name);
+        let holder_id = row.and_then(|r| r.holder_job);
+        let mut holder = None;
+        if let Some(id) = holder_id
+            && let Some(job) = store.get_job(id).await?
+        {
+            let pulls = store.job_pull_requests(id).await?;
+            let pins: Vec<crate::pipeline::plan::Pinned> = job
+                .pinned
+                .clone()
+                .and_then(|p| serde_json::from_value(p).ok())
+                .unwrap_or_default();
+            let plan: Option<crate::pipeline::plan::Plan> = job
+                .plan
+                .clone()
+                .and_then(|p| serde_json::from_value(p).ok());
+            holder = Some(HolderView {
+                job: id,
+                state: job.state.clone(),
+                step: job.step.clone(),
+                requested_by: job.requested_by.clone(),
+                pull_requests: pulls
+                    .iter()
+                    .map(|p| format!("{}#{}", p.repo, p.number))
+                    .collect(),
+                commits: pins
+                    .iter()
+                    .map(|p| PinView {
+                        component: p.component.clone(),
+                        reference: p.reference.to_string(),
+                        sha: p.sha.clone(),
+                    })
+                    .collect(),
+                images: plan
+                    .map(|p| {
+                        p.images
+                            .iter()
+                            .filter(|i| i.deployed)
+                            .map(|i| i.reference())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            });
+        }
+        let mut queue = Vec::new();
+        let mut position = 0;
+        for job in store.queue_of(&env.name).await? {
+            if Some(job.id) == holder_id || job.state != "queued" {
+                continue;
+            }
+            position += 1;
+            let pulls = store.job_pull_requests(job.id).await?;
+            queue.push(QueuedView {
+                job: job.id,
+                position,
+                requested_by: job.requested_by.clone(),
+                pull_requests: pulls
+                    .iter()
+                    .map(|p| format!("{}#{}", p.repo, p.number))
+                    .collect(),
+                step: job.step.clone(),
+            });
+        }
+        out.push(EnvironmentView {
+            name: env.name.clone(),
+            kind: format!("{:?}", env.kind).to_ascii_lowercase(),
+            url: env.url.clone(),
+            holder,
+            held_until: row
+                .and_then(|r| r.held_until)
+                .filter(|_| holder_id.is_some())
+                .map(crate::store::rfc3339),
+            dirty: row.is_some_and(|r| r.dirty),
+            queue,
+        });
+    }
+    Ok(out)
+}
+
+pub async fn list_environments(State(state): State<Arc<AppState>>) -> Response {
+    match environment_views(&state).await {
+        Ok(envs) => Json(json!({ "environments": envs })).into_response(),
+        Err(e) => answer(e),
+    }
+}
+
+/// `POST /api/v1/jobs`: `{"command": "/deploy --base=prod packit-service=614"}`
+/// (the prefix is optional) or `{"args": ["--base=prod", "packit-service=614"]}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRequest {
+    #[serde(default)]
+    command: Option<String>,
+    #[serde(default)]
+    args: Option<Vec<String>>,
+}
+
+pub async fn create_job(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<NewRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(body)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "send JSON: {\"command\": \"packit-service=614 ogr=123\"} or {\"args\": [...]}",
+        );
+    };
+    let prefix = state.config.bot.command_prefix.clone();
+    let text = match (body.command, body.args) {
+        (Some(c), None) => c,
+        (None, Some(a)) => a.join(" "),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "send exactly one of `command` and `args`",
+            );
+        }
+    };
+    let text = text.trim();
+    if text.contains('\n') || text.len() > 2000 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a request is one line of at most 2000 characters",
+        );
+    }
+    let line = if text.starts_with(&prefix) {
+        text.to_string()
+    } else {
+        format!("{prefix} {text}")
+    };
+    let request = match parse_command(&line, &state.config.vocabulary()) {
+        Ok(Command::Deploy(request)) => request,
+        Ok(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "only deployment requests are created here; status, release, extend and \
+                 cancel have their own endpoints",
+            );
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.render(&line)),
+    };
+    let login = match user(&state, &headers).await {
+        Ok(login) => login,
+        Err(e) => return answer(e),
+    };
+    match state.intake.submit(&login, request).await {
+        Ok(id) => {
+            state.jobs_wake.notify_waiters();
+            state.wake.notify_one();
+            match state.store.get_job(id).await {
+                Ok(Some(job)) => (
+                    StatusCode::CREATED,
+                    Json(json!({ "job": JobView::new(job, &state.config) })),
+                )
+                    .into_response(),
+                _ => (StatusCode::CREATED, Json(json!({ "job": { "id": id } }))).into_response(),
+            }
+        }
+        Err(e) => answer(e),
+    }
+}
+
+fn parse_id(id: &str) -> Result<i64, ActionError> {
+    id.parse::<i64>()
+        .map_err(|_| ActionError::BadRequest("a job id is a number".into()))
+}
+
+pub async fn cancel_job(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(e) => return answer(e),
+    };
+    let login = match user(&state, &headers).await {
+        Ok(login) => login,
+        Err(e) => return answer(e),
+    };
+    match state.intake.cancel_job(&login, id).await {
+        Ok(message) => {
+            state.jobs_wake.notify_waiters();
+            state.wake.notify_one();
+            Json(json!({ "message": message })).into_response()
+        }
+        Err(e) => answer(e),
+    }
+}
+
+pub async fn release(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    let login = match user(&state, &headers).await {
+        Ok(login) => login,
+        Err(e) => return answer(e),
+    };
+    match state.intake.release_environment(&login, &name).await {
+        Ok(message) => {
+            state.jobs_wake.notify_waiters();
+            state.wake.notify_one();
+            Json(json!({ "message": message })).into_response()
+        }
+        Err(e) => answer(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendBody {
+    duration: String,
+}
+
+pub async fn extend(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Json<ExtendBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(body)) = body else {
+        return error(StatusCode::BAD_REQUEST, "send JSON: {\"duration\": \"1h\"}");
+    };
+    let Some(by) = crate::command::parse_duration(&body.duration) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "`{}` is not a duration; use minutes and hours like 90m, 2h, 1h30m",
+                body.duration
+            ),
+        );
+    };
+    let login = match user(&state, &headers).await {
+        Ok(login) => login,
+        Err(e) => return answer(e),
+    };
+    match state.intake.extend_environment(&login, &name, by).await {
+        Ok((until, capped)) => {
+            state.wake.notify_one();
+            Json(json!({
+                "message": format!(
+                    "`{name}` is now held until {}{}",
+                    crate::store::rfc3339(until),
+                    if capped { " (capped at its maximum)" } else { "" }
+                ),
+                "held_until": crate::store::rfc3339(until),
+                "capped": capped,
+            }))
+            .into_response()
+        }
+        Err(e) => answer(e),
+    }
+}
+
+/// `GET /api/v1/jobs/{id}/events`: the job's events as server-sent events
+/// (`event: step`, id = event id, data = `{"id","at","step","message"}`),
+/// from the start or after `Last-Event-ID`, then as they happen; a final
+/// `event: end` carries the job when it has ended.
+pub async fn job_events(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(e) => return answer(e),
+    };
+    match state.store.get_job(id).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no job {id}")),
+        Err(_) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database is unavailable",
+            );
+        }
+    }
+    let after: i64 = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let store = state.store.clone();
+    let config = state.config.clone();
+    let stream = futures_util::stream::unfold(
+        (store, config, after, false, Vec::<Event>::new()),
+        move |(store, config, mut after, mut done, mut pending)| async move {
+            loop {
+                if let Some(event) = pending.pop() {
+                    return Some((
+                        Ok::<Event, Infallible>(event),
+                        (store, config, after, done, pending),
+                    ));
+                }
+                if done {
+                    return None;
+                }
+                let (job, events) = match (store.get_job(id).await, store.job_events(id).await) {
+                    (Ok(Some(job)), Ok(events)) => (job, events),
+                    _ => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                let ended = !matches!(job.state.as_str(), "queued" | "running");
+                let since = after;
+                let mut fresh: Vec<Event> = events
+                    .into_iter()
+                    .filter(|e| e.id > since)
+                    .map(|mut e| {
+                        after = after.max(e.id);
+                        e.message = crate::status::redact(&e.message);
+                        Event::default()
+                            .event("step")
+                            .id(e.id.to_string())
+                            .json_data(&e)
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                if ended {
+                    let view = JobView::new(job, &config);
+                    fresh.push(
+                        Event::default()
+                            .event("end")
+                            .json_data(&view)
+                            .unwrap_or_default(),
+                    );
+                    done = true;
+                }
+                if fresh.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    continue;
+                }
+                fresh.reverse();
+                pending = fresh;
+            }
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}

@@ -1,0 +1,575 @@
+//! The HTTP API as the `deploy` CLI and scripts use it: every endpoint and
+//! error, the event stream, and the OpenAPI description kept true (every
+//! answer here is checked against it, and every route is described).
+
+mod support;
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use deploybot::config::Config;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use support::harness::*;
+use tower::ServiceExt;
+
+on_both_backends!(
+    submitting_needs_a_token_of_an_allowed_user,
+    cancel_release_and_extend_answer_clearly,
+    the_event_stream_follows_a_request_to_its_end,
+    the_pages_show_holder_queue_and_log,
+);
+
+const ALICE: &str = "gho_alice_token_0123456789";
+const MALLORY: &str = "gho_mallory_token_0123456789";
+
+async fn app(db: Db) -> TestApp {
+    let t = TestApp::start_with(
+        db,
+        Options {
+            config: Config::builtin_default(),
+            ..Options::default()
+        },
+    )
+    .await;
+    for repo in ["packit/packit-service", "packit/ogr"] {
+        t.github.set_permission(repo, "alice", "write");
+        t.github.set_permission(repo, "mallory", "read");
+    }
+    t.github.add_user_token(ALICE, "alice");
+    t.github.add_user_token(MALLORY, "mallory");
+    t
+}
+
+/// The OpenAPI document, with a checker for answers.
+struct Spec {
+    doc: Value,
+}
+
+impl Spec {
+    async fn load(t: &TestApp) -> Spec {
+        let (status, doc) = t.get("/api/v1/openapi.json").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(doc["openapi"], "3.1.0");
+        Spec { doc }
+    }
+
+    /// Panics unless `body` is what the document says `method path` answers
+    /// with `status` (`path` as documented, e.g. `/api/v1/jobs/{id}`).
+    fn check(&self, method: &str, path: &str, status: StatusCode, body: &Value) {
+        let operation = &self.doc["paths"][path][method.to_ascii_lowercase()];
+        assert!(operation.is_object(), "{method} {path} is not documented");
+        let response = &operation["responses"][status.as_str()];
+        assert!(
+            response.is_object(),
+            "{method} {path} answered {status}, which the document does not list: {body}"
+        );
+        let Some(schema) = response["content"]["application/json"]["schema"].as_object() else {
+            return;
+        };
+        let mut root = json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "components": self.doc["components"],
+        });
+        for (k, v) in schema {
+            root[k] = v.clone();
+        }
+        let validator = jsonschema::validator_for(&root).expect("schema compiles");
+        let errors: Vec<String> = validator
+            .iter_errors(body)
+            .map(|e| format!("{e} at {}", e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{method} {path} {status}: the answer does not match the document: {errors:?}\n{body}"
+        );
+    }
+}
+
+async fn call(
+    t: &TestApp,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder().method(method).uri(path);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let body = match body {
+        Some(b) => {
+            request = request.header("content-type", "application/json");
+            Body::from(b.to_string())
+        }
+        None => Body::empty(),
+    };
+    t.send(request.body(body).expect("request")).await
+}
+
+/// Call and check the answer against the document (`doc_path` as documented).
+async fn checked(
+    t: &TestApp,
+    spec: &Spec,
+    method: &str,
+    path: &str,
+    doc_path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let (status, answer) = call(t, method, path, token, body).await;
+    spec.check(method, doc_path, status, &answer);
+    (status, answer)
+}
+
+#[tokio::test]
+async fn every_route_is_described_and_every_description_is_served() {
+    let t = app(Db::Sqlite).await;
+    let spec = Spec::load(&t).await;
+    // The routes the router has (read from its source, so a new route
+    // without a description fails here).
+    let source = std::fs::read_to_string(manifest_dir().join("src/web.rs")).expect("web.rs");
+    let mut routes: Vec<String> = Vec::new();
+    for part in source.split(".route(").skip(1) {
+        let path = part
+            .trim_start()
+            .trim_start_matches('"')
+            .split('"')
+            .next()
+            .expect("path")
+            .to_string();
+        routes.push(path);
+    }
+    assert!(routes.len() >= 12, "{routes:?}");
+    let described: Vec<String> = spec.doc["paths"]
+        .as_object()
+        .expect("paths")
+        .keys()
+        .cloned()
+        .collect();
+    for route in &routes {
+        assert!(
+            described.contains(route),
+            "{route} is served but not described"
+        );
+    }
+    for path in &described {
+        assert!(routes.contains(path), "{path} is described but not served");
+    }
+    // Each described GET answers something other than "no such endpoint".
+    for path in &described {
+        if spec.doc["paths"][path]["get"].is_null() {
+            continue;
+        }
+        let concrete = path.replace("{id}", "1").replace("{name}", "dev");
+        if concrete.ends_with("/events") {
+            continue; // a stream; tested below
+        }
+        let (status, body) = call(&t, "GET", &concrete, None, None).await;
+        assert_ne!(
+            body["error"], "no such endpoint",
+            "GET {concrete}: {status} {body}"
+        );
+    }
+    t.github.assert_clean();
+}
+
+async fn submitting_needs_a_token_of_an_allowed_user(db: Db) {
+    let t = app(db).await;
+    let spec = Spec::load(&t).await;
+    let request = json!({ "command": "--base=prod packit-service=614 ogr=123" });
+    let post = |token: Option<&'static str>, body: Value| {
+        let (t, spec) = (&t, &spec);
+        async move {
+            checked(
+                t,
+                spec,
+                "POST",
+                "/api/v1/jobs",
+                "/api/v1/jobs",
+                token,
+                Some(body),
+            )
+            .await
+        }
+    };
+
+    let (status, body) = post(None, request.clone()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .expect("error")
+            .contains("Authorization: Bearer")
+    );
+    let (status, _) = post(Some("gho_not_a_real_token"), request.clone()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = post(Some(MALLORY), request.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .expect("error")
+            .contains("@mallory needs write permission on packit/packit-service"),
+        "{body}"
+    );
+    // The grammar's own message for a malformed request.
+    let (status, body) = post(Some(ALICE), json!({ "command": "packit-servic=614" })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]
+            .as_str()
+            .expect("error")
+            .contains("did you mean `packit-service`"),
+        "{body}"
+    );
+    let (status, body) = post(Some(ALICE), json!({ "command": "packit-service=9999" })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]
+            .as_str()
+            .expect("error")
+            .contains("does not exist"),
+        "{body}"
+    );
+    assert!(t.jobs().await.is_empty(), "nothing queued by refusals");
+
+    // Alice's request: queued, pinned, on packit-service#614.
+    let (status, body) = post(Some(ALICE), request.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let job = &body["job"];
+    assert_eq!(job["source"], "cli");
+    assert_eq!(job["requested_by"], "alice");
+    assert_eq!(job["base"], "prod");
+    assert_eq!(job["pull_request"], 614);
+    // `args` works the same.
+    let (status, _) = post(
+        Some(ALICE),
+        json!({ "args": ["--dry-run", "packit-service=614"] }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    t.run().await;
+    let (status, first) = checked(
+        &t,
+        &spec,
+        "GET",
+        "/api/v1/jobs/1",
+        "/api/v1/jobs/{id}",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        first["state"], "superseded",
+        "the newer request from the same PR replaced it: {first}"
+    );
+    let (_, second) = checked(
+        &t,
+        &spec,
+        "GET",
+        "/api/v1/jobs/2",
+        "/api/v1/jobs/{id}",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(second["state"], "succeeded", "{second}");
+    let (status, _) = checked(&t, &spec, "GET", "/api/v1/jobs", "/api/v1/jobs", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = checked(
+        &t,
+        &spec,
+        "GET",
+        "/api/v1/jobs/x",
+        "/api/v1/jobs/{id}",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = checked(
+        &t,
+        &spec,
+        "GET",
+        "/api/v1/jobs/99",
+        "/api/v1/jobs/{id}",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The status comment went to the PR the request names first.
+    t.status_comment(1);
+    t.status_comment(2);
+    t.github.assert_clean();
+}
+
+async fn cancel_release_and_extend_answer_clearly(db: Db) {
+    let t = app(db).await;
+    let spec = Spec::load(&t).await;
+    let submit = |command: &'static str| {
+        let (t, spec) = (&t, &spec);
+        async move {
+            let (status, body) = checked(
+                t,
+                spec,
+                "POST",
+                "/api/v1/jobs",
+                "/api/v1/jobs",
+                Some(ALICE),
+                Some(json!({ "command": command })),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            body["job"]["id"].as_i64().expect("id")
+        }
+    };
+    let first = submit("packit-service=614").await;
+    t.run().await;
+    let second = submit("packit-service=700").await;
+    t.run().await;
+
+    // The environments: dev held by the first, the second waiting.
+    let (status, envs) = checked(
+        &t,
+        &spec,
+        "GET",
+        "/api/v1/environments",
+        "/api/v1/environments",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let dev = &envs["environments"][0];
+    assert_eq!(dev["name"], "dev");
+    assert_eq!(dev["holder"]["job"], first);
+    assert_eq!(
+        dev["holder"]["pull_requests"],
+        json!(["packit/packit-service#614"])
+    );
+    assert_eq!(dev["holder"]["commits"][0]["sha"], default_sha(614));
+    assert_eq!(dev["queue"][0]["job"], second);
+    assert_eq!(dev["queue"][0]["position"], 1);
+
+    let env_call = |action: &'static str, token: Option<&'static str>, body: Option<Value>| {
+        let (t, spec) = (&t, &spec);
+        async move {
+            checked(
+                t,
+                spec,
+                "POST",
+                &format!("/api/v1/environments/dev/{action}"),
+                &format!("/api/v1/environments/{{name}}/{action}"),
+                token,
+                body,
+            )
+            .await
+        }
+    };
+    // Extend: a bad duration, someone not allowed, then alice (capped at 8h).
+    let (status, body) = env_call("extend", Some(ALICE), Some(json!({ "duration": "soon" }))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _) = env_call("extend", Some(MALLORY), Some(json!({ "duration": "1h" }))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = env_call("extend", Some(ALICE), Some(json!({ "duration": "12h" }))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["capped"], true);
+    let (status, _) = checked(
+        &t,
+        &spec,
+        "POST",
+        "/api/v1/environments/nope/release",
+        "/api/v1/environments/{name}/release",
+        Some(ALICE),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Cancel the waiting one; cancelling it again conflicts.
+    let cancel = |id: i64, token: Option<&'static str>| {
+        let (t, spec) = (&t, &spec);
+        async move {
+            checked(
+                t,
+                spec,
+                "POST",
+                &format!("/api/v1/jobs/{id}/cancel"),
+                "/api/v1/jobs/{id}/cancel",
+                token,
+                None,
+            )
+            .await
+        }
+    };
+    let (status, _) = cancel(second, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = cancel(second, Some(ALICE)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("message")
+            .contains("cancelled")
+    );
+    let (status, body) = cancel(second, Some(ALICE)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, _) = cancel(999, Some(ALICE)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Release; releasing again conflicts (nothing is held).
+    let (status, body) = env_call("release", Some(ALICE), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = env_call("release", Some(ALICE), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["error"].as_str().expect("error").contains("not held"));
+    let (status, _) = env_call("extend", Some(ALICE), Some(json!({ "duration": "1h" }))).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    t.run().await;
+    assert_eq!(t.headlines().await.len(), 2);
+    t.github.assert_clean();
+}
+
+/// Read a server-sent-events body to its end: (event, data) pairs.
+async fn read_events(body: Body) -> Vec<(String, Value)> {
+    let bytes = body.collect().await.expect("stream").to_bytes();
+    let text = String::from_utf8_lossy(&bytes);
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let mut fields: HashMap<&str, String> = HashMap::new();
+        for line in block.lines() {
+            if let Some((k, v)) = line.split_once(':') {
+                fields.insert(k, v.trim_start().to_string());
+            }
+        }
+        if let (Some(event), Some(data)) = (fields.get("event"), fields.get("data")) {
+            out.push((
+                event.clone(),
+                serde_json::from_str(data).expect("data is JSON"),
+            ));
+        }
+    }
+    out
+}
+
+async fn the_event_stream_follows_a_request_to_its_end(db: Db) {
+    let t = app(db).await;
+    let (status, body) = call(
+        &t,
+        "POST",
+        "/api/v1/jobs",
+        Some(ALICE),
+        Some(json!({ "command": "packit-service=614" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // Subscribe while it is queued, then let a worker run it.
+    let response = t
+        .app
+        .router()
+        .oneshot(
+            Request::get("/api/v1/jobs/1/events")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let reader = tokio::spawn(read_events(response.into_body()));
+    t.run().await;
+    let events = tokio::time::timeout(std::time::Duration::from_secs(20), reader)
+        .await
+        .expect("the stream ends when the request ends")
+        .expect("task");
+    let steps: Vec<String> = events
+        .iter()
+        .filter(|(e, _)| e == "step")
+        .map(|(_, d)| d["step"].as_str().unwrap_or_default().to_string())
+        .collect();
+    for step in ["queued", "resolve", "plan", "lock", "deploy", "hold"] {
+        assert!(steps.contains(&step.to_string()), "{step}: {steps:?}");
+    }
+    let (last, job) = events.last().expect("events");
+    assert_eq!(last, "end");
+    assert_eq!(job["state"], "succeeded");
+
+    // Resuming after an event id sends only what came after it.
+    let response = t
+        .app
+        .router()
+        .oneshot(
+            Request::get("/api/v1/jobs/1/events")
+                .header("last-event-id", "3")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("answer");
+    let again = read_events(response.into_body()).await;
+    assert!(
+        again
+            .iter()
+            .filter(|(e, _)| e == "step")
+            .all(|(_, d)| d["id"].as_i64().unwrap_or_default() > 3),
+        "{again:?}"
+    );
+    let (status, _) = call(&t, "GET", "/api/v1/jobs/77/events", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    t.status_comment(1);
+    t.github.assert_clean();
+}
+
+async fn the_pages_show_holder_queue_and_log(db: Db) {
+    let t = app(db).await;
+    for (command, token) in [
+        ("packit-service=614 ogr=123", ALICE),
+        ("packit-service=700", ALICE),
+    ] {
+        let (status, body) = call(
+            &t,
+            "POST",
+            "/api/v1/jobs",
+            Some(token),
+            Some(json!({ "command": command })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        t.run().await;
+    }
+    let (status, page) = t.get("/").await;
+    assert_eq!(status, StatusCode::OK);
+    let page = page.as_str().expect("html");
+    for text in [
+        "<meta http-equiv=\"refresh\" content=\"15\">",
+        "prefers-color-scheme: dark",
+        "name=\"viewport\"",
+        "held by <a href=\"/jobs/1\">request #1</a> of @alice",
+        "left (until",
+        "packit/ogr#123",
+        &default_sha(614)[..12],
+        "<a href=\"/jobs/2\">#2</a>",
+        "⏳ queued (waiting)",
+    ] {
+        assert!(page.contains(text), "{text} missing from\n{page}");
+    }
+    let (status, job) = t.get("/jobs/1").await;
+    assert_eq!(status, StatusCode::OK);
+    let job = job.as_str().expect("html");
+    for text in [
+        "Done on `dev`",
+        "<h2>Steps</h2>",
+        "[lock] locked dev",
+        "quay.io/packit/packit-service",
+    ] {
+        assert!(job.contains(text), "{text} missing from\n{job}");
+    }
+    // What a user wrote is escaped.
+    assert!(!job.contains("<script"), "{job}");
+    t.headlines().await;
+    t.github.assert_clean();
+}
