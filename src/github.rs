@@ -401,7 +401,9 @@ impl GitHub {
         Ok(CommentId(created.id))
     }
 
-    /// All comments of an issue or PR, oldest first, as (id, body).
+    /// The comments of an issue or PR that a bot (an App, such as deploybot)
+    /// wrote, oldest first, as (id, body): where deploybot looks for its own
+    /// markers (a person's comment quoting a marker is never taken for one).
     pub async fn list_comments(
         &self,
         inst: InstallationId,
@@ -409,10 +411,19 @@ impl GitHub {
         number: u64,
     ) -> GhResult<Vec<(CommentId, String)>> {
         #[derive(Deserialize)]
+        struct User {
+            #[serde(rename = "type", default)]
+            kind: Option<String>,
+        }
+        #[derive(Deserialize)]
         struct Comment {
             id: u64,
             #[serde(default)]
             body: Option<String>,
+            #[serde(default)]
+            user: Option<User>,
+            #[serde(default)]
+            performed_via_github_app: Option<serde_json::Value>,
         }
         let client = self.installation(inst)?;
         let mut all = Vec::new();
@@ -426,6 +437,14 @@ impl GitHub {
             all.extend(
                 batch
                     .into_iter()
+                    .filter(|c| {
+                        c.user
+                            .as_ref()
+                            .is_some_and(|u| u.kind.as_deref() == Some("Bot"))
+                            || c.performed_via_github_app
+                                .as_ref()
+                                .is_some_and(|a| !a.is_null())
+                    })
                     .map(|c| (CommentId(c.id), c.body.unwrap_or_default())),
             );
             if done {

@@ -112,6 +112,15 @@ pub struct Reporter {
     store: Store,
     github: Option<GitHub>,
     config: Arc<Config>,
+    /// GitHub rate-limited us: no report is sent before this (store clock, ms).
+    paused_until: std::sync::atomic::AtomicI64,
+}
+
+/// A claimed report, renewed while a sync sends (so a slow sync is not
+/// taken over by another reporter, and one that was stops writing).
+struct Claim {
+    id: i64,
+    lock: std::sync::atomic::AtomicI64,
 }
 
 /// What one step of the reporter did.
@@ -130,13 +139,22 @@ impl Reporter {
             store,
             github,
             config,
+            paused_until: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
     /// Send the next due report, if any.
     pub async fn step(&self) -> Result<Step, StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.store.now_ms() < self.paused_until.load(Ordering::Relaxed) {
+            return Ok(Step::Idle);
+        }
         let Some(claimed) = self.store.claim_report::<Report>(LOCK_MS).await? else {
             return Ok(Step::Idle);
+        };
+        let claim = Claim {
+            id: claimed.id,
+            lock: std::sync::atomic::AtomicI64::new(claimed.lock),
         };
         let Some(github) = &self.github else {
             // Reporting is off: nothing can be delivered; say so once per report.
@@ -145,12 +163,12 @@ impl Reporter {
                 "GitHub reporting is off; report dropped"
             );
             self.store
-                .report_failed(claimed.id, 0, "GitHub reporting is off", true)
+                .report_failed(claimed.id, claimed.lock, 0, "GitHub reporting is off", true)
                 .await?;
             return Ok(Step::Skipped);
         };
         let sent = match &claimed.payload {
-            Report::Sync { job_id } => self.sync(github, *job_id).await,
+            Report::Sync { job_id } => self.sync(github, *job_id, &claim).await,
             other => self
                 .send(github, claimed.id, claimed.attempts, other)
                 .await
@@ -167,7 +185,12 @@ impl Reporter {
                         0
                     };
                     self.store
-                        .sync_sent(claimed.id, claimed.version, pause)
+                        .sync_sent(
+                            claimed.id,
+                            claimed.version,
+                            claim.lock.load(Ordering::Relaxed),
+                            pause,
+                        )
                         .await?;
                 } else {
                     self.store.report_sent(claimed.id).await?;
@@ -182,9 +205,13 @@ impl Reporter {
                     let until = self.store.now_ms()
                         + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 4);
                     tracing::warn!(?wait, "GitHub rate limit: reports paused");
+                    self.paused_until.fetch_max(until, Ordering::Relaxed);
                     self.store.delay_reports(until).await?;
                 }
-                let give_up = !e.is_transient() || claimed.attempts >= MAX_ATTEMPTS;
+                // A request's status is never given up: its final state must
+                // reach GitHub, however long GitHub is away.
+                let sync = matches!(claimed.payload, Report::Sync { .. });
+                let give_up = !sync && (!e.is_transient() || claimed.attempts >= MAX_ATTEMPTS);
                 let backoff =
                     Duration::from_secs(2u64.saturating_pow(claimed.attempts as u32).min(600));
                 let delay = e
@@ -202,6 +229,7 @@ impl Reporter {
                 self.store
                     .report_failed(
                         claimed.id,
+                        claim.lock.load(Ordering::Relaxed),
                         i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
                         &e.to_string(),
                         give_up,
@@ -272,7 +300,24 @@ impl Reporter {
     /// job is still active. A part GitHub refuses for good (a repository the
     /// App is not installed on) is logged and skipped; a transient failure
     /// ends the attempt, and the next one sends only what is still different.
-    async fn sync(&self, github: &GitHub, job_id: i64) -> Result<bool, GitHubError> {
+    /// Renew the claim before writing to GitHub; an error when another
+    /// reporter took the report over (it sends the newer state).
+    async fn still_ours(&self, claim: &Claim) -> Result<(), GitHubError> {
+        use std::sync::atomic::Ordering;
+        let lock = claim.lock.load(Ordering::Relaxed);
+        match self.store.renew_report(claim.id, lock, LOCK_MS).await {
+            Ok(Some(renewed)) => {
+                claim.lock.store(renewed, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(None) => Err(GitHubError::Transport(
+                "another reporter took this report over".into(),
+            )),
+            Err(e) => Err(GitHubError::Transport(format!("database: {e}"))),
+        }
+    }
+
+    async fn sync(&self, github: &GitHub, job_id: i64, claim: &Claim) -> Result<bool, GitHubError> {
         let store_error = |e: StoreError| GitHubError::Transport(format!("database: {e}"));
         let Some(snap) = self.snapshot(job_id).await.map_err(store_error)? else {
             return Ok(false);
@@ -290,6 +335,7 @@ impl Reporter {
         // 1. The status comment where the request was asked.
         if let (Some(number), Some(repo)) = (job.number, RepoName::parse(&job.repo)) {
             let body = format!("{}\n{}", snap.comment(), job_marker(job.id));
+            self.still_ours(claim).await?;
             let r = self.put_comment(github, job, &repo, number, &body).await;
             tolerate("status comment", r)?;
         }
@@ -328,6 +374,7 @@ impl Reporter {
                 log_url: &snap.details_url,
                 description: &state.description,
             };
+            self.still_ours(claim).await?;
             let r = self
                 .put_deployment(github, job, &repo, sha, &snap.job.environment, &status)
                 .await;

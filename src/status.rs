@@ -625,12 +625,14 @@ impl Snapshot {
     /// The PR and commit the deployment goes on: the PR where it was asked,
     /// else the first referenced PR.
     pub fn deployment_target(&self) -> Option<&PullRef> {
-        let origin = self.pulls.iter().find(|p| {
-            self.job.is_pull_request && p.repo == self.job.repo && Some(p.number) == self.job.number
-        });
-        origin
-            .or_else(|| self.pulls.first())
-            .filter(|p| p.head_sha.is_some())
+        let pinned = || self.pulls.iter().filter(|p| p.head_sha.is_some());
+        pinned()
+            .find(|p| {
+                self.job.is_pull_request
+                    && p.repo == self.job.repo
+                    && Some(p.number) == self.job.number
+            })
+            .or_else(|| pinned().next())
     }
 
     /// Whether the job has ended (no more changes but the hold's end).
@@ -715,7 +717,23 @@ pub fn human_span(ms: i64) -> String {
 pub fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut in_key = false;
-    for line in text.split_inclusive('\n') {
+    // An excerpt cut inside a key block has its END line but not its BEGIN:
+    // everything up to that END line is key material.
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let first_begin = lines
+        .iter()
+        .position(|l| l.contains("-----BEGIN") && l.contains("PRIVATE KEY"));
+    let first_end = lines
+        .iter()
+        .position(|l| l.contains("-----END") && l.contains("PRIVATE KEY"));
+    let skip = match (first_begin, first_end) {
+        (begin, Some(end)) if begin.is_none_or(|b| b > end) => {
+            out.push_str("[redacted private key]\n");
+            end + 1
+        }
+        _ => 0,
+    };
+    for line in lines.into_iter().skip(skip) {
         if line.contains("-----BEGIN") && line.contains("PRIVATE KEY") {
             in_key = true;
             out.push_str("[redacted private key]\n");
@@ -805,6 +823,9 @@ mod tests {
         }
         let key = "a\n-----BEGIN RSA PRIVATE KEY-----\nMIIE\nabc\n-----END RSA PRIVATE KEY-----\nb";
         assert_eq!(redact(key), "a\n[redacted private key]\nb");
+        // An excerpt that starts inside the key block.
+        let cut = "MIIE\nabc\n-----END RSA PRIVATE KEY-----\nb";
+        assert_eq!(redact(cut), "[redacted private key]\nb");
     }
 
     #[test]

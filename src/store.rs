@@ -536,10 +536,12 @@ impl Store {
 
     /// Re-sync every queued job of `environment` (their queue positions moved).
     pub async fn resync_queue(tx: &mut Tx, environment: &str) -> Result<()> {
-        let rows = sqlx::query("SELECT id FROM jobs WHERE state = 'queued' AND environment = $1")
-            .bind(environment)
-            .fetch_all(tx.conn())
-            .await?;
+        let rows = sqlx::query(
+            "SELECT id FROM jobs WHERE state = 'queued' AND environment = $1 ORDER BY id",
+        )
+        .bind(environment)
+        .fetch_all(tx.conn())
+        .await?;
         for row in rows {
             Store::want_sync(tx, row.try_get(0)?).await?;
         }
@@ -628,13 +630,19 @@ impl Store {
 
     /// The job whose check run in `repo` has id `check_run_id`.
     pub async fn job_of_check_run(&self, repo: &str, check_run_id: i64) -> Result<Option<i64>> {
-        let row =
-            sqlx::query("SELECT job_id FROM github_objects WHERE github_id = $1 AND name LIKE $2")
-                .bind(check_run_id)
-                .bind(format!("check:{repo}#%"))
-                .fetch_optional(&self.pool)
-                .await?;
-        row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
+        let rows = sqlx::query("SELECT job_id, name FROM github_objects WHERE github_id = $1")
+            .bind(check_run_id)
+            .fetch_all(&self.pool)
+            .await?;
+        // Repository names compare without case, as GitHub's do.
+        let prefix = format!("check:{}#", repo.to_ascii_lowercase());
+        for row in rows {
+            let name: String = row.try_get(1)?;
+            if name.to_ascii_lowercase().starts_with(&prefix) {
+                return Ok(Some(row.try_get(0)?));
+            }
+        }
+        Ok(None)
     }
 
     pub async fn job_events(&self, job_id: i64) -> Result<Vec<JobEvent>> {
@@ -699,30 +707,53 @@ impl Store {
             .bind(now)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|row| Claimed::from_row(&row)).transpose()
+        let mut claimed = row.map(|row| Claimed::from_row(&row)).transpose()?;
+        if let Some(c) = claimed.as_mut() {
+            c.lock = now + lock_ms;
+        }
+        Ok(claimed)
+    }
+
+    /// Renew a claim on report `id` if it is still ours (`lock` is the claim's
+    /// `locked_until`); returns the new lock, or None when another reporter
+    /// took it over (ours expired).
+    pub async fn renew_report(&self, id: i64, lock: i64, lock_ms: i64) -> Result<Option<i64>> {
+        let renewed = (self.clock.now_ms() + lock_ms).max(lock + 1);
+        let done =
+            sqlx::query("UPDATE outbox SET locked_until = $3 WHERE id = $1 AND locked_until = $2")
+                .bind(id)
+                .bind(lock)
+                .bind(renewed)
+                .execute(&self.pool)
+                .await?;
+        Ok((done.rows_affected() == 1).then_some(renewed))
     }
 
     /// A sync report was sent with the state as of `version`: done, unless
     /// the job changed meanwhile (then it stays due, not before `next_ms`).
-    pub async fn sync_sent(&self, id: i64, version: i64, next_ms: i64) -> Result<bool> {
+    pub async fn sync_sent(&self, id: i64, version: i64, lock: i64, next_ms: i64) -> Result<bool> {
         let now = self.clock.now_ms();
         let done = sqlx::query(
             "UPDATE outbox SET state = 'sent', sent_at = $3, locked_until = NULL, attempts = 0 \
-             WHERE id = $1 AND version = $2",
+             WHERE id = $1 AND version = $2 AND locked_until = $4",
         )
         .bind(id)
         .bind(version)
         .bind(now)
+        .bind(lock)
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 1 {
             return Ok(true);
         }
+        // Changed meanwhile: due again (unless another reporter owns it now).
         sqlx::query(
-            "UPDATE outbox SET locked_until = NULL, attempts = 0, run_after = $2 WHERE id = $1",
+            "UPDATE outbox SET locked_until = NULL, attempts = 0, run_after = $2 \
+             WHERE id = $1 AND locked_until = $3",
         )
         .bind(id)
         .bind(now + next_ms)
+        .bind(lock)
         .execute(&self.pool)
         .await?;
         Ok(false)
@@ -752,18 +783,20 @@ impl Store {
     pub async fn report_failed(
         &self,
         id: i64,
+        lock: i64,
         delay_ms: i64,
         error: &str,
         give_up: bool,
     ) -> Result<()> {
         sqlx::query(
             "UPDATE outbox SET state = $2, run_after = $3, last_error = $4, locked_until = NULL \
-             WHERE id = $1",
+             WHERE id = $1 AND locked_until = $5",
         )
         .bind(id)
         .bind(if give_up { "dead" } else { "pending" })
         .bind(self.clock.now_ms() + delay_ms)
         .bind(error)
+        .bind(lock)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -1233,6 +1266,11 @@ impl Store {
         .bind(tx.now)
         .execute(tx.conn())
         .await?;
+        if done.rows_affected() == 1 {
+            // Waiting requests show until when it is held.
+            Store::want_sync(tx, job_id).await?;
+            Store::resync_queue(tx, name).await?;
+        }
         Ok(done.rows_affected() == 1)
     }
 
@@ -1328,6 +1366,8 @@ pub struct Claimed<T> {
     /// Attempts including this one.
     pub attempts: i64,
     pub version: i64,
+    /// The claim (`locked_until` as set when claimed).
+    pub lock: i64,
 }
 
 impl<T: DeserializeOwned> Claimed<T> {
@@ -1339,6 +1379,7 @@ impl<T: DeserializeOwned> Claimed<T> {
             attempts: row.try_get("attempts")?,
             // Only reports have versions (re-armed sync reports).
             version: row.try_get("version")?,
+            lock: 0,
         })
     }
 }

@@ -82,17 +82,8 @@ impl Worker {
                 )
                 .await?;
                 if let Some(job) = Store::job_in(&mut tx, holder).await? {
-                    Pipeline::notice(
-                        &mut tx,
-                        &job,
-                        format!(
-                            "The hold of **{}** by request #{} has expired, so the environment is free \
-                             for the next request (it will be cleaned up first). Comment `{} ` again \
-                             to deploy this pull request anew.",
-                            env.name, job.id, self.pipeline.config.bot.command_prefix
-                        ),
-                    )
-                    .await?;
+                    let body = self.pipeline.expiry_notice(&env.name, &job);
+                    Pipeline::notice(&mut tx, &job, body).await?;
                 }
                 n += 1;
             }

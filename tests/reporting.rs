@@ -15,6 +15,8 @@ on_both_backends!(
     github_errors_and_rate_limits_delay_reports_but_not_the_deployment,
     a_restart_between_steps_neither_duplicates_nor_loses_reports,
     a_comment_posted_but_not_acknowledged_is_found_again,
+    a_marker_in_a_persons_comment_is_not_taken_for_the_status_comment,
+    an_expired_hold_taken_over_is_told_and_shown_ended,
 );
 
 const DONE: &str = "### 🚀 Done on `dev` (a dry-run environment: nothing was changed)";
@@ -216,5 +218,76 @@ async fn a_comment_posted_but_not_acknowledged_is_found_again(db: Db) {
     // Found by its hidden marker and edited: still one status comment.
     assert_eq!(t.headlines().await, [DONE]);
     assert_check_runs(&t, 1, "success");
+    t.github.assert_clean();
+}
+
+async fn a_marker_in_a_persons_comment_is_not_taken_for_the_status_comment(db: Db) {
+    let t = app(db).await;
+    // Someone plants the next request's marker in their own comment.
+    let planted = t.github.add_comment(
+        "packit/packit-service",
+        614,
+        "mallory",
+        "look here <!-- deploybot:job:1 -->",
+    );
+    // The status comment is found by its marker only after a failed post.
+    t.github.fail_next_after_effect(
+        "POST",
+        "/repos/packit/packit-service/issues/614/comments",
+        502,
+        1,
+    );
+    comment(&t, "/deploy ogr=123").await;
+    t.settle().await;
+    t.advance(Duration::from_secs(60));
+    t.run().await;
+    let mallorys = t.github.comment(planted).expect("still there");
+    assert_eq!(
+        mallorys.body, "look here <!-- deploybot:job:1 -->",
+        "untouched"
+    );
+    assert_eq!(mallorys.edits, 0);
+    let ours: Vec<_> = t
+        .github
+        .comments("packit/packit-service", 614)
+        .into_iter()
+        .filter(|c| c.body.starts_with(DONE))
+        .collect();
+    assert_eq!(ours.len(), 1, "{ours:#?}");
+    assert_eq!(ours[0].author, t.github.bot_login());
+    for c in t.github.all_comments() {
+        t.github.mark_seen(c.id);
+    }
+    t.github.assert_clean();
+}
+
+async fn an_expired_hold_taken_over_is_told_and_shown_ended(db: Db) {
+    let t = app(db).await;
+    t.github
+        .set_permission("packit/packit-service", "bob", "write");
+    comment(&t, "/deploy --ttl=1h").await;
+    t.run().await;
+    // The hold runs out, and before maintenance notices, bob's request takes dev.
+    t.advance(Duration::from_secs(3600 + 5));
+    let event = comment_event("packit/packit-service", 700, true, "/deploy", "bob");
+    t.deliver("issue_comment", &event).await;
+    t.app.intake.run_until_idle().await.expect("intake");
+    t.app.worker.step().await.expect("worker");
+    t.run().await;
+    assert_eq!(t.job(2).await["state"], "succeeded");
+    let notices = t.replies("packit/packit-service", 614);
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(
+        notices[0].body.contains("has expired"),
+        "{}",
+        notices[0].body
+    );
+    let first = t.status_comment(1).body;
+    assert!(first.starts_with(ENDED), "{first}");
+    assert!(
+        first.contains("hold ended: the hold of dev expired"),
+        "{first}"
+    );
+    assert_eq!(t.headlines().await, [ENDED, DONE]);
     t.github.assert_clean();
 }

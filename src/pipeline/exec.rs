@@ -109,10 +109,20 @@ impl Exec<'_> {
         let mut tail: Vec<String> = Vec::new();
         let mut recorded = 0usize;
         let mut streams_open = true;
+        // A private key printed by a command is never recorded, line by line.
+        let mut in_key = false;
         let status = loop {
             tokio::select! {
                 line = lines.recv(), if streams_open => match line {
                     Some(line) => {
+                        let line = if line.contains("PRIVATE KEY-----") {
+                            in_key = line.contains("-----BEGIN");
+                            "[redacted private key]".to_string()
+                        } else if in_key {
+                            continue;
+                        } else {
+                            crate::status::redact(&line)
+                        };
                         if recorded < MAX_EVENT_LINES {
                             event(self.store, format!("│ {line}")).await?;
                         } else if recorded == MAX_EVENT_LINES {

@@ -1086,6 +1086,24 @@ impl Pipeline {
                 return Ok(false);
             }
         }
+        if let (false, true, Some(previous)) = (replaces, expired, &holder_job) {
+            // An expired hold that maintenance had not ended yet: end it here,
+            // and tell its PR as maintenance would have.
+            Store::add_event(
+                &mut tx,
+                previous.id,
+                "release",
+                &format!(
+                    "the hold of {} expired (request #{} took the environment)",
+                    environment.name, job.id
+                ),
+            )
+            .await?;
+            if previous.state == "succeeded" {
+                let body = self.expiry_notice(&environment.name, previous);
+                Pipeline::notice(&mut tx, previous, body).await?;
+            }
+        }
         if let (true, Some(previous)) = (replaces, &holder_job) {
             Store::add_event(
                 &mut tx,
@@ -1209,6 +1227,16 @@ impl Pipeline {
             report.enqueue(tx, Some(job.id)).await?;
         }
         Ok(())
+    }
+
+    /// What the holder PR is told when its hold expires.
+    pub fn expiry_notice(&self, environment: &str, job: &Job) -> String {
+        format!(
+            "The hold of **{environment}** by request #{} has expired, so the environment is free \
+             for the next request (it will be cleaned up first). Comment `{}` again to deploy \
+             this pull request anew.",
+            job.id, self.config.bot.command_prefix
+        )
     }
 
     /// Tell the holder PR that its hold ended.
