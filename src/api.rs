@@ -62,6 +62,18 @@ async fn user(state: &AppState, headers: &HeaderMap) -> Result<String, ActionErr
     state.intake.login_for_token(token).await
 }
 
+/// `GET /api/v1/me`: whose token this is, and what of theirs holds an environment.
+pub async fn me(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let login = match user(&state, &headers).await {
+        Ok(login) => login,
+        Err(e) => return answer(e),
+    };
+    match state.intake.held_by_user(&login).await {
+        Ok(holds) => Json(json!({ "login": login, "holds": holds })).into_response(),
+        Err(e) => answer(e),
+    }
+}
+
 /// An environment as the API shows it.
 #[derive(Debug, Serialize)]
 pub struct EnvironmentView {
@@ -158,7 +170,9 @@ pub async fn environment_views(state: &AppState) -> Result<Vec<EnvironmentView>,
         let mut queue = Vec::new();
         let mut position = 0;
         for job in store.queue_of(&env.name).await? {
-            if Some(job.id) == holder_id || job.state != "queued" {
+            // Everything for this environment but its holder is in line
+            // (a request being resolved or planned included).
+            if Some(job.id) == holder_id {
                 continue;
             }
             position += 1;

@@ -4,12 +4,14 @@
 pub mod actions;
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod github;
 pub mod installations;
 pub mod intake;
+pub mod local;
 pub mod page;
 pub mod pipeline;
 pub mod receive;

@@ -50,6 +50,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/environments/{name}/extend",
             post(crate::api::extend),
         )
+        .route("/api/v1/me", get(crate::api::me))
         .route("/api/v1/openapi.json", get(crate::api::openapi))
         .route("/", get(crate::page::status_page))
         .route("/jobs/{id}", get(crate::page::job_page))

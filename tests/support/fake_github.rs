@@ -1174,6 +1174,15 @@ fn authenticate(
         }
         (Identity::User(_), "repos/get-collaborator-permission-level")
         | (Identity::User(_), "teams/get-membership-for-user-in-org") => Ok(identity),
+        // Packit's repositories are public: a user's token reads them.
+        (
+            Identity::User(_),
+            "pulls/get" | "repos/get-branch" | "repos/get-commit" | "issues/list-comments",
+        ) if state.repos.contains_key(&repo) => Ok(identity),
+        // Check runs are for Apps only.
+        (Identity::User(_), "checks/create" | "checks/update") => {
+            Err(Reply::error(403, "You must authenticate via a GitHub App."))
+        }
         (Identity::User(_), _) => Err(Reply::not_found()),
         (Identity::Installation { id, .. }, "teams/get-membership-for-user-in-org") => {
             let org = params.get("org").map(String::as_str).unwrap_or_default();

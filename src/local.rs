@@ -1,0 +1,215 @@
+//! `deploy --local`: the whole pipeline in this process, with the user's own
+//! GitHub token and kubeconfig (or `DEPLOYBOT_KUBE_URL`) and a configuration
+//! file, for when no server runs. Cluster environments are locked with the
+//! same `Lease` the server takes, so the two never deploy at once. Nothing is
+//! posted to GitHub; progress is shown here. State (built images, for reuse)
+//! is kept in `$XDG_STATE_HOME/deploybot/local.db`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cli::{Action, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, Failure, Invocation};
+use crate::command::{Command, parse_command};
+use crate::config::Config;
+use crate::github::GitHub;
+use crate::pipeline::Pipeline;
+use crate::store::{NewJob, Store};
+use crate::worker::{Worker, WorkerSettings};
+
+fn fail(code: u8, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+fn state_dir() -> std::path::PathBuf {
+    if let Ok(dir) = std::env::var("XDG_STATE_HOME")
+        && !dir.is_empty()
+    {
+        return std::path::PathBuf::from(dir).join("deploybot");
+    }
+    match std::env::var("HOME") {
+        Ok(home) if !home.is_empty() => {
+            std::path::PathBuf::from(home).join(".local/state/deploybot")
+        }
+        _ => std::env::temp_dir().join("deploybot-local"),
+    }
+}
+
+pub async fn run(inv: &Invocation) -> Result<u8, Failure> {
+    let Action::Submit(words) = &inv.action else {
+        return Err(fail(
+            EXIT_USAGE,
+            "--local runs a deployment request (deploy --local COMPONENT=REF...); \
+             status, release, extend, cancel and logs talk to a server",
+        ));
+    };
+    let config = match inv.config.clone().or_else(|| {
+        std::env::var("DEPLOYBOT_CONFIG")
+            .ok()
+            .filter(|s| !s.is_empty())
+    }) {
+        Some(path) => Config::load(std::path::Path::new(&path)).map_err(|e| fail(EXIT_USAGE, e))?,
+        None => Config::builtin_default(),
+    };
+    let vocab = config.vocabulary();
+    let line = format!("{} {}", vocab.prefix, words.join(" "));
+    let request = match parse_command(&line, &vocab) {
+        Ok(Command::Deploy(request)) if !request.refs.is_empty() => request,
+        Ok(Command::Deploy(_)) => {
+            return Err(fail(
+                EXIT_USAGE,
+                "name what to deploy, e.g. packit-service=614",
+            ));
+        }
+        Ok(_) => return Err(fail(EXIT_USAGE, "--local runs deployment requests only")),
+        Err(e) => return Err(fail(EXIT_USAGE, e.render(&line))),
+    };
+    let token = crate::cli::github_token().ok_or_else(|| {
+        fail(
+            EXIT_UNREACHABLE,
+            "no GitHub token: set GITHUB_TOKEN or log in with `gh auth login`",
+        )
+    })?;
+    let api_url = std::env::var("DEPLOYBOT_GITHUB_API_URL")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "https://api.github.com".into());
+    let github = GitHub::with_token(&api_url, &token).map_err(|e| fail(EXIT_USAGE, e))?;
+    let login = match github.token_login(&token).await {
+        Ok(Some(login)) => login,
+        Ok(None) => return Err(fail(EXIT_UNREACHABLE, "GitHub does not accept your token")),
+        Err(e) => return Err(fail(EXIT_UNREACHABLE, format!("cannot reach GitHub: {e}"))),
+    };
+
+    let dir = state_dir();
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| fail(EXIT_FAILED, format!("cannot create {}: {e}", dir.display())))?;
+    let url = format!("sqlite://{}", dir.join("local.db").display());
+    let store = Store::connect(&url)
+        .await
+        .map_err(|e| fail(EXIT_FAILED, format!("cannot open {url}: {e}")))?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| fail(EXIT_FAILED, e.to_string()))?;
+    let names: Vec<String> = config.environments.iter().map(|e| e.name.clone()).collect();
+    store
+        .ensure_environments(&names)
+        .await
+        .map_err(|e| fail(EXIT_FAILED, e.to_string()))?;
+
+    let environment = request
+        .env
+        .clone()
+        .unwrap_or_else(|| config.default_environment().name.clone());
+    if config.environment(&environment).is_none() {
+        return Err(fail(
+            EXIT_USAGE,
+            format!("`{environment}` is not a configured environment"),
+        ));
+    }
+    let first_repo = request
+        .refs
+        .iter()
+        .find_map(|r| config.component(&r.component).map(|c| c.repo.clone()))
+        .unwrap_or_default();
+    let job = NewJob {
+        source: "local".into(),
+        request: serde_json::to_value(&request).map_err(|e| fail(EXIT_FAILED, e.to_string()))?,
+        requested_by: login.clone(),
+        repo: first_repo,
+        number: None,
+        is_pull_request: false,
+        comment_id: None,
+        installation_id: None,
+        delivery_id: None,
+        environment,
+        base: request.base.as_str().into(),
+        pull_requests: Vec::new(),
+        pinned: None,
+        queued_message: format!("queued by @{login} (deploy --local): {}", request.to_args()),
+    };
+    let mut tx = store
+        .begin()
+        .await
+        .map_err(|e| fail(EXIT_FAILED, e.to_string()))?;
+    let id = Store::insert_job(&mut tx, &job)
+        .await
+        .map_err(|e| fail(EXIT_FAILED, e.to_string()))?;
+    tx.commit()
+        .await
+        .map_err(|e| fail(EXIT_FAILED, e.to_string()))?;
+
+    let kube_url = std::env::var("DEPLOYBOT_KUBE_URL")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let pipeline = Arc::new(Pipeline::new(
+        store.clone(),
+        Arc::new(config),
+        Some(github),
+        kube_url,
+    ));
+    let worker = Worker::new(pipeline, WorkerSettings::default());
+    let live = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !inv.json;
+    let mut progress = crate::cli::Progress::new(live);
+    if !inv.json {
+        eprintln!("request #{id} (local) for {}", job.environment);
+    }
+    let mut shown = 0i64;
+    loop {
+        let ran = worker
+            .step()
+            .await
+            .map_err(|e| fail(EXIT_FAILED, e.to_string()))?;
+        for e in store
+            .job_events(id)
+            .await
+            .map_err(|e| fail(EXIT_FAILED, e.to_string()))?
+        {
+            if e.id > shown {
+                shown = e.id;
+                if !inv.json {
+                    progress.event(&serde_json::json!({ "step": e.step, "message": e.message }));
+                }
+            }
+        }
+        let current = store
+            .get_job(id)
+            .await
+            .map_err(|e| fail(EXIT_FAILED, e.to_string()))?
+            .ok_or_else(|| fail(EXIT_FAILED, "the request vanished"))?;
+        if !matches!(current.state.as_str(), "queued" | "running") {
+            let view = serde_json::json!({
+                "id": current.id,
+                "state": current.state,
+                "conclusion": current.conclusion,
+                "environment": current.environment,
+                "error": current.error,
+                "pinned": current.pinned,
+                "plan": current.plan,
+            });
+            if inv.json {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stdout().lock(),
+                    "{}",
+                    serde_json::to_string_pretty(&view).unwrap_or_default()
+                );
+            } else {
+                progress.finish(&view);
+            }
+            return Ok(if current.conclusion.as_deref() == Some("success") {
+                EXIT_OK
+            } else {
+                EXIT_FAILED
+            });
+        }
+        if !ran {
+            // Waiting for the environment (its Lease) or a retry.
+            let _ = worker.maintain().await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
