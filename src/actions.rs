@@ -106,6 +106,25 @@ impl Intake {
         }
     }
 
+    /// Whether this token's user may see the pages (`web.require_login`):
+    /// allowed to deploy from at least one component's repository.
+    pub async fn may_view(&self, token: &str) -> Result<String, ActionError> {
+        let login = self.login_for_token(token).await?;
+        let mut why = String::new();
+        for component in self.config.components.iter().filter(|c| !c.retired) {
+            let Some(repo) = RepoName::parse(&component.repo) else {
+                continue;
+            };
+            match self.authorise(&repo, None, &login).await? {
+                Decision::Allowed(_) => return Ok(login),
+                Decision::Denied(w) => why = w,
+            }
+        }
+        Err(ActionError::Forbidden(format!(
+            "@{login} may not see this deploybot's pages: {why}"
+        )))
+    }
+
     /// SPEC §5 for `login` on each of `repos` (all must allow).
     async fn allowed_on(&self, login: &str, repos: &[String]) -> Result<(), ActionError> {
         for repo in repos {

@@ -30,7 +30,7 @@ pub async fn openapi() -> Response {
         .into_response()
 }
 
-fn answer(e: ActionError) -> Response {
+pub fn answer(e: ActionError) -> Response {
     let (status, message) = match e {
         ActionError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
         ActionError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m),

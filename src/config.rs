@@ -24,6 +24,8 @@ pub struct Config {
     pub github: GitHubConfig,
     #[serde(default)]
     pub permissions: PermissionConfig,
+    #[serde(default)]
+    pub web: WebConfig,
     #[serde(rename = "component", default)]
     pub components: Vec<Component>,
     #[serde(rename = "environment", default)]
@@ -64,6 +66,15 @@ impl Default for BotConfig {
             status_interval_ms: 2_000,
         }
     }
+}
+
+/// The status page and the read API.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Pages and the read API need a GitHub login (a token of someone
+    /// allowed to deploy); by default they are public.
+    pub require_login: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

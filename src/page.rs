@@ -355,3 +355,176 @@ pub async fn job_page(State(state): State<Arc<AppState>>, Path(id): Path<String>
     let refresh = snap.active().then_some(5);
     layout(&format!("deploybot request #{id}"), refresh, &body)
 }
+
+/// The cookie a browser login is kept in.
+const SESSION_COOKIE: &str = "deploybot_session";
+
+fn cookie_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("token "))
+        })
+        .map(str::to_string)
+}
+
+/// With `web.require_login`, the pages and the read API are for people
+/// allowed to deploy: a GitHub token (bearer or the login cookie) of a user
+/// with the configured permission on one of the components' repositories,
+/// or on the allow-list.
+pub async fn require_login(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !state.config.web.require_login {
+        return next.run(request).await;
+    }
+    let page = !request.uri().path().starts_with("/api/");
+    let token = bearer(request.headers()).or_else(|| cookie_token(request.headers()));
+    let verdict = match token {
+        None => Err(crate::actions::ActionError::Unauthorized(
+            "this deploybot needs a login: a GitHub token as `Authorization: Bearer`".into(),
+        )),
+        Some(token) => state.intake.may_view(&token).await,
+    };
+    match verdict {
+        Ok(_) => next.run(request).await,
+        Err(crate::actions::ActionError::Unauthorized(_)) if page => {
+            (StatusCode::SEE_OTHER, [(header::LOCATION, "/login")]).into_response()
+        }
+        Err(crate::actions::ActionError::Forbidden(m)) if page => {
+            let mut r = layout(
+                "deploybot",
+                None,
+                &format!(
+                    "<h1>deploybot</h1><p>{}</p><p><a href=\"/login\">Log in as someone else</a></p>",
+                    esc(&m)
+                ),
+            );
+            *r.status_mut() = StatusCode::FORBIDDEN;
+            r
+        }
+        Err(e) => crate::api::answer(e),
+    }
+}
+
+fn login_form(message: &str) -> String {
+    format!(
+        "<h1>deploybot</h1>{message}<p>This deploybot shows its pages to people who may deploy. \
+         Paste a GitHub token (for example the output of <code>gh auth token</code>); it is \
+         kept in a cookie of this browser only (HttpOnly, 8 hours) and checked with GitHub.</p>\
+         <form method=\"post\" action=\"/login\"><input type=\"password\" name=\"token\" \
+         autocomplete=\"off\" required style=\"width:100%;max-width:30rem\"> \
+         <button type=\"submit\">Log in</button></form>"
+    )
+}
+
+/// `GET /login`: the form.
+pub async fn login_page() -> Response {
+    layout("deploybot: log in", None, &login_form(""))
+}
+
+/// Decode one `application/x-www-form-urlencoded` value.
+fn form_value(body: &str, name: &str) -> Option<String> {
+    let raw = body
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)?
+        .1;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `POST /login`: check the token, keep it in the login cookie.
+pub async fn login(State(state): State<Arc<AppState>>, body: String) -> Response {
+    let Some(token) = form_value(&body, "token").map(|t| t.trim().to_string()) else {
+        return layout(
+            "deploybot: log in",
+            None,
+            &login_form("<p><strong>Paste a token.</strong></p>"),
+        );
+    };
+    match state.intake.may_view(&token).await {
+        Ok(login) => {
+            tracing::info!(login, "logged in to the pages");
+            let secure = if state.config.bot.public_url.starts_with("https://") {
+                "; Secure"
+            } else {
+                ""
+            };
+            (
+                StatusCode::SEE_OTHER,
+                [
+                    (header::LOCATION, "/".to_string()),
+                    (
+                        header::SET_COOKIE,
+                        format!(
+                            "{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age=28800{secure}"
+                        ),
+                    ),
+                ],
+            )
+                .into_response()
+        }
+        Err(e) => {
+            let message = match e {
+                crate::actions::ActionError::Unauthorized(m)
+                | crate::actions::ActionError::Forbidden(m)
+                | crate::actions::ActionError::Unavailable(m)
+                | crate::actions::ActionError::BadRequest(m)
+                | crate::actions::ActionError::NotFound(m)
+                | crate::actions::ActionError::Conflict(m) => m,
+            };
+            let mut r = layout(
+                "deploybot: log in",
+                None,
+                &login_form(&format!("<p><strong>{}</strong></p>", esc(&message))),
+            );
+            *r.status_mut() = StatusCode::UNAUTHORIZED;
+            r
+        }
+    }
+}
+
+/// `GET /logout`: forget the login cookie.
+pub async fn logout() -> Response {
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, "/login".to_string()),
+            (
+                header::SET_COOKIE,
+                format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+            ),
+        ],
+    )
+        .into_response()
+}

@@ -32,16 +32,25 @@ pub struct AppState {
 
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.bot.max_body_bytes;
+    // What `web.require_login` closes: the pages and the read API.
+    let reads = Router::new()
+        .route("/", get(crate::page::status_page))
+        .route("/jobs/{id}", get(crate::page::job_page))
+        .route("/api/v1/jobs", get(list_jobs).post(crate::api::create_job))
+        .route("/api/v1/jobs/{id}", get(get_job))
+        .route("/api/v1/jobs/{id}/events", get(crate::api::job_events))
+        .route("/api/v1/environments", get(crate::api::list_environments))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::page::require_login,
+        ));
     Router::new()
+        .merge(reads)
         .route(
             "/webhook",
             post(crate::webhook::receive).layer(DefaultBodyLimit::max(limit)),
         )
-        .route("/api/v1/jobs", get(list_jobs).post(crate::api::create_job))
-        .route("/api/v1/jobs/{id}", get(get_job))
         .route("/api/v1/jobs/{id}/cancel", post(crate::api::cancel_job))
-        .route("/api/v1/jobs/{id}/events", get(crate::api::job_events))
-        .route("/api/v1/environments", get(crate::api::list_environments))
         .route(
             "/api/v1/environments/{name}/release",
             post(crate::api::release),
@@ -52,8 +61,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/v1/me", get(crate::api::me))
         .route("/api/v1/openapi.json", get(crate::api::openapi))
-        .route("/", get(crate::page::status_page))
-        .route("/jobs/{id}", get(crate::page::job_page))
+        .route(
+            "/login",
+            get(crate::page::login_page).post(crate::page::login),
+        )
+        .route("/logout", get(crate::page::logout))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)

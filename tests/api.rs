@@ -573,3 +573,107 @@ async fn the_pages_show_holder_queue_and_log(db: Db) {
     t.headlines().await;
     t.github.assert_clean();
 }
+
+#[tokio::test]
+async fn pages_and_reads_can_require_a_login() {
+    let mut config = Config::builtin_default();
+    config.web.require_login = true;
+    let t = TestApp::start_with(
+        Db::Sqlite,
+        Options {
+            config,
+            ..Options::default()
+        },
+    )
+    .await;
+    t.github
+        .set_permission("packit/packit-service", "alice", "write");
+    t.github.add_user_token(ALICE, "alice");
+    t.github.add_user_token(MALLORY, "mallory");
+    let spec = Spec::load(&t).await;
+    // Without a login: pages send to the form, the read API says 401.
+    let (status, _) = call(&t, "GET", "/", None, None).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, body) = checked(
+        &t,
+        &spec,
+        "GET",
+        "/api/v1/environments",
+        "/api/v1/environments",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    // Someone who may not deploy anywhere: 403.
+    let (status, _) = checked(
+        &t,
+        &spec,
+        "GET",
+        "/api/v1/environments",
+        "/api/v1/environments",
+        Some(MALLORY),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Alice with her token.
+    let (status, _) = checked(
+        &t,
+        &spec,
+        "GET",
+        "/api/v1/jobs",
+        "/api/v1/jobs",
+        Some(ALICE),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // The browser way: the form, then the cookie.
+    let (status, form) = t.get("/login").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(form.as_str().expect("html").contains("gh auth token"));
+    let response = t
+        .app
+        .router()
+        .oneshot(
+            Request::post("/login")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(Body::from(format!("token={ALICE}")))
+                .expect("request"),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .to_string();
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    let session = cookie.split(';').next().expect("name=value").to_string();
+    let (status, page) = t
+        .send(
+            Request::get("/")
+                .header("cookie", session)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.as_str().expect("html").contains("Environments"));
+    // A wrong token at the form: 401 and the form again.
+    let (status, page) = t
+        .send(
+            Request::post("/login")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(Body::from("token=gho_wrong"))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(page.as_str().expect("html").contains("does not accept"));
+    // Health stays public.
+    let (status, _) = t.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    t.github.assert_clean();
+}

@@ -387,5 +387,8 @@ fn deploy_cli_without_a_server_says_how_to_name_one() {
         .expect("runs");
     assert_eq!(out.status.code(), Some(2));
     let said = String::from_utf8_lossy(&out.stderr);
-    assert!(said.contains("set DEPLOYBOT_URL or pass --server URL"), "{said}");
+    assert!(
+        said.contains("set DEPLOYBOT_URL or pass --server URL"),
+        "{said}"
+    );
 }
