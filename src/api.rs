@@ -225,25 +225,38 @@ pub struct NewRequest {
 pub async fn create_job(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Result<Json<NewRequest>, axum::extract::rejection::JsonRejection>,
+    body: axum::body::Bytes,
 ) -> Response {
-    let Ok(Json(body)) = body else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "send JSON: {\"command\": \"packit-service=614 ogr=123\"} or {\"args\": [...]}",
-        );
-    };
-    let prefix = state.config.bot.command_prefix.clone();
-    let text = match (body.command, body.args) {
-        (Some(c), None) => c,
-        (None, Some(a)) => a.join(" "),
-        _ => {
+    let plain = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    let text = if plain {
+        // The command line itself, e.g. `--base=prod packit-service=614`.
+        match std::str::from_utf8(&body) {
+            Ok(text) => text.to_string(),
+            Err(_) => return error(StatusCode::BAD_REQUEST, "the command line is not UTF-8"),
+        }
+    } else {
+        let Ok(body) = serde_json::from_slice::<NewRequest>(&body) else {
             return error(
                 StatusCode::BAD_REQUEST,
-                "send exactly one of `command` and `args`",
+                "send JSON: {\"command\": \"packit-service=614 ogr=123\"} or {\"args\": [...]}, \
+                 or the command line as text/plain",
             );
+        };
+        match (body.command, body.args) {
+            (Some(c), None) => c,
+            (None, Some(a)) => a.join(" "),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "send exactly one of `command` and `args`",
+                );
+            }
         }
     };
+    let prefix = state.config.bot.command_prefix.clone();
     let text = text.trim();
     if text.contains('\n') || text.len() > 2000 {
         return error(

@@ -250,6 +250,29 @@ async fn submitting_needs_a_token_of_an_allowed_user(db: Db) {
     )
     .await;
     assert_eq!(status, StatusCode::CREATED);
+    // And the command line as text/plain (asked on ogr#123, the first PR it names).
+    let (status, body) = t
+        .send(
+            Request::post("/api/v1/jobs")
+                .header("authorization", format!("Bearer {ALICE}"))
+                .header("content-type", "text/plain")
+                .body(Body::from("/deploy --dry-run ogr=123"))
+                .expect("request"),
+        )
+        .await;
+    spec.check("POST", "/api/v1/jobs", status, &body);
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["job"]["components"][0]["component"], "ogr");
+    let (status, body) = t
+        .send(
+            Request::post("/api/v1/jobs")
+                .header("authorization", format!("Bearer {ALICE}"))
+                .header("content-type", "application/json")
+                .body(Body::from("{not json"))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     t.run().await;
     let (status, first) = checked(
         &t,
@@ -304,6 +327,7 @@ async fn submitting_needs_a_token_of_an_allowed_user(db: Db) {
     // The status comment went to the PR the request names first.
     t.status_comment(1);
     t.status_comment(2);
+    assert_eq!(t.status_comment(3).number, 123);
     t.github.assert_clean();
 }
 

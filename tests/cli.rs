@@ -469,3 +469,80 @@ async fn the_status_page_in_headless_chromium() {
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
     assert!(png.len() > 10_000, "a real picture, not an empty page");
 }
+
+/// `deploy --local` takes the same Lease as the server: while the server's
+/// request holds the environment, the local run waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_mode_waits_for_the_lease_the_server_holds() {
+    use support::fake_kube::FakeKube;
+    use tokio::io::AsyncBufReadExt;
+    let github = github().await;
+    let kube = FakeKube::start().await;
+    let until = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    kube.put_object(serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": "deploybot",
+            "namespace": "packit-dev",
+            "annotations": {
+                "deploybot.dev/job": "999",
+                "deploybot.dev/prs": "packit/ogr#1",
+                "deploybot.dev/requested-by": "bob",
+                "deploybot.dev/expires-at": until,
+            }
+        },
+        "spec": { "holderIdentity": "deploybot-job-999", "leaseDurationSeconds": 3600 }
+    }));
+    let tmp = tempfile::tempdir().expect("tmp");
+    let packit =
+        std::fs::read_to_string(manifest_dir().join("deploy/packit.toml")).expect("packit.toml");
+    let components = &packit[packit.find("[[component]]").expect("components")
+        ..packit.find("[[environment]]").expect("env")];
+    let config = tmp.path().join("local.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{components}\n[[environment]]\nname = \"dev\"\nkind = \"kubernetes\"\nnamespace = \"packit-dev\"\n\
+             [environment.deployer]\nkind = \"kubernetes\"\nworkloads = []\n"
+        ),
+    )
+    .expect("config");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_deploy"))
+        .args(["--local", "--config"])
+        .arg(&config)
+        .arg("packit-service=614")
+        .env("GITHUB_TOKEN", ALICE)
+        .env("DEPLOYBOT_GITHUB_API_URL", github.url())
+        .env("DEPLOYBOT_KUBE_URL", kube.url())
+        .env("XDG_STATE_HOME", tmp.path())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("deploy --local starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let waited = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("[waiting]") && line.contains("deploybot-job-999") {
+                return line;
+            }
+        }
+        String::new()
+    })
+    .await
+    .expect("the local run says what it waits for");
+    assert!(
+        waited.contains("held by deploybot-job-999 (packit/ogr#1)"),
+        "{waited}"
+    );
+    let _ = child.kill().await;
+    let lease = kube
+        .get_object("Lease", "packit-dev", "deploybot")
+        .expect("lease");
+    assert_eq!(
+        lease["spec"]["holderIdentity"], "deploybot-job-999",
+        "untouched"
+    );
+}
