@@ -1,0 +1,298 @@
+//! deploybot's own deployment: `kubectl kustomize deploy/` and
+//! `deploy/openshift` render; the rendered objects match the official schemas
+//! in shared/fixtures/kubernetes/ where those cover the kind; the Role in the
+//! target namespace grants nothing beyond what deploybot uses; the App
+//! manifest asks for exactly the permissions and events deploybot handles;
+//! the Dockerfile builds what CI builds.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use serde_json::{Value, json};
+use support::harness::manifest_dir;
+
+fn render(dir: &str) -> Vec<Value> {
+    let out = Command::new("kubectl")
+        .args(["kustomize", dir])
+        .current_dir(manifest_dir())
+        .output()
+        .expect("kubectl is installed (it renders the manifests)");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {dir}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    text.split("\n---\n")
+        .map(|doc| serde_yaml_ng::from_str::<Value>(doc).expect("YAML"))
+        .collect()
+}
+
+fn kinds(objects: &[Value]) -> BTreeSet<String> {
+    objects
+        .iter()
+        .map(|o| o["kind"].as_str().expect("kind").to_string())
+        .collect()
+}
+
+/// The official schema for `kind` from the shared Kubernetes subset, if it has one.
+fn schema_for(kind: &str) -> Option<jsonschema::Validator> {
+    let path = manifest_dir().join("../shared/fixtures/kubernetes/openapi-subset.json");
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("kubernetes subset"))
+            .expect("json");
+    let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+    let (name, _) = schemas.iter().find(|(_, s)| {
+        s["x-kubernetes-group-version-kind"]
+            .as_array()
+            .is_some_and(|g| g.iter().any(|g| g["kind"] == kind))
+    })?;
+    // OpenAPI 3.0 → JSON Schema: the document's components under one root.
+    let mut root = json!({ "components": doc["components"] });
+    root["$ref"] = json!(format!("#/components/schemas/{name}"));
+    fn nullable(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                if map.remove("nullable") == Some(Value::Bool(true))
+                    && let Some(Value::String(t)) = map.get("type").cloned()
+                {
+                    map.insert("type".into(), json!([t, "null"]));
+                }
+                for v in map.values_mut() {
+                    nullable(v);
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(nullable),
+            _ => {}
+        }
+    }
+    nullable(&mut root);
+    Some(
+        jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft4)
+            .build(&root)
+            .expect("schema compiles"),
+    )
+}
+
+#[test]
+fn the_manifests_render_and_match_the_official_schemas() {
+    let plain = render("deploy");
+    assert_eq!(
+        kinds(&plain),
+        [
+            "ConfigMap",
+            "Deployment",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount"
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect()
+    );
+    let openshift = render("deploy/openshift");
+    assert!(kinds(&openshift).contains("Route"));
+    let route = openshift
+        .iter()
+        .find(|o| o["kind"] == "Route")
+        .expect("route");
+    assert_eq!(route["spec"]["tls"]["termination"], "edge");
+
+    let mut checked = 0;
+    for object in &openshift {
+        let kind = object["kind"].as_str().expect("kind");
+        if let Some(validator) = schema_for(kind) {
+            let errors: Vec<String> = validator
+                .iter_errors(object)
+                .map(|e| format!("{e} at {}", e.instance_path()))
+                .collect();
+            assert!(errors.is_empty(), "{kind}: {errors:?}");
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 1,
+        "the Deployment is checked against apps/v1's schema"
+    );
+
+    let deployment = plain
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .expect("deployment");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert!(container["resources"]["requests"]["memory"].is_string());
+    assert!(container["resources"]["limits"]["memory"].is_string());
+    assert!(
+        deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"].is_null(),
+        "OpenShift picks the UID"
+    );
+    let env: Vec<&str> = container["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    for name in [
+        "DEPLOYBOT_CONFIG",
+        "DATABASE_URL",
+        "DEPLOYBOT_WEBHOOK_SECRET",
+        "DEPLOYBOT_GITHUB_APP_ID",
+        "DEPLOYBOT_GITHUB_PRIVATE_KEY",
+    ] {
+        assert!(env.contains(&name), "{name}");
+    }
+    // The configuration in the ConfigMap is the Packit configuration, valid.
+    let config_map = plain
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap")
+        .expect("configmap");
+    let text = config_map["data"]["packit.toml"]
+        .as_str()
+        .expect("packit.toml");
+    deploybot::config::Config::from_toml(text).expect("the shipped configuration is valid");
+}
+
+#[test]
+fn the_target_role_grants_nothing_beyond_what_deploybot_uses() {
+    // (apiGroup, resource) → the verbs deploybot may use there.
+    let allowed: Vec<(&str, &str, &[&str])> = vec![
+        (
+            "coordination.k8s.io",
+            "leases",
+            &["get", "create", "update"],
+        ),
+        ("apps", "deployments", &["get", "patch"]),
+        ("apps", "statefulsets", &["get", "patch"]),
+        ("image.openshift.io", "imagestreams", &["get", "update"]),
+        (
+            "build.openshift.io",
+            "buildconfigs",
+            &["get", "create", "patch"],
+        ),
+        (
+            "build.openshift.io",
+            "buildconfigs/instantiate",
+            &["create"],
+        ),
+        ("build.openshift.io", "builds", &["get", "list", "watch"]),
+        (
+            "build.openshift.io",
+            "builds/log",
+            &["get", "list", "watch"],
+        ),
+        ("", "pods", &["get", "list", "watch"]),
+        ("", "events", &["get", "list", "watch"]),
+    ];
+    let objects = render("deploy");
+    let roles: Vec<&Value> = objects
+        .iter()
+        .filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole")
+        .collect();
+    assert_eq!(roles.len(), 1, "one Role, no ClusterRole");
+    let role = roles[0];
+    assert_eq!(role["kind"], "Role");
+    for rule in role["rules"].as_array().expect("rules") {
+        for group in rule["apiGroups"].as_array().expect("groups") {
+            for resource in rule["resources"].as_array().expect("resources") {
+                for verb in rule["verbs"].as_array().expect("verbs") {
+                    let (g, r, v) = (
+                        group.as_str().expect("group"),
+                        resource.as_str().expect("resource"),
+                        verb.as_str().expect("verb"),
+                    );
+                    assert!(
+                        allowed
+                            .iter()
+                            .any(|(ag, ar, av)| *ag == g && *ar == r && av.contains(&v)),
+                        "the Role grants {v} on {g}/{r}, which deploybot does not use"
+                    );
+                }
+            }
+        }
+        assert!(rule["resourceNames"].is_null() || rule["resourceNames"].is_array());
+    }
+    let binding = objects
+        .iter()
+        .find(|o| o["kind"] == "RoleBinding")
+        .expect("binding");
+    assert_eq!(
+        binding["metadata"]["namespace"],
+        role["metadata"]["namespace"]
+    );
+    assert_eq!(binding["subjects"][0]["name"], "deploybot");
+    assert_eq!(binding["subjects"][0]["namespace"], "deploybot");
+}
+
+#[test]
+fn the_dockerfile_builds_what_ci_builds() {
+    let dockerfile =
+        std::fs::read_to_string(manifest_dir().join("Dockerfile")).expect("Dockerfile");
+    assert!(dockerfile.contains("cargo build --release --locked --bin deploybot --bin deploy"));
+    assert!(!dockerfile.contains("HEALTHCHECK "), "probes do that");
+    assert!(dockerfile.contains("USER 10001"), "not root");
+    assert!(
+        dockerfile.contains("chmod -R g=u"),
+        "OpenShift's arbitrary UID in group 0"
+    );
+    assert!(dockerfile.contains(" git "), "git for checkouts");
+    // The binaries it copies are the ones this package builds.
+    for bin in ["deploybot", "deploy"] {
+        assert!(
+            dockerfile.contains(&format!("/src/target/release/{bin}")),
+            "{bin}"
+        );
+    }
+    let manifest = std::fs::read_to_string(manifest_dir().join("Cargo.toml")).expect("Cargo.toml");
+    assert!(manifest.contains("name = \"deploybot\"") && manifest.contains("name = \"deploy\""));
+    // The image the Deployment runs is the `packit` stage's.
+    assert!(dockerfile.contains("AS packit"));
+}
+
+#[test]
+fn the_app_manifest_asks_for_what_deploybot_uses_and_nothing_more() {
+    let text = std::fs::read_to_string(manifest_dir().join("deploy/github-app.yml"))
+        .expect("deploy/github-app.yml");
+    let app: Value = serde_yaml_ng::from_str(&text).expect("YAML");
+    assert_eq!(
+        app["default_permissions"],
+        json!({
+            "checks": "write",
+            "issues": "write",
+            "pull_requests": "read",
+            "contents": "read",
+            "deployments": "write",
+            "metadata": "read",
+            "members": "read",
+        })
+    );
+    let events: BTreeSet<&str> = app["default_events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    // Every subscribable event deploybot handles, and only those (ping and
+    // installation events come to every App).
+    for event in &events {
+        assert!(deploybot::webhook::handles(event), "{event} is not handled");
+    }
+    for event in ["issue_comment", "pull_request", "check_run"] {
+        assert!(events.contains(event), "{event} missing");
+        assert!(deploybot::webhook::handles(event));
+    }
+    for event in ["push", "status", "check_suite"] {
+        assert!(!deploybot::webhook::handles(event), "{event}");
+    }
+    assert!(
+        app["hook_attributes"]["url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("/webhook"))
+    );
+}
