@@ -2,6 +2,7 @@
 //! pull requests. See README.md for the architecture.
 
 pub mod actions;
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod cli;

@@ -34,6 +34,11 @@ enum Command {
     Migrate,
     /// Validate the configuration and the environment, print a summary, and exit.
     CheckConfig,
+    /// Operator commands for when something is stuck (docs/runbook.md).
+    Admin {
+        #[command(subcommand)]
+        action: AdminCommand,
+    },
     /// Sign a payload with the configured webhook secret and deliver it to a running deploybot.
     Receive {
         /// The GitHub event name, e.g. issue_comment.
@@ -45,6 +50,20 @@ enum Command {
         /// Where to deliver (default: http://127.0.0.1:<port of DEPLOYBOT_LISTEN>/webhook).
         #[arg(long)]
         url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// End the hold on ENV (marked dirty); a request still deploying there is asked to stop.
+    Release {
+        /// The environment, e.g. dev.
+        env: String,
+    },
+    /// Make a stuck queued request due now, or put back a running one whose worker is gone.
+    Requeue {
+        /// The request's id.
+        job: i64,
     },
 }
 
@@ -100,6 +119,28 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 );
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Admin { action } => {
+            let store = deploybot::store::Store::connect(&settings.database_url)
+                .await
+                .map_err(|e| e.to_string())?;
+            store.migrate().await.map_err(|e| e.to_string())?;
+            let done = match action {
+                AdminCommand::Release { env } => {
+                    deploybot::admin::release(&store, &config, &env).await
+                }
+                AdminCommand::Requeue { job } => deploybot::admin::requeue(&store, job).await,
+            };
+            match done {
+                Ok(message) => {
+                    println!("{message}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(message) => {
+                    eprintln!("deploybot admin: {message}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Migrate => {
             let store = deploybot::store::Store::connect(&settings.database_url)

@@ -1004,6 +1004,22 @@ impl Store {
 
     /// Put a running job back in the queue to wait (for its environment) until
     /// `run_after` or until [`Store::wake_waiting`].
+    /// An operator's requeue: a queued job becomes due now with fresh
+    /// attempts; a running one only if its worker's lease has run out.
+    pub async fn operator_requeue(tx: &mut Tx, job_id: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE jobs SET step = CASE WHEN state = 'running' THEN 'queued' ELSE step END, \
+             state = 'queued', run_after = $2, lease_owner = NULL, lease_expires_at = NULL, \
+             attempts = 0, updated_at = $2 WHERE id = $1 AND (state = 'queued' OR \
+             (state = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < $2)))",
+        )
+        .bind(job_id)
+        .bind(tx.now)
+        .execute(tx.conn())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     pub async fn requeue(tx: &mut Tx, job_id: i64, step: &str, run_after: i64) -> Result<()> {
         sqlx::query(
             "UPDATE jobs SET state = 'queued', step = $2, run_after = $3, lease_owner = NULL, \
