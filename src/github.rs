@@ -132,6 +132,17 @@ impl std::error::Error for GitHubError {}
 
 impl From<octocrab::Error> for GitHubError {
     fn from(e: octocrab::Error) -> Self {
+        let e = GitHubError::convert(e);
+        crate::metrics::github_call(&match e.status() {
+            Some(status) => status.to_string(),
+            None => "transport".to_string(),
+        });
+        e
+    }
+}
+
+impl GitHubError {
+    fn convert(e: octocrab::Error) -> Self {
         match e {
             octocrab::Error::GitHub { source, .. } => {
                 let header = |name: &str| {
@@ -142,6 +153,11 @@ impl From<octocrab::Error> for GitHubError {
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_string)
                 };
+                if let Some(remaining) =
+                    header("x-ratelimit-remaining").and_then(|v| v.trim().parse::<i64>().ok())
+                {
+                    crate::metrics::github_remaining(remaining);
+                }
                 let retry_after = header("retry-after")
                     .and_then(|v| v.trim().parse::<u64>().ok())
                     .map(Duration::from_secs)
@@ -280,10 +296,9 @@ impl GitHub {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match client.get::<T, _, ()>(route, None).await {
+            match Self::get_once::<T>(client, route).await {
                 Ok(v) => return Ok(v),
                 Err(e) => {
-                    let e = GitHubError::from(e);
                     if !e.is_transient() || attempt >= GET_ATTEMPTS {
                         return Err(e);
                     }
@@ -296,6 +311,27 @@ impl GitHub {
                 }
             }
         }
+    }
+
+    /// One GET, noting the call and the rate limit GitHub says is left.
+    async fn get_once<T: DeserializeOwned>(client: &Octocrab, route: &str) -> GhResult<T> {
+        let response = client._get(route).await?;
+        if let Some(remaining) = response
+            .headers()
+            .get("x-ratelimit-remaining")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<i64>().ok())
+        {
+            crate::metrics::github_remaining(remaining);
+        }
+        let response = octocrab::map_github_error(response).await?;
+        let body = client.body_to_string(response).await?;
+        crate::metrics::github_call("ok");
+        serde_json::from_str(&body).map_err(|e| {
+            GitHubError::Transport(format!(
+                "GitHub's answer to {route} is not what was expected: {e}"
+            ))
+        })
     }
 
     /// Whose GitHub token this is (`GET /user` with it); `None` when GitHub
@@ -406,7 +442,9 @@ impl GitHub {
         let body = serde_json::json!({ "content": content });
         client
             .post::<_, serde_json::Value>(route, Some(&body))
-            .await?;
+            .await
+            .map_err(GitHubError::from)
+            .inspect(|_| crate::metrics::github_call("ok"))?;
         Ok(())
     }
 
@@ -426,7 +464,9 @@ impl GitHub {
         let route = format!("{}/issues/{number}/comments", repo.path());
         let created: Created = client
             .post(route, Some(&serde_json::json!({ "body": body })))
-            .await?;
+            .await
+            .map_err(GitHubError::from)
+            .inspect(|_| crate::metrics::github_call("ok"))?;
         Ok(CommentId(created.id))
     }
 
@@ -643,7 +683,9 @@ impl GitHub {
         let client = self.installation(inst)?;
         let created: Created = client
             .post(format!("{}/check-runs", repo.path()), Some(&body))
-            .await?;
+            .await
+            .map_err(GitHubError::from)
+            .inspect(|_| crate::metrics::github_call("ok"))?;
         Ok(created.id)
     }
 
@@ -658,7 +700,9 @@ impl GitHub {
         let client = self.installation(inst)?;
         client
             .patch::<serde_json::Value, _, _>(format!("{}/check-runs/{id}", repo.path()), Some(run))
-            .await?;
+            .await
+            .map_err(GitHubError::from)
+            .inspect(|_| crate::metrics::github_call("ok"))?;
         Ok(())
     }
 
@@ -676,7 +720,9 @@ impl GitHub {
                 format!("{}/issues/comments/{}", repo.path(), comment.0),
                 Some(&serde_json::json!({ "body": body })),
             )
-            .await?;
+            .await
+            .map_err(GitHubError::from)
+            .inspect(|_| crate::metrics::github_call("ok"))?;
         Ok(())
     }
 
@@ -705,7 +751,9 @@ impl GitHub {
         });
         let created: Created = client
             .post(format!("{}/deployments", repo.path()), Some(&body))
-            .await?;
+            .await
+            .map_err(GitHubError::from)
+            .inspect(|_| crate::metrics::github_call("ok"))?;
         Ok(created.id)
     }
 
@@ -732,7 +780,9 @@ impl GitHub {
                 format!("{}/deployments/{deployment}/statuses", repo.path()),
                 Some(&body),
             )
-            .await?;
+            .await
+            .map_err(GitHubError::from)
+            .inspect(|_| crate::metrics::github_call("ok"))?;
         Ok(())
     }
 }

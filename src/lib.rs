@@ -13,6 +13,7 @@ pub mod github;
 pub mod installations;
 pub mod intake;
 pub mod local;
+pub mod metrics;
 pub mod page;
 pub mod pipeline;
 pub mod receive;

@@ -802,6 +802,16 @@ impl Store {
         Ok(())
     }
 
+    /// How many jobs are in each state.
+    pub async fn jobs_by_state(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
     /// Reports not yet delivered (the reporter's backlog).
     pub async fn pending_reports(&self) -> Result<i64> {
         Ok(

@@ -66,6 +66,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(crate::page::login_page).post(crate::page::login),
         )
         .route("/logout", get(crate::page::logout))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -236,6 +237,55 @@ async fn get_job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> 
             Json(value).into_response()
         }
         None => error(StatusCode::NOT_FOUND, format!("no job {id}")),
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let store = &state.store;
+    let read = async {
+        let mut environments = Vec::new();
+        let rows = store.environments().await?;
+        for env in &state.config.environments {
+            let holder = rows
+                .iter()
+                .find(|r| r.name == env.name)
+                .and_then(|r| r.holder_job);
+            let queued = store
+                .queue_of(&env.name)
+                .await?
+                .iter()
+                .filter(|j| Some(j.id) != holder)
+                .count();
+            environments.push((
+                env.name.clone(),
+                i64::try_from(queued).unwrap_or(i64::MAX),
+                holder.is_some(),
+            ));
+        }
+        Ok::<_, crate::store::StoreError>(crate::metrics::Shared {
+            jobs_by_state: store.jobs_by_state().await?,
+            environments,
+            reporter_backlog: store.pending_reports().await?,
+            pending_triggers: store.pending_triggers().await?,
+        })
+    };
+    match read.await {
+        Ok(shared) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            crate::metrics::render(&shared),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read metrics");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database is unavailable",
+            )
+        }
     }
 }
 

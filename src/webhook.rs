@@ -456,14 +456,17 @@ pub async fn receive(
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let Some(signature) = header("x-hub-signature-256") else {
         tracing::warn!("webhook without X-Hub-Signature-256 refused");
+        crate::metrics::signature_failure();
         return answer(StatusCode::UNAUTHORIZED, "missing X-Hub-Signature-256");
     };
     if !verify(&state.settings.webhook_secrets, &body, signature) {
         tracing::warn!("webhook with a wrong signature refused");
+        crate::metrics::signature_failure();
         return answer(StatusCode::UNAUTHORIZED, "signature does not match");
     }
     let (Some(event), Some(delivery)) = (header("x-github-event"), header("x-github-delivery"))
     else {
+        crate::metrics::webhook("", "bad_request");
         return answer(
             StatusCode::BAD_REQUEST,
             "X-GitHub-Event and X-GitHub-Delivery are required",
@@ -477,14 +480,18 @@ pub async fn receive(
     }
     let span = tracing::info_span!("delivery", delivery, event);
     let _enter = span.enter();
+    // Unknown events are one label, so a stranger cannot grow the metrics.
+    let event_label = if handles(event) { event } else { "other" };
     if !handles(event) {
         tracing::debug!("event not handled");
+        crate::metrics::webhook(event_label, "ignored");
         return answer(StatusCode::OK, "event not handled; ignored");
     }
     let (action, effects, outcome) = match decode(event, &body, &state.config) {
         Ok(decoded) => decoded,
         Err(message) => {
             tracing::warn!(%message, "undecodable delivery");
+            crate::metrics::webhook(event_label, "bad_request");
             return answer(StatusCode::BAD_REQUEST, &message);
         }
     };
@@ -502,15 +509,23 @@ pub async fn receive(
     {
         Ok(true) => {
             tracing::info!(delivery, event, outcome, "delivery accepted");
+            let kind = if outcome.starts_with("ignored") {
+                "ignored"
+            } else {
+                "accepted"
+            };
+            crate::metrics::webhook(event_label, kind);
             state.wake.notify_one();
             answer(StatusCode::ACCEPTED, outcome)
         }
         Ok(false) => {
             tracing::info!(delivery, event, "redelivery ignored");
+            crate::metrics::webhook(event_label, "duplicate");
             answer(StatusCode::OK, "delivery already received")
         }
         Err(e) => {
             tracing::error!(delivery, error = %e, "cannot store delivery");
+            crate::metrics::webhook(event_label, "unavailable");
             answer(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "cannot store the delivery now; redeliver it later",

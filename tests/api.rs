@@ -701,3 +701,63 @@ async fn pages_and_reads_can_require_a_login() {
     assert_eq!(status, StatusCode::OK);
     t.github.assert_clean();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_describe_webhooks_jobs_queues_and_github() {
+    let t = app(Db::Sqlite).await;
+    // A bad signature, an ignored event, a command that becomes a job.
+    t.deliver_raw(
+        Some("issue_comment"),
+        Some("m-1"),
+        Some("sha256=00".into()),
+        b"{}".to_vec(),
+    )
+    .await;
+    t.deliver("push", &fixture("push/push.json")).await;
+    let event = comment_event("packit/packit-service", 614, true, "/deploy", "alice");
+    t.deliver("issue_comment", &event).await;
+    t.run().await;
+    let (status, body) = call(
+        &t,
+        "POST",
+        "/api/v1/jobs",
+        Some(ALICE),
+        Some(json!({ "command": "packit-service=700" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    t.run().await;
+    let (status, text) = t.get("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let text = text.as_str().expect("text");
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{line_start} missing from\n{text}"))
+    };
+    assert!(value("deploybot_webhook_signature_failures_total") >= 1.0);
+    assert!(value("deploybot_webhooks_total{event=\"other\",outcome=\"ignored\"}") >= 1.0);
+    assert!(value("deploybot_webhooks_total{event=\"issue_comment\",outcome=\"accepted\"}") >= 1.0);
+    assert!(value("deploybot_github_requests_total{outcome=\"ok\"}") >= 1.0);
+    assert!(
+        value("deploybot_github_rate_limit_remaining") >= 0.0,
+        "read from GitHub's headers"
+    );
+    assert_eq!(value("deploybot_jobs{state=\"succeeded\"}"), 1.0);
+    assert_eq!(
+        value("deploybot_environment_held{environment=\"dev\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("deploybot_queue_length{environment=\"dev\"}"),
+        1.0,
+        "#2 waits for dev"
+    );
+    assert!(value("deploybot_step_duration_seconds_count{step=\"resolve\"}") >= 1.0);
+    assert!(value("deploybot_queue_wait_seconds_count{environment=\"dev\"}") >= 1.0);
+    assert_eq!(value("deploybot_reporter_backlog"), 0.0);
+    t.headlines().await;
+    t.github.assert_clean();
+}

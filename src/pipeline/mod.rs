@@ -96,6 +96,28 @@ impl Pipeline {
         self.config.environment(&job.environment)
     }
 
+    /// Note how long each step of an ended job took (metrics).
+    async fn observe_steps(&self, job_id: i64) {
+        let Ok(events) = self.store.job_events(job_id).await else {
+            return;
+        };
+        const STEPS: [&str; 8] = [
+            "queued", "resolve", "plan", "waiting", "lock", "build", "cleanup", "deploy",
+        ];
+        let mut current: Option<(&str, i64)> = None;
+        for e in &events {
+            let step = e.step.as_str();
+            let next = STEPS.contains(&step) || step == "hold" || step == "end";
+            if !next || current.is_some_and(|(s, _)| s == step) {
+                continue;
+            }
+            if let Some((s, started)) = current {
+                crate::metrics::step(s, (e.at_ms - started).max(0) as f64 / 1000.0);
+            }
+            current = STEPS.contains(&step).then_some((step, e.at_ms));
+        }
+    }
+
     /// End a job (if it has not ended), free what it holds, and put 🚀/😕
     /// on the comment that asked for it.
     pub(crate) async fn finish(
@@ -128,6 +150,7 @@ impl Pipeline {
         }
         tx.commit().await?;
         self.release_lease(job).await;
+        self.observe_steps(job.id).await;
         Ok(())
     }
 
@@ -270,6 +293,7 @@ impl Pipeline {
         }
         Store::add_event(&mut tx, job.id, "end", "success").await?;
         tx.commit().await?;
+        self.observe_steps(job.id).await;
         self.sync_lease_expiry(job, &environment, until).await;
         Ok(Outcome::Succeeded)
     }
@@ -1114,6 +1138,10 @@ impl Pipeline {
             .await?;
         }
         Store::set_step(&mut tx, job.id, "lock").await?;
+        if let Ok(created) = chrono::DateTime::parse_from_rfc3339(&job.created_at) {
+            let waited = (tx.now - created.timestamp_millis()).max(0) as f64 / 1000.0;
+            crate::metrics::queue_wait(&environment.name, waited);
+        }
         Store::add_event(
             &mut tx,
             job.id,
