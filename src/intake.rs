@@ -61,6 +61,11 @@ pub enum Trigger {
 }
 
 const LOCK_MS: i64 = 60_000;
+
+tokio::task_local! {
+    /// The webhook delivery whose trigger is being processed (recorded on the jobs it makes).
+    static CURRENT_DELIVERY: Option<String>;
+}
 /// Attempts to authorise a trigger while GitHub fails, before giving up.
 const MAX_ATTEMPTS: i64 = 12;
 
@@ -115,7 +120,20 @@ impl Intake {
         let Some(claimed) = self.store.claim_trigger::<Trigger>(LOCK_MS).await? else {
             return Ok(false);
         };
-        match self.process(claimed.id, &claimed.payload).await {
+        // Every line of this work names the delivery (and the jobs it makes).
+        let span = tracing::info_span!(
+            "trigger",
+            trigger = claimed.id,
+            delivery = %claimed.delivery
+        );
+        let delivery = (!claimed.delivery.is_empty()).then(|| claimed.delivery.clone());
+        let processed = CURRENT_DELIVERY
+            .scope(
+                delivery,
+                tracing::Instrument::instrument(self.process(claimed.id, &claimed.payload), span),
+            )
+            .await;
+        match processed {
             Ok(()) => {}
             Err(IntakeError::Store(e)) => return Err(e),
             Err(IntakeError::GitHub(e))
@@ -949,7 +967,7 @@ impl Intake {
             is_pull_request: origin.is_pull_request,
             comment_id: asked.comment_id,
             installation_id: origin.installation_id,
-            delivery_id: None,
+            delivery_id: CURRENT_DELIVERY.try_with(Clone::clone).ok().flatten(),
             environment,
             base: request.base.as_str().into(),
             pull_requests,

@@ -167,13 +167,25 @@ impl Reporter {
                 .await?;
             return Ok(Step::Skipped);
         };
-        let sent = match &claimed.payload {
-            Report::Sync { job_id } => self.sync(github, *job_id, &claim).await,
-            other => self
-                .send(github, claimed.id, claimed.attempts, other)
-                .await
-                .map(|()| true),
+        let span = match &claimed.payload {
+            Report::Sync { job_id } => {
+                tracing::info_span!("report", report = claimed.id, job = job_id)
+            }
+            _ => tracing::info_span!("report", report = claimed.id),
         };
+        let sent = tracing::Instrument::instrument(
+            async {
+                match &claimed.payload {
+                    Report::Sync { job_id } => self.sync(github, *job_id, &claim).await,
+                    other => self
+                        .send(github, claimed.id, claimed.attempts, other)
+                        .await
+                        .map(|()| true),
+                }
+            },
+            span,
+        )
+        .await;
         match sent {
             Ok(active) => {
                 if let Report::Sync { .. } = claimed.payload {

@@ -310,7 +310,7 @@ impl Store {
             "UPDATE triggers SET locked_until = $1, attempts = attempts + 1, updated_at = $2 \
              WHERE id = (SELECT id FROM triggers WHERE state = 'pending' AND run_after <= $2 \
              AND (locked_until IS NULL OR locked_until < $2) ORDER BY id LIMIT 1 {}) \
-             RETURNING id, payload, attempts, 0 AS version",
+             RETURNING id, payload, attempts, 0 AS version, COALESCE(delivery_id, '') AS delivery",
             self.skip_locked()
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql)) // only a fixed locking clause is spliced in
@@ -699,7 +699,7 @@ impl Store {
             "UPDATE outbox SET locked_until = $1, attempts = attempts + 1 \
              WHERE id = (SELECT id FROM outbox WHERE state = 'pending' AND run_after <= $2 \
              AND (locked_until IS NULL OR locked_until < $2) ORDER BY id LIMIT 1 {}) \
-             RETURNING id, payload, attempts, version",
+             RETURNING id, payload, attempts, version, '' AS delivery",
             self.skip_locked()
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql)) // only a fixed locking clause is spliced in
@@ -1394,6 +1394,8 @@ pub struct Claimed<T> {
     pub version: i64,
     /// The claim (`locked_until` as set when claimed).
     pub lock: i64,
+    /// The webhook delivery a trigger came from (empty for reports).
+    pub delivery: String,
 }
 
 impl<T: DeserializeOwned> Claimed<T> {
@@ -1406,6 +1408,7 @@ impl<T: DeserializeOwned> Claimed<T> {
             // Only reports have versions (re-armed sync reports).
             version: row.try_get("version")?,
             lock: 0,
+            delivery: row.try_get("delivery")?,
         })
     }
 }

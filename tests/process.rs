@@ -87,6 +87,7 @@ async fn serve_and_receive_queue_a_deploy_from_a_comment() {
             .env("DEPLOYBOT_GITHUB_PRIVATE_KEY", key_path())
             .env("DEPLOYBOT_GITHUB_API_URL", github.url())
             .env("RUST_LOG", "info")
+            .env("DEPLOYBOT_LOG_FORMAT", "json")
             .current_dir(tmp.path())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))
@@ -173,6 +174,31 @@ async fn serve_and_receive_queue_a_deploy_from_a_comment() {
     // Secrets never reach the log.
     let log = std::fs::read_to_string(&log).expect("log");
     assert!(log.contains("deploybot listening"), "{log}");
+    // JSON lines; the work on a delivery names it on every line.
+    let delivery = said
+        .split_whitespace()
+        .nth(1)
+        .expect("receive names the delivery")
+        .to_string();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let of_delivery: Vec<&Value> = lines
+        .iter()
+        .filter(|l| {
+            let m = l["fields"]["message"].as_str().unwrap_or_default();
+            m == "command authorised" || m == "job queued"
+        })
+        .collect();
+    assert_eq!(of_delivery.len(), 2, "{log}");
+    for line in of_delivery {
+        assert!(
+            line.to_string()
+                .contains(&format!("\"delivery\":\"{delivery}\"")),
+            "the delivery id on {line}"
+        );
+    }
     for secret in [SECRET, OLD_SECRET] {
         assert!(
             !log.contains(secret),
