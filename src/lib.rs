@@ -155,6 +155,15 @@ impl App {
             self.run_worker(shutdown.clone()).await;
         };
         tokio::join!(intake, worker);
+        // What the last running step reported goes out before the process
+        // ends (status edits that wait for the status interval included).
+        let interval = i64::try_from(self.state.config.bot.status_interval_ms).unwrap_or(0);
+        if let Err(e) = self.state.store.expedite_reports(interval.max(1)).await {
+            tracing::warn!(error = %e, "could not expedite reports before stopping");
+        }
+        if let Err(e) = self.run_until_idle_with(false).await {
+            tracing::warn!(error = %e, "could not drain the outbox before stopping");
+        }
     }
 
     /// Run jobs until `shutdown` flips: woken by new jobs in this process

@@ -498,7 +498,8 @@ impl Store {
     /// Record what happened to a job; its status on GitHub follows.
     pub async fn add_event(tx: &mut Tx, job_id: i64, step: &str, message: &str) -> Result<()> {
         Store::add_output(tx, job_id, step, message).await?;
-        Store::want_sync(tx, job_id).await
+        // The end of a request is sent at once, not after the status interval.
+        Store::sync(tx, job_id, step == "end").await
     }
 
     /// Record a line of a command's output (no status update on GitHub for it).
@@ -517,18 +518,27 @@ impl Store {
     /// check runs, deployment) up to date. One sync report per job: a change
     /// while it is pending or being sent re-arms it (version + 1).
     pub async fn want_sync(tx: &mut Tx, job_id: i64) -> Result<()> {
+        Store::sync(tx, job_id, false).await
+    }
+
+    /// `want_sync`; `now`: due at once even if an earlier edit asked for a
+    /// pause (not while it backs off from failures).
+    async fn sync(tx: &mut Tx, job_id: i64, now: bool) -> Result<()> {
         let payload = serde_json::to_string(&crate::report::Report::Sync { job_id })?;
         sqlx::query(
             "INSERT INTO outbox (job_id, kind, payload, state, run_after, created_at, version) \
              VALUES ($1, 'sync', $2, 'pending', $3, $3, 1) \
              ON CONFLICT (job_id) WHERE kind = 'sync' DO UPDATE SET \
-             run_after = CASE WHEN outbox.state = 'pending' THEN outbox.run_after ELSE $3 END, \
+             run_after = CASE WHEN outbox.state <> 'pending' THEN $3 \
+               WHEN $4 = 1 AND outbox.attempts = 0 AND outbox.run_after > $3 THEN $3 \
+               ELSE outbox.run_after END, \
              attempts = CASE WHEN outbox.state = 'pending' THEN outbox.attempts ELSE 0 END, \
              state = 'pending', version = outbox.version + 1",
         )
         .bind(job_id)
         .bind(payload)
         .bind(tx.now)
+        .bind(i64::from(now))
         .execute(tx.conn())
         .await?;
         Ok(())
@@ -746,17 +756,34 @@ impl Store {
         if done.rows_affected() == 1 {
             return Ok(true);
         }
-        // Changed meanwhile: due again (unless another reporter owns it now).
+        // Changed meanwhile: due again (unless another reporter owns it now),
+        // after the pause only while its request still runs.
         sqlx::query(
-            "UPDATE outbox SET locked_until = NULL, attempts = 0, run_after = $2 \
-             WHERE id = $1 AND locked_until = $3",
+            "UPDATE outbox SET locked_until = NULL, attempts = 0, run_after = CASE \
+             WHEN (SELECT state FROM jobs WHERE jobs.id = outbox.job_id) IN ('queued', 'running') \
+             THEN $2 ELSE $4 END WHERE id = $1 AND locked_until = $3",
         )
         .bind(id)
         .bind(now + next_ms)
         .bind(lock)
+        .bind(now)
         .execute(&self.pool)
         .await?;
         Ok(false)
+    }
+
+    /// Make reports due within `within_ms` due now (before stopping).
+    pub async fn expedite_reports(&self, within_ms: i64) -> Result<()> {
+        let now = self.clock.now_ms();
+        sqlx::query(
+            "UPDATE outbox SET run_after = $1 WHERE state = 'pending' AND run_after > $1 \
+             AND run_after <= $2",
+        )
+        .bind(now)
+        .bind(now + within_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// GitHub rate-limited us: no report is sent before `until_ms`.

@@ -313,6 +313,24 @@ async fn serve_on_the_embedded_default_runs_a_dry_run_deployment() {
     ] {
         assert!(steps.contains(&step), "{step} missing: {steps:?}");
     }
+    // SIGTERM: the server stops cleanly (nothing is running; the outbox is drained).
+    let pid = _server.0.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let mut server = _server;
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(status) = server.0.try_wait().expect("wait") {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = exited.expect("serve stops within 10 s of SIGTERM");
+    assert!(status.success(), "{status}");
     // GitHub shows it done (the last edit comes within the status interval).
     let status = eventually("the final status comment", || async {
         github
