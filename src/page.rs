@@ -215,13 +215,23 @@ pub async fn status_page(State(state): State<Arc<AppState>>) -> Response {
              <th>env</th><th>outcome</th><th>took</th></tr>",
         );
         for job in &jobs {
+            // Words and colours, not emoji: they read the same in every font.
             let outcome = match (job.state.as_str(), job.conclusion.as_deref()) {
-                ("queued", _) => format!("⏳ queued ({})", esc(&job.step)),
-                ("running", _) => format!("🔄 {}", esc(&job.step)),
-                (_, Some("success")) => "✅ success".into(),
-                (_, Some("failure")) => format!("❌ failed at {}", esc(&job.step)),
-                (_, Some("timed_out")) => format!("⌛ timed out at {}", esc(&job.step)),
-                (_, Some(other)) => format!("⏹️ {}", esc(other)),
+                ("queued", _) => format!("<span class=\"held\">queued ({})</span>", esc(&job.step)),
+                ("running", _) => {
+                    format!("<span class=\"held\">running: {}</span>", esc(&job.step))
+                }
+                (_, Some("success")) => "<span class=\"free\">success</span>".into(),
+                (_, Some("failure")) => {
+                    format!("<span class=\"dirty\">failed at {}</span>", esc(&job.step))
+                }
+                (_, Some("timed_out")) => {
+                    format!(
+                        "<span class=\"dirty\">timed out at {}</span>",
+                        esc(&job.step)
+                    )
+                }
+                (_, Some(other)) => format!("<span class=\"muted\">{}</span>", esc(other)),
                 (other, None) => esc(other),
             };
             let created = chrono::DateTime::parse_from_rfc3339(&job.created_at)

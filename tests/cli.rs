@@ -468,6 +468,25 @@ async fn the_status_page_in_headless_chromium() {
     let png = std::fs::read(&shot).expect("a screenshot");
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
     assert!(png.len() > 10_000, "a real picture, not an empty page");
+    // And as a phone shows it (the cards stack; nothing needs sideways scrolling).
+    let phone = manifest_dir().join("target/status-page-phone.png");
+    let status = tokio::time::timeout(
+        Duration::from_secs(60),
+        browse(&[
+            format!("--screenshot={}", phone.display()),
+            "--window-size=390,1200".to_string(),
+        ])
+        .status(),
+    )
+    .await
+    .expect("chromium answers")
+    .expect("chromium runs");
+    assert!(status.success());
+    assert!(
+        std::fs::read(&phone)
+            .expect("phone screenshot")
+            .starts_with(b"\x89PNG")
+    );
 }
 
 /// `deploy --local` takes the same Lease as the server: while the server's
