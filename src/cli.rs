@@ -22,6 +22,13 @@ macro_rules! out {
     }};
 }
 
+/// The same for stderr.
+macro_rules! err {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
@@ -190,6 +197,23 @@ impl Api {
                 format!("{base}: the server is an http:// or https:// URL"),
             ));
         }
+        // Your GitHub token travels with every call: never in cleartext
+        // beyond this machine.
+        let host = base
+            .trim_start_matches("http://")
+            .split(['/', ':'])
+            .next()
+            .unwrap_or_default();
+        let local = matches!(host, "localhost" | "127.0.0.1") || base.starts_with("http://[::1]");
+        if base.starts_with("http://") && !local && token.is_some() {
+            return Err(fail(
+                EXIT_USAGE,
+                format!(
+                    "{base}: not sending your GitHub token over plain http; use https:// \
+                     (plain http only to localhost)"
+                ),
+            ));
+        }
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()
             .map_err(|e| fail(EXIT_UNREACHABLE, format!("no TLS roots: {e}")))?
@@ -289,6 +313,9 @@ impl Api {
             let mut request = hyper::Request::get(&url)
                 .header("accept", "text/event-stream")
                 .header("user-agent", concat!("deploy/", env!("CARGO_PKG_VERSION")));
+            if let Some(token) = &self.token {
+                request = request.header("authorization", format!("Bearer {token}"));
+            }
             if last_id > 0 {
                 request = request.header("last-event-id", last_id.to_string());
             }
@@ -297,6 +324,12 @@ impl Api {
                 .map_err(|e| fail(EXIT_USAGE, e.to_string()))?;
             let response = match self.client.request(request).await {
                 Ok(r) if r.status().is_success() => r,
+                Ok(r) if r.status().is_server_error() && retries < 10 => {
+                    // A proxy or a restarting replica: try again.
+                    retries += 1;
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
                 Ok(r) => {
                     return Err(fail(
                         EXIT_UNREACHABLE,
@@ -320,13 +353,26 @@ impl Api {
                 }
             };
             let mut body = response.into_body();
+            let mut bytes: Vec<u8> = Vec::new();
             let mut buffer = String::new();
-            while let Some(frame) = body.frame().await {
+            // The server sends a keep-alive every 15 s: silence for longer is
+            // a dead connection (a laptop that slept), so reconnect.
+            while let Ok(Some(frame)) =
+                tokio::time::timeout(Duration::from_secs(45), body.frame()).await
+            {
                 let Ok(frame) = frame else { break };
                 let Some(data) = frame.data_ref() else {
                     continue;
                 };
-                buffer.push_str(&String::from_utf8_lossy(data));
+                retries = 0;
+                bytes.extend_from_slice(data);
+                // Only whole UTF-8 characters move on (a chunk may split one).
+                let valid = match std::str::from_utf8(&bytes) {
+                    Ok(text) => text.len(),
+                    Err(e) => e.valid_up_to(),
+                };
+                buffer.push_str(&String::from_utf8_lossy(&bytes[..valid]));
+                bytes.drain(..valid);
                 while let Some(end) = buffer.find("\n\n") {
                     let block: String = buffer.drain(..end + 2).collect();
                     let (mut event, mut data, mut eid) = (String::new(), String::new(), None);
@@ -354,7 +400,7 @@ impl Api {
             }
             // The stream ended without `end`: reconnect where it stopped.
             retries += 1;
-            if retries > 5 {
+            if retries > 10 {
                 return Err(fail(EXIT_UNREACHABLE, "the event stream keeps breaking"));
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -525,7 +571,7 @@ pub async fn run(inv: Invocation) -> u8 {
             if inv.json {
                 print_json(&json!({ "error": f.message, "exit_code": f.code }));
             }
-            eprintln!("deploy: {}", f.message);
+            err!("deploy: {}", f.message);
             f.code
         }
     }
@@ -712,7 +758,7 @@ async fn submit(api: &Api, inv: &Invocation, words: &[String]) -> Result<u8, Fai
     }
     let live = std::io::stderr().is_terminal() && !inv.json;
     if !inv.json {
-        eprintln!(
+        err!(
             "request #{id} queued for {} ({})",
             job["environment"].as_str().unwrap_or("?"),
             job["url"].as_str().unwrap_or_default()
@@ -742,7 +788,7 @@ async fn submit(api: &Api, inv: &Invocation, words: &[String]) -> Result<u8, Fai
                 .flatten()
                 .find(|e| e["name"] == ended["environment"])
         {
-            eprintln!(
+            err!(
                 "  {} {}held until {}",
                 env["name"].as_str().unwrap_or_default(),
                 env["url"]
@@ -898,6 +944,17 @@ mod tests {
 
     fn args(text: &str) -> Vec<String> {
         text.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn a_token_is_never_sent_over_plain_http_beyond_this_machine() {
+        let refused = Api::new("http://deploybot.example.org", Some("gho_x".into()));
+        assert!(refused.is_err_and(|f| f.code == EXIT_USAGE && f.message.contains("plain http")));
+        assert!(Api::new("http://127.0.0.1:8080", Some("gho_x".into())).is_ok());
+        assert!(Api::new("http://localhost:8080/", Some("gho_x".into())).is_ok());
+        assert!(Api::new("https://deploybot.example.org", Some("gho_x".into())).is_ok());
+        // Reading without a token is fine anywhere.
+        assert!(Api::new("http://deploybot.example.org", None).is_ok());
     }
 
     #[test]

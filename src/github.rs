@@ -350,7 +350,13 @@ impl GitHub {
             .personal_token(token.to_string())
             .build()
             .map_err(|e| GitHubError::Transport(e.to_string()))?;
-        match self.get_json::<User>(&client, "/user").await {
+        // Not through `get_json`: the rate limit of a stranger's token says
+        // nothing about the App's.
+        match client
+            .get::<User, _, ()>("/user", None)
+            .await
+            .map_err(GitHubError::convert)
+        {
             Ok(user) => Ok(Some(user.login)),
             Err(GitHubError::Status { status: 401, .. }) => Ok(None),
             Err(e) => Err(e),

@@ -16,6 +16,14 @@ use crate::pipeline::Pipeline;
 use crate::store::{NewJob, Store};
 use crate::worker::{Worker, WorkerSettings};
 
+/// A line on stderr; a closed pipe is not an error.
+macro_rules! err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 fn fail(code: u8, message: impl Into<String>) -> Failure {
     Failure {
         code,
@@ -94,6 +102,24 @@ pub async fn run(inv: &Invocation) -> Result<u8, Failure> {
         .migrate()
         .await
         .map_err(|e| fail(EXIT_FAILED, e.to_string()))?;
+    // Local request ids start at a random point above 2^52, far from any
+    // server's and from other laptops', since a Lease names its holder by id.
+    let random = (uuid::Uuid::new_v4().as_u128() as i64) & ((1i64 << 50) - 1);
+    store
+        .reserve_job_ids((1i64 << 52) + random)
+        .await
+        .map_err(|e| fail(EXIT_FAILED, e.to_string()))?;
+    // A run interrupted earlier (Ctrl-C) is over; a Lease it held is freed
+    // by the pipeline's Lease reconciliation.
+    let leftovers = store
+        .cancel_leftovers("an earlier `deploy --local` run was interrupted")
+        .await
+        .map_err(|e| fail(EXIT_FAILED, e.to_string()))?;
+    if !inv.json {
+        for old in leftovers {
+            err!("request #{} of an interrupted run is cancelled", old.id);
+        }
+    }
     let names: Vec<String> = config.environments.iter().map(|e| e.name.clone()).collect();
     store
         .ensure_environments(&names)
@@ -155,7 +181,7 @@ pub async fn run(inv: &Invocation) -> Result<u8, Failure> {
     let live = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !inv.json;
     let mut progress = crate::cli::Progress::new(live);
     if !inv.json {
-        eprintln!("request #{id} (local) for {}", job.environment);
+        err!("request #{id} (local) for {}", job.environment);
     }
     let mut shown = 0i64;
     loop {

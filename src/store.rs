@@ -829,6 +829,41 @@ impl Store {
         Ok(())
     }
 
+    /// `deploy --local`'s own database: its request ids start at `start`
+    /// (a random point far above any server's), so a Lease that names a local
+    /// request never names a server's, nor another laptop's.
+    pub async fn reserve_job_ids(&self, start: i64) -> Result<()> {
+        if self.backend != Backend::Sqlite {
+            return Ok(());
+        }
+        let has = sqlx::query("SELECT COUNT(*) FROM sqlite_sequence WHERE name = 'jobs'")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get::<i64, _>(0)?;
+        if has == 0 {
+            sqlx::query("INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', $1)")
+                .bind(start)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// End what an earlier run left queued or running (`deploy --local`).
+    pub async fn cancel_leftovers(&self, reason: &str) -> Result<Vec<Job>> {
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query("SELECT * FROM jobs WHERE state IN ('queued', 'running')")
+            .fetch_all(tx.conn())
+            .await?;
+        let jobs = rows.iter().map(Job::from_row).collect::<Result<Vec<_>>>()?;
+        for job in &jobs {
+            Store::finish_job(&mut tx, job.id, "cancelled", "cancelled", Some(reason)).await?;
+            Store::release_environment(&mut tx, &job.environment, job.id, true).await?;
+        }
+        tx.commit().await?;
+        Ok(jobs)
+    }
+
     /// How many jobs are in each state.
     pub async fn jobs_by_state(&self) -> Result<Vec<(String, i64)>> {
         let rows = sqlx::query("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")
