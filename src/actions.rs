@@ -355,12 +355,8 @@ impl Intake {
         };
         self.allowed_on(login, std::slice::from_ref(&job.repo))
             .await?;
-        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
         let mut tx = self.store.begin().await?;
-        let now = tx.now;
-        let current = held_until.unwrap_or(now).max(now);
-        let limit = now + ms(max);
-        let until = (current + ms(by)).min(limit);
+        let (until, capped) = crate::intake::extended_until(tx.now, held_until, by, max);
         if !Store::set_hold_until(&mut tx, environment, holder, until).await? {
             tx.rollback().await?;
             return Err(ActionError::Conflict(format!(
@@ -378,6 +374,6 @@ impl Intake {
         )
         .await?;
         tx.commit().await?;
-        Ok((until, current + ms(by) > limit))
+        Ok((until, capped))
     }
 }

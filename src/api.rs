@@ -44,22 +44,14 @@ pub fn answer(e: ActionError) -> Response {
 
 /// The user behind the request's bearer token.
 async fn user(state: &AppState, headers: &HeaderMap) -> Result<String, ActionError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-                .or_else(|| v.strip_prefix("token "))
-        })
-        .ok_or_else(|| {
-            ActionError::Unauthorized(
-                "this needs a GitHub token: `Authorization: Bearer <token>` \
-                 (the deploy CLI sends GITHUB_TOKEN or `gh auth token`)"
-                    .into(),
-            )
-        })?;
-    state.intake.login_for_token(token).await
+    let token = crate::page::bearer(headers).ok_or_else(|| {
+        ActionError::Unauthorized(
+            "this needs a GitHub token: `Authorization: Bearer <token>` \
+             (the deploy CLI sends GITHUB_TOKEN or `gh auth token`)"
+                .into(),
+        )
+    })?;
+    state.intake.login_for_token(&token).await
 }
 
 /// `GET /api/v1/me`: whose token this is, and what of theirs holds an environment.

@@ -171,7 +171,7 @@ pub struct Failure {
     pub message: String,
 }
 
-fn fail(code: u8, message: impl Into<String>) -> Failure {
+pub(crate) fn fail(code: u8, message: impl Into<String>) -> Failure {
     Failure {
         code,
         message: message.into(),

@@ -789,13 +789,9 @@ impl Intake {
             .environment(&row.name)
             .map(|e| e.max_ttl())
             .unwrap_or(std::time::Duration::from_secs(8 * 3600));
-        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
-        let now = tx.now;
-        let current = row.held_until.unwrap_or(now).max(now);
-        let limit = now + ms(max);
-        let until = (current + ms(by)).min(limit);
+        let (until, capped) = extended_until(tx.now, row.held_until, by, max);
         Store::set_hold_until(tx, &row.name, job.id, until).await?;
-        let capped = if until == limit && current + ms(by) > limit {
+        let capped = if capped {
             format!(
                 " (capped at the maximum of {})",
                 crate::command::format_duration(max)
@@ -1016,6 +1012,21 @@ impl Origin {
             body,
         }
     }
+}
+
+/// A hold ending at `held_until` lengthened by `by`, but never beyond `max`
+/// from `now`: the new end (unix ms), and whether the maximum cut it short.
+pub(crate) fn extended_until(
+    now: i64,
+    held_until: Option<i64>,
+    by: Duration,
+    max: Duration,
+) -> (i64, bool) {
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
+    let current = held_until.unwrap_or(now).max(now);
+    let limit = now + ms(max);
+    let wanted = current + ms(by);
+    (wanted.min(limit), wanted > limit)
 }
 
 fn is_sha(sha: &str) -> bool {

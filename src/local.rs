@@ -8,7 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cli::{Action, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, Failure, Invocation};
+use crate::cli::{
+    Action, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, Failure, Invocation, fail,
+};
 use crate::command::{Command, parse_command};
 use crate::config::Config;
 use crate::github::GitHub;
@@ -22,13 +24,6 @@ macro_rules! err {
         use std::io::Write as _;
         let _ = writeln!(std::io::stderr().lock(), $($arg)*);
     }};
-}
-
-fn fail(code: u8, message: impl Into<String>) -> Failure {
-    Failure {
-        code,
-        message: message.into(),
-    }
 }
 
 fn state_dir() -> std::path::PathBuf {

@@ -380,12 +380,14 @@ fn cookie_token(headers: &axum::http::HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
-fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
+/// The token of an `Authorization: Bearer <token>` (or `token <token>`) header.
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
                 .or_else(|| v.strip_prefix("token "))
         })
         .map(str::to_string)

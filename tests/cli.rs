@@ -39,10 +39,7 @@ fn free_port() -> u16 {
 /// Packit's components, a dry-run `dev` and a `broken` environment whose
 /// builds cannot check anything out.
 fn config_file(dir: &Path, public_url: &str) -> std::path::PathBuf {
-    let packit =
-        std::fs::read_to_string(manifest_dir().join("deploy/packit.toml")).expect("packit.toml");
-    let components = &packit[packit.find("[[component]]").expect("components")
-        ..packit.find("[[environment]]").expect("env")];
+    let components = packit_components();
     let text = format!(
         r#"[bot]
 public_url = "{public_url}"
@@ -514,10 +511,7 @@ async fn local_mode_waits_for_the_lease_the_server_holds() {
         "spec": { "holderIdentity": "deploybot-job-999", "leaseDurationSeconds": 3600 }
     }));
     let tmp = tempfile::tempdir().expect("tmp");
-    let packit =
-        std::fs::read_to_string(manifest_dir().join("deploy/packit.toml")).expect("packit.toml");
-    let components = &packit[packit.find("[[component]]").expect("components")
-        ..packit.find("[[environment]]").expect("env")];
+    let components = packit_components();
     let config = tmp.path().join("local.toml");
     std::fs::write(
         &config,

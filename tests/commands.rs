@@ -87,10 +87,7 @@ fn config(
     deployer: &[&str],
     build_timeout: &str,
 ) -> Config {
-    let packit =
-        std::fs::read_to_string(manifest_dir().join("deploy/packit.toml")).expect("packit.toml");
-    let components = &packit[packit.find("[[component]]").expect("components")
-        ..packit.find("[[environment]]").expect("env")];
+    let components = packit_components();
     let text = format!(
         r#"
 [bot]

@@ -17,10 +17,7 @@ const SHA_SERVICE: &str = "1111111111111111111111111111111111111111";
 const SHA_OGR: &str = "2222222222222222222222222222222222222222";
 
 fn config(deploy_timeout: &str) -> Config {
-    let packit =
-        std::fs::read_to_string(manifest_dir().join("deploy/packit.toml")).expect("packit.toml");
-    let components = &packit[packit.find("[[component]]").expect("components")
-        ..packit.find("[[environment]]").expect("env")];
+    let components = packit_components();
     let text = format!(
         r#"
 [github]

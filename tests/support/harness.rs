@@ -62,6 +62,16 @@ pub fn fixture(path: &str) -> Value {
     serde_json::from_str(&text).expect("fixture is JSON")
 }
 
+/// The `[[component]]` part of deploy/packit.toml: the nine Packit
+/// repositories, for test configurations with environments of their own.
+pub fn packit_components() -> String {
+    let packit =
+        std::fs::read_to_string(manifest_dir().join("deploy/packit.toml")).expect("packit.toml");
+    packit[packit.find("[[component]]").expect("components")
+        ..packit.find("[[environment]]").expect("env")]
+        .to_string()
+}
+
 pub fn key_path() -> PathBuf {
     manifest_dir().join("tests/support/keys/app.pem")
 }
