@@ -1,8 +1,13 @@
 //! `deploybot admin`: what an operator does when something is stuck (see
 //! docs/runbook.md). Works on the database directly; a running deploybot
 //! picks the change up (its maintenance reconciles the cluster Lease too).
+//! `admin redeliver` also asks GitHub (as the App).
+
+use std::collections::HashMap;
+use std::time::Duration;
 
 use crate::config::Config;
+use crate::github::{GitHub, HookDelivery};
 use crate::pipeline::Pipeline;
 use crate::store::{Store, StoreError};
 
@@ -106,4 +111,128 @@ pub async fn requeue(store: &Store, job_id: i64) -> Result<String, String> {
         "request #{job_id} is queued again (it was {} in `{}`)",
         job.state, job.step
     ))
+}
+
+/// GitHub keeps an App's deliveries, and redelivers them, for 3 days.
+pub const REDELIVER_MAX_AGE: Duration = Duration::from_secs(3 * 24 * 3600);
+/// At most this many pages of 100 deliveries are read.
+const REDELIVER_MAX_PAGES: usize = 100;
+
+/// `admin redeliver`: GitHub never retries a failed delivery, so ask it for
+/// the App's deliveries of the last `since`, and redeliver each event none
+/// of whose attempts succeeded, oldest first (the order they happened).
+/// An event deploybot recorded anyway (GitHub gave up waiting for the
+/// answer) is left alone; a redelivery of it would be a no-op. With
+/// `dry_run`, only says what it would do.
+pub async fn redeliver(
+    store: &Store,
+    github: &GitHub,
+    since: Duration,
+    dry_run: bool,
+) -> Result<String, String> {
+    if since > REDELIVER_MAX_AGE {
+        return Err("GitHub keeps deliveries for 3 days: use --since 72h or less".into());
+    }
+    let cutoff = chrono::Utc::now()
+        - chrono::Duration::from_std(since).map_err(|_| "--since is too long".to_string())?;
+    // Per event (guid), newest first: whether an attempt succeeded, and the
+    // newest attempt (the one to redeliver).
+    let mut events: Vec<(bool, HookDelivery)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut cursor: Option<String> = None;
+    'pages: for _ in 0..REDELIVER_MAX_PAGES {
+        let (page, next) = github
+            .app_hook_deliveries(cursor.as_deref())
+            .await
+            .map_err(|e| format!("GitHub did not list the App's deliveries: {e}"))?;
+        for attempt in page {
+            if attempt.delivered_at < cutoff {
+                break 'pages;
+            }
+            let ok = (200..300).contains(&attempt.status_code);
+            match index.get(&attempt.guid) {
+                Some(&i) => events[i].0 |= ok,
+                None => {
+                    index.insert(attempt.guid.clone(), events.len());
+                    events.push((ok, attempt));
+                }
+            }
+        }
+        match next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+
+    let mut lines = Vec::new();
+    let (mut sent, mut received, mut failed) = (0, 0, 0);
+    for (_, attempt) in events.iter().rev().filter(|(ok, _)| !ok) {
+        let what = match &attempt.action {
+            Some(action) => format!("{}.{action}", attempt.event),
+            None => attempt.event.clone(),
+        };
+        let why = format!(
+            "{} at {}",
+            if attempt.status.is_empty() {
+                format!("status {}", attempt.status_code)
+            } else {
+                attempt.status.clone()
+            },
+            attempt.delivered_at.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+        let known = store
+            .has_delivery(&attempt.guid)
+            .await
+            .map_err(|e| format!("database: {e}"))?;
+        if known {
+            received += 1;
+            lines.push(format!(
+                "already received  {what} {} (GitHub recorded: {why})",
+                attempt.guid
+            ));
+        } else if dry_run {
+            sent += 1;
+            lines.push(format!(
+                "would redeliver   {what} {} (failed: {why})",
+                attempt.guid
+            ));
+        } else {
+            match github.redeliver(attempt.id).await {
+                Ok(()) => {
+                    sent += 1;
+                    lines.push(format!(
+                        "redelivered       {what} {} (failed: {why})",
+                        attempt.guid
+                    ));
+                }
+                Err(e) => {
+                    failed += 1;
+                    lines.push(format!(
+                        "NOT redelivered   {what} {} (failed: {why}): {e}",
+                        attempt.guid
+                    ));
+                }
+            }
+        }
+    }
+    let window = crate::command::format_duration(since);
+    let total = sent + received + failed;
+    lines.push(if total == 0 {
+        format!(
+            "no failed deliveries in the last {window} ({} events looked at); nothing to redeliver",
+            events.len()
+        )
+    } else if dry_run {
+        format!(
+            "{total} failed deliveries in the last {window}: {sent} would be redelivered, \
+             {received} already received (dry run: nothing was sent)"
+        )
+    } else {
+        format!(
+            "{total} failed deliveries in the last {window}: {sent} redelivered, \
+             {received} already received, {failed} could not be redelivered"
+        )
+    });
+    let text = lines.join("\n");
+    if failed > 0 { Err(text) } else { Ok(text) }
 }

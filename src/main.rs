@@ -65,6 +65,21 @@ enum AdminCommand {
         /// The request's id.
         job: i64,
     },
+    /// Ask GitHub for the App's recent deliveries and redeliver those that failed (GitHub never retries).
+    Redeliver {
+        /// How far back to look, in hours and minutes (at most 72h: GitHub keeps 3 days).
+        #[arg(long, default_value = "6h", value_parser = since_arg)]
+        since: std::time::Duration,
+        /// Only list what would be redelivered.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+fn since_arg(text: &str) -> Result<std::time::Duration, String> {
+    deploybot::command::parse_duration(text).ok_or_else(|| {
+        format!("`{text}` is not a duration: write hours and minutes, like 6h, 90m or 1h30m")
+    })
 }
 
 fn init_logging() {
@@ -130,6 +145,22 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     deploybot::admin::release(&store, &config, &env).await
                 }
                 AdminCommand::Requeue { job } => deploybot::admin::requeue(&store, job).await,
+                AdminCommand::Redeliver { since, dry_run } => match &settings.github {
+                    None => Err(format!(
+                        "redeliver asks GitHub as the App: {}",
+                        settings
+                            .github_off_reason()
+                            .unwrap_or_else(|| "the GitHub App is not configured".into())
+                    )),
+                    Some(github_settings) => {
+                        match deploybot::github::GitHub::new(github_settings) {
+                            Err(e) => Err(e),
+                            Ok(github) => {
+                                deploybot::admin::redeliver(&store, &github, since, dry_run).await
+                            }
+                        }
+                    }
+                },
             };
             match done {
                 Ok(message) => {

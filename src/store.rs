@@ -273,6 +273,15 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Whether deploybot has recorded this delivery id (`X-GitHub-Delivery`).
+    pub async fn has_delivery(&self, id: &str) -> Result<bool> {
+        Ok(sqlx::query("SELECT 1 FROM deliveries WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some())
+    }
+
     pub async fn delivery_count(&self) -> Result<i64> {
         Ok(sqlx::query("SELECT COUNT(*) FROM deliveries")
             .fetch_one(&self.pool)

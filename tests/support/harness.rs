@@ -88,7 +88,7 @@ pub struct TestApp {
     pub app: App,
     pub github: FakeGitHub,
     pub database_url: String,
-    settings: Settings,
+    pub settings: Settings,
     config: Config,
     _tmp: tempfile::TempDir,
 }
