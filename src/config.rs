@@ -52,6 +52,10 @@ pub struct BotConfig {
     /// (comment, check runs) while it runs, in milliseconds; the final state
     /// is always sent at once.
     pub status_interval_ms: u64,
+    /// How long a request stays with a worker that stopped renewing its
+    /// claim (a crashed process) before another replica takes it over, in
+    /// milliseconds; renewed every quarter of it.
+    pub worker_lease_ms: u64,
 }
 
 impl Default for BotConfig {
@@ -64,6 +68,7 @@ impl Default for BotConfig {
             git_url: "https://github.com/{repo}.git".into(),
             workdir: None,
             status_interval_ms: 2_000,
+            worker_lease_ms: 60_000,
         }
     }
 }
@@ -426,6 +431,10 @@ impl Config {
         }
         if self.bot.max_body_bytes < 1024 {
             problems.push("bot.max_body_bytes must be at least 1024".into());
+        }
+        if !(1_000..=3_600_000).contains(&self.bot.worker_lease_ms) {
+            problems
+                .push("bot.worker_lease_ms must be between 1000 (1 s) and 3600000 (1 h)".into());
         }
         if !matches!(
             self.permissions.min_permission.as_str(),

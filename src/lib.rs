@@ -79,7 +79,10 @@ impl App {
             github,
             settings.kube_url.clone(),
         ));
-        let worker = Arc::new(Worker::new(pipeline.clone(), WorkerSettings::default()));
+        let worker = Arc::new(Worker::new(
+            pipeline.clone(),
+            WorkerSettings::with_lease(Duration::from_millis(config.bot.worker_lease_ms)),
+        ));
         let state = Arc::new(AppState {
             store,
             intake: intake.clone(),
@@ -170,18 +173,21 @@ impl App {
     /// (and, on PostgreSQL, by other processes), with a poll as a safety net.
     pub async fn run_worker(&self, shutdown: watch::Receiver<bool>) {
         // Holds expire and dead workers are reaped even while a long job runs.
+        // A dead worker's request is taken over soon after its lease ends.
+        let every = (Duration::from_millis(self.state.config.bot.worker_lease_ms) / 2)
+            .min(Duration::from_secs(10));
         let maintenance = async {
             let mut shutdown = shutdown.clone();
             loop {
+                if let Err(e) = self.worker.maintain().await {
+                    tracing::error!(error = %e, "maintenance failed; retrying shortly");
+                }
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                    _ = tokio::time::sleep(every) => {}
                     _ = shutdown.changed() => {}
                 }
                 if *shutdown.borrow() {
                     return;
-                }
-                if let Err(e) = self.worker.maintain().await {
-                    tracing::error!(error = %e, "maintenance failed; retrying shortly");
                 }
             }
         };

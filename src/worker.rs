@@ -24,6 +24,16 @@ pub struct WorkerSettings {
     pub heartbeat: Duration,
 }
 
+impl WorkerSettings {
+    /// A claim of `lease`, renewed every quarter of it.
+    pub fn with_lease(lease: Duration) -> WorkerSettings {
+        WorkerSettings {
+            lease,
+            heartbeat: lease / 4,
+        }
+    }
+}
+
 impl Default for WorkerSettings {
     fn default() -> Self {
         WorkerSettings {

@@ -573,6 +573,15 @@ impl FakeGitHub {
         self.state().final_checks = false;
     }
 
+    /// Something deploybot must never publish on GitHub (a webhook secret,
+    /// a line of the App's key): a request body holding it is a violation.
+    /// Issued installation tokens and user tokens are always checked.
+    pub fn forbid_publishing(&self, secret: &str) {
+        if !secret.is_empty() {
+            self.state().secrets.push(secret.to_string());
+        }
+    }
+
     /// The App's webhook URL and secret (where deliveries go).
     pub fn set_webhook(&self, url: &str, secret: &str) {
         self.state().webhook = Some((url.to_string(), secret.to_string()));
@@ -787,6 +796,9 @@ struct GitHubState {
     redeliveries_due: Vec<u64>,
     /// Redeliveries being sent right now.
     redeliveries_in_flight: usize,
+    /// Things deploybot must never publish (webhook secrets, key material):
+    /// a request body that contains one (or an issued token) is a violation.
+    secrets: Vec<String>,
 }
 
 /// One attempt to deliver a webhook (GitHub's "hook delivery").
@@ -838,6 +850,7 @@ impl GitHubState {
             hook_deliveries: Vec::new(),
             redeliveries_due: Vec::new(),
             redeliveries_in_flight: 0,
+            secrets: Vec::new(),
         }
     }
 
@@ -1088,6 +1101,12 @@ async fn handle(AxumState(shared): AxumState<Arc<Shared>>, request: Request) -> 
     response
 }
 
+/// A secret as a failure message may show it: its first 4 characters.
+fn mask(secret: &str) -> String {
+    let shown: String = secret.chars().take(4).collect();
+    format!("{shown}… ({} chars)", secret.chars().count())
+}
+
 /// Sends one delivery to the App's webhook as GitHub does (signed with the
 /// webhook secret, the event's guid as `X-GitHub-Delivery`, 10 s to answer)
 /// and records the attempt; returns the status code recorded (0: no answer).
@@ -1213,6 +1232,27 @@ fn answer(
                     body = value;
                 }
             }
+        }
+    }
+
+    // Whatever deploybot writes to GitHub is public on the PR: no secret,
+    // key material or token may be in it.
+    if !bytes.is_empty() {
+        let text = String::from_utf8_lossy(bytes);
+        let leaked: Vec<String> = state
+            .secrets
+            .iter()
+            .chain(state.issued_tokens.iter())
+            .chain(state.user_tokens.keys())
+            .filter(|secret| text.contains(secret.as_str()))
+            .map(|secret| mask(secret))
+            .collect();
+        if !leaked.is_empty() {
+            state.record_violation(format!(
+                "{method} {path} ({}): the body publishes a secret or token ({})",
+                route.operation,
+                leaked.join(", ")
+            ));
         }
     }
 

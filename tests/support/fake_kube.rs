@@ -39,6 +39,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State as AxumState};
@@ -187,6 +188,8 @@ pub struct FakeKube {
     shared: Arc<Shared>,
     server: tokio::task::JoinHandle<()>,
     final_checks: AtomicBool,
+    /// `run_controllers`' tasks, stopped with the fake.
+    controllers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 struct Shared {
@@ -226,6 +229,7 @@ impl FakeKube {
             shared,
             server,
             final_checks: AtomicBool::new(true),
+            controllers: Mutex::new(Vec::new()),
         }
     }
 
@@ -300,8 +304,89 @@ impl FakeKube {
     /// current generation is observed and rolling (one replica updated, one
     /// old one still there).
     pub fn set_rollout(&self, namespace: &str, kind: &str, name: &str, complete: bool) {
-        let spec = self.shared.spec;
-        let mut state = self.state();
+        rollout(&self.shared, namespace, kind, name, complete);
+    }
+
+    /// Moves Build `namespace/build` to `phase` (New, Pending, Running,
+    /// Complete, Failed, Error, Cancelled) and appends `log_text` to its log.
+    /// Failed gets a reason, a message and a `logSnippet` (the log's last
+    /// lines); Complete gets an output digest.
+    pub fn set_build_phase(&self, namespace: &str, build: &str, phase: &str, log_text: &str) {
+        build_phase(&self.shared, namespace, build, phase, log_text);
+    }
+
+    /// Plays the cluster's controllers in the background until the fake is
+    /// dropped: a new Build runs at once and completes `build_time` later; a
+    /// Deployment or StatefulSet whose spec changed (generation ahead of
+    /// observedGeneration) is rolling, and done `rollout_time` later.
+    pub fn run_controllers(&self, build_time: Duration, rollout_time: Duration) {
+        let shared = self.shared.clone();
+        let task = tokio::spawn(async move {
+            let mut started: HashMap<Key, std::time::Instant> = HashMap::new();
+            loop {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let pending: Vec<(Key, String)> = {
+                    let state = shared.lock();
+                    state
+                        .objects
+                        .iter()
+                        .filter_map(|(key, object)| {
+                            let phase = object["status"]["phase"].as_str().unwrap_or("New");
+                            let moving = match key.kind {
+                                "Build" => matches!(phase, "New" | "Pending" | "Running"),
+                                "Deployment" | "StatefulSet" => {
+                                    object["metadata"]["generation"]
+                                        != object["status"]["observedGeneration"]
+                                        || started.contains_key(key)
+                                }
+                                _ => false,
+                            };
+                            moving.then(|| (key.clone(), phase.to_string()))
+                        })
+                        .collect()
+                };
+                let now = std::time::Instant::now();
+                for (key, phase) in pending {
+                    let since = *started.entry(key.clone()).or_insert(now);
+                    if key.kind == "Build" {
+                        if phase == "New" {
+                            build_phase(
+                                &shared,
+                                &key.namespace,
+                                &key.name,
+                                "Running",
+                                "STEP 1/2: FROM base\n",
+                            );
+                        } else if now - since >= build_time {
+                            build_phase(
+                                &shared,
+                                &key.namespace,
+                                &key.name,
+                                "Complete",
+                                "Push successful\n",
+                            );
+                            started.remove(&key);
+                        }
+                    } else if now - since >= rollout_time {
+                        rollout(&shared, &key.namespace, key.kind, &key.name, true);
+                        started.remove(&key);
+                    } else if now == since {
+                        rollout(&shared, &key.namespace, key.kind, &key.name, false);
+                    }
+                }
+            }
+        });
+        self.controllers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+    }
+}
+
+fn rollout(shared: &Shared, namespace: &str, kind: &str, name: &str, complete: bool) {
+    {
+        let spec = shared.spec;
+        let mut state = shared.lock();
         state.modify(spec, Key::new(kind, namespace, name), |object| {
             let generation = object["metadata"]["generation"].as_i64().unwrap_or(1);
             let replicas = object["spec"]["replicas"].as_i64().unwrap_or(1);
@@ -353,7 +438,9 @@ impl FakeKube {
             }
         });
     }
+}
 
+impl FakeKube {
     /// Makes Deployment `namespace/name`'s rollout fail: its Progressing
     /// condition turns False with reason ProgressDeadlineExceeded and
     /// `message`.
@@ -381,12 +468,10 @@ impl FakeKube {
             });
         });
     }
+}
 
-    /// Moves Build `namespace/build` to `phase` (New, Pending, Running,
-    /// Complete, Failed, Error, Cancelled) and appends `log_text` to its log.
-    /// Failed gets a reason, a message and a `logSnippet` (the log's last
-    /// lines); Complete gets an output digest.
-    pub fn set_build_phase(&self, namespace: &str, build: &str, phase: &str, log_text: &str) {
+fn build_phase(shared: &Shared, namespace: &str, build: &str, phase: &str, log_text: &str) {
+    {
         assert!(
             [
                 "New",
@@ -400,8 +485,8 @@ impl FakeKube {
             .contains(&phase),
             "set_build_phase: unknown phase {phase:?}"
         );
-        let spec = self.shared.spec;
-        let mut state = self.state();
+        let spec = shared.spec;
+        let mut state = shared.lock();
         let log_key = (namespace.to_string(), build.to_string());
         let log = state.logs.entry(log_key).or_default();
         log.push_str(log_text);
@@ -457,7 +542,9 @@ impl FakeKube {
             }
         });
     }
+}
 
+impl FakeKube {
     /// The Builds of `namespace`, oldest first.
     pub fn builds(&self, namespace: &str) -> Vec<Value> {
         let mut builds: Vec<Value> = self
@@ -557,6 +644,13 @@ impl FakeKube {
 impl Drop for FakeKube {
     fn drop(&mut self) {
         self.server.abort();
+        for task in self
+            .controllers
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+        {
+            task.abort();
+        }
         if self.final_checks.load(Ordering::SeqCst) && !std::thread::panicking() {
             self.assert_no_violations();
         }

@@ -72,6 +72,31 @@ pub fn packit_components() -> String {
         .to_string()
 }
 
+/// What must never appear in anything deploybot shows (answers, pages,
+/// logs, GitHub): the webhook secrets and every line of the App's key.
+pub fn secrets_of_the_setup() -> Vec<String> {
+    let key = std::fs::read_to_string(key_path()).expect("test key");
+    let mut secrets: Vec<String> = key
+        .lines()
+        .filter(|line| !line.starts_with("-----") && line.len() >= 32)
+        .map(str::to_string)
+        .collect();
+    secrets.push(SECRET.to_string());
+    secrets.push(OLD_SECRET.to_string());
+    secrets
+}
+
+/// Panics if `text` (found in `place`) holds one of the setup's secrets.
+pub fn assert_no_secrets(place: &str, text: &str) {
+    for secret in secrets_of_the_setup() {
+        assert!(
+            !text.contains(&secret),
+            "{place} shows a secret ({}…)",
+            &secret[..4]
+        );
+    }
+}
+
 pub fn key_path() -> PathBuf {
     manifest_dir().join("tests/support/keys/app.pem")
 }
@@ -145,6 +170,9 @@ impl TestApp {
                 &[],
             );
         }
+        for secret in secrets_of_the_setup() {
+            github.forbid_publishing(&secret);
+        }
         let database_url = database(db, &tmp).await;
         let settings = Settings {
             config_source: ConfigSource::File(manifest_dir().join("deploy/packit.toml")),
@@ -215,6 +243,10 @@ impl TestApp {
             .await
             .expect("body")
             .to_bytes();
+        assert_no_secrets(
+            "an answer of deploybot's HTTP interface",
+            &String::from_utf8_lossy(&bytes),
+        );
         let value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         (status, value)

@@ -476,6 +476,40 @@ async fn request_bodies_and_routes_are_checked_against_the_spec() {
     gh.take_violations();
 }
 
+/// Anything posted to GitHub is public: a secret, key line or token in a
+/// request body is a violation.
+#[tokio::test]
+async fn publishing_a_secret_or_token_is_a_violation() {
+    let gh = FakeGitHub::start(APP_ID).await;
+    gh.install("acme/web", 11);
+    gh.forbid_publishing("the-webhook-secret-1234");
+    let token = installation_token(&gh, 11).await;
+    let auth = bearer(&token);
+    for body in [
+        "all fine here",
+        "oops: the-webhook-secret-1234",
+        &format!("my token is {token}"),
+    ] {
+        let posted = send(
+            &gh.url(),
+            "POST",
+            "/repos/acme/web/issues/7/comments",
+            Some(&auth),
+            Some(&json!({ "body": body }).to_string()),
+        )
+        .await;
+        assert_eq!(posted.status, 201, "{}", posted.body);
+        gh.take_comments("acme/web", 7);
+    }
+    let violations = gh.take_violations();
+    assert_eq!(violations.len(), 2, "{violations:#?}");
+    assert!(violations.iter().all(|v| v.contains("publishes a secret")));
+    assert!(
+        !violations.iter().any(|v| v.contains("the-webhook-secret-1234")),
+        "the failure message masks it"
+    );
+}
+
 #[tokio::test]
 async fn comments_are_tracked_until_the_test_takes_them() {
     let gh = FakeGitHub::start(APP_ID).await;
