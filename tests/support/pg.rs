@@ -486,3 +486,97 @@ fn id(args: &[&str]) -> Result<u32, String> {
         .parse()
         .map_err(|_| format!("`id {}` printed {text:?}", args.join(" ")))
 }
+
+// ---------------------------------------------------------------------------
+// A private server that a test stops and starts
+// ---------------------------------------------------------------------------
+
+/// A PostgreSQL server of one test's own (never shared: the test stops and
+/// restarts it), run with `pg_ctl`; stopped and removed when dropped.
+pub struct PrivateServer {
+    pg_ctl: PathBuf,
+    run_as: Option<(u32, u32)>,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl PrivateServer {
+    /// initdb + start, on a free port of 127.0.0.1. Blocking.
+    pub fn start() -> PrivateServer {
+        let (initdb, postgres) = find_binaries().unwrap_or_else(|e| panic!("{e}"));
+        let pg_ctl = postgres.with_file_name("pg_ctl");
+        let run_as = match effective_uid().unwrap_or_else(|e| panic!("{e}")) {
+            0 => Some(system_user_ids("postgres").unwrap_or_else(|e| panic!("{e}"))),
+            _ => None,
+        };
+        let dir = make_server_dir(run_as).unwrap_or_else(|e| panic!("{e}"));
+        let status = command(run_as, &initdb)
+            .arg("-D")
+            .arg(dir.join("data"))
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8"])
+            .args(["--locale=C", "--no-sync", "--no-instructions"])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("initdb runs");
+        assert!(status.success(), "initdb failed");
+        let server = PrivateServer {
+            pg_ctl,
+            run_as,
+            dir,
+            port: free_port().unwrap_or_else(|e| panic!("{e}")),
+        };
+        server.resume();
+        server
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> bool {
+        command(self.run_as, &self.pg_ctl)
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Stop it (fast shutdown: open connections are cut). Blocking.
+    pub fn stop(&self) {
+        assert!(
+            self.pg_ctl(&["stop", "-m", "fast", "-w"]),
+            "pg_ctl stop failed"
+        );
+    }
+
+    /// Start it again on the same port and data. Blocking.
+    pub fn resume(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100",
+            self.port,
+            self.dir.join("sock").display()
+        );
+        let log = self.dir.join("server.log");
+        let log = log.to_string_lossy();
+        assert!(
+            self.pg_ctl(&["start", "-w", "-t", "60", "-l", &log, "-o", &options]),
+            "pg_ctl start failed: {}",
+            log_tail(&self.dir.join("server.log"))
+        );
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        self.pg_ctl(&["stop", "-m", "immediate", "-w"]);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

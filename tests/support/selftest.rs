@@ -505,7 +505,9 @@ async fn publishing_a_secret_or_token_is_a_violation() {
     assert_eq!(violations.len(), 2, "{violations:#?}");
     assert!(violations.iter().all(|v| v.contains("publishes a secret")));
     assert!(
-        !violations.iter().any(|v| v.contains("the-webhook-secret-1234")),
+        !violations
+            .iter()
+            .any(|v| v.contains("the-webhook-secret-1234")),
         "the failure message masks it"
     );
 }

@@ -1,0 +1,842 @@
+//! SPEC §5 and §8 as facts, on real `deploybot serve` processes with
+//! PostgreSQL, the fake GitHub and the fake cluster (whose builds and
+//! rollouts take fixed times): killed with SIGKILL at chosen moments and
+//! restarted, two replicas on one database, PostgreSQL restarted under a
+//! running deploybot. Each test ends by checking the same promises: every
+//! request acknowledged with 2xx reached exactly one terminal state, no
+//! environment is held by a finished request, no check run is left queued
+//! or in progress, no status comment is duplicated, nothing was asked of
+//! GitHub or the cluster outside their API descriptions, and no secret is in
+//! the logs, the API's answers or the status page.
+//!
+//! Longer runs: `DEPLOYBOT_CRASH_ROUNDS=200 DEPLOYBOT_CRASH_SEED=7 cargo test
+//! --test reliability crash` (see bench/README.md).
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::Row;
+use support::fake_github::FakeGitHub;
+use support::fake_kube::{FakeKube, example};
+use support::harness::*;
+
+const NS: &str = "packit-dev";
+const REPO: &str = "packit/packit-service";
+const FIRST_PR: u64 = 3000;
+const BUILD_TIME: Duration = Duration::from_millis(300);
+const ROLLOUT_TIME: Duration = Duration::from_millis(200);
+
+fn sha(pr: u64) -> String {
+    format!("{pr:040x}")
+}
+
+/// GitHub, the cluster and the database that replicas share.
+struct World {
+    github: FakeGitHub,
+    kube: FakeKube,
+    database_url: String,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    pool: sqlx::PgPool,
+}
+
+impl World {
+    async fn new(prs: u64, database_url: String) -> World {
+        let github = FakeGitHub::start(APP_ID).await;
+        for repo in [
+            "packit/packit-service",
+            "packit/ogr",
+            "packit/packit",
+            "packit/dashboard",
+            "packit/tokman",
+            "packit/sandcastle",
+            "packit/deployment",
+            "packit/packit-service-fedmsg",
+        ] {
+            github.install(repo, INSTALLATION);
+        }
+        github.set_permission(REPO, "alice", "write");
+        for pr in FIRST_PR..FIRST_PR + prs {
+            github.add_pull(REPO, pr, &sha(pr), "change", "open", "alice", &[]);
+        }
+        for secret in secrets_of_the_setup() {
+            github.forbid_publishing(&secret);
+        }
+        // Replicas post on their own time; the promises are checked below.
+        github.disable_final_checks();
+
+        let kube = FakeKube::start().await;
+        let mut d = example("deployment-complete.json");
+        d["metadata"] = json!({ "name": "packit-service", "namespace": NS, "generation": 1 });
+        d["spec"]["template"]["spec"]["containers"][0]["image"] =
+            json!("quay.io/packit/packit-service:stg");
+        kube.put_object(d);
+        let mut s = example("statefulset-complete.json");
+        s["metadata"] = json!({ "name": "packit-worker", "namespace": NS, "generation": 1 });
+        s["spec"]["template"]["spec"]["containers"][0]["image"] =
+            json!("quay.io/packit/packit-worker:stg");
+        kube.put_object(s);
+        kube.run_controllers(BUILD_TIME, ROLLOUT_TIME);
+
+        let dir = tempfile::tempdir().expect("tmp");
+        let components = packit_components();
+        let config = dir.path().join("deploybot.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[bot]
+status_interval_ms = 0
+worker_lease_ms = 2000
+[github]
+bot_login = "packit-deploybot[bot]"
+{components}
+[[environment]]
+name = "dev"
+kind = "openshift"
+namespace = "{NS}"
+url = "https://dev.example.org"
+[environment.builder]
+kind = "openshift"
+push_secret = "quay-push"
+[environment.deployer]
+kind = "kubernetes"
+workloads = [
+  {{ kind = "Deployment", name = "packit-service", image = "quay.io/packit/packit-service" }},
+  {{ kind = "StatefulSet", name = "packit-worker", image = "quay.io/packit/packit-worker" }},
+]
+[environment.cleanup]
+kind = "reset-images"
+[environment.timeouts]
+build = "60s"
+deploy = "60s"
+poll_ms = 20
+"#
+            ),
+        )
+        .expect("config");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_lazy(&database_url)
+            .expect("database URL");
+        World {
+            github,
+            kube,
+            database_url,
+            dir,
+            config,
+            pool,
+        }
+    }
+
+    async fn count(&self, sql: &'static str) -> Option<i64> {
+        sqlx::query(sql)
+            .fetch_one(&self.pool)
+            .await
+            .ok()?
+            .try_get::<i64, _>(0)
+            .ok()
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// One `deploybot serve` process; SIGKILLed when dropped.
+struct Replica {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl Replica {
+    async fn start(w: &World, port: u16, name: &str) -> Replica {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(w.dir.path().join(format!("{name}.log")))
+            .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_deploybot"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&w.config)
+            .env("DATABASE_URL", &w.database_url)
+            .env("DEPLOYBOT_LISTEN", format!("127.0.0.1:{port}"))
+            .env("DEPLOYBOT_WEBHOOK_SECRET", format!("{SECRET},{OLD_SECRET}"))
+            .env("DEPLOYBOT_GITHUB_APP_ID", APP_ID.to_string())
+            .env("DEPLOYBOT_GITHUB_PRIVATE_KEY", key_path())
+            .env("DEPLOYBOT_GITHUB_API_URL", w.github.url())
+            .env("DEPLOYBOT_KUBE_URL", w.kube.url())
+            .env("DEPLOYBOT_LOG_FORMAT", "json")
+            .env(
+                "RUST_LOG",
+                "debug,hyper=info,sqlx=warn,kube=info,tower=info,octocrab=info",
+            )
+            .current_dir(w.dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("deploybot serve starts");
+        let replica = Replica {
+            child: Some(child),
+            port,
+        };
+        let ready = format!("{}/readyz", replica.base());
+        for _ in 0..600 {
+            if http("GET", &ready, &[], Vec::new())
+                .await
+                .is_some_and(|(status, _)| status == 200)
+            {
+                return replica;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("deploybot serve did not become ready");
+    }
+
+    /// Someone else's replica at `port` (to deliver to).
+    fn address(port: u16) -> Replica {
+        Replica { child: None, port }
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: nothing runs after it (no shutdown, no drain).
+    fn kill(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Deliver `payload` signed, as GitHub would; the status, or None when
+    /// nothing answered.
+    async fn deliver(&self, event: &str, payload: &Value) -> Option<u16> {
+        let body = serde_json::to_vec(payload).expect("json");
+        let signature = deploybot::webhook::sign(SECRET.as_bytes(), &body);
+        let delivery = uuid::Uuid::new_v4().to_string();
+        http(
+            "POST",
+            &format!("{}/webhook", self.base()),
+            &[
+                ("content-type", "application/json"),
+                ("x-github-event", event),
+                ("x-github-delivery", &delivery),
+                ("x-hub-signature-256", &signature),
+            ],
+            body,
+        )
+        .await
+        .map(|(status, _)| status)
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn http(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Option<(u16, String)> {
+    use http_body_util::{BodyExt, Full};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<axum::body::Bytes>>();
+    let mut request = axum::http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Full::new(axum::body::Bytes::from(body)))
+        .ok()?;
+    let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
+        .await
+        .ok()?
+        .ok()?;
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+fn deploy_comment(pr: u64) -> Value {
+    comment_event(REPO, pr, true, "/deploy", "alice")
+}
+
+/// What a team member does once their deployment is up and tried: comment
+/// `/deploy release`, so the next request in the queue gets the environment.
+/// Sent to whichever replica answers, again until one answers 2xx.
+fn spawn_releaser(pool: sqlx::PgPool, ports: Vec<u16>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut released = std::collections::BTreeSet::new();
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let Ok(rows) = sqlx::query(
+                "SELECT p.number FROM environments e JOIN jobs j ON j.id = e.holder_job \
+                 JOIN job_pull_requests p ON p.job_id = j.id WHERE j.state = 'succeeded'",
+            )
+            .fetch_all(&pool)
+            .await
+            else {
+                continue;
+            };
+            for row in rows {
+                let pr = u64::try_from(row.get::<i64, _>(0)).unwrap_or_default();
+                if released.contains(&pr) {
+                    continue;
+                }
+                let event = comment_event(REPO, pr, true, "/deploy release", "alice");
+                for port in &ports {
+                    let replica = Replica::address(*port);
+                    if replica
+                        .deliver("issue_comment", &event)
+                        .await
+                        .is_some_and(|s| (200..300).contains(&s))
+                    {
+                        released.insert(pr);
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// A small deterministic generator (xorshift64*), seeded per run.
+struct Rng(u64);
+
+impl Rng {
+    fn from_env() -> Rng {
+        let seed = std::env::var("DEPLOYBOT_CRASH_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("crash schedule seed: {seed} (DEPLOYBOT_CRASH_SEED={seed} repeats it)");
+        Rng(seed.max(1))
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+/// Wait (up to `limit`) until `check` holds; whether it did.
+async fn until<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Moment {
+    /// Right after the 2xx: the trigger is stored, not yet authorised.
+    Intake,
+    /// While an OpenShift Build runs.
+    Build,
+    /// While a Deployment rolls out.
+    Rollout,
+    /// Right after GitHub received a report (more are due).
+    Report,
+}
+
+const MOMENTS: [Moment; 4] = [
+    Moment::Intake,
+    Moment::Build,
+    Moment::Rollout,
+    Moment::Report,
+];
+
+async fn reach(w: &World, moment: Moment) -> bool {
+    let limit = Duration::from_secs(20);
+    match moment {
+        Moment::Intake => true,
+        Moment::Build => {
+            until(limit, || async {
+                w.kube
+                    .builds(NS)
+                    .iter()
+                    .any(|b| b["status"]["phase"] == "Running")
+            })
+            .await
+        }
+        Moment::Rollout => {
+            until(limit, || async {
+                w.kube
+                    .get_object("Deployment", NS, "packit-service")
+                    .is_some_and(|d| {
+                        d["metadata"]["generation"] != d["status"]["observedGeneration"]
+                            || d["status"]["unavailableReplicas"].is_number()
+                    })
+            })
+            .await
+        }
+        Moment::Report => {
+            let before = w.github.requests().len();
+            until(limit, || async {
+                w.github.requests()[before..]
+                    .iter()
+                    .any(|(method, path, _)| {
+                        method != "GET"
+                            && (path.contains("/check-runs") || path.contains("/comments"))
+                    })
+            })
+            .await
+        }
+    }
+}
+
+/// Wait until nothing is left to do: no request queued or running, no
+/// trigger awaiting authorisation, no report awaiting GitHub.
+async fn wait_until_settled(w: &World, limit: Duration) {
+    let settled = until(limit, || async {
+        w.count("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')")
+            .await
+            == Some(0)
+            && w.count("SELECT COUNT(*) FROM triggers WHERE state = 'pending'")
+                .await
+                == Some(0)
+            && w.count("SELECT COUNT(*) FROM outbox WHERE state = 'pending'")
+                .await
+                == Some(0)
+    })
+    .await;
+    if !settled {
+        let jobs =
+            sqlx::query("SELECT id, state, step FROM jobs WHERE state IN ('queued','running')")
+                .fetch_all(&w.pool)
+                .await
+                .map(|rows| {
+                    rows.iter()
+                        .map(|r| {
+                            format!(
+                                "#{} {} {}",
+                                r.get::<i64, _>(0),
+                                r.get::<String, _>(1),
+                                r.get::<String, _>(2)
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                });
+        let envs = sqlx::query("SELECT name, holder_job, dirty FROM environments")
+            .fetch_all(&w.pool)
+            .await
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| {
+                        format!(
+                            "{} held by {:?} dirty {}",
+                            r.get::<String, _>(0),
+                            r.get::<Option<i64>, _>(1),
+                            r.get::<i64, _>(2)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            });
+        let events = sqlx::query("SELECT job_id, step, message FROM job_events ORDER BY id")
+            .fetch_all(&w.pool)
+            .await
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| {
+                        format!(
+                            "#{} {}: {}",
+                            r.get::<i64, _>(0),
+                            r.get::<String, _>(1),
+                            r.get::<String, _>(2)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        panic!(
+            "deploybot did not settle within {limit:?}: {jobs:?}\nenvironments: {envs:?}\nLease: {:?}\nevents:\n{}",
+            w.kube
+                .get_object("Lease", NS, "deploybot")
+                .map(|l| l["spec"].clone()),
+            events.unwrap_or_default()
+        );
+    }
+}
+
+/// The promises, checked once everything settled. `acknowledged`: the PRs
+/// whose /deploy was answered 2xx; `delivered`: every PR a /deploy was sent
+/// for (an unanswered one may or may not have been stored).
+async fn check_promises(w: &World, replicas: &[&Replica], acknowledged: &[u64], delivered: &[u64]) {
+    // Every acknowledged request: exactly one request, ended.
+    let rows = sqlx::query(
+        "SELECT p.number, j.id, j.state FROM job_pull_requests p JOIN jobs j ON j.id = p.job_id \
+         WHERE p.repo = $1 ORDER BY j.id",
+    )
+    .bind(REPO)
+    .fetch_all(&w.pool)
+    .await
+    .expect("jobs");
+    let jobs: Vec<(u64, i64, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                u64::try_from(r.get::<i64, _>(0)).expect("number"),
+                r.get::<i64, _>(1),
+                r.get::<String, _>(2),
+            )
+        })
+        .collect();
+    for pr in acknowledged {
+        let of_pr: Vec<_> = jobs.iter().filter(|(n, _, _)| n == pr).collect();
+        assert_eq!(
+            of_pr.len(),
+            1,
+            "PR #{pr} was acknowledged: one request, got {of_pr:?}"
+        );
+    }
+    for (pr, id, state) in &jobs {
+        assert!(
+            delivered.contains(pr),
+            "request #{id} for PR #{pr}, which nobody asked for"
+        );
+        assert!(
+            ["succeeded", "failed", "cancelled", "superseded"].contains(&state.as_str()),
+            "request #{id} ended as {state}"
+        );
+    }
+    let mut prs: Vec<u64> = jobs.iter().map(|(n, _, _)| *n).collect();
+    prs.dedup();
+    assert_eq!(prs.len(), jobs.len(), "a PR has two requests: {jobs:?}");
+
+    // No environment held by a finished request, in the database or the cluster.
+    let held = w
+        .count("SELECT COUNT(*) FROM environments WHERE holder_job IS NOT NULL")
+        .await;
+    assert_eq!(held, Some(0), "an environment is still held");
+    if let Some(lease) = w.kube.get_object("Lease", NS, "deploybot") {
+        let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default();
+        assert!(holder.is_empty(), "the Lease is still held: {lease}");
+    }
+
+    // GitHub: one status comment per request, check runs all completed and
+    // agreeing with the request's end.
+    let comments = w.github.all_comments();
+    for (pr, id, state) in &jobs {
+        let marker = format!("<!-- deploybot:job:{id} -->");
+        let status: Vec<_> = comments
+            .iter()
+            .filter(|c| c.body.contains(&marker))
+            .collect();
+        assert_eq!(
+            status.len(),
+            1,
+            "request #{id} (PR #{pr}) has {} status comments",
+            status.len()
+        );
+        assert_eq!(status[0].number, *pr);
+        let runs: Vec<Value> = w
+            .github
+            .check_runs(REPO)
+            .into_iter()
+            .filter(|r| r["head_sha"] == sha(*pr))
+            .collect();
+        assert_eq!(runs.len(), 1, "PR #{pr}: {runs:#?}");
+        assert_eq!(runs[0]["status"], "completed", "PR #{pr}: {}", runs[0]);
+        let conclusion = runs[0]["conclusion"].as_str().unwrap_or_default();
+        let expected = match state.as_str() {
+            "succeeded" => "success",
+            "failed" => "failure",
+            _ => conclusion,
+        };
+        assert_eq!(conclusion, expected, "request #{id} {state}: {}", runs[0]);
+    }
+    w.github.assert_no_violations();
+    w.kube.assert_no_violations();
+
+    // No secret in the logs, the API's answers or the status page.
+    let mut issued = w.github.issued_tokens();
+    issued.retain(|t| !t.is_empty());
+    for entry in std::fs::read_dir(w.dir.path()).expect("dir").flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(!text.is_empty(), "{} is empty", path.display());
+            assert_no_secrets(&path.display().to_string(), &text);
+            for token in &issued {
+                assert!(
+                    !text.contains(token.as_str()),
+                    "{} shows a token",
+                    path.display()
+                );
+            }
+        }
+    }
+    for replica in replicas {
+        for page in ["/api/v1/jobs", "/", "/healthz", "/metrics"] {
+            let (status, text) = http("GET", &format!("{}{page}", replica.base()), &[], Vec::new())
+                .await
+                .expect("answers");
+            assert_eq!(status, 200, "{page}");
+            assert_no_secrets(page, &text);
+            for token in &issued {
+                assert!(!text.contains(token.as_str()), "{page} shows a token");
+            }
+        }
+    }
+}
+
+/// SIGKILL during intake, mid-build, mid-rollout and mid-report, restart,
+/// many times: nothing acknowledged is lost or run twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_safety_sigkill_at_any_moment() {
+    let rounds: u64 = std::env::var("DEPLOYBOT_CRASH_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(8);
+    let w = World::new(rounds, support::pg::fresh_database_url().await).await;
+    let mut rng = Rng::from_env();
+    let port = free_port();
+    let mut replica = Replica::start(&w, port, "crash").await;
+    let releaser = spawn_releaser(w.pool.clone(), vec![port]);
+    let mut acknowledged = Vec::new();
+    let mut delivered = Vec::new();
+    for round in 0..rounds {
+        let pr = FIRST_PR + round;
+        delivered.push(pr);
+        let status = replica.deliver("issue_comment", &deploy_comment(pr)).await;
+        if status.is_some_and(|s| (200..300).contains(&s)) {
+            acknowledged.push(pr);
+        }
+        // Every moment once, then at random; sometimes a little later.
+        let moment = if round < 4 {
+            MOMENTS[round as usize]
+        } else {
+            MOMENTS[rng.below(4) as usize]
+        };
+        reach(&w, moment).await;
+        tokio::time::sleep(Duration::from_millis(rng.below(3) * 20)).await;
+        replica.kill();
+        replica = Replica::start(&w, port, "crash").await;
+    }
+    wait_until_settled(&w, Duration::from_secs(180)).await;
+    releaser.abort();
+    assert_eq!(
+        acknowledged.len() as u64,
+        rounds,
+        "a live deploybot answers every delivery"
+    );
+    check_promises(&w, &[&replica], &acknowledged, &delivered).await;
+}
+
+/// When each request held `dev`: from its lock to the release of the hold
+/// (or its end, when it ended without one), from its recorded events.
+async fn holds(w: &World) -> Vec<(i64, i64, i64)> {
+    let rows = sqlx::query("SELECT job_id, at, step, message FROM job_events ORDER BY id")
+        .fetch_all(&w.pool)
+        .await
+        .expect("events");
+    let mut open: std::collections::BTreeMap<i64, i64> = Default::default();
+    let mut holds = Vec::new();
+    for row in rows {
+        let (job, at, step, message): (i64, i64, String, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        if step == "lock" && message.starts_with("locked") {
+            open.insert(job, at);
+        } else if step == "release" || (step == "end" && !message.starts_with("success")) {
+            if let Some(from) = open.remove(&job) {
+                holds.push((job, from, at));
+            }
+        }
+    }
+    assert!(open.is_empty(), "holds never released: {open:?}");
+    holds
+}
+
+/// Two replicas on one database and one cluster take a burst of requests
+/// for one environment: it is never held twice, and each request runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_the_work_and_never_hold_twice() {
+    let n = 8;
+    let w = World::new(n, support::pg::fresh_database_url().await).await;
+    let (pa, pb) = (free_port(), free_port());
+    let a = Replica::start(&w, pa, "replica-a").await;
+    let b = Replica::start(&w, pb, "replica-b").await;
+    let releaser = spawn_releaser(w.pool.clone(), vec![pa, pb]);
+    // Who is in a locked step, sampled all along.
+    let pool = w.pool.clone();
+    let watcher = tokio::spawn(async move {
+        let mut most = 0;
+        loop {
+            let busy: i64 = sqlx::query(
+                "SELECT COUNT(*) FROM jobs WHERE environment = 'dev' AND state = 'running' \
+                 AND step IN ('build', 'cleanup', 'deploy')",
+            )
+            .fetch_one(&pool)
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+            most = most.max(busy);
+            if most > 1 {
+                return most;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let prs: Vec<u64> = (FIRST_PR..FIRST_PR + n).collect();
+    let answers = futures_util::future::join_all(prs.iter().map(|pr| {
+        let replica = if pr % 2 == 0 { &a } else { &b };
+        let event = deploy_comment(*pr);
+        async move { replica.deliver("issue_comment", &event).await }
+    }))
+    .await;
+    assert!(
+        answers
+            .iter()
+            .all(|s| s.is_some_and(|s| (200..300).contains(&s))),
+        "{answers:?}"
+    );
+    wait_until_settled(&w, Duration::from_secs(120)).await;
+    releaser.abort();
+    assert!(
+        !watcher.is_finished(),
+        "two requests were in a locked step at once"
+    );
+    watcher.abort();
+
+    let mut holds = holds(&w).await;
+    holds.sort_by_key(|h| h.1);
+    for pair in holds.windows(2) {
+        assert!(pair[1].1 >= pair[0].2, "holds overlap: {pair:?}");
+    }
+    // Each request ran once: one end, two Builds started, all succeeded.
+    let states = sqlx::query("SELECT id, state FROM jobs ORDER BY id")
+        .fetch_all(&w.pool)
+        .await
+        .expect("jobs");
+    assert_eq!(states.len() as u64, n);
+    for row in &states {
+        let (id, state): (i64, String) = (row.get(0), row.get(1));
+        assert_eq!(state, "succeeded", "request #{id}");
+        let ends: i64 =
+            sqlx::query("SELECT COUNT(*) FROM job_events WHERE job_id = $1 AND step = 'end'")
+                .bind(id)
+                .fetch_one(&w.pool)
+                .await
+                .expect("count")
+                .get(0);
+        assert_eq!(ends, 1, "request #{id} ended {ends} times");
+        let builds: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM job_events WHERE job_id = $1 AND message LIKE 'started Build%'",
+        )
+        .bind(id)
+        .fetch_one(&w.pool)
+        .await
+        .expect("count")
+        .get(0);
+        assert_eq!(builds, 2, "request #{id} started {builds} Builds");
+    }
+    assert_eq!(w.kube.builds(NS).len() as u64, 2 * n);
+    check_promises(&w, &[&a, &b], &prs, &prs).await;
+}
+
+/// PostgreSQL restarts under a running deploybot: webhooks during the
+/// outage get 503 (GitHub records a failure, to be redelivered), /readyz
+/// says not ready, and deploybot reconnects by itself and loses nothing it
+/// acknowledged, including the request that was building.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_loses_nothing_acknowledged() {
+    let server = tokio::task::spawn_blocking(support::pg::PrivateServer::start)
+        .await
+        .expect("private PostgreSQL");
+    let w = World::new(6, server.url("postgres")).await;
+    let port = free_port();
+    let replica = Replica::start(&w, port, "db-restart").await;
+    let releaser = spawn_releaser(w.pool.clone(), vec![port]);
+    let mut acknowledged = Vec::new();
+    for pr in [FIRST_PR, FIRST_PR + 1] {
+        let status = replica.deliver("issue_comment", &deploy_comment(pr)).await;
+        assert_eq!(status, Some(202));
+        acknowledged.push(pr);
+    }
+    assert!(reach(&w, Moment::Build).await, "a Build runs");
+
+    let server = std::sync::Arc::new(server);
+    let stopper = server.clone();
+    tokio::task::spawn_blocking(move || stopper.stop())
+        .await
+        .expect("stopped");
+    for pr in [FIRST_PR + 2, FIRST_PR + 3] {
+        let status = replica.deliver("issue_comment", &deploy_comment(pr)).await;
+        assert_eq!(status, Some(503), "a delivery GitHub must record as failed");
+    }
+    let (ready, _) = http(
+        "GET",
+        &format!("{}/readyz", replica.base()),
+        &[],
+        Vec::new(),
+    )
+    .await
+    .expect("answers");
+    assert_eq!(ready, 503);
+    let (alive, _) = http(
+        "GET",
+        &format!("{}/healthz", replica.base()),
+        &[],
+        Vec::new(),
+    )
+    .await
+    .expect("answers");
+    assert_eq!(alive, 200, "alive: a restart of the pod would not help");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let starter = server.clone();
+    tokio::task::spawn_blocking(move || starter.resume())
+        .await
+        .expect("started again");
+
+    let ready = until(Duration::from_secs(30), || async {
+        http(
+            "GET",
+            &format!("{}/readyz", replica.base()),
+            &[],
+            Vec::new(),
+        )
+        .await
+        .is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    assert!(ready, "deploybot reconnects by itself");
+    for pr in [FIRST_PR + 4, FIRST_PR + 5] {
+        let status = replica.deliver("issue_comment", &deploy_comment(pr)).await;
+        assert_eq!(status, Some(202));
+        acknowledged.push(pr);
+    }
+    wait_until_settled(&w, Duration::from_secs(120)).await;
+    releaser.abort();
+    check_promises(&w, &[&replica], &acknowledged, &acknowledged).await;
+    drop(replica);
+    w.pool.close().await;
+}
