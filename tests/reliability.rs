@@ -666,10 +666,10 @@ async fn holds(w: &World) -> Vec<(i64, i64, i64)> {
             (row.get(0), row.get(1), row.get(2), row.get(3));
         if step == "lock" && message.starts_with("locked") {
             open.insert(job, at);
-        } else if step == "release" || (step == "end" && !message.starts_with("success")) {
-            if let Some(from) = open.remove(&job) {
-                holds.push((job, from, at));
-            }
+        } else if (step == "release" || (step == "end" && !message.starts_with("success")))
+            && let Some(from) = open.remove(&job)
+        {
+            holds.push((job, from, at));
         }
     }
     assert!(open.is_empty(), "holds never released: {open:?}");
