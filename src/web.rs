@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -31,7 +31,6 @@ pub struct AppState {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let limit = state.config.bot.max_body_bytes;
     // What `web.require_login` closes: the pages and the read API.
     let reads = Router::new()
         .route("/", get(crate::page::status_page))
@@ -46,10 +45,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         ));
     Router::new()
         .merge(reads)
-        .route(
-            "/webhook",
-            post(crate::webhook::receive).layer(DefaultBodyLimit::max(limit)),
-        )
+        // The webhook reads its body itself (limit and read timeout).
+        .route("/webhook", post(crate::webhook::receive))
         .route("/api/v1/jobs/{id}/cancel", post(crate::api::cancel_job))
         .route(
             "/api/v1/environments/{name}/release",

@@ -447,12 +447,49 @@ fn valid_delivery_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// How long a webhook's body may take to arrive: a sender that trickles it
+/// (or stops) would otherwise hold a connection and a task forever. GitHub
+/// sends a whole delivery at once and gives up after 10 s itself.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Read the body within [`BODY_READ_TIMEOUT`] and the configured limit.
+async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, Response> {
+    match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Err(_) => {
+            tracing::warn!("webhook body did not arrive in time; refused");
+            crate::metrics::webhook("", "timeout");
+            Err(answer(
+                StatusCode::REQUEST_TIMEOUT,
+                "the body did not arrive within 10 s",
+            ))
+        }
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            crate::metrics::webhook("", "bad_request");
+            Err(if too_large {
+                answer(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("the body is larger than {limit} bytes"),
+                )
+            } else {
+                answer(StatusCode::BAD_REQUEST, "the body could not be read")
+            })
+        }
+    }
+}
+
 /// The axum handler for `POST /webhook`.
 pub async fn receive(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
+    let body = match read_body(body, state.config.bot.max_body_bytes).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let Some(signature) = header("x-hub-signature-256") else {
         tracing::warn!("webhook without X-Hub-Signature-256 refused");

@@ -840,3 +840,148 @@ async fn a_database_restart_loses_nothing_acknowledged() {
     drop(replica);
     w.pool.close().await;
 }
+
+/// Write `head` and `body` on a raw connection (nothing finishes the body
+/// if `head` promises more), then read the status line, within `limit`.
+async fn raw_request(port: u16, head: &str, body: &[u8], limit: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body).await;
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(limit, stream.read(&mut answer))
+        .await
+        .expect("deploybot answers in time")
+        .unwrap_or(0);
+    let text = String::from_utf8_lossy(&answer[..n]).into_owned();
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+fn webhook_head(length: usize, signature: Option<&str>) -> String {
+    let mut head = format!(
+        "POST /webhook HTTP/1.1\r\nHost: deploybot\r\nContent-Type: application/json\r\n\
+         X-GitHub-Event: issue_comment\r\nX-GitHub-Delivery: {}\r\nContent-Length: {length}\r\n",
+        uuid::Uuid::new_v4()
+    );
+    if let Some(signature) = signature {
+        head.push_str(&format!("X-Hub-Signature-256: {signature}\r\n"));
+    }
+    head.push_str("\r\n");
+    head
+}
+
+/// Bad input over a real socket: slow, huge, unsigned, wrongly or
+/// truncatedly signed bodies, strangers and hostile refs. Each gets its clear
+/// answer, and nothing is queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_get_clear_answers_and_change_nothing() {
+    let w = World::new(1, support::pg::fresh_database_url().await).await;
+    let port = free_port();
+    let replica = Replica::start(&w, port, "hostile").await;
+    let minute = Duration::from_secs(60);
+
+    // A body that never finishes: 408 once the read timeout passes.
+    let started = Instant::now();
+    let line = raw_request(
+        port,
+        &webhook_head(1000, Some("sha256=00")),
+        b"{\"a\":",
+        minute,
+    )
+    .await;
+    assert!(line.contains(" 408 "), "{line}");
+    assert!(started.elapsed() >= deploybot::webhook::BODY_READ_TIMEOUT);
+    // Larger than bot.max_body_bytes (5 MiB by default): 413.
+    let huge = vec![b' '; 6 * 1024 * 1024];
+    let line = raw_request(
+        port,
+        &webhook_head(huge.len(), Some("sha256=00")),
+        &huge,
+        minute,
+    )
+    .await;
+    assert!(line.contains(" 413 "), "{line}");
+
+    let event = deploy_comment(FIRST_PR);
+    let body = serde_json::to_vec(&event).expect("json");
+    let good = deploybot::webhook::sign(SECRET.as_bytes(), &body);
+    for signature in [
+        None,
+        Some("sha256=00".to_string()),
+        Some(good[..good.len() - 2].to_string()),
+        Some(good.replace("sha256=", "sha1=")),
+        Some(deploybot::webhook::sign(b"not-the-secret", &body)),
+    ] {
+        let line = raw_request(
+            port,
+            &webhook_head(body.len(), signature.as_deref()),
+            &body,
+            minute,
+        )
+        .await;
+        assert!(line.contains(" 401 "), "{signature:?}: {line}");
+    }
+    // A truncated body under a signature of the whole one.
+    let line = raw_request(
+        port,
+        &webhook_head(body.len() - 10, Some(&good)),
+        &body[..body.len() - 10],
+        minute,
+    )
+    .await;
+    assert!(line.contains(" 401 "), "{line}");
+    assert_eq!(w.count("SELECT COUNT(*) FROM deliveries").await, Some(0));
+
+    // Signed, but from a stranger, or with refs no one should run.
+    w.github.set_permission(REPO, "mallory", "read");
+    let hostile = [
+        ("mallory", "/deploy".to_string()),
+        ("alice", "/deploy ogr=$(touch${IFS}/tmp/pwned)".to_string()),
+        ("alice", "/deploy ogr=`id`".to_string()),
+        ("alice", "/deploy ogr=main;rm${IFS}-rf${IFS}/".to_string()),
+        ("alice", "/deploy ogr=../../../etc/passwd".to_string()),
+        ("alice", "/deploy ogr=refs/heads/..".to_string()),
+        ("alice", "/deploy \u{43e}gr=123".to_string()),
+        ("alice", "/deploy ogr=12\u{30}3\u{200b}".to_string()),
+        ("alice", "/deploy --env=../prod".to_string()),
+    ];
+    for (who, text) in &hostile {
+        let status = replica
+            .deliver(
+                "issue_comment",
+                &comment_event(REPO, FIRST_PR, true, text, who),
+            )
+            .await;
+        assert_eq!(status, Some(202), "{who}: {text}");
+    }
+    let answered = until(Duration::from_secs(30), || async {
+        w.github
+            .comments(REPO, FIRST_PR)
+            .iter()
+            .filter(|c| c.author != "alice" && c.author != "mallory")
+            .count()
+            >= hostile.len()
+    })
+    .await;
+    let replies: Vec<String> = w
+        .github
+        .comments(REPO, FIRST_PR)
+        .into_iter()
+        .map(|c| c.body)
+        .collect();
+    assert!(answered, "each gets an answer: {replies:#?}");
+    wait_until_settled(&w, minute).await;
+    assert_eq!(
+        w.count("SELECT COUNT(*) FROM jobs").await,
+        Some(0),
+        "{replies:#?}"
+    );
+    assert!(!std::path::Path::new("/tmp/pwned").exists());
+    assert!(
+        replies.iter().any(|r| r.contains("@mallory")),
+        "{replies:#?}"
+    );
+    check_promises(&w, &[&replica], &[], &[]).await;
+}
