@@ -985,3 +985,92 @@ async fn hostile_requests_get_clear_answers_and_change_nothing() {
     );
     check_promises(&w, &[&replica], &[], &[]).await;
 }
+
+/// Storms from both sides: GitHub answers 5xx, secondary rate limits and
+/// 429s, and loses the answer to writes it made; the cluster answers 5xx and
+/// 409 conflicts. deploybot rides them out and reports what happened.
+/// (deploybot polls the cluster; it opens no watches to disconnect.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_and_cluster_fault_storms_are_ridden_out() {
+    let n = 3;
+    let w = World::new(n, support::pg::fresh_database_url().await).await;
+    let github = &w.github;
+    let limited = |after: &str| {
+        vec![
+            ("retry-after".to_string(), after.to_string()),
+            ("x-ratelimit-remaining".to_string(), "4000".to_string()),
+        ]
+    };
+    github.fail_next("*", "/repos", 502, 4, vec![]);
+    github.fail_next("GET", &format!("/repos/{REPO}/pulls"), 500, 3, vec![]);
+    github.fail_next(
+        "GET",
+        &format!("/repos/{REPO}/collaborators"),
+        503,
+        2,
+        vec![],
+    );
+    github.fail_next(
+        "POST",
+        &format!("/repos/{REPO}/check-runs"),
+        403,
+        2,
+        limited("1"),
+    );
+    github.fail_next(
+        "PATCH",
+        &format!("/repos/{REPO}/check-runs"),
+        429,
+        2,
+        limited("1"),
+    );
+    github.fail_next(
+        "PATCH",
+        &format!("/repos/{REPO}/issues/comments"),
+        500,
+        3,
+        vec![],
+    );
+    github.fail_next_after_effect("POST", &format!("/repos/{REPO}/issues"), 502, 2);
+    github.fail_next("POST", "/app/installations", 500, 2, vec![]);
+    let kube = &w.kube;
+    kube.fail_next("PUT", "/apis/coordination.k8s.io", 409, 2);
+    kube.fail_next("POST", "/apis/coordination.k8s.io", 500, 1);
+    kube.fail_next("GET", "/apis/build.openshift.io", 503, 3);
+    kube.fail_next("PATCH", "/apis/apps/v1", 500, 2);
+    kube.fail_next("GET", "/apis/apps/v1", 502, 3);
+
+    let port = free_port();
+    let replica = Replica::start(&w, port, "storm").await;
+    let releaser = spawn_releaser(w.pool.clone(), vec![port]);
+    let prs: Vec<u64> = (FIRST_PR..FIRST_PR + n).collect();
+    for pr in &prs {
+        let status = replica.deliver("issue_comment", &deploy_comment(*pr)).await;
+        assert_eq!(status, Some(202));
+    }
+    wait_until_settled(&w, Duration::from_secs(180)).await;
+    releaser.abort();
+    let states = sqlx::query("SELECT id, state, conclusion FROM jobs ORDER BY id")
+        .fetch_all(&w.pool)
+        .await
+        .expect("jobs");
+    for row in &states {
+        let (id, state): (i64, String) = (row.get(0), row.get(1));
+        let events: Vec<String> =
+            sqlx::query("SELECT step, message FROM job_events WHERE job_id = $1 ORDER BY id")
+                .bind(id)
+                .fetch_all(&w.pool)
+                .await
+                .expect("events")
+                .iter()
+                .map(|r| format!("{}: {}", r.get::<String, _>(0), r.get::<String, _>(1)))
+                .collect();
+        assert_eq!(
+            state,
+            "succeeded",
+            "request #{id} gave up on a transient fault:\n{}",
+            events.join("\n")
+        );
+    }
+    check_promises(&w, &[&replica], &prs, &prs).await;
+}

@@ -204,13 +204,17 @@ impl Cluster {
             ns,
             &resource("BuildConfig", "buildconfigs"),
         );
-        api.patch(
-            &spec.name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(build_config(ns, spec)),
-        )
-        .await
-        .map_err(|e| ClusterError::from_kube(e, &what))?;
+        let config = build_config(ns, spec);
+        super::idempotent(&what, || async {
+            api.patch(
+                &spec.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&config),
+            )
+            .await
+            .map_err(|e| ClusterError::from_kube(e, &what))
+        })
+        .await?;
         Ok(())
     }
 

@@ -110,7 +110,25 @@ impl Cluster {
         .await
     }
 
+    /// Read, choose the containers, patch: again after a transient failure
+    /// (the patch sets the same image and annotations each time).
     async fn patch_workload(
+        &self,
+        ns: &str,
+        kind: WorkloadKind,
+        name: &str,
+        select: &Select<'_>,
+        image: &str,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<i64, ClusterError> {
+        let what = format!("{kind} {ns}/{name}");
+        super::idempotent(&what, || {
+            self.patch_workload_once(ns, kind, name, select, image, annotations)
+        })
+        .await
+    }
+
+    async fn patch_workload_once(
         &self,
         ns: &str,
         kind: WorkloadKind,
@@ -281,10 +299,12 @@ impl Cluster {
             ..PostParams::default()
         };
         for _ in 0..ATTEMPTS {
-            let mut object = api
-                .get(stream)
-                .await
-                .map_err(|e| ClusterError::from_kube(e, &what))?;
+            let mut object = super::idempotent(&what, || async {
+                api.get(stream)
+                    .await
+                    .map_err(|e| ClusterError::from_kube(e, &what))
+            })
+            .await?;
             point_tag(&mut object.data, tag, image)
                 .map_err(|problem| ClusterError::Invalid(format!("{what}: {problem}")))?;
             if !annotations.is_empty() {
