@@ -10,7 +10,7 @@
 //! the logs, the API's answers or the status page.
 //!
 //! Longer runs: `DEPLOYBOT_CRASH_ROUNDS=200 DEPLOYBOT_CRASH_SEED=7 cargo test
-//! --test reliability crash` (see bench/README.md).
+//! --test reliability crash` (README, "Tests").
 
 mod support;
 
