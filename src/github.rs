@@ -785,6 +785,71 @@ impl GitHub {
         Ok(created.id)
     }
 
+    /// The check run named `name` on `head_sha` whose `external_id` is
+    /// `external_id`, if GitHub has one (one whose creation answer was lost).
+    pub async fn find_check_run(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        head_sha: &str,
+        name: &str,
+        external_id: &str,
+    ) -> GhResult<Option<u64>> {
+        #[derive(Deserialize)]
+        struct Run {
+            id: u64,
+            #[serde(default)]
+            external_id: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Runs {
+            check_runs: Vec<Run>,
+        }
+        let client = self.installation(inst)?;
+        let route = format!(
+            "{}/commits/{}/check-runs?check_name={}&filter=all&per_page=100",
+            repo.path(),
+            path_segment(head_sha),
+            query_value(name)
+        );
+        let runs: Runs = self.get_json(&client, &route).await?;
+        Ok(runs
+            .check_runs
+            .into_iter()
+            .find(|run| run.external_id.as_deref() == Some(external_id))
+            .map(|run| run.id))
+    }
+
+    /// The deployment of `sha` to `environment` described as `description`,
+    /// if GitHub has one (one whose creation answer was lost).
+    pub async fn find_deployment(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        sha: &str,
+        environment: &str,
+        description: &str,
+    ) -> GhResult<Option<u64>> {
+        #[derive(Deserialize)]
+        struct Deployment {
+            id: u64,
+            #[serde(default)]
+            description: Option<String>,
+        }
+        let client = self.installation(inst)?;
+        let route = format!(
+            "{}/deployments?sha={}&environment={}&per_page=100",
+            repo.path(),
+            query_value(sha),
+            query_value(environment)
+        );
+        let list: Vec<Deployment> = self.get_json(&client, &route).await?;
+        Ok(list
+            .into_iter()
+            .find(|d| d.description.as_deref() == Some(description))
+            .map(|d| d.id))
+    }
+
     /// Update a check run (the whole state: the last update wins).
     pub async fn update_check_run(
         &self,

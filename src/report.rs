@@ -133,6 +133,11 @@ pub enum Step {
     Skipped,
 }
 
+/// Recorded (with id 0) just before a check run or deployment is created:
+/// if the answer never arrives (or the process dies before recording it),
+/// the next attempt looks for it on GitHub before creating another.
+const CREATING: &str = "creating";
+
 impl Reporter {
     pub fn new(store: Store, github: Option<GitHub>, config: Arc<Config>) -> Reporter {
         Reporter {
@@ -476,17 +481,29 @@ impl Reporter {
         let name = format!("check:{repo}#{number}");
         let want = digest(&serde_json::to_string(run).unwrap_or_default());
         let inst = self.installation_for(github, job, repo).await?;
-        match self.recorded(job.id, &name).await? {
-            Some((_, have)) if have == want => Ok(()),
-            Some((id, _)) => {
+        let recorded = self.recorded(job.id, &name).await?;
+        let id = match recorded {
+            Some((_, have)) if have == want => return Ok(()),
+            Some((id, _)) if id != 0 => Some(id),
+            // An earlier attempt may have created it and lost the answer.
+            Some(_) => {
+                github
+                    .find_check_run(inst, repo, sha, &run.name, &run.external_id)
+                    .await?
+            }
+            None => None,
+        };
+        let id = match id {
+            Some(id) => {
                 github.update_check_run(inst, repo, id, run).await?;
-                self.record(job.id, &name, id, &want).await
+                id
             }
             None => {
-                let id = github.create_check_run(inst, repo, sha, run).await?;
-                self.record(job.id, &name, id, &want).await
+                self.record(job.id, &name, 0, CREATING).await?;
+                github.create_check_run(inst, repo, sha, run).await?
             }
-        }
+        };
+        self.record(job.id, &name, id, &want).await
     }
 
     /// Create the deployment once, then add a status whenever its state changes.
@@ -502,20 +519,27 @@ impl Reporter {
         let name = "deployment";
         let want = digest(&format!("{}|{}", status.state, status.description));
         let inst = self.installation_for(github, job, repo).await?;
-        let id = match self.recorded(job.id, name).await? {
-            Some((_, have)) if have == want => return Ok(()),
-            Some((id, _)) => id,
+        let description = format!("deploybot request #{}", job.id);
+        let recorded = self.recorded(job.id, name).await?;
+        let found = match &recorded {
+            Some((_, have)) if *have == want => return Ok(()),
+            Some((id, _)) if *id != 0 => Some(*id),
+            // An earlier attempt may have created it and lost the answer.
+            Some(_) => {
+                github
+                    .find_deployment(inst, repo, sha, environment, &description)
+                    .await?
+            }
+            None => None,
+        };
+        let id = match found {
+            Some(id) => id,
             // An ended request that never had a deployment does not get one.
-            None if matches!(status.state, "inactive") => return Ok(()),
+            None if matches!(status.state, "inactive") && recorded.is_none() => return Ok(()),
             None => {
+                self.record(job.id, name, 0, CREATING).await?;
                 let id = github
-                    .create_deployment(
-                        inst,
-                        repo,
-                        sha,
-                        environment,
-                        &format!("deploybot request #{}", job.id),
-                    )
+                    .create_deployment(inst, repo, sha, environment, &description)
                     .await?;
                 self.record(job.id, name, id, "").await?;
                 id

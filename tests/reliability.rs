@@ -574,6 +574,24 @@ async fn check_promises(w: &World, replicas: &[&Replica], acknowledged: &[u64], 
         };
         assert_eq!(conclusion, expected, "request #{id} {state}: {}", runs[0]);
     }
+    let deployments = w.github.deployments(REPO);
+    for (pr, id, state) in &jobs {
+        let of_job: Vec<_> = deployments
+            .iter()
+            .filter(|d| d["description"] == format!("deploybot request #{id}").as_str())
+            .collect();
+        // A request that got as far as deploying has exactly one.
+        let expected = if state == "succeeded" {
+            1
+        } else {
+            of_job.len().min(1)
+        };
+        assert_eq!(
+            of_job.len(),
+            expected,
+            "request #{id} (PR #{pr}, {state}): {of_job:#?}"
+        );
+    }
     w.github.assert_no_violations();
     w.kube.assert_no_violations();
 
@@ -987,7 +1005,8 @@ async fn hostile_requests_get_clear_answers_and_change_nothing() {
 }
 
 /// Storms from both sides: GitHub answers 5xx, secondary rate limits and
-/// 429s, and loses the answer to writes it made; the cluster answers 5xx and
+/// 429s, and loses the answer to comments, check runs and deployments it
+/// created; the cluster answers 5xx and
 /// 409 conflicts. deploybot rides them out and reports what happened.
 /// (deploybot polls the cluster; it opens no watches to disconnect.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1032,6 +1051,8 @@ async fn github_and_cluster_fault_storms_are_ridden_out() {
         vec![],
     );
     github.fail_next_after_effect("POST", &format!("/repos/{REPO}/issues"), 502, 2);
+    github.fail_next_after_effect("POST", &format!("/repos/{REPO}/check-runs"), 502, 2);
+    github.fail_next_after_effect("POST", &format!("/repos/{REPO}/deployments"), 504, 2);
     github.fail_next("POST", "/app/installations", 500, 2, vec![]);
     let kube = &w.kube;
     kube.fail_next("PUT", "/apis/coordination.k8s.io", 409, 2);

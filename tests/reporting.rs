@@ -15,6 +15,7 @@ on_both_backends!(
     github_errors_and_rate_limits_delay_reports_but_not_the_deployment,
     a_restart_between_steps_neither_duplicates_nor_loses_reports,
     a_comment_posted_but_not_acknowledged_is_found_again,
+    check_runs_created_but_not_acknowledged_are_found_again,
     a_marker_in_a_persons_comment_is_not_taken_for_the_status_comment,
     an_expired_hold_taken_over_is_told_and_shown_ended,
 );
@@ -216,6 +217,24 @@ async fn a_comment_posted_but_not_acknowledged_is_found_again(db: Db) {
     t.advance(Duration::from_secs(60));
     t.run().await;
     // Found by its hidden marker and edited: still one status comment.
+    assert_eq!(t.headlines().await, [DONE]);
+    assert_check_runs(&t, 1, "success");
+    t.github.assert_clean();
+}
+
+async fn check_runs_created_but_not_acknowledged_are_found_again(db: Db) {
+    let t = app(db).await;
+    // GitHub creates them, but deploybot never hears back.
+    for repo in ["packit/packit-service", "packit/ogr"] {
+        t.github
+            .fail_next_after_effect("POST", &format!("/repos/{repo}/check-runs"), 502, 1);
+    }
+    comment(&t, "/deploy ogr=123").await;
+    t.settle().await;
+    t.advance(Duration::from_secs(60));
+    t.run().await;
+    // Found by their external id and brought up to date: still one on each
+    // PR, none left queued. (Deployments: tests/reliability.rs's storm.)
     assert_eq!(t.headlines().await, [DONE]);
     assert_check_runs(&t, 1, "success");
     t.github.assert_clean();

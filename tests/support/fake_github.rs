@@ -1533,6 +1533,8 @@ fn dispatch(state: &mut GitHubState, call: &Call) -> Reply {
         "checks/create" => create_check_run(state, call),
         "checks/update" => update_check_run(state, call),
         "checks/get" => get_check_run(state, call),
+        "checks/list-for-ref" => list_check_runs_for_ref(state, call),
+        "repos/list-deployments" => list_deployments(state, call),
         "repos/create-deployment" => create_deployment(state, call),
         "repos/create-deployment-status" => create_deployment_status(state, call),
         other => {
@@ -2092,6 +2094,56 @@ fn get_check_run(state: &mut GitHubState, call: &Call) -> Reply {
         }
         _ => Reply::not_found(),
     }
+}
+
+/// A commit's check runs, newest first (the `ref` deploybot asks with is a
+/// SHA), optionally of one name; `filter=latest` (the default) keeps the
+/// newest of each name, as GitHub does.
+fn list_check_runs_for_ref(state: &mut GitHubState, call: &Call) -> Reply {
+    let repo = call.repo();
+    let sha = call.param("ref").to_string();
+    let name = call.query.get("check_name");
+    let latest = call.query.get("filter").is_none_or(|f| f != "all");
+    let ids: Vec<u64> = state
+        .check_runs
+        .iter()
+        .rev()
+        .filter(|(_, run)| run.repo == repo && run.json["head_sha"] == sha.as_str())
+        .filter(|(_, run)| name.is_none_or(|n| run.json["name"] == n.as_str()))
+        .map(|(id, _)| *id)
+        .collect();
+    let mut seen = BTreeSet::new();
+    let runs: Vec<Value> = ids
+        .into_iter()
+        .map(|id| state.check_run_json(id))
+        .filter(|run| !latest || seen.insert(run["name"].as_str().unwrap_or_default().to_string()))
+        .collect();
+    Reply::json(200, json!({"total_count": runs.len(), "check_runs": runs}))
+}
+
+/// A repository's deployments, newest first, filtered by `sha`, `ref`,
+/// `task` and `environment`.
+fn list_deployments(state: &mut GitHubState, call: &Call) -> Reply {
+    let repo = call.repo();
+    let wanted = |field: &str, value: &Value| {
+        call.query
+            .get(field)
+            .is_none_or(|want| want == "none" || value.as_str() == Some(want.as_str()))
+    };
+    let list: Vec<Value> = state
+        .deployments
+        .values()
+        .rev()
+        .filter(|d| d.repo == repo)
+        .map(|d| d.json.clone())
+        .filter(|d| {
+            wanted("sha", &d["sha"])
+                && wanted("ref", &d["ref"])
+                && wanted("task", &d["task"])
+                && wanted("environment", &d["environment"])
+        })
+        .collect();
+    Reply::json(200, Value::Array(list))
 }
 
 // ----- deployments ----------------------------------------------------------
@@ -2757,8 +2809,8 @@ fn spec() -> &'static Spec {
     })
 }
 
-/// Adds the supplement's paths and component schemas; the subset wins
-/// where both name a thing (they do not overlap today).
+/// Adds the supplement's operations and component schemas; the subset wins
+/// where both name the same one.
 fn merge_supplement(document: &mut Value, supplement: &Value) {
     for (section, pointer) in [("paths", "/paths"), ("schemas", "/components/schemas")] {
         let Some(extra) = supplement.pointer(pointer).and_then(Value::as_object) else {
@@ -2769,7 +2821,19 @@ fn merge_supplement(document: &mut Value, supplement: &Value) {
             .and_then(Value::as_object_mut)
             .unwrap_or_else(|| panic!("the subset has no {section}"));
         for (name, value) in extra {
-            target.entry(name.clone()).or_insert_with(|| value.clone());
+            match (target.get_mut(name), value.as_object()) {
+                // A path the subset has: add the supplement's other methods.
+                (Some(Value::Object(item)), Some(more)) if section == "paths" => {
+                    for (method, operation) in more {
+                        item.entry(method.clone())
+                            .or_insert_with(|| operation.clone());
+                    }
+                }
+                (Some(_), _) => {}
+                (None, _) => {
+                    target.insert(name.clone(), value.clone());
+                }
+            }
         }
     }
 }
