@@ -119,7 +119,28 @@ pub struct Store {
     backend: Backend,
     clock: Clock,
     url: String,
+    /// PostgreSQL: the writer that stores concurrent deliveries together
+    /// (started on first use).
+    deliveries: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<PendingDelivery>>>,
 }
+
+/// A delivery to store, with the trigger it asks for (JSON) if any.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: String,
+    pub event: String,
+    pub action: Option<String>,
+    pub outcome: String,
+    pub trigger: Option<String>,
+}
+
+type PendingDelivery = (
+    NewDelivery,
+    tokio::sync::oneshot::Sender<Result<bool, String>>,
+);
+
+/// Most deliveries one statement stores.
+const DELIVERY_BATCH: usize = 128;
 
 impl std::fmt::Debug for Store {
     // The URL may carry a password: never print it.
@@ -191,6 +212,7 @@ impl Store {
             backend,
             clock: Clock::default(),
             url,
+            deliveries: Arc::new(std::sync::OnceLock::new()),
         })
     }
 
@@ -273,6 +295,53 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Store a delivery and the trigger it asks for, durably, before the
+    /// webhook answers; false (and nothing stored) when the delivery id was
+    /// seen before. On PostgreSQL, deliveries that arrive while a commit is
+    /// being flushed wait for the next one and are stored together: one
+    /// statement and one flush for all of them (what makes intake keep up
+    /// with bursts while every 2xx stays durable).
+    pub async fn store_delivery(&self, delivery: NewDelivery) -> Result<bool> {
+        if self.backend != Backend::Postgres {
+            let mut tx = self.begin().await?;
+            let new = Store::record_delivery(
+                &mut tx,
+                &delivery.id,
+                &delivery.event,
+                delivery.action.as_deref(),
+                &delivery.outcome,
+            )
+            .await?;
+            if !new {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            if let Some(payload) = &delivery.trigger {
+                Store::insert_trigger_json(&mut tx, Some(&delivery.id), payload).await?;
+            }
+            tx.commit().await?;
+            return Ok(true);
+        }
+        let writer = self.deliveries.get_or_init(|| {
+            let (sender, receiver) = tokio::sync::mpsc::channel(4 * DELIVERY_BATCH);
+            tokio::spawn(write_deliveries(
+                self.pool.clone(),
+                self.clock.clone(),
+                receiver,
+            ));
+            sender
+        });
+        let (done, answer) = tokio::sync::oneshot::channel();
+        writer
+            .send((delivery, done))
+            .await
+            .map_err(|_| StoreError::Config("the delivery writer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Config("the delivery writer stopped".into()))?
+            .map_err(StoreError::Config)
+    }
+
     /// Whether deploybot has recorded this delivery id (`X-GitHub-Delivery`).
     pub async fn has_delivery(&self, id: &str) -> Result<bool> {
         Ok(sqlx::query("SELECT 1 FROM deliveries WHERE id = $1")
@@ -296,13 +365,21 @@ impl Store {
         delivery_id: Option<&str>,
         payload: &T,
     ) -> Result<i64> {
+        Store::insert_trigger_json(tx, delivery_id, &serde_json::to_string(payload)?).await
+    }
+
+    async fn insert_trigger_json(
+        tx: &mut Tx,
+        delivery_id: Option<&str>,
+        payload: &str,
+    ) -> Result<i64> {
         let now = tx.now;
         let row = sqlx::query(
             "INSERT INTO triggers (delivery_id, payload, state, run_after, created_at, updated_at) \
              VALUES ($1, $2, 'pending', $3, $3, $3) RETURNING id",
         )
         .bind(delivery_id)
-        .bind(serde_json::to_string(payload)?)
+        .bind(payload)
         .bind(now)
         .fetch_one(tx.conn())
         .await?;
@@ -1598,4 +1675,90 @@ pub struct JobFilter {
     pub number: Option<i64>,
     pub environment: Option<String>,
     pub limit: i64,
+}
+
+/// The PostgreSQL delivery writer: takes what is waiting (up to
+/// [`DELIVERY_BATCH`]), stores it in one statement, answers each. A
+/// delivery id twice in one batch is stored once; the second is a
+/// redelivery.
+async fn write_deliveries(
+    pool: AnyPool,
+    clock: Clock,
+    mut receiver: tokio::sync::mpsc::Receiver<PendingDelivery>,
+) {
+    while let Some(first) = receiver.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < DELIVERY_BATCH {
+            match receiver.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        let (unique, repeated): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|(d, _)| seen.insert(d.id.clone()));
+        let rows: Vec<&NewDelivery> = unique.iter().map(|(d, _)| d).collect();
+        match insert_deliveries(&pool, clock.now_ms(), &rows).await {
+            Ok(stored) => {
+                for (delivery, done) in unique {
+                    let _ = done.send(Ok(stored.contains(&delivery.id)));
+                }
+                for (_, done) in repeated {
+                    let _ = done.send(Ok(false));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for (_, done) in unique.into_iter().chain(repeated) {
+                    let _ = done.send(Err(message.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One statement: the deliveries that are new, and their triggers. Returns
+/// the ids stored. The SQL text holds placeholders only.
+async fn insert_deliveries(
+    pool: &AnyPool,
+    now: i64,
+    rows: &[&NewDelivery],
+) -> Result<std::collections::HashSet<String>> {
+    let mut values = Vec::with_capacity(rows.len());
+    for i in 0..rows.len() {
+        let p = 2 + i * 5;
+        values.push(format!(
+            "(${}, ${}, ${}, ${}, ${})",
+            p,
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4
+        ));
+    }
+    let sql = format!(
+        "WITH input (id, event, action, outcome, payload) AS (VALUES {}), \
+         d AS (INSERT INTO deliveries (id, event, action, received_at, outcome) \
+               SELECT id, event, action, $1, outcome FROM input ON CONFLICT (id) DO NOTHING RETURNING id), \
+         t AS (INSERT INTO triggers (delivery_id, payload, state, run_after, created_at, updated_at) \
+               SELECT d.id, input.payload, 'pending', $1, $1, $1 FROM d JOIN input ON input.id = d.id \
+               WHERE input.payload IS NOT NULL) \
+         SELECT id FROM d",
+        values.join(", ")
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+    for row in rows {
+        query = query
+            .bind(row.id.clone())
+            .bind(row.event.clone())
+            .bind(row.action.clone())
+            .bind(row.outcome.clone())
+            .bind(row.trigger.clone());
+    }
+    let stored = query.fetch_all(pool).await?;
+    stored
+        .iter()
+        .map(|r| r.try_get::<String, _>(0).map_err(StoreError::from))
+        .collect()
 }

@@ -581,6 +581,25 @@ async fn commit(
     outcome: &str,
     prefix: &str,
 ) -> crate::store::Result<bool> {
+    // Most deliveries store the delivery and at most one trigger: the
+    // store batches those (one statement and one flushed commit for the
+    // deliveries that arrive together).
+    let trigger = match effects {
+        [] => Some(None),
+        [Effect::Trigger(trigger)] => Some(Some(serde_json::to_string(trigger)?)),
+        _ => None,
+    };
+    if let Some(trigger) = trigger {
+        return store
+            .store_delivery(crate::store::NewDelivery {
+                id: delivery.to_string(),
+                event: event.to_string(),
+                action: action.map(str::to_string),
+                outcome: outcome.to_string(),
+                trigger,
+            })
+            .await;
+    }
     let mut tx = store.begin().await?;
     if !Store::record_delivery(&mut tx, delivery, event, action, outcome).await? {
         tx.rollback().await?;

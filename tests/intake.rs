@@ -19,6 +19,7 @@ on_both_backends!(
     team_member_on_the_allow_list_may_deploy,
     bot_comments_do_nothing,
     redelivery_queues_nothing_new,
+    a_burst_with_repeated_deliveries_stores_each_once,
     bad_missing_or_stale_signatures_get_401_and_store_nothing,
     rotated_secret_verifies,
     oversized_body_gets_413,
@@ -307,6 +308,52 @@ async fn redelivery_queues_nothing_new(db: Db) {
     let comment_id = event["comment"]["id"].as_u64().expect("id");
     assert_eq!(t.github.reactions(comment_id), vec!["eyes".to_string()]);
     check_clean(&t).await;
+}
+
+/// Deliveries that arrive together are stored together (PostgreSQL: one
+/// statement for all of them); a delivery id sent twice within the burst is
+/// still stored once, and the second copy is answered as a redelivery.
+async fn a_burst_with_repeated_deliveries_stores_each_once(db: Db) {
+    let t = TestApp::start(db).await;
+    // Nobody may deploy: what matters here is what is stored.
+    let sends: Vec<(String, serde_json::Value)> = (0..60u64)
+        .map(|i| {
+            let pr = 7000 + i % 40;
+            let event = comment_event("packit/packit-service", pr, true, "/deploy", "mallory");
+            (format!("burst-{}", i % 40), event)
+        })
+        .collect();
+    let answers = futures_util::future::join_all(
+        sends
+            .iter()
+            .map(|(id, event)| t.deliver_as("issue_comment", id, event)),
+    )
+    .await;
+    let accepted = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::ACCEPTED)
+        .count();
+    let repeated = answers
+        .iter()
+        .filter(|(s, body)| *s == StatusCode::OK && body.to_string().contains("already"))
+        .count();
+    assert_eq!((accepted, repeated), (40, 20), "{answers:?}");
+    assert_eq!(t.deliveries().await, 40);
+    assert_eq!(
+        t.app.state.store.pending_triggers().await.expect("count"),
+        40
+    );
+    // Answered once each (a refusal, once per PR and user).
+    t.settle().await;
+    assert_eq!(
+        t.app.state.store.pending_triggers().await.expect("count"),
+        0
+    );
+    for pr in 7000..7040 {
+        assert_eq!(t.replies("packit/packit-service", pr).len(), 1, "PR #{pr}");
+    }
+    assert!(t.jobs().await.is_empty());
+    t.github.assert_clean();
 }
 
 async fn bad_missing_or_stale_signatures_get_401_and_store_nothing(db: Db) {

@@ -106,6 +106,10 @@ pub struct RequestRecord {
     pub path: String,
     pub query: String,
     pub status: u16,
+    /// When the answer was ready.
+    pub at: std::time::Instant,
+    /// The body's `head_sha`, if it had one (check runs).
+    pub head_sha: Option<String>,
 }
 
 /// A running fake GitHub. Dropping it stops the server.
@@ -1074,11 +1078,20 @@ async fn handle(AxumState(shared): AxumState<Arc<Shared>>, request: Request) -> 
             ));
         }
     }
+    let head_sha = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|body| {
+            body.get("head_sha")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
     state.requests.push(RequestRecord {
         method,
         path,
         query: raw_query,
         status: reply.status,
+        at: std::time::Instant::now(),
+        head_sha,
     });
     // A redelivery is sent after GitHub has answered 202.
     let due = std::mem::take(&mut state.redeliveries_due);

@@ -494,6 +494,7 @@ fn id(args: &[&str]) -> Result<u32, String> {
 /// A PostgreSQL server of one test's own (never shared: the test stops and
 /// restarts it), run with `pg_ctl`; stopped and removed when dropped.
 pub struct PrivateServer {
+    durable: bool,
     pg_ctl: PathBuf,
     run_as: Option<(u32, u32)>,
     dir: PathBuf,
@@ -501,8 +502,19 @@ pub struct PrivateServer {
 }
 
 impl PrivateServer {
-    /// initdb + start, on a free port of 127.0.0.1. Blocking.
+    /// initdb + start, on a free port of 127.0.0.1, with durability off
+    /// (as the throwaway server). Blocking.
     pub fn start() -> PrivateServer {
+        PrivateServer::start_with(false)
+    }
+
+    /// Like [`PrivateServer::start`], with PostgreSQL's default durability:
+    /// every commit is flushed to disk (`fsync`, `synchronous_commit`).
+    pub fn start_durable() -> PrivateServer {
+        PrivateServer::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> PrivateServer {
         let (initdb, postgres) = find_binaries().unwrap_or_else(|e| panic!("{e}"));
         let pg_ctl = postgres.with_file_name("pg_ctl");
         let run_as = match effective_uid().unwrap_or_else(|e| panic!("{e}")) {
@@ -523,6 +535,7 @@ impl PrivateServer {
             .expect("initdb runs");
         assert!(status.success(), "initdb failed");
         let server = PrivateServer {
+            durable,
             pg_ctl,
             run_as,
             dir,
@@ -560,9 +573,14 @@ impl PrivateServer {
     /// Start it again on the same port and data. Blocking.
     pub fn resume(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=100{}",
             self.port,
-            self.dir.join("sock").display()
+            self.dir.join("sock").display(),
+            if self.durable {
+                ""
+            } else {
+                " -c fsync=off -c synchronous_commit=off"
+            }
         );
         let log = self.dir.join("server.log");
         let log = log.to_string_lossy();
