@@ -91,6 +91,15 @@ pub struct GitHubConfig {
     pub api_url: Option<String>,
     /// The App's bot login (e.g. `deploybot[bot]`), whose comments are ignored.
     pub bot_login: Option<String>,
+    /// How long one GitHub API answer may take, in milliseconds (default
+    /// 20000); a call that times out is retried like a 5xx.
+    pub timeout_ms: Option<u64>,
+}
+
+impl GitHubConfig {
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.timeout_ms.unwrap_or(20_000))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -428,6 +437,13 @@ impl Config {
         }
         if self.bot.trigger_label.trim().is_empty() {
             problems.push("bot.trigger_label must not be empty".into());
+        }
+        if self
+            .github
+            .timeout_ms
+            .is_some_and(|t| !(100..=120_000).contains(&t))
+        {
+            problems.push("github.timeout_ms must be between 100 and 120000 (2 min)".into());
         }
         if self.bot.max_body_bytes < 1024 {
             problems.push("bot.max_body_bytes must be at least 1024".into());

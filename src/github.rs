@@ -197,6 +197,9 @@ pub struct GitHubSettings {
     pub app_id: u64,
     /// The App's private key (PEM). Never logged.
     pub private_key_pem: Vec<u8>,
+    /// How long an answer may take before the call counts as failed (and
+    /// is retried like a 5xx): `github.timeout_ms`.
+    pub timeout: Duration,
 }
 
 impl std::fmt::Debug for GitHubSettings {
@@ -237,9 +240,9 @@ impl GitHub {
             .base_uri(settings.api_url.as_str())
             .map_err(|e| format!("DEPLOYBOT_GITHUB_API_URL is not a valid URL: {e}"))?
             .add_retry_config(octocrab::service::middleware::retry::RetryConfig::None)
-            .set_connect_timeout(Some(Duration::from_secs(5)))
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .set_write_timeout(Some(Duration::from_secs(20)))
+            .set_connect_timeout(Some(Duration::from_secs(5).min(settings.timeout)))
+            .set_read_timeout(Some(settings.timeout))
+            .set_write_timeout(Some(settings.timeout))
             .app(AppId(settings.app_id), key)
             .build()
             .map_err(|e| format!("cannot build the GitHub client: {e}"))?;

@@ -112,6 +112,7 @@ impl Settings {
                     api_url: api_url.trim_end_matches('/').to_string(),
                     app_id,
                     private_key_pem,
+                    timeout: config.github.timeout(),
                 })
             }
             (Some(_), None) => {

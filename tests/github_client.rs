@@ -22,6 +22,7 @@ async fn client() -> (FakeGitHub, GitHub, RepoName) {
         api_url: fake.url(),
         app_id: APP_ID,
         private_key_pem: std::fs::read(key_path()).expect("key"),
+        timeout: std::time::Duration::from_secs(20),
     })
     .expect("client");
     (fake, github, RepoName::parse("packit/ogr").expect("repo"))

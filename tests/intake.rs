@@ -310,6 +310,14 @@ async fn redelivery_queues_nothing_new(db: Db) {
     check_clean(&t).await;
 }
 
+#[test]
+fn the_log_check_knows_a_token_when_it_sees_one() {
+    let token = format!("ghs_{}", "a1".repeat(18));
+    assert!(holds_a_token(&format!("authorization: token {token}")));
+    assert!(!holds_a_token("ghs_short and gho_"));
+    assert!(!holds_a_token("nothing here"));
+}
+
 /// Deliveries that arrive together are stored together (PostgreSQL: one
 /// statement for all of them); a delivery id sent twice within the burst is
 /// still stored once, and the second copy is answered as a redelivery.

@@ -517,6 +517,7 @@ async fn two_workers_race_for_one_environment() {
                 api_url: t.github.url(),
                 app_id: APP_ID,
                 private_key_pem: std::fs::read(key_path()).expect("key"),
+                timeout: std::time::Duration::from_secs(20),
             }),
             kube_url: None,
         },

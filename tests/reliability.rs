@@ -93,6 +93,7 @@ status_interval_ms = 0
 worker_lease_ms = 2000
 [github]
 bot_login = "packit-deploybot[bot]"
+timeout_ms = 1000
 {components}
 [[environment]]
 name = "dev"
@@ -1005,8 +1006,8 @@ async fn hostile_requests_get_clear_answers_and_change_nothing() {
 }
 
 /// Storms from both sides: GitHub answers 5xx, secondary rate limits and
-/// 429s, and loses the answer to comments, check runs and deployments it
-/// created; the cluster answers 5xx and
+/// 429s, answers too late (timeouts), and loses the answer to comments,
+/// check runs and deployments it created; the cluster answers 5xx and
 /// 409 conflicts. deploybot rides them out and reports what happened.
 /// (deploybot polls the cluster; it opens no watches to disconnect.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1054,6 +1055,14 @@ async fn github_and_cluster_fault_storms_are_ridden_out() {
     github.fail_next_after_effect("POST", &format!("/repos/{REPO}/check-runs"), 502, 2);
     github.fail_next_after_effect("POST", &format!("/repos/{REPO}/deployments"), 504, 2);
     github.fail_next("POST", "/app/installations", 500, 2, vec![]);
+    // Answers that come too late (deploybot waits 1 s here): reads, and
+    // writes that happened.
+    let late = Duration::from_millis(1500);
+    github.delay_next("GET", &format!("/repos/{REPO}/pulls"), late, 2);
+    github.delay_next("PATCH", &format!("/repos/{REPO}/check-runs"), late, 2);
+    github.delay_next("POST", &format!("/repos/{REPO}/check-runs"), late, 1);
+    github.delay_next("POST", &format!("/repos/{REPO}/deployments"), late, 1);
+    github.delay_next("POST", &format!("/repos/{REPO}/issues"), late, 1);
     let kube = &w.kube;
     kube.fail_next("PUT", "/apis/coordination.k8s.io", 409, 2);
     kube.fail_next("POST", "/apis/coordination.k8s.io", 500, 1);

@@ -21,7 +21,10 @@ fuzz_target!(|data: &[u8]| {
     for line in command_lines(text, &vocabulary.prefix) {
         if let Err(error) = parse_command(&line.text, vocabulary) {
             assert!(error.span.end <= line.text.len(), "span outside the line");
-            assert_eq!(line.text.get(error.span.clone()), Some(error.token.as_str()));
+            assert_eq!(
+                line.text.get(error.span.clone()),
+                Some(error.token.as_str())
+            );
             assert!(!error.message.is_empty());
         }
     }
@@ -33,6 +36,9 @@ fuzz_target!(|data: &[u8]| {
     let (old, new) = text.split_at(middle);
     let _ = new_command_lines(old, new, &vocabulary.prefix);
     if let Some(d) = deploybot::command::parse_duration(text) {
-        assert_eq!(deploybot::command::parse_duration(&deploybot::command::format_duration(d)), Some(d));
+        assert_eq!(
+            deploybot::command::parse_duration(&deploybot::command::format_duration(d)),
+            Some(d)
+        );
     }
 });

@@ -351,6 +351,18 @@ impl FakeGitHub {
         });
     }
 
+    /// The next `times` requests matching `method` (or `*`) and
+    /// `path_prefix` take effect, and their answers are held back for
+    /// `delay`: a client with a shorter timeout gives up not knowing.
+    pub fn delay_next(&self, method: &str, path_prefix: &str, delay: Duration, times: usize) {
+        self.state().slow.push((
+            method.to_ascii_uppercase(),
+            path_prefix.to_string(),
+            delay,
+            times,
+        ));
+    }
+
     /// Like `fail_next`, but each request takes effect first and only its
     /// answer is the error: the caller cannot know its write happened.
     pub fn fail_next_after_effect(
@@ -800,6 +812,8 @@ struct GitHubState {
     redeliveries_due: Vec<u64>,
     /// Redeliveries being sent right now.
     redeliveries_in_flight: usize,
+    /// Answers to hold back: (method, path prefix, delay, how many more).
+    slow: Vec<(String, String, Duration, usize)>,
     /// Things deploybot must never publish (webhook secrets, key material):
     /// a request body that contains one (or an issued token) is a violation.
     secrets: Vec<String>,
@@ -855,6 +869,7 @@ impl GitHubState {
             redeliveries_due: Vec::new(),
             redeliveries_in_flight: 0,
             secrets: Vec::new(),
+            slow: Vec::new(),
         }
     }
 
@@ -1042,29 +1057,18 @@ impl Call {
     }
 }
 
-async fn handle(AxumState(shared): AxumState<Arc<Shared>>, request: Request) -> Response {
-    let latency = shared.lock().latency;
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    let (parts, body) = request.into_parts();
-    let method = parts.method.as_str().to_string();
-    let path = parts.uri.path().to_string();
-    let raw_query = parts.uri.query().unwrap_or_default().to_string();
-    let bytes = axum::body::to_bytes(body, 16 * 1024 * 1024)
-        .await
-        .unwrap_or_default();
-
+/// Everything `handle` does under the state's lock: the answer, the
+/// redeliveries to send after it, and how long to hold it back.
+fn respond(
+    shared: &Shared,
+    method: &str,
+    path: &str,
+    raw_query: &str,
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> (Response, Vec<u64>, Option<Duration>) {
     let mut state = shared.lock();
-    let (reply, route) = answer(
-        &shared,
-        &mut state,
-        &method,
-        &path,
-        &raw_query,
-        &parts.headers,
-        &bytes,
-    );
+    let (reply, route) = answer(shared, &mut state, method, path, raw_query, headers, bytes);
     if let Some(route) = route
         && (200..300).contains(&reply.status)
         && let Some(schema) = route.responses.get(&reply.status)
@@ -1078,7 +1082,7 @@ async fn handle(AxumState(shared): AxumState<Arc<Shared>>, request: Request) -> 
             ));
         }
     }
-    let head_sha = serde_json::from_slice::<Value>(&bytes)
+    let head_sha = serde_json::from_slice::<Value>(bytes)
         .ok()
         .and_then(|body| {
             body.get("head_sha")
@@ -1086,9 +1090,9 @@ async fn handle(AxumState(shared): AxumState<Arc<Shared>>, request: Request) -> 
                 .map(str::to_string)
         });
     state.requests.push(RequestRecord {
-        method,
-        path,
-        query: raw_query,
+        method: method.to_string(),
+        path: path.to_string(),
+        query: raw_query.to_string(),
         status: reply.status,
         at: std::time::Instant::now(),
         head_sha,
@@ -1096,8 +1100,38 @@ async fn handle(AxumState(shared): AxumState<Arc<Shared>>, request: Request) -> 
     // A redelivery is sent after GitHub has answered 202.
     let due = std::mem::take(&mut state.redeliveries_due);
     state.redeliveries_in_flight += due.len();
+    let hold = state
+        .slow
+        .iter_mut()
+        .find(|(m, prefix, _, left)| {
+            *left > 0 && (m == "*" || *m == method) && path.starts_with(prefix.as_str())
+        })
+        .map(|(_, _, delay, left)| {
+            *left -= 1;
+            *delay
+        });
     let response = render(&mut state, reply);
-    drop(state);
+    (response, due, hold)
+}
+
+async fn handle(AxumState(shared): AxumState<Arc<Shared>>, request: Request) -> Response {
+    let latency = shared.lock().latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let (parts, body) = request.into_parts();
+    let method = parts.method.as_str().to_string();
+    let path = parts.uri.path().to_string();
+    let raw_query = parts.uri.query().unwrap_or_default().to_string();
+    let bytes = axum::body::to_bytes(body, 16 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
+
+    let (response, due, hold) =
+        respond(&shared, &method, &path, &raw_query, &parts.headers, &bytes);
+    if let Some(delay) = hold {
+        tokio::time::sleep(delay).await;
+    }
     for id in due {
         let shared = shared.clone();
         tokio::spawn(async move {

@@ -86,6 +86,68 @@ pub fn secrets_of_the_setup() -> Vec<String> {
     secrets
 }
 
+/// Whether `text` holds a token shaped like the ones GitHub (and the fake)
+/// issues: `ghs_`, `ghu_`, `gho_`, `ghp_`, `ghr_` and 36 letters or digits.
+pub fn holds_a_token(text: &str) -> bool {
+    ["ghs_", "ghu_", "gho_", "ghp_", "ghr_"]
+        .iter()
+        .any(|prefix| {
+            text.match_indices(prefix).any(|(at, _)| {
+                text[at + prefix.len()..]
+                    .chars()
+                    .take_while(char::is_ascii_alphanumeric)
+                    .count()
+                    >= 36
+            })
+        })
+}
+
+/// Log lines that showed a secret or a token, in any test of this process.
+static LEAKS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Where every test's logs go (at debug for deploybot): each line is
+/// checked for the setup's secrets and for tokens, then dropped.
+struct SecretCheckingLog;
+
+impl std::io::Write for SecretCheckingLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let secret = secrets_of_the_setup()
+            .into_iter()
+            .find(|s| text.contains(s));
+        if secret.is_some() || holds_a_token(&text) {
+            let mut leaks = LEAKS.lock().unwrap_or_else(|e| e.into_inner());
+            leaks.push(text.chars().take(300).collect());
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Route this process's logs through [`SecretCheckingLog`] (once).
+pub fn check_logs_for_secrets() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("deploybot=debug,info"))
+            .with_writer(|| SecretCheckingLog)
+            .try_init();
+    });
+}
+
+/// Panics if a log line of this process showed a secret or a token.
+pub fn assert_logs_hold_no_secrets() {
+    let leaks = LEAKS.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        leaks.is_empty(),
+        "log lines show a secret or a token:\n{}",
+        leaks.join("\n")
+    );
+}
+
 /// Panics if `text` (found in `place`) holds one of the setup's secrets.
 pub fn assert_no_secrets(place: &str, text: &str) {
     for secret in secrets_of_the_setup() {
@@ -118,6 +180,14 @@ pub struct TestApp {
     _tmp: tempfile::TempDir,
 }
 
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            assert_logs_hold_no_secrets();
+        }
+    }
+}
+
 pub struct Options {
     pub secrets: Vec<&'static str>,
     pub github: bool,
@@ -143,6 +213,7 @@ impl TestApp {
     }
 
     pub async fn start_with(db: Db, options: Options) -> TestApp {
+        check_logs_for_secrets();
         let tmp = tempfile::tempdir().expect("temp dir");
         let github = FakeGitHub::start(APP_ID).await;
         for repo in [
@@ -180,6 +251,7 @@ impl TestApp {
             listen: "127.0.0.1:0".parse().expect("addr"),
             webhook_secrets: options.secrets.iter().map(|s| Secret::new(*s)).collect(),
             github: options.github.then(|| GitHubSettings {
+                timeout: options.config.github.timeout(),
                 api_url: github.url(),
                 app_id: APP_ID,
                 private_key_pem: std::fs::read(key_path()).expect("test key"),
