@@ -534,8 +534,15 @@ impl Reporter {
         };
         let id = match found {
             Some(id) => id,
-            // An ended request that never had a deployment does not get one.
-            None if matches!(status.state, "inactive") && recorded.is_none() => return Ok(()),
+            // A request that ended without deploying does not get one; one
+            // that deployed does, even if its hold ended before this report
+            // went out (its history shows it deployed, then inactive).
+            None if matches!(status.state, "inactive")
+                && recorded.is_none()
+                && job.state != "succeeded" =>
+            {
+                return Ok(());
+            }
             None => {
                 self.record(job.id, name, 0, CREATING).await?;
                 let id = github

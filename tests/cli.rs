@@ -25,6 +25,23 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Its log may show no secret or token (the CLI's tokens included).
+        if !std::thread::panicking() {
+            let log =
+                std::fs::read_to_string(self._tmp.path().join("serve.log")).unwrap_or_default();
+            assert!(!log.is_empty(), "deploybot serve logged nothing");
+            assert_no_secrets("the log of deploybot serve", &log);
+            assert!(
+                !holds_a_token(&log),
+                "the log of deploybot serve shows a token"
+            );
+            for token in [ALICE, MALLORY] {
+                assert!(
+                    !log.contains(token),
+                    "the log of deploybot serve shows a CLI token"
+                );
+            }
+        }
     }
 }
 
@@ -116,7 +133,7 @@ async fn serve(github: &FakeGitHub) -> Server {
         .env("DEPLOYBOT_GITHUB_API_URL", github.url())
         .current_dir(tmp.path())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("serve.log")).expect("log file"))
         .spawn()
         .expect("deploybot serve starts");
     let server = Server {

@@ -10,12 +10,21 @@ use serde_json::Value;
 use support::fake_github::FakeGitHub;
 use support::harness::*;
 
-struct Server(Child);
+/// A `deploybot serve` and its log, which may show no secret or token.
+struct Server(Child, std::path::PathBuf);
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        if !std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.1).unwrap_or_default();
+            assert_no_secrets("the log of deploybot serve", &log);
+            assert!(
+                !holds_a_token(&log),
+                "the log of deploybot serve shows a token"
+            );
+        }
     }
 }
 
@@ -93,6 +102,7 @@ async fn serve_and_receive_queue_a_deploy_from_a_comment() {
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("deploybot serve starts"),
+        log.clone(),
     );
     let health_url = format!("{base}/healthz");
     let health = eventually("healthz", || http_get(&health_url)).await;
@@ -251,9 +261,10 @@ async fn serve_on_the_embedded_default_runs_a_dry_run_deployment() {
             .env("DEPLOYBOT_GITHUB_API_URL", github.url())
             .current_dir(tmp.path())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(tmp.path().join("serve.log")).expect("log file"))
             .spawn()
             .expect("deploybot serve starts"),
+        tmp.path().join("serve.log"),
     );
     let health_url = format!("{base}/healthz");
     let health = eventually("healthz", || http_get(&health_url)).await;
