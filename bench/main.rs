@@ -22,8 +22,11 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 use sqlx::Row;
 use support::fake_github::FakeGitHub;
-use support::fake_kube::{FakeKube, example};
-use support::harness::{APP_ID, INSTALLATION, SECRET, comment_event, key_path, packit_components};
+use support::fake_kube::FakeKube;
+use support::harness::{
+    APP_ID, INSTALLATION, PACKIT_REPOS, SECRET, comment_event, free_port, key_path, openshift_dev,
+    packit_components, seed_packit_workloads,
+};
 
 type Client = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
@@ -31,20 +34,11 @@ type Client = hyper_util::client::legacy::Client<
 >;
 
 const REPO: &str = "packit/packit-service";
-const NS: &str = "packit-dev";
 
 fn client() -> Client {
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_max_idle_per_host(256)
         .build_http()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 fn seconds() -> Duration {
@@ -414,44 +408,9 @@ fn write_config(dir: &Path, environment: &str) -> PathBuf {
 const DRY_RUN: &str =
     "[[environment]]\nname = \"dev\"\nkind = \"dry-run\"\nurl = \"https://dev.example.org\"\n";
 
-fn openshift() -> String {
-    format!(
-        r#"[[environment]]
-name = "dev"
-kind = "openshift"
-namespace = "{NS}"
-url = "https://dev.example.org"
-[environment.builder]
-kind = "openshift"
-push_secret = "quay-push"
-[environment.deployer]
-kind = "kubernetes"
-workloads = [
-  {{ kind = "Deployment", name = "packit-service", image = "quay.io/packit/packit-service" }},
-  {{ kind = "StatefulSet", name = "packit-worker", image = "quay.io/packit/packit-worker" }},
-]
-[environment.cleanup]
-kind = "reset-images"
-[environment.timeouts]
-build = "60s"
-deploy = "60s"
-poll_ms = 20
-"#
-    )
-}
-
 async fn fake_github(prs: std::ops::Range<u64>) -> FakeGitHub {
     let github = FakeGitHub::start(APP_ID).await;
-    for repo in [
-        REPO,
-        "packit/ogr",
-        "packit/packit",
-        "packit/dashboard",
-        "packit/tokman",
-        "packit/sandcastle",
-        "packit/deployment",
-        "packit/packit-service-fedmsg",
-    ] {
+    for repo in PACKIT_REPOS {
         github.install(repo, INSTALLATION);
     }
     github.set_permission(REPO, "alice", "write");
@@ -728,18 +687,9 @@ async fn main() {
         let rollout = Duration::from_secs(2);
         let github = fake_github(6000..6001).await;
         let kube = FakeKube::start().await;
-        let mut d = example("deployment-complete.json");
-        d["metadata"] = json!({ "name": "packit-service", "namespace": NS, "generation": 1 });
-        d["spec"]["template"]["spec"]["containers"][0]["image"] =
-            json!("quay.io/packit/packit-service:stg");
-        kube.put_object(d);
-        let mut s = example("statefulset-complete.json");
-        s["metadata"] = json!({ "name": "packit-worker", "namespace": NS, "generation": 1 });
-        s["spec"]["template"]["spec"]["containers"][0]["image"] =
-            json!("quay.io/packit/packit-worker:stg");
-        kube.put_object(s);
+        seed_packit_workloads(&kube);
         kube.run_controllers(build, rollout);
-        let config = write_config(dir.path(), &openshift());
+        let config = write_config(dir.path(), &openshift_dev("", "60s", "60s"));
         let db = new_database(&pg, "bench_pipeline").await;
         let bot = serve(
             dir.path(),

@@ -295,32 +295,18 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Store a delivery and the trigger it asks for, durably, before the
-    /// webhook answers; false (and nothing stored) when the delivery id was
-    /// seen before. On PostgreSQL, deliveries that arrive while a commit is
+    /// PostgreSQL: store a delivery and the trigger it asks for, durably,
+    /// before the webhook answers; false (and nothing stored) when the
+    /// delivery id was seen before. Deliveries that arrive while a commit is
     /// being flushed wait for the next one and are stored together: one
     /// statement and one flush for all of them (what makes intake keep up
-    /// with bursts while every 2xx stays durable).
+    /// with bursts while every 2xx stays durable). SQLite (one writer)
+    /// stores them one transaction each, through [`Store::record_delivery`].
     pub async fn store_delivery(&self, delivery: NewDelivery) -> Result<bool> {
         if self.backend != Backend::Postgres {
-            let mut tx = self.begin().await?;
-            let new = Store::record_delivery(
-                &mut tx,
-                &delivery.id,
-                &delivery.event,
-                delivery.action.as_deref(),
-                &delivery.outcome,
-            )
-            .await?;
-            if !new {
-                tx.rollback().await?;
-                return Ok(false);
-            }
-            if let Some(payload) = &delivery.trigger {
-                Store::insert_trigger_json(&mut tx, Some(&delivery.id), payload).await?;
-            }
-            tx.commit().await?;
-            return Ok(true);
+            return Err(StoreError::Config(
+                "store_delivery batches PostgreSQL writes only".into(),
+            ));
         }
         let writer = self.deliveries.get_or_init(|| {
             let (sender, receiver) = tokio::sync::mpsc::channel(4 * DELIVERY_BATCH);
@@ -365,21 +351,13 @@ impl Store {
         delivery_id: Option<&str>,
         payload: &T,
     ) -> Result<i64> {
-        Store::insert_trigger_json(tx, delivery_id, &serde_json::to_string(payload)?).await
-    }
-
-    async fn insert_trigger_json(
-        tx: &mut Tx,
-        delivery_id: Option<&str>,
-        payload: &str,
-    ) -> Result<i64> {
         let now = tx.now;
         let row = sqlx::query(
             "INSERT INTO triggers (delivery_id, payload, state, run_after, created_at, updated_at) \
              VALUES ($1, $2, 'pending', $3, $3, $3) RETURNING id",
         )
         .bind(delivery_id)
-        .bind(payload)
+        .bind(serde_json::to_string(payload)?)
         .bind(now)
         .fetch_one(tx.conn())
         .await?;

@@ -581,10 +581,11 @@ async fn commit(
     outcome: &str,
     prefix: &str,
 ) -> crate::store::Result<bool> {
-    // Most deliveries store the delivery and at most one trigger: the
-    // store batches those (one statement and one flushed commit for the
-    // deliveries that arrive together).
+    // Most deliveries store the delivery and at most one trigger: on
+    // PostgreSQL the store batches those (one statement and one flushed
+    // commit for the deliveries that arrive together).
     let trigger = match effects {
+        _ if store.backend() != crate::store::Backend::Postgres => None,
         [] => Some(None),
         [Effect::Trigger(trigger)] => Some(Some(serde_json::to_string(trigger)?)),
         _ => None,

@@ -45,14 +45,6 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// Packit's components, a dry-run `dev` and a `broken` environment whose
 /// builds cannot check anything out.
 fn config_file(dir: &Path, public_url: &str) -> std::path::PathBuf {

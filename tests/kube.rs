@@ -12,54 +12,24 @@ use serde_json::{Value, json};
 use support::fake_kube::{FakeKube, example};
 use support::harness::*;
 
-const NS: &str = "packit-dev";
+const NS: &str = OPENSHIFT_NS;
 const SHA_SERVICE: &str = "1111111111111111111111111111111111111111";
 const SHA_OGR: &str = "2222222222222222222222222222222222222222";
 
 fn config(deploy_timeout: &str) -> Config {
     let components = packit_components();
-    let text = format!(
-        r#"
-[github]
-bot_login = "packit-deploybot[bot]"
-{components}
-[[environment]]
-name = "dev"
-kind = "openshift"
-namespace = "{NS}"
-url = "https://dev.example.org"
-[environment.builder]
-kind = "openshift"
-push_secret = "quay-push"
-[environment.deployer]
-kind = "kubernetes"
-workloads = [
-  {{ kind = "Deployment", name = "packit-service", image = "quay.io/packit/packit-service" }},
-  {{ kind = "StatefulSet", name = "packit-worker", image = "quay.io/packit/packit-worker" }},
-  {{ kind = "ImageStream", name = "dashboard", tag = "dev", image = "quay.io/packit/dashboard" }},
-]
-[environment.cleanup]
-kind = "reset-images"
-[environment.timeouts]
-build = "30s"
-deploy = "{deploy_timeout}"
-poll_ms = 20
-"#
+    let dev = openshift_dev(
+        r#"  { kind = "ImageStream", name = "dashboard", tag = "dev", image = "quay.io/packit/dashboard" },
+"#,
+        "30s",
+        deploy_timeout,
     );
+    let text = format!("[github]\nbot_login = \"packit-deploybot[bot]\"\n{components}\n{dev}");
     Config::from_toml(&text).unwrap_or_else(|e| panic!("test config: {e}"))
 }
 
 fn seed(kube: &FakeKube) {
-    let mut d = example("deployment-complete.json");
-    d["metadata"] = json!({ "name": "packit-service", "namespace": NS, "generation": 1 });
-    d["spec"]["template"]["spec"]["containers"][0]["image"] =
-        json!("quay.io/packit/packit-service:stg");
-    kube.put_object(d);
-    let mut s = example("statefulset-complete.json");
-    s["metadata"] = json!({ "name": "packit-worker", "namespace": NS, "generation": 1 });
-    s["spec"]["template"]["spec"]["containers"][0]["image"] =
-        json!("quay.io/packit/packit-worker:stg");
-    kube.put_object(s);
+    seed_packit_workloads(kube);
     let mut i = example("imagestream-dev-tag.json");
     i["metadata"] = json!({ "name": "dashboard", "namespace": NS, "generation": 2 });
     kube.put_object(i);

@@ -18,13 +18,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::Row;
 use support::fake_github::FakeGitHub;
-use support::fake_kube::{FakeKube, example};
+use support::fake_kube::FakeKube;
 use support::harness::*;
 
-const NS: &str = "packit-dev";
+const NS: &str = OPENSHIFT_NS;
 const REPO: &str = "packit/packit-service";
 const FIRST_PR: u64 = 3000;
 const BUILD_TIME: Duration = Duration::from_millis(300);
@@ -47,16 +47,7 @@ struct World {
 impl World {
     async fn new(prs: u64, database_url: String) -> World {
         let github = FakeGitHub::start(APP_ID).await;
-        for repo in [
-            "packit/packit-service",
-            "packit/ogr",
-            "packit/packit",
-            "packit/dashboard",
-            "packit/tokman",
-            "packit/sandcastle",
-            "packit/deployment",
-            "packit/packit-service-fedmsg",
-        ] {
+        for repo in PACKIT_REPOS {
             github.install(repo, INSTALLATION);
         }
         github.set_permission(REPO, "alice", "write");
@@ -70,16 +61,7 @@ impl World {
         github.disable_final_checks();
 
         let kube = FakeKube::start().await;
-        let mut d = example("deployment-complete.json");
-        d["metadata"] = json!({ "name": "packit-service", "namespace": NS, "generation": 1 });
-        d["spec"]["template"]["spec"]["containers"][0]["image"] =
-            json!("quay.io/packit/packit-service:stg");
-        kube.put_object(d);
-        let mut s = example("statefulset-complete.json");
-        s["metadata"] = json!({ "name": "packit-worker", "namespace": NS, "generation": 1 });
-        s["spec"]["template"]["spec"]["containers"][0]["image"] =
-            json!("quay.io/packit/packit-worker:stg");
-        kube.put_object(s);
+        seed_packit_workloads(&kube);
         kube.run_controllers(BUILD_TIME, ROLLOUT_TIME);
 
         let dir = tempfile::tempdir().expect("tmp");
@@ -88,34 +70,10 @@ impl World {
         std::fs::write(
             &config,
             format!(
-                r#"[bot]
-status_interval_ms = 0
-worker_lease_ms = 2000
-[github]
-bot_login = "packit-deploybot[bot]"
-timeout_ms = 1000
-{components}
-[[environment]]
-name = "dev"
-kind = "openshift"
-namespace = "{NS}"
-url = "https://dev.example.org"
-[environment.builder]
-kind = "openshift"
-push_secret = "quay-push"
-[environment.deployer]
-kind = "kubernetes"
-workloads = [
-  {{ kind = "Deployment", name = "packit-service", image = "quay.io/packit/packit-service" }},
-  {{ kind = "StatefulSet", name = "packit-worker", image = "quay.io/packit/packit-worker" }},
-]
-[environment.cleanup]
-kind = "reset-images"
-[environment.timeouts]
-build = "60s"
-deploy = "60s"
-poll_ms = 20
-"#
+                "[bot]\nstatus_interval_ms = 0\nworker_lease_ms = 2000\n\
+                 [github]\nbot_login = \"packit-deploybot[bot]\"\ntimeout_ms = 1000\n\
+                 {components}\n{}",
+                openshift_dev("", "60s", "60s")
             ),
         )
         .expect("config");
@@ -133,6 +91,19 @@ poll_ms = 20
         }
     }
 
+    /// The one text column of `sql`'s rows (for messages), with `binds`.
+    async fn texts(&self, sql: &'static str, binds: &[i64]) -> Vec<String> {
+        let mut query = sqlx::query(sql);
+        for bind in binds {
+            query = query.bind(*bind);
+        }
+        query
+            .fetch_all(&self.pool)
+            .await
+            .map(|rows| rows.iter().map(|r| r.get::<String, _>(0)).collect())
+            .unwrap_or_else(|e| vec![format!("(cannot read: {e})")])
+    }
+
     async fn count(&self, sql: &'static str) -> Option<i64> {
         sqlx::query(sql)
             .fetch_one(&self.pool)
@@ -141,14 +112,6 @@ poll_ms = 20
             .try_get::<i64, _>(0)
             .ok()
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 /// One `deploybot serve` process; SIGKILLed when dropped.
@@ -431,59 +394,33 @@ async fn wait_until_settled(w: &World, limit: Duration) {
     })
     .await;
     if !settled {
-        let jobs =
-            sqlx::query("SELECT id, state, step FROM jobs WHERE state IN ('queued','running')")
-                .fetch_all(&w.pool)
-                .await
-                .map(|rows| {
-                    rows.iter()
-                        .map(|r| {
-                            format!(
-                                "#{} {} {}",
-                                r.get::<i64, _>(0),
-                                r.get::<String, _>(1),
-                                r.get::<String, _>(2)
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                });
-        let envs = sqlx::query("SELECT name, holder_job, dirty FROM environments")
-            .fetch_all(&w.pool)
+        let jobs = w
+            .texts(
+                "SELECT '#' || id || ' ' || state || ' ' || step FROM jobs \
+                 WHERE state IN ('queued', 'running')",
+                &[],
+            )
+            .await;
+        let envs = w
+            .texts(
+                "SELECT name || ' held by ' || COALESCE(holder_job::text, 'nobody') \
+                 || ' dirty ' || dirty FROM environments",
+                &[],
+            )
+            .await;
+        let events = w
+            .texts(
+                "SELECT '#' || job_id || ' ' || step || ': ' || message FROM job_events ORDER BY id",
+                &[],
+            )
             .await
-            .map(|rows| {
-                rows.iter()
-                    .map(|r| {
-                        format!(
-                            "{} held by {:?} dirty {}",
-                            r.get::<String, _>(0),
-                            r.get::<Option<i64>, _>(1),
-                            r.get::<i64, _>(2)
-                        )
-                    })
-                    .collect::<Vec<_>>()
-            });
-        let events = sqlx::query("SELECT job_id, step, message FROM job_events ORDER BY id")
-            .fetch_all(&w.pool)
-            .await
-            .map(|rows| {
-                rows.iter()
-                    .map(|r| {
-                        format!(
-                            "#{} {}: {}",
-                            r.get::<i64, _>(0),
-                            r.get::<String, _>(1),
-                            r.get::<String, _>(2)
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            });
+            .join("\n");
         panic!(
             "deploybot did not settle within {limit:?}: {jobs:?}\nenvironments: {envs:?}\nLease: {:?}\nevents:\n{}",
             w.kube
                 .get_object("Lease", NS, "deploybot")
                 .map(|l| l["spec"].clone()),
-            events.unwrap_or_default()
+            events
         );
     }
 }
@@ -1086,15 +1023,12 @@ async fn github_and_cluster_fault_storms_are_ridden_out() {
         .expect("jobs");
     for row in &states {
         let (id, state): (i64, String) = (row.get(0), row.get(1));
-        let events: Vec<String> =
-            sqlx::query("SELECT step, message FROM job_events WHERE job_id = $1 ORDER BY id")
-                .bind(id)
-                .fetch_all(&w.pool)
-                .await
-                .expect("events")
-                .iter()
-                .map(|r| format!("{}: {}", r.get::<String, _>(0), r.get::<String, _>(1)))
-                .collect();
+        let events = w
+            .texts(
+                "SELECT step || ': ' || message FROM job_events WHERE job_id = $1 ORDER BY id",
+                &[id],
+            )
+            .await;
         assert_eq!(
             state,
             "succeeded",

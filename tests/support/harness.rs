@@ -72,6 +72,77 @@ pub fn packit_components() -> String {
         .to_string()
 }
 
+/// The Packit repositories the App is installed on.
+pub const PACKIT_REPOS: [&str; 9] = [
+    "packit/packit-service",
+    "packit/ogr",
+    "packit/packit",
+    "packit/dashboard",
+    "packit/tokman",
+    "packit/sandcastle",
+    "packit/deployment",
+    "packit/packit-service-fedmsg",
+    "packit/packit-service-centosmsg",
+];
+
+/// A free port on 127.0.0.1 (for a process that binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// The namespace of the OpenShift `dev` below.
+pub const OPENSHIFT_NS: &str = "packit-dev";
+
+/// Configuration text for an OpenShift `dev` in [`OPENSHIFT_NS`]: OpenShift
+/// Builds, the Deployment `packit-service` and the StatefulSet
+/// `packit-worker` (then `more_workloads`, TOML inline tables each followed
+/// by a comma), images reset before each deployment, and these time limits.
+pub fn openshift_dev(more_workloads: &str, build: &str, deploy: &str) -> String {
+    format!(
+        r#"[[environment]]
+name = "dev"
+kind = "openshift"
+namespace = "{OPENSHIFT_NS}"
+url = "https://dev.example.org"
+[environment.builder]
+kind = "openshift"
+push_secret = "quay-push"
+[environment.deployer]
+kind = "kubernetes"
+workloads = [
+  {{ kind = "Deployment", name = "packit-service", image = "quay.io/packit/packit-service" }},
+  {{ kind = "StatefulSet", name = "packit-worker", image = "quay.io/packit/packit-worker" }},
+{more_workloads}]
+[environment.cleanup]
+kind = "reset-images"
+[environment.timeouts]
+build = "{build}"
+deploy = "{deploy}"
+poll_ms = 20
+"#
+    )
+}
+
+/// The workloads [`openshift_dev`] deploys, as the cluster has them before
+/// any deployment: running the `stg` images, fully rolled out.
+pub fn seed_packit_workloads(kube: &super::fake_kube::FakeKube) {
+    use super::fake_kube::example;
+    let mut d = example("deployment-complete.json");
+    d["metadata"] = json!({ "name": "packit-service", "namespace": OPENSHIFT_NS, "generation": 1 });
+    d["spec"]["template"]["spec"]["containers"][0]["image"] =
+        json!("quay.io/packit/packit-service:stg");
+    kube.put_object(d);
+    let mut s = example("statefulset-complete.json");
+    s["metadata"] = json!({ "name": "packit-worker", "namespace": OPENSHIFT_NS, "generation": 1 });
+    s["spec"]["template"]["spec"]["containers"][0]["image"] =
+        json!("quay.io/packit/packit-worker:stg");
+    kube.put_object(s);
+}
+
 /// What must never appear in anything deploybot shows (answers, pages,
 /// logs, GitHub): the webhook secrets and every line of the App's key.
 pub fn secrets_of_the_setup() -> Vec<String> {
@@ -216,17 +287,7 @@ impl TestApp {
         check_logs_for_secrets();
         let tmp = tempfile::tempdir().expect("temp dir");
         let github = FakeGitHub::start(APP_ID).await;
-        for repo in [
-            "packit/packit-service",
-            "packit/ogr",
-            "packit/packit",
-            "packit/dashboard",
-            "packit/tokman",
-            "packit/sandcastle",
-            "packit/deployment",
-            "packit/packit-service-fedmsg",
-            "packit/packit-service-centosmsg",
-        ] {
+        for repo in PACKIT_REPOS {
             github.install(repo, INSTALLATION);
         }
         // Open PRs the tests name (a test may replace one with add_pull).
