@@ -2,10 +2,7 @@
 //! database (PostgreSQL and SQLite), authorised against the fake GitHub, and
 //! acknowledged through the outbox.
 
-/// The fakes' own tests, run once (in this crate).
-#[path = "support/selftest.rs"]
-mod selftest;
-mod support;
+use crate::support;
 
 use axum::http::StatusCode;
 use serde_json::json;

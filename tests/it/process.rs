@@ -1,7 +1,7 @@
 //! The real processes: `deploybot serve` on a free port with the Packit
 //! configuration and a fake GitHub, fed by `deploybot receive`.
 
-mod support;
+use crate::support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

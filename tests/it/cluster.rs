@@ -2,7 +2,7 @@
 //! Lease lock, workload images and rollouts, ImageStream tags and OpenShift
 //! Builds, plus the fake's own checks (schemas, routes, conflicts).
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

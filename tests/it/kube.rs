@@ -2,7 +2,7 @@
 //! images and rollouts, on the fake Kubernetes/OpenShift API server (checked
 //! against the official schemas) and the fake GitHub.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! manifest asks for exactly the permissions and events deploybot handles;
 //! the Dockerfile builds what CI builds.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! checked against GitHub's OpenAPI description by the fake, with real App
 //! JWTs and installation tokens over HTTP.
 
-mod support;
+use crate::support;
 
 use deploybot::github::{
     CheckRun, CheckRunOutput, CommentId, DeploymentStatus, GitHub, GitHubSettings, InstallationId,

@@ -3,7 +3,7 @@
 //! cancel, and workers that die or race. Real PostgreSQL and SQLite, the fake
 //! GitHub for pinning refs.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! fake GitHub): what a team member types and sees, and the exit codes
 //! scripts rely on. Then the status page in headless Chromium.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};

@@ -3,7 +3,7 @@
 //! stateful fake GitHub (every request checked against GitHub's OpenAPI
 //! description), the built-in dry-run environment.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

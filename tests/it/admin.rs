@@ -1,7 +1,7 @@
 //! `deploybot admin release|requeue|redeliver`: an operator's way out when an
 //! environment or a request is stuck, or deliveries were lost.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! repositories: checkouts at pinned commits, overlay builds, the generated
 //! vars file, image reuse, a failing build, cancel during a build, time limits.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! error, the event stream, and the OpenAPI description kept true (every
 //! answer here is checked against it, and every route is described).
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 

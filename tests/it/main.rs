@@ -1,0 +1,26 @@
+//! deploybot's integration suites, as one test binary: the fakes and the
+//! harness (`tests/support/`) are compiled and linked once for all of them.
+//! Each module is a suite named after what it proves (`cargo test --test it
+//! intake::` runs one).
+
+#[path = "../support/mod.rs"]
+mod support;
+
+/// The fakes' own tests.
+#[path = "../support/selftest.rs"]
+mod selftest;
+
+mod admin;
+mod api;
+mod cli;
+mod cluster;
+mod commands;
+mod config_reference;
+mod github_client;
+mod intake;
+mod kube;
+mod manifests;
+mod pipeline;
+mod process;
+mod reliability;
+mod reporting;
