@@ -7,11 +7,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::domain::{JobState, Step};
 use crate::auth::Decision;
 use crate::command::{DeployRequest, Ref};
 use crate::github::{GitHubError, RepoName};
 use crate::intake::{Asked, Intake, Origin};
-use crate::report::Report;
+use crate::ops;
 use crate::store::{Store, StoreError};
 
 /// Why an action was not done, as the API answers it.
@@ -211,14 +212,8 @@ impl Intake {
             .queue(&mut tx, &origin, &asked, &request, &pinned)
             .await?;
         if origin.is_pull_request {
-            Store::supersede_queued_from(
-                &mut tx,
-                &origin.repo,
-                origin.number,
-                &format!("superseded by request #{id} from @{login}"),
-                id,
-            )
-            .await?;
+            let why = format!("superseded by request #{id} from @{login}");
+            ops::supersede_older(&mut tx, &origin.repo, origin.number, id, &why).await?;
         }
         tx.commit().await?;
         Ok(id)
@@ -226,103 +221,86 @@ impl Intake {
 
     /// Cancel request `id`: a queued one ends now, a running one is asked to stop.
     pub async fn cancel_job(&self, login: &str, id: i64) -> Result<String, ActionError> {
-        let Some(job) = self.store.get_job(id).await? else {
+        let Some(job) = Store::job(self.store.db(), id).await? else {
             return Err(ActionError::NotFound(format!("no request #{id}")));
         };
         self.allowed_on(login, std::slice::from_ref(&job.repo))
             .await?;
-        let reason = format!("cancelled by @{login}");
         let mut tx = self.store.begin().await?;
-        let text =
-            if job.state == "queued" && Store::cancel_queued_job(&mut tx, id, &reason).await? {
-                Store::add_event(&mut tx, id, "end", &format!("cancelled: {reason}")).await?;
-                if let Some(r) = Report::end_reaction(&job, false) {
-                    r.enqueue(&mut tx, Some(id)).await?;
-                }
-                Store::release_environment(&mut tx, &job.environment, id, false).await?;
-                format!("request #{id} was queued; it is cancelled")
-            } else if Store::request_cancel(&mut tx, id).await? {
-                Store::add_event(&mut tx, id, "cancel", &format!("{reason}; stopping")).await?;
-                format!("request #{id} is stopping (it was in `{}`)", job.step)
-            } else {
+        let text = match ops::cancel(&mut tx, &job, &ops::Actor::Cli { login }).await? {
+            ops::Cancelled::Ended => format!("request #{id} was queued; it is cancelled"),
+            ops::Cancelled::Stopping(step) => {
+                format!("request #{id} is stopping (it was in `{step}`)")
+            }
+            ops::Cancelled::AlreadyEnded(state) => {
                 tx.rollback().await?;
                 return Err(ActionError::Conflict(format!(
-                    "request #{id} has already ended ({})",
-                    job.state
+                    "request #{id} has already ended ({state})"
                 )));
-            };
+            }
+        };
         tx.commit().await?;
         Ok(text)
     }
 
     /// The environment a request of `login` holds, if any.
     pub async fn held_by_user(&self, login: &str) -> Result<Option<String>, ActionError> {
-        for env in self.store.environments().await? {
-            if let Some(holder) = env.holder_job
-                && let Some(job) = self.store.get_job(holder).await?
-                && job.requested_by.eq_ignore_ascii_case(login)
-            {
-                return Ok(Some(env.name));
-            }
-        }
-        Ok(None)
+        let mut tx = self.store.begin().await?;
+        let held = ops::holding(&mut tx, |j| j.requested_by.eq_ignore_ascii_case(login)).await?;
+        tx.commit().await?;
+        Ok(held.map(|(row, _)| row.name))
     }
 
-    /// Release `environment` (its holder's deployment is no longer held).
-    pub async fn release_environment(
-        &self,
-        login: &str,
-        environment: &str,
-    ) -> Result<String, ActionError> {
+    /// The request holding `environment` (a configured one), if any.
+    async fn holder_of(&self, environment: &str) -> Result<crate::domain::Job, ActionError> {
         if self.config.environment(environment).is_none() {
             return Err(ActionError::NotFound(format!(
                 "no environment `{environment}`"
             )));
         }
-        let mut tx = self.store.begin().await?;
-        let row = Store::environment_row(&mut tx, environment).await?;
-        tx.commit().await?;
+        let row = Store::environment_row(self.store.db(), environment).await?;
         let Some(holder) = row.and_then(|r| r.holder_job) else {
             return Err(ActionError::Conflict(format!(
                 "`{environment}` is not held by anyone"
             )));
         };
-        let Some(job) = self.store.get_job(holder).await? else {
-            return Err(ActionError::Conflict(format!(
+        match Store::job(self.store.db(), holder).await? {
+            Some(job) => Ok(job),
+            None => Err(ActionError::Conflict(format!(
                 "`{environment}` is held by request #{holder}, which is gone"
-            )));
-        };
+            ))),
+        }
+    }
+
+    /// Release `environment` (its holder's deployment is no longer held; a
+    /// holder still deploying is asked to stop, which releases it).
+    pub async fn release_environment(
+        &self,
+        login: &str,
+        environment: &str,
+    ) -> Result<String, ActionError> {
+        let job = self.holder_of(environment).await?;
         self.allowed_on(login, std::slice::from_ref(&job.repo))
             .await?;
-        if job.state == "running" {
-            return Err(ActionError::Conflict(format!(
-                "request #{holder} is still deploying to `{environment}`; cancel it instead \
-                 (`deploy cancel {holder}`), which releases the environment"
-            )));
-        }
         let mut tx = self.store.begin().await?;
-        if !Store::release_environment(&mut tx, environment, holder, true).await? {
-            tx.rollback().await?;
-            return Err(ActionError::Conflict(format!(
-                "`{environment}` changed hands meanwhile; look again"
-            )));
-        }
-        Store::add_event(&mut tx, holder, "release", &format!("released by @{login}")).await?;
-        if !job.requested_by.eq_ignore_ascii_case(login) {
-            crate::pipeline::Pipeline::notice(
-                &mut tx,
-                &job,
-                format!(
-                    "**{environment}** was released by @{login} (with the deploy CLI); the \
-                     deployment of request #{holder} is no longer held."
-                ),
-            )
-            .await?;
-        }
+        let actor = ops::Actor::Cli { login };
+        let text = match ops::release(&mut tx, environment, Some(job.id), &actor).await? {
+            ops::Released::Released { holder } => {
+                format!("released `{environment}` (held by request #{holder})")
+            }
+            ops::Released::Stopping { holder } => format!(
+                "request #{holder} is still deploying to `{environment}`; it was asked to stop, \
+                 which releases the environment"
+            ),
+            ops::Released::NotHeld | ops::Released::ChangedHands => {
+                tx.rollback().await?;
+                return Err(ActionError::Conflict(format!(
+                    "`{environment}` changed hands meanwhile; look again"
+                )));
+            }
+        };
         tx.commit().await?;
-        Ok(format!(
-            "released `{environment}` (held by request #{holder})"
-        ))
+        Ok(text)
     }
 
     /// Lengthen `environment`'s hold by `by`, up to its maximum; returns the
@@ -333,47 +311,27 @@ impl Intake {
         environment: &str,
         by: Duration,
     ) -> Result<(i64, bool), ActionError> {
-        let Some(config) = self.config.environment(environment) else {
-            return Err(ActionError::NotFound(format!(
-                "no environment `{environment}`"
-            )));
-        };
-        let max = config.max_ttl();
-        let mut tx = self.store.begin().await?;
-        let row = Store::environment_row(&mut tx, environment).await?;
-        tx.commit().await?;
-        let Some((holder, held_until)) = row.and_then(|r| r.holder_job.map(|h| (h, r.held_until)))
-        else {
-            return Err(ActionError::Conflict(format!(
-                "`{environment}` is not held by anyone"
-            )));
-        };
-        let Some(job) = self.store.get_job(holder).await? else {
-            return Err(ActionError::Conflict(format!(
-                "`{environment}` is held by request #{holder}, which is gone"
-            )));
-        };
+        let job = self.holder_of(environment).await?;
+        let max = self
+            .config
+            .environment(environment)
+            .map(|e| e.max_ttl())
+            .unwrap_or(Duration::ZERO);
         self.allowed_on(login, std::slice::from_ref(&job.repo))
             .await?;
         let mut tx = self.store.begin().await?;
-        let (until, capped) = crate::intake::extended_until(tx.now, held_until, by, max);
-        if !Store::set_hold_until(&mut tx, environment, holder, until).await? {
-            tx.rollback().await?;
-            return Err(ActionError::Conflict(format!(
-                "`{environment}` changed hands meanwhile; look again"
-            )));
+        let actor = ops::Actor::Cli { login };
+        match ops::extend(&mut tx, environment, Some(job.id), by, max, &actor).await? {
+            ops::Extended::Until { until, capped, .. } => {
+                tx.commit().await?;
+                Ok((until, capped))
+            }
+            ops::Extended::NotHeld | ops::Extended::ChangedHands => {
+                tx.rollback().await?;
+                Err(ActionError::Conflict(format!(
+                    "`{environment}` changed hands meanwhile; look again"
+                )))
+            }
         }
-        Store::add_event(
-            &mut tx,
-            holder,
-            "hold",
-            &format!(
-                "extended by @{login} until {}",
-                crate::store::rfc3339(until)
-            ),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok((until, capped))
     }
 }

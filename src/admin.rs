@@ -6,9 +6,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::domain::{JobState, Step};
 use crate::config::Config;
 use crate::github::{GitHub, HookDelivery};
-use crate::pipeline::Pipeline;
+use crate::ops;
 use crate::store::{Store, StoreError};
 
 /// `admin release ENV`: end the hold on ENV (marked dirty, cleaned before the
@@ -19,51 +20,21 @@ pub async fn release(store: &Store, config: &Config, environment: &str) -> Resul
     }
     let db = |e: StoreError| format!("database: {e}");
     let mut tx = store.begin().await.map_err(db)?;
-    let row = Store::environment_row(&mut tx, environment)
+    let released = ops::release(&mut tx, environment, None, &ops::Actor::Operator)
         .await
         .map_err(db)?;
-    let Some(holder) = row.and_then(|r| r.holder_job) else {
-        tx.rollback().await.map_err(db)?;
-        return Ok(format!("`{environment}` is not held; nothing to do"));
-    };
-    let job = Store::job_in(&mut tx, holder).await.map_err(db)?;
-    if job.as_ref().is_some_and(|j| j.state == "running") {
-        Store::request_cancel(&mut tx, holder).await.map_err(db)?;
-        Store::add_event(
-            &mut tx,
-            holder,
-            "cancel",
-            "released by an operator; stopping",
-        )
-        .await
-        .map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        return Ok(format!(
-            "request #{holder} is deploying to `{environment}`; it was asked to stop, which releases it"
-        ));
-    }
-    Store::release_environment(&mut tx, environment, holder, true)
-        .await
-        .map_err(db)?;
-    Store::add_event(&mut tx, holder, "release", "released by an operator")
-        .await
-        .map_err(db)?;
-    if let Some(job) = &job {
-        Pipeline::notice(
-            &mut tx,
-            job,
-            format!(
-                "**{environment}** was released by an operator; the deployment of request #{holder} \
-                 is no longer held."
-            ),
-        )
-        .await
-        .map_err(db)?;
-    }
     tx.commit().await.map_err(db)?;
-    Ok(format!(
-        "released `{environment}` (held by request #{holder}); it is marked dirty and cleaned up before the next deployment"
-    ))
+    Ok(match released {
+        ops::Released::Released { holder } => format!(
+            "released `{environment}` (held by request #{holder}); it is marked dirty and cleaned up before the next deployment"
+        ),
+        ops::Released::Stopping { holder } => format!(
+            "request #{holder} is deploying to `{environment}`; it was asked to stop, which releases it"
+        ),
+        ops::Released::NotHeld | ops::Released::ChangedHands => {
+            format!("`{environment}` is not held; nothing to do")
+        }
+    })
 }
 
 /// `admin requeue JOB`: make a stuck queued request due now (fresh
@@ -72,7 +43,7 @@ pub async fn release(store: &Store, config: &Config, environment: &str) -> Resul
 pub async fn requeue(store: &Store, job_id: i64) -> Result<String, String> {
     let db = |e: StoreError| format!("database: {e}");
     let mut tx = store.begin().await.map_err(db)?;
-    let Some(job) = Store::job_in(&mut tx, job_id).await.map_err(db)? else {
+    let Some(job) = Store::job(tx.db(), job_id).await.map_err(db)? else {
         return Err(format!("no request #{job_id}"));
     };
     if !matches!(job.state.as_str(), "queued" | "running") {
@@ -88,16 +59,16 @@ pub async fn requeue(store: &Store, job_id: i64) -> Result<String, String> {
             job.step
         ));
     }
-    if job.state == "running" {
+    if job.state == JobState::Running {
         // It may have changed the environment before its worker died.
-        Store::release_environment(&mut tx, &job.environment, job_id, true)
+        ops::free(&mut tx, &job.environment, job_id, true, None)
             .await
             .map_err(db)?;
     }
     Store::add_event(
         &mut tx,
         job_id,
-        "queued",
+        Step::Queued,
         &format!(
             "requeued by an operator (was {} in `{}`)",
             job.state, job.step

@@ -15,6 +15,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::store::Store;
+
 use crate::actions::ActionError;
 use crate::command::{Command, parse_command};
 use crate::web::{AppState, JobView, error};
@@ -83,8 +85,8 @@ pub struct EnvironmentView {
 #[derive(Debug, Serialize)]
 pub struct HolderView {
     pub job: i64,
-    pub state: String,
-    pub step: String,
+    pub state: crate::domain::JobState,
+    pub step: crate::domain::Step,
     pub requested_by: String,
     pub pull_requests: Vec<String>,
     /// Component → pinned commit.
@@ -106,35 +108,27 @@ pub struct QueuedView {
     pub position: usize,
     pub requested_by: String,
     pub pull_requests: Vec<String>,
-    pub step: String,
+    pub step: crate::domain::Step,
 }
 
 /// Every environment with its holder and queue (the status page uses this too).
 pub async fn environment_views(state: &AppState) -> Result<Vec<EnvironmentView>, ActionError> {
     let store = &state.store;
-    let rows = store.environments().await?;
+    let rows = Store::environments(store.db()).await?;
     let mut out = Vec::new();
     for env in &state.config.environments {
         let row = rows.iter().find(|r| r.name == env.name);
         let holder_id = row.and_then(|r| r.holder_job);
         let mut holder = None;
         if let Some(id) = holder_id
-            && let Some(job) = store.get_job(id).await?
+            && let Some(job) = Store::job(store.db(), id).await?
         {
-            let pulls = store.job_pull_requests(id).await?;
-            let pins: Vec<crate::pipeline::plan::Pinned> = job
-                .pinned
-                .clone()
-                .and_then(|p| serde_json::from_value(p).ok())
-                .unwrap_or_default();
-            let plan: Option<crate::pipeline::plan::Plan> = job
-                .plan
-                .clone()
-                .and_then(|p| serde_json::from_value(p).ok());
+            let pulls = Store::job_pull_requests(store.db(), id).await?;
+            let (pins, plan) = (job.pins(), job.plan.as_ref());
             holder = Some(HolderView {
                 job: id,
-                state: job.state.clone(),
-                step: job.step.clone(),
+                state: job.state,
+                step: job.step,
                 requested_by: job.requested_by.clone(),
                 pull_requests: pulls
                     .iter()
@@ -161,14 +155,14 @@ pub async fn environment_views(state: &AppState) -> Result<Vec<EnvironmentView>,
         }
         let mut queue = Vec::new();
         let mut position = 0;
-        for job in store.queue_of(&env.name).await? {
+        for job in Store::queue(store.db(), &env.name).await? {
             // Everything for this environment but its holder is in line
             // (a request being resolved or planned included).
             if Some(job.id) == holder_id {
                 continue;
             }
             position += 1;
-            let pulls = store.job_pull_requests(job.id).await?;
+            let pulls = Store::job_pull_requests(store.db(), job.id).await?;
             queue.push(QueuedView {
                 job: job.id,
                 position,
@@ -177,7 +171,7 @@ pub async fn environment_views(state: &AppState) -> Result<Vec<EnvironmentView>,
                     .iter()
                     .map(|p| format!("{}#{}", p.repo, p.number))
                     .collect(),
-                step: job.step.clone(),
+                step: job.step,
             });
         }
         out.push(EnvironmentView {
@@ -280,7 +274,7 @@ pub async fn create_job(
         Ok(id) => {
             state.jobs_wake.notify_waiters();
             state.wake.notify_one();
-            match state.store.get_job(id).await {
+            match Store::job(state.store.db(), id).await {
                 Ok(Some(job)) => (
                     StatusCode::CREATED,
                     Json(json!({ "job": JobView::new(job, &state.config) })),
@@ -399,7 +393,7 @@ pub async fn job_events(
         Ok(id) => id,
         Err(e) => return answer(e),
     };
-    match state.store.get_job(id).await {
+    match Store::job(state.store.db(), id).await {
         Ok(Some(_)) => {}
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no job {id}")),
         Err(_) => {
@@ -429,7 +423,7 @@ pub async fn job_events(
                 if done {
                     return None;
                 }
-                let (job, events) = match (store.get_job(id).await, store.job_events(id).await) {
+                let (job, events) = match (Store::job(store.db(), id).await, Store::job_events(store.db(), id).await) {
                     (Ok(Some(job)), Ok(events)) => (job, events),
                     _ => {
                         tokio::time::sleep(Duration::from_secs(1)).await;

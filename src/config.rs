@@ -325,11 +325,13 @@ impl Timeouts {
         Duration::from_millis(self.poll_ms.clamp(10, 60_000))
     }
 
-    pub fn get(&self, step: &str) -> Duration {
+    /// The time limit of a step that has one (the deploy limit otherwise).
+    pub fn get(&self, step: crate::domain::Step) -> Duration {
+        use crate::domain::Step;
         let text = match step {
-            "resolve" => &self.resolve,
-            "build" => &self.build,
-            "cleanup" => &self.cleanup,
+            Step::Resolve => &self.resolve,
+            Step::Build => &self.build,
+            Step::Cleanup => &self.cleanup,
             _ => &self.deploy,
         };
         parse_duration_or_secs(text).unwrap_or(Duration::from_secs(1200))

@@ -9,13 +9,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::{JobState, Step};
 use crate::auth::{Authorizer, Decision};
 use crate::command::{Command, DeployRequest, Ref, help_text, parse_command};
 use crate::config::Config;
 use crate::github::{GitHub, GitHubError, InstallationId, RepoName};
 use crate::installations::find_installation;
-use crate::pipeline::plan::Pinned;
-use crate::report::Report;
+use crate::domain::plan::Pinned;
+use crate::domain::Report;
+use crate::ops;
 use crate::store::{NewJob, PullRef, Store, StoreError, Tx};
 
 /// An event that needs authorisation before it becomes jobs.
@@ -260,7 +262,7 @@ impl Intake {
                     // Not one of ours (or from before deploybot kept check runs).
                     return self.finish(trigger_id).await;
                 };
-                let Some(old) = self.store.get_job(old).await? else {
+                let Some(old) = Store::job(self.store.db(), old).await? else {
                     return self.finish(trigger_id).await;
                 };
                 // The user must be allowed where the check run is and where the
@@ -286,7 +288,7 @@ impl Intake {
                     is_pull_request: old.is_pull_request,
                     installation_id: old.installation_id,
                 };
-                let pulls = self.store.job_pull_requests(old.id).await?;
+                let pulls = Store::job_pull_requests(self.store.db(), old.id).await?;
                 let mut tx = self.store.begin().await?;
                 match decision {
                     Decision::Denied(why) => {
@@ -296,13 +298,8 @@ impl Intake {
                         }
                     }
                     Decision::Allowed(_) => {
-                        let request: DeployRequest =
-                            serde_json::from_value(old.request.clone()).unwrap_or_default();
-                        let pinned: Vec<Pinned> = old
-                            .pinned
-                            .clone()
-                            .and_then(|p| serde_json::from_value(p).ok())
-                            .unwrap_or_default();
+                        let request = old.request.clone();
+                        let pinned = old.pins().to_vec();
                         let asked = Asked {
                             by: sender,
                             source: "rerun",
@@ -321,14 +318,8 @@ impl Intake {
                             )
                             .await?;
                         if let Some(number) = old.number {
-                            Store::supersede_queued_from(
-                                &mut tx,
-                                &old.repo,
-                                number,
-                                &format!("superseded by request #{id} (re-run by @{sender})"),
-                                id,
-                            )
-                            .await?;
+                            let why = format!("superseded by request #{id} (re-run by @{sender})");
+                            ops::supersede_older(&mut tx, &old.repo, number, id, &why).await?;
                         }
                     }
                 }
@@ -398,14 +389,8 @@ impl Intake {
                             u64::try_from(*number).unwrap_or_default(),
                         );
                         if synchronize {
-                            Store::end_queued_jobs_of_pr(
-                                &mut tx,
-                                repo,
-                                *number,
-                                "superseded",
-                                &format!("superseded by new commits ({})", short(head_sha)),
-                            )
-                            .await?;
+                            let why = format!("superseded by new commits ({})", short(head_sha));
+                            ops::supersede_pr(&mut tx, repo, *number, &why).await?;
                         }
                         let source = if synchronize { "synchronize" } else { "label" };
                         let pinned: Vec<Pinned> = request
@@ -584,14 +569,8 @@ impl Intake {
                             &pinned,
                         )
                         .await?;
-                    Store::supersede_queued_from(
-                        tx,
-                        &origin.repo,
-                        origin.number,
-                        &format!("superseded by request #{id} from @{author}"),
-                        id,
-                    )
-                    .await?;
+                    let why = format!("superseded by request #{id} from @{author}");
+                    ops::supersede_older(tx, &origin.repo, origin.number, id, &why).await?;
                     if !acknowledged {
                         Report::Reaction {
                             repo: origin.repo.clone(),
@@ -640,7 +619,7 @@ impl Intake {
                         .await?;
                 }
                 Command::Extend { duration } => {
-                    let text = self.extend(tx, origin, duration).await?;
+                    let text = self.extend(tx, origin, author, duration).await?;
                     origin
                         .reply(format!("@{author}, {text}"))
                         .enqueue(tx, None)
@@ -674,42 +653,18 @@ impl Intake {
                 }
             });
         }
-        let reason = format!("cancelled by @{author}");
+        let actor = origin.actor(author);
         let mut done = Vec::new();
         for job in jobs {
-            if job.state == "queued" && Store::cancel_queued_job(tx, job.id, &reason).await? {
-                Store::add_event(tx, job.id, "end", &format!("cancelled: {reason}")).await?;
-                if let Some(r) = Report::end_reaction(&job, false) {
-                    r.enqueue(tx, Some(job.id)).await?;
+            match ops::cancel(tx, &job, &actor).await? {
+                ops::Cancelled::Ended => done.push(format!("#{} (was queued)", job.id)),
+                ops::Cancelled::Stopping(step) => {
+                    done.push(format!("#{} (stopping during `{step}`)", job.id))
                 }
-                if let Some(env) = self.config.environment(&job.environment) {
-                    Store::release_environment(tx, &env.name, job.id, false).await?;
-                }
-                done.push(format!("#{} (was queued)", job.id));
-            } else if Store::request_cancel(tx, job.id).await? {
-                Store::add_event(tx, job.id, "cancel", &format!("{reason}; stopping")).await?;
-                done.push(format!("#{} (stopping during `{}`)", job.id, job.step));
+                ops::Cancelled::AlreadyEnded(_) => {}
             }
         }
         Ok(format!("cancelled request {}.", done.join(", ")))
-    }
-
-    /// The environment held by a request from this conversation, if any.
-    async fn held_by_origin(
-        &self,
-        tx: &mut Tx,
-        origin: &Origin,
-    ) -> Result<Option<(crate::store::EnvironmentRow, crate::store::Job)>, StoreError> {
-        for env in Store::environments_in(tx).await? {
-            if let Some(holder) = env.holder_job
-                && let Some(job) = Store::job_in(tx, holder).await?
-                && job.repo == origin.repo
-                && job.number == Some(origin.number)
-            {
-                return Ok(Some((env, job)));
-            }
-        }
-        Ok(None)
     }
 
     /// `release [ENV]`: free what this conversation holds, or ENV.
@@ -720,58 +675,26 @@ impl Intake {
         author: &str,
         env: Option<&str>,
     ) -> Result<String, StoreError> {
-        let target = match env {
-            Some(name) => Store::environment_row(tx, name)
-                .await?
-                .and_then(|row| row.holder_job.map(|holder| (row, holder))),
-            None => self
-                .held_by_origin(tx, origin)
-                .await?
-                .map(|(row, job)| (row, job.id)),
+        let name = match env {
+            Some(name) => name.to_string(),
+            None => match ops::holding(tx, |j| j.comes_from(&origin.repo, origin.number)).await? {
+                Some((row, _)) => row.name,
+                None => return Ok("this conversation holds no environment.".into()),
+            },
         };
-        let Some((row, holder)) = target else {
-            return Ok(match env {
-                Some(name) => format!("`{name}` is not held by anyone."),
-                None => "this conversation holds no environment.".into(),
-            });
-        };
-        let job = Store::job_in(tx, holder).await?;
-        if job.as_ref().is_some_and(|j| j.state == "running") {
-            Store::request_cancel(tx, holder).await?;
-            Store::add_event(
-                tx,
-                holder,
-                "cancel",
-                &format!("released by @{author} while deploying; stopping"),
-            )
-            .await?;
-            return Ok(format!(
-                "request #{holder} is still deploying to `{}`; I asked it to stop, which releases the environment.",
-                row.name
-            ));
-        }
-        Store::release_environment(tx, &row.name, holder, true).await?;
-        Store::add_event(tx, holder, "release", &format!("released by @{author}")).await?;
-        if let Some(job) = job
-            && (job.repo != origin.repo || job.number != Some(origin.number))
-            && let Some(number) = job.number
-        {
-            Report::Comment {
-                repo: job.repo.clone(),
-                installation_id: job.installation_id,
-                number,
-                body: format!(
-                    "**{}** was released by @{author} (from {}#{}); the deployment of request #{} is no longer held.",
-                    row.name, origin.repo, origin.number, job.id
+        Ok(
+            match ops::release(tx, &name, None, &origin.actor(author)).await? {
+                ops::Released::Released { holder } => {
+                    format!("released `{name}` (held by request #{holder}).")
+                }
+                ops::Released::Stopping { holder } => format!(
+                    "request #{holder} is still deploying to `{name}`; I asked it to stop, which releases the environment."
                 ),
-            }
-            .enqueue(tx, Some(job.id))
-            .await?;
-        }
-        Ok(format!(
-            "released `{}` (held by request #{holder}).",
-            row.name
-        ))
+                ops::Released::NotHeld | ops::Released::ChangedHands => {
+                    format!("`{name}` is not held by anyone.")
+                }
+            },
+        )
     }
 
     /// `extend DURATION`: lengthen this conversation's hold, up to the maximum.
@@ -779,9 +702,12 @@ impl Intake {
         &self,
         tx: &mut Tx,
         origin: &Origin,
+        author: &str,
         by: std::time::Duration,
     ) -> Result<String, StoreError> {
-        let Some((row, job)) = self.held_by_origin(tx, origin).await? else {
+        let Some((row, job)) =
+            ops::holding(tx, |j| j.comes_from(&origin.repo, origin.number)).await?
+        else {
             return Ok("this conversation holds no environment to extend.".into());
         };
         let max = self
@@ -789,8 +715,12 @@ impl Intake {
             .environment(&row.name)
             .map(|e| e.max_ttl())
             .unwrap_or(std::time::Duration::from_secs(8 * 3600));
-        let (until, capped) = extended_until(tx.now, row.held_until, by, max);
-        Store::set_hold_until(tx, &row.name, job.id, until).await?;
+        let actor = origin.actor(author);
+        let ops::Extended::Until { until, capped, .. } =
+            ops::extend(tx, &row.name, Some(job.id), by, max, &actor).await?
+        else {
+            return Ok("this conversation holds no environment to extend.".into());
+        };
         let capped = if capped {
             format!(
                 " (capped at the maximum of {})",
@@ -799,13 +729,6 @@ impl Intake {
         } else {
             String::new()
         };
-        Store::add_event(
-            tx,
-            job.id,
-            "hold",
-            &format!("extended until {}", crate::store::rfc3339(until)),
-        )
-        .await?;
         Ok(format!(
             "`{}` is now held until {}{capped}.",
             row.name,
@@ -817,11 +740,11 @@ impl Intake {
     async fn status(&self, tx: &mut Tx) -> Result<String, StoreError> {
         let mut out =
             String::from("| environment | held by | until | queue |\n|---|---|---|---|\n");
-        for env in Store::environments_in(tx).await? {
+        for env in Store::environments(tx.db()).await? {
             let holder = match env.holder_job {
-                Some(id) => match Store::job_in(tx, id).await? {
+                Some(id) => match Store::job(tx.db(), id).await? {
                     Some(job) => {
-                        let pulls: Vec<String> = Store::job_pull_requests_in(tx, id)
+                        let pulls: Vec<String> = Store::job_pull_requests(tx.db(), id)
                             .await?
                             .iter()
                             .map(|p| format!("{}#{}", p.repo, p.number))
@@ -849,7 +772,7 @@ impl Intake {
                 .held_until
                 .map(crate::status::human_time)
                 .unwrap_or_else(|| "–".into());
-            let queue: Vec<String> = Store::queue_in(tx, &env.name)
+            let queue: Vec<String> = Store::queue(tx.db(), &env.name)
                 .await?
                 .iter()
                 .filter(|j| Some(j.id) != env.holder_job)
@@ -952,11 +875,11 @@ impl Intake {
         let environment = match (&request.env, self.config.environments.len()) {
             (Some(env), _) => env.clone(),
             (None, 1) => self.config.default_environment().name.clone(),
-            (None, _) => crate::store::ANY_ENVIRONMENT.to_string(),
+            (None, _) => crate::domain::ANY_ENVIRONMENT.to_string(),
         };
         let job = NewJob {
             source: asked.source.into(),
-            request: serde_json::to_value(request)?,
+            request: request.clone(),
             requested_by: asked.by.into(),
             repo: origin.repo.clone(),
             number,
@@ -967,12 +890,10 @@ impl Intake {
             environment,
             base: request.base.as_str().into(),
             pull_requests,
-            pinned: (!pinned.is_empty()).then(|| serde_json::json!(pinned)),
+            pinned: pinned.to_vec(),
             queued_message: message.to_string(),
         };
-        let id = Store::insert_job(tx, &job).await?;
-        tracing::info!(job = id, repo = %origin.repo, number = origin.number, "job queued");
-        Ok(id)
+        ops::accept(tx, &job).await
     }
 }
 
@@ -1004,6 +925,15 @@ pub(crate) struct Origin {
 }
 
 impl Origin {
+    /// `login`, acting from this conversation.
+    fn actor<'a>(&'a self, login: &'a str) -> ops::Actor<'a> {
+        ops::Actor::Comment {
+            login,
+            repo: &self.repo,
+            number: self.number,
+        }
+    }
+
     fn reply(&self, body: String) -> Report {
         Report::Comment {
             repo: self.repo.clone(),
@@ -1012,21 +942,6 @@ impl Origin {
             body,
         }
     }
-}
-
-/// A hold ending at `held_until` lengthened by `by`, but never beyond `max`
-/// from `now`: the new end (unix ms), and whether the maximum cut it short.
-pub(crate) fn extended_until(
-    now: i64,
-    held_until: Option<i64>,
-    by: Duration,
-    max: Duration,
-) -> (i64, bool) {
-    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
-    let current = held_until.unwrap_or(now).max(now);
-    let limit = now + ms(max);
-    let wanted = current + ms(by);
-    (wanted.min(limit), wanted > limit)
 }
 
 fn is_sha(sha: &str) -> bool {

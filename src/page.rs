@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::api::{EnvironmentView, environment_views};
 use crate::status::{Snapshot, human_span, human_time, redact};
+use crate::domain::{Conclusion, JobState};
 use crate::store::JobFilter;
 use crate::web::AppState;
 
@@ -123,8 +124,8 @@ fn environment_card(env: &EnvironmentView, now_ms: i64) -> String {
                 .as_deref()
                 .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
                 .map(|t| t.timestamp_millis());
-            let left = match (h.state.as_str(), until) {
-                ("running", _) => format!("deploying: {}", esc(&h.step)),
+            let left = match (h.state, until) {
+                (JobState::Running, _) => format!("deploying: {}", esc(h.step.as_str())),
                 (_, Some(u)) if u > now_ms => {
                     format!("{} left (until {})", human_span(u - now_ms), human_time(u))
                 }
@@ -216,23 +217,19 @@ pub async fn status_page(State(state): State<Arc<AppState>>) -> Response {
         );
         for job in &jobs {
             // Words and colours, not emoji: they read the same in every font.
-            let outcome = match (job.state.as_str(), job.conclusion.as_deref()) {
-                ("queued", _) => format!("<span class=\"held\">queued ({})</span>", esc(&job.step)),
-                ("running", _) => {
-                    format!("<span class=\"held\">running: {}</span>", esc(&job.step))
+            let step = esc(job.step.as_str());
+            let outcome = match (job.state, job.conclusion) {
+                (JobState::Queued, _) => format!("<span class=\"held\">queued ({step})</span>"),
+                (JobState::Running, _) => format!("<span class=\"held\">running: {step}</span>"),
+                (_, Some(Conclusion::Success)) => "<span class=\"free\">success</span>".into(),
+                (_, Some(Conclusion::Failure)) => {
+                    format!("<span class=\"dirty\">failed at {step}</span>")
                 }
-                (_, Some("success")) => "<span class=\"free\">success</span>".into(),
-                (_, Some("failure")) => {
-                    format!("<span class=\"dirty\">failed at {}</span>", esc(&job.step))
+                (_, Some(Conclusion::TimedOut)) => {
+                    format!("<span class=\"dirty\">timed out at {step}</span>")
                 }
-                (_, Some("timed_out")) => {
-                    format!(
-                        "<span class=\"dirty\">timed out at {}</span>",
-                        esc(&job.step)
-                    )
-                }
-                (_, Some(other)) => format!("<span class=\"muted\">{}</span>", esc(other)),
-                (other, None) => esc(other),
+                (_, Some(other)) => format!("<span class=\"muted\">{other}</span>"),
+                (other, None) => esc(other.as_str()),
             };
             let created = chrono::DateTime::parse_from_rfc3339(&job.created_at)
                 .map(|t| t.timestamp_millis())
@@ -277,8 +274,7 @@ pub async fn job_page(State(state): State<Arc<AppState>>, Path(id): Path<String>
         snap.icon(),
         esc(&snap.headline())
     );
-    let request: crate::command::DeployRequest =
-        serde_json::from_value(job.request.clone()).unwrap_or_default();
+    let request = &job.request;
     body.push_str(&format!(
         "<p>@{} asked <code>{} {}</code>{} · base <code>{}</code> · environment <code>{}</code></p>",
         esc(&job.requested_by),
@@ -298,11 +294,7 @@ pub async fn job_page(State(state): State<Arc<AppState>>, Path(id): Path<String>
         body.push_str(&format!("<pre>{}</pre>", esc(&excerpt)));
     }
     // Components and their commits.
-    let pinned: Vec<crate::pipeline::plan::Pinned> = job
-        .pinned
-        .clone()
-        .and_then(|p| serde_json::from_value(p).ok())
-        .unwrap_or_default();
+    let pinned = job.pins();
     body.push_str("<h2>Components</h2><div class=\"scroll\"><table><tr><th>component</th><th>ref</th><th>commit</th></tr>");
     for r in &request.refs {
         let sha = pinned
@@ -324,11 +316,7 @@ pub async fn job_page(State(state): State<Arc<AppState>>, Path(id): Path<String>
         ));
     }
     body.push_str("</table></div>");
-    if let Some(plan) = job
-        .plan
-        .clone()
-        .and_then(|p| serde_json::from_value::<crate::pipeline::plan::Plan>(p).ok())
-    {
+    if let Some(plan) = &job.plan {
         body.push_str("<h2>Plan</h2><div class=\"scroll\"><table><tr><th>image</th><th>how</th><th>deployed</th></tr>");
         for image in &plan.images {
             body.push_str(&format!(
@@ -347,7 +335,7 @@ pub async fn job_page(State(state): State<Arc<AppState>>, Path(id): Path<String>
         body.push_str(&format!(
             "<tr><td>{} {}</td><td>{}</td><td>{}</td></tr>",
             line.icon,
-            esc(&line.step),
+            esc(line.step.as_str()),
             esc(&line.time),
             esc(&line.note)
         ));
@@ -357,7 +345,7 @@ pub async fn job_page(State(state): State<Arc<AppState>>, Path(id): Path<String>
         body.push_str(&format!(
             "{} [{}] {}\n",
             esc(&e.at),
-            esc(&e.step),
+            esc(e.step.as_str()),
             esc(&redact(&e.message))
         ));
     }

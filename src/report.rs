@@ -10,8 +10,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 
+
+use crate::domain::Job;
 use crate::config::Config;
 use crate::github::{
     CheckRun, CheckRunOutput, CommentId, DeploymentStatus, GitHub, GitHubError, InstallationId,
@@ -19,85 +20,8 @@ use crate::github::{
 };
 use crate::installations::find_installation;
 use crate::status::Snapshot;
-use crate::store::{Job, Store, StoreError, Tx};
-
-/// Reports deploybot sends to GitHub.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Report {
-    /// A reaction on an issue comment (👀 is `eyes`).
-    Reaction {
-        repo: String,
-        installation_id: Option<i64>,
-        comment_id: i64,
-        content: String,
-    },
-    /// A new comment on an issue or PR.
-    Comment {
-        repo: String,
-        installation_id: Option<i64>,
-        number: i64,
-        body: String,
-    },
-    /// Bring a request's status on GitHub (status comment, check runs,
-    /// deployment) in line with its current state. One per job, re-armed on
-    /// every change (see `Store::want_sync`).
-    Sync { job_id: i64 },
-}
-
-impl Report {
-    fn kind(&self) -> &'static str {
-        match self {
-            Report::Reaction { .. } => "reaction",
-            Report::Comment { .. } => "comment",
-            Report::Sync { .. } => "sync",
-        }
-    }
-
-    fn target(&self) -> (&str, Option<i64>) {
-        match self {
-            Report::Sync { .. } => ("", None),
-            Report::Reaction {
-                repo,
-                installation_id,
-                ..
-            }
-            | Report::Comment {
-                repo,
-                installation_id,
-                ..
-            } => (repo, *installation_id),
-        }
-    }
-
-    /// 🚀 (success) or 😕 on the comment that asked for `job`, if one did.
-    pub fn end_reaction(job: &crate::store::Job, success: bool) -> Option<Report> {
-        job.comment_id.map(|comment_id| Report::Reaction {
-            repo: job.repo.clone(),
-            installation_id: job.installation_id,
-            comment_id,
-            content: if success { "rocket" } else { "confused" }.into(),
-        })
-    }
-
-    /// Queue this report inside the caller's transaction.
-    pub async fn enqueue(&self, tx: &mut Tx, job_id: Option<i64>) -> Result<i64, StoreError> {
-        Store::enqueue_report(tx, job_id, self.kind(), self).await
-    }
-}
-
-/// The hidden marker that identifies a comment sent for outbox row `id`.
-pub fn marker(id: i64) -> String {
-    format!("<!-- deploybot:report:{id} -->")
-}
-
-/// The hidden marker of request `job_id`'s status comment.
-pub fn job_marker(job_id: i64) -> String {
-    format!("<!-- deploybot:job:{job_id} -->")
-}
-
-/// The name deploybot's check runs carry.
-pub const CHECK_NAME: &str = "deploybot";
+use crate::store::{Store, StoreError};
+pub use crate::domain::outbox::{CHECK_NAME, Report, job_marker, marker};
 
 fn digest(text: &str) -> String {
     use sha2::Digest;
@@ -539,7 +463,7 @@ impl Reporter {
             // went out (its history shows it deployed, then inactive).
             None if matches!(status.state, "inactive")
                 && recorded.is_none()
-                && job.state != "succeeded" =>
+                && job.state != crate::domain::JobState::Succeeded =>
             {
                 return Ok(());
             }

@@ -2,9 +2,10 @@
 //! text and the deployment's state, rendered from a snapshot of the job.
 //! Pure: the reporter reads the snapshot and sends what this renders.
 
+use crate::domain::{JobState, Step};
 use crate::command::{DeployRequest, Ref};
 use crate::config::Config;
-use crate::pipeline::plan::{ImageAction, Pinned, Plan};
+use crate::domain::plan::{ImageAction, Pinned, Plan};
 use crate::store::{EnvironmentRow, Job, JobEvent, PullRef, Store, StoreError, rfc3339};
 
 /// Everything the status of one request is rendered from.
@@ -29,10 +30,6 @@ pub struct Snapshot {
     pub now_ms: i64,
 }
 
-/// The pipeline's steps in order, as events name them.
-const STEPS: [&str; 9] = [
-    "queued", "resolve", "plan", "waiting", "lock", "build", "cleanup", "deploy", "hold",
-];
 
 /// Where a request is, as a person would put it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +60,7 @@ pub struct CheckState {
 /// One step of a request as the status shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepLine {
-    pub step: String,
+    pub step: Step,
     /// ✅ done, 🔄 running, ❌ failed there.
     pub icon: &'static str,
     /// How long it took (empty for the hold).
@@ -86,23 +83,22 @@ impl Snapshot {
         config: &Config,
         job_id: i64,
     ) -> Result<Option<Snapshot>, StoreError> {
-        let Some(job) = store.get_job(job_id).await? else {
+        // One transaction: everything shown is of one moment.
+        let mut tx = store.begin().await?;
+        let Some(job) = Store::job(tx.db(), job_id).await? else {
+            tx.rollback().await?;
             return Ok(None);
         };
-        let events = store.job_events(job_id).await?;
-        let pulls = store.job_pull_requests(job_id).await?;
+        let events = Store::job_events(tx.db(), job_id).await?;
+        let pulls = Store::job_pull_requests(tx.db(), job_id).await?;
         let configured = config.environment(&job.environment);
-        let environment = store
-            .environments()
-            .await?
-            .into_iter()
-            .find(|r| r.name == job.environment);
+        let environment = Store::environment_row(tx.db(), &job.environment).await?;
         let (mut queue_position, mut holder) = (None, None);
-        if job.state == "queued" && configured.is_some() {
-            let queue = store.queue_of(&job.environment).await?;
+        if job.state == JobState::Queued && configured.is_some() {
+            let queue = Store::queue(tx.db(), &job.environment).await?;
             let ahead = queue
                 .iter()
-                .filter(|j| j.id < job.id && j.state == "queued")
+                .filter(|j| j.id < job.id && j.state == JobState::Queued)
                 .count();
             queue_position = Some(ahead + 1);
             if let Some(id) = environment
@@ -115,7 +111,7 @@ impl Snapshot {
                     .and_then(|e| e.held_until)
                     .map(|ms| format!(" until {}", human_time(ms)))
                     .unwrap_or_default();
-                holder = Some(match store.get_job(id).await? {
+                holder = Some(match Store::job(tx.db(), id).await? {
                     Some(h) => format!(
                         "request #{id} ({}#{}){until}",
                         h.repo,
@@ -125,6 +121,8 @@ impl Snapshot {
                 });
             }
         }
+        let now_ms = tx.now;
+        tx.commit().await?;
         let details_url = format!(
             "{}/jobs/{}",
             config.bot.public_url.trim_end_matches('/'),
@@ -142,27 +140,20 @@ impl Snapshot {
             holder,
             details_url,
             command_prefix: config.bot.command_prefix.clone(),
-            now_ms: store.now_ms(),
+            now_ms,
         }))
     }
 
-    fn request(&self) -> DeployRequest {
-        serde_json::from_value(self.job.request.clone()).unwrap_or_default()
+    fn request(&self) -> &DeployRequest {
+        &self.job.request
     }
 
-    fn plan(&self) -> Option<Plan> {
-        self.job
-            .plan
-            .clone()
-            .and_then(|p| serde_json::from_value(p).ok())
+    fn plan(&self) -> Option<&Plan> {
+        self.job.plan.as_ref()
     }
 
-    fn pinned(&self) -> Vec<Pinned> {
-        self.job
-            .pinned
-            .clone()
-            .and_then(|p| serde_json::from_value(p).ok())
-            .unwrap_or_default()
+    fn pinned(&self) -> &[Pinned] {
+        self.job.pins()
     }
 
     pub fn holds(&self) -> bool {
@@ -172,22 +163,22 @@ impl Snapshot {
     }
 
     fn environment_name(&self) -> Option<&str> {
-        (self.job.environment != crate::store::ANY_ENVIRONMENT)
+        (self.job.environment != crate::domain::ANY_ENVIRONMENT)
             .then_some(self.job.environment.as_str())
     }
 
     pub fn phase(&self) -> Phase {
-        match (self.job.state.as_str(), self.job.step.as_str()) {
-            ("queued", "waiting") => Phase::Waiting,
-            ("queued", _) => Phase::Queued,
-            ("running", _) => Phase::Running,
-            ("succeeded", _) if self.request().dry_run => Phase::Planned,
-            ("succeeded", _) if self.holds() => Phase::Deployed,
-            ("succeeded", _) => Phase::Ended,
-            ("timed_out", _) => Phase::TimedOut,
-            ("cancelled", _) => Phase::Cancelled,
-            ("superseded", _) => Phase::Superseded,
-            _ => Phase::Failed,
+        match self.job.state {
+            JobState::Queued if self.job.step == Step::Waiting => Phase::Waiting,
+            JobState::Queued => Phase::Queued,
+            JobState::Running => Phase::Running,
+            JobState::Succeeded if self.request().dry_run => Phase::Planned,
+            JobState::Succeeded if self.holds() => Phase::Deployed,
+            JobState::Succeeded => Phase::Ended,
+            JobState::TimedOut => Phase::TimedOut,
+            JobState::Cancelled => Phase::Cancelled,
+            JobState::Superseded => Phase::Superseded,
+            JobState::Failed => Phase::Failed,
         }
     }
 
@@ -272,7 +263,7 @@ impl Snapshot {
         if let Some(until) = self
             .environment
             .as_ref()
-            .filter(|_| self.holds() && self.job.state == "succeeded")
+            .filter(|_| self.holds() && self.job.state == JobState::Succeeded)
             .and_then(|e| e.held_until)
         {
             facts.push(format!(
@@ -285,7 +276,7 @@ impl Snapshot {
             facts.push(format!("held by {holder}"));
         }
         if self.phase() == Phase::Ended
-            && let Some(why) = self.events.iter().rev().find(|e| e.step == "release")
+            && let Some(why) = self.events.iter().rev().find(|e| e.step == Step::Release)
         {
             facts.push(format!("hold ended: {}", redact(first_line(&why.message))));
         }
@@ -298,7 +289,7 @@ impl Snapshot {
     fn components_table(&self) -> String {
         let plan = self.plan();
         let pinned = match &plan {
-            Some(p) => p.refs.clone(),
+            Some(p) => p.refs.as_slice(),
             None => self.pinned(),
         };
         let request = self.request();
@@ -335,14 +326,14 @@ impl Snapshot {
             let reference = image.reference();
             let said = |verb: &str| {
                 self.events.iter().any(|e| {
-                    e.step == "build" && e.message.starts_with(&format!("{verb} {reference}"))
+                    e.step == Step::Build && e.message.starts_with(&format!("{verb} {reference}"))
                 })
             };
             let state = if said("reused") {
                 "reused (built before from the same commits)"
             } else if said("built") {
                 "built"
-            } else if self.job.state == "running" || self.job.state == "queued" {
+            } else if self.job.state == JobState::Running || self.job.state == JobState::Queued {
                 "to build"
             } else {
                 "not built"
@@ -353,7 +344,7 @@ impl Snapshot {
                         .steps
                         .iter()
                         .filter_map(|s| match s {
-                            crate::pipeline::plan::BuildStep::Overlay { library, .. } => {
+                            crate::domain::plan::BuildStep::Overlay { library, .. } => {
                                 Some(library.clone())
                             }
                             _ => None,
@@ -387,19 +378,19 @@ impl Snapshot {
     /// Steps with their state, duration and what each said last.
     pub fn step_lines(&self) -> Vec<StepLine> {
         struct Line {
-            step: String,
+            step: Step,
             start: i64,
             note: String,
         }
         let mut lines: Vec<Line> = Vec::new();
         for e in &self.events {
-            if !STEPS.contains(&e.step.as_str()) || is_output(&e.message) {
+            if !Step::PIPELINE.contains(&e.step) || is_output(&e.message) {
                 continue;
             }
             match lines.last_mut() {
                 Some(last) if last.step == e.step => last.note = e.message.clone(),
                 _ => lines.push(Line {
-                    step: e.step.clone(),
+                    step: e.step,
                     start: e.at_ms,
                     note: e.message.clone(),
                 }),
@@ -410,7 +401,7 @@ impl Snapshot {
             .events
             .iter()
             .rev()
-            .find(|e| e.step == "end")
+            .find(|e| e.step == Step::End)
             .map(|e| e.at_ms)
             .unwrap_or(self.now_ms);
         let failed = matches!(self.phase(), Phase::Failed | Phase::TimedOut);
@@ -421,24 +412,24 @@ impl Snapshot {
             let until = lines.get(n + 1).map(|l| l.start).unwrap_or(end_ms);
             let (icon, time) = match (last, ended) {
                 (true, false) => ("🔄", "…".to_string()),
-                (true, true) if failed && line.step != "hold" => {
+                (true, true) if failed && line.step != Step::Hold => {
                     ("❌", human_span(until - line.start))
                 }
                 _ => ("✅", human_span(until - line.start)),
             };
-            let time = if line.step == "hold" {
+            let time = if line.step == Step::Hold {
                 String::new()
             } else {
                 time
             };
-            let note = match line.step.as_str() {
+            let note = match line.step {
                 // The facts, components and images say these.
-                "queued" | "resolve" | "plan" | "hold" => String::new(),
-                "build" => self.build_note().unwrap_or_else(|| cell(&line.note)),
+                Step::Queued | Step::Resolve | Step::Plan | Step::Hold => String::new(),
+                Step::Build => self.build_note().unwrap_or_else(|| cell(&line.note)),
                 _ => cell(&line.note),
             };
             out.push(StepLine {
-                step: line.step.clone(),
+                step: line.step,
                 icon,
                 time,
                 note,
@@ -463,7 +454,7 @@ impl Snapshot {
         let count = |verb: &str| {
             self.events
                 .iter()
-                .filter(|e| e.step == "build" && e.message.starts_with(verb))
+                .filter(|e| e.step == Step::Build && e.message.starts_with(verb))
                 .count()
         };
         let (built, reused) = (count("built "), count("reused "));
@@ -547,7 +538,7 @@ impl Snapshot {
         if self
             .events
             .iter()
-            .any(|e| e.step != "queued" && STEPS.contains(&e.step.as_str()))
+            .any(|e| e.step != Step::Queued && Step::PIPELINE.contains(&e.step))
         {
             out.push('\n');
             out.push_str(&self.steps_table());
@@ -637,7 +628,7 @@ impl Snapshot {
 
     /// Whether the job has ended (no more changes but the hold's end).
     pub fn active(&self) -> bool {
-        matches!(self.job.state.as_str(), "queued" | "running")
+        self.job.state.is_active()
     }
 }
 

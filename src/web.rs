@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Notify;
 
-use crate::command::{ComponentRef, DeployRequest};
+use crate::command::ComponentRef;
 use crate::config::{Config, ConfigSource};
 use crate::settings::Settings;
 use crate::store::{Job, JobFilter, Store};
@@ -82,10 +82,10 @@ async fn not_found() -> Response {
 #[derive(Debug, Serialize)]
 pub struct JobView {
     pub id: i64,
-    pub state: String,
+    pub state: crate::domain::JobState,
     /// The pipeline step it is in, or ended in.
-    pub step: String,
-    pub conclusion: Option<String>,
+    pub step: crate::domain::Step,
+    pub conclusion: Option<crate::domain::Conclusion>,
     pub source: String,
     pub requested_by: String,
     pub repository: String,
@@ -113,7 +113,7 @@ pub struct ComponentView {
 
 impl JobView {
     pub fn new(job: Job, config: &Config) -> JobView {
-        let request: DeployRequest = serde_json::from_value(job.request).unwrap_or_default();
+        let request = job.request;
         JobView {
             id: job.id,
             state: job.state,
@@ -174,8 +174,12 @@ async fn list_jobs(
             "bad query: use state, repository, pull_request, environment, limit",
         );
     };
+    let state_filter = match q.state.as_deref().map(str::parse).transpose() {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad query: {e}")),
+    };
     let filter = JobFilter {
-        state: q.state,
+        state: state_filter,
         repo: q.repository,
         number: q.pull_request,
         environment: q.environment,
@@ -204,8 +208,8 @@ async fn get_job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> 
         return error(StatusCode::BAD_REQUEST, "a job id is a number");
     };
     let (job, events) = match (
-        state.store.get_job(id).await,
-        state.store.job_events(id).await,
+        Store::job(state.store.db(), id).await,
+        Store::job_events(state.store.db(), id).await,
     ) {
         (Ok(job), Ok(events)) => (job, events),
         (Err(e), _) | (_, Err(e)) => {
@@ -221,8 +225,8 @@ async fn get_job(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> 
             let (pinned, plan) = (job.pinned.clone(), job.plan.clone());
             let view = JobView::new(job, &state.config);
             let mut value = serde_json::to_value(view).unwrap_or_default();
-            value["pinned"] = pinned.unwrap_or_default();
-            value["plan"] = plan.unwrap_or_default();
+            value["pinned"] = serde_json::to_value(pinned).unwrap_or_default();
+            value["plan"] = serde_json::to_value(plan).unwrap_or_default();
             let events: Vec<_> = events
                 .into_iter()
                 .map(|mut e| {
@@ -242,14 +246,13 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let store = &state.store;
     let read = async {
         let mut environments = Vec::new();
-        let rows = store.environments().await?;
+        let rows = Store::environments(store.db()).await?;
         for env in &state.config.environments {
             let holder = rows
                 .iter()
                 .find(|r| r.name == env.name)
                 .and_then(|r| r.holder_job);
-            let queued = store
-                .queue_of(&env.name)
+            let queued = Store::queue(store.db(), &env.name)
                 .await?
                 .iter()
                 .filter(|j| Some(j.id) != holder)

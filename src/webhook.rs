@@ -615,47 +615,12 @@ async fn commit(
                 repo,
                 number,
                 reason,
-            } => {
-                let ids = Store::end_queued_jobs_of_pr(&mut tx, repo, *number, "cancelled", reason)
-                    .await?;
-                if !ids.is_empty() {
-                    tracing::info!(?ids, %repo, number, "queued jobs cancelled");
-                }
-                // A running request of the PR stops; a hold of the PR ends.
-                for job in Store::active_jobs_of_pr(&mut tx, repo, *number).await? {
-                    if Store::request_cancel(&mut tx, job.id).await? {
-                        Store::add_event(&mut tx, job.id, "cancel", &format!("{reason}; stopping"))
-                            .await?;
-                    }
-                }
-                for env in Store::environments_in(&mut tx).await? {
-                    let Some(holder) = env.holder_job else {
-                        continue;
-                    };
-                    // A running holder was asked to stop above; its end frees it.
-                    let running = Store::job_in(&mut tx, holder)
-                        .await?
-                        .is_some_and(|j| j.state == "running");
-                    if !running
-                        && Store::job_references_pr(&mut tx, holder, repo, *number).await?
-                        && Store::release_environment(&mut tx, &env.name, holder, true).await?
-                    {
-                        Store::add_event(
-                            &mut tx,
-                            holder,
-                            "release",
-                            &format!("released: {reason}"),
-                        )
-                        .await?;
-                        tracing::info!(environment = %env.name, job = holder, "hold ended");
-                    }
-                }
-            }
+            } => crate::ops::end_pr(&mut tx, repo, *number, reason).await?,
             Effect::NewCommits {
                 repo,
                 number,
                 head_sha,
-            } => new_commits_notice(&mut tx, repo, *number, head_sha, prefix).await?,
+            } => crate::ops::new_commits(&mut tx, repo, *number, head_sha, prefix).await?,
             Effect::SetInstallation {
                 repo,
                 installation_id,
@@ -669,67 +634,6 @@ async fn commit(
     Ok(true)
 }
 
-/// Tell the PR that holds an environment with a deployment including
-/// `repo#number` that the PR has moved on since.
-async fn new_commits_notice(
-    tx: &mut crate::store::Tx,
-    repo: &str,
-    number: i64,
-    head_sha: &str,
-    prefix: &str,
-) -> crate::store::Result<()> {
-    for env in Store::environments_in(tx).await? {
-        let Some(holder) = env.holder_job else {
-            continue;
-        };
-        let Some(job) = Store::job_in(tx, holder).await? else {
-            continue;
-        };
-        if job.state != "succeeded" {
-            continue;
-        }
-        let pins: Vec<crate::pipeline::plan::Pinned> = job
-            .pinned
-            .clone()
-            .and_then(|p| serde_json::from_value(p).ok())
-            .unwrap_or_default();
-        let Some(pin) = pins.iter().find(|p| {
-            p.repo.eq_ignore_ascii_case(repo)
-                && p.reference == crate::command::Ref::Pr(u64::try_from(number).unwrap_or_default())
-        }) else {
-            continue;
-        };
-        if pin.sha.eq_ignore_ascii_case(head_sha) {
-            continue;
-        }
-        let Some(origin) = job.number else { continue };
-        let short = |s: &str| s.get(..12).unwrap_or(s).to_string();
-        crate::report::Report::Comment {
-            repo: job.repo.clone(),
-            installation_id: job.installation_id,
-            number: origin,
-            body: format!(
-                "{repo}#{number} has new commits since request #{} deployed it to **{}**: \
-                 `{}` → `{}`. The environment still runs `{}`; comment `{prefix}` to deploy the new head.",
-                job.id,
-                env.name,
-                short(&pin.sha),
-                short(head_sha),
-                short(&pin.sha)
-            ),
-        }
-        .enqueue(tx, Some(job.id))
-        .await?;
-        Store::add_event(
-            tx,
-            job.id,
-            "notice",
-            &format!("{repo}#{number} moved to {}", short(head_sha)),
-        )
-        .await?;
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {

@@ -8,13 +8,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::pipeline::{Outcome, Pipeline};
+use crate::domain::Step;
+use crate::ops;
+use crate::pipeline::{Pipeline, Ran};
 use crate::store::{Job, Store, StoreError};
-
-/// Steps that are safe to run again after a worker died in them.
-const REPEATABLE: &[&str] = &["queued", "resolve", "plan", "waiting", "lock"];
-/// Steps after which the environment may hold a half-done deployment.
-const DIRTYING: &[&str] = &["build", "cleanup", "deploy"];
 
 #[derive(Clone, Debug)]
 pub struct WorkerSettings {
@@ -78,23 +75,13 @@ impl Worker {
         for job in self.store().expired_leases().await? {
             n += usize::from(self.reap(&job).await?);
         }
+        let prefix = &self.pipeline.config.bot.command_prefix;
         for env in self.store().expired_holds().await? {
             let Some(holder) = env.holder_job else {
                 continue;
             };
             let mut tx = self.store().begin().await?;
-            if Store::release_environment(&mut tx, &env.name, holder, true).await? {
-                Store::add_event(
-                    &mut tx,
-                    holder,
-                    "release",
-                    &format!("the hold of {} expired", env.name),
-                )
-                .await?;
-                if let Some(job) = Store::job_in(&mut tx, holder).await? {
-                    let body = self.pipeline.expiry_notice(&env.name, &job);
-                    Pipeline::notice(&mut tx, &job, body).await?;
-                }
+            if ops::expire(&mut tx, &env.name, holder, prefix).await? {
                 n += 1;
             }
             tx.commit().await?;
@@ -121,7 +108,7 @@ impl Worker {
         if clustered.is_empty() {
             return Ok(());
         }
-        let rows = self.store().environments().await?;
+        let rows = Store::environments(self.store().db()).await?;
         // Only environments deploybot has locked before: serve never contacts
         // the cluster until a job needs it.
         let clustered: Vec<_> = clustered
@@ -169,7 +156,7 @@ impl Worker {
             }
             // Ours and ended (a queued or running job may be about to lock, or
             // still deploying: its Lease stays).
-            let ours = self.store().get_job(leased).await?.is_some_and(|job| {
+            let ours = Store::job(self.store().db(), leased).await?.is_some_and(|job| {
                 job.environment == name
                     && lease.requested_by.as_deref() == Some(job.requested_by.as_str())
                     && !matches!(job.state.as_str(), "queued" | "running")
@@ -195,12 +182,12 @@ impl Worker {
             tx.rollback().await?;
             return Ok(false);
         }
-        let step = job.step.as_str();
-        if REPEATABLE.contains(&step) && job.attempts < job.max_attempts {
+        let step = job.step;
+        if step.repeatable() && job.attempts < job.max_attempts {
             Store::add_event(
                 &mut tx,
                 job.id,
-                "worker",
+                Step::Worker,
                 &format!(
                     "the worker running this job stopped during `{step}`; trying again (attempt {} of {})",
                     job.attempts + 1,
@@ -215,12 +202,12 @@ impl Worker {
             // The lease is this reaper's now; end the job like its worker would.
             tx.commit().await?;
             let error = format!("the worker running this job stopped during `{step}`");
-            let dirty = DIRTYING.contains(&step);
+            let dirty = step.dirties();
             self.pipeline
-                .finish(job, "failed", "failure", Some(&error), dirty)
+                .finish(job, &crate::domain::Outcome::Failed(error), dirty)
                 .await?;
         }
-        tracing::warn!(job = job.id, step, "reaped the job of a dead worker");
+        tracing::warn!(job = job.id, %step, "reaped the job of a dead worker");
         Ok(true)
     }
 
@@ -260,7 +247,7 @@ impl Worker {
             .await;
         heartbeat.abort();
         match &outcome {
-            Ok(Outcome::Waiting) => tracing::debug!(job = job.id, "waiting for its environment"),
+            Ok(Ran::Waiting) => tracing::debug!(job = job.id, "waiting for its environment"),
             Ok(o) => tracing::info!(job = job.id, outcome = ?o, "job ran"),
             Err(e) => {
                 tracing::error!(job = job.id, error = %e, "job interrupted by a database error")

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::cluster::BuildSpec;
 use crate::pipeline::exec::{Exec, StepError, checkout, clone_url};
-use crate::pipeline::plan::{BuildStep, ImageAction, ImagePlan};
+use crate::domain::plan::{BuildStep, ImageAction, ImagePlan};
 
 /// One build: a target image from a source checkout or as an overlay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -248,7 +248,7 @@ pub async fn command_build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::plan::ImagePlan;
+    use crate::domain::plan::ImagePlan;
 
     fn image(
         action: ImageAction,

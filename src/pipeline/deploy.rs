@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 use crate::config::Environment;
 use crate::pipeline::exec::{Exec, StepError, checkout, clone_url};
-use crate::pipeline::plan::Plan;
+use crate::domain::plan::Plan;
 
 /// The variables a command deployer is given.
 pub fn vars(

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 
+use crate::domain::Step;
 use crate::store::{Store, StoreError};
 
 /// Lines of output kept in a job's events per command.
@@ -47,7 +48,7 @@ impl StepError {
 pub struct Exec<'a> {
     pub store: &'a Store,
     pub job_id: i64,
-    pub step: &'a str,
+    pub step: Step,
     pub deadline: tokio::time::Instant,
     pub cancel: watch::Receiver<bool>,
 }
@@ -60,10 +61,10 @@ impl Exec<'_> {
         };
         let event = |store: &Store, message: String| {
             let store = store.clone();
-            let (job, step) = (self.job_id, self.step.to_string());
+            let (job, step) = (self.job_id, self.step);
             async move {
                 let mut tx = store.begin().await?;
-                Store::add_output(&mut tx, job, &step, &message).await?;
+                Store::add_output(&mut tx, job, step, &message).await?;
                 tx.commit().await
             }
         };

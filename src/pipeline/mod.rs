@@ -5,7 +5,7 @@
 pub mod build;
 pub mod deploy;
 pub mod exec;
-pub mod plan;
+
 pub mod resolve;
 
 use std::sync::Arc;
@@ -13,17 +13,19 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::domain::{JobState, Step};
 use crate::cluster::{BuildPhase, Cluster, ClusterError, LockOutcome, LockRequest, WorkloadKind};
 use crate::command::{DeployRequest, format_duration};
 use crate::config::{Builder, Cleanup, Config, Deployer, Environment, EnvironmentKind};
 use crate::github::GitHub;
 use crate::installations::find_installation;
-use crate::report::Report;
+use crate::domain::Outcome;
+use crate::ops::{self, AfterEnd};
 use crate::store::{Job, PullRef, Store, StoreError, Tx};
 use build::{Stage, command_build};
 use deploy::{checkout_deployer, command_deploy};
 use exec::{Exec, StepError, WorkDir, deadline};
-use plan::{ImageAction, Pinned, Plan, plan};
+use crate::domain::plan::{ImageAction, Pinned, Plan, plan};
 use resolve::{ResolveError, resolve};
 
 /// How long a waiting job sleeps before it looks again (it is also woken
@@ -32,7 +34,7 @@ pub const WAIT_POLL_MS: i64 = 30_000;
 
 /// What running a job did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Ran {
     /// Deployed (or planned, for a dry run) and holding where applicable.
     Succeeded,
     /// Back in the queue, waiting for its environment.
@@ -79,13 +81,13 @@ impl Pipeline {
             .await
     }
 
-    async fn event(&self, job: i64, step: &str, message: &str) -> Result<(), StoreError> {
+    async fn event(&self, job: i64, step: Step, message: &str) -> Result<(), StoreError> {
         let mut tx = self.store.begin().await?;
         Store::add_event(&mut tx, job, step, message).await?;
         tx.commit().await
     }
 
-    async fn step(&self, job: i64, step: &str, message: &str) -> Result<(), StoreError> {
+    async fn step(&self, job: i64, step: Step, message: &str) -> Result<(), StoreError> {
         let mut tx = self.store.begin().await?;
         Store::set_step(&mut tx, job, step).await?;
         Store::add_event(&mut tx, job, step, message).await?;
@@ -98,7 +100,7 @@ impl Pipeline {
 
     /// Note how long each step of an ended job took (metrics).
     async fn observe_steps(&self, job_id: i64) {
-        let Ok(events) = self.store.job_events(job_id).await else {
+        let Ok(events) = Store::job_events(self.store.db(), job_id).await else {
             return;
         };
         const STEPS: [&str; 8] = [
@@ -119,35 +121,15 @@ impl Pipeline {
     }
 
     /// End a job (if it has not ended), free what it holds, and put 🚀/😕
-    /// on the comment that asked for it.
+    /// on the comment that asked for it; then free its Lease.
     pub(crate) async fn finish(
         &self,
         job: &Job,
-        state: &str,
-        conclusion: &str,
-        error: Option<&str>,
+        outcome: &Outcome,
         dirty: bool,
     ) -> Result<(), StoreError> {
         let mut tx = self.store.begin().await?;
-        if Store::finish_job(&mut tx, job.id, state, conclusion, error).await? {
-            Pipeline::end_reaction(&mut tx, job, conclusion == "success").await?;
-            let message = match error {
-                Some(e) => format!("{conclusion}: {e}"),
-                None => conclusion.to_string(),
-            };
-            Store::add_event(&mut tx, job.id, "end", &message).await?;
-        }
-        // Whoever ended the job (this worker, or a cancel that won a race),
-        // what it holds is freed.
-        if Store::release_environment(&mut tx, &job.environment, job.id, dirty).await? {
-            Store::add_event(
-                &mut tx,
-                job.id,
-                "release",
-                &format!("released {}", job.environment),
-            )
-            .await?;
-        }
+        ops::finish(&mut tx, job, outcome, AfterEnd::Free { dirty }).await?;
         tx.commit().await?;
         self.release_lease(job).await;
         self.observe_steps(job.id).await;
@@ -179,13 +161,12 @@ impl Pipeline {
         &self,
         job: &Job,
         cancel: &mut watch::Receiver<bool>,
-    ) -> Result<Outcome, StoreError> {
-        let request: DeployRequest =
-            serde_json::from_value(job.request.clone()).unwrap_or_default();
+    ) -> Result<Ran, StoreError> {
+        let request = &job.request;
         let chosen;
         let pooled = request.env.is_none() && self.config.environments.len() > 1;
-        let job = if job.environment == crate::store::ANY_ENVIRONMENT
-            || (pooled && job.step == "waiting")
+        let job = if job.environment == crate::domain::ANY_ENVIRONMENT
+            || (pooled && job.step == Step::Waiting)
         {
             chosen = self.choose_environment(job).await?;
             &chosen
@@ -194,23 +175,14 @@ impl Pipeline {
         };
         let Some(environment) = self.environment(job).cloned() else {
             let e = format!("environment `{}` is not configured", job.environment);
-            self.finish(job, "failed", "failure", Some(&e), false)
-                .await?;
-            return Ok(Outcome::Failed(e));
+            self.finish(job, &Outcome::Failed(e.clone()), false).await?;
+            return Ok(Ran::Failed(e));
         };
 
         // 1. Resolve and plan (once; a job that waited keeps its pins).
         let plan: Plan = match &job.plan {
-            Some(p) => match serde_json::from_value(p.clone()) {
-                Ok(plan) => plan,
-                Err(e) => {
-                    let e = format!("stored plan is unreadable: {e}");
-                    self.finish(job, "failed", "failure", Some(&e), false)
-                        .await?;
-                    return Ok(Outcome::Failed(e));
-                }
-            },
-            None => match self.resolve_and_plan(job, &request, &environment).await? {
+            Some(plan) => plan.clone(),
+            None => match self.resolve_and_plan(job, request, &environment).await? {
                 Ok(plan) => plan,
                 Err(outcome) => return Ok(outcome),
             },
@@ -218,29 +190,22 @@ impl Pipeline {
         if request.dry_run {
             self.step(
                 job.id,
-                "plan",
+                Step::Plan,
                 "dry run: the plan above is all this request does",
             )
             .await?;
-            self.finish(job, "succeeded", "success", None, false)
-                .await?;
-            return Ok(Outcome::Succeeded);
+            self.finish(job, &Outcome::Succeeded, false).await?;
+            return Ok(Ran::Succeeded);
         }
         if cancelled(cancel) {
-            self.finish(
-                job,
-                "cancelled",
-                "cancelled",
-                Some("cancelled before locking"),
-                false,
-            )
-            .await?;
-            return Ok(Outcome::Cancelled);
+            let outcome = Outcome::Cancelled("cancelled before locking".into());
+            self.finish(job, &outcome, false).await?;
+            return Ok(Ran::Cancelled);
         }
 
         // 2–3. Wait for the environment, then lock it.
         if !self.lock(job, &environment, &plan).await? {
-            return Ok(Outcome::Waiting);
+            return Ok(Ran::Waiting);
         }
         let started = self.store.now_ms();
 
@@ -261,12 +226,12 @@ impl Pipeline {
         let until = tx.now + ttl_ms;
         Store::mark_clean(&mut tx, &environment.name).await?;
         Store::set_hold_until(&mut tx, &environment.name, job.id, until).await?;
-        Store::set_step(&mut tx, job.id, "hold").await?;
+        Store::set_step(&mut tx, job.id, Step::Hold).await?;
         let took = secs(tx.now - started);
         Store::add_event(
             &mut tx,
             job.id,
-            "hold",
+            Step::Hold,
             &format!(
                 "{} is held for this request for {} (until {}); deployed in {}",
                 environment.name,
@@ -276,38 +241,29 @@ impl Pipeline {
             ),
         )
         .await?;
-        if Store::finish_job(&mut tx, job.id, "succeeded", "success", None).await? {
-            Pipeline::end_reaction(&mut tx, job, true).await?;
-        } else {
+        if !ops::finish(&mut tx, job, &Outcome::Succeeded, AfterEnd::Hold).await? {
             // Cancelled meanwhile: hold nothing.
             tx.rollback().await?;
-            self.finish(
-                job,
-                "cancelled",
-                "cancelled",
-                Some("cancelled while deploying"),
-                true,
-            )
-            .await?;
-            return Ok(Outcome::Cancelled);
+            let outcome = Outcome::Cancelled("cancelled while deploying".into());
+            self.finish(job, &outcome, true).await?;
+            return Ok(Ran::Cancelled);
         }
-        Store::add_event(&mut tx, job.id, "end", "success").await?;
         tx.commit().await?;
         self.observe_steps(job.id).await;
         self.sync_lease_expiry(job, &environment, until).await;
-        Ok(Outcome::Succeeded)
+        Ok(Ran::Succeeded)
     }
 
     /// For a request without `--env`: the first free environment of the pool,
     /// else the one whose hold ends first (the job then waits for it).
     async fn choose_environment(&self, job: &Job) -> Result<Job, StoreError> {
         let mut tx = self.store.begin().await?;
-        let rows = Store::environments_in(&mut tx).await?;
+        let rows = Store::environments(tx.db()).await?;
         let now = tx.now;
         let configured = |name: &str| self.config.environment(name).is_some();
         let mut holders = std::collections::HashMap::new();
         for id in rows.iter().filter_map(|r| r.holder_job) {
-            if let Some(h) = Store::job_in(&mut tx, id).await? {
+            if let Some(h) = Store::job(tx.db(), id).await? {
                 holders.insert(id, h);
             }
         }
@@ -322,7 +278,7 @@ impl Pipeline {
                 let running = r
                     .holder_job
                     .and_then(|id| holders.get(&id))
-                    .is_some_and(|h| h.state == "running");
+                    .is_some_and(|h| h.state == JobState::Running);
                 r.holder_job.is_none() || (!running && r.held_until.is_some_and(|u| u < now))
             })
         });
@@ -339,7 +295,7 @@ impl Pipeline {
             Store::add_event(
                 &mut tx,
                 job.id,
-                "environment",
+                Step::Environment,
                 &format!("took `{name}` from the pool"),
             )
             .await?;
@@ -351,42 +307,33 @@ impl Pipeline {
     }
 
     /// End a job whose step failed, was cancelled or ran out of time.
-    async fn step_failed(&self, job: &Job, e: StepError) -> Result<Outcome, StoreError> {
-        let step = self
-            .store
-            .get_job(job.id)
+    async fn step_failed(&self, job: &Job, e: StepError) -> Result<Ran, StoreError> {
+        let step = Store::job(self.store.db(), job.id)
             .await?
-            .map(|j| j.step)
-            .unwrap_or_default();
+            .map_or(job.step, |j| j.step);
         // A deployment that started may have left the environment half-changed.
-        let dirty = matches!(step.as_str(), "build" | "cleanup" | "deploy");
+        let dirty = step.dirties();
         match e {
             StepError::Failed { reason, excerpt } => {
                 if !excerpt.is_empty() {
-                    self.event(job.id, &step, &format!("last lines of output:\n{excerpt}"))
+                    self.event(job.id, step, &format!("last lines of output:\n{excerpt}"))
                         .await?;
                 }
                 let error = format!("{step} failed: {reason}");
-                self.finish(job, "failed", "failure", Some(&error), dirty)
+                self.finish(job, &Outcome::Failed(error.clone()), dirty)
                     .await?;
-                Ok(Outcome::Failed(error))
+                Ok(Ran::Failed(error))
             }
             StepError::TimedOut => {
                 let error = format!("{step} took longer than its time limit");
-                self.finish(job, "timed_out", "timed_out", Some(&error), dirty)
+                self.finish(job, &Outcome::TimedOut(error.clone()), dirty)
                     .await?;
-                Ok(Outcome::Failed(error))
+                Ok(Ran::Failed(error))
             }
             StepError::Cancelled => {
-                self.finish(
-                    job,
-                    "cancelled",
-                    "cancelled",
-                    Some(&format!("cancelled during {step}")),
-                    dirty,
-                )
-                .await?;
-                Ok(Outcome::Cancelled)
+                let outcome = Outcome::Cancelled(format!("cancelled during {step}"));
+                self.finish(job, &outcome, dirty).await?;
+                Ok(Ran::Cancelled)
             }
             StepError::Store(e) => Err(e),
         }
@@ -404,7 +351,7 @@ impl Pipeline {
     fn exec<'a>(
         &'a self,
         job: &Job,
-        step: &'a str,
+        step: Step,
         environment: &Environment,
         cancel: &watch::Receiver<bool>,
     ) -> Exec<'a> {
@@ -435,11 +382,11 @@ impl Pipeline {
             .collect();
         let targets: Vec<String> = stages.iter().flatten().map(|s| s.target.clone()).collect();
         match (&environment.builder, dry) {
-            _ if targets.is_empty() => self.step(job.id, "build", "nothing to build").await?,
+            _ if targets.is_empty() => self.step(job.id, Step::Build, "nothing to build").await?,
             (_, true) => {
                 self.step(
                     job.id,
-                    "build",
+                    Step::Build,
                     &format!(
                         "skipped (dry-run environment): would build {}",
                         targets.join(", ")
@@ -457,13 +404,13 @@ impl Pipeline {
             (Some(Builder::Command { args }), false) => {
                 self.step(
                     job.id,
-                    "build",
+                    Step::Build,
                     &format!("building {} image(s) in parallel", stages.len()),
                 )
                 .await?;
                 let started = self.store.now_ms();
                 let builds = stages.iter().enumerate().map(|(n, image_stages)| {
-                    let mut exec = self.exec(job, "build", environment, cancel);
+                    let mut exec = self.exec(job, Step::Build, environment, cancel);
                     let dir = work.0.join(format!("build-{n}"));
                     let (args, git_url) = (args.clone(), git_url.clone());
                     async move {
@@ -482,7 +429,7 @@ impl Pipeline {
                 futures_util::future::try_join_all(builds).await?;
                 self.event(
                     job.id,
-                    "build",
+                    Step::Build,
                     &format!("build done in {}", secs(self.store.now_ms() - started)),
                 )
                 .await?;
@@ -491,7 +438,7 @@ impl Pipeline {
                 let ns = environment.namespace.clone().unwrap_or_default();
                 self.step(
                     job.id,
-                    "build",
+                    Step::Build,
                     &format!(
                         "building {} image(s) with OpenShift Builds in `{ns}`",
                         stages.len()
@@ -503,7 +450,7 @@ impl Pipeline {
                     .await
                     .map_err(|e| StepError::failed(e.to_string()))?;
                 let started = self.store.now_ms();
-                let deadline = deadline(environment.timeouts.get("build"));
+                let deadline = deadline(environment.timeouts.get(Step::Build));
                 let builds = stages.iter().map(|image_stages| {
                     let mut cancel = cancel.clone();
                     let (ns, git_url, push_secret) =
@@ -530,7 +477,7 @@ impl Pipeline {
                 futures_util::future::try_join_all(builds).await?;
                 self.event(
                     job.id,
-                    "build",
+                    Step::Build,
                     &format!("build done in {}", secs(self.store.now_ms() - started)),
                 )
                 .await?;
@@ -543,7 +490,7 @@ impl Pipeline {
                 || matches!(environment.cleanup, Some(Cleanup::Command { .. })));
         let checkout_dir = work.0.join("deployer");
         if needs_checkout && plan.checkout.is_some() {
-            let mut exec = self.exec(job, "deploy", environment, cancel);
+            let mut exec = self.exec(job, Step::Deploy, environment, cancel);
             checkout_deployer(&mut exec, plan, &git_url, &checkout_dir).await?;
         } else {
             std::fs::create_dir_all(&checkout_dir).map_err(|e| {
@@ -554,16 +501,16 @@ impl Pipeline {
         // Clean up what the previous deployment left.
         let dirty = {
             let mut tx = self.store.begin().await?;
-            let row = Store::environment_row(&mut tx, &environment.name).await?;
+            let row = Store::environment_row(tx.db(), &environment.name).await?;
             tx.commit().await?;
             row.is_some_and(|r| r.dirty)
         };
         match (&environment.cleanup, dirty, dry) {
-            (_, false, _) => self.step(job.id, "cleanup", "nothing to clean up").await?,
+            (_, false, _) => self.step(job.id, Step::Cleanup, "nothing to clean up").await?,
             (_, true, true) => {
                 self.step(
                     job.id,
-                    "cleanup",
+                    Step::Cleanup,
                     "skipped (dry-run environment): would clean up the previous deployment",
                 )
                 .await?
@@ -571,19 +518,19 @@ impl Pipeline {
             (None, true, false) => {
                 self.step(
                     job.id,
-                    "cleanup",
+                    Step::Cleanup,
                     "no cleanup configured; the new deployment replaces the previous one",
                 )
                 .await?
             }
             (Some(Cleanup::Command { args }), true, false) => {
-                self.step(job.id, "cleanup", "cleaning up the previous deployment")
+                self.step(job.id, Step::Cleanup, "cleaning up the previous deployment")
                     .await?;
-                let mut exec = self.exec(job, "cleanup", environment, cancel);
+                let mut exec = self.exec(job, Step::Cleanup, environment, cancel);
                 exec.run(args, &checkout_dir).await?;
             }
             (Some(Cleanup::ResetImages), true, false) => {
-                self.step(job.id, "cleanup", "resetting workloads to the base images")
+                self.step(job.id, Step::Cleanup, "resetting workloads to the base images")
                     .await?;
                 let base: Vec<(String, String)> = plan
                     .images
@@ -611,7 +558,7 @@ impl Pipeline {
             (_, true) => {
                 self.step(
                     job.id,
-                    "deploy",
+                    Step::Deploy,
                     &format!(
                         "skipped (dry-run environment): would deploy {}",
                         deployed.join(", ")
@@ -637,19 +584,19 @@ impl Pipeline {
             ) => {
                 self.step(
                     job.id,
-                    "deploy",
+                    Step::Deploy,
                     &format!("deploying {}", deployed.join(", ")),
                 )
                 .await?;
                 let vars = deploy::vars(plan, environment, image_vars, flag_vars, extra_vars);
-                let mut exec = self.exec(job, "deploy", environment, cancel);
+                let mut exec = self.exec(job, Step::Deploy, environment, cancel);
                 command_deploy(&mut exec, args, vars_file, &vars, &checkout_dir).await?;
-                self.event(job.id, "deploy", "deployed").await?;
+                self.event(job.id, Step::Deploy, "deployed").await?;
             }
             (Some(Deployer::Kubernetes { .. }), false) => {
                 self.step(
                     job.id,
-                    "deploy",
+                    Step::Deploy,
                     &format!("deploying {}", deployed.join(", ")),
                 )
                 .await?;
@@ -661,7 +608,7 @@ impl Pipeline {
                     .collect();
                 self.point_workloads(job, environment, &images, true, cancel)
                     .await?;
-                self.event(job.id, "deploy", "every rollout finished")
+                self.event(job.id, Step::Deploy, "every rollout finished")
                     .await?;
             }
         }
@@ -677,7 +624,7 @@ impl Pipeline {
         }
         self.event(
             job.id,
-            "build",
+            Step::Build,
             &format!(
                 "reused {} (built before from the same inputs)",
                 stage.target
@@ -693,7 +640,7 @@ impl Pipeline {
         self.store
             .record_image(image, tag, &stage.inputs(), job.id)
             .await?;
-        self.event(job.id, "build", &format!("built {}{how}", stage.target))
+        self.event(job.id, Step::Build, &format!("built {}{how}", stage.target))
             .await
     }
 
@@ -727,7 +674,7 @@ impl Pipeline {
             .map_err(api)?;
         self.event(
             job.id,
-            "build",
+            Step::Build,
             &format!("started Build `{name}` for {}", stage.target),
         )
         .await?;
@@ -785,7 +732,7 @@ impl Pipeline {
             crate::cluster::JOB_ANNOTATION.to_string(),
             job.id.to_string(),
         )]);
-        let step = if wait { "deploy" } else { "cleanup" };
+        let step = if wait { Step::Deploy } else { Step::Cleanup };
         let deadline = deadline(environment.timeouts.get(step));
         let api = |e: ClusterError| StepError::failed(e.to_string());
         let mut rollouts = Vec::new();
@@ -859,47 +806,40 @@ impl Pipeline {
         job: &Job,
         request: &DeployRequest,
         environment: &Environment,
-    ) -> Result<Result<Plan, Outcome>, StoreError> {
-        self.step(job.id, "resolve", "pinning refs to commits")
+    ) -> Result<Result<Plan, Ran>, StoreError> {
+        self.step(job.id, Step::Resolve, "pinning refs to commits")
             .await?;
         let started = self.store.now_ms();
         let store = &self.store;
         let github = self.github.as_ref();
         let known = job.installation_id;
-        let already: Vec<Pinned> = job
-            .pinned
-            .clone()
-            .and_then(|p| serde_json::from_value(p).ok())
-            .unwrap_or_default();
-        let resolving = resolve(&self.config, github, request, &already, |repo| async move {
+        let resolving = resolve(&self.config, github, request, job.pins(), |repo| async move {
             match github {
                 Some(gh) => find_installation(store, gh, &repo, known).await,
                 None => Err(crate::github::GitHubError::NotConfigured),
             }
         });
-        let limit = environment.timeouts.get("resolve");
+        let limit = environment.timeouts.get(Step::Resolve);
         let Ok(resolved) = tokio::time::timeout(limit, resolving).await else {
             let e = format!(
                 "resolve took longer than its time limit ({})",
                 format_duration(limit)
             );
-            self.finish(job, "timed_out", "timed_out", Some(&e), false)
-                .await?;
-            return Ok(Err(Outcome::Failed(e)));
+            self.finish(job, &Outcome::TimedOut(e.clone()), false).await?;
+            return Ok(Err(Ran::Failed(e)));
         };
         let pinned: Vec<Pinned> = match resolved {
             Ok(p) => p,
             Err(ResolveError::Invalid(e)) => {
-                self.finish(job, "failed", "failure", Some(&e), false)
-                    .await?;
-                return Ok(Err(Outcome::Failed(e)));
+                self.finish(job, &Outcome::Failed(e.clone()), false).await?;
+                return Ok(Err(Ran::Failed(e)));
             }
             Err(ResolveError::GitHub(e)) if e.is_transient() && job.attempts < job.max_attempts => {
                 let mut tx = self.store.begin().await?;
                 Store::add_event(
                     &mut tx,
                     job.id,
-                    "resolve",
+                    Step::Resolve,
                     &format!("GitHub unavailable, will retry: {e}"),
                 )
                 .await?;
@@ -908,15 +848,14 @@ impl Pipeline {
                     .map(|d| d.as_millis() as i64)
                     .unwrap_or(5_000 * job.attempts.max(1));
                 let run_after = tx.now + delay;
-                Store::requeue(&mut tx, job.id, "resolve", run_after).await?;
+                Store::requeue(&mut tx, job.id, Step::Resolve, run_after).await?;
                 tx.commit().await?;
-                return Ok(Err(Outcome::Retrying(e.to_string())));
+                return Ok(Err(Ran::Retrying(e.to_string())));
             }
             Err(ResolveError::GitHub(e)) => {
                 let e = format!("cannot pin refs: {e}");
-                self.finish(job, "failed", "failure", Some(&e), false)
-                    .await?;
-                return Ok(Err(Outcome::Failed(e)));
+                self.finish(job, &Outcome::Failed(e.clone()), false).await?;
+                return Ok(Err(Ran::Failed(e)));
             }
         };
         let lines: Vec<String> = pinned
@@ -932,7 +871,7 @@ impl Pipeline {
             .collect();
         self.event(
             job.id,
-            "resolve",
+            Step::Resolve,
             &format!(
                 "pinned in {}: {}",
                 secs(self.store.now_ms() - started),
@@ -943,9 +882,8 @@ impl Pipeline {
         let plan = match plan(&self.config, request, &pinned, environment) {
             Ok(p) => p,
             Err(e) => {
-                self.finish(job, "failed", "failure", Some(&e.0), false)
-                    .await?;
-                return Ok(Err(Outcome::Failed(e.0)));
+                self.finish(job, &Outcome::Failed(e.0.clone()), false).await?;
+                return Ok(Err(Ran::Failed(e.0)));
             }
         };
         let summary: Vec<String> = plan
@@ -955,13 +893,7 @@ impl Pipeline {
             .map(|i| format!("{} ({})", i.reference(), i.action.as_str()))
             .collect();
         let mut tx = self.store.begin().await?;
-        Store::save_resolution(
-            &mut tx,
-            job.id,
-            &serde_json::to_value(&pinned)?,
-            &serde_json::to_value(&plan)?,
-        )
-        .await?;
+        Store::save_resolution(&mut tx, job.id, &pinned, &plan).await?;
         let heads: Vec<PullRef> = pinned
             .iter()
             .filter_map(|p| match p.reference {
@@ -974,11 +906,11 @@ impl Pipeline {
             })
             .collect();
         Store::set_pull_heads(&mut tx, job.id, &heads).await?;
-        Store::set_step(&mut tx, job.id, "plan").await?;
+        Store::set_step(&mut tx, job.id, Step::Plan).await?;
         Store::add_event(
             &mut tx,
             job.id,
-            "plan",
+            Step::Plan,
             &format!(
                 "base {}; builds: {}; deploys: {}",
                 plan.base.as_str(),
@@ -1003,34 +935,34 @@ impl Pipeline {
         plan: &Plan,
     ) -> Result<bool, StoreError> {
         let mut tx = self.store.begin().await?;
-        let queue = Store::queue_in(&mut tx, &environment.name).await?;
-        let row = Store::environment_row(&mut tx, &environment.name).await?;
+        let queue = Store::queue(tx.db(), &environment.name).await?;
+        let row = Store::environment_row(tx.db(), &environment.name).await?;
         let holder = row.as_ref().and_then(|r| r.holder_job);
         let holder_job = match holder {
-            Some(id) if id != job.id => Store::job_in(&mut tx, id).await?,
+            Some(id) if id != job.id => Store::job(tx.db(), id).await?,
             _ => None,
         };
         // A finished deployment of the same PR is replaced without queueing.
         let replaces = holder_job.as_ref().is_some_and(|h| {
-            h.state == "succeeded" && h.repo == job.repo && h.number == job.number
+            h.state == JobState::Succeeded && h.repo == job.repo && h.number == job.number
         });
         // A hold past its time is free, unless its job is still deploying.
         let expired = row
             .as_ref()
             .and_then(|r| r.held_until)
             .is_some_and(|until| until < tx.now)
-            && holder_job.as_ref().is_none_or(|h| h.state != "running");
+            && holder_job.as_ref().is_none_or(|h| h.state != JobState::Running);
         let free = holder.is_none() || holder == Some(job.id) || expired || replaces;
         let earlier_waiting = queue
             .iter()
-            .any(|j| j.id < job.id && j.state == "queued" && j.step == "waiting");
+            .any(|j| j.id < job.id && j.state == JobState::Queued && j.step == Step::Waiting);
         if !free || (earlier_waiting && !replaces) {
             let ahead = queue
                 .iter()
-                .filter(|j| j.id < job.id && j.state == "queued")
+                .filter(|j| j.id < job.id && j.state == JobState::Queued)
                 .count();
             let position = ahead + 1;
-            if job.step != "waiting" {
+            if job.step != Step::Waiting {
                 let who = match &holder_job {
                     Some(h) => format!(
                         "held by request #{} ({}#{}) until {}",
@@ -1047,7 +979,7 @@ impl Pipeline {
                 Store::add_event(
                     &mut tx,
                     job.id,
-                    "waiting",
+                    Step::Waiting,
                     &format!(
                         "waiting for {} ({who}); position {position} in the queue",
                         environment.name
@@ -1056,7 +988,7 @@ impl Pipeline {
                 .await?;
             }
             let run_after = tx.now + WAIT_POLL_MS;
-            Store::requeue(&mut tx, job.id, "waiting", run_after).await?;
+            Store::requeue(&mut tx, job.id, Step::Waiting, run_after).await?;
             tx.commit().await?;
             return Ok(false);
         }
@@ -1066,7 +998,7 @@ impl Pipeline {
         {
             // Someone else took it between our read and our write: wait.
             let run_after = tx.now + 1_000;
-            Store::requeue(&mut tx, job.id, "waiting", run_after).await?;
+            Store::requeue(&mut tx, job.id, Step::Waiting, run_after).await?;
             tx.commit().await?;
             return Ok(false);
         }
@@ -1080,7 +1012,7 @@ impl Pipeline {
         if let Some(last) = row.as_ref().and_then(|r| r.last_job)
             && last != job.id
             && Some(last) != holder
-            && Store::job_in(&mut tx, last)
+            && Store::job(tx.db(), last)
                 .await?
                 .is_some_and(|j| !matches!(j.state.as_str(), "queued" | "running"))
         {
@@ -1101,11 +1033,11 @@ impl Pipeline {
                     Store::hold_environment(&mut tx, &environment.name, None, previous, until)
                         .await?;
                 }
-                if job.step != "waiting" {
-                    Store::add_event(&mut tx, job.id, "waiting", &why).await?;
+                if job.step != Step::Waiting {
+                    Store::add_event(&mut tx, job.id, Step::Waiting, &why).await?;
                 }
                 let run_after = tx.now + WAIT_POLL_MS;
-                Store::requeue(&mut tx, job.id, "waiting", run_after).await?;
+                Store::requeue(&mut tx, job.id, Step::Waiting, run_after).await?;
                 tx.commit().await?;
                 return Ok(false);
             }
@@ -1116,28 +1048,29 @@ impl Pipeline {
             Store::add_event(
                 &mut tx,
                 previous.id,
-                "release",
+                Step::Release,
                 &format!(
                     "the hold of {} expired (request #{} took the environment)",
                     environment.name, job.id
                 ),
             )
             .await?;
-            if previous.state == "succeeded" {
-                let body = self.expiry_notice(&environment.name, previous);
-                Pipeline::notice(&mut tx, previous, body).await?;
+            if previous.state == JobState::Succeeded {
+                let prefix = &self.config.bot.command_prefix;
+                let body = ops::expiry_notice(prefix, &environment.name, previous);
+                ops::notice(&mut tx, previous, body).await?;
             }
         }
         if let (true, Some(previous)) = (replaces, &holder_job) {
             Store::add_event(
                 &mut tx,
                 previous.id,
-                "release",
+                Step::Release,
                 &format!("replaced by request #{} from the same pull request", job.id),
             )
             .await?;
         }
-        Store::set_step(&mut tx, job.id, "lock").await?;
+        Store::set_step(&mut tx, job.id, Step::Lock).await?;
         if let Ok(created) = chrono::DateTime::parse_from_rfc3339(&job.created_at) {
             let waited = (tx.now - created.timestamp_millis()).max(0) as f64 / 1000.0;
             crate::metrics::queue_wait(&environment.name, waited);
@@ -1145,7 +1078,7 @@ impl Pipeline {
         Store::add_event(
             &mut tx,
             job.id,
-            "lock",
+            Step::Lock,
             &format!(
                 "locked {} ({}){}",
                 environment.name,
@@ -1249,38 +1182,6 @@ impl Pipeline {
         }
     }
 
-    /// 🚀 or 😕 on the command's comment when the request ends.
-    async fn end_reaction(tx: &mut Tx, job: &Job, success: bool) -> Result<(), StoreError> {
-        if let Some(report) = Report::end_reaction(job, success) {
-            report.enqueue(tx, Some(job.id)).await?;
-        }
-        Ok(())
-    }
-
-    /// What the holder PR is told when its hold expires.
-    pub fn expiry_notice(&self, environment: &str, job: &Job) -> String {
-        format!(
-            "The hold of **{environment}** by request #{} has expired, so the environment is free \
-             for the next request (it will be cleaned up first). Comment `{}` again to deploy \
-             this pull request anew.",
-            job.id, self.config.bot.command_prefix
-        )
-    }
-
-    /// Tell the holder PR that its hold ended.
-    pub async fn notice(tx: &mut Tx, job: &Job, body: String) -> Result<(), StoreError> {
-        if let Some(number) = job.number {
-            Report::Comment {
-                repo: job.repo.clone(),
-                installation_id: job.installation_id,
-                number,
-                body,
-            }
-            .enqueue(tx, Some(job.id))
-            .await?;
-        }
-        Ok(())
-    }
 }
 
 fn cancelled(cancel: &watch::Receiver<bool>) -> bool {

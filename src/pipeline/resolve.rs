@@ -3,7 +3,7 @@
 use crate::command::{DeployRequest, Ref};
 use crate::config::Config;
 use crate::github::{GitHub, GitHubError, InstallationId, RepoName};
-use crate::pipeline::plan::Pinned;
+use crate::domain::plan::Pinned;
 
 /// Why a request could not be resolved.
 #[derive(Debug)]

@@ -87,7 +87,7 @@ fn steps(job: &Value) -> Vec<String> {
 }
 
 async fn holder(t: &TestApp) -> Option<i64> {
-    let envs = t.app.state.store.environments().await.expect("envs");
+    let envs = deploybot::store::Store::environments(t.app.state.store.db()).await.expect("envs");
     envs.iter()
         .find(|e| e.name == "dev")
         .and_then(|e| e.holder_job)
@@ -247,7 +247,7 @@ async fn hold_expires_and_the_next_request_cleans_up(db: Db) {
     let notices = t.replies("packit/packit-service", 614);
     assert_eq!(notices.len(), 1, "{notices:?}");
     assert!(notices[0].body.contains("expired"), "{}", notices[0].body);
-    let envs = t.app.state.store.environments().await.expect("envs");
+    let envs = deploybot::store::Store::environments(t.app.state.store.db()).await.expect("envs");
     assert!(envs[0].dirty);
 
     comment(&t, 700, "/deploy", "bob").await;
@@ -258,7 +258,7 @@ async fn hold_expires_and_the_next_request_cleans_up(db: Db) {
         events(&job, "cleanup").contains("would clean up the previous deployment"),
         "{job}"
     );
-    assert!(!t.app.state.store.environments().await.expect("envs")[0].dirty);
+    assert!(!deploybot::store::Store::environments(t.app.state.store.db()).await.expect("envs")[0].dirty);
     let first_status = t.status_comment(first).body;
     assert!(
         first_status.contains("hold ended: the hold of dev expired"),
@@ -277,12 +277,12 @@ async fn extend_lengthens_the_hold_up_to_the_maximum(db: Db) {
     let t = dry_app(db).await;
     comment(&t, 614, "/deploy --ttl=1h", "alice").await;
     t.run().await;
-    let before = t.app.state.store.environments().await.expect("envs")[0]
+    let before = deploybot::store::Store::environments(t.app.state.store.db()).await.expect("envs")[0]
         .held_until
         .expect("held");
     comment(&t, 614, "/deploy extend 1h30m", "alice").await;
     t.run().await;
-    let after = t.app.state.store.environments().await.expect("envs")[0]
+    let after = deploybot::store::Store::environments(t.app.state.store.db()).await.expect("envs")[0]
         .held_until
         .expect("held");
     assert_eq!(after - before, 90 * 60 * 1000);
@@ -295,7 +295,7 @@ async fn extend_lengthens_the_hold_up_to_the_maximum(db: Db) {
             .is_some_and(|c| c.body.contains("capped at the maximum of 8h")),
         "{replies:?}"
     );
-    let capped = t.app.state.store.environments().await.expect("envs")[0]
+    let capped = deploybot::store::Store::environments(t.app.state.store.db()).await.expect("envs")[0]
         .held_until
         .expect("held");
     let now = t.app.state.store.now_ms();
@@ -650,7 +650,7 @@ async fn closing_or_unlabelling_a_pr_ends_its_hold(db: Db) {
     unlabeled["label"]["name"] = serde_json::json!("deploy-test");
     t.deliver("pull_request", &unlabeled).await;
     assert_eq!(holder(&t).await, None);
-    assert!(t.app.state.store.environments().await.expect("envs")[0].dirty);
+    assert!(deploybot::store::Store::environments(t.app.state.store.db()).await.expect("envs")[0].dirty);
     t.settle().await;
     assert_eq!(
         t.headlines().await,
