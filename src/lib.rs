@@ -12,7 +12,6 @@ pub mod config;
 pub mod github;
 pub mod installations;
 pub mod intake;
-pub mod local;
 pub mod metrics;
 pub mod page;
 pub mod pipeline;
