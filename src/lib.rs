@@ -13,7 +13,6 @@ pub mod domain;
 pub mod github;
 pub mod installations;
 pub mod intake;
-pub mod local;
 pub mod metrics;
 pub mod ops;
 pub mod page;

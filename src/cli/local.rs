@@ -1,15 +1,12 @@
-//! `deploy --local`: the whole pipeline in this process, with the user's own
-//! GitHub token and kubeconfig (or `DEPLOYBOT_KUBE_URL`) and a configuration
-//! file, for when no server runs. Cluster environments are locked with the
-//! same `Lease` the server takes, so the two never deploy at once. Nothing is
-//! posted to GitHub; progress is shown here. State (built images, for reuse)
-//! is kept in `$XDG_STATE_HOME/deploybot/local.db`.
+//! Owns `deploy --local`: the whole pipeline in this process, with the user's token and kubeconfig.
+//! May not touch: a server (its API or database), nor write to GitHub: it posts nothing there.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cli::{
-    Action, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, Failure, Invocation, fail,
+use super::{
+    Cli, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, Failure, Progress, fail, github_token,
+    print_json,
 };
 use crate::command::{Command, parse_command};
 use crate::config::Config;
@@ -17,14 +14,6 @@ use crate::github::GitHub;
 use crate::pipeline::Pipeline;
 use crate::store::{NewJob, Store};
 use crate::worker::{Worker, WorkerSettings};
-
-/// A line on stderr; a closed pipe is not an error.
-macro_rules! err {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
-    }};
-}
 
 fn state_dir() -> std::path::PathBuf {
     if let Ok(dir) = std::env::var("XDG_STATE_HOME")
@@ -40,19 +29,22 @@ fn state_dir() -> std::path::PathBuf {
     }
 }
 
-pub async fn run(inv: &Invocation) -> Result<u8, Failure> {
-    let Action::Submit(words) = &inv.action else {
+/// Run the request of `cli` (its words) to its end here, for when no server
+/// runs. Cluster environments are locked with the same `Lease` the server
+/// takes, so the two never deploy at once. Nothing is posted to GitHub;
+/// progress is shown here. State (built images, for reuse) is kept in
+/// `$XDG_STATE_HOME/deploybot/local.db`; the configuration is `--config` (or
+/// `DEPLOYBOT_CONFIG`), else the built-in one.
+pub(super) async fn run(cli: &Cli) -> Result<u8, Failure> {
+    if cli.command.is_some() {
         return Err(fail(
             EXIT_USAGE,
             "--local runs a deployment request (deploy --local COMPONENT=REF...); \
              status, release, extend, cancel and logs talk to a server",
         ));
-    };
-    let config = match inv.config.clone().or_else(|| {
-        std::env::var("DEPLOYBOT_CONFIG")
-            .ok()
-            .filter(|s| !s.is_empty())
-    }) {
+    }
+    let words = &cli.words;
+    let config = match cli.client.config.clone().filter(|s| !s.is_empty()) {
         Some(path) => Config::load(std::path::Path::new(&path)).map_err(|e| fail(EXIT_USAGE, e))?,
         None => Config::builtin_default(),
     };
@@ -69,7 +61,7 @@ pub async fn run(inv: &Invocation) -> Result<u8, Failure> {
         Ok(_) => return Err(fail(EXIT_USAGE, "--local runs deployment requests only")),
         Err(e) => return Err(fail(EXIT_USAGE, e.render(&line))),
     };
-    let token = crate::cli::github_token().ok_or_else(|| {
+    let token = github_token().ok_or_else(|| {
         fail(
             EXIT_UNREACHABLE,
             "no GitHub token: set GITHUB_TOKEN or log in with `gh auth login`",
@@ -110,7 +102,7 @@ pub async fn run(inv: &Invocation) -> Result<u8, Failure> {
         .cancel_leftovers("an earlier `deploy --local` run was interrupted")
         .await
         .map_err(|e| fail(EXIT_FAILED, e.to_string()))?;
-    if !inv.json {
+    if !cli.client.json {
         for old in leftovers {
             err!("request #{} of an interrupted run is cancelled", old.id);
         }
@@ -173,9 +165,9 @@ pub async fn run(inv: &Invocation) -> Result<u8, Failure> {
         kube_url,
     ));
     let worker = Worker::new(pipeline, WorkerSettings::default());
-    let live = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !inv.json;
-    let mut progress = crate::cli::Progress::new(live);
-    if !inv.json {
+    let live = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !cli.client.json;
+    let mut progress = Progress::new(live);
+    if !cli.client.json {
         err!("request #{id} (local) for {}", job.environment);
     }
     let mut shown = 0i64;
@@ -191,7 +183,7 @@ pub async fn run(inv: &Invocation) -> Result<u8, Failure> {
         {
             if e.id > shown {
                 shown = e.id;
-                if !inv.json {
+                if !cli.client.json {
                     progress.event(&serde_json::json!({ "step": e.step, "message": e.message }));
                 }
             }
@@ -211,13 +203,8 @@ pub async fn run(inv: &Invocation) -> Result<u8, Failure> {
                 "pinned": current.pinned,
                 "plan": current.plan,
             });
-            if inv.json {
-                use std::io::Write;
-                let _ = writeln!(
-                    std::io::stdout().lock(),
-                    "{}",
-                    serde_json::to_string_pretty(&view).unwrap_or_default()
-                );
+            if cli.client.json {
+                print_json(&view);
             } else {
                 progress.finish(&view);
             }
