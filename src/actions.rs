@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::domain::{JobState, Step};
 use crate::auth::Decision;
 use crate::command::{DeployRequest, Ref};
 use crate::github::{GitHubError, RepoName};

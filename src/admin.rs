@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::domain::{JobState, Step};
 use crate::config::Config;
+use crate::domain::{JobState, Step};
 use crate::github::{GitHub, HookDelivery};
 use crate::ops;
 use crate::store::{Store, StoreError};

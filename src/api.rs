@@ -423,7 +423,10 @@ pub async fn job_events(
                 if done {
                     return None;
                 }
-                let (job, events) = match (Store::job(store.db(), id).await, Store::job_events(store.db(), id).await) {
+                let (job, events) = match (
+                    Store::job(store.db(), id).await,
+                    Store::job_events(store.db(), id).await,
+                ) {
                     (Ok(Some(job)), Ok(events)) => (job, events),
                     _ => {
                         tokio::time::sleep(Duration::from_secs(1)).await;

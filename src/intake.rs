@@ -9,14 +9,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{JobState, Step};
 use crate::auth::{Authorizer, Decision};
 use crate::command::{Command, DeployRequest, Ref, help_text, parse_command};
 use crate::config::Config;
+use crate::domain::Report;
+use crate::domain::plan::Pinned;
 use crate::github::{GitHub, GitHubError, InstallationId, RepoName};
 use crate::installations::find_installation;
-use crate::domain::plan::Pinned;
-use crate::domain::Report;
 use crate::ops;
 use crate::store::{NewJob, PullRef, Store, StoreError, Tx};
 

@@ -10,8 +10,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::api::{EnvironmentView, environment_views};
-use crate::status::{Snapshot, human_span, human_time, redact};
 use crate::domain::{Conclusion, JobState};
+use crate::status::{Snapshot, human_span, human_time, redact};
 use crate::store::JobFilter;
 use crate::web::AppState;
 

@@ -10,10 +10,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-
-
-use crate::domain::Job;
 use crate::config::Config;
+use crate::domain::Job;
+pub use crate::domain::outbox::{CHECK_NAME, Report, job_marker, marker};
 use crate::github::{
     CheckRun, CheckRunOutput, CommentId, DeploymentStatus, GitHub, GitHubError, InstallationId,
     RepoName,
@@ -21,7 +20,6 @@ use crate::github::{
 use crate::installations::find_installation;
 use crate::status::Snapshot;
 use crate::store::{Store, StoreError};
-pub use crate::domain::outbox::{CHECK_NAME, Report, job_marker, marker};
 
 fn digest(text: &str) -> String {
     use sha2::Digest;

@@ -2,10 +2,10 @@
 //! text and the deployment's state, rendered from a snapshot of the job.
 //! Pure: the reporter reads the snapshot and sends what this renders.
 
-use crate::domain::{JobState, Step};
 use crate::command::{DeployRequest, Ref};
 use crate::config::Config;
 use crate::domain::plan::{ImageAction, Pinned, Plan};
+use crate::domain::{JobState, Step};
 use crate::store::{EnvironmentRow, Job, JobEvent, PullRef, Store, StoreError, rfc3339};
 
 /// Everything the status of one request is rendered from.
@@ -29,7 +29,6 @@ pub struct Snapshot {
     pub command_prefix: String,
     pub now_ms: i64,
 }
-
 
 /// Where a request is, as a person would put it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

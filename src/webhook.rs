@@ -634,7 +634,6 @@ async fn commit(
     Ok(true)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -156,11 +156,13 @@ impl Worker {
             }
             // Ours and ended (a queued or running job may be about to lock, or
             // still deploying: its Lease stays).
-            let ours = Store::job(self.store().db(), leased).await?.is_some_and(|job| {
-                job.environment == name
-                    && lease.requested_by.as_deref() == Some(job.requested_by.as_str())
-                    && !matches!(job.state.as_str(), "queued" | "running")
-            });
+            let ours = Store::job(self.store().db(), leased)
+                .await?
+                .is_some_and(|job| {
+                    job.environment == name
+                        && lease.requested_by.as_deref() == Some(job.requested_by.as_str())
+                        && !matches!(job.state.as_str(), "queued" | "running")
+                });
             if ours {
                 match cluster.release_lock(&ns, leased).await {
                     Ok(_) => {

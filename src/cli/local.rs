@@ -98,10 +98,13 @@ pub(super) async fn run(cli: &Cli) -> Result<u8, Failure> {
         .map_err(|e| fail(EXIT_FAILED, e.to_string()))?;
     // A run interrupted earlier (Ctrl-C) is over; a Lease it held is freed
     // by the pipeline's Lease reconciliation.
-    let leftovers = store
-        .cancel_leftovers("an earlier `deploy --local` run was interrupted")
-        .await
-        .map_err(|e| fail(EXIT_FAILED, e.to_string()))?;
+    let db = |e: crate::store::StoreError| fail(EXIT_FAILED, e.to_string());
+    let mut tx = store.begin().await.map_err(db)?;
+    let leftovers =
+        crate::ops::cancel_leftovers(&mut tx, "an earlier `deploy --local` run was interrupted")
+            .await
+            .map_err(db)?;
+    tx.commit().await.map_err(db)?;
     if !cli.client.json {
         for old in leftovers {
             err!("request #{} of an interrupted run is cancelled", old.id);
@@ -130,7 +133,7 @@ pub(super) async fn run(cli: &Cli) -> Result<u8, Failure> {
         .unwrap_or_default();
     let job = NewJob {
         source: "local".into(),
-        request: serde_json::to_value(&request).map_err(|e| fail(EXIT_FAILED, e.to_string()))?,
+        request: request.clone(),
         requested_by: login.clone(),
         repo: first_repo,
         number: None,
@@ -141,14 +144,14 @@ pub(super) async fn run(cli: &Cli) -> Result<u8, Failure> {
         environment,
         base: request.base.as_str().into(),
         pull_requests: Vec::new(),
-        pinned: None,
+        pinned: Vec::new(),
         queued_message: format!("queued by @{login} (deploy --local): {}", request.to_args()),
     };
     let mut tx = store
         .begin()
         .await
         .map_err(|e| fail(EXIT_FAILED, e.to_string()))?;
-    let id = Store::insert_job(&mut tx, &job)
+    let id = crate::ops::accept(&mut tx, &job)
         .await
         .map_err(|e| fail(EXIT_FAILED, e.to_string()))?;
     tx.commit()
@@ -176,8 +179,7 @@ pub(super) async fn run(cli: &Cli) -> Result<u8, Failure> {
             .step()
             .await
             .map_err(|e| fail(EXIT_FAILED, e.to_string()))?;
-        for e in store
-            .job_events(id)
+        for e in Store::job_events(store.db(), id)
             .await
             .map_err(|e| fail(EXIT_FAILED, e.to_string()))?
         {
@@ -188,12 +190,11 @@ pub(super) async fn run(cli: &Cli) -> Result<u8, Failure> {
                 }
             }
         }
-        let current = store
-            .get_job(id)
+        let current = Store::job(store.db(), id)
             .await
             .map_err(|e| fail(EXIT_FAILED, e.to_string()))?
             .ok_or_else(|| fail(EXIT_FAILED, "the request vanished"))?;
-        if !matches!(current.state.as_str(), "queued" | "running") {
+        if !current.state.is_active() {
             let view = serde_json::json!({
                 "id": current.id,
                 "state": current.state,
@@ -208,11 +209,13 @@ pub(super) async fn run(cli: &Cli) -> Result<u8, Failure> {
             } else {
                 progress.finish(&view);
             }
-            return Ok(if current.conclusion.as_deref() == Some("success") {
-                EXIT_OK
-            } else {
-                EXIT_FAILED
-            });
+            return Ok(
+                if current.conclusion == Some(crate::domain::Conclusion::Success) {
+                    EXIT_OK
+                } else {
+                    EXIT_FAILED
+                },
+            );
         }
         if !ran {
             // Waiting for the environment (its Lease) or a retry.

@@ -181,7 +181,10 @@ impl Outcome {
     pub fn reason(&self) -> Option<&str> {
         match self {
             Outcome::Succeeded => None,
-            Outcome::Failed(r) | Outcome::TimedOut(r) | Outcome::Cancelled(r) | Outcome::Superseded(r) => Some(r),
+            Outcome::Failed(r)
+            | Outcome::TimedOut(r)
+            | Outcome::Cancelled(r)
+            | Outcome::Superseded(r) => Some(r),
         }
     }
 }
@@ -194,7 +197,10 @@ mod tests {
     fn words_round_trip_in_text_and_json() {
         for s in JobState::ALL {
             assert_eq!(s.as_str().parse::<JobState>(), Ok(*s));
-            assert_eq!(serde_json::to_value(s).ok(), Some(serde_json::json!(s.as_str())));
+            assert_eq!(
+                serde_json::to_value(s).ok(),
+                Some(serde_json::json!(s.as_str()))
+            );
         }
         for s in Step::ALL {
             assert_eq!(s.as_str().parse::<Step>(), Ok(*s));

@@ -73,7 +73,7 @@ pub async fn release(
         let body = format!(
             "**{environment}** was released by {}; the deployment of request #{holder} is no \
              longer held.",
-            actor.from_where()
+            actor.where_from()
         );
         notice(tx, &job, body).await?;
     }

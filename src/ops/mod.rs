@@ -45,7 +45,7 @@ impl Actor<'_> {
     }
 
     /// How a notice on another conversation names them: where they acted.
-    fn from_where(&self) -> String {
+    fn where_from(&self) -> String {
         match self {
             Actor::Comment {
                 login,

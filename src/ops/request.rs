@@ -85,9 +85,13 @@ pub enum Cancelled {
 pub async fn cancel(tx: &mut Tx, job: &Job, actor: &Actor<'_>) -> Result<Cancelled> {
     let reason = format!("cancelled by {}", actor.who());
     if job.state == JobState::Queued
-        && !end_queued(tx, QueuedJobs::One(job.id), Outcome::Cancelled(reason.clone()))
-            .await?
-            .is_empty()
+        && !end_queued(
+            tx,
+            QueuedJobs::One(job.id),
+            Outcome::Cancelled(reason.clone()),
+        )
+        .await?
+        .is_empty()
     {
         return Ok(Cancelled::Ended);
     }
@@ -96,7 +100,9 @@ pub async fn cancel(tx: &mut Tx, job: &Job, actor: &Actor<'_>) -> Result<Cancell
         Store::add_event(tx, job.id, Step::Cancel, &format!("{reason}; stopping")).await?;
         return Ok(Cancelled::Stopping(now.map_or(job.step, |j| j.step)));
     }
-    let state = Store::job(tx.db(), job.id).await?.map_or(job.state, |j| j.state);
+    let state = Store::job(tx.db(), job.id)
+        .await?
+        .map_or(job.state, |j| j.state);
     Ok(Cancelled::AlreadyEnded(state))
 }
 
@@ -124,7 +130,14 @@ pub async fn end_pr(tx: &mut Tx, repo: &str, number: i64, reason: &str) -> Resul
             .is_some_and(|j| j.state == JobState::Running);
         if !running
             && Store::job_references_pr(tx, holder, repo, number).await?
-            && hold::free(tx, &env.name, holder, true, Some(&format!("released: {reason}"))).await?
+            && hold::free(
+                tx,
+                &env.name,
+                holder,
+                true,
+                Some(&format!("released: {reason}")),
+            )
+            .await?
         {
             tracing::info!(environment = %env.name, job = holder, "hold ended");
         }

@@ -8,8 +8,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::cluster::BuildSpec;
-use crate::pipeline::exec::{Exec, StepError, checkout, clone_url};
 use crate::domain::plan::{BuildStep, ImageAction, ImagePlan};
+use crate::pipeline::exec::{Exec, StepError, checkout, clone_url};
 
 /// One build: a target image from a source checkout or as an overlay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -8,8 +8,8 @@ use std::path::Path;
 use serde_json::{Map, Value, json};
 
 use crate::config::Environment;
-use crate::pipeline::exec::{Exec, StepError, checkout, clone_url};
 use crate::domain::plan::Plan;
+use crate::pipeline::exec::{Exec, StepError, checkout, clone_url};
 
 /// The variables a command deployer is given.
 pub fn vars(

@@ -13,19 +13,19 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::domain::{JobState, Step};
 use crate::cluster::{BuildPhase, Cluster, ClusterError, LockOutcome, LockRequest, WorkloadKind};
 use crate::command::{DeployRequest, format_duration};
 use crate::config::{Builder, Cleanup, Config, Deployer, Environment, EnvironmentKind};
+use crate::domain::Outcome;
+use crate::domain::plan::{ImageAction, Pinned, Plan, plan};
+use crate::domain::{JobState, Step};
 use crate::github::GitHub;
 use crate::installations::find_installation;
-use crate::domain::Outcome;
 use crate::ops::{self, AfterEnd};
-use crate::store::{Job, PullRef, Store, StoreError, Tx};
+use crate::store::{Job, PullRef, Store, StoreError};
 use build::{Stage, command_build};
 use deploy::{checkout_deployer, command_deploy};
 use exec::{Exec, StepError, WorkDir, deadline};
-use crate::domain::plan::{ImageAction, Pinned, Plan, plan};
 use resolve::{ResolveError, resolve};
 
 /// How long a waiting job sleeps before it looks again (it is also woken
@@ -506,7 +506,10 @@ impl Pipeline {
             row.is_some_and(|r| r.dirty)
         };
         match (&environment.cleanup, dirty, dry) {
-            (_, false, _) => self.step(job.id, Step::Cleanup, "nothing to clean up").await?,
+            (_, false, _) => {
+                self.step(job.id, Step::Cleanup, "nothing to clean up")
+                    .await?
+            }
             (_, true, true) => {
                 self.step(
                     job.id,
@@ -530,8 +533,12 @@ impl Pipeline {
                 exec.run(args, &checkout_dir).await?;
             }
             (Some(Cleanup::ResetImages), true, false) => {
-                self.step(job.id, Step::Cleanup, "resetting workloads to the base images")
-                    .await?;
+                self.step(
+                    job.id,
+                    Step::Cleanup,
+                    "resetting workloads to the base images",
+                )
+                .await?;
                 let base: Vec<(String, String)> = plan
                     .images
                     .iter()
@@ -813,19 +820,26 @@ impl Pipeline {
         let store = &self.store;
         let github = self.github.as_ref();
         let known = job.installation_id;
-        let resolving = resolve(&self.config, github, request, job.pins(), |repo| async move {
-            match github {
-                Some(gh) => find_installation(store, gh, &repo, known).await,
-                None => Err(crate::github::GitHubError::NotConfigured),
-            }
-        });
+        let resolving = resolve(
+            &self.config,
+            github,
+            request,
+            job.pins(),
+            |repo| async move {
+                match github {
+                    Some(gh) => find_installation(store, gh, &repo, known).await,
+                    None => Err(crate::github::GitHubError::NotConfigured),
+                }
+            },
+        );
         let limit = environment.timeouts.get(Step::Resolve);
         let Ok(resolved) = tokio::time::timeout(limit, resolving).await else {
             let e = format!(
                 "resolve took longer than its time limit ({})",
                 format_duration(limit)
             );
-            self.finish(job, &Outcome::TimedOut(e.clone()), false).await?;
+            self.finish(job, &Outcome::TimedOut(e.clone()), false)
+                .await?;
             return Ok(Err(Ran::Failed(e)));
         };
         let pinned: Vec<Pinned> = match resolved {
@@ -882,7 +896,8 @@ impl Pipeline {
         let plan = match plan(&self.config, request, &pinned, environment) {
             Ok(p) => p,
             Err(e) => {
-                self.finish(job, &Outcome::Failed(e.0.clone()), false).await?;
+                self.finish(job, &Outcome::Failed(e.0.clone()), false)
+                    .await?;
                 return Ok(Err(Ran::Failed(e.0)));
             }
         };
@@ -951,7 +966,9 @@ impl Pipeline {
             .as_ref()
             .and_then(|r| r.held_until)
             .is_some_and(|until| until < tx.now)
-            && holder_job.as_ref().is_none_or(|h| h.state != JobState::Running);
+            && holder_job
+                .as_ref()
+                .is_none_or(|h| h.state != JobState::Running);
         let free = holder.is_none() || holder == Some(job.id) || expired || replaces;
         let earlier_waiting = queue
             .iter()
@@ -1181,7 +1198,6 @@ impl Pipeline {
             Err(e) => tracing::warn!(job = job.id, error = %e, "cannot reach the cluster"),
         }
     }
-
 }
 
 fn cancelled(cancel: &watch::Receiver<bool>) -> bool {

@@ -2,8 +2,8 @@
 
 use crate::command::{DeployRequest, Ref};
 use crate::config::Config;
-use crate::github::{GitHub, GitHubError, InstallationId, RepoName};
 use crate::domain::plan::Pinned;
+use crate::github::{GitHub, GitHubError, InstallationId, RepoName};
 
 /// Why a request could not be resolved.
 #[derive(Debug)]

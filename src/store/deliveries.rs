@@ -19,13 +19,13 @@ pub(super) type PendingDelivery = (
 );
 
 /// Most deliveries one statement stores.
-pub(super) const DELIVERY_BATCH: usize = 128;
+const DELIVERY_BATCH: usize = 128;
 
 /// The PostgreSQL delivery writer: takes what is waiting (up to
 /// [`DELIVERY_BATCH`]), stores it in one statement, answers each. A
 /// delivery id twice in one batch is stored once; the second is a
 /// redelivery.
-pub(super) async fn write_deliveries(
+async fn write_deliveries(
     pool: AnyPool,
     clock: Clock,
     mut receiver: tokio::sync::mpsc::Receiver<PendingDelivery>,

@@ -51,7 +51,10 @@ impl Store {
         rows.iter().map(EnvironmentRow::from_row).collect()
     }
 
-    pub async fn environment_row<'e>(db: impl Db<'e>, name: &str) -> Result<Option<EnvironmentRow>> {
+    pub async fn environment_row<'e>(
+        db: impl Db<'e>,
+        name: &str,
+    ) -> Result<Option<EnvironmentRow>> {
         let row = sqlx::query("SELECT * FROM environments WHERE name = $1")
             .bind(name)
             .fetch_optional(db)

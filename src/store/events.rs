@@ -40,13 +40,13 @@ impl Store {
                     id,
                     at: rfc3339(at),
                     at_ms: at,
-                    step: step.parse().map_err(|e: crate::domain::state::UnknownWord| {
-                        StoreError::Corrupt {
+                    step: step
+                        .parse()
+                        .map_err(|e: crate::domain::state::UnknownWord| StoreError::Corrupt {
                             table: "job_events",
                             id,
                             problem: e.to_string(),
-                        }
-                    })?,
+                        })?,
                     message: r.try_get("message")?,
                 })
             })

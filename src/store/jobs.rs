@@ -11,11 +11,12 @@ fn word<T: FromStr<Err = crate::domain::state::UnknownWord>>(
     column: &str,
 ) -> Result<T> {
     let text: String = r.try_get(column)?;
-    text.parse().map_err(|e: crate::domain::state::UnknownWord| StoreError::Corrupt {
-        table: "jobs",
-        id,
-        problem: format!("{column}: {e}"),
-    })
+    text.parse()
+        .map_err(|e: crate::domain::state::UnknownWord| StoreError::Corrupt {
+            table: "jobs",
+            id,
+            problem: format!("{column}: {e}"),
+        })
 }
 
 /// A JSON column decoded into its type, or an error naming the row.
@@ -82,7 +83,10 @@ pub(super) fn jobs(rows: &[AnyRow]) -> Result<Vec<Job>> {
 pub enum QueuedJobs<'a> {
     One(i64),
     /// Those that reference (or were asked from) this PR.
-    ReferencingPr { repo: &'a str, number: i64 },
+    ReferencingPr {
+        repo: &'a str,
+        number: i64,
+    },
     /// Those asked for from this PR or issue before request `newer`.
     AskedFromBefore {
         repo: &'a str,

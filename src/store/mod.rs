@@ -37,7 +37,7 @@ use sqlx::{Any, AnyPool, Executor, Row};
 pub use crate::domain::{ANY_ENVIRONMENT, Job, JobEvent, JobFilter, NewJob, PullRef};
 use crate::domain::{Conclusion, JobState, Outcome, Report, Step};
 pub use deliveries::NewDelivery;
-use deliveries::{DELIVERY_BATCH, PendingDelivery, write_deliveries};
+use deliveries::PendingDelivery;
 pub use environments::EnvironmentRow;
 pub use jobs::QueuedJobs;
 pub use queue::Heartbeat;
@@ -109,7 +109,6 @@ impl WorkQueue {
 /// Any place a single read can run: the pool or a transaction's connection.
 pub trait Db<'e>: Executor<'e, Database = Any> {}
 impl<'e, E: Executor<'e, Database = Any>> Db<'e> for E {}
-
 
 /// The store's sense of time: the wall clock plus an offset that tests move
 /// forward instead of sleeping.
@@ -364,4 +363,3 @@ impl<T: DeserializeOwned> Claimed<T> {
         })
     }
 }
-

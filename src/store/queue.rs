@@ -131,9 +131,10 @@ impl Store {
 
     /// Every queued or running job, oldest first.
     pub async fn active_jobs<'e>(db: impl Db<'e>) -> Result<Vec<Job>> {
-        let rows = sqlx::query("SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY id")
-            .fetch_all(db)
-            .await?;
+        let rows =
+            sqlx::query("SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY id")
+                .fetch_all(db)
+                .await?;
         super::jobs::jobs(&rows)
     }
 

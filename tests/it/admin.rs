@@ -47,7 +47,9 @@ async fn admin_release_frees_a_held_environment_and_tells_the_pr(db: Db) {
         said.contains("released `dev` (held by request #1)"),
         "{said}"
     );
-    let env = &store.environments().await.expect("envs")[0];
+    let env = &deploybot::store::Store::environments(store.db())
+        .await
+        .expect("envs")[0];
     assert_eq!(env.holder_job, None);
     assert!(env.dirty);
     t.run().await;

@@ -412,7 +412,9 @@ async fn failed_build_records_an_excerpt_and_releases(db: Db) {
         "{error}"
     );
     assert!(events(&job, "build").contains("error: boom"), "{job}");
-    let envs = deploybot::store::Store::environments(t.app.state.store.db()).await.expect("envs");
+    let envs = deploybot::store::Store::environments(t.app.state.store.db())
+        .await
+        .expect("envs");
     assert_eq!(envs[0].holder_job, None, "the lock is released");
     assert!(envs[0].dirty);
 
@@ -478,7 +480,10 @@ async fn build_time_limit_ends_the_job_as_timed_out(db: Db) {
             .contains("build took longer")
     );
     assert_eq!(
-        deploybot::store::Store::environments(t.app.state.store.db()).await.expect("envs")[0].holder_job,
+        deploybot::store::Store::environments(t.app.state.store.db())
+            .await
+            .expect("envs")[0]
+            .holder_job,
         None
     );
     assert_eq!(t.headlines().await, ["### ⌛ Timed out at `build` (`dev`)"]);
@@ -540,7 +545,10 @@ async fn cancel_stops_a_running_build(db: Db) {
             .contains("during build")
     );
     assert_eq!(
-        deploybot::store::Store::environments(t.app.state.store.db()).await.expect("envs")[0].holder_job,
+        deploybot::store::Store::environments(t.app.state.store.db())
+            .await
+            .expect("envs")[0]
+            .holder_job,
         None
     );
     let replies = t.replies("packit/packit-service", 614);

@@ -306,7 +306,10 @@ async fn failed_build_records_the_log_and_frees_the_lease(db: Db) {
     );
     assert!(lease(&w.kube)["spec"]["holderIdentity"].is_null());
     assert_eq!(
-        deploybot::store::Store::environments(w.t.app.state.store.db()).await.expect("envs")[0].holder_job,
+        deploybot::store::Store::environments(w.t.app.state.store.db())
+            .await
+            .expect("envs")[0]
+            .holder_job,
         None
     );
     w.kube.assert_no_violations();
@@ -342,7 +345,9 @@ async fn rollout_timeout_ends_the_job_as_timed_out(db: Db) {
         "{job}"
     );
     assert!(lease(&w.kube)["spec"]["holderIdentity"].is_null());
-    let envs = deploybot::store::Store::environments(w.t.app.state.store.db()).await.expect("envs");
+    let envs = deploybot::store::Store::environments(w.t.app.state.store.db())
+        .await
+        .expect("envs");
     assert!(
         envs[0].dirty,
         "a half-done rollout leaves the environment dirty"
@@ -387,7 +392,10 @@ async fn lease_held_elsewhere_makes_the_job_wait(db: Db) {
         "deploybot-job-999"
     );
     assert_eq!(
-        deploybot::store::Store::environments(w.t.app.state.store.db()).await.expect("envs")[0].holder_job,
+        deploybot::store::Store::environments(w.t.app.state.store.db())
+            .await
+            .expect("envs")[0]
+            .holder_job,
         None
     );
     assert!(w.kube.builds(NS).is_empty());
@@ -442,7 +450,10 @@ async fn cancel_during_a_build_frees_the_lease(db: Db) {
     assert_eq!(job["state"], "cancelled", "{job}");
     assert!(lease(&w.kube)["spec"]["holderIdentity"].is_null());
     assert_eq!(
-        deploybot::store::Store::environments(w.t.app.state.store.db()).await.expect("envs")[0].holder_job,
+        deploybot::store::Store::environments(w.t.app.state.store.db())
+            .await
+            .expect("envs")[0]
+            .holder_job,
         None
     );
     w.t.replies("packit/packit-service", 614);

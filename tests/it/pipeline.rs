@@ -87,7 +87,9 @@ fn steps(job: &Value) -> Vec<String> {
 }
 
 async fn holder(t: &TestApp) -> Option<i64> {
-    let envs = deploybot::store::Store::environments(t.app.state.store.db()).await.expect("envs");
+    let envs = deploybot::store::Store::environments(t.app.state.store.db())
+        .await
+        .expect("envs");
     envs.iter()
         .find(|e| e.name == "dev")
         .and_then(|e| e.holder_job)
@@ -247,7 +249,9 @@ async fn hold_expires_and_the_next_request_cleans_up(db: Db) {
     let notices = t.replies("packit/packit-service", 614);
     assert_eq!(notices.len(), 1, "{notices:?}");
     assert!(notices[0].body.contains("expired"), "{}", notices[0].body);
-    let envs = deploybot::store::Store::environments(t.app.state.store.db()).await.expect("envs");
+    let envs = deploybot::store::Store::environments(t.app.state.store.db())
+        .await
+        .expect("envs");
     assert!(envs[0].dirty);
 
     comment(&t, 700, "/deploy", "bob").await;
@@ -258,7 +262,12 @@ async fn hold_expires_and_the_next_request_cleans_up(db: Db) {
         events(&job, "cleanup").contains("would clean up the previous deployment"),
         "{job}"
     );
-    assert!(!deploybot::store::Store::environments(t.app.state.store.db()).await.expect("envs")[0].dirty);
+    assert!(
+        !deploybot::store::Store::environments(t.app.state.store.db())
+            .await
+            .expect("envs")[0]
+            .dirty
+    );
     let first_status = t.status_comment(first).body;
     assert!(
         first_status.contains("hold ended: the hold of dev expired"),
@@ -277,12 +286,16 @@ async fn extend_lengthens_the_hold_up_to_the_maximum(db: Db) {
     let t = dry_app(db).await;
     comment(&t, 614, "/deploy --ttl=1h", "alice").await;
     t.run().await;
-    let before = deploybot::store::Store::environments(t.app.state.store.db()).await.expect("envs")[0]
+    let before = deploybot::store::Store::environments(t.app.state.store.db())
+        .await
+        .expect("envs")[0]
         .held_until
         .expect("held");
     comment(&t, 614, "/deploy extend 1h30m", "alice").await;
     t.run().await;
-    let after = deploybot::store::Store::environments(t.app.state.store.db()).await.expect("envs")[0]
+    let after = deploybot::store::Store::environments(t.app.state.store.db())
+        .await
+        .expect("envs")[0]
         .held_until
         .expect("held");
     assert_eq!(after - before, 90 * 60 * 1000);
@@ -295,7 +308,9 @@ async fn extend_lengthens_the_hold_up_to_the_maximum(db: Db) {
             .is_some_and(|c| c.body.contains("capped at the maximum of 8h")),
         "{replies:?}"
     );
-    let capped = deploybot::store::Store::environments(t.app.state.store.db()).await.expect("envs")[0]
+    let capped = deploybot::store::Store::environments(t.app.state.store.db())
+        .await
+        .expect("envs")[0]
         .held_until
         .expect("held");
     let now = t.app.state.store.now_ms();
@@ -420,7 +435,7 @@ async fn worker_that_dies_is_reaped(db: Db) {
         .expect("claim")
         .expect("job");
     let mut tx = store.begin().await.expect("tx");
-    deploybot::store::Store::set_step(&mut tx, job1.id, "resolve")
+    deploybot::store::Store::set_step(&mut tx, job1.id, deploybot::domain::Step::Resolve)
         .await
         .expect("step");
     tx.commit().await.expect("commit");
@@ -445,7 +460,7 @@ async fn worker_that_dies_is_reaped(db: Db) {
             .await
             .expect("hold")
     );
-    deploybot::store::Store::set_step(&mut tx, job2.id, "deploy")
+    deploybot::store::Store::set_step(&mut tx, job2.id, deploybot::domain::Step::Deploy)
         .await
         .expect("step");
     tx.commit().await.expect("commit");
@@ -460,7 +475,12 @@ async fn worker_that_dies_is_reaped(db: Db) {
             .contains("stopped during `deploy`")
     );
     assert_eq!(holder(&t).await, None);
-    assert!(store.environments().await.expect("envs")[0].dirty);
+    assert!(
+        deploybot::store::Store::environments(store.db())
+            .await
+            .expect("envs")[0]
+            .dirty
+    );
     let headlines = t.headlines().await;
     assert!(
         headlines[1].starts_with("### ❌ Failed at `deploy`"),
@@ -650,7 +670,12 @@ async fn closing_or_unlabelling_a_pr_ends_its_hold(db: Db) {
     unlabeled["label"]["name"] = serde_json::json!("deploy-test");
     t.deliver("pull_request", &unlabeled).await;
     assert_eq!(holder(&t).await, None);
-    assert!(deploybot::store::Store::environments(t.app.state.store.db()).await.expect("envs")[0].dirty);
+    assert!(
+        deploybot::store::Store::environments(t.app.state.store.db())
+            .await
+            .expect("envs")[0]
+            .dirty
+    );
     t.settle().await;
     assert_eq!(
         t.headlines().await,
@@ -725,7 +750,7 @@ async fn a_deploying_jobs_hold_does_not_expire_under_it(db: Db) {
             .await
             .expect("hold")
     );
-    deploybot::store::Store::set_step(&mut tx, slow.id, "deploy")
+    deploybot::store::Store::set_step(&mut tx, slow.id, deploybot::domain::Step::Deploy)
         .await
         .expect("step");
     tx.commit().await.expect("commit");
