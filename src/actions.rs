@@ -3,11 +3,10 @@
 //! their GitHub token says; SPEC §5 applies to them on every repository the
 //! action touches, exactly as for a comment.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::auth::Decision;
+use crate::auth::{Decision, TokenCache};
 use crate::command::{DeployRequest, Ref};
 use crate::github::{GitHubError, RepoName};
 use crate::intake::{Asked, Intake, Origin};
@@ -53,24 +52,21 @@ impl From<GitHubError> for ActionError {
     }
 }
 
-/// Remembers whose a token is for a few minutes (keyed by its SHA-256, so
-/// the token itself is not kept).
-#[derive(Default)]
-pub struct TokenCache {
-    entries: Mutex<HashMap<String, (Instant, String)>>,
+/// What the API (and so the `deploy` CLI) may do on a user's behalf, over
+/// the intake (who may, what is pinned) and the domain's operations.
+pub struct Actions {
+    intake: Arc<Intake>,
+    tokens: TokenCache,
 }
 
-const TOKEN_TTL: Duration = Duration::from_secs(300);
+impl Actions {
+    pub fn new(intake: Arc<Intake>) -> Actions {
+        Actions {
+            intake,
+            tokens: TokenCache::default(),
+        }
+    }
 
-fn token_key(token: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-impl Intake {
     /// The GitHub login a bearer token belongs to.
     pub async fn login_for_token(&self, token: &str) -> Result<String, ActionError> {
         let token = token.trim();
@@ -79,14 +75,10 @@ impl Intake {
                 "send a GitHub token: `Authorization: Bearer <token>`".into(),
             ));
         }
-        let key = token_key(token);
-        if let Ok(cache) = self.tokens.entries.lock()
-            && let Some((at, login)) = cache.get(&key)
-            && at.elapsed() < TOKEN_TTL
-        {
-            return Ok(login.clone());
+        if let Some(login) = self.tokens.get(token) {
+            return Ok(login);
         }
-        let Some(github) = &self.github else {
+        let Some(github) = &self.intake.github else {
             return Err(ActionError::Unavailable(
                 "GitHub access is not configured on this deploybot, so it cannot check tokens"
                     .into(),
@@ -94,10 +86,7 @@ impl Intake {
         };
         match github.token_login(token).await? {
             Some(login) => {
-                if let Ok(mut cache) = self.tokens.entries.lock() {
-                    cache.retain(|_, (at, _)| at.elapsed() < TOKEN_TTL);
-                    cache.insert(key, (Instant::now(), login.clone()));
-                }
+                self.tokens.put(token, &login);
                 Ok(login)
             }
             None => Err(ActionError::Unauthorized(
@@ -111,11 +100,11 @@ impl Intake {
     pub async fn may_view(&self, token: &str) -> Result<String, ActionError> {
         let login = self.login_for_token(token).await?;
         let mut why = String::new();
-        for component in self.config.components.iter().filter(|c| !c.retired) {
+        for component in self.intake.config.components.iter().filter(|c| !c.retired) {
             let Some(repo) = RepoName::parse(&component.repo) else {
                 continue;
             };
-            match self.authorise(&repo, None, &login).await? {
+            match self.intake.authorise(&repo, None, &login).await? {
                 Decision::Allowed(_) => return Ok(login),
                 Decision::Denied(w) => why = w,
             }
@@ -133,7 +122,7 @@ impl Intake {
                     "`{repo}` is not a repository"
                 )));
             };
-            if let Decision::Denied(why) = self.authorise(&name, None, login).await? {
+            if let Decision::Denied(why) = self.intake.authorise(&name, None, login).await? {
                 return Err(ActionError::Forbidden(format!(
                     "I can't do this for you: {why}"
                 )));
@@ -154,7 +143,7 @@ impl Intake {
         }
         let mut repos: Vec<String> = Vec::new();
         for r in &request.refs {
-            let Some(component) = self.config.component(&r.component) else {
+            let Some(component) = self.intake.config.component(&r.component) else {
                 return Err(ActionError::BadRequest(format!(
                     "`{}` is not a configured component",
                     r.component
@@ -171,20 +160,20 @@ impl Intake {
             }
         }
         if let Some(env) = &request.env
-            && self.config.environment(env).is_none()
+            && self.intake.config.environment(env).is_none()
         {
             return Err(ActionError::BadRequest(format!(
                 "`{env}` is not a configured environment"
             )));
         }
         self.allowed_on(login, &repos).await?;
-        let pinned = match self.pin_pull_requests(&request).await? {
+        let pinned = match self.intake.pin_pull_requests(&request).await? {
             Ok(pinned) => pinned,
             Err(problem) => return Err(ActionError::BadRequest(problem)),
         };
         // Where it is "asked": the first PR it names, else the first component's repository.
         let first_pr = request.refs.iter().find_map(|r| match r.reference {
-            Ref::Pr(n) => Some((self.config.component(&r.component)?.repo.clone(), n)),
+            Ref::Pr(n) => Some((self.intake.config.component(&r.component)?.repo.clone(), n)),
             _ => None,
         });
         let origin = match first_pr {
@@ -206,8 +195,9 @@ impl Intake {
             source: "cli",
             comment_id: None,
         };
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.intake.store.begin().await?;
         let id = self
+            .intake
             .queue(&mut tx, &origin, &asked, &request, &pinned)
             .await?;
         if origin.is_pull_request {
@@ -220,12 +210,12 @@ impl Intake {
 
     /// Cancel request `id`: a queued one ends now, a running one is asked to stop.
     pub async fn cancel_job(&self, login: &str, id: i64) -> Result<String, ActionError> {
-        let Some(job) = Store::job(self.store.db(), id).await? else {
+        let Some(job) = Store::job(self.intake.store.db(), id).await? else {
             return Err(ActionError::NotFound(format!("no request #{id}")));
         };
         self.allowed_on(login, std::slice::from_ref(&job.repo))
             .await?;
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.intake.store.begin().await?;
         let text = match ops::cancel(&mut tx, &job, &ops::Actor::Cli { login }).await? {
             ops::Cancelled::Ended => format!("request #{id} was queued; it is cancelled"),
             ops::Cancelled::Stopping(step) => {
@@ -244,7 +234,7 @@ impl Intake {
 
     /// The environment a request of `login` holds, if any.
     pub async fn held_by_user(&self, login: &str) -> Result<Option<String>, ActionError> {
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.intake.store.begin().await?;
         let held = ops::holding(&mut tx, |j| j.requested_by.eq_ignore_ascii_case(login)).await?;
         tx.commit().await?;
         Ok(held.map(|(row, _)| row.name))
@@ -252,18 +242,18 @@ impl Intake {
 
     /// The request holding `environment` (a configured one), if any.
     async fn holder_of(&self, environment: &str) -> Result<crate::domain::Job, ActionError> {
-        if self.config.environment(environment).is_none() {
+        if self.intake.config.environment(environment).is_none() {
             return Err(ActionError::NotFound(format!(
                 "no environment `{environment}`"
             )));
         }
-        let row = Store::environment_row(self.store.db(), environment).await?;
+        let row = Store::environment_row(self.intake.store.db(), environment).await?;
         let Some(holder) = row.and_then(|r| r.holder_job) else {
             return Err(ActionError::Conflict(format!(
                 "`{environment}` is not held by anyone"
             )));
         };
-        match Store::job(self.store.db(), holder).await? {
+        match Store::job(self.intake.store.db(), holder).await? {
             Some(job) => Ok(job),
             None => Err(ActionError::Conflict(format!(
                 "`{environment}` is held by request #{holder}, which is gone"
@@ -281,7 +271,7 @@ impl Intake {
         let job = self.holder_of(environment).await?;
         self.allowed_on(login, std::slice::from_ref(&job.repo))
             .await?;
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.intake.store.begin().await?;
         let actor = ops::Actor::Cli { login };
         let text = match ops::release(&mut tx, environment, Some(job.id), &actor).await? {
             ops::Released::Released { holder } => {
@@ -312,13 +302,14 @@ impl Intake {
     ) -> Result<(i64, bool), ActionError> {
         let job = self.holder_of(environment).await?;
         let max = self
+            .intake
             .config
             .environment(environment)
             .map(|e| e.max_ttl())
             .unwrap_or(Duration::ZERO);
         self.allowed_on(login, std::slice::from_ref(&job.repo))
             .await?;
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.intake.store.begin().await?;
         let actor = ops::Actor::Cli { login };
         match ops::extend(&mut tx, environment, Some(job.id), by, max, &actor).await? {
             ops::Extended::Until { until, capped, .. } => {

@@ -121,6 +121,40 @@ impl Authorizer {
     }
 }
 
+/// Remembers whose a token is for a few minutes (keyed by its SHA-256, so
+/// the token itself is not kept).
+#[derive(Default)]
+pub struct TokenCache {
+    entries: Mutex<HashMap<String, (Instant, String)>>,
+}
+
+impl TokenCache {
+    /// Whose `token` is, if known within the last few minutes.
+    pub fn get(&self, token: &str) -> Option<String> {
+        let cache = self.entries.lock().ok()?;
+        let (at, login) = cache.get(&token_key(token))?;
+        (at.elapsed() < TOKEN_TTL).then(|| login.clone())
+    }
+
+    /// Remember that `token` is `login`'s (forgetting what is too old).
+    pub fn put(&self, token: &str, login: &str) {
+        if let Ok(mut cache) = self.entries.lock() {
+            cache.retain(|_, (at, _)| at.elapsed() < TOKEN_TTL);
+            cache.insert(token_key(token), (Instant::now(), login.to_string()));
+        }
+    }
+}
+
+const TOKEN_TTL: Duration = Duration::from_secs(300);
+
+fn token_key(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

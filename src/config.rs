@@ -325,17 +325,26 @@ impl Timeouts {
         Duration::from_millis(self.poll_ms.clamp(10, 60_000))
     }
 
-    /// The time limit of a step that has one (the deploy limit otherwise).
-    pub fn get(&self, step: crate::domain::Step) -> Duration {
-        use crate::domain::Step;
-        let text = match step {
-            Step::Resolve => &self.resolve,
-            Step::Build => &self.build,
-            Step::Cleanup => &self.cleanup,
-            _ => &self.deploy,
-        };
-        parse_duration_or_secs(text).unwrap_or(Duration::from_secs(1200))
+    pub fn resolve(&self) -> Duration {
+        limit(&self.resolve)
     }
+
+    pub fn build(&self) -> Duration {
+        limit(&self.build)
+    }
+
+    pub fn cleanup(&self) -> Duration {
+        limit(&self.cleanup)
+    }
+
+    pub fn deploy(&self) -> Duration {
+        limit(&self.deploy)
+    }
+}
+
+/// A step's time limit as configured (checked when the file is loaded).
+fn limit(text: &str) -> Duration {
+    parse_duration_or_secs(text).unwrap_or(Duration::from_secs(1200))
 }
 
 /// `90m`-style durations, or plain seconds (`"5s"` is allowed here for tests).
@@ -542,6 +551,20 @@ impl Config {
                     "environment {}: default_ttl and max_ttl must be durations like 2h or 90m",
                     e.name
                 )),
+            }
+            let t = &e.timeouts;
+            for (key, text) in [
+                ("resolve", &t.resolve),
+                ("build", &t.build),
+                ("cleanup", &t.cleanup),
+                ("deploy", &t.deploy),
+            ] {
+                if parse_duration_or_secs(text).is_none() {
+                    problems.push(format!(
+                        "environment {}: timeouts.{key} {text:?} is not a duration like 45m or 30s",
+                        e.name
+                    ));
+                }
             }
             if matches!(
                 e.kind,

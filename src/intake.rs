@@ -75,7 +75,6 @@ pub struct Intake {
     pub(crate) config: Arc<Config>,
     pub(crate) github: Option<GitHub>,
     auth: Authorizer,
-    pub(crate) tokens: crate::actions::TokenCache,
 }
 
 /// A problem that leaves the trigger pending for a later attempt.
@@ -112,7 +111,6 @@ impl Intake {
             config,
             github,
             auth,
-            tokens: Default::default(),
         }
     }
 

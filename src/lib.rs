@@ -3,7 +3,7 @@
 
 pub mod actions;
 pub mod admin;
-pub mod api;
+
 pub mod auth;
 pub mod cli;
 pub mod cluster;
@@ -15,7 +15,7 @@ pub mod installations;
 pub mod intake;
 pub mod metrics;
 pub mod ops;
-pub mod page;
+
 pub mod pipeline;
 pub mod receive;
 pub mod report;
@@ -23,7 +23,10 @@ pub mod settings;
 pub mod status;
 pub mod store;
 pub mod web;
-pub mod webhook;
+/// Signing and verifying deliveries, as `deploybot receive`, the fuzzers and
+/// the tests use them.
+pub use web::webhook;
+
 pub mod worker;
 
 use std::sync::Arc;
@@ -86,7 +89,7 @@ impl App {
         ));
         let state = Arc::new(AppState {
             store,
-            intake: intake.clone(),
+            actions: Arc::new(crate::actions::Actions::new(intake.clone())),
             config,
             settings,
             wake: Arc::new(Notify::new()),

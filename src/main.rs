@@ -1,4 +1,5 @@
 //! `deploybot`: the server and its operator commands.
+//! Parses the command line and hands over to the library; owns no rule.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -7,7 +7,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::settings::Secret;
-use crate::webhook::sign;
+use crate::web::webhook::sign;
 
 /// The answer of the server.
 pub struct Delivered {

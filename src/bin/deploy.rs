@@ -1,4 +1,5 @@
 //! `deploy`: the command-line client (see `deploybot::cli`).
+//! Only the entry point: everything it does lives in the library.
 
 use std::process::ExitCode;
 

@@ -1,4 +1,5 @@
 //! One error type for everything the cluster module does.
+//! Classifies the API's answers (retryable or not); no I/O of its own.
 
 use std::fmt;
 use std::time::Duration;

@@ -1,4 +1,5 @@
 //! Pointing workloads at images, and following their rollouts.
+//! Talks to the cluster's API only; records nothing in the database.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,4 +1,5 @@
 //! Parsing one command line into a [`Command`].
+//! Pure: the vocabulary comes from the caller; nothing is looked up.
 
 use super::refs::{REF_FORMS, parse_number, parse_ref};
 use super::tokenize::{Token, code, code_list, did_you_mean, suggest, tokenize};

@@ -1,4 +1,5 @@
 //! Refs (`123`, `#123`, PR URL, `branch:NAME`, `@SHA`) and their validation.
+//! Pure text rules; knows no repository or GitHub.
 
 use super::tokenize::{code, did_you_mean};
 use super::{Ref, VocabComponent, Vocabulary};

@@ -1,3 +1,5 @@
+//! The grammar's tests: every form of the `/deploy` command, its errors and
+//! their suggestions, and properties over random input.
 use std::time::Duration;
 
 use proptest::prelude::*;

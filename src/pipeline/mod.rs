@@ -359,7 +359,7 @@ impl Pipeline {
             store: &self.store,
             job_id: job.id,
             step,
-            deadline: deadline(environment.timeouts.get(step)),
+            deadline: deadline(time_limit(environment, step)),
             cancel: cancel.clone(),
         }
     }
@@ -450,7 +450,7 @@ impl Pipeline {
                     .await
                     .map_err(|e| StepError::failed(e.to_string()))?;
                 let started = self.store.now_ms();
-                let deadline = deadline(environment.timeouts.get(Step::Build));
+                let deadline = deadline(time_limit(environment, Step::Build));
                 let builds = stages.iter().map(|image_stages| {
                     let mut cancel = cancel.clone();
                     let (ns, git_url, push_secret) =
@@ -740,7 +740,7 @@ impl Pipeline {
             job.id.to_string(),
         )]);
         let step = if wait { Step::Deploy } else { Step::Cleanup };
-        let deadline = deadline(environment.timeouts.get(step));
+        let deadline = deadline(time_limit(environment, step));
         let api = |e: ClusterError| StepError::failed(e.to_string());
         let mut rollouts = Vec::new();
         for w in workloads {
@@ -832,7 +832,7 @@ impl Pipeline {
                 }
             },
         );
-        let limit = environment.timeouts.get(Step::Resolve);
+        let limit = time_limit(environment, Step::Resolve);
         let Ok(resolved) = tokio::time::timeout(limit, resolving).await else {
             let e = format!(
                 "resolve took longer than its time limit ({})",
@@ -1197,6 +1197,17 @@ impl Pipeline {
             }
             Err(e) => tracing::warn!(job = job.id, error = %e, "cannot reach the cluster"),
         }
+    }
+}
+
+/// The time limit of a step that has one (the deploy limit otherwise).
+fn time_limit(environment: &Environment, step: Step) -> Duration {
+    let t = &environment.timeouts;
+    match step {
+        Step::Resolve => t.resolve(),
+        Step::Build => t.build(),
+        Step::Cleanup => t.cleanup(),
+        _ => t.deploy(),
     }
 }
 

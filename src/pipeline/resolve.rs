@@ -1,4 +1,5 @@
 //! Resolve: pin every ref of a request to a commit through GitHub.
+//! Reads GitHub only; records nothing (the pipeline stores the pins).
 
 use crate::command::{DeployRequest, Ref};
 use crate::config::Config;

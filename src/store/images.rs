@@ -1,4 +1,5 @@
 //! Images built before, by tag and inputs (so a build is reused).
+//! Persistence only: whether the registry still has them is not asked here.
 
 use super::*;
 

@@ -10,15 +10,15 @@ use crate::support::harness::manifest_dir;
 /// The layers, lowest first: a module may use modules of its own layer or
 /// lower ones. (README, "How it works", shows the same picture.)
 const LAYERS: &[&[&str]] = &[
-    &["settings", "metrics", "command", "config", "github", "cluster"],
+    &["metrics", "command", "config", "github", "cluster"],
     &["domain"],
     &["store"],
-    &["auth", "installations", "status"],
+    &["settings", "auth", "installations", "status"],
     &["ops"],
     &["report", "intake", "pipeline"],
-    &["actions", "worker", "admin", "receive"],
+    &["actions", "worker", "admin"],
     &["web"],
-    &["cli"],
+    &["cli", "receive"],
 ];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -19,6 +19,7 @@ mod config_reference;
 mod github_client;
 mod intake;
 mod kube;
+mod layout;
 mod manifests;
 mod pipeline;
 mod process;

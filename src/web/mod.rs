@@ -1,4 +1,9 @@
-//! HTTP: the webhook, the read API, health.
+//! HTTP, and nothing behind it: the router and shared state, the webhook, the API,
+//! the pages and health. May call the intake, actions and store; never runs jobs.
+
+pub mod api;
+pub mod page;
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -21,7 +26,7 @@ use crate::store::{Job, JobFilter, Store};
 pub struct AppState {
     pub store: Store,
     /// Authorises and applies the API's writes.
-    pub intake: Arc<crate::intake::Intake>,
+    pub actions: Arc<crate::actions::Actions>,
     pub config: Arc<Config>,
     pub settings: Settings,
     /// Wakes the intake processor and reporter after a commit.
@@ -33,36 +38,27 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     // What `web.require_login` closes: the pages and the read API.
     let reads = Router::new()
-        .route("/", get(crate::page::status_page))
-        .route("/jobs/{id}", get(crate::page::job_page))
-        .route("/api/v1/jobs", get(list_jobs).post(crate::api::create_job))
+        .route("/", get(page::status_page))
+        .route("/jobs/{id}", get(page::job_page))
+        .route("/api/v1/jobs", get(list_jobs).post(api::create_job))
         .route("/api/v1/jobs/{id}", get(get_job))
-        .route("/api/v1/jobs/{id}/events", get(crate::api::job_events))
-        .route("/api/v1/environments", get(crate::api::list_environments))
+        .route("/api/v1/jobs/{id}/events", get(api::job_events))
+        .route("/api/v1/environments", get(api::list_environments))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            crate::page::require_login,
+            page::require_login,
         ));
     Router::new()
         .merge(reads)
         // The webhook reads its body itself (limit and read timeout).
-        .route("/webhook", post(crate::webhook::receive))
-        .route("/api/v1/jobs/{id}/cancel", post(crate::api::cancel_job))
-        .route(
-            "/api/v1/environments/{name}/release",
-            post(crate::api::release),
-        )
-        .route(
-            "/api/v1/environments/{name}/extend",
-            post(crate::api::extend),
-        )
-        .route("/api/v1/me", get(crate::api::me))
-        .route("/api/v1/openapi.json", get(crate::api::openapi))
-        .route(
-            "/login",
-            get(crate::page::login_page).post(crate::page::login),
-        )
-        .route("/logout", get(crate::page::logout))
+        .route("/webhook", post(webhook::receive))
+        .route("/api/v1/jobs/{id}/cancel", post(api::cancel_job))
+        .route("/api/v1/environments/{name}/release", post(api::release))
+        .route("/api/v1/environments/{name}/extend", post(api::extend))
+        .route("/api/v1/me", get(api::me))
+        .route("/api/v1/openapi.json", get(api::openapi))
+        .route("/login", get(page::login_page).post(page::login))
+        .route("/logout", get(page::logout))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -46,14 +46,14 @@ pub fn answer(e: ActionError) -> Response {
 
 /// The user behind the request's bearer token.
 async fn user(state: &AppState, headers: &HeaderMap) -> Result<String, ActionError> {
-    let token = crate::page::bearer(headers).ok_or_else(|| {
+    let token = crate::web::page::bearer(headers).ok_or_else(|| {
         ActionError::Unauthorized(
             "this needs a GitHub token: `Authorization: Bearer <token>` \
              (the deploy CLI sends GITHUB_TOKEN or `gh auth token`)"
                 .into(),
         )
     })?;
-    state.intake.login_for_token(&token).await
+    state.actions.login_for_token(&token).await
 }
 
 /// `GET /api/v1/me`: whose token this is, and what of theirs holds an environment.
@@ -62,7 +62,7 @@ pub async fn me(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
         Ok(login) => login,
         Err(e) => return answer(e),
     };
-    match state.intake.held_by_user(&login).await {
+    match state.actions.held_by_user(&login).await {
         Ok(holds) => Json(json!({ "login": login, "holds": holds })).into_response(),
         Err(e) => answer(e),
     }
@@ -270,7 +270,7 @@ pub async fn create_job(
         Ok(login) => login,
         Err(e) => return answer(e),
     };
-    match state.intake.submit(&login, request).await {
+    match state.actions.submit(&login, request).await {
         Ok(id) => {
             state.jobs_wake.notify_waiters();
             state.wake.notify_one();
@@ -305,7 +305,7 @@ pub async fn cancel_job(
         Ok(login) => login,
         Err(e) => return answer(e),
     };
-    match state.intake.cancel_job(&login, id).await {
+    match state.actions.cancel_job(&login, id).await {
         Ok(message) => {
             state.jobs_wake.notify_waiters();
             state.wake.notify_one();
@@ -324,7 +324,7 @@ pub async fn release(
         Ok(login) => login,
         Err(e) => return answer(e),
     };
-    match state.intake.release_environment(&login, &name).await {
+    match state.actions.release_environment(&login, &name).await {
         Ok(message) => {
             state.jobs_wake.notify_waiters();
             state.wake.notify_one();
@@ -362,7 +362,7 @@ pub async fn extend(
         Ok(login) => login,
         Err(e) => return answer(e),
     };
-    match state.intake.extend_environment(&login, &name, by).await {
+    match state.actions.extend_environment(&login, &name, by).await {
         Ok((until, capped)) => {
             state.wake.notify_one();
             Json(json!({

@@ -9,11 +9,11 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::api::{EnvironmentView, environment_views};
 use crate::domain::{Conclusion, JobState};
 use crate::status::{Snapshot, human_span, human_time, redact};
 use crate::store::JobFilter;
 use crate::web::AppState;
+use crate::web::api::{EnvironmentView, environment_views};
 
 /// Escape text for HTML.
 pub fn esc(text: &str) -> String {
@@ -399,7 +399,7 @@ pub async fn require_login(
         None => Err(crate::actions::ActionError::Unauthorized(
             "this deploybot needs a login: a GitHub token as `Authorization: Bearer`".into(),
         )),
-        Some(token) => state.intake.may_view(&token).await,
+        Some(token) => state.actions.may_view(&token).await,
     };
     match verdict {
         Ok(_) => next.run(request).await,
@@ -418,7 +418,7 @@ pub async fn require_login(
             *r.status_mut() = StatusCode::FORBIDDEN;
             r
         }
-        Err(e) => crate::api::answer(e),
+        Err(e) => crate::web::api::answer(e),
     }
 }
 
@@ -472,7 +472,7 @@ pub async fn login(State(state): State<Arc<AppState>>, body: String) -> Response
             &login_form("<p><strong>Paste a token.</strong></p>"),
         );
     };
-    match state.intake.may_view(&token).await {
+    match state.actions.may_view(&token).await {
         Ok(login) => {
             tracing::info!(login, "logged in to the pages");
             let secure = if state.config.bot.public_url.starts_with("https://") {
