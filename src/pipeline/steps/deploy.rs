@@ -1,0 +1,217 @@
+//! Steps 5–6, clean up and deploy: undo what the previous deployment left
+//! (a command, or workloads back on the base images), then deploy the plan
+//! (a command with its vars file, or workloads pointed at the new images).
+
+use std::path::Path;
+
+use tokio::sync::watch;
+
+use crate::cluster::{ClusterError, WorkloadKind};
+use crate::config::{Deployer, Environment};
+use crate::domain::Step;
+use crate::domain::plan::Plan;
+use crate::pipeline::deploy::{self, command_deploy};
+use crate::pipeline::exec::{self, StepError, deadline};
+use crate::pipeline::steps::{Cleans, Deploys};
+use crate::pipeline::{Pipeline, time_limit};
+use crate::store::Job;
+
+impl Pipeline {
+    /// Clean up what the previous deployment left, with `cleans`.
+    pub(in crate::pipeline) async fn clean_up(
+        &self,
+        job: &Job,
+        plan: &Plan,
+        environment: &Environment,
+        cleans: &Cleans<'_>,
+        checkout: &Path,
+        cancel: &mut watch::Receiver<bool>,
+    ) -> Result<(), StepError> {
+        match cleans {
+            Cleans::DryRun => {
+                let text = "skipped (dry-run environment): would clean up the previous deployment";
+                self.step(job.id, Step::Cleanup, text).await?;
+            }
+            Cleans::Nothing => {
+                let text = "no cleanup configured; the new deployment replaces the previous one";
+                self.step(job.id, Step::Cleanup, text).await?;
+            }
+            Cleans::Command(args) => {
+                self.step(job.id, Step::Cleanup, "cleaning up the previous deployment")
+                    .await?;
+                let mut exec = self.exec(job, Step::Cleanup, environment, cancel);
+                exec.run(args, checkout).await?;
+            }
+            Cleans::ResetImages => {
+                let text = "resetting workloads to the base images";
+                self.step(job.id, Step::Cleanup, text).await?;
+                let base: Vec<(String, String)> = plan
+                    .images
+                    .iter()
+                    .map(|i| {
+                        (
+                            i.image.clone(),
+                            format!("{}:{}", i.image, plan.base.as_str()),
+                        )
+                    })
+                    .collect();
+                self.point_workloads(job, environment, &base, false, cancel)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deploy the plan, with `deploys`.
+    pub(in crate::pipeline) async fn deploy(
+        &self,
+        job: &Job,
+        plan: &Plan,
+        environment: &Environment,
+        deploys: &Deploys<'_>,
+        checkout: &Path,
+        cancel: &mut watch::Receiver<bool>,
+    ) -> Result<(), StepError> {
+        let deployed: Vec<String> = plan
+            .images
+            .iter()
+            .filter(|i| i.deployed)
+            .map(|i| i.reference())
+            .collect();
+        let deploying = format!("deploying {}", deployed.join(", "));
+        match deploys {
+            Deploys::DryRun => {
+                let text = format!(
+                    "skipped (dry-run environment): would deploy {}",
+                    deployed.join(", ")
+                );
+                self.step(job.id, Step::Deploy, &text).await?;
+            }
+            Deploys::Missing => {
+                return Err(StepError::failed(format!(
+                    "environment `{}` has no deployer configured",
+                    environment.name
+                )));
+            }
+            Deploys::Command(Deployer::Command {
+                args,
+                vars_file,
+                image_vars,
+                flag_vars,
+                extra_vars,
+            }) => {
+                self.step(job.id, Step::Deploy, &deploying).await?;
+                let vars = deploy::vars(plan, environment, image_vars, flag_vars, extra_vars);
+                let mut exec = self.exec(job, Step::Deploy, environment, cancel);
+                command_deploy(&mut exec, args, vars_file, &vars, checkout).await?;
+                self.event(job.id, Step::Deploy, "deployed").await?;
+            }
+            Deploys::Command(Deployer::Kubernetes { .. }) | Deploys::Kubernetes => {
+                self.step(job.id, Step::Deploy, &deploying).await?;
+                let images: Vec<(String, String)> = plan
+                    .images
+                    .iter()
+                    .filter(|i| i.deployed)
+                    .map(|i| (i.image.clone(), i.reference()))
+                    .collect();
+                self.point_workloads(job, environment, &images, true, cancel)
+                    .await?;
+                self.event(job.id, Step::Deploy, "every rollout finished")
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Point the configured workloads at `images` (repository → reference),
+    /// annotated with the job, and wait for their rollouts when `wait`.
+    async fn point_workloads(
+        &self,
+        job: &Job,
+        environment: &Environment,
+        images: &[(String, String)],
+        wait: bool,
+        cancel: &mut watch::Receiver<bool>,
+    ) -> Result<(), StepError> {
+        let Some(Deployer::Kubernetes { workloads }) = &environment.deployer else {
+            return Err(StepError::failed(
+                "resetting images needs a kubernetes deployer with workloads",
+            ));
+        };
+        let ns = environment.namespace.clone().unwrap_or_default();
+        let cluster = self
+            .cluster()
+            .await
+            .map_err(|e| StepError::failed(e.to_string()))?;
+        let annotations = std::collections::BTreeMap::from([(
+            crate::cluster::JOB_ANNOTATION.to_string(),
+            job.id.to_string(),
+        )]);
+        let step = if wait { Step::Deploy } else { Step::Cleanup };
+        let deadline = deadline(time_limit(environment, step));
+        let api = |e: ClusterError| StepError::failed(e.to_string());
+        let mut rollouts = Vec::new();
+        for w in workloads {
+            let Some((_, reference)) = images.iter().find(|(repo, _)| *repo == w.image) else {
+                continue;
+            };
+            match w.kind.as_str() {
+                "ImageStream" => {
+                    let tag = w.tag.as_deref().unwrap_or("latest");
+                    cluster
+                        .set_imagestream_tag(&ns, &w.name, tag, reference, &annotations)
+                        .await
+                        .map_err(api)?;
+                    self.event(
+                        job.id,
+                        step,
+                        &format!("ImageStream `{}:{tag}` → {reference}", w.name),
+                    )
+                    .await?;
+                }
+                kind => {
+                    let kind = match kind {
+                        "StatefulSet" => WorkloadKind::StatefulSet,
+                        _ => WorkloadKind::Deployment,
+                    };
+                    cluster
+                        .set_workload_image(&ns, kind, &w.name, &w.image, reference, &annotations)
+                        .await
+                        .map_err(api)?;
+                    self.event(job.id, step, &format!("{kind} `{}` → {reference}", w.name))
+                        .await?;
+                    rollouts.push((kind, w.name.clone()));
+                }
+            }
+        }
+        if !wait {
+            return Ok(());
+        }
+        for (kind, name) in rollouts {
+            let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let waited = exec::bounded(deadline, cancel, async {
+                cluster
+                    .wait_rollout(&ns, kind, &name, timeout, environment.timeouts.poll())
+                    .await
+                    .map_err(|e| match e {
+                        ClusterError::Timeout { .. } => StepError::TimedOut,
+                        e => api(e),
+                    })
+            })
+            .await?;
+            if waited.failed {
+                return Err(StepError::failed(format!(
+                    "the rollout of {kind} `{name}` failed: {}",
+                    waited.message
+                )));
+            }
+            self.event(
+                job.id,
+                step,
+                &format!("{kind} `{name}` rolled out: {}", waited.message),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}

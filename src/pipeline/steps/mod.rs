@@ -1,0 +1,116 @@
+//! The pipeline's steps, one file each (plan, lock, build, clean up and
+//! deploy), and the one place that knows what an environment works with: a
+//! dry-run environment is one more kind of builder and deployer (it says what
+//! it would do and touches nothing), not a branch inside every step.
+
+mod build;
+mod deploy;
+mod lock;
+mod plan;
+
+use tokio::sync::watch;
+
+use crate::config::{Builder, Cleanup, Deployer, Environment, EnvironmentKind};
+use crate::domain::Step;
+use crate::domain::plan::Plan;
+use crate::pipeline::Pipeline;
+use crate::pipeline::deploy::checkout_deployer;
+use crate::pipeline::exec::{StepError, WorkDir};
+use crate::store::{Job, Store};
+
+/// How an environment builds images.
+pub(in crate::pipeline) enum Builds<'a> {
+    /// A dry-run environment: nothing is built.
+    DryRun,
+    /// None configured (a plan that builds fails).
+    Missing,
+    Command(&'a [String]),
+    Openshift {
+        push_secret: Option<&'a str>,
+    },
+}
+
+/// How an environment is cleaned up before a deployment.
+pub(in crate::pipeline) enum Cleans<'a> {
+    DryRun,
+    /// None configured: the new deployment replaces the previous one.
+    Nothing,
+    Command(&'a [String]),
+    ResetImages,
+}
+
+/// How an environment is deployed to.
+pub(in crate::pipeline) enum Deploys<'a> {
+    DryRun,
+    Missing,
+    Command(&'a Deployer),
+    Kubernetes,
+}
+
+/// What `environment` builds, cleans up and deploys with.
+fn tools(environment: &Environment) -> (Builds<'_>, Cleans<'_>, Deploys<'_>) {
+    if environment.kind == EnvironmentKind::DryRun {
+        return (Builds::DryRun, Cleans::DryRun, Deploys::DryRun);
+    }
+    let builds = match &environment.builder {
+        None => Builds::Missing,
+        Some(Builder::Command { args }) => Builds::Command(args),
+        Some(Builder::Openshift { push_secret }) => Builds::Openshift {
+            push_secret: push_secret.as_deref(),
+        },
+    };
+    let cleans = match &environment.cleanup {
+        None => Cleans::Nothing,
+        Some(Cleanup::Command { args }) => Cleans::Command(args),
+        Some(Cleanup::ResetImages) => Cleans::ResetImages,
+    };
+    let deploys = match &environment.deployer {
+        None => Deploys::Missing,
+        Some(d @ Deployer::Command { .. }) => Deploys::Command(d),
+        Some(Deployer::Kubernetes { .. }) => Deploys::Kubernetes,
+    };
+    (builds, cleans, deploys)
+}
+
+impl Pipeline {
+    /// Steps 4–6: build, clean up what the previous deployment left, deploy.
+    pub(in crate::pipeline) async fn build_clean_deploy(
+        &self,
+        job: &Job,
+        plan: &Plan,
+        environment: &Environment,
+        cancel: &mut watch::Receiver<bool>,
+    ) -> Result<(), StepError> {
+        let (builds, cleans, deploys) = tools(environment);
+        let work = WorkDir::new(&self.workdir(), job.id)?;
+        self.build(job, plan, environment, &builds, &work, cancel)
+            .await?;
+
+        // The deployer component is checked out once, for the cleanup and
+        // deploy commands.
+        let checkout = work.0.join("deployer");
+        let commands =
+            matches!(deploys, Deploys::Command(_)) || matches!(cleans, Cleans::Command(_));
+        if commands && plan.checkout.is_some() {
+            let mut exec = self.exec(job, Step::Deploy, environment, cancel);
+            checkout_deployer(&mut exec, plan, &self.config.bot.git_url, &checkout).await?;
+        } else {
+            std::fs::create_dir_all(&checkout).map_err(|e| {
+                StepError::failed(format!("cannot create {}: {e}", checkout.display()))
+            })?;
+        }
+
+        let dirty = Store::environment_row(self.store.db(), &environment.name)
+            .await?
+            .is_some_and(|r| r.dirty);
+        if dirty {
+            self.clean_up(job, plan, environment, &cleans, &checkout, cancel)
+                .await?;
+        } else {
+            self.step(job.id, Step::Cleanup, "nothing to clean up")
+                .await?;
+        }
+        self.deploy(job, plan, environment, &deploys, &checkout, cancel)
+            .await
+    }
+}
