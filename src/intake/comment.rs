@@ -1,0 +1,414 @@
+//! Comments: a comment's new command lines, authorised, parsed, checked with
+//! GitHub and applied (deploy, cancel, release, extend, status, help).
+
+use crate::auth::Decision;
+use crate::command::{Command, DeployRequest, Ref, help_text, parse_command};
+use crate::domain::Report;
+use crate::domain::plan::Pinned;
+use crate::github::RepoName;
+use crate::installations::find_installation;
+use crate::intake::{Asked, Intake, IntakeError, Origin, Prepared, Trigger, is_sha};
+use crate::ops;
+use crate::store::{Store, StoreError, Tx};
+
+impl Intake {
+    /// New command lines in a comment.
+    pub(super) async fn process_comment(
+        &self,
+        trigger_id: i64,
+        trigger: &Trigger,
+    ) -> Result<(), IntakeError> {
+        let Trigger::Comment {
+            repo,
+            number,
+            is_pull_request,
+            comment_id,
+            author,
+            installation_id,
+            lines,
+        } = trigger
+        else {
+            return Ok(());
+        };
+        let Some(repo_name) = RepoName::parse(repo) else {
+            return self.finish(trigger_id).await;
+        };
+        let decision = self.authorise(&repo_name, *installation_id, author).await?;
+        let origin = Origin {
+            repo: repo.clone(),
+            number: *number,
+            is_pull_request: *is_pull_request,
+            installation_id: *installation_id,
+        };
+        // Parse, and check the PRs named, before the transaction:
+        // nothing slow runs while it is open.
+        let prepared = match &decision {
+            Decision::Allowed(_) => self.prepare(&origin, lines).await?,
+            Decision::Denied(_) => Vec::new(),
+        };
+        let mut tx = self.store.begin().await?;
+        match decision {
+            Decision::Denied(why) => {
+                tracing::info!(%repo, number, author, %why, "command refused");
+                self.refuse(&mut tx, &origin, author, &why).await?;
+            }
+            Decision::Allowed(why) => {
+                tracing::info!(%repo, number, author, %why, "command authorised");
+                self.apply_commands(&mut tx, &origin, *comment_id, author, prepared)
+                    .await?;
+            }
+        }
+        if Store::finish_trigger(&mut tx, trigger_id).await? {
+            tx.commit().await?;
+        } else {
+            // Another processor finished it while this one waited on GitHub.
+            tx.rollback().await?;
+        }
+        Ok(())
+    }
+
+    /// Parse each command line; for deploy requests add the current PR and
+    /// check every PR named with GitHub (it must exist, be open and belong to
+    /// the component's repository: SPEC §3 answers those at once).
+    async fn prepare(
+        &self,
+        origin: &Origin,
+        lines: &[String],
+    ) -> Result<Vec<Prepared>, IntakeError> {
+        let vocab = self.config.vocabulary();
+        let mut out = Vec::new();
+        for line in lines {
+            let command = match parse_command(line, &vocab) {
+                Ok(command) => command,
+                Err(e) => {
+                    out.push(Prepared::Invalid(e.render(line)));
+                    continue;
+                }
+            };
+            let Command::Deploy(mut request) = command else {
+                out.push(Prepared::Command(command));
+                continue;
+            };
+            if origin.is_pull_request
+                && let Some(component) = self.config.component_by_repo(&origin.repo)
+                && let Ok(pr) = u64::try_from(origin.number)
+            {
+                request.include_current_pr(&component.name, pr);
+            }
+            if request.refs.is_empty() {
+                out.push(Prepared::Invalid(format!(
+                    "there is nothing to deploy: on an issue, name what to deploy, \
+                     for example `{} packit-service=614 ogr=123`. `{} help` lists the components.",
+                    vocab.prefix, vocab.prefix
+                )));
+                continue;
+            }
+            match self.pin_pull_requests(&request).await? {
+                Err(problem) => out.push(Prepared::Invalid(problem)),
+                Ok(pinned) => out.push(Prepared::Deploy(request, pinned)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Pin every PR the request names to its head commit now (check runs go
+    /// on those commits from the start), or say what is wrong with one.
+    pub(crate) async fn pin_pull_requests(
+        &self,
+        request: &DeployRequest,
+    ) -> Result<Result<Vec<Pinned>, String>, IntakeError> {
+        let mut pinned = Vec::new();
+        let Some(github) = &self.github else {
+            return Ok(Ok(pinned));
+        };
+        for r in &request.refs {
+            let (Ref::Pr(n), Some(c)) = (&r.reference, self.config.component(&r.component)) else {
+                continue;
+            };
+            let Some(repo) = RepoName::parse(&c.repo) else {
+                continue;
+            };
+            let inst = find_installation(&self.store, github, &repo, None).await?;
+            let problem = match github.pull_request(inst, &repo, *n).await? {
+                None => format!("{repo}#{n} does not exist"),
+                Some(pr) if !pr.base_repo.eq_ignore_ascii_case(&c.repo) => {
+                    format!("{repo}#{n} is not a pull request of {}", c.repo)
+                }
+                Some(pr) if !pr.open => format!("{repo}#{n} is closed"),
+                Some(pr) if is_sha(&pr.head_sha) => {
+                    pinned.push(Pinned {
+                        component: c.name.clone(),
+                        repo: c.repo.clone(),
+                        reference: r.reference.clone(),
+                        sha: pr.head_sha.to_ascii_lowercase(),
+                    });
+                    continue;
+                }
+                Some(_) => format!("GitHub answered an unexpected head commit for {repo}#{n}"),
+            };
+            return Ok(Err(format!(
+                "`{}={n}`: {problem}; only open pull requests of a component's repository are deployed. \
+                 Nothing was queued.",
+                r.component
+            )));
+        }
+        Ok(Ok(pinned))
+    }
+
+    async fn apply_commands(
+        &self,
+        tx: &mut Tx,
+        origin: &Origin,
+        comment_id: i64,
+        author: &str,
+        prepared: Vec<Prepared>,
+    ) -> Result<(), StoreError> {
+        let vocab = self.config.vocabulary();
+        let mut acknowledged = false;
+        for item in prepared {
+            let command = match item {
+                Prepared::Command(command) => command,
+                Prepared::Deploy(request, pinned) => {
+                    let id = self
+                        .queue(
+                            tx,
+                            origin,
+                            &Asked {
+                                by: author,
+                                source: "comment",
+                                comment_id: Some(comment_id),
+                            },
+                            &request,
+                            &pinned,
+                        )
+                        .await?;
+                    let why = format!("superseded by request #{id} from @{author}");
+                    ops::supersede_older(tx, &origin.repo, origin.number, id, &why).await?;
+                    if !acknowledged {
+                        Report::Reaction {
+                            repo: origin.repo.clone(),
+                            installation_id: origin.installation_id,
+                            comment_id,
+                            content: "eyes".into(),
+                        }
+                        .enqueue(tx, None)
+                        .await?;
+                        acknowledged = true;
+                    }
+                    continue;
+                }
+                Prepared::Invalid(text) => {
+                    origin
+                        .reply(format!("@{author}, {text}"))
+                        .enqueue(tx, None)
+                        .await?;
+                    continue;
+                }
+            };
+            match command {
+                Command::Deploy(_) => {
+                    // `prepare` turns every deploy request into `Prepared::Deploy`.
+                    tracing::error!("a deploy request reached apply_commands unprepared");
+                }
+                Command::Cancel { job } => {
+                    let text = self.cancel(tx, origin, author, job).await?;
+                    origin
+                        .reply(format!("@{author}, {text}"))
+                        .enqueue(tx, None)
+                        .await?;
+                }
+                Command::Help => {
+                    origin.reply(help_text(&vocab)).enqueue(tx, None).await?;
+                }
+                Command::Status => {
+                    let text = self.status(tx).await?;
+                    origin.reply(text).enqueue(tx, None).await?;
+                }
+                Command::Release { env } => {
+                    let text = self.release(tx, origin, author, env.as_deref()).await?;
+                    origin
+                        .reply(format!("@{author}, {text}"))
+                        .enqueue(tx, None)
+                        .await?;
+                }
+                Command::Extend { duration } => {
+                    let text = self.extend(tx, origin, author, duration).await?;
+                    origin
+                        .reply(format!("@{author}, {text}"))
+                        .enqueue(tx, None)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `cancel [JOB]`: queued jobs end at once; a running one is asked to stop.
+    async fn cancel(
+        &self,
+        tx: &mut Tx,
+        origin: &Origin,
+        author: &str,
+        only: Option<u64>,
+    ) -> Result<String, StoreError> {
+        let jobs = Store::active_jobs_of_pr(tx, &origin.repo, origin.number).await?;
+        let jobs: Vec<_> = jobs
+            .into_iter()
+            .filter(|j| only.is_none_or(|o| u64::try_from(j.id).ok() == Some(o)))
+            .collect();
+        if jobs.is_empty() {
+            return Ok(match only {
+                Some(id) => {
+                    format!("request #{id} is not queued or running for this conversation.")
+                }
+                None => {
+                    "there is no queued or running request of this conversation to cancel.".into()
+                }
+            });
+        }
+        let actor = origin.actor(author);
+        let mut done = Vec::new();
+        for job in jobs {
+            match ops::cancel(tx, &job, &actor).await? {
+                ops::Cancelled::Ended => done.push(format!("#{} (was queued)", job.id)),
+                ops::Cancelled::Stopping(step) => {
+                    done.push(format!("#{} (stopping during `{step}`)", job.id))
+                }
+                ops::Cancelled::AlreadyEnded(_) => {}
+            }
+        }
+        Ok(format!("cancelled request {}.", done.join(", ")))
+    }
+
+    /// `release [ENV]`: free what this conversation holds, or ENV.
+    async fn release(
+        &self,
+        tx: &mut Tx,
+        origin: &Origin,
+        author: &str,
+        env: Option<&str>,
+    ) -> Result<String, StoreError> {
+        let name = match env {
+            Some(name) => name.to_string(),
+            None => match ops::holding(tx, |j| j.comes_from(&origin.repo, origin.number)).await? {
+                Some((row, _)) => row.name,
+                None => return Ok("this conversation holds no environment.".into()),
+            },
+        };
+        Ok(
+            match ops::release(tx, &name, None, &origin.actor(author)).await? {
+                ops::Released::Released { holder } => {
+                    format!("released `{name}` (held by request #{holder}).")
+                }
+                ops::Released::Stopping { holder } => format!(
+                    "request #{holder} is still deploying to `{name}`; I asked it to stop, which releases the environment."
+                ),
+                ops::Released::NotHeld | ops::Released::ChangedHands => {
+                    format!("`{name}` is not held by anyone.")
+                }
+            },
+        )
+    }
+
+    /// `extend DURATION`: lengthen this conversation's hold, up to the maximum.
+    async fn extend(
+        &self,
+        tx: &mut Tx,
+        origin: &Origin,
+        author: &str,
+        by: std::time::Duration,
+    ) -> Result<String, StoreError> {
+        let Some((row, job)) =
+            ops::holding(tx, |j| j.comes_from(&origin.repo, origin.number)).await?
+        else {
+            return Ok("this conversation holds no environment to extend.".into());
+        };
+        let max = self
+            .config
+            .environment(&row.name)
+            .map(|e| e.max_ttl())
+            .unwrap_or(std::time::Duration::from_secs(8 * 3600));
+        let actor = origin.actor(author);
+        let ops::Extended::Until { until, capped, .. } =
+            ops::extend(tx, &row.name, Some(job.id), by, max, &actor).await?
+        else {
+            return Ok("this conversation holds no environment to extend.".into());
+        };
+        let capped = if capped {
+            format!(
+                " (capped at the maximum of {})",
+                crate::command::format_duration(max)
+            )
+        } else {
+            String::new()
+        };
+        Ok(format!(
+            "`{}` is now held until {}{capped}.",
+            row.name,
+            crate::store::rfc3339(until)
+        ))
+    }
+
+    /// `status`: every environment with its holder, expiry and queue.
+    async fn status(&self, tx: &mut Tx) -> Result<String, StoreError> {
+        let mut out =
+            String::from("| environment | held by | until | queue |\n|---|---|---|---|\n");
+        for env in Store::environments(tx.db()).await? {
+            let holder = match env.holder_job {
+                Some(id) => match Store::job(tx.db(), id).await? {
+                    Some(job) => {
+                        let pulls: Vec<String> = Store::job_pull_requests(tx.db(), id)
+                            .await?
+                            .iter()
+                            .map(|p| format!("{}#{}", p.repo, p.number))
+                            .collect();
+                        let state = match job.state.as_str() {
+                            "running" => format!(", deploying: {}", job.step),
+                            _ => String::new(),
+                        };
+                        format!(
+                            "request #{id} by @{}{state}: {}",
+                            job.requested_by,
+                            if pulls.is_empty() {
+                                format!("{}#{}", job.repo, job.number.unwrap_or_default())
+                            } else {
+                                pulls.join(", ")
+                            }
+                        )
+                    }
+                    None => format!("request #{id}"),
+                },
+                None if env.dirty => "free (dirty: cleaned before the next deployment)".into(),
+                None => "free".into(),
+            };
+            let until = env
+                .held_until
+                .map(crate::status::human_time)
+                .unwrap_or_else(|| "–".into());
+            let queue: Vec<String> = Store::queue(tx.db(), &env.name)
+                .await?
+                .iter()
+                .filter(|j| Some(j.id) != env.holder_job)
+                .map(|j| {
+                    format!(
+                        "#{} {}#{} ({})",
+                        j.id,
+                        j.repo,
+                        j.number.unwrap_or_default(),
+                        j.step
+                    )
+                })
+                .collect();
+            out.push_str(&format!(
+                "| `{}` | {holder} | {until} | {} |\n",
+                env.name,
+                if queue.is_empty() {
+                    "empty".to_string()
+                } else {
+                    queue.join(", ")
+                }
+            ));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,401 @@
+//! From trigger to job. The webhook commits a [`Trigger`]; this processor
+//! authorises it (GitHub's API, so outside the webhook request), parses the
+//! command lines, and in one transaction creates the jobs and the outbox
+//! reports (👀, replies), then marks the trigger done. GitHub being down only
+//! delays a trigger; nothing accepted is lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{Authorizer, Decision};
+use crate::command::{Command, DeployRequest, Ref};
+use crate::config::Config;
+use crate::domain::Report;
+use crate::domain::plan::Pinned;
+use crate::github::{GitHub, GitHubError, InstallationId, RepoName};
+use crate::installations::find_installation;
+use crate::ops;
+
+mod comment;
+mod pull_request;
+mod rerun;
+use crate::store::{NewJob, PullRef, Store, StoreError, Tx};
+
+/// An event that needs authorisation before it becomes jobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "trigger", rename_all = "snake_case")]
+pub enum Trigger {
+    /// New command lines in a comment.
+    Comment {
+        repo: String,
+        number: i64,
+        is_pull_request: bool,
+        comment_id: i64,
+        author: String,
+        installation_id: Option<i64>,
+        lines: Vec<String>,
+    },
+    /// The trigger label was added to a PR.
+    Label {
+        repo: String,
+        number: i64,
+        sender: String,
+        pr_author: String,
+        head_sha: String,
+        installation_id: Option<i64>,
+    },
+    /// "Re-run" on one of deploybot's check runs: the same request again,
+    /// with the same pinned commits.
+    Rerun {
+        repo: String,
+        check_run_id: i64,
+        sender: String,
+        installation_id: Option<i64>,
+    },
+    /// New commits on a labelled PR.
+    Synchronize {
+        repo: String,
+        number: i64,
+        sender: String,
+        pr_author: String,
+        head_sha: String,
+        installation_id: Option<i64>,
+    },
+}
+
+const LOCK_MS: i64 = 60_000;
+
+tokio::task_local! {
+    /// The webhook delivery whose trigger is being processed (recorded on the jobs it makes).
+    static CURRENT_DELIVERY: Option<String>;
+}
+/// Attempts to authorise a trigger while GitHub fails, before giving up.
+const MAX_ATTEMPTS: i64 = 12;
+
+pub struct Intake {
+    pub(crate) store: Store,
+    pub(crate) config: Arc<Config>,
+    pub(crate) github: Option<GitHub>,
+    auth: Authorizer,
+}
+
+/// A problem that leaves the trigger pending for a later attempt.
+#[derive(Debug)]
+pub enum IntakeError {
+    Store(StoreError),
+    GitHub(GitHubError),
+}
+
+impl From<StoreError> for IntakeError {
+    fn from(e: StoreError) -> Self {
+        IntakeError::Store(e)
+    }
+}
+impl From<GitHubError> for IntakeError {
+    fn from(e: GitHubError) -> Self {
+        IntakeError::GitHub(e)
+    }
+}
+impl std::fmt::Display for IntakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IntakeError::Store(e) => e.fmt(f),
+            IntakeError::GitHub(e) => e.fmt(f),
+        }
+    }
+}
+
+impl Intake {
+    pub fn new(store: Store, config: Arc<Config>, github: Option<GitHub>) -> Intake {
+        let auth = Authorizer::new(config.permissions.clone(), config.permission_cache_ttl());
+        Intake {
+            store,
+            config,
+            github,
+            auth,
+        }
+    }
+
+    /// Process one due trigger; false when there was none.
+    pub async fn step(&self) -> Result<bool, StoreError> {
+        let Some(claimed) = self.store.claim_trigger::<Trigger>(LOCK_MS).await? else {
+            return Ok(false);
+        };
+        // Every line of this work names the delivery (and the jobs it makes).
+        let span = tracing::info_span!(
+            "trigger",
+            trigger = claimed.id,
+            delivery = %claimed.delivery
+        );
+        let delivery = (!claimed.delivery.is_empty()).then(|| claimed.delivery.clone());
+        let processed = CURRENT_DELIVERY
+            .scope(
+                delivery,
+                tracing::Instrument::instrument(self.process(claimed.id, &claimed.payload), span),
+            )
+            .await;
+        match processed {
+            Ok(()) => {}
+            Err(IntakeError::Store(e)) => return Err(e),
+            Err(IntakeError::GitHub(e))
+                if !e.is_transient() || claimed.attempts >= MAX_ATTEMPTS =>
+            {
+                // Asking again will not help (a bad key, the App not installed
+                // on the repository, GitHub refusing): give up, loudly.
+                tracing::error!(
+                    trigger = claimed.id,
+                    attempts = claimed.attempts,
+                    error = %e,
+                    "cannot authorise this trigger; giving up"
+                );
+                self.finish(claimed.id).await.map_err(|e| match e {
+                    IntakeError::Store(e) => e,
+                    IntakeError::GitHub(e) => StoreError::Config(e.to_string()),
+                })?;
+            }
+            Err(IntakeError::GitHub(e)) => {
+                let delay = e.retry_after().unwrap_or(Duration::from_secs(
+                    2u64.saturating_pow(claimed.attempts.clamp(0, 9) as u32),
+                ));
+                tracing::warn!(trigger = claimed.id, error = %e, ?delay, "cannot authorise yet; will retry");
+                self.store
+                    .retry_trigger(
+                        claimed.id,
+                        i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
+                        &e.to_string(),
+                    )
+                    .await?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Process every trigger that is due now.
+    pub async fn run_until_idle(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        while self.step().await? {
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    async fn installation(
+        &self,
+        repo: &RepoName,
+        known: Option<i64>,
+    ) -> Result<Option<InstallationId>, IntakeError> {
+        match &self.github {
+            Some(github) => Ok(Some(
+                find_installation(&self.store, github, repo, known).await?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) async fn authorise(
+        &self,
+        repo: &RepoName,
+        installation: Option<i64>,
+        login: &str,
+    ) -> Result<Decision, IntakeError> {
+        let inst = self.installation(repo, installation).await?;
+        Ok(self
+            .auth
+            .check(self.github.as_ref(), inst, repo, login)
+            .await?)
+    }
+
+    async fn process(&self, trigger_id: i64, trigger: &Trigger) -> Result<(), IntakeError> {
+        match trigger {
+            Trigger::Comment { .. } => self.process_comment(trigger_id, trigger).await,
+            Trigger::Rerun { .. } => self.process_rerun(trigger_id, trigger).await,
+            Trigger::Label { .. } | Trigger::Synchronize { .. } => {
+                self.process_pull_request(trigger_id, trigger).await
+            }
+        }
+    }
+
+    /// Mark a trigger done without effects (it cannot be acted on).
+    async fn finish(&self, trigger_id: i64) -> Result<(), IntakeError> {
+        let mut tx = self.store.begin().await?;
+        if Store::finish_trigger(&mut tx, trigger_id).await? {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(())
+    }
+
+    /// Answer a refusal once per PR (or issue) and user.
+    async fn refuse(
+        &self,
+        tx: &mut Tx,
+        origin: &Origin,
+        login: &str,
+        why: &str,
+    ) -> Result<(), StoreError> {
+        if Store::record_refusal(tx, &origin.repo, origin.number, login).await? {
+            let body = format!(
+                "@{login}, I can't deploy for you: {why}.\n\n\
+                 Ask a maintainer of this repository to run the command, or to add you to the allow-list. \
+                 (I say this once per pull request; further commands from you here are ignored quietly.)"
+            );
+            origin.reply(body).enqueue(tx, None).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn queue(
+        &self,
+        tx: &mut Tx,
+        origin: &Origin,
+        asked: &Asked<'_>,
+        request: &DeployRequest,
+        pinned: &[Pinned],
+    ) -> Result<i64, StoreError> {
+        let head = |repo: &str, number: i64| {
+            pinned
+                .iter()
+                .find(|p| {
+                    p.repo == repo
+                        && matches!(p.reference, Ref::Pr(n) if i64::try_from(n) == Ok(number))
+                })
+                .map(|p| p.sha.clone())
+        };
+        let mut pull_requests = Vec::new();
+        if origin.is_pull_request {
+            pull_requests.push(PullRef {
+                repo: origin.repo.clone(),
+                number: origin.number,
+                head_sha: head(&origin.repo, origin.number),
+            });
+        }
+        for r in &request.refs {
+            if let (Ref::Pr(n), Some(c)) = (&r.reference, self.config.component(&r.component)) {
+                let number = i64::try_from(*n).unwrap_or_default();
+                if !pull_requests
+                    .iter()
+                    .any(|p| p.repo == c.repo && p.number == number)
+                {
+                    pull_requests.push(PullRef {
+                        repo: c.repo.clone(),
+                        number,
+                        head_sha: head(&c.repo, number),
+                    });
+                }
+            }
+        }
+        let message = format!(
+            "queued by @{} ({}): {}",
+            asked.by,
+            asked.source,
+            request.to_args()
+        );
+        self.queue_job(
+            tx,
+            origin,
+            Some(origin.number),
+            asked,
+            request,
+            pull_requests,
+            pinned,
+            &message,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn queue_job(
+        &self,
+        tx: &mut Tx,
+        origin: &Origin,
+        number: Option<i64>,
+        asked: &Asked<'_>,
+        request: &DeployRequest,
+        pull_requests: Vec<PullRef>,
+        pinned: &[Pinned],
+        message: &str,
+    ) -> Result<i64, StoreError> {
+        // Without --env, a pool of several environments is chosen from when
+        // the job runs (the first free one); a single environment is named now.
+        let environment = match (&request.env, self.config.environments.len()) {
+            (Some(env), _) => env.clone(),
+            (None, 1) => self.config.default_environment().name.clone(),
+            (None, _) => crate::domain::ANY_ENVIRONMENT.to_string(),
+        };
+        let job = NewJob {
+            source: asked.source.into(),
+            request: request.clone(),
+            requested_by: asked.by.into(),
+            repo: origin.repo.clone(),
+            number,
+            is_pull_request: origin.is_pull_request,
+            comment_id: asked.comment_id,
+            installation_id: origin.installation_id,
+            delivery_id: CURRENT_DELIVERY.try_with(Clone::clone).ok().flatten(),
+            environment,
+            base: request.base.as_str().into(),
+            pull_requests,
+            pinned: pinned.to_vec(),
+            queued_message: message.to_string(),
+        };
+        ops::accept(tx, &job).await
+    }
+}
+
+/// A command line after parsing and checking.
+enum Prepared {
+    /// A command other than a deploy request, ready to apply.
+    Command(Command),
+    /// A deploy request with the PRs it names pinned to their heads.
+    Deploy(DeployRequest, Vec<Pinned>),
+    /// What to answer instead (markdown, without the greeting).
+    Invalid(String),
+}
+
+/// Who asked for a deployment, and how.
+pub(crate) struct Asked<'a> {
+    pub(crate) by: &'a str,
+    /// `comment`, `label`, `synchronize`, `rerun`, `cli`.
+    pub(crate) source: &'a str,
+    /// The comment that asked (it gets the reactions).
+    pub(crate) comment_id: Option<i64>,
+}
+
+/// Where a trigger came from, to answer there.
+pub(crate) struct Origin {
+    pub(crate) repo: String,
+    pub(crate) number: i64,
+    pub(crate) is_pull_request: bool,
+    pub(crate) installation_id: Option<i64>,
+}
+
+impl Origin {
+    /// `login`, acting from this conversation.
+    fn actor<'a>(&'a self, login: &'a str) -> ops::Actor<'a> {
+        ops::Actor::Comment {
+            login,
+            repo: &self.repo,
+            number: self.number,
+        }
+    }
+
+    fn reply(&self, body: String) -> Report {
+        Report::Comment {
+            repo: self.repo.clone(),
+            installation_id: self.installation_id,
+            number: self.number,
+            body,
+        }
+    }
+}
+
+fn is_sha(sha: &str) -> bool {
+    sha.len() == 40 && sha.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
+}

@@ -1,0 +1,109 @@
+//! A pull request's own triggers: the deploy label added, and new commits on
+//! a labelled PR (which supersede its queued requests).
+
+use crate::auth::Decision;
+use crate::command::DeployRequest;
+use crate::domain::plan::Pinned;
+use crate::github::RepoName;
+use crate::intake::{Asked, Intake, IntakeError, Origin, Trigger, is_sha, short};
+use crate::ops;
+use crate::store::Store;
+
+impl Intake {
+    pub(super) async fn process_pull_request(
+        &self,
+        trigger_id: i64,
+        trigger: &Trigger,
+    ) -> Result<(), IntakeError> {
+        let (Trigger::Label {
+            repo,
+            number,
+            sender,
+            installation_id,
+            head_sha,
+            ..
+        }
+        | Trigger::Synchronize {
+            repo,
+            number,
+            sender,
+            installation_id,
+            head_sha,
+            ..
+        }) = trigger
+        else {
+            return Ok(());
+        };
+        let Some(repo_name) = RepoName::parse(repo) else {
+            return self.finish(trigger_id).await;
+        };
+        let synchronize = matches!(trigger, Trigger::Synchronize { .. });
+        let mut decision = self.authorise(&repo_name, *installation_id, sender).await?;
+        if let (Trigger::Synchronize { pr_author, .. }, true) = (trigger, decision.allowed())
+            && !pr_author.eq_ignore_ascii_case(sender)
+        {
+            decision = self
+                .authorise(&repo_name, *installation_id, pr_author)
+                .await?;
+        }
+        let origin = Origin {
+            repo: repo.clone(),
+            number: *number,
+            is_pull_request: true,
+            installation_id: *installation_id,
+        };
+        let mut tx = self.store.begin().await?;
+        match decision {
+            Decision::Denied(why) => {
+                let why = if synchronize {
+                    format!(
+                        "{why}. New commits are deployed once a trusted user comments `{}`",
+                        self.config.bot.command_prefix
+                    )
+                } else {
+                    why
+                };
+                self.refuse(&mut tx, &origin, sender, &why).await?;
+            }
+            Decision::Allowed(_) => {
+                let component = self
+                    .config
+                    .component_by_repo(repo)
+                    .map(|c| c.name.clone())
+                    .unwrap_or_default();
+                let mut request = DeployRequest::default();
+                request.include_current_pr(&component, u64::try_from(*number).unwrap_or_default());
+                if synchronize {
+                    let why = format!("superseded by new commits ({})", short(head_sha));
+                    ops::supersede_pr(&mut tx, repo, *number, &why).await?;
+                }
+                let source = if synchronize { "synchronize" } else { "label" };
+                let pinned: Vec<Pinned> = request
+                    .refs
+                    .iter()
+                    .filter(|_| is_sha(head_sha))
+                    .map(|r| Pinned {
+                        component: component.clone(),
+                        repo: repo.clone(),
+                        reference: r.reference.clone(),
+                        sha: head_sha.to_ascii_lowercase(),
+                    })
+                    .collect();
+                let asked = Asked {
+                    by: sender,
+                    source,
+                    comment_id: None,
+                };
+                self.queue(&mut tx, &origin, &asked, &request, &pinned)
+                    .await?;
+            }
+        }
+        if Store::finish_trigger(&mut tx, trigger_id).await? {
+            tx.commit().await?;
+        } else {
+            // Another processor finished it while this one waited on GitHub.
+            tx.rollback().await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,97 @@
+//! "Re-run" on one of deploybot's check runs: the same request again, with
+//! the same pinned commits, if the clicker may deploy where it was asked.
+
+use crate::auth::Decision;
+use crate::github::RepoName;
+use crate::intake::{Asked, Intake, IntakeError, Origin, Trigger};
+use crate::ops;
+use crate::store::Store;
+
+impl Intake {
+    pub(super) async fn process_rerun(
+        &self,
+        trigger_id: i64,
+        trigger: &Trigger,
+    ) -> Result<(), IntakeError> {
+        let Trigger::Rerun {
+            repo,
+            check_run_id,
+            sender,
+            installation_id,
+        } = trigger
+        else {
+            return Ok(());
+        };
+        let Some(old) = self.store.job_of_check_run(repo, *check_run_id).await? else {
+            // Not one of ours (or from before deploybot kept check runs).
+            return self.finish(trigger_id).await;
+        };
+        let Some(old) = Store::job(self.store.db(), old).await? else {
+            return self.finish(trigger_id).await;
+        };
+        // The user must be allowed where the check run is and where the
+        // request was asked.
+        let mut decision = Decision::Denied(String::new());
+        for r in [repo.as_str(), old.repo.as_str()] {
+            let Some(name) = RepoName::parse(r) else {
+                return self.finish(trigger_id).await;
+            };
+            let known = if r == repo {
+                *installation_id
+            } else {
+                old.installation_id
+            };
+            decision = self.authorise(&name, known, sender).await?;
+            if !decision.allowed() {
+                break;
+            }
+        }
+        let origin = Origin {
+            repo: old.repo.clone(),
+            number: old.number.unwrap_or_default(),
+            is_pull_request: old.is_pull_request,
+            installation_id: old.installation_id,
+        };
+        let pulls = Store::job_pull_requests(self.store.db(), old.id).await?;
+        let mut tx = self.store.begin().await?;
+        match decision {
+            Decision::Denied(why) => {
+                tracing::info!(%repo, sender, %why, "re-run refused");
+                if old.number.is_some() {
+                    self.refuse(&mut tx, &origin, sender, &why).await?;
+                }
+            }
+            Decision::Allowed(_) => {
+                let request = old.request.clone();
+                let pinned = old.pins().to_vec();
+                let asked = Asked {
+                    by: sender,
+                    source: "rerun",
+                    comment_id: None,
+                };
+                let id = self
+                    .queue_job(
+                        &mut tx,
+                        &origin,
+                        old.number,
+                        &asked,
+                        &request,
+                        pulls,
+                        &pinned,
+                        &format!("re-run of request #{} by @{sender}", old.id),
+                    )
+                    .await?;
+                if let Some(number) = old.number {
+                    let why = format!("superseded by request #{id} (re-run by @{sender})");
+                    ops::supersede_older(&mut tx, &old.repo, number, id, &why).await?;
+                }
+            }
+        }
+        if Store::finish_trigger(&mut tx, trigger_id).await? {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(())
+    }
+}
