@@ -112,7 +112,7 @@ pub struct PermissionConfig {
     /// Org teams (`org/team-slug`) whose members are allowed.
     pub allow_teams: Vec<String>,
     /// How long a permission answer from GitHub is reused, e.g. `1m`.
-    pub cache_ttl: String,
+    pub cache_ttl: Span,
 }
 
 impl Default for PermissionConfig {
@@ -121,7 +121,7 @@ impl Default for PermissionConfig {
             min_permission: "write".into(),
             allow_users: Vec::new(),
             allow_teams: Vec::new(),
-            cache_ttl: "1m".into(),
+            cache_ttl: Span::new("1m"),
         }
     }
 }
@@ -216,9 +216,9 @@ pub struct Environment {
     #[serde(default)]
     pub url: Option<String>,
     #[serde(default = "default_ttl")]
-    pub default_ttl: String,
+    pub default_ttl: Span,
     #[serde(default = "max_ttl")]
-    pub max_ttl: String,
+    pub max_ttl: Span,
     /// How images are built (default: OpenShift Builds for `openshift`, none otherwise).
     #[serde(default)]
     pub builder: Option<Builder>,
@@ -277,14 +277,23 @@ pub enum Deployer {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Workload {
-    /// `Deployment`, `StatefulSet` or `ImageStream`.
-    pub kind: String,
+    pub kind: WorkloadType,
     pub name: String,
     /// The image repository this workload runs.
     pub image: String,
     /// For ImageStreams: the tag pods follow (default `latest`).
     #[serde(default)]
     pub tag: Option<String>,
+}
+
+/// What a configured workload is (anything else is refused when the file is
+/// loaded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum WorkloadType {
+    Deployment,
+    StatefulSet,
+    /// An OpenShift ImageStream tag that pods follow.
+    ImageStream,
 }
 
 /// Cleanup of the previous deployment.
@@ -300,10 +309,10 @@ pub enum Cleanup {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
-    pub resolve: String,
-    pub build: String,
-    pub cleanup: String,
-    pub deploy: String,
+    pub resolve: Span,
+    pub build: Span,
+    pub cleanup: Span,
+    pub deploy: Span,
     /// How often Builds and rollouts are polled, in milliseconds.
     pub poll_ms: u64,
 }
@@ -311,10 +320,10 @@ pub struct Timeouts {
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
-            resolve: "5m".into(),
-            build: "45m".into(),
-            cleanup: "10m".into(),
-            deploy: "20m".into(),
+            resolve: Span::new("5m"),
+            build: Span::new("45m"),
+            cleanup: Span::new("10m"),
+            deploy: Span::new("20m"),
             poll_ms: 3000,
         }
     }
@@ -326,25 +335,71 @@ impl Timeouts {
     }
 
     pub fn resolve(&self) -> Duration {
-        limit(&self.resolve)
+        self.resolve.get()
     }
 
     pub fn build(&self) -> Duration {
-        limit(&self.build)
+        self.build.get()
     }
 
     pub fn cleanup(&self) -> Duration {
-        limit(&self.cleanup)
+        self.cleanup.get()
     }
 
     pub fn deploy(&self) -> Duration {
-        limit(&self.deploy)
+        self.deploy.get()
     }
 }
 
-/// A step's time limit as configured (checked when the file is loaded).
-fn limit(text: &str) -> Duration {
-    parse_duration_or_secs(text).unwrap_or(Duration::from_secs(1200))
+/// A duration setting (`90m`, `2h`, `30s`), read when the file is loaded; the
+/// file is refused, with every such problem named, when one is not a
+/// duration, so a loaded configuration's spans are all valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span {
+    text: String,
+    value: Option<Duration>,
+}
+
+impl Span {
+    pub fn new(text: &str) -> Span {
+        Span {
+            text: text.to_string(),
+            value: parse_duration_or_secs(text),
+        }
+    }
+
+    /// The duration (a loaded configuration has only valid ones).
+    pub fn get(&self) -> Duration {
+        self.value.unwrap_or_default()
+    }
+
+    fn valid(&self) -> Option<Duration> {
+        self.value
+    }
+}
+
+impl From<&str> for Span {
+    fn from(text: &str) -> Span {
+        Span::new(text)
+    }
+}
+
+impl std::fmt::Display for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
+        Ok(Span::new(&String::deserialize(d)?))
+    }
+}
+
+impl Serialize for Span {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
 }
 
 /// `90m`-style durations, or plain seconds (`"5s"` is allowed here for tests).
@@ -357,11 +412,11 @@ pub fn parse_duration_or_secs(text: &str) -> Option<Duration> {
     })
 }
 
-fn default_ttl() -> String {
-    "2h".into()
+fn default_ttl() -> Span {
+    Span::new("2h")
 }
-fn max_ttl() -> String {
-    "8h".into()
+fn max_ttl() -> Span {
+    Span::new("8h")
 }
 
 impl EnvironmentKind {
@@ -385,10 +440,10 @@ impl Environment {
     }
 
     pub fn default_ttl(&self) -> Duration {
-        parse_duration(&self.default_ttl).unwrap_or(Duration::from_secs(7200))
+        self.default_ttl.get()
     }
     pub fn max_ttl(&self) -> Duration {
-        parse_duration(&self.max_ttl).unwrap_or(Duration::from_secs(8 * 3600))
+        self.max_ttl.get()
     }
 }
 
@@ -472,10 +527,10 @@ impl Config {
                 self.permissions.min_permission
             ));
         }
-        if parse_duration(&self.permissions.cache_ttl).is_none() {
+        if self.permissions.cache_ttl.valid().is_none() {
             problems.push(format!(
                 "permissions.cache_ttl {:?} is not a duration like 1m or 2h",
-                self.permissions.cache_ttl
+                self.permissions.cache_ttl.to_string()
             ));
         }
         for team in &self.permissions.allow_teams {
@@ -541,7 +596,7 @@ impl Config {
             if !env_names.insert(e.name.clone()) {
                 problems.push(format!("environment {} is defined twice", e.name));
             }
-            match (parse_duration(&e.default_ttl), parse_duration(&e.max_ttl)) {
+            match (e.default_ttl.valid(), e.max_ttl.valid()) {
                 (Some(d), Some(m)) if d > m => problems.push(format!(
                     "environment {}: default_ttl {} is above max_ttl {}",
                     e.name, e.default_ttl, e.max_ttl
@@ -553,13 +608,14 @@ impl Config {
                 )),
             }
             let t = &e.timeouts;
-            for (key, text) in [
+            for (key, span) in [
                 ("resolve", &t.resolve),
                 ("build", &t.build),
                 ("cleanup", &t.cleanup),
                 ("deploy", &t.deploy),
             ] {
-                if parse_duration_or_secs(text).is_none() {
+                if span.valid().is_none() {
+                    let text = span.to_string();
                     problems.push(format!(
                         "environment {}: timeouts.{key} {text:?} is not a duration like 45m or 30s",
                         e.name
@@ -629,7 +685,7 @@ impl Config {
     }
 
     pub fn permission_cache_ttl(&self) -> Duration {
-        parse_duration(&self.permissions.cache_ttl).unwrap_or(Duration::from_secs(60))
+        self.permissions.cache_ttl.get()
     }
 
     /// A one-paragraph summary for `check-config` and the start-up log.
@@ -721,6 +777,26 @@ mod tests {
         assert!(
             ogr.changes
                 .contains(&"quay.io/packit/packit-worker".to_string())
+        );
+    }
+
+    #[test]
+    fn settings_are_typed_when_the_file_is_loaded() {
+        let env = |extra: &str| {
+            format!(
+                "{PACKIT_TOML}\n[[environment]]\nname = \"k\"\nkind = \"kubernetes\"\n\
+                 namespace = \"ns\"\n{extra}"
+            )
+        };
+        let workload = env("[environment.deployer]\nkind = \"kubernetes\"\n\
+             workloads = [{ kind = \"Pod\", name = \"p\", image = \"quay.io/x/y\" }]\n");
+        let err = Config::from_toml(&workload).expect_err("a Pod is not a workload kind");
+        assert!(err.contains("Pod") && err.contains("StatefulSet"), "{err}");
+        let timeouts = env("[environment.timeouts]\nbuild = \"soon\"\n");
+        let err = Config::from_toml(&timeouts).expect_err("soon is not a duration");
+        assert!(
+            err.contains("environment k: timeouts.build \"soon\" is not a duration"),
+            "{err}"
         );
     }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use tokio::sync::watch;
 
 use crate::cluster::{ClusterError, WorkloadKind};
-use crate::config::{Deployer, Environment};
+use crate::config::{Deployer, Environment, WorkloadType};
 use crate::domain::Step;
 use crate::domain::plan::Plan;
 use crate::pipeline::deploy::{self, command_deploy};
@@ -155,8 +155,10 @@ impl Pipeline {
             let Some((_, reference)) = images.iter().find(|(repo, _)| *repo == w.image) else {
                 continue;
             };
-            match w.kind.as_str() {
-                "ImageStream" => {
+            let kind = match w.kind {
+                WorkloadType::Deployment => WorkloadKind::Deployment,
+                WorkloadType::StatefulSet => WorkloadKind::StatefulSet,
+                WorkloadType::ImageStream => {
                     let tag = w.tag.as_deref().unwrap_or("latest");
                     cluster
                         .set_imagestream_tag(&ns, &w.name, tag, reference, &annotations)
@@ -168,21 +170,16 @@ impl Pipeline {
                         &format!("ImageStream `{}:{tag}` → {reference}", w.name),
                     )
                     .await?;
+                    continue;
                 }
-                kind => {
-                    let kind = match kind {
-                        "StatefulSet" => WorkloadKind::StatefulSet,
-                        _ => WorkloadKind::Deployment,
-                    };
-                    cluster
-                        .set_workload_image(&ns, kind, &w.name, &w.image, reference, &annotations)
-                        .await
-                        .map_err(api)?;
-                    self.event(job.id, step, &format!("{kind} `{}` → {reference}", w.name))
-                        .await?;
-                    rollouts.push((kind, w.name.clone()));
-                }
-            }
+            };
+            cluster
+                .set_workload_image(&ns, kind, &w.name, &w.image, reference, &annotations)
+                .await
+                .map_err(api)?;
+            self.event(job.id, step, &format!("{kind} `{}` → {reference}", w.name))
+                .await?;
+            rollouts.push((kind, w.name.clone()));
         }
         if !wait {
             return Ok(());
