@@ -215,3 +215,140 @@ fn indentation(line: &str) -> (usize, &str) {
     }
     (col, "")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(body: &str) -> Vec<(usize, String)> {
+        command_lines(body, "/deploy")
+            .into_iter()
+            .map(|l| (l.line_no, l.text))
+            .collect()
+    }
+    fn texts(body: &str) -> Vec<String> {
+        lines(body).into_iter().map(|(_, t)| t).collect()
+    }
+
+    #[test]
+    fn command_lines_in_plain_text() {
+        assert_eq!(lines("/deploy ogr=1"), vec![(1, "/deploy ogr=1".into())]);
+        assert_eq!(
+            lines("Thanks!\n\n/deploy\n  /deploy status  \nbye"),
+            vec![(3, "/deploy".into()), (4, "/deploy status".into())]
+        );
+        assert_eq!(
+            texts("/deploy a\r\n/deploy b\r\n"),
+            ["/deploy a", "/deploy b"]
+        );
+        assert_eq!(
+            texts("   /deploy three spaces\n    /deploy four spaces\n\t/deploy tab"),
+            ["/deploy three spaces"]
+        );
+        assert_eq!(
+            texts("/deploy-stg ogr=1\n/deployment\n/deploy\tx\nsee /deploy\n- /deploy"),
+            ["/deploy\tx"]
+        );
+        assert_eq!(
+            command_lines("/deploy-stg ogr=1\n/deploy ogr=2", "/deploy-stg")[0].text,
+            "/deploy-stg ogr=1"
+        );
+        assert_eq!(
+            command_lines("/deploy-stg ogr=1\n/deploy ogr=2", "/deploy-stg").len(),
+            1
+        );
+        assert!(command_lines("/deploy", "").is_empty());
+        assert!(command_lines("", "/deploy").is_empty());
+    }
+
+    #[test]
+    fn command_lines_skip_code_blocks() {
+        let body = "```\n/deploy in fence\n```\n/deploy after\n~~~ shell\n/deploy tilde\n~~~\n  ```bash\n/deploy info\n  ```\n/deploy end";
+        assert_eq!(
+            lines(body),
+            vec![(4, "/deploy after".into()), (11, "/deploy end".into())]
+        );
+        // A closing fence must be at least as long as the opening one, of the same char.
+        assert!(texts("````\n```\n/deploy x\n~~~\n/deploy y").is_empty());
+        assert_eq!(
+            texts("````\n```\n/deploy x\n`````\n/deploy y"),
+            ["/deploy y"]
+        );
+        // An unclosed fence runs to the end.
+        assert!(texts("text\n```\n/deploy x\n\n/deploy y").is_empty());
+        // A fence inside a list item.
+        assert_eq!(texts("- ```\n  /deploy x\n  ```\n/deploy y"), ["/deploy y"]);
+        // Four spaces or a tab: indented code, not a fence and not a command.
+        assert_eq!(texts("    ```\n/deploy x\n    ```"), ["/deploy x"]);
+        // ``` with a backtick in the info string is inline code, not a fence.
+        assert_eq!(texts("``` a ` b\n\n/deploy x"), ["/deploy x"]);
+    }
+
+    #[test]
+    fn command_lines_skip_quotes_comments_and_inline_code() {
+        assert_eq!(
+            texts("> /deploy quoted\n> > /deploy nested\n>/deploy\n  > /deploy\n\n/deploy mine"),
+            ["/deploy mine"]
+        );
+        assert!(texts("`/deploy ogr=1`\nsay `/deploy ogr=1` to deploy").is_empty());
+        // A code span that runs across lines hides the command line inside it.
+        assert!(texts("try `this\n/deploy ogr=1` out").is_empty());
+        assert_eq!(texts("`a` and `b`\n/deploy ogr=1"), ["/deploy ogr=1"]);
+        // An unmatched or escaped backtick starts no code span.
+        assert_eq!(texts("a ` b\n/deploy ogr=1"), ["/deploy ogr=1"]);
+        assert_eq!(texts("a \\` b\n/deploy ogr=1 `x`"), ["/deploy ogr=1 `x`"]);
+        // A blank line ends the paragraph, and the code span with it.
+        assert_eq!(texts("a `b\n\n/deploy ogr=1 c`"), ["/deploy ogr=1 c`"]);
+        // HTML comments hide what is in them.
+        assert_eq!(
+            texts("<!--\n/deploy hidden\n-->\n/deploy shown\n<!-- one line -->\n/deploy too"),
+            ["/deploy shown", "/deploy too"]
+        );
+    }
+
+    #[test]
+    fn command_lines_keep_order_and_line_numbers() {
+        let body = "Please:\r\n/deploy ogr=1\r\n```\r\n/deploy no\r\n```\r\n/deploy status\r\n> /deploy no\r\n\r\n/deploy ogr=1";
+        assert_eq!(
+            lines(body),
+            vec![
+                (2, "/deploy ogr=1".into()),
+                (6, "/deploy status".into()),
+                (9, "/deploy ogr=1".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn new_command_lines_only_returns_added_lines() {
+        let old = "/deploy ogr=1\ntext";
+        assert!(new_command_lines(old, old, "/deploy").is_empty());
+        let new = "/deploy ogr=1\n/deploy status\n  /deploy ogr=1  ";
+        let added = new_command_lines(old, new, "/deploy");
+        assert_eq!(
+            added,
+            vec![
+                CommandLine {
+                    line_no: 2,
+                    text: "/deploy status".into()
+                },
+                CommandLine {
+                    line_no: 3,
+                    text: "/deploy ogr=1".into()
+                },
+            ]
+        );
+        // A command that moved into a code block is not new; one that left it is.
+        assert!(
+            new_command_lines("/deploy ogr=1", "```\n/deploy ogr=1\n```", "/deploy").is_empty()
+        );
+        assert_eq!(
+            new_command_lines("```\n/deploy ogr=1\n```", "/deploy ogr=1", "/deploy").len(),
+            1
+        );
+        assert_eq!(
+            new_command_lines("", "/deploy\n/deploy", "/deploy").len(),
+            2
+        );
+    }
+}

@@ -17,6 +17,8 @@ mod refs;
 mod tokenize;
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;

@@ -150,3 +150,21 @@ fn every_module_opens_with_a_header() {
         "modules without a two-line `//!` header: {missing:?}"
     );
 }
+
+#[test]
+fn source_files_stay_short() {
+    let src = manifest_dir().join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let long: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let lines = std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .lines()
+                .count();
+            (lines > 700).then(|| format!("{} ({lines} lines)", f.display()))
+        })
+        .collect();
+    assert!(long.is_empty(), "split these by what they own: {long:?}");
+}

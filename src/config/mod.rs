@@ -4,16 +4,18 @@
 //! environments and the permission policy. Secrets and locations come from the
 //! environment (see [`Settings`]), never from this file.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod check;
+
 use crate::command::{VocabComponent, Vocabulary, format_duration, parse_duration};
 
 /// The Packit configuration, compiled in and used when no file is given.
-pub const PACKIT_TOML: &str = include_str!("../deploy/packit.toml");
+pub const PACKIT_TOML: &str = include_str!("../../deploy/packit.toml");
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -492,154 +494,6 @@ impl Config {
         config
     }
 
-    /// Every problem at once, one per line, so an operator fixes them in one go.
-    pub fn validate(&self) -> Result<(), String> {
-        let mut problems = Vec::new();
-        let prefix = &self.bot.command_prefix;
-        if !prefix.starts_with('/') || prefix.len() < 2 || prefix.chars().any(char::is_whitespace) {
-            problems.push(format!(
-                "bot.command_prefix {prefix:?} must start with '/' and contain no spaces"
-            ));
-        }
-        if self.bot.trigger_label.trim().is_empty() {
-            problems.push("bot.trigger_label must not be empty".into());
-        }
-        if self
-            .github
-            .timeout_ms
-            .is_some_and(|t| !(100..=120_000).contains(&t))
-        {
-            problems.push("github.timeout_ms must be between 100 and 120000 (2 min)".into());
-        }
-        if self.bot.max_body_bytes < 1024 {
-            problems.push("bot.max_body_bytes must be at least 1024".into());
-        }
-        if !(1_000..=3_600_000).contains(&self.bot.worker_lease_ms) {
-            problems
-                .push("bot.worker_lease_ms must be between 1000 (1 s) and 3600000 (1 h)".into());
-        }
-        if !matches!(
-            self.permissions.min_permission.as_str(),
-            "write" | "maintain" | "admin"
-        ) {
-            problems.push(format!(
-                "permissions.min_permission {:?} must be one of write, maintain, admin",
-                self.permissions.min_permission
-            ));
-        }
-        if self.permissions.cache_ttl.valid().is_none() {
-            problems.push(format!(
-                "permissions.cache_ttl {:?} is not a duration like 1m or 2h",
-                self.permissions.cache_ttl.to_string()
-            ));
-        }
-        for team in &self.permissions.allow_teams {
-            if team.split('/').count() != 2 || team.split('/').any(|p| !is_github_name(p)) {
-                problems.push(format!(
-                    "permissions.allow_teams entry {team:?} must look like org/team-slug"
-                ));
-            }
-        }
-        if self.components.is_empty() {
-            problems.push("at least one [[component]] is required".into());
-        }
-        let mut names = HashSet::new();
-        let mut images = HashSet::new();
-        for c in &self.components {
-            if !is_component_name(&c.name) {
-                problems.push(format!(
-                    "component name {:?} may only contain a-z, 0-9, '-', '_' and '.'",
-                    c.name
-                ));
-            }
-            for n in std::iter::once(&c.name).chain(&c.aliases) {
-                if !names.insert(n.to_ascii_lowercase()) {
-                    problems.push(format!("component name or alias {n:?} is used twice"));
-                }
-                if !is_component_name(n) {
-                    problems.push(format!("alias {n:?} of {} is not a valid name", c.name));
-                }
-            }
-            if c.repo.split('/').count() != 2 || c.repo.split('/').any(|p| !is_github_name(p)) {
-                problems.push(format!(
-                    "component {}: repo {:?} must look like owner/name",
-                    c.name, c.repo
-                ));
-            }
-            for image in &c.images {
-                if !images.insert(image.name.clone()) {
-                    problems.push(format!("image {} is built by two components", image.name));
-                }
-            }
-            if c.kind != ComponentKind::Library && !c.changes.is_empty() {
-                problems.push(format!(
-                    "component {}: only a library may list `changes`",
-                    c.name
-                ));
-            }
-        }
-        for c in &self.components {
-            for changed in &c.changes {
-                if !images.contains(changed) {
-                    problems.push(format!(
-                        "component {}: changes {changed:?}, which no component builds",
-                        c.name
-                    ));
-                }
-            }
-        }
-        let mut env_names = HashSet::new();
-        for e in &self.environments {
-            if !is_component_name(&e.name) {
-                problems.push(format!("environment name {:?} is not a valid name", e.name));
-            }
-            if !env_names.insert(e.name.clone()) {
-                problems.push(format!("environment {} is defined twice", e.name));
-            }
-            match (e.default_ttl.valid(), e.max_ttl.valid()) {
-                (Some(d), Some(m)) if d > m => problems.push(format!(
-                    "environment {}: default_ttl {} is above max_ttl {}",
-                    e.name, e.default_ttl, e.max_ttl
-                )),
-                (Some(_), Some(_)) => {}
-                _ => problems.push(format!(
-                    "environment {}: default_ttl and max_ttl must be durations like 2h or 90m",
-                    e.name
-                )),
-            }
-            let t = &e.timeouts;
-            for (key, span) in [
-                ("resolve", &t.resolve),
-                ("build", &t.build),
-                ("cleanup", &t.cleanup),
-                ("deploy", &t.deploy),
-            ] {
-                if span.valid().is_none() {
-                    let text = span.to_string();
-                    problems.push(format!(
-                        "environment {}: timeouts.{key} {text:?} is not a duration like 45m or 30s",
-                        e.name
-                    ));
-                }
-            }
-            if matches!(
-                e.kind,
-                EnvironmentKind::Kubernetes | EnvironmentKind::Openshift
-            ) && e.namespace.is_none()
-            {
-                problems.push(format!("environment {} needs a namespace", e.name));
-            }
-        }
-        if self.environments.is_empty() {
-            problems.push("at least one [[environment]] is required".into());
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("\n"))
-        }
-    }
-
     pub fn component(&self, name: &str) -> Option<&Component> {
         self.components.iter().find(|c| c.name == name)
     }
@@ -725,131 +579,5 @@ impl Config {
     }
 }
 
-fn is_github_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 100
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && s != "."
-        && s != ".."
-}
-
-fn is_component_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
-        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn packit_configuration_is_valid_and_complete() {
-        let config = Config::from_toml(PACKIT_TOML).expect("deploy/packit.toml is valid");
-        let names: Vec<&str> = config.components.iter().map(|c| c.name.as_str()).collect();
-        for repo in [
-            "packit-service",
-            "packit",
-            "ogr",
-            "dashboard",
-            "tokman",
-            "sandcastle",
-            "deployment",
-            "packit-service-centosmsg",
-            "packit-service-fedmsg",
-        ] {
-            assert!(names.contains(&repo), "{repo} missing from packit.toml");
-            let c = config.component(repo).expect("component");
-            assert_eq!(c.repo, format!("packit/{repo}"));
-        }
-        assert_eq!(config.components.len(), 9);
-        assert!(
-            config
-                .component("packit-service-centosmsg")
-                .expect("c")
-                .retired
-        );
-        let ogr = config.component("ogr").expect("ogr");
-        assert_eq!(ogr.kind, ComponentKind::Library);
-        assert!(
-            ogr.changes
-                .contains(&"quay.io/packit/packit-worker".to_string())
-        );
-    }
-
-    #[test]
-    fn settings_are_typed_when_the_file_is_loaded() {
-        let env = |extra: &str| {
-            format!(
-                "{PACKIT_TOML}\n[[environment]]\nname = \"k\"\nkind = \"kubernetes\"\n\
-                 namespace = \"ns\"\n{extra}"
-            )
-        };
-        let workload = env("[environment.deployer]\nkind = \"kubernetes\"\n\
-             workloads = [{ kind = \"Pod\", name = \"p\", image = \"quay.io/x/y\" }]\n");
-        let err = Config::from_toml(&workload).expect_err("a Pod is not a workload kind");
-        assert!(err.contains("Pod") && err.contains("StatefulSet"), "{err}");
-        let timeouts = env("[environment.timeouts]\nbuild = \"soon\"\n");
-        let err = Config::from_toml(&timeouts).expect_err("soon is not a duration");
-        assert!(
-            err.contains("environment k: timeouts.build \"soon\" is not a duration"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn builtin_default_has_one_dry_run_dev_environment() {
-        let config = Config::builtin_default();
-        assert_eq!(config.environments.len(), 1);
-        assert_eq!(config.environments[0].name, "dev");
-        assert_eq!(config.environments[0].kind, EnvironmentKind::DryRun);
-        assert_eq!(config.components.len(), 9);
-    }
-
-    #[test]
-    fn problems_are_reported_together_and_clearly() {
-        let text = r#"
-[bot]
-command_prefix = "deploy"
-[permissions]
-min_permission = "read"
-allow_teams = ["justateam"]
-[[component]]
-name = "a"
-repo = "nope"
-kind = "service"
-[[component]]
-name = "b"
-aliases = ["A"]
-repo = "o/b"
-kind = "service"
-changes = ["x"]
-[[environment]]
-name = "dev"
-kind = "openshift"
-default_ttl = "9h"
-"#;
-        let err = Config::from_toml(text).expect_err("invalid");
-        for needle in [
-            "command_prefix",
-            "min_permission",
-            "org/team-slug",
-            "owner/name",
-            "\"A\" is used twice",
-            "only a library",
-            "above max_ttl",
-            "needs a namespace",
-        ] {
-            assert!(err.contains(needle), "{needle:?} not in:\n{err}");
-        }
-    }
-
-    #[test]
-    fn unknown_fields_are_rejected() {
-        let err = Config::from_toml("[bot]\ncommand_prefx = \"/d\"\n").expect_err("unknown");
-        assert!(err.contains("command_prefx"), "{err}");
-    }
-}
+mod tests;

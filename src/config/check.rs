@@ -1,0 +1,173 @@
+//! Checking a configuration once it is read: every problem is collected and
+//! reported together (`check-config`), so a loaded configuration is valid.
+
+use std::collections::HashSet;
+
+use super::*;
+
+impl Config {
+    /// Every problem at once, one per line, so an operator fixes them in one go.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        let prefix = &self.bot.command_prefix;
+        if !prefix.starts_with('/') || prefix.len() < 2 || prefix.chars().any(char::is_whitespace) {
+            problems.push(format!(
+                "bot.command_prefix {prefix:?} must start with '/' and contain no spaces"
+            ));
+        }
+        if self.bot.trigger_label.trim().is_empty() {
+            problems.push("bot.trigger_label must not be empty".into());
+        }
+        if self
+            .github
+            .timeout_ms
+            .is_some_and(|t| !(100..=120_000).contains(&t))
+        {
+            problems.push("github.timeout_ms must be between 100 and 120000 (2 min)".into());
+        }
+        if self.bot.max_body_bytes < 1024 {
+            problems.push("bot.max_body_bytes must be at least 1024".into());
+        }
+        if !(1_000..=3_600_000).contains(&self.bot.worker_lease_ms) {
+            problems
+                .push("bot.worker_lease_ms must be between 1000 (1 s) and 3600000 (1 h)".into());
+        }
+        if !matches!(
+            self.permissions.min_permission.as_str(),
+            "write" | "maintain" | "admin"
+        ) {
+            problems.push(format!(
+                "permissions.min_permission {:?} must be one of write, maintain, admin",
+                self.permissions.min_permission
+            ));
+        }
+        if self.permissions.cache_ttl.valid().is_none() {
+            problems.push(format!(
+                "permissions.cache_ttl {:?} is not a duration like 1m or 2h",
+                self.permissions.cache_ttl.to_string()
+            ));
+        }
+        for team in &self.permissions.allow_teams {
+            if team.split('/').count() != 2 || team.split('/').any(|p| !is_github_name(p)) {
+                problems.push(format!(
+                    "permissions.allow_teams entry {team:?} must look like org/team-slug"
+                ));
+            }
+        }
+        if self.components.is_empty() {
+            problems.push("at least one [[component]] is required".into());
+        }
+        let mut names = HashSet::new();
+        let mut images = HashSet::new();
+        for c in &self.components {
+            if !is_component_name(&c.name) {
+                problems.push(format!(
+                    "component name {:?} may only contain a-z, 0-9, '-', '_' and '.'",
+                    c.name
+                ));
+            }
+            for n in std::iter::once(&c.name).chain(&c.aliases) {
+                if !names.insert(n.to_ascii_lowercase()) {
+                    problems.push(format!("component name or alias {n:?} is used twice"));
+                }
+                if !is_component_name(n) {
+                    problems.push(format!("alias {n:?} of {} is not a valid name", c.name));
+                }
+            }
+            if c.repo.split('/').count() != 2 || c.repo.split('/').any(|p| !is_github_name(p)) {
+                problems.push(format!(
+                    "component {}: repo {:?} must look like owner/name",
+                    c.name, c.repo
+                ));
+            }
+            for image in &c.images {
+                if !images.insert(image.name.clone()) {
+                    problems.push(format!("image {} is built by two components", image.name));
+                }
+            }
+            if c.kind != ComponentKind::Library && !c.changes.is_empty() {
+                problems.push(format!(
+                    "component {}: only a library may list `changes`",
+                    c.name
+                ));
+            }
+        }
+        for c in &self.components {
+            for changed in &c.changes {
+                if !images.contains(changed) {
+                    problems.push(format!(
+                        "component {}: changes {changed:?}, which no component builds",
+                        c.name
+                    ));
+                }
+            }
+        }
+        let mut env_names = HashSet::new();
+        for e in &self.environments {
+            if !is_component_name(&e.name) {
+                problems.push(format!("environment name {:?} is not a valid name", e.name));
+            }
+            if !env_names.insert(e.name.clone()) {
+                problems.push(format!("environment {} is defined twice", e.name));
+            }
+            match (e.default_ttl.valid(), e.max_ttl.valid()) {
+                (Some(d), Some(m)) if d > m => problems.push(format!(
+                    "environment {}: default_ttl {} is above max_ttl {}",
+                    e.name, e.default_ttl, e.max_ttl
+                )),
+                (Some(_), Some(_)) => {}
+                _ => problems.push(format!(
+                    "environment {}: default_ttl and max_ttl must be durations like 2h or 90m",
+                    e.name
+                )),
+            }
+            let t = &e.timeouts;
+            for (key, span) in [
+                ("resolve", &t.resolve),
+                ("build", &t.build),
+                ("cleanup", &t.cleanup),
+                ("deploy", &t.deploy),
+            ] {
+                if span.valid().is_none() {
+                    let text = span.to_string();
+                    problems.push(format!(
+                        "environment {}: timeouts.{key} {text:?} is not a duration like 45m or 30s",
+                        e.name
+                    ));
+                }
+            }
+            if matches!(
+                e.kind,
+                EnvironmentKind::Kubernetes | EnvironmentKind::Openshift
+            ) && e.namespace.is_none()
+            {
+                problems.push(format!("environment {} needs a namespace", e.name));
+            }
+        }
+        if self.environments.is_empty() {
+            problems.push("at least one [[environment]] is required".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+}
+
+fn is_github_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 100
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s != "."
+        && s != ".."
+}
+
+fn is_component_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+}

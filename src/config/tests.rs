@@ -1,0 +1,111 @@
+//! The configuration's tests: Packit's shipped file, the built-in default,
+//! and problems reported together and clearly.
+
+use super::*;
+
+#[test]
+fn packit_configuration_is_valid_and_complete() {
+    let config = Config::from_toml(PACKIT_TOML).expect("deploy/packit.toml is valid");
+    let names: Vec<&str> = config.components.iter().map(|c| c.name.as_str()).collect();
+    for repo in [
+        "packit-service",
+        "packit",
+        "ogr",
+        "dashboard",
+        "tokman",
+        "sandcastle",
+        "deployment",
+        "packit-service-centosmsg",
+        "packit-service-fedmsg",
+    ] {
+        assert!(names.contains(&repo), "{repo} missing from packit.toml");
+        let c = config.component(repo).expect("component");
+        assert_eq!(c.repo, format!("packit/{repo}"));
+    }
+    assert_eq!(config.components.len(), 9);
+    assert!(
+        config
+            .component("packit-service-centosmsg")
+            .expect("c")
+            .retired
+    );
+    let ogr = config.component("ogr").expect("ogr");
+    assert_eq!(ogr.kind, ComponentKind::Library);
+    assert!(
+        ogr.changes
+            .contains(&"quay.io/packit/packit-worker".to_string())
+    );
+}
+
+#[test]
+fn settings_are_typed_when_the_file_is_loaded() {
+    let env = |extra: &str| {
+        format!(
+            "{PACKIT_TOML}\n[[environment]]\nname = \"k\"\nkind = \"kubernetes\"\n\
+             namespace = \"ns\"\n{extra}"
+        )
+    };
+    let workload = env("[environment.deployer]\nkind = \"kubernetes\"\n\
+         workloads = [{ kind = \"Pod\", name = \"p\", image = \"quay.io/x/y\" }]\n");
+    let err = Config::from_toml(&workload).expect_err("a Pod is not a workload kind");
+    assert!(err.contains("Pod") && err.contains("StatefulSet"), "{err}");
+    let timeouts = env("[environment.timeouts]\nbuild = \"soon\"\n");
+    let err = Config::from_toml(&timeouts).expect_err("soon is not a duration");
+    assert!(
+        err.contains("environment k: timeouts.build \"soon\" is not a duration"),
+        "{err}"
+    );
+}
+
+#[test]
+fn builtin_default_has_one_dry_run_dev_environment() {
+    let config = Config::builtin_default();
+    assert_eq!(config.environments.len(), 1);
+    assert_eq!(config.environments[0].name, "dev");
+    assert_eq!(config.environments[0].kind, EnvironmentKind::DryRun);
+    assert_eq!(config.components.len(), 9);
+}
+
+#[test]
+fn problems_are_reported_together_and_clearly() {
+    let text = r#"
+[bot]
+command_prefix = "deploy"
+[permissions]
+min_permission = "read"
+allow_teams = ["justateam"]
+[[component]]
+name = "a"
+repo = "nope"
+kind = "service"
+[[component]]
+name = "b"
+aliases = ["A"]
+repo = "o/b"
+kind = "service"
+changes = ["x"]
+[[environment]]
+name = "dev"
+kind = "openshift"
+default_ttl = "9h"
+"#;
+    let err = Config::from_toml(text).expect_err("invalid");
+    for needle in [
+        "command_prefix",
+        "min_permission",
+        "org/team-slug",
+        "owner/name",
+        "\"A\" is used twice",
+        "only a library",
+        "above max_ttl",
+        "needs a namespace",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in:\n{err}");
+    }
+}
+
+#[test]
+fn unknown_fields_are_rejected() {
+    let err = Config::from_toml("[bot]\ncommand_prefx = \"/d\"\n").expect_err("unknown");
+    assert!(err.contains("command_prefx"), "{err}");
+}

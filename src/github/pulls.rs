@@ -1,0 +1,113 @@
+//! Pull requests and users: a PR's head and state, a token's login, and
+//! what deploybot reads to pin and authorise.
+
+use super::*;
+
+/// What deploybot needs to know of a pull request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequestInfo {
+    pub number: u64,
+    pub open: bool,
+    pub head_sha: String,
+    /// `owner/name` of the repository the PR is filed against.
+    pub base_repo: String,
+    pub author: String,
+}
+
+impl GitHub {
+    /// A pull request; `Ok(None)` when it does not exist.
+    pub async fn pull_request(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        number: u64,
+    ) -> GhResult<Option<PullRequestInfo>> {
+        #[derive(Deserialize)]
+        struct Repo {
+            full_name: String,
+        }
+        #[derive(Deserialize)]
+        struct Side {
+            sha: String,
+            #[serde(default)]
+            repo: Option<Repo>,
+        }
+        #[derive(Deserialize)]
+        struct Login {
+            login: String,
+        }
+        #[derive(Deserialize)]
+        struct Pull {
+            number: u64,
+            state: String,
+            head: Side,
+            base: Side,
+            user: Login,
+        }
+        let client = self.installation(inst)?;
+        let route = format!("{}/pulls/{number}", repo.path());
+        match self.get_json::<Pull>(&client, &route).await {
+            Ok(p) => Ok(Some(PullRequestInfo {
+                number: p.number,
+                open: p.state == "open",
+                head_sha: p.head.sha,
+                base_repo: p
+                    .base
+                    .repo
+                    .map(|r| r.full_name)
+                    .unwrap_or_else(|| repo.to_string()),
+                author: p.user.login,
+            })),
+            Err(GitHubError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The head commit of a branch; `Ok(None)` when there is no such branch.
+    pub async fn branch_head(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        branch: &str,
+    ) -> GhResult<Option<String>> {
+        #[derive(Deserialize)]
+        struct Commit {
+            sha: String,
+        }
+        #[derive(Deserialize)]
+        struct Branch {
+            commit: Commit,
+        }
+        let client = self.installation(inst)?;
+        // Branch names may contain '/', which GitHub takes literally here.
+        let encoded: Vec<String> = branch.split('/').map(path_segment).collect();
+        let route = format!("{}/branches/{}", repo.path(), encoded.join("/"));
+        match self.get_json::<Branch>(&client, &route).await {
+            Ok(b) => Ok(Some(b.commit.sha)),
+            Err(GitHubError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The full SHA of a commit given by (a prefix of) its SHA; `Ok(None)` when unknown.
+    pub async fn commit_sha(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        sha: &str,
+    ) -> GhResult<Option<String>> {
+        #[derive(Deserialize)]
+        struct Commit {
+            sha: String,
+        }
+        let client = self.installation(inst)?;
+        let route = format!("{}/commits/{}", repo.path(), path_segment(sha));
+        match self.get_json::<Commit>(&client, &route).await {
+            Ok(c) => Ok(Some(c.sha)),
+            Err(GitHubError::Status {
+                status: 404 | 422, ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
