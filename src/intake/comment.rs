@@ -7,7 +7,7 @@ use crate::domain::Report;
 use crate::domain::plan::Pinned;
 use crate::github::RepoName;
 use crate::installations::find_installation;
-use crate::intake::{Asked, Intake, IntakeError, Origin, Prepared, Trigger, is_sha};
+use crate::intake::{Asked, Intake, IntakeError, Origin, Prepared, Trigger, is_sha, settle};
 use crate::ops;
 use crate::store::{Store, StoreError, Tx};
 
@@ -58,13 +58,7 @@ impl Intake {
                     .await?;
             }
         }
-        if Store::finish_trigger(&mut tx, trigger_id).await? {
-            tx.commit().await?;
-        } else {
-            // Another processor finished it while this one waited on GitHub.
-            tx.rollback().await?;
-        }
-        Ok(())
+        settle(tx, trigger_id).await
     }
 
     /// Parse each command line; for deploy requests add the current PR and

@@ -219,13 +219,7 @@ impl Intake {
 
     /// Mark a trigger done without effects (it cannot be acted on).
     async fn finish(&self, trigger_id: i64) -> Result<(), IntakeError> {
-        let mut tx = self.store.begin().await?;
-        if Store::finish_trigger(&mut tx, trigger_id).await? {
-            tx.commit().await?;
-        } else {
-            tx.rollback().await?;
-        }
-        Ok(())
+        settle(self.store.begin().await?, trigger_id).await
     }
 
     /// Answer a refusal once per PR (or issue) and user.
@@ -390,6 +384,18 @@ impl Origin {
             body,
         }
     }
+}
+
+/// Commit what processing a trigger did, with the trigger marked done, unless
+/// another processor finished it meanwhile (this one's lock ran out while it
+/// waited on GitHub): then nothing of this attempt is kept.
+async fn settle(mut tx: Tx, trigger_id: i64) -> Result<(), IntakeError> {
+    if Store::finish_trigger(&mut tx, trigger_id).await? {
+        tx.commit().await?;
+    } else {
+        tx.rollback().await?;
+    }
+    Ok(())
 }
 
 fn is_sha(sha: &str) -> bool {

@@ -5,9 +5,8 @@ use crate::auth::Decision;
 use crate::command::DeployRequest;
 use crate::domain::plan::Pinned;
 use crate::github::RepoName;
-use crate::intake::{Asked, Intake, IntakeError, Origin, Trigger, is_sha, short};
+use crate::intake::{Asked, Intake, IntakeError, Origin, Trigger, is_sha, settle, short};
 use crate::ops;
-use crate::store::Store;
 
 impl Intake {
     pub(super) async fn process_pull_request(
@@ -98,12 +97,6 @@ impl Intake {
                     .await?;
             }
         }
-        if Store::finish_trigger(&mut tx, trigger_id).await? {
-            tx.commit().await?;
-        } else {
-            // Another processor finished it while this one waited on GitHub.
-            tx.rollback().await?;
-        }
-        Ok(())
+        settle(tx, trigger_id).await
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::auth::Decision;
 use crate::github::RepoName;
-use crate::intake::{Asked, Intake, IntakeError, Origin, Trigger};
+use crate::intake::{Asked, Intake, IntakeError, Origin, Trigger, settle};
 use crate::ops;
 use crate::store::Store;
 
@@ -87,11 +87,6 @@ impl Intake {
                 }
             }
         }
-        if Store::finish_trigger(&mut tx, trigger_id).await? {
-            tx.commit().await?;
-        } else {
-            tx.rollback().await?;
-        }
-        Ok(())
+        settle(tx, trigger_id).await
     }
 }

@@ -272,8 +272,7 @@ pub async fn create_job(
     };
     match state.actions.submit(&login, request).await {
         Ok(id) => {
-            state.jobs_wake.notify_waiters();
-            state.wake.notify_one();
+            state.committed();
             match Store::job(state.store.db(), id).await {
                 Ok(Some(job)) => (
                     StatusCode::CREATED,
@@ -307,8 +306,7 @@ pub async fn cancel_job(
     };
     match state.actions.cancel_job(&login, id).await {
         Ok(message) => {
-            state.jobs_wake.notify_waiters();
-            state.wake.notify_one();
+            state.committed();
             Json(json!({ "message": message })).into_response()
         }
         Err(e) => answer(e),
@@ -326,8 +324,7 @@ pub async fn release(
     };
     match state.actions.release_environment(&login, &name).await {
         Ok(message) => {
-            state.jobs_wake.notify_waiters();
-            state.wake.notify_one();
+            state.committed();
             Json(json!({ "message": message })).into_response()
         }
         Err(e) => answer(e),

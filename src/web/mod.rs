@@ -35,6 +35,14 @@ pub struct AppState {
     pub jobs_wake: Arc<Notify>,
 }
 
+impl AppState {
+    /// A write was committed: wake this process's worker, intake and reporter.
+    pub fn committed(&self) {
+        self.jobs_wake.notify_waiters();
+        self.wake.notify_one();
+    }
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
     // What `web.require_login` closes: the pages and the read API.
     let reads = Router::new()

@@ -25,3 +25,4 @@ mod pipeline;
 mod process;
 mod reliability;
 mod reporting;
+mod rules;

@@ -10,7 +10,7 @@
 //! the logs, the API's answers or the status page.
 //!
 //! Longer runs: `DEPLOYBOT_CRASH_ROUNDS=200 DEPLOYBOT_CRASH_SEED=7 cargo test
-//! --test reliability crash` (README, "Tests").
+//! --test it reliability::crash` (README, "Tests").
 
 use crate::support;
 
