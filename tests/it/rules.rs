@@ -31,6 +31,8 @@ enum Entry {
     Api,
     /// `deploybot admin`.
     Admin,
+    /// The worker's maintenance, when the hold's time is up.
+    Expiry,
 }
 
 async fn app(db: Db) -> TestApp {
@@ -103,6 +105,12 @@ async fn release_dev(t: &TestApp, entry: Entry) -> String {
         Entry::Admin => deploybot::admin::release(&t.app.state.store, &t.app.state.config, "dev")
             .await
             .expect("admin release"),
+        Entry::Expiry => {
+            // Nobody asked, so nobody is answered; the holder is told below.
+            t.advance(std::time::Duration::from_secs(3 * 3600));
+            t.run().await;
+            String::new()
+        }
     }
 }
 
@@ -110,6 +118,7 @@ fn who(entry: Entry) -> &'static str {
     match entry {
         Entry::Comment | Entry::Api => "@bob",
         Entry::Admin => "an operator",
+        Entry::Expiry => "the clock",
     }
 }
 
@@ -121,7 +130,7 @@ async fn dev(t: &TestApp) -> deploybot::store::EnvironmentRow {
 }
 
 async fn releasing_a_finished_deployment_is_one_rule(db: Db) {
-    for entry in [Entry::Comment, Entry::Api, Entry::Admin] {
+    for entry in [Entry::Comment, Entry::Api, Entry::Admin, Entry::Expiry] {
         let t = app(db).await;
         comment(&t, 614, "/deploy", "alice").await;
         t.run().await;
@@ -129,7 +138,8 @@ async fn releasing_a_finished_deployment_is_one_rule(db: Db) {
 
         let answer = release_dev(&t, entry).await;
         assert!(
-            answer.contains("released `dev` (held by request #1)"),
+            matches!(entry, Entry::Expiry)
+                || answer.contains("released `dev` (held by request #1)"),
             "{entry:?}: {answer}"
         );
         t.run().await;
@@ -141,21 +151,30 @@ async fn releasing_a_finished_deployment_is_one_rule(db: Db) {
         );
         let job = t.job(1).await;
         assert_eq!(job["state"], "succeeded", "{entry:?}");
-        assert_eq!(
-            events(&job, "release"),
-            format!("released by {}", who(entry)),
-            "{entry:?}"
-        );
+        let released = match entry {
+            Entry::Expiry => "the hold of dev expired".to_string(),
+            _ => format!("released by {}", who(entry)),
+        };
+        assert_eq!(events(&job, "release"), released, "{entry:?}");
         // The holder's PR is told, by whom and from where.
         let notices = t.replies("packit/packit-service", 614);
         assert_eq!(notices.len(), 1, "{entry:?}: {notices:#?}");
+        let notice = notices[0].body.split("\n\n<!--").next().unwrap_or_default();
         let from = match entry {
             Entry::Comment => "@bob (from packit/packit-service#700)",
             Entry::Api => "@bob (with the deploy CLI)",
             Entry::Admin => "an operator",
+            Entry::Expiry => {
+                assert!(
+                    notice.starts_with("The hold of **dev** by request #1 has expired"),
+                    "{notice}"
+                );
+                t.seen_status_comments();
+                continue;
+            }
         };
         assert_eq!(
-            notices[0].body.split("\n\n<!--").next().unwrap_or_default(),
+            notice,
             format!(
                 "**dev** was released by {from}; the deployment of request #1 is no longer held."
             ),
@@ -194,7 +213,10 @@ async fn releasing_a_request_still_deploying_asks_it_to_stop(db: Db) {
             answer.contains("still deploying to `dev`") || answer.contains("is deploying to `dev`"),
             "{entry:?}: {answer}"
         );
-        assert!(answer.contains("asked to stop"), "{entry:?}: {answer}");
+        assert!(
+            answer.contains("asked it to stop") || answer.contains("was asked to stop"),
+            "{entry:?}: {answer}"
+        );
         let row = Store::job(store.db(), job.id)
             .await
             .expect("job")
