@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::auth::{Decision, TokenCache};
 use crate::command::{DeployRequest, Ref};
+use crate::domain::Source;
 use crate::github::{GitHubError, RepoName};
 use crate::intake::{Asked, Intake, Origin};
 use crate::ops;
@@ -192,7 +193,7 @@ impl Actions {
         };
         let asked = Asked {
             by: login,
-            source: "cli",
+            source: Source::Cli,
             comment_id: None,
         };
         let mut tx = self.intake.store.begin().await?;

@@ -161,7 +161,7 @@ impl Worker {
                 .is_some_and(|job| {
                     job.environment == name
                         && lease.requested_by.as_deref() == Some(job.requested_by.as_str())
-                        && !matches!(job.state.as_str(), "queued" | "running")
+                        && !job.state.is_active()
                 });
             if ours {
                 match cluster.release_lock(&ns, leased).await {

@@ -132,7 +132,7 @@ pub(super) async fn run(cli: &Cli) -> Result<u8, Failure> {
         .find_map(|r| config.component(&r.component).map(|c| c.repo.clone()))
         .unwrap_or_default();
     let job = NewJob {
-        source: "local".into(),
+        source: crate::domain::Source::Local,
         request: request.clone(),
         requested_by: login.clone(),
         repo: first_repo,

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::command::DeployRequest;
 use crate::domain::plan::{Pinned, Plan};
-use crate::domain::state::{Conclusion, JobState, Step};
+use crate::domain::state::{Conclusion, JobState, Source, Step};
 
 /// The environment of a request that may take any environment of the pool
 /// (chosen when it runs).
@@ -14,8 +14,7 @@ pub const ANY_ENVIRONMENT: &str = "*";
 /// What the intake stores for a new request.
 #[derive(Debug, Clone)]
 pub struct NewJob {
-    /// `comment`, `label`, `synchronize`, `rerun`, `cli`.
-    pub source: String,
+    pub source: Source,
     pub request: DeployRequest,
     pub requested_by: String,
     pub repo: String,
@@ -39,7 +38,7 @@ pub struct NewJob {
 pub struct Job {
     pub id: i64,
     pub state: JobState,
-    pub source: String,
+    pub source: Source,
     pub request: DeployRequest,
     pub requested_by: String,
     pub repo: String,

@@ -86,6 +86,38 @@ impl JobState {
 }
 
 words! {
+    /// How a request was asked for.
+    pub enum Source {
+        /// A `/deploy` comment.
+        Comment = "comment",
+        /// The deploy label on a PR.
+        Label = "label",
+        /// New commits on a labelled PR.
+        Synchronize = "synchronize",
+        /// "Re-run" on one of deploybot's check runs.
+        Rerun = "rerun",
+        /// The API (the `deploy` CLI).
+        Cli = "cli",
+        /// `deploy --local`.
+        Local = "local",
+    }
+}
+
+impl Source {
+    /// How the status comment names it (a comment needs no word).
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            Source::Comment => None,
+            Source::Label => Some("the deploy label"),
+            Source::Synchronize => Some("new commits on a labelled pull request"),
+            Source::Rerun => Some("a check run's Re-run"),
+            Source::Cli => Some("the deploy CLI"),
+            Source::Local => Some("deploy --local"),
+        }
+    }
+}
+
+words! {
     /// How an ended request concluded.
     pub enum Conclusion {
         Success = "success",

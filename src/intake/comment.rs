@@ -4,6 +4,7 @@
 use crate::auth::Decision;
 use crate::command::{Command, DeployRequest, Ref, help_text, parse_command};
 use crate::domain::Report;
+use crate::domain::Source;
 use crate::domain::plan::Pinned;
 use crate::github::RepoName;
 use crate::installations::find_installation;
@@ -169,7 +170,7 @@ impl Intake {
                             origin,
                             &Asked {
                                 by: author,
-                                source: "comment",
+                                source: Source::Comment,
                                 comment_id: Some(comment_id),
                             },
                             &request,

@@ -13,6 +13,7 @@ use crate::auth::{Authorizer, Decision};
 use crate::command::{Command, DeployRequest, Ref};
 use crate::config::Config;
 use crate::domain::Report;
+use crate::domain::Source;
 use crate::domain::plan::Pinned;
 use crate::github::{GitHub, GitHubError, InstallationId, RepoName};
 use crate::installations::find_installation;
@@ -320,7 +321,7 @@ impl Intake {
             (None, _) => crate::domain::ANY_ENVIRONMENT.to_string(),
         };
         let job = NewJob {
-            source: asked.source.into(),
+            source: asked.source,
             request: request.clone(),
             requested_by: asked.by.into(),
             repo: origin.repo.clone(),
@@ -353,7 +354,7 @@ enum Prepared {
 pub(crate) struct Asked<'a> {
     pub(crate) by: &'a str,
     /// `comment`, `label`, `synchronize`, `rerun`, `cli`.
-    pub(crate) source: &'a str,
+    pub(crate) source: Source,
     /// The comment that asked (it gets the reactions).
     pub(crate) comment_id: Option<i64>,
 }

@@ -3,6 +3,7 @@
 
 use crate::auth::Decision;
 use crate::command::DeployRequest;
+use crate::domain::Source;
 use crate::domain::plan::Pinned;
 use crate::github::RepoName;
 use crate::intake::{Asked, Intake, IntakeError, Origin, Trigger, is_sha, settle, short};
@@ -76,7 +77,11 @@ impl Intake {
                     let why = format!("superseded by new commits ({})", short(head_sha));
                     ops::supersede_pr(&mut tx, repo, *number, &why).await?;
                 }
-                let source = if synchronize { "synchronize" } else { "label" };
+                let source = if synchronize {
+                    Source::Synchronize
+                } else {
+                    Source::Label
+                };
                 let pinned: Vec<Pinned> = request
                     .refs
                     .iter()

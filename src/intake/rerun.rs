@@ -2,6 +2,7 @@
 //! the same pinned commits, if the clicker may deploy where it was asked.
 
 use crate::auth::Decision;
+use crate::domain::Source;
 use crate::github::RepoName;
 use crate::intake::{Asked, Intake, IntakeError, Origin, Trigger, settle};
 use crate::ops;
@@ -66,7 +67,7 @@ impl Intake {
                 let pinned = old.pins().to_vec();
                 let asked = Asked {
                     by: sender,
-                    source: "rerun",
+                    source: Source::Rerun,
                     comment_id: None,
                 };
                 let id = self

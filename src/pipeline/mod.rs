@@ -100,20 +100,19 @@ impl Pipeline {
         let Ok(events) = Store::job_events(self.store.db(), job_id).await else {
             return;
         };
-        const STEPS: [&str; 8] = [
-            "queued", "resolve", "plan", "waiting", "lock", "build", "cleanup", "deploy",
-        ];
-        let mut current: Option<(&str, i64)> = None;
+        // A step lasts until the next one begins; `hold` and `end` close the
+        // last one and are not measured themselves.
+        let mut current: Option<(Step, i64)> = None;
         for e in &events {
-            let step = e.step.as_str();
-            let next = STEPS.contains(&step) || step == "hold" || step == "end";
-            if !next || current.is_some_and(|(s, _)| s == step) {
+            let measured = Step::PIPELINE.contains(&e.step) && e.step != Step::Hold;
+            let next = measured || matches!(e.step, Step::Hold | Step::End);
+            if !next || current.is_some_and(|(s, _)| s == e.step) {
                 continue;
             }
             if let Some((s, started)) = current {
-                crate::metrics::step(s, (e.at_ms - started).max(0) as f64 / 1000.0);
+                crate::metrics::step(s.as_str(), (e.at_ms - started).max(0) as f64 / 1000.0);
             }
-            current = STEPS.contains(&step).then_some((step, e.at_ms));
+            current = measured.then_some((e.step, e.at_ms));
         }
     }
 

@@ -251,8 +251,8 @@ impl Snapshot {
             self.command_prefix,
             request.to_args()
         );
-        if self.job.source != "comment" {
-            out.push_str(&format!(" ({})", source_label(&self.job.source)));
+        if let Some(label) = self.job.source.label() {
+            out.push_str(&format!(" ({label})"));
         }
         out.push('\n');
         let mut facts = vec![format!("base `{}`", self.job.base)];
@@ -632,16 +632,6 @@ impl Snapshot {
     /// Whether the job has ended (no more changes but the hold's end).
     pub fn active(&self) -> bool {
         self.job.state.is_active()
-    }
-}
-
-fn source_label(source: &str) -> &str {
-    match source {
-        "label" => "the deploy label",
-        "synchronize" => "new commits on a labelled pull request",
-        "rerun" => "a check run's Re-run",
-        "cli" => "the deploy CLI",
-        other => other,
     }
 }
 

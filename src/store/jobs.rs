@@ -40,7 +40,7 @@ impl Job {
         Ok(Job {
             id,
             state: word(r, id, "state")?,
-            source: r.try_get("source")?,
+            source: word(r, id, "source")?,
             request: decoded(r, id, "request")?.ok_or_else(|| StoreError::Corrupt {
                 table: "jobs",
                 id,
@@ -103,7 +103,7 @@ impl Store {
              comment_id, installation_id, delivery_id, environment, base, run_after, created_at, updated_at) \
              VALUES ('queued', $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $12) RETURNING id",
         )
-        .bind(&job.source)
+        .bind(job.source.as_str())
         .bind(serde_json::to_string(&job.request)?)
         .bind(&job.requested_by)
         .bind(&job.repo)

@@ -363,3 +363,64 @@ impl<T: DeserializeOwned> Claimed<T> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::domain::{JobState, Step};
+
+    /// Every word the store's SQL spells in quotes is one of the domain's
+    /// words (or one of the queues' own), so SQL and code cannot drift apart.
+    #[test]
+    fn sql_spells_states_and_steps_as_the_domain_does() {
+        let sources = [
+            include_str!("deliveries.rs"),
+            include_str!("environments.rs"),
+            include_str!("events.rs"),
+            include_str!("images.rs"),
+            include_str!("installations.rs"),
+            include_str!("jobs.rs"),
+            include_str!("outbox.rs"),
+            include_str!("queue.rs"),
+            include_str!("triggers.rs"),
+            include_str!("mod.rs"),
+        ];
+        // The trigger queue's and outbox's states and kinds, and names.
+        let own = [
+            "pending",
+            "done",
+            "sent",
+            "dead",
+            "sync",
+            "jobs",
+            "deploybot_jobs",
+            "",
+        ];
+        let mut seen = 0;
+        for text in sources {
+            for line in text
+                .lines()
+                .filter(|l| l.contains('"') && !l.trim_start().starts_with("//"))
+            {
+                let mut rest = line;
+                while let Some(at) = rest.find('\'') {
+                    let after = &rest[at + 1..];
+                    let Some(end) = after.find('\'') else { break };
+                    let word = &after[..end];
+                    rest = &after[end + 1..];
+                    if !word.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                        continue;
+                    }
+                    seen += 1;
+                    let known = word.parse::<JobState>().is_ok()
+                        || word.parse::<Step>().is_ok()
+                        || own.contains(&word);
+                    assert!(
+                        known,
+                        "the store's SQL spells {word:?}, which no enum knows: {line}"
+                    );
+                }
+            }
+        }
+        assert!(seen > 20, "the scan found the SQL's words ({seen})");
+    }
+}

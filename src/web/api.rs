@@ -430,7 +430,7 @@ pub async fn job_events(
                         continue;
                     }
                 };
-                let ended = !matches!(job.state.as_str(), "queued" | "running");
+                let ended = !job.state.is_active();
                 let since = after;
                 let mut fresh: Vec<Event> = events
                     .into_iter()

@@ -90,7 +90,7 @@ pub struct JobView {
     /// The pipeline step it is in, or ended in.
     pub step: crate::domain::Step,
     pub conclusion: Option<crate::domain::Conclusion>,
-    pub source: String,
+    pub source: crate::domain::Source,
     pub requested_by: String,
     pub repository: String,
     pub pull_request: Option<i64>,

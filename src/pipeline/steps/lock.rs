@@ -101,7 +101,7 @@ impl Pipeline {
             && Some(last) != holder
             && Store::job(tx.db(), last)
                 .await?
-                .is_some_and(|j| !matches!(j.state.as_str(), "queued" | "running"))
+                .is_some_and(|j| !j.state.is_active())
         {
             may_replace.push(last);
         }
