@@ -1,15 +1,129 @@
 //! Steps 2–3, wait and lock: take the environment (database hold and the
 //! cluster's Lease) in queue order, or put the request back to wait.
 
-use std::time::Duration;
-
 use crate::cluster::{LockOutcome, LockRequest};
 use crate::config::{Environment, EnvironmentKind};
 use crate::domain::plan::Plan;
 use crate::domain::{JobState, Step};
 use crate::ops;
 use crate::pipeline::{Pipeline, WAIT_POLL_MS};
-use crate::store::{Job, Store, StoreError};
+use crate::store::{EnvironmentRow, Job, Store, StoreError, Tx};
+
+/// Where the environment stands for a request that wants it, as read in
+/// the lock's transaction.
+struct Standing {
+    queue: Vec<Job>,
+    row: Option<EnvironmentRow>,
+    holder: Option<i64>,
+    /// The holder, when it is another request.
+    holder_job: Option<Job>,
+    /// A finished deployment of the same PR is replaced without queueing.
+    replaces: bool,
+    /// A hold past its time is free, unless its job is still deploying.
+    expired: bool,
+}
+
+impl Standing {
+    async fn read(tx: &mut Tx, job: &Job, environment: &str) -> Result<Standing, StoreError> {
+        let queue = Store::queue(tx.db(), environment).await?;
+        let row = Store::environment_row(tx.db(), environment).await?;
+        let holder = row.as_ref().and_then(|r| r.holder_job);
+        let holder_job = match holder {
+            Some(id) if id != job.id => Store::job(tx.db(), id).await?,
+            _ => None,
+        };
+        let replaces = holder_job.as_ref().is_some_and(|h| {
+            h.state == JobState::Succeeded && h.repo == job.repo && h.number == job.number
+        });
+        let expired = row
+            .as_ref()
+            .and_then(|r| r.held_until)
+            .is_some_and(|until| until < tx.now)
+            && holder_job
+                .as_ref()
+                .is_none_or(|h| h.state != JobState::Running);
+        Ok(Standing {
+            queue,
+            row,
+            holder,
+            holder_job,
+            replaces,
+            expired,
+        })
+    }
+
+    /// Whether `job` may take the environment now: it is free (or its own,
+    /// expired, or its PR's previous deployment) and nobody waits ahead.
+    fn may_go(&self, job: &Job) -> bool {
+        let free =
+            self.holder.is_none() || self.holder == Some(job.id) || self.expired || self.replaces;
+        let earlier_waiting = self
+            .queue
+            .iter()
+            .any(|j| j.id < job.id && j.state == JobState::Queued && j.step == Step::Waiting);
+        free && (!earlier_waiting || self.replaces)
+    }
+
+    fn held_until(&self) -> Option<i64> {
+        self.row.as_ref().and_then(|r| r.held_until)
+    }
+
+    /// Why `job` waits, with its place in the queue.
+    fn waiting_reason(&self, job: &Job, environment: &str) -> String {
+        let ahead = self
+            .queue
+            .iter()
+            .filter(|j| j.id < job.id && j.state == JobState::Queued)
+            .count();
+        let who = match &self.holder_job {
+            Some(h) => format!(
+                "held by request #{} ({}#{}) until {}",
+                h.id,
+                h.repo,
+                h.number.unwrap_or_default(),
+                self.held_until()
+                    .map(crate::store::rfc3339)
+                    .unwrap_or_default()
+            ),
+            None => "requests ahead in the queue".to_string(),
+        };
+        format!(
+            "waiting for {environment} ({who}); position {} in the queue",
+            ahead + 1
+        )
+    }
+
+    /// The Leases `job` may take over: the holder it replaces or whose hold
+    /// expired, and the environment's last request once it has ended (the
+    /// Lease may name it until the worker reconciles it).
+    async fn may_replace(&self, tx: &mut Tx, job: &Job) -> Result<Vec<i64>, StoreError> {
+        let mut ids: Vec<i64> = self
+            .holder_job
+            .iter()
+            .filter(|_| self.replaces || self.expired)
+            .map(|h| h.id)
+            .collect();
+        if let Some(last) = self.row.as_ref().and_then(|r| r.last_job)
+            && last != job.id
+            && Some(last) != self.holder
+            && Store::job(tx.db(), last)
+                .await?
+                .is_some_and(|j| !j.state.is_active())
+        {
+            ids.push(last);
+        }
+        Ok(ids)
+    }
+}
+
+/// Put `job` back in the queue to wait (`why` is said once, when it starts).
+async fn wait(tx: &mut Tx, job: &Job, why: Option<&str>, after_ms: i64) -> Result<(), StoreError> {
+    if let Some(why) = why.filter(|_| job.step != Step::Waiting) {
+        Store::add_event(tx, job.id, Step::Waiting, why).await?;
+    }
+    let run_after = tx.now + after_ms;
+    Store::requeue(tx, job.id, Step::Waiting, run_after).await
+}
 
 impl Pipeline {
     /// Take the environment, or put the job back to wait. True when held.
@@ -20,91 +134,22 @@ impl Pipeline {
         plan: &Plan,
     ) -> Result<bool, StoreError> {
         let mut tx = self.store.begin().await?;
-        let queue = Store::queue(tx.db(), &environment.name).await?;
-        let row = Store::environment_row(tx.db(), &environment.name).await?;
-        let holder = row.as_ref().and_then(|r| r.holder_job);
-        let holder_job = match holder {
-            Some(id) if id != job.id => Store::job(tx.db(), id).await?,
-            _ => None,
-        };
-        // A finished deployment of the same PR is replaced without queueing.
-        let replaces = holder_job.as_ref().is_some_and(|h| {
-            h.state == JobState::Succeeded && h.repo == job.repo && h.number == job.number
-        });
-        // A hold past its time is free, unless its job is still deploying.
-        let expired = row
-            .as_ref()
-            .and_then(|r| r.held_until)
-            .is_some_and(|until| until < tx.now)
-            && holder_job
-                .as_ref()
-                .is_none_or(|h| h.state != JobState::Running);
-        let free = holder.is_none() || holder == Some(job.id) || expired || replaces;
-        let earlier_waiting = queue
-            .iter()
-            .any(|j| j.id < job.id && j.state == JobState::Queued && j.step == Step::Waiting);
-        if !free || (earlier_waiting && !replaces) {
-            let ahead = queue
-                .iter()
-                .filter(|j| j.id < job.id && j.state == JobState::Queued)
-                .count();
-            let position = ahead + 1;
-            if job.step != Step::Waiting {
-                let who = match &holder_job {
-                    Some(h) => format!(
-                        "held by request #{} ({}#{}) until {}",
-                        h.id,
-                        h.repo,
-                        h.number.unwrap_or_default(),
-                        row.as_ref()
-                            .and_then(|r| r.held_until)
-                            .map(crate::store::rfc3339)
-                            .unwrap_or_default()
-                    ),
-                    None => "requests ahead in the queue".to_string(),
-                };
-                Store::add_event(
-                    &mut tx,
-                    job.id,
-                    Step::Waiting,
-                    &format!(
-                        "waiting for {} ({who}); position {position} in the queue",
-                        environment.name
-                    ),
-                )
-                .await?;
-            }
-            let run_after = tx.now + WAIT_POLL_MS;
-            Store::requeue(&mut tx, job.id, Step::Waiting, run_after).await?;
+        let standing = Standing::read(&mut tx, job, &environment.name).await?;
+        if !standing.may_go(job) {
+            let why = standing.waiting_reason(job, &environment.name);
+            wait(&mut tx, job, Some(&why), WAIT_POLL_MS).await?;
             tx.commit().await?;
             return Ok(false);
         }
-        let provisional =
-            tx.now + i64::try_from(Duration::from_secs(3600).as_millis()).unwrap_or(0);
-        if !Store::hold_environment(&mut tx, &environment.name, holder, job.id, provisional).await?
-        {
+        let provisional = tx.now + 3_600_000;
+        let name = &environment.name;
+        if !Store::hold_environment(&mut tx, name, standing.holder, job.id, provisional).await? {
             // Someone else took it between our read and our write: wait.
-            let run_after = tx.now + 1_000;
-            Store::requeue(&mut tx, job.id, Step::Waiting, run_after).await?;
+            wait(&mut tx, job, None, 1_000).await?;
             tx.commit().await?;
             return Ok(false);
         }
-        let mut may_replace: Vec<i64> = holder_job
-            .iter()
-            .filter(|_| replaces || expired)
-            .map(|h| h.id)
-            .collect();
-        // The Lease may still name the previous holder until the worker
-        // reconciles it: an ended previous job may be replaced.
-        if let Some(last) = row.as_ref().and_then(|r| r.last_job)
-            && last != job.id
-            && Some(last) != holder
-            && Store::job(tx.db(), last)
-                .await?
-                .is_some_and(|j| !j.state.is_active())
-        {
-            may_replace.push(last);
-        }
+        let may_replace = standing.may_replace(&mut tx, job).await?;
         if let Some(ns) = environment.cluster_namespace() {
             // The cluster lock: only with the resourceVersion we read.
             tx.commit().await?;
@@ -113,79 +158,59 @@ impl Pipeline {
                 .await;
             tx = self.store.begin().await?;
             if let Err(why) = held {
-                Store::release_environment(&mut tx, &environment.name, job.id, false).await?;
-                if let Some(previous) = holder {
+                Store::release_environment(&mut tx, name, job.id, false).await?;
+                if let Some(previous) = standing.holder {
                     // Give the replaced hold back.
-                    let until = row.as_ref().and_then(|r| r.held_until).unwrap_or(tx.now);
-                    Store::hold_environment(&mut tx, &environment.name, None, previous, until)
-                        .await?;
+                    let until = standing.held_until().unwrap_or(tx.now);
+                    Store::hold_environment(&mut tx, name, None, previous, until).await?;
                 }
-                if job.step != Step::Waiting {
-                    Store::add_event(&mut tx, job.id, Step::Waiting, &why).await?;
-                }
-                let run_after = tx.now + WAIT_POLL_MS;
-                Store::requeue(&mut tx, job.id, Step::Waiting, run_after).await?;
+                wait(&mut tx, job, Some(&why), WAIT_POLL_MS).await?;
                 tx.commit().await?;
                 return Ok(false);
             }
         }
-        if let (false, true, Some(previous)) = (replaces, expired, &holder_job) {
-            // An expired hold that maintenance had not ended yet: end it here,
-            // and tell its PR as maintenance would have.
-            Store::add_event(
-                &mut tx,
-                previous.id,
-                Step::Release,
-                &format!(
-                    "the hold of {} expired (request #{} took the environment)",
-                    environment.name, job.id
-                ),
-            )
-            .await?;
-            if previous.state == JobState::Succeeded {
-                let prefix = &self.config.bot.command_prefix;
-                let body = ops::expiry_notice(prefix, &environment.name, previous);
-                ops::notice(&mut tx, previous, body).await?;
-            }
-        }
-        if let (true, Some(previous)) = (replaces, &holder_job) {
-            Store::add_event(
-                &mut tx,
-                previous.id,
-                Step::Release,
-                &format!("replaced by request #{} from the same pull request", job.id),
-            )
-            .await?;
-        }
+        self.took_over(&mut tx, job, environment, &standing).await?;
         Store::set_step(&mut tx, job.id, Step::Lock).await?;
         if let Ok(created) = chrono::DateTime::parse_from_rfc3339(&job.created_at) {
             let waited = (tx.now - created.timestamp_millis()).max(0) as f64 / 1000.0;
-            crate::metrics::queue_wait(&environment.name, waited);
+            crate::metrics::queue_wait(name, waited);
         }
-        Store::add_event(
-            &mut tx,
-            job.id,
-            Step::Lock,
-            &format!(
-                "locked {} ({}){}",
-                environment.name,
-                match (environment.cluster_namespace(), environment.kind) {
-                    (Some(ns), _) =>
-                        format!("Lease `deploybot` in namespace `{ns}`, mirrored in the database"),
-                    (None, EnvironmentKind::DryRun) =>
-                        "in the database, dry-run environment".into(),
-                    (None, _) => "in the database".into(),
-                },
-                if replaces {
-                    ", replacing this pull request's previous deployment"
-                } else {
-                    ""
-                }
-            ),
-        )
-        .await?;
+        let locked = locked_message(environment, standing.replaces);
+        Store::add_event(&mut tx, job.id, Step::Lock, &locked).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// The previous holder's side of a takeover: an expired hold that
+    /// maintenance had not ended yet ends here (and its PR is told, as
+    /// maintenance would have); a replaced deployment says so.
+    async fn took_over(
+        &self,
+        tx: &mut Tx,
+        job: &Job,
+        environment: &Environment,
+        standing: &Standing,
+    ) -> Result<(), StoreError> {
+        let Some(previous) = &standing.holder_job else {
+            return Ok(());
+        };
+        if standing.replaces {
+            let why = format!("replaced by request #{} from the same pull request", job.id);
+            return Store::add_event(tx, previous.id, Step::Release, &why).await;
+        }
+        if standing.expired {
+            let why = format!(
+                "the hold of {} expired (request #{} took the environment)",
+                environment.name, job.id
+            );
+            Store::add_event(tx, previous.id, Step::Release, &why).await?;
+            if previous.state == JobState::Succeeded {
+                let prefix = &self.config.bot.command_prefix;
+                let body = ops::expiry_notice(prefix, &environment.name, previous);
+                ops::notice(tx, previous, body).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Take the environment's Lease; `Err` says why the job must wait.
@@ -273,4 +298,19 @@ impl Pipeline {
             Err(e) => tracing::warn!(job = job.id, error = %e, "cannot reach the cluster"),
         }
     }
+}
+
+/// The `lock` event: what was locked, and how.
+fn locked_message(environment: &Environment, replaces: bool) -> String {
+    let how = match (environment.cluster_namespace(), environment.kind) {
+        (Some(ns), _) => format!("Lease `deploybot` in namespace `{ns}`, mirrored in the database"),
+        (None, EnvironmentKind::DryRun) => "in the database, dry-run environment".into(),
+        (None, _) => "in the database".into(),
+    };
+    let replacing = if replaces {
+        ", replacing this pull request's previous deployment"
+    } else {
+        ""
+    };
+    format!("locked {} ({how}){replacing}", environment.name)
 }

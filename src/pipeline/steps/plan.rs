@@ -19,6 +19,31 @@ impl Pipeline {
         request: &DeployRequest,
         environment: &Environment,
     ) -> Result<Result<Plan, Ran>, StoreError> {
+        let pinned = match self.pin(job, request, environment).await? {
+            Ok(pinned) => pinned,
+            Err(ran) => return Ok(Err(ran)),
+        };
+        let plan = match plan(&self.config, request, &pinned, environment) {
+            Ok(p) => p,
+            Err(e) => {
+                self.finish(job, &Outcome::Failed(e.0.clone()), false)
+                    .await?;
+                return Ok(Err(Ran::Failed(e.0)));
+            }
+        };
+        self.record_plan(job, &pinned, &plan).await?;
+        Ok(Ok(plan))
+    }
+
+    /// Pin every ref to a commit within the step's time limit (the pins made
+    /// when the request was accepted are kept); a GitHub outage puts the
+    /// request back to try again later.
+    async fn pin(
+        &self,
+        job: &Job,
+        request: &DeployRequest,
+        environment: &Environment,
+    ) -> Result<Result<Vec<Pinned>, Ran>, StoreError> {
         self.step(job.id, Step::Resolve, "pinning refs to commits")
             .await?;
         let started = self.store.now_ms();
@@ -47,21 +72,17 @@ impl Pipeline {
                 .await?;
             return Ok(Err(Ran::Failed(e)));
         };
-        let pinned: Vec<Pinned> = match resolved {
+        let failed = |e: String| async move {
+            self.finish(job, &Outcome::Failed(e.clone()), false).await?;
+            Ok::<_, StoreError>(Err(Ran::Failed(e)))
+        };
+        let pinned = match resolved {
             Ok(p) => p,
-            Err(ResolveError::Invalid(e)) => {
-                self.finish(job, &Outcome::Failed(e.clone()), false).await?;
-                return Ok(Err(Ran::Failed(e)));
-            }
+            Err(ResolveError::Invalid(e)) => return failed(e).await,
             Err(ResolveError::GitHub(e)) if e.is_transient() && job.attempts < job.max_attempts => {
                 let mut tx = self.store.begin().await?;
-                Store::add_event(
-                    &mut tx,
-                    job.id,
-                    Step::Resolve,
-                    &format!("GitHub unavailable, will retry: {e}"),
-                )
-                .await?;
+                let why = format!("GitHub unavailable, will retry: {e}");
+                Store::add_event(&mut tx, job.id, Step::Resolve, &why).await?;
                 let delay = e
                     .retry_after()
                     .map(|d| d.as_millis() as i64)
@@ -71,11 +92,7 @@ impl Pipeline {
                 tx.commit().await?;
                 return Ok(Err(Ran::Retrying(e.to_string())));
             }
-            Err(ResolveError::GitHub(e)) => {
-                let e = format!("cannot pin refs: {e}");
-                self.finish(job, &Outcome::Failed(e.clone()), false).await?;
-                return Ok(Err(Ran::Failed(e)));
-            }
+            Err(ResolveError::GitHub(e)) => return failed(format!("cannot pin refs: {e}")).await,
         };
         let lines: Vec<String> = pinned
             .iter()
@@ -88,32 +105,26 @@ impl Pipeline {
                 )
             })
             .collect();
-        self.event(
-            job.id,
-            Step::Resolve,
-            &format!(
-                "pinned in {}: {}",
-                secs(self.store.now_ms() - started),
-                lines.join(", ")
-            ),
-        )
-        .await?;
-        let plan = match plan(&self.config, request, &pinned, environment) {
-            Ok(p) => p,
-            Err(e) => {
-                self.finish(job, &Outcome::Failed(e.0.clone()), false)
-                    .await?;
-                return Ok(Err(Ran::Failed(e.0)));
-            }
-        };
+        let took = secs(self.store.now_ms() - started);
+        let text = format!("pinned in {took}: {}", lines.join(", "));
+        self.event(job.id, Step::Resolve, &text).await?;
+        Ok(Ok(pinned))
+    }
+
+    /// Record the pins and the plan with the request (its PRs' heads too),
+    /// and say what it builds and deploys.
+    async fn record_plan(
+        &self,
+        job: &Job,
+        pinned: &[Pinned],
+        plan: &Plan,
+    ) -> Result<(), StoreError> {
         let summary: Vec<String> = plan
             .images
             .iter()
             .filter(|i| i.action != ImageAction::Base)
             .map(|i| format!("{} ({})", i.reference(), i.action.as_str()))
             .collect();
-        let mut tx = self.store.begin().await?;
-        Store::save_resolution(&mut tx, job.id, &pinned, &plan).await?;
         let heads: Vec<PullRef> = pinned
             .iter()
             .filter_map(|p| match p.reference {
@@ -125,25 +136,21 @@ impl Pipeline {
                 _ => None,
             })
             .collect();
+        let builds = if summary.is_empty() {
+            "none".to_string()
+        } else {
+            summary.join(", ")
+        };
+        let text = format!(
+            "base {}; builds: {builds}; deploys: {}",
+            plan.base.as_str(),
+            plan.deploy.join(", ")
+        );
+        let mut tx = self.store.begin().await?;
+        Store::save_resolution(&mut tx, job.id, pinned, plan).await?;
         Store::set_pull_heads(&mut tx, job.id, &heads).await?;
         Store::set_step(&mut tx, job.id, Step::Plan).await?;
-        Store::add_event(
-            &mut tx,
-            job.id,
-            Step::Plan,
-            &format!(
-                "base {}; builds: {}; deploys: {}",
-                plan.base.as_str(),
-                if summary.is_empty() {
-                    "none".into()
-                } else {
-                    summary.join(", ")
-                },
-                plan.deploy.join(", ")
-            ),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(Ok(plan))
+        Store::add_event(&mut tx, job.id, Step::Plan, &text).await?;
+        tx.commit().await
     }
 }
