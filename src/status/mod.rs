@@ -87,7 +87,7 @@ impl Snapshot {
         job_id: i64,
     ) -> Result<Option<Snapshot>, StoreError> {
         // One transaction: everything shown is of one moment.
-        let mut tx = store.begin().await?;
+        let mut tx = store.snapshot().await?;
         let Some(job) = Store::job(tx.db(), job_id).await? else {
             tx.rollback().await?;
             return Ok(None);

@@ -271,6 +271,19 @@ impl Store {
         })
     }
 
+    /// A read-only transaction that sees one moment: every read in it sees
+    /// the same committed state (PostgreSQL: repeatable read; SQLite's
+    /// transactions always do).
+    pub async fn snapshot(&self) -> Result<Tx> {
+        let mut tx = self.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(tx.conn())
+                .await?;
+        }
+        Ok(tx)
+    }
+
     /// On PostgreSQL, a listener for new or freed jobs (`LISTEN deploybot_jobs`).
     pub async fn listen(&self) -> Result<Option<sqlx::postgres::PgListener>> {
         if self.backend != Backend::Postgres {

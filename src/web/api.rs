@@ -113,17 +113,18 @@ pub struct QueuedView {
 
 /// Every environment with its holder and queue (the status page uses this too).
 pub async fn environment_views(state: &AppState) -> Result<Vec<EnvironmentView>, ActionError> {
-    let store = &state.store;
-    let rows = Store::environments(store.db()).await?;
+    // One transaction: every environment as of one moment.
+    let mut tx = state.store.snapshot().await?;
+    let rows = Store::environments(tx.db()).await?;
     let mut out = Vec::new();
     for env in &state.config.environments {
         let row = rows.iter().find(|r| r.name == env.name);
         let holder_id = row.and_then(|r| r.holder_job);
         let mut holder = None;
         if let Some(id) = holder_id
-            && let Some(job) = Store::job(store.db(), id).await?
+            && let Some(job) = Store::job(tx.db(), id).await?
         {
-            let pulls = Store::job_pull_requests(store.db(), id).await?;
+            let pulls = Store::job_pull_requests(tx.db(), id).await?;
             let (pins, plan) = (job.pins(), job.plan.as_ref());
             holder = Some(HolderView {
                 job: id,
@@ -155,14 +156,14 @@ pub async fn environment_views(state: &AppState) -> Result<Vec<EnvironmentView>,
         }
         let mut queue = Vec::new();
         let mut position = 0;
-        for job in Store::queue(store.db(), &env.name).await? {
+        for job in Store::queue(tx.db(), &env.name).await? {
             // Everything for this environment but its holder is in line
             // (a request being resolved or planned included).
             if Some(job.id) == holder_id {
                 continue;
             }
             position += 1;
-            let pulls = Store::job_pull_requests(store.db(), job.id).await?;
+            let pulls = Store::job_pull_requests(tx.db(), job.id).await?;
             queue.push(QueuedView {
                 job: job.id,
                 position,
@@ -187,6 +188,7 @@ pub async fn environment_views(state: &AppState) -> Result<Vec<EnvironmentView>,
             queue,
         });
     }
+    tx.commit().await?;
     Ok(out)
 }
 
@@ -304,7 +306,13 @@ pub async fn cancel_job(
         Ok(login) => login,
         Err(e) => return answer(e),
     };
-    match state.actions.cancel_job(&login, id).await {
+    written(&state, state.actions.cancel_job(&login, id).await)
+}
+
+/// The answer to a write that says what it did: `{"message"}` after the
+/// background work was woken, or the error.
+fn written(state: &AppState, done: Result<String, ActionError>) -> Response {
+    match done {
         Ok(message) => {
             state.committed();
             Json(json!({ "message": message })).into_response()
@@ -322,13 +330,10 @@ pub async fn release(
         Ok(login) => login,
         Err(e) => return answer(e),
     };
-    match state.actions.release_environment(&login, &name).await {
-        Ok(message) => {
-            state.committed();
-            Json(json!({ "message": message })).into_response()
-        }
-        Err(e) => answer(e),
-    }
+    written(
+        &state,
+        state.actions.release_environment(&login, &name).await,
+    )
 }
 
 #[derive(Debug, Deserialize)]
