@@ -121,6 +121,31 @@ impl Config {
                     e.name
                 )),
             }
+            for name in e.env.keys().chain(e.env_from_files.keys()) {
+                let valid = name
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+                if !valid {
+                    problems.push(format!(
+                        "environment {}: {name:?} is not a variable name like DEPLOY_TOKEN",
+                        e.name
+                    ));
+                } else if name == "HOME" {
+                    problems.push(format!(
+                        "environment {}: HOME is the job's own directory and cannot be set",
+                        e.name
+                    ));
+                } else if e.env.contains_key(name) && e.env_from_files.contains_key(name) {
+                    problems.push(format!(
+                        "environment {}: {name} is in both env and env_from_files",
+                        e.name
+                    ));
+                }
+            }
             let t = &e.timeouts;
             for (key, span) in [
                 ("resolve", &t.resolve),

@@ -233,6 +233,15 @@ pub struct Environment {
     /// Time limits per step.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Variables given to the commands of this environment's jobs. Nothing
+    /// else of deploybot's own environment reaches them besides `PATH`,
+    /// `HOME` (the job's private directory) and `LANG`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Variables whose values are read from files (mounted Secrets) when a
+    /// job starts; those values are masked wherever output is shown.
+    #[serde(default)]
+    pub env_from_files: BTreeMap<String, PathBuf>,
 }
 
 /// Image builders. Placeholders in `args`: `{repo_url}`, `{commit}`,
@@ -490,6 +499,8 @@ impl Config {
             deployer: None,
             cleanup: None,
             timeouts: Timeouts::default(),
+            env: BTreeMap::new(),
+            env_from_files: BTreeMap::new(),
         }];
         config
     }

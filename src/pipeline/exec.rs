@@ -3,11 +3,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 
+use crate::config::Environment;
 use crate::domain::Step;
 use crate::store::{Store, StoreError};
 
@@ -51,6 +53,66 @@ pub struct Exec<'a> {
     pub step: Step,
     pub deadline: tokio::time::Instant,
     pub cancel: watch::Receiver<bool>,
+    /// The only environment its commands get.
+    pub env: Arc<JobEnv>,
+}
+
+/// What a job's commands are given, and nothing else of deploybot's own:
+/// `PATH`, `HOME` (the job's private directory), `LANG`, and the variables
+/// the environment's configuration names (`env`, `env_from_files`).
+#[derive(Debug, Default)]
+pub struct JobEnv {
+    vars: Vec<(String, String)>,
+    /// Values that must never be shown: those read from `env_from_files`.
+    secrets: Vec<String>,
+}
+
+/// `PATH` for job commands when deploybot's own has none.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+impl JobEnv {
+    /// The environment for the commands of a job of `environment`, with
+    /// `home` as its `HOME`; a file named in `env_from_files` that cannot be
+    /// read fails the step.
+    pub fn new(environment: &Environment, home: &Path) -> Result<JobEnv, StepError> {
+        let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into());
+        let mut vars = vec![
+            ("PATH".to_string(), path),
+            ("HOME".to_string(), home.display().to_string()),
+            ("LANG".to_string(), "C.UTF-8".to_string()),
+        ];
+        let mut set = |name: &str, value: String| {
+            vars.retain(|(n, _)| n != name);
+            vars.push((name.to_string(), value));
+        };
+        for (name, value) in &environment.env {
+            set(name, value.clone());
+        }
+        let mut secrets = Vec::new();
+        for (name, file) in &environment.env_from_files {
+            let value = std::fs::read_to_string(file).map_err(|e| {
+                StepError::failed(format!(
+                    "cannot read {} for {name} (env_from_files): {e}",
+                    file.display()
+                ))
+            })?;
+            let value = value.trim_end_matches(['\n', '\r']).to_string();
+            if !value.is_empty() {
+                secrets.push(value.clone());
+            }
+            set(name, value);
+        }
+        Ok(JobEnv { vars, secrets })
+    }
+
+    /// `text` with every value read from a file replaced by `[redacted]`.
+    pub fn mask(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for secret in &self.secrets {
+            out = out.replace(secret.as_str(), "[redacted]");
+        }
+        out
+    }
 }
 
 impl Exec<'_> {
@@ -68,9 +130,12 @@ impl Exec<'_> {
                 tx.commit().await
             }
         };
-        event(self.store, format!("$ {}", argv.join(" "))).await?;
+        let shown = self.env.mask(&argv.join(" "));
+        event(self.store, format!("$ {}", crate::status::redact(&shown))).await?;
         let mut command = tokio::process::Command::new(program);
         command
+            .env_clear()
+            .envs(self.env.vars.iter().map(|(k, v)| (k, v)))
             .args(args)
             .current_dir(cwd)
             .stdin(Stdio::null())
@@ -122,7 +187,7 @@ impl Exec<'_> {
                         } else if in_key {
                             continue;
                         } else {
-                            crate::status::redact(&line)
+                            crate::status::redact(&self.env.mask(&line))
                         };
                         if recorded < MAX_EVENT_LINES {
                             event(self.store, format!("│ {line}")).await?;
@@ -217,14 +282,31 @@ pub async fn checkout(
 pub struct WorkDir(pub PathBuf);
 
 impl WorkDir {
+    /// A directory of the job's own under `root`: an unpredictable name,
+    /// readable by deploybot's user only, removed when the job is done. Its
+    /// `home` is the commands' `HOME`.
     pub fn new(root: &Path, job_id: i64) -> Result<WorkDir, StepError> {
-        let dir = root.join(format!(
-            "job-{job_id}-{}",
-            &uuid::Uuid::new_v4().to_string()[..8]
-        ));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| StepError::failed(format!("cannot create {}: {e}", dir.display())))?;
-        Ok(WorkDir(dir))
+        use std::os::unix::fs::DirBuilderExt;
+        let cannot = |dir: &Path, e: std::io::Error| {
+            StepError::failed(format!("cannot create {}: {e}", dir.display()))
+        };
+        std::fs::create_dir_all(root).map_err(|e| cannot(root, e))?;
+        let dir = root.join(format!("job-{job_id}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| cannot(&dir, e))?;
+        let work = WorkDir(dir);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(work.home())
+            .map_err(|e| cannot(&work.home(), e))?;
+        Ok(work)
+    }
+
+    /// The commands' `HOME`.
+    pub fn home(&self) -> PathBuf {
+        self.0.join("home")
     }
 }
 
@@ -261,4 +343,36 @@ pub async fn bounded<T>(
 
 pub fn deadline(timeout: Duration) -> tokio::time::Instant {
     tokio::time::Instant::now() + timeout
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_jobs_directory_is_private_and_unpredictable() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile_root();
+        let a = WorkDir::new(&root, 7).expect("work dir");
+        let b = WorkDir::new(&root, 7).expect("work dir");
+        assert_ne!(a.0, b.0, "two runs of one job get different names");
+        for dir in [&a.0, &a.home()] {
+            let mode = std::fs::metadata(dir).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
+        }
+        let name = a.0.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        assert!(name.starts_with("job-7-") && name.len() > 30, "{name}");
+        let path = a.0.clone();
+        drop(a);
+        assert!(!path.exists(), "removed when the job is done");
+        drop(b);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    fn tempfile_root() -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "deploybot-exec-test-{}",
+            uuid::Uuid::new_v4().simple()
+        ))
+    }
 }

@@ -23,7 +23,7 @@ use crate::domain::{JobState, Step};
 use crate::github::GitHub;
 use crate::ops::{self, AfterEnd};
 use crate::store::{Job, Store, StoreError};
-use exec::{Exec, StepError, deadline};
+use exec::{Exec, JobEnv, StepError, deadline};
 
 /// How long a waiting job sleeps before it looks again (it is also woken
 /// when its environment is released).
@@ -350,6 +350,7 @@ impl Pipeline {
         step: Step,
         environment: &Environment,
         cancel: &watch::Receiver<bool>,
+        env: &Arc<JobEnv>,
     ) -> Exec<'a> {
         Exec {
             store: &self.store,
@@ -357,6 +358,7 @@ impl Pipeline {
             step,
             deadline: deadline(time_limit(environment, step)),
             cancel: cancel.clone(),
+            env: env.clone(),
         }
     }
 }

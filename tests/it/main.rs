@@ -26,3 +26,4 @@ mod process;
 mod reliability;
 mod reporting;
 mod rules;
+mod trust;

@@ -7,10 +7,12 @@ use crate::config::Environment;
 use crate::domain::Step;
 use crate::domain::plan::Plan;
 use crate::pipeline::build::{Stage, command_build};
-use crate::pipeline::exec::{StepError, WorkDir, deadline};
-use crate::pipeline::steps::Builds;
+use crate::pipeline::exec::{JobEnv, StepError, WorkDir, deadline};
+use crate::pipeline::steps::{Builds, tools};
 use crate::pipeline::{Pipeline, secs, time_limit};
 use crate::store::{Job, StoreError};
+use std::sync::Arc;
+
 use tokio::sync::watch;
 
 impl Pipeline {
@@ -20,8 +22,8 @@ impl Pipeline {
         job: &Job,
         plan: &Plan,
         environment: &Environment,
-        builds: &Builds<'_>,
         work: &WorkDir,
+        env: &Arc<JobEnv>,
         cancel: &watch::Receiver<bool>,
     ) -> Result<(), StepError> {
         let git_url = self.config.bot.git_url.clone();
@@ -34,7 +36,7 @@ impl Pipeline {
             self.step(job.id, Step::Build, "nothing to build").await?;
             return Ok(());
         }
-        match builds {
+        match tools(environment).0 {
             Builds::DryRun => {
                 let text = format!(
                     "skipped (dry-run environment): would build {}",
@@ -55,7 +57,7 @@ impl Pipeline {
                 self.step(job.id, Step::Build, &text).await?;
                 let started = self.store.now_ms();
                 let builds = stages.iter().enumerate().map(|(n, image_stages)| {
-                    let mut exec = self.exec(job, Step::Build, environment, cancel);
+                    let mut exec = self.exec(job, Step::Build, environment, cancel, env);
                     let dir = work.0.join(format!("build-{n}"));
                     let git_url = git_url.clone();
                     async move {
@@ -99,7 +101,7 @@ impl Pipeline {
                                 &ns,
                                 stage,
                                 &git_url,
-                                *push_secret,
+                                push_secret,
                                 deadline,
                                 environment,
                                 &mut cancel,

@@ -3,6 +3,7 @@
 //! (a command with its vars file, or workloads pointed at the new images).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use tokio::sync::watch;
 
@@ -11,8 +12,8 @@ use crate::config::{Deployer, Environment, WorkloadType};
 use crate::domain::Step;
 use crate::domain::plan::Plan;
 use crate::pipeline::deploy::{self, command_deploy};
-use crate::pipeline::exec::{self, StepError, deadline};
-use crate::pipeline::steps::{Cleans, Deploys};
+use crate::pipeline::exec::{self, JobEnv, StepError, deadline};
+use crate::pipeline::steps::{Cleans, Deploys, tools};
 use crate::pipeline::{Pipeline, time_limit};
 use crate::store::Job;
 
@@ -23,11 +24,11 @@ impl Pipeline {
         job: &Job,
         plan: &Plan,
         environment: &Environment,
-        cleans: &Cleans<'_>,
         checkout: &Path,
+        env: &Arc<JobEnv>,
         cancel: &mut watch::Receiver<bool>,
     ) -> Result<(), StepError> {
-        match cleans {
+        match tools(environment).1 {
             Cleans::DryRun => {
                 let text = "skipped (dry-run environment): would clean up the previous deployment";
                 self.step(job.id, Step::Cleanup, text).await?;
@@ -39,7 +40,7 @@ impl Pipeline {
             Cleans::Command(args) => {
                 self.step(job.id, Step::Cleanup, "cleaning up the previous deployment")
                     .await?;
-                let mut exec = self.exec(job, Step::Cleanup, environment, cancel);
+                let mut exec = self.exec(job, Step::Cleanup, environment, cancel, env);
                 exec.run(args, checkout).await?;
             }
             Cleans::ResetImages => {
@@ -68,8 +69,8 @@ impl Pipeline {
         job: &Job,
         plan: &Plan,
         environment: &Environment,
-        deploys: &Deploys<'_>,
         checkout: &Path,
+        env: &Arc<JobEnv>,
         cancel: &mut watch::Receiver<bool>,
     ) -> Result<(), StepError> {
         let deployed: Vec<String> = plan
@@ -79,7 +80,7 @@ impl Pipeline {
             .map(|i| i.reference())
             .collect();
         let deploying = format!("deploying {}", deployed.join(", "));
-        match deploys {
+        match tools(environment).2 {
             Deploys::DryRun => {
                 let text = format!(
                     "skipped (dry-run environment): would deploy {}",
@@ -102,7 +103,7 @@ impl Pipeline {
             }) => {
                 self.step(job.id, Step::Deploy, &deploying).await?;
                 let vars = deploy::vars(plan, environment, image_vars, flag_vars, extra_vars);
-                let mut exec = self.exec(job, Step::Deploy, environment, cancel);
+                let mut exec = self.exec(job, Step::Deploy, environment, cancel, env);
                 command_deploy(&mut exec, args, vars_file, &vars, checkout).await?;
                 self.event(job.id, Step::Deploy, "deployed").await?;
             }

@@ -8,6 +8,8 @@ mod deploy;
 mod lock;
 mod plan;
 
+use std::sync::Arc;
+
 use tokio::sync::watch;
 
 use crate::config::{Builder, Cleanup, Deployer, Environment, EnvironmentKind};
@@ -15,7 +17,7 @@ use crate::domain::Step;
 use crate::domain::plan::Plan;
 use crate::pipeline::Pipeline;
 use crate::pipeline::deploy::checkout_deployer;
-use crate::pipeline::exec::{StepError, WorkDir};
+use crate::pipeline::exec::{JobEnv, StepError, WorkDir};
 use crate::store::{Job, Store};
 
 /// How an environment builds images.
@@ -48,7 +50,9 @@ pub(in crate::pipeline) enum Deploys<'a> {
 }
 
 /// What `environment` builds, cleans up and deploys with.
-fn tools(environment: &Environment) -> (Builds<'_>, Cleans<'_>, Deploys<'_>) {
+pub(in crate::pipeline) fn tools(
+    environment: &Environment,
+) -> (Builds<'_>, Cleans<'_>, Deploys<'_>) {
     if environment.kind == EnvironmentKind::DryRun {
         return (Builds::DryRun, Cleans::DryRun, Deploys::DryRun);
     }
@@ -81,9 +85,10 @@ impl Pipeline {
         environment: &Environment,
         cancel: &mut watch::Receiver<bool>,
     ) -> Result<(), StepError> {
-        let (builds, cleans, deploys) = tools(environment);
+        let (_, cleans, deploys) = tools(environment);
         let work = WorkDir::new(&self.workdir(), job.id)?;
-        self.build(job, plan, environment, &builds, &work, cancel)
+        let env = Arc::new(JobEnv::new(environment, &work.home())?);
+        self.build(job, plan, environment, &work, &env, cancel)
             .await?;
 
         // The deployer component is checked out once, for the cleanup and
@@ -92,7 +97,7 @@ impl Pipeline {
         let commands =
             matches!(deploys, Deploys::Command(_)) || matches!(cleans, Cleans::Command(_));
         if commands && plan.checkout.is_some() {
-            let mut exec = self.exec(job, Step::Deploy, environment, cancel);
+            let mut exec = self.exec(job, Step::Deploy, environment, cancel, &env);
             checkout_deployer(&mut exec, plan, &self.config.bot.git_url, &checkout).await?;
         } else {
             std::fs::create_dir_all(&checkout).map_err(|e| {
@@ -104,13 +109,13 @@ impl Pipeline {
             .await?
             .is_some_and(|r| r.dirty);
         if dirty {
-            self.clean_up(job, plan, environment, &cleans, &checkout, cancel)
+            self.clean_up(job, plan, environment, &checkout, &env, cancel)
                 .await?;
         } else {
             self.step(job.id, Step::Cleanup, "nothing to clean up")
                 .await?;
         }
-        self.deploy(job, plan, environment, &deploys, &checkout, cancel)
+        self.deploy(job, plan, environment, &checkout, &env, cancel)
             .await
     }
 }
