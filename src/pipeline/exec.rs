@@ -15,6 +15,9 @@ use crate::store::{Store, StoreError};
 
 /// Lines of output kept in a job's events per command.
 const MAX_EVENT_LINES: usize = 400;
+/// The longest output line recorded; the rest of a longer one is dropped
+/// (and the line says so).
+const MAX_LINE_BYTES: usize = 4096;
 /// Lines kept for a failure excerpt.
 const EXCERPT_LINES: usize = 20;
 
@@ -44,6 +47,47 @@ impl StepError {
             excerpt: String::new(),
         }
     }
+}
+
+/// One line of a command's output, read as bytes (anything that is not
+/// UTF-8 is replaced, never the end of the stream) and cut at `max` bytes
+/// with a marker; `None` at the end. At most `max` bytes are held, however
+/// long the line.
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> std::io::Result<Option<String>> {
+    let mut line = Vec::new();
+    let mut cut = 0usize;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            if line.is_empty() && cut == 0 {
+                return Ok(None);
+            }
+            break;
+        }
+        let (chunk, done) = match available.iter().position(|b| *b == b'\n') {
+            Some(at) => (&available[..at], Some(at + 1)),
+            None => (available, None),
+        };
+        let room = max.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        cut += chunk.len().saturating_sub(room);
+        let used = done.unwrap_or(available.len());
+        reader.consume(used);
+        if done.is_some() {
+            break;
+        }
+    }
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    let mut text = String::from_utf8_lossy(&line).into_owned();
+    if cut > 0 {
+        text.push_str(&format!(" … ({cut} more bytes of this line not recorded)"));
+    }
+    Ok(Some(text))
 }
 
 /// Where a job's commands run and what they may be given.
@@ -163,8 +207,8 @@ impl Exec<'_> {
         {
             let tx_lines = tx_lines.clone();
             tokio::spawn(async move {
-                let mut reader = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = reader.next_line().await {
+                let mut reader = BufReader::new(stream);
+                while let Ok(Some(line)) = read_line(&mut reader, MAX_LINE_BYTES).await {
                     if tx_lines.send(line).await.is_err() {
                         break;
                     }
@@ -367,6 +411,38 @@ mod tests {
         assert!(!path.exists(), "removed when the job is done");
         drop(b);
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    async fn lines_of(bytes: &[u8]) -> Vec<String> {
+        let mut reader = tokio::io::BufReader::with_capacity(1024, bytes);
+        let mut out = Vec::new();
+        while let Some(line) = read_line(&mut reader, MAX_LINE_BYTES).await.expect("read") {
+            out.push(line);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn output_is_read_as_bytes_and_capped_per_line() {
+        // A 1 MB line is cut (holding 4 KiB at most) and says so; the next
+        // line still arrives.
+        let mut big = vec![b'x'; 1 << 20];
+        big.extend_from_slice(b"\nafter\n");
+        let lines = lines_of(&big).await;
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with(&"x".repeat(MAX_LINE_BYTES)));
+        assert!(
+            lines[0].ends_with(&format!(
+                " … ({} more bytes of this line not recorded)",
+                (1 << 20) - MAX_LINE_BYTES
+            )),
+            "{}",
+            &lines[0][MAX_LINE_BYTES..]
+        );
+        assert_eq!(lines[1], "after");
+        // Bytes that are not UTF-8 do not end the stream.
+        let lines = lines_of(b"ok\nbad \xff\xfe here\r\nlast").await;
+        assert_eq!(lines, ["ok", "bad \u{fffd}\u{fffd} here", "last"]);
     }
 
     fn tempfile_root() -> PathBuf {

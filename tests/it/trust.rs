@@ -80,7 +80,7 @@ kind = "command"
 args = ["true"]
 [environment.deployer]
 kind = "command"
-args = ["env"]
+args = ["sh", "-c", "env; head -c 1048576 /dev/zero | tr '\\0' x; echo; printf 'bad \\377 byte\\n'; echo done"]
 vars_file = "vars/generated.json"
 "#,
         git = git_root.display(),
@@ -116,16 +116,35 @@ vars_file = "vars/generated.json"
     let job = t.last_job().await;
     assert_eq!(job["state"], "succeeded", "{job}");
     let lines = output(&job);
+    // A 1 MB line is recorded cut, invalid UTF-8 replaced, and what follows kept.
+    let long = lines
+        .iter()
+        .find(|l| l.starts_with("xxxx"))
+        .expect("the long line");
+    assert!(long.len() < 5000, "cut at 4 KiB: {} bytes", long.len());
+    assert!(
+        long.ends_with("more bytes of this line not recorded)"),
+        "{}",
+        &long[4000..]
+    );
+    assert!(
+        lines.contains(&"bad \u{fffd} byte".to_string()),
+        "{lines:#?}"
+    );
+    assert_eq!(lines.last().map(String::as_str), Some("done"));
     let names: Vec<&str> = lines
         .iter()
+        .filter(|l| !l.starts_with("xxxx"))
         .filter_map(|l| l.split_once('=').map(|(n, _)| n))
+        // `sh` itself sets PWD for the commands it starts.
+        .filter(|n| *n != "PWD")
         .collect();
     let mut sorted = names.clone();
     sorted.sort_unstable();
     assert_eq!(
         sorted,
         ["GREETING", "HOME", "LANG", "PATH", "VAULT_VALUE"],
-        "the deployer's environment is the allow-list only: {lines:#?}"
+        "the deployer's environment is the allow-list only: {names:?}"
     );
     // What this process (deploybot's, in this test) has is not there.
     let own: Vec<String> = std::env::vars()
