@@ -171,36 +171,14 @@ async fn world(db: Db, builder: &[&str], build_timeout: &str) -> World {
         &["sh", "-c", &deployer_script],
         build_timeout,
     );
-    let t = TestApp::start_with(
-        db,
-        Options {
-            config,
-            ..Options::default()
-        },
-    )
-    .await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
-    t.github.add_pull(
-        "packit/packit-service",
-        614,
-        &service_sha,
-        "fix",
-        "open",
-        "alice",
-        &[],
-    );
-    t.github
-        .add_pull("packit/ogr", 123, &ogr_sha, "ogr-fix", "open", "alice", &[]);
-    t.github.add_pull(
-        "packit/deployment",
-        321,
-        &deployment_sha,
-        "dep",
-        "open",
-        "alice",
-        &[],
-    );
+    let t = TestApp::builder(db)
+        .config(config)
+        .permission("packit/packit-service", "alice", "write")
+        .pull("packit/packit-service", 614, &service_sha, "fix", "alice")
+        .pull("packit/ogr", 123, &ogr_sha, "ogr-fix", "alice")
+        .pull("packit/deployment", 321, &deployment_sha, "dep", "alice")
+        .start()
+        .await;
     World {
         t,
         tmp,

@@ -51,9 +51,10 @@ async fn check_clean(t: &TestApp) {
 }
 
 async fn valid_command_queues_the_request_and_gets_eyes(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await;
     let event = comment_event(
         "packit/packit-service",
         614,
@@ -124,9 +125,10 @@ async fn valid_command_queues_the_request_and_gets_eyes(db: Db) {
 }
 
 async fn edited_comment_queues_only_new_command_lines(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await;
     let old = "Let's try:\n/deploy ogr=123";
     let created = comment_event("packit/packit-service", 614, true, old, "alice");
     t.deliver("issue_comment", &created).await;
@@ -160,9 +162,10 @@ async fn edited_comment_queues_only_new_command_lines(db: Db) {
 }
 
 async fn malformed_command_gets_one_helpful_reply_and_no_job(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await;
     let event = comment_event(
         "packit/packit-service",
         614,
@@ -193,9 +196,10 @@ async fn malformed_command_gets_one_helpful_reply_and_no_job(db: Db) {
 }
 
 async fn unauthorised_user_is_answered_once(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "mallory", "read");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "mallory", "read")
+        .start()
+        .await;
     let first = comment_event(
         "packit/packit-service",
         614,
@@ -282,9 +286,10 @@ async fn bot_comments_do_nothing(db: Db) {
 }
 
 async fn redelivery_queues_nothing_new(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await;
     let event = comment_event(
         "packit/packit-service",
         614,
@@ -362,9 +367,10 @@ async fn a_burst_with_repeated_deliveries_stores_each_once(db: Db) {
 }
 
 async fn bad_missing_or_stale_signatures_get_401_and_store_nothing(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await;
     let event = comment_event(
         "packit/packit-service",
         614,
@@ -416,9 +422,10 @@ async fn bad_missing_or_stale_signatures_get_401_and_store_nothing(db: Db) {
 }
 
 async fn rotated_secret_verifies(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await;
     let event = comment_event(
         "packit/packit-service",
         614,
@@ -516,8 +523,10 @@ async fn unknown_event_gets_2xx_and_stores_nothing(db: Db) {
 }
 
 async fn label_by_authorised_sender_queues_that_pr(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github.set_permission("packit/ogr", "alice", "maintain");
+    let t = TestApp::builder(db)
+        .permission("packit/ogr", "alice", "maintain")
+        .start()
+        .await;
     let mut event = pull_request_event("labeled", "packit/ogr", 123, "alice");
     event["label"]["name"] = json!("deploy-test");
     let (status, _) = t.deliver("pull_request", &event).await;
@@ -540,8 +549,10 @@ async fn label_by_authorised_sender_queues_that_pr(db: Db) {
 }
 
 async fn label_by_stranger_is_refused_once(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github.set_permission("packit/ogr", "mallory", "triage");
+    let t = TestApp::builder(db)
+        .permission("packit/ogr", "mallory", "triage")
+        .start()
+        .await;
     for _ in 0..2 {
         let mut event = pull_request_event("labeled", "packit/ogr", 123, "mallory");
         event["label"]["name"] = json!("deploy-test");
@@ -554,10 +565,11 @@ async fn label_by_stranger_is_refused_once(db: Db) {
 }
 
 async fn close_cancels_the_prs_queued_jobs(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
-    t.github.set_permission("packit/ogr", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .permission("packit/ogr", "alice", "write")
+        .start()
+        .await;
     // One job from packit-service#614 naming ogr#123, one from packit-service#700.
     t.deliver(
         "issue_comment",
@@ -604,8 +616,10 @@ async fn close_cancels_the_prs_queued_jobs(db: Db) {
 }
 
 async fn synchronize_supersedes_and_requeues_when_author_is_trusted(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github.set_permission("packit/ogr", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/ogr", "alice", "write")
+        .start()
+        .await;
     let mut labeled = pull_request_event("labeled", "packit/ogr", 123, "alice");
     labeled["label"]["name"] = json!("deploy-test");
     labeled["pull_request"]["user"]["login"] = json!("alice");
@@ -632,9 +646,11 @@ async fn synchronize_supersedes_and_requeues_when_author_is_trusted(db: Db) {
 }
 
 async fn synchronize_by_untrusted_author_is_not_deployed(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github.set_permission("packit/ogr", "alice", "write");
-    t.github.set_permission("packit/ogr", "mallory", "read");
+    let t = TestApp::builder(db)
+        .permission("packit/ogr", "alice", "write")
+        .permission("packit/ogr", "mallory", "read")
+        .start()
+        .await;
     let mut sync = pull_request_event("synchronize", "packit/ogr", 123, "alice");
     sync["pull_request"]["user"]["login"] = json!("mallory");
     sync["pull_request"]["labels"] = json!([{ "id": 1, "node_id": "x", "url": "u", "name": "deploy-test", "color": "fff", "default": false, "description": null }]);
@@ -697,9 +713,10 @@ async fn installation_events_are_remembered_and_used(db: Db) {
 }
 
 async fn comment_on_issue_needs_explicit_refs(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await;
     t.deliver(
         "issue_comment",
         &comment_event("packit/packit-service", 50, false, "/deploy", "alice"),
@@ -739,9 +756,10 @@ async fn comment_on_issue_needs_explicit_refs(db: Db) {
 }
 
 async fn retired_component_answers_retired(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await;
     t.deliver(
         "issue_comment",
         &comment_event(
@@ -792,9 +810,10 @@ async fn reporter_crash_after_posting_does_not_post_twice(db: Db) {
 }
 
 async fn github_outage_delays_but_loses_nothing(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await;
     // Three failures: every attempt of the first (retried) permission lookup.
     t.github.fail_next(
         "GET",
@@ -835,9 +854,10 @@ async fn github_outage_delays_but_loses_nothing(db: Db) {
 }
 
 async fn reporter_retries_a_failed_report_with_backoff(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await;
     t.github.fail_next(
         "POST",
         "/repos/packit/packit-service/issues/comments",
@@ -885,9 +905,10 @@ async fn reporter_retries_a_failed_report_with_backoff(db: Db) {
 }
 
 async fn api_reads_jobs_and_hides_secrets(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await;
     t.deliver(
         "issue_comment",
         &comment_event(
@@ -944,14 +965,7 @@ async fn api_reads_jobs_and_hides_secrets(db: Db) {
 
 #[tokio::test]
 async fn healthz_says_github_reporting_is_off_without_credentials() {
-    let t = TestApp::start_with(
-        Db::Sqlite,
-        Options {
-            github: false,
-            ..Options::default()
-        },
-    )
-    .await;
+    let t = TestApp::builder(Db::Sqlite).without_github().start().await;
     let (status, health) = t.get("/healthz").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(health["github"]["reporting"], "off");
@@ -997,9 +1011,10 @@ async fn hopeless_github_errors_end_the_trigger(db: Db) {
 }
 
 async fn closed_or_missing_prs_are_answered_at_once(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await;
     t.github.add_pull(
         "packit/ogr",
         7,
@@ -1032,9 +1047,10 @@ async fn closed_or_missing_prs_are_answered_at_once(db: Db) {
 }
 
 async fn help_lists_usage_components_and_aliases(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await;
     t.deliver(
         "issue_comment",
         &comment_event("packit/packit-service", 614, true, "/deploy help", "alice"),

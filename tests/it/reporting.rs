@@ -24,18 +24,12 @@ const DONE: &str = "### 🚀 Done on `dev` (a dry-run environment: nothing was c
 const ENDED: &str = "### ✅ Was deployed to `dev`; the hold has ended";
 
 async fn app(db: Db) -> TestApp {
-    let t = TestApp::start_with(
-        db,
-        Options {
-            config: Config::builtin_default(),
-            ..Options::default()
-        },
-    )
-    .await;
-    for repo in ["packit/packit-service", "packit/ogr"] {
-        t.github.set_permission(repo, "alice", "write");
-    }
-    t
+    TestApp::builder(db)
+        .config(Config::builtin_default())
+        .permission("packit/packit-service", "alice", "write")
+        .permission("packit/ogr", "alice", "write")
+        .start()
+        .await
 }
 
 async fn comment(t: &TestApp, body: &str) {
