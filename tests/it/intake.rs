@@ -8,6 +8,8 @@ use axum::http::StatusCode;
 use serde_json::json;
 use support::harness::*;
 
+use crate::shown::{assert_shown, check_run_output};
+
 on_both_backends!(
     valid_command_queues_the_request_and_gets_eyes,
     edited_comment_queues_only_new_command_lines,
@@ -110,6 +112,7 @@ async fn valid_command_queues_the_request_and_gets_eyes(db: Db) {
             .body
             .contains(&format!("commit/{}", default_sha(614)))
     );
+    assert_shown!("queued_status_comment", status.body);
     for (repo, number) in [("packit/packit-service", 614), ("packit/ogr", 123)] {
         let runs = t.check_runs_for(repo, id);
         assert_eq!(runs.len(), 1, "{repo}: {runs:?}");
@@ -121,6 +124,10 @@ async fn valid_command_queues_the_request_and_gets_eyes(db: Db) {
             "https://deploybot.packit.dev/jobs/1"
         );
     }
+    assert_shown!(
+        "queued_check_run",
+        check_run_output(&t.check_runs_for("packit/ogr", id)[0])
+    );
     check_clean(&t).await;
 }
 
@@ -187,6 +194,7 @@ async fn malformed_command_gets_one_helpful_reply_and_no_job(db: Db) {
         "names the nearest component: {body}"
     );
     assert!(body.contains("@alice"), "answers the author: {body}");
+    assert_shown!("malformed_command_reply", body);
     let comment_id = event["comment"]["id"].as_u64().expect("id");
     assert!(
         t.github.reactions(comment_id).is_empty(),
@@ -214,6 +222,7 @@ async fn unauthorised_user_is_answered_once(db: Db) {
     assert_eq!(replies.len(), 1);
     assert!(replies[0].body.contains("@mallory"), "{}", replies[0].body);
     assert!(replies[0].body.contains("write"), "{}", replies[0].body);
+    assert_shown!("unauthorised_reply", replies[0].body);
 
     let second = comment_event(
         "packit/packit-service",
@@ -660,6 +669,7 @@ async fn synchronize_by_untrusted_author_is_not_deployed(db: Db) {
     let replies = t.replies("packit/ogr", 123);
     assert_eq!(replies.len(), 1);
     assert!(replies[0].body.contains("/deploy"), "{}", replies[0].body);
+    assert_shown!("untrusted_author_reply", replies[0].body);
     check_clean(&t).await;
 }
 
@@ -731,6 +741,7 @@ async fn comment_on_issue_needs_explicit_refs(db: Db) {
         "{}",
         replies[0].body
     );
+    assert_shown!("issue_without_refs_reply", replies[0].body);
 
     t.deliver(
         "issue_comment",
@@ -776,6 +787,7 @@ async fn retired_component_answers_retired(db: Db) {
     let replies = t.replies("packit/packit-service", 614);
     assert_eq!(replies.len(), 1);
     assert!(replies[0].body.contains("retired"), "{}", replies[0].body);
+    assert_shown!("retired_component_reply", replies[0].body);
     check_clean(&t).await;
 }
 
@@ -1024,9 +1036,13 @@ async fn closed_or_missing_prs_are_answered_at_once(db: Db) {
         "bob",
         &[],
     );
-    for (body, expected) in [
-        ("/deploy ogr=7", "packit/ogr#7 is closed"),
-        ("/deploy ogr=99", "packit/ogr#99 does not exist"),
+    for (body, expected, snapshot) in [
+        ("/deploy ogr=7", "packit/ogr#7 is closed", "closed_pr_reply"),
+        (
+            "/deploy ogr=99",
+            "packit/ogr#99 does not exist",
+            "missing_pr_reply",
+        ),
     ] {
         let event = comment_event("packit/packit-service", 614, true, body, "alice");
         t.deliver("issue_comment", &event).await;
@@ -1039,6 +1055,7 @@ async fn closed_or_missing_prs_are_answered_at_once(db: Db) {
             "quotes the ref: {}",
             replies[0].body
         );
+        assert_shown!(snapshot, replies[0].body);
         let comment_id = event["comment"]["id"].as_u64().expect("id");
         assert!(t.github.reactions(comment_id).is_empty());
     }
@@ -1072,6 +1089,7 @@ async fn help_lists_usage_components_and_aliases(db: Db) {
     ] {
         assert!(help.contains(needle), "{needle} in {help}");
     }
+    assert_shown!("help_reply", help);
     assert!(t.jobs().await.is_empty());
     check_clean(&t).await;
 }
