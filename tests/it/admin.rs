@@ -15,17 +15,11 @@ on_both_backends!(
 );
 
 async fn app(db: Db) -> TestApp {
-    let t = TestApp::start_with(
-        db,
-        Options {
-            config: Config::builtin_default(),
-            ..Options::default()
-        },
-    )
-    .await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
-    t
+    TestApp::builder(db)
+        .config(Config::builtin_default())
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await
 }
 
 async fn comment(t: &TestApp, number: u64, body: &str) {

@@ -25,21 +25,16 @@ const ALICE: &str = "gho_alice_token_0123456789";
 const MALLORY: &str = "gho_mallory_token_0123456789";
 
 async fn app(db: Db) -> TestApp {
-    let t = TestApp::start_with(
-        db,
-        Options {
-            config: Config::builtin_default(),
-            ..Options::default()
-        },
-    )
-    .await;
+    let mut app = TestApp::builder(db).config(Config::builtin_default());
     for repo in ["packit/packit-service", "packit/ogr"] {
-        t.github.set_permission(repo, "alice", "write");
-        t.github.set_permission(repo, "mallory", "read");
+        app = app
+            .permission(repo, "alice", "write")
+            .permission(repo, "mallory", "read");
     }
-    t.github.add_user_token(ALICE, "alice");
-    t.github.add_user_token(MALLORY, "mallory");
-    t
+    app.user_token(ALICE, "alice")
+        .user_token(MALLORY, "mallory")
+        .start()
+        .await
 }
 
 /// The OpenAPI document, with a checker for answers.
@@ -603,18 +598,13 @@ async fn the_pages_show_holder_queue_and_log(db: Db) {
 async fn pages_and_reads_can_require_a_login() {
     let mut config = Config::builtin_default();
     config.web.require_login = true;
-    let t = TestApp::start_with(
-        Db::Sqlite,
-        Options {
-            config,
-            ..Options::default()
-        },
-    )
-    .await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
-    t.github.add_user_token(ALICE, "alice");
-    t.github.add_user_token(MALLORY, "mallory");
+    let t = TestApp::builder(Db::Sqlite)
+        .config(config)
+        .permission("packit/packit-service", "alice", "write")
+        .user_token(ALICE, "alice")
+        .user_token(MALLORY, "mallory")
+        .start()
+        .await;
     let spec = Spec::load(&t).await;
     // Without a login: pages send to the form, the read API says 401.
     let (status, _) = call(&t, "GET", "/", None, None).await;

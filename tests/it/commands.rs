@@ -14,6 +14,8 @@ use deploybot::worker::{Worker, WorkerSettings};
 use serde_json::Value;
 use support::harness::*;
 
+use crate::shown::{assert_shown, check_run_output};
+
 /// Local git repositories standing in for GitHub's.
 struct Repos {
     root: PathBuf,
@@ -137,6 +139,17 @@ impl World {
     fn log(&self) -> String {
         std::fs::read_to_string(self.tmp.path().join("build.log")).unwrap_or_default()
     }
+
+    /// The commits of the git repositories (new in every run), by name, and
+    /// the temporary directory, for snapshots.
+    fn names(&self) -> [(&str, &str); 4] {
+        [
+            (&self.service_sha, "packit-service commit"),
+            (&self.ogr_sha, "ogr commit"),
+            (&self.deployment_sha, "deployment commit"),
+            (self.tmp.path().to_str().expect("a UTF-8 path"), "tmp"),
+        ]
+    }
 }
 
 async fn world(db: Db, builder: &[&str], build_timeout: &str) -> World {
@@ -171,36 +184,14 @@ async fn world(db: Db, builder: &[&str], build_timeout: &str) -> World {
         &["sh", "-c", &deployer_script],
         build_timeout,
     );
-    let t = TestApp::start_with(
-        db,
-        Options {
-            config,
-            ..Options::default()
-        },
-    )
-    .await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
-    t.github.add_pull(
-        "packit/packit-service",
-        614,
-        &service_sha,
-        "fix",
-        "open",
-        "alice",
-        &[],
-    );
-    t.github
-        .add_pull("packit/ogr", 123, &ogr_sha, "ogr-fix", "open", "alice", &[]);
-    t.github.add_pull(
-        "packit/deployment",
-        321,
-        &deployment_sha,
-        "dep",
-        "open",
-        "alice",
-        &[],
-    );
+    let t = TestApp::builder(db)
+        .config(config)
+        .permission("packit/packit-service", "alice", "write")
+        .pull("packit/packit-service", 614, &service_sha, "fix", "alice")
+        .pull("packit/ogr", 123, &ogr_sha, "ogr-fix", "alice")
+        .pull("packit/deployment", 321, &deployment_sha, "dep", "alice")
+        .start()
+        .await;
     World {
         t,
         tmp,
@@ -340,12 +331,19 @@ async fn builds_checkouts_and_deploys_with_commands(db: Db) {
         );
     }
     assert!(status.contains("`/deploy release`"), "{status}");
+    assert_shown!("deployed_status_comment", status, &w.names());
     let first_status = t.status_comment(first).body;
     assert!(
         first_status.starts_with("### ✅ Was deployed to `dev`; the hold has ended"),
         "{first_status}"
     );
     assert!(first_status.contains(": built"), "{first_status}");
+    assert_shown!("replaced_status_comment", first_status, &w.names());
+    assert_shown!(
+        "deployed_check_run",
+        check_run_output(&t.check_runs_for("packit/ogr", second)[0]),
+        &w.names()
+    );
     // A check run on each PR's pinned head, for each request.
     for (repo, number, sha) in [
         ("packit/packit-service", 614, &w.service_sha),
@@ -443,6 +441,10 @@ async fn failed_build_records_an_excerpt_and_releases(db: Db) {
         "{status}"
     );
     assert!(status.contains("| ❌ build |"), "{status}");
+    // One order for the two lines, for the snapshot.
+    let in_order =
+        |text: &str| text.replace("error: boom\ncompiling\n", "compiling\nerror: boom\n");
+    assert_shown!("failed_build_status_comment", in_order(&status), &w.names());
     let run = &t.check_runs_for("packit/packit-service", id)[0];
     assert_eq!(run["conclusion"], "failure");
     assert_eq!(run["output"]["title"], "Failed at `build` (`dev`)");
@@ -451,6 +453,11 @@ async fn failed_build_records_an_excerpt_and_releases(db: Db) {
             .as_str()
             .is_some_and(|t| t.contains("error: boom")),
         "{run}"
+    );
+    assert_shown!(
+        "failed_build_check_run",
+        in_order(&check_run_output(run)),
+        &w.names()
     );
     assert_eq!(
         t.deployment_states("packit/packit-service", id),
@@ -487,6 +494,11 @@ async fn build_time_limit_ends_the_job_as_timed_out(db: Db) {
         None
     );
     assert_eq!(t.headlines().await, ["### ⌛ Timed out at `build` (`dev`)"]);
+    assert_shown!(
+        "timed_out_status_comment",
+        t.status_comment(1).body,
+        &w.names()
+    );
     let run = &t.check_runs_for("packit/packit-service", 1)[0];
     assert_eq!(run["conclusion"], "timed_out");
 }
@@ -552,14 +564,19 @@ async fn cancel_stops_a_running_build(db: Db) {
         None
     );
     let replies = t.replies("packit/packit-service", 614);
-    assert!(
-        replies
-            .iter()
-            .any(|c| c.body.contains("stopping during `build`")),
-        "{replies:?}"
-    );
+    let stopping: Vec<_> = replies
+        .iter()
+        .filter(|c| c.body.contains("stopping during `build`"))
+        .collect();
+    assert!(!stopping.is_empty(), "{replies:?}");
+    assert_shown!("cancel_reply", stopping[0].body, &w.names());
     t.settle().await;
     assert_eq!(t.headlines().await, ["### ⏹️ Cancelled during build"]);
+    assert_shown!(
+        "cancelled_status_comment",
+        t.status_comment(1).body,
+        &w.names()
+    );
     assert_eq!(
         t.deployment_states("packit/packit-service", 1),
         ["queued", "in_progress", "inactive"]

@@ -8,6 +8,8 @@ use axum::http::StatusCode;
 use serde_json::json;
 use support::harness::*;
 
+use crate::shown::{assert_shown, check_run_output};
+
 on_both_backends!(
     valid_command_queues_the_request_and_gets_eyes,
     edited_comment_queues_only_new_command_lines,
@@ -51,9 +53,10 @@ async fn check_clean(t: &TestApp) {
 }
 
 async fn valid_command_queues_the_request_and_gets_eyes(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await;
     let event = comment_event(
         "packit/packit-service",
         614,
@@ -109,6 +112,7 @@ async fn valid_command_queues_the_request_and_gets_eyes(db: Db) {
             .body
             .contains(&format!("commit/{}", default_sha(614)))
     );
+    assert_shown!("queued_status_comment", status.body);
     for (repo, number) in [("packit/packit-service", 614), ("packit/ogr", 123)] {
         let runs = t.check_runs_for(repo, id);
         assert_eq!(runs.len(), 1, "{repo}: {runs:?}");
@@ -120,13 +124,18 @@ async fn valid_command_queues_the_request_and_gets_eyes(db: Db) {
             "https://deploybot.packit.dev/jobs/1"
         );
     }
+    assert_shown!(
+        "queued_check_run",
+        check_run_output(&t.check_runs_for("packit/ogr", id)[0])
+    );
     check_clean(&t).await;
 }
 
 async fn edited_comment_queues_only_new_command_lines(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await;
     let old = "Let's try:\n/deploy ogr=123";
     let created = comment_event("packit/packit-service", 614, true, old, "alice");
     t.deliver("issue_comment", &created).await;
@@ -160,9 +169,10 @@ async fn edited_comment_queues_only_new_command_lines(db: Db) {
 }
 
 async fn malformed_command_gets_one_helpful_reply_and_no_job(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await;
     let event = comment_event(
         "packit/packit-service",
         614,
@@ -184,6 +194,7 @@ async fn malformed_command_gets_one_helpful_reply_and_no_job(db: Db) {
         "names the nearest component: {body}"
     );
     assert!(body.contains("@alice"), "answers the author: {body}");
+    assert_shown!("malformed_command_reply", body);
     let comment_id = event["comment"]["id"].as_u64().expect("id");
     assert!(
         t.github.reactions(comment_id).is_empty(),
@@ -193,9 +204,10 @@ async fn malformed_command_gets_one_helpful_reply_and_no_job(db: Db) {
 }
 
 async fn unauthorised_user_is_answered_once(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "mallory", "read");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "mallory", "read")
+        .start()
+        .await;
     let first = comment_event(
         "packit/packit-service",
         614,
@@ -210,6 +222,7 @@ async fn unauthorised_user_is_answered_once(db: Db) {
     assert_eq!(replies.len(), 1);
     assert!(replies[0].body.contains("@mallory"), "{}", replies[0].body);
     assert!(replies[0].body.contains("write"), "{}", replies[0].body);
+    assert_shown!("unauthorised_reply", replies[0].body);
 
     let second = comment_event(
         "packit/packit-service",
@@ -282,9 +295,10 @@ async fn bot_comments_do_nothing(db: Db) {
 }
 
 async fn redelivery_queues_nothing_new(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await;
     let event = comment_event(
         "packit/packit-service",
         614,
@@ -362,9 +376,10 @@ async fn a_burst_with_repeated_deliveries_stores_each_once(db: Db) {
 }
 
 async fn bad_missing_or_stale_signatures_get_401_and_store_nothing(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await;
     let event = comment_event(
         "packit/packit-service",
         614,
@@ -416,9 +431,10 @@ async fn bad_missing_or_stale_signatures_get_401_and_store_nothing(db: Db) {
 }
 
 async fn rotated_secret_verifies(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await;
     let event = comment_event(
         "packit/packit-service",
         614,
@@ -516,8 +532,10 @@ async fn unknown_event_gets_2xx_and_stores_nothing(db: Db) {
 }
 
 async fn label_by_authorised_sender_queues_that_pr(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github.set_permission("packit/ogr", "alice", "maintain");
+    let t = TestApp::builder(db)
+        .permission("packit/ogr", "alice", "maintain")
+        .start()
+        .await;
     let mut event = pull_request_event("labeled", "packit/ogr", 123, "alice");
     event["label"]["name"] = json!("deploy-test");
     let (status, _) = t.deliver("pull_request", &event).await;
@@ -540,8 +558,10 @@ async fn label_by_authorised_sender_queues_that_pr(db: Db) {
 }
 
 async fn label_by_stranger_is_refused_once(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github.set_permission("packit/ogr", "mallory", "triage");
+    let t = TestApp::builder(db)
+        .permission("packit/ogr", "mallory", "triage")
+        .start()
+        .await;
     for _ in 0..2 {
         let mut event = pull_request_event("labeled", "packit/ogr", 123, "mallory");
         event["label"]["name"] = json!("deploy-test");
@@ -554,10 +574,11 @@ async fn label_by_stranger_is_refused_once(db: Db) {
 }
 
 async fn close_cancels_the_prs_queued_jobs(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
-    t.github.set_permission("packit/ogr", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .permission("packit/ogr", "alice", "write")
+        .start()
+        .await;
     // One job from packit-service#614 naming ogr#123, one from packit-service#700.
     t.deliver(
         "issue_comment",
@@ -604,8 +625,10 @@ async fn close_cancels_the_prs_queued_jobs(db: Db) {
 }
 
 async fn synchronize_supersedes_and_requeues_when_author_is_trusted(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github.set_permission("packit/ogr", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/ogr", "alice", "write")
+        .start()
+        .await;
     let mut labeled = pull_request_event("labeled", "packit/ogr", 123, "alice");
     labeled["label"]["name"] = json!("deploy-test");
     labeled["pull_request"]["user"]["login"] = json!("alice");
@@ -632,9 +655,11 @@ async fn synchronize_supersedes_and_requeues_when_author_is_trusted(db: Db) {
 }
 
 async fn synchronize_by_untrusted_author_is_not_deployed(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github.set_permission("packit/ogr", "alice", "write");
-    t.github.set_permission("packit/ogr", "mallory", "read");
+    let t = TestApp::builder(db)
+        .permission("packit/ogr", "alice", "write")
+        .permission("packit/ogr", "mallory", "read")
+        .start()
+        .await;
     let mut sync = pull_request_event("synchronize", "packit/ogr", 123, "alice");
     sync["pull_request"]["user"]["login"] = json!("mallory");
     sync["pull_request"]["labels"] = json!([{ "id": 1, "node_id": "x", "url": "u", "name": "deploy-test", "color": "fff", "default": false, "description": null }]);
@@ -644,6 +669,7 @@ async fn synchronize_by_untrusted_author_is_not_deployed(db: Db) {
     let replies = t.replies("packit/ogr", 123);
     assert_eq!(replies.len(), 1);
     assert!(replies[0].body.contains("/deploy"), "{}", replies[0].body);
+    assert_shown!("untrusted_author_reply", replies[0].body);
     check_clean(&t).await;
 }
 
@@ -697,9 +723,10 @@ async fn installation_events_are_remembered_and_used(db: Db) {
 }
 
 async fn comment_on_issue_needs_explicit_refs(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await;
     t.deliver(
         "issue_comment",
         &comment_event("packit/packit-service", 50, false, "/deploy", "alice"),
@@ -714,6 +741,7 @@ async fn comment_on_issue_needs_explicit_refs(db: Db) {
         "{}",
         replies[0].body
     );
+    assert_shown!("issue_without_refs_reply", replies[0].body);
 
     t.deliver(
         "issue_comment",
@@ -739,9 +767,10 @@ async fn comment_on_issue_needs_explicit_refs(db: Db) {
 }
 
 async fn retired_component_answers_retired(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await;
     t.deliver(
         "issue_comment",
         &comment_event(
@@ -758,6 +787,7 @@ async fn retired_component_answers_retired(db: Db) {
     let replies = t.replies("packit/packit-service", 614);
     assert_eq!(replies.len(), 1);
     assert!(replies[0].body.contains("retired"), "{}", replies[0].body);
+    assert_shown!("retired_component_reply", replies[0].body);
     check_clean(&t).await;
 }
 
@@ -792,9 +822,10 @@ async fn reporter_crash_after_posting_does_not_post_twice(db: Db) {
 }
 
 async fn github_outage_delays_but_loses_nothing(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await;
     // Three failures: every attempt of the first (retried) permission lookup.
     t.github.fail_next(
         "GET",
@@ -835,9 +866,10 @@ async fn github_outage_delays_but_loses_nothing(db: Db) {
 }
 
 async fn reporter_retries_a_failed_report_with_backoff(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await;
     t.github.fail_next(
         "POST",
         "/repos/packit/packit-service/issues/comments",
@@ -885,9 +917,10 @@ async fn reporter_retries_a_failed_report_with_backoff(db: Db) {
 }
 
 async fn api_reads_jobs_and_hides_secrets(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await;
     t.deliver(
         "issue_comment",
         &comment_event(
@@ -944,14 +977,7 @@ async fn api_reads_jobs_and_hides_secrets(db: Db) {
 
 #[tokio::test]
 async fn healthz_says_github_reporting_is_off_without_credentials() {
-    let t = TestApp::start_with(
-        Db::Sqlite,
-        Options {
-            github: false,
-            ..Options::default()
-        },
-    )
-    .await;
+    let t = TestApp::builder(Db::Sqlite).without_github().start().await;
     let (status, health) = t.get("/healthz").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(health["github"]["reporting"], "off");
@@ -997,9 +1023,10 @@ async fn hopeless_github_errors_end_the_trigger(db: Db) {
 }
 
 async fn closed_or_missing_prs_are_answered_at_once(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await;
     t.github.add_pull(
         "packit/ogr",
         7,
@@ -1009,9 +1036,13 @@ async fn closed_or_missing_prs_are_answered_at_once(db: Db) {
         "bob",
         &[],
     );
-    for (body, expected) in [
-        ("/deploy ogr=7", "packit/ogr#7 is closed"),
-        ("/deploy ogr=99", "packit/ogr#99 does not exist"),
+    for (body, expected, snapshot) in [
+        ("/deploy ogr=7", "packit/ogr#7 is closed", "closed_pr_reply"),
+        (
+            "/deploy ogr=99",
+            "packit/ogr#99 does not exist",
+            "missing_pr_reply",
+        ),
     ] {
         let event = comment_event("packit/packit-service", 614, true, body, "alice");
         t.deliver("issue_comment", &event).await;
@@ -1024,6 +1055,7 @@ async fn closed_or_missing_prs_are_answered_at_once(db: Db) {
             "quotes the ref: {}",
             replies[0].body
         );
+        assert_shown!(snapshot, replies[0].body);
         let comment_id = event["comment"]["id"].as_u64().expect("id");
         assert!(t.github.reactions(comment_id).is_empty());
     }
@@ -1032,9 +1064,10 @@ async fn closed_or_missing_prs_are_answered_at_once(db: Db) {
 }
 
 async fn help_lists_usage_components_and_aliases(db: Db) {
-    let t = TestApp::start(db).await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
+    let t = TestApp::builder(db)
+        .permission("packit/packit-service", "alice", "write")
+        .start()
+        .await;
     t.deliver(
         "issue_comment",
         &comment_event("packit/packit-service", 614, true, "/deploy help", "alice"),
@@ -1056,6 +1089,7 @@ async fn help_lists_usage_components_and_aliases(db: Db) {
     ] {
         assert!(help.contains(needle), "{needle} in {help}");
     }
+    assert_shown!("help_reply", help);
     assert!(t.jobs().await.is_empty());
     check_clean(&t).await;
 }

@@ -43,28 +43,14 @@ struct World {
 async fn world(db: Db, deploy_timeout: &str) -> World {
     let kube = FakeKube::start().await;
     seed(&kube);
-    let t = TestApp::start_with(
-        db,
-        Options {
-            config: config(deploy_timeout),
-            kube_url: Some(kube.url()),
-            ..Options::default()
-        },
-    )
-    .await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
-    t.github.add_pull(
-        "packit/packit-service",
-        614,
-        SHA_SERVICE,
-        "fix",
-        "open",
-        "alice",
-        &[],
-    );
-    t.github
-        .add_pull("packit/ogr", 123, SHA_OGR, "ogr-fix", "open", "alice", &[]);
+    let t = TestApp::builder(db)
+        .config(config(deploy_timeout))
+        .kube(&kube)
+        .permission("packit/packit-service", "alice", "write")
+        .pull("packit/packit-service", 614, SHA_SERVICE, "fix", "alice")
+        .pull("packit/ogr", 123, SHA_OGR, "ogr-fix", "alice")
+        .start()
+        .await;
     World { t, kube }
 }
 

@@ -10,6 +10,9 @@ mod support;
 #[path = "../support/selftest.rs"]
 mod selftest;
 
+/// Whole-text snapshots of what a person sees.
+mod shown;
+
 mod admin;
 mod api;
 mod cli;

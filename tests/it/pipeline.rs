@@ -35,40 +35,16 @@ const SHA_OTHER: &str = "3333333333333333333333333333333333333333";
 
 /// The app on the built-in default: Packit's components, one dry-run `dev`.
 async fn dry_app(db: Db) -> TestApp {
-    let t = TestApp::start_with(
-        db,
-        Options {
-            config: Config::builtin_default(),
-            ..Options::default()
-        },
-    )
-    .await;
-    for (repo, who) in [("packit/packit-service", "alice"), ("packit/ogr", "alice")] {
-        t.github.set_permission(repo, who, "write");
-    }
-    t.github
-        .set_permission("packit/packit-service", "bob", "write");
-    t.github.add_pull(
-        "packit/packit-service",
-        614,
-        SHA_SERVICE,
-        "fix",
-        "open",
-        "alice",
-        &[],
-    );
-    t.github.add_pull(
-        "packit/packit-service",
-        700,
-        SHA_OTHER,
-        "other",
-        "open",
-        "bob",
-        &[],
-    );
-    t.github
-        .add_pull("packit/ogr", 123, SHA_OGR, "ogr-fix", "open", "alice", &[]);
-    t
+    TestApp::builder(db)
+        .config(Config::builtin_default())
+        .permission("packit/packit-service", "alice", "write")
+        .permission("packit/ogr", "alice", "write")
+        .permission("packit/packit-service", "bob", "write")
+        .pull("packit/packit-service", 614, SHA_SERVICE, "fix", "alice")
+        .pull("packit/packit-service", 700, SHA_OTHER, "other", "bob")
+        .pull("packit/ogr", 123, SHA_OGR, "ogr-fix", "alice")
+        .start()
+        .await
 }
 
 async fn comment(t: &TestApp, number: u64, body: &str, who: &str) {
@@ -587,24 +563,21 @@ async fn requests_without_env_take_the_first_free_environment_of_the_pool(db: Db
     let mut second = config.environments[0].clone();
     second.name = "dev2".into();
     config.environments.push(second);
-    let t = TestApp::start_with(
-        db,
-        Options {
-            config,
-            ..Options::default()
-        },
-    )
-    .await;
+    let mut app = TestApp::builder(db).config(config);
     for (n, sha, who) in [
         (614, SHA_SERVICE, "alice"),
         (700, SHA_OTHER, "bob"),
         (800, SHA_OGR, "carol"),
     ] {
-        t.github
-            .set_permission("packit/packit-service", who, "write");
-        t.github
-            .add_pull("packit/packit-service", n, sha, "b", "open", who, &[]);
+        app = app.permission("packit/packit-service", who, "write").pull(
+            "packit/packit-service",
+            n,
+            sha,
+            "b",
+            who,
+        );
     }
+    let t = app.start().await;
     comment(&t, 614, "/deploy", "alice").await;
     comment(&t, 700, "/deploy", "bob").await;
     comment(&t, 800, "/deploy", "carol").await;
@@ -689,25 +662,12 @@ async fn closing_or_unlabelling_a_pr_ends_its_hold(db: Db) {
 async fn slow_github_times_resolve_out(db: Db) {
     let mut config = Config::builtin_default();
     config.environments[0].timeouts.resolve = "1s".into();
-    let t = TestApp::start_with(
-        db,
-        Options {
-            config,
-            ..Options::default()
-        },
-    )
-    .await;
-    t.github
-        .set_permission("packit/packit-service", "alice", "write");
-    t.github.add_pull(
-        "packit/packit-service",
-        614,
-        SHA_SERVICE,
-        "fix",
-        "open",
-        "alice",
-        &[],
-    );
+    let t = TestApp::builder(db)
+        .config(config)
+        .permission("packit/packit-service", "alice", "write")
+        .pull("packit/packit-service", 614, SHA_SERVICE, "fix", "alice")
+        .start()
+        .await;
     comment(&t, 614, "/deploy", "alice").await;
     t.settle().await;
     t.github.set_latency(Duration::from_secs(3));

@@ -10,6 +10,8 @@ use std::time::Duration;
 use deploybot::config::Config;
 use support::harness::*;
 
+use crate::shown::{assert_shown, check_run_output};
+
 on_both_backends!(
     rerun_queues_the_same_request_with_the_same_commits,
     github_errors_and_rate_limits_delay_reports_but_not_the_deployment,
@@ -24,18 +26,12 @@ const DONE: &str = "### 🚀 Done on `dev` (a dry-run environment: nothing was c
 const ENDED: &str = "### ✅ Was deployed to `dev`; the hold has ended";
 
 async fn app(db: Db) -> TestApp {
-    let t = TestApp::start_with(
-        db,
-        Options {
-            config: Config::builtin_default(),
-            ..Options::default()
-        },
-    )
-    .await;
-    for repo in ["packit/packit-service", "packit/ogr"] {
-        t.github.set_permission(repo, "alice", "write");
-    }
-    t
+    TestApp::builder(db)
+        .config(Config::builtin_default())
+        .permission("packit/packit-service", "alice", "write")
+        .permission("packit/ogr", "alice", "write")
+        .start()
+        .await
 }
 
 async fn comment(t: &TestApp, body: &str) {
@@ -99,6 +95,12 @@ async fn rerun_queues_the_same_request_with_the_same_commits(db: Db) {
         ),
         "{status}"
     );
+    assert_shown!("rerun_status_comment", status);
+    assert_shown!("rerun_superseded_status_comment", t.status_comment(1).body);
+    assert_shown!(
+        "rerun_check_run",
+        check_run_output(&t.check_runs_for("packit/ogr", 2)[0])
+    );
 
     // Someone without write access: refused once, nothing queued.
     t.github.set_permission("packit/ogr", "mallory", "read");
@@ -118,6 +120,7 @@ async fn rerun_queues_the_same_request_with_the_same_commits(db: Db) {
             .body
             .starts_with("@mallory, I can't deploy for you")
     );
+    assert_shown!("rerun_refused_reply", replies[0].body);
 
     // A check run that is not deploybot's (GitHub's own example) is ignored.
     let (status, body) = t
@@ -301,12 +304,14 @@ async fn an_expired_hold_taken_over_is_told_and_shown_ended(db: Db) {
         "{}",
         notices[0].body
     );
+    assert_shown!("expired_hold_taken_over_notice", notices[0].body);
     let first = t.status_comment(1).body;
     assert!(first.starts_with(ENDED), "{first}");
     assert!(
         first.contains("hold ended: the hold of dev expired"),
         "{first}"
     );
+    assert_shown!("expired_hold_ended_status_comment", first);
     assert_eq!(t.headlines().await, [ENDED, DONE]);
     t.github.assert_clean();
 }

@@ -41,12 +41,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::{Request, State as AxumState};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::header;
 use axum::response::Response;
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
 use serde_json::{Map, Value, json};
+
+use super::http::{self, Incoming, parse_query};
+use super::openapi::{self, PathTemplate, Violations};
 
 /// Where the Kubernetes fixtures are: `../shared/fixtures/kubernetes`.
 pub fn fixtures_dir() -> PathBuf {
@@ -184,9 +186,8 @@ impl RequestRecord {
 
 /// A running fake API server. Dropping it stops the server.
 pub struct FakeKube {
-    url: String,
+    server: http::Server,
     shared: Arc<Shared>,
-    server: tokio::task::JoinHandle<()>,
     final_checks: AtomicBool,
     /// `run_controllers`' tasks, stopped with the fake.
     controllers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -199,9 +200,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, KubeState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        http::lock(&self.state)
     }
 }
 
@@ -212,22 +211,13 @@ impl FakeKube {
             spec: spec(),
             state: Mutex::new(KubeState::default()),
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1:0");
-        let url = format!("http://{}", listener.local_addr().expect("local addr"));
         let app = axum::Router::new()
             .fallback(handle)
             .with_state(shared.clone());
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .await
-                .expect("fake Kubernetes server");
-        });
+        let server = http::Server::start("fake Kubernetes", app).await;
         FakeKube {
-            url,
-            shared,
             server,
+            shared,
             final_checks: AtomicBool::new(true),
             controllers: Mutex::new(Vec::new()),
         }
@@ -235,7 +225,7 @@ impl FakeKube {
 
     /// Base URL (`http://127.0.0.1:PORT`).
     pub fn url(&self) -> String {
-        self.url.clone()
+        self.server.url()
     }
 
     fn state(&self) -> MutexGuard<'_, KubeState> {
@@ -616,23 +606,17 @@ impl FakeKube {
 
     /// What went against the API description so far.
     pub fn violations(&self) -> Vec<String> {
-        self.state().violations.clone()
+        self.state().violations.list()
     }
 
     /// Returns and forgets the violations (for tests that provoke them).
     pub fn take_violations(&self) -> Vec<String> {
-        std::mem::take(&mut self.state().violations)
+        self.state().violations.take()
     }
 
     /// Panics with the list of violations, if any.
     pub fn assert_no_violations(&self) {
-        let violations = self.violations();
-        assert!(
-            violations.is_empty(),
-            "the fake Kubernetes API saw {} violation(s):\n  {}",
-            violations.len(),
-            violations.join("\n  ")
-        );
+        openapi::assert_no_violations(&self.violations(), "the fake Kubernetes API saw violations");
     }
 
     /// Skips the check of violations when the fake is dropped.
@@ -643,7 +627,7 @@ impl FakeKube {
 
 impl Drop for FakeKube {
     fn drop(&mut self) {
-        self.server.abort();
+        self.server.stop();
         for task in self
             .controllers
             .get_mut()
@@ -674,7 +658,7 @@ struct KubeState {
     resource_version: u64,
     uids: u64,
     digests: u64,
-    violations: Vec<String>,
+    violations: Violations,
     requests: Vec<RequestRecord>,
     failures: Vec<Failure>,
     interleaved: Vec<(Key, Value)>,
@@ -696,7 +680,7 @@ impl KubeState {
     }
 
     fn violation(&mut self, message: String) {
-        self.violations.push(message);
+        self.violations.record(message);
     }
 
     fn take_failure(&mut self, method: &str, path: &str) -> Option<u16> {
@@ -824,17 +808,14 @@ impl Reply {
     }
 
     fn into_response(self) -> Response {
-        let (content_type, body) = match self.body {
-            ReplyBody::Json(value) => ("application/json", Body::from(value.to_string())),
-            ReplyBody::Text(text) => ("text/plain; charset=utf-8", Body::from(text)),
-        };
-        let mut response = Response::new(body);
-        *response.status_mut() =
-            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        response
+        match self.body {
+            ReplyBody::Json(value) => {
+                http::answer(self.status, "application/json", vec![], value.to_string())
+            }
+            ReplyBody::Text(text) => {
+                http::answer(self.status, "text/plain; charset=utf-8", vec![], text)
+            }
+        }
     }
 }
 
@@ -854,33 +835,23 @@ fn reason_for(status: u16) -> &'static str {
 }
 
 async fn handle(AxumState(shared): AxumState<Arc<Shared>>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, 64 << 20)
-        .await
-        .unwrap_or_default();
-    let method = parts.method.as_str().to_string();
-    let path = parts.uri.path().to_string();
-    let query = parts.uri.query().unwrap_or("").to_string();
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let request = Incoming::read(request, 64 << 20).await;
+    let content_type = request.header(header::CONTENT_TYPE.as_str());
     let mut state = shared.lock();
     let call = Call {
-        method: &method,
-        path: &path,
-        query: parse_query(&query),
-        content_type: content_type.as_deref(),
-        body: &bytes,
+        method: &request.method,
+        path: &request.path,
+        query: parse_query(&request.query),
+        content_type,
+        body: &request.body,
     };
     let reply = serve(shared.spec, &mut state, &call);
     state.requests.push(RequestRecord {
-        method,
-        path,
-        query,
-        content_type,
-        body: String::from_utf8_lossy(&bytes).into_owned(),
+        method: request.method.clone(),
+        path: request.path.clone(),
+        query: request.query.clone(),
+        content_type: content_type.map(str::to_string),
+        body: String::from_utf8_lossy(&request.body).into_owned(),
         status: reply.status,
     });
     reply.into_response()
@@ -1027,7 +998,7 @@ fn serve(spec: &Spec, state: &mut KubeState, call: &Call<'_>) -> Reply {
 }
 
 fn now() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
+    http::timestamp(Utc::now())
 }
 
 /// Checks what a client sent as an object of `kind` named by the path.
@@ -1658,7 +1629,7 @@ struct Spec {
 struct Route {
     method: String,
     template: String,
-    segments: Vec<Segment>,
+    path: PathTemplate,
     query_params: Vec<String>,
     /// Component name of the request body's schema.
     body_schema: Option<String>,
@@ -1667,24 +1638,10 @@ struct Route {
     sub: Option<String>,
 }
 
-enum Segment {
-    Literal(String),
-    Param(String),
-}
-
 fn spec() -> &'static Spec {
     SPEC.get_or_init(|| {
         let path = fixtures_dir().join("openapi-subset.json");
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "the fake Kubernetes needs the API description at {} (shared/ must sit beside \
-                 the project): {e}",
-                path.display()
-            )
-        });
-        let document: Value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
-        Spec::compile(&document)
+        Spec::compile(&openapi::load(&path, "the fake Kubernetes"))
     })
 }
 
@@ -1728,15 +1685,7 @@ impl Spec {
                 routes.push(Route {
                     method: method.to_ascii_uppercase(),
                     template: template.clone(),
-                    segments: parts
-                        .iter()
-                        .map(
-                            |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                                Some(name) => Segment::Param(name.to_string()),
-                                None => Segment::Literal(s.to_string()),
-                            },
-                        )
-                        .collect(),
+                    path: PathTemplate::parse(template, &[]),
                     query_params,
                     body_schema,
                     plural: plural.clone(),
@@ -1752,23 +1701,10 @@ impl Spec {
     }
 
     fn find(&self, method: &str, path: &str) -> Option<(&Route, HashMap<String, String>)> {
-        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         self.routes
             .iter()
-            .filter(|route| route.method == method && route.segments.len() == parts.len())
-            .find_map(|route| {
-                let mut params = HashMap::new();
-                for (segment, part) in route.segments.iter().zip(&parts) {
-                    match segment {
-                        Segment::Literal(literal) if literal == part => {}
-                        Segment::Param(name) if !part.is_empty() => {
-                            params.insert(name.clone(), percent_decode(part));
-                        }
-                        _ => return None,
-                    }
-                }
-                Some((route, params))
-            })
+            .filter(|route| route.method == method)
+            .find_map(|route| route.path.matches(path).map(|params| (route, params)))
     }
 
     /// The property names of schema `name`.
@@ -1787,34 +1723,16 @@ impl Spec {
             .get(name)
             .unwrap_or_else(|| panic!("no schema {name} in openapi-subset.json"));
         let validator = cell.get_or_init(|| {
-            let document = json!({
-                "components": *self.components,
-                "allOf": [{"$ref": format!("{REF_PREFIX}{name}")}],
-            });
-            jsonschema::options()
-                .with_draft(jsonschema::Draft::Draft4)
-                .should_validate_formats(true)
-                .build(&document)
-                .unwrap_or_else(|e| panic!("cannot compile schema {name}: {e}"))
+            openapi::validator(
+                &self.components,
+                &json!({"$ref": format!("{REF_PREFIX}{name}")}),
+                true,
+                &format!("schema {name}"),
+            )
         });
         let mut instance = instance.clone();
         strip_nulls(&mut instance);
-        validator
-            .iter_errors(&instance)
-            .map(|error| {
-                let mut message = error.to_string();
-                if let Some((cut, _)) = message.char_indices().nth(300) {
-                    message.truncate(cut);
-                    message.push_str("...");
-                }
-                let at = error.instance_path().to_string();
-                if at.is_empty() {
-                    message
-                } else {
-                    format!("{message} (at {at})")
-                }
-            })
-            .collect()
+        openapi::errors(validator, &instance)
     }
 }
 
@@ -1848,38 +1766,4 @@ fn forbid_unknown_fields(value: &mut Value) {
         Value::Array(items) => items.iter_mut().for_each(forbid_unknown_fields),
         _ => {}
     }
-}
-
-// ===========================================================================
-// Small helpers
-// ===========================================================================
-
-fn parse_query(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (percent_decode(k), percent_decode(&v.replace('+', " ")))
-        })
-        .collect()
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(hex) = bytes.get(i + 1..i + 3)
-            && let Ok(byte) = u8::from_str_radix(&String::from_utf8_lossy(hex), 16)
-        {
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }

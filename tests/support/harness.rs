@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use super::fake_github::FakeGitHub;
+use super::fake_kube::FakeKube;
 use super::pg::fresh_database_url;
 
 pub const APP_ID: u64 = 4242;
@@ -259,31 +260,89 @@ impl Drop for TestApp {
     }
 }
 
-pub struct Options {
-    pub secrets: Vec<&'static str>,
-    pub github: bool,
-    pub config: Config,
-    pub kube_url: Option<String>,
+/// How a test's deploybot is set up: `TestApp::builder(db)`, then only what
+/// differs from the defaults, then `.start().await`. The defaults: the
+/// configuration of `deploy/packit.toml`, both webhook secrets ([`SECRET`],
+/// [`OLD_SECRET`]), reporting to a fresh fake GitHub with the App installed
+/// on [`PACKIT_REPOS`] and the [`DEFAULT_PULLS`] open, no cluster.
+#[must_use = "a builder does nothing until `.start().await`"]
+pub struct TestAppBuilder {
+    db: Db,
+    config: Option<Config>,
+    secrets: Vec<&'static str>,
+    github: bool,
+    kube_url: Option<String>,
+    /// (repo, login, role).
+    permissions: Vec<(String, String, String)>,
+    /// (token, login).
+    user_tokens: Vec<(String, String)>,
+    /// (repo, number, head sha, head ref, author): open pull requests.
+    pulls: Vec<(String, u64, String, String, String)>,
 }
 
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            secrets: vec![SECRET, OLD_SECRET],
-            github: true,
-            config: Config::load(&manifest_dir().join("deploy/packit.toml"))
-                .expect("deploy/packit.toml is valid"),
-            kube_url: None,
-        }
-    }
-}
-
-impl TestApp {
-    pub async fn start(db: Db) -> TestApp {
-        TestApp::start_with(db, Options::default()).await
+impl TestAppBuilder {
+    /// Another configuration (`Config::builtin_default()`: Packit's
+    /// components and one dry-run `dev`).
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = Some(config);
+        self
     }
 
-    pub async fn start_with(db: Db, options: Options) -> TestApp {
+    /// The webhook secrets deploybot accepts (default both of the setup's).
+    pub fn secrets(mut self, secrets: &[&'static str]) -> Self {
+        self.secrets = secrets.to_vec();
+        self
+    }
+
+    /// No GitHub credentials: deploybot reports nothing to GitHub.
+    pub fn without_github(mut self) -> Self {
+        self.github = false;
+        self
+    }
+
+    /// Deploy to this fake cluster.
+    pub fn kube(mut self, kube: &FakeKube) -> Self {
+        self.kube_url = Some(kube.url());
+        self
+    }
+
+    /// `login`'s role on `repo` at GitHub (admin, maintain, write, triage,
+    /// read or none; nobody has one unless given).
+    pub fn permission(mut self, repo: &str, login: &str, role: &str) -> Self {
+        self.permissions
+            .push((repo.to_string(), login.to_string(), role.to_string()));
+        self
+    }
+
+    /// A personal token of `login` at GitHub (for the API and the pages).
+    pub fn user_token(mut self, token: &str, login: &str) -> Self {
+        self.user_tokens
+            .push((token.to_string(), login.to_string()));
+        self
+    }
+
+    /// Open pull request `number` of `repo` by `author`, its head `head_sha`
+    /// on branch `head_ref` (replacing a default one of that number).
+    pub fn pull(
+        mut self,
+        repo: &str,
+        number: u64,
+        head_sha: &str,
+        head_ref: &str,
+        author: &str,
+    ) -> Self {
+        self.pulls.push((
+            repo.to_string(),
+            number,
+            head_sha.to_string(),
+            head_ref.to_string(),
+            author.to_string(),
+        ));
+        self
+    }
+
+    /// Starts the fake GitHub, a fresh database and deploybot on them.
+    pub async fn start(self) -> TestApp {
         check_logs_for_secrets();
         let tmp = tempfile::tempdir().expect("temp dir");
         let github = FakeGitHub::start(APP_ID).await;
@@ -302,26 +361,39 @@ impl TestApp {
                 &[],
             );
         }
+        for (repo, number, head_sha, head_ref, author) in &self.pulls {
+            github.add_pull(repo, *number, head_sha, head_ref, "open", author, &[]);
+        }
+        for (repo, login, role) in &self.permissions {
+            github.set_permission(repo, login, role);
+        }
+        for (token, login) in &self.user_tokens {
+            github.add_user_token(token, login);
+        }
         for secret in secrets_of_the_setup() {
             github.forbid_publishing(&secret);
         }
-        let database_url = database(db, &tmp).await;
+        let config = self.config.unwrap_or_else(|| {
+            Config::load(&manifest_dir().join("deploy/packit.toml"))
+                .expect("deploy/packit.toml is valid")
+        });
+        let database_url = database(self.db, &tmp).await;
         let settings = Settings {
             config_source: ConfigSource::File(manifest_dir().join("deploy/packit.toml")),
             database_url: database_url.clone(),
             listen: "127.0.0.1:0".parse().expect("addr"),
-            webhook_secrets: options.secrets.iter().map(|s| Secret::new(*s)).collect(),
-            github: options.github.then(|| GitHubSettings {
-                timeout: options.config.github.timeout(),
+            webhook_secrets: self.secrets.iter().map(|s| Secret::new(*s)).collect(),
+            github: self.github.then(|| GitHubSettings {
+                timeout: config.github.timeout(),
                 api_url: github.url(),
                 app_id: APP_ID,
                 private_key_pem: std::fs::read(key_path()).expect("test key"),
             }),
-            kube_url: options.kube_url.clone(),
+            kube_url: self.kube_url,
         };
         // Tests look at GitHub right after the work is done: no pause between
         // status edits.
-        let mut config = options.config;
+        let mut config = config;
         config.bot.status_interval_ms = 0;
         let app = App::new(settings.clone(), config.clone())
             .await
@@ -334,6 +406,27 @@ impl TestApp {
             config,
             _tmp: tmp,
         }
+    }
+}
+
+impl TestApp {
+    /// A test's deploybot, set up as [`TestAppBuilder`] says.
+    pub fn builder(db: Db) -> TestAppBuilder {
+        TestAppBuilder {
+            db,
+            config: None,
+            secrets: vec![SECRET, OLD_SECRET],
+            github: true,
+            kube_url: None,
+            permissions: Vec::new(),
+            user_tokens: Vec::new(),
+            pulls: Vec::new(),
+        }
+    }
+
+    /// A test's deploybot with every default of [`TestAppBuilder`].
+    pub async fn start(db: Db) -> TestApp {
+        TestApp::builder(db).start().await
     }
 
     /// Stop this deploybot and start a new one on the same database and

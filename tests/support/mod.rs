@@ -6,4 +6,6 @@
 pub mod fake_github;
 pub mod fake_kube;
 pub mod harness;
+pub mod http;
+pub mod openapi;
 pub mod pg;
