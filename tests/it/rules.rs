@@ -36,14 +36,10 @@ enum Entry {
 }
 
 async fn app(db: Db) -> TestApp {
-    let t = TestApp::start_with(
-        db,
-        Options {
-            config: Config::builtin_default(),
-            ..Options::default()
-        },
-    )
-    .await;
+    let t = TestApp::builder(db)
+        .config(Config::builtin_default())
+        .start()
+        .await;
     for who in ["alice", "bob"] {
         t.github
             .set_permission("packit/packit-service", who, "write");

@@ -89,14 +89,7 @@ vars_file = "vars/generated.json"
         components = packit_components(),
     );
     let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let t = TestApp::start_with(
-        db,
-        Options {
-            config,
-            ..Options::default()
-        },
-    )
-    .await;
+    let t = TestApp::builder(db).config(config).start().await;
     t.github
         .set_permission("packit/packit-service", "alice", "write");
     t.github.add_pull(
