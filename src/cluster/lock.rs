@@ -235,7 +235,7 @@ impl Cluster {
     ) -> Result<bool, ClusterError> {
         let api = self.leases(ns);
         let what = what(ns);
-        for _ in 0..ATTEMPTS {
+        super::again_on_conflict(&what, || async {
             let Some(mut lease) = api
                 .get_opt(LEASE_NAME)
                 .await
@@ -247,18 +247,12 @@ impl Cluster {
                 return Ok(false);
             }
             change(&mut lease)?;
-            match api.replace(LEASE_NAME, &post_params(), &lease).await {
-                Ok(_) => return Ok(true),
-                Err(e) => match ClusterError::from_kube(e, &what) {
-                    ClusterError::Conflict { .. } => continue,
-                    other => return Err(other),
-                },
-            }
-        }
-        Err(ClusterError::Conflict {
-            reason: "Conflict".into(),
-            message: format!("{what} kept changing while deploybot tried to update it"),
+            api.replace(LEASE_NAME, &post_params(), &lease)
+                .await
+                .map_err(|e| ClusterError::from_kube(e, &what))?;
+            Ok(true)
         })
+        .await
     }
 }
 

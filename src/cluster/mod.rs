@@ -145,6 +145,32 @@ where
     attempt().await
 }
 
+/// How often a read-change-write on a resourceVersion is tried when
+/// someone else writes in between (409).
+const CONFLICT_ATTEMPTS: usize = 3;
+
+/// Run `attempt` (read, change, write on the resourceVersion read) again
+/// after a 409, a few times; then say that `what` kept changing.
+pub(crate) async fn again_on_conflict<T, F, Fut>(
+    what: &str,
+    mut attempt: F,
+) -> Result<T, ClusterError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClusterError>>,
+{
+    for _ in 0..CONFLICT_ATTEMPTS {
+        match attempt().await {
+            Err(ClusterError::Conflict { .. }) => continue,
+            done => return done,
+        }
+    }
+    Err(ClusterError::Conflict {
+        reason: "Conflict".into(),
+        message: format!("{what} kept changing while deploybot tried to update it"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

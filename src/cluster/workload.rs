@@ -14,9 +14,6 @@ use tokio::time::Instant;
 
 use super::{Cluster, ClusterError, FIELD_MANAGER, pause};
 
-/// Writes tried before giving up on an object that keeps changing.
-const ATTEMPTS: usize = 3;
-
 /// The workload kinds deploybot points at images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WorkloadKind {
@@ -299,7 +296,7 @@ impl Cluster {
             field_manager: Some(FIELD_MANAGER.to_string()),
             ..PostParams::default()
         };
-        for _ in 0..ATTEMPTS {
+        super::again_on_conflict(&what, || async {
             let mut object = super::idempotent(&what, || async {
                 api.get(stream)
                     .await
@@ -312,18 +309,12 @@ impl Cluster {
                 let existing = object.metadata.annotations.get_or_insert_default();
                 existing.extend(annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
-            match api.replace(stream, &params, &object).await {
-                Ok(_) => return Ok(()),
-                Err(e) => match ClusterError::from_kube(e, &what) {
-                    ClusterError::Conflict { .. } => continue,
-                    other => return Err(other),
-                },
-            }
-        }
-        Err(ClusterError::Conflict {
-            reason: "Conflict".into(),
-            message: format!("{what} kept changing while deploybot tried to update it"),
+            api.replace(stream, &params, &object)
+                .await
+                .map_err(|e| ClusterError::from_kube(e, &what))?;
+            Ok(())
         })
+        .await
     }
 }
 
