@@ -120,86 +120,76 @@ impl Cluster {
         annotations: &BTreeMap<String, String>,
     ) -> Result<i64, ClusterError> {
         let what = format!("{kind} {ns}/{name}");
-        super::idempotent(&what, || {
-            self.patch_workload_once(ns, kind, name, select, image, annotations)
+        let what = what.as_str();
+        super::idempotent(what, || async move {
+            let api = self.workloads(ns, kind);
+            let current = api
+                .get(name)
+                .await
+                .map_err(|e| ClusterError::from_kube(e, what))?;
+            let pod_spec = current.data.pointer("/spec/template/spec");
+            let mut patch_spec = Map::new();
+            let mut seen = Vec::new();
+            for list in ["initContainers", "containers"] {
+                let containers = pod_spec
+                    .and_then(|spec| spec.get(list))
+                    .and_then(Value::as_array)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let mut chosen = Vec::new();
+                for container in containers {
+                    let container_name =
+                        container.get("name").and_then(Value::as_str).unwrap_or("");
+                    let container_image =
+                        container.get("image").and_then(Value::as_str).unwrap_or("");
+                    seen.push(format!("{container_name} ({container_image})"));
+                    let wanted = match select {
+                        Select::Named(wanted) => container_name == *wanted,
+                        Select::Repository(repo) => image_repository(container_image) == *repo,
+                    };
+                    if wanted && !container_name.is_empty() {
+                        chosen.push(json!({"name": container_name, "image": image}));
+                    }
+                }
+                if !chosen.is_empty() {
+                    patch_spec.insert(list.to_string(), Value::Array(chosen));
+                }
+            }
+            if patch_spec.is_empty() {
+                let wanted = match select {
+                    Select::Named(container) => format!("container named {container:?}"),
+                    Select::Repository(repo) => format!("container running an image of {repo}"),
+                };
+                return Err(ClusterError::Invalid(format!(
+                    "{what} has no {wanted} (containers: {})",
+                    if seen.is_empty() {
+                        "none".to_string()
+                    } else {
+                        seen.join(", ")
+                    }
+                )));
+            }
+            let mut template = json!({"spec": Value::Object(patch_spec)});
+            let mut patch = json!({"spec": {}});
+            if !annotations.is_empty() {
+                template["metadata"] = json!({ "annotations": annotations });
+                patch["metadata"] = json!({ "annotations": annotations });
+            }
+            patch["spec"]["template"] = template;
+            let params = PatchParams {
+                field_manager: Some(FIELD_MANAGER.to_string()),
+                ..PatchParams::default()
+            };
+            let patched = api
+                .patch(name, &params, &Patch::Strategic(&patch))
+                .await
+                .map_err(|e| ClusterError::from_kube(e, what))?;
+            patched
+                .metadata
+                .generation
+                .ok_or_else(|| ClusterError::Invalid(format!("{what} has no metadata.generation")))
         })
         .await
-    }
-
-    async fn patch_workload_once(
-        &self,
-        ns: &str,
-        kind: WorkloadKind,
-        name: &str,
-        select: &Select<'_>,
-        image: &str,
-        annotations: &BTreeMap<String, String>,
-    ) -> Result<i64, ClusterError> {
-        let what = format!("{kind} {ns}/{name}");
-        let api = self.workloads(ns, kind);
-        let current = api
-            .get(name)
-            .await
-            .map_err(|e| ClusterError::from_kube(e, &what))?;
-        let pod_spec = current.data.pointer("/spec/template/spec");
-        let mut patch_spec = Map::new();
-        let mut seen = Vec::new();
-        for list in ["initContainers", "containers"] {
-            let containers = pod_spec
-                .and_then(|spec| spec.get(list))
-                .and_then(Value::as_array)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            let mut chosen = Vec::new();
-            for container in containers {
-                let container_name = container.get("name").and_then(Value::as_str).unwrap_or("");
-                let container_image = container.get("image").and_then(Value::as_str).unwrap_or("");
-                seen.push(format!("{container_name} ({container_image})"));
-                let wanted = match select {
-                    Select::Named(wanted) => container_name == *wanted,
-                    Select::Repository(repo) => image_repository(container_image) == *repo,
-                };
-                if wanted && !container_name.is_empty() {
-                    chosen.push(json!({"name": container_name, "image": image}));
-                }
-            }
-            if !chosen.is_empty() {
-                patch_spec.insert(list.to_string(), Value::Array(chosen));
-            }
-        }
-        if patch_spec.is_empty() {
-            let wanted = match select {
-                Select::Named(container) => format!("container named {container:?}"),
-                Select::Repository(repo) => format!("container running an image of {repo}"),
-            };
-            return Err(ClusterError::Invalid(format!(
-                "{what} has no {wanted} (containers: {})",
-                if seen.is_empty() {
-                    "none".to_string()
-                } else {
-                    seen.join(", ")
-                }
-            )));
-        }
-        let mut template = json!({"spec": Value::Object(patch_spec)});
-        let mut patch = json!({"spec": {}});
-        if !annotations.is_empty() {
-            template["metadata"] = json!({ "annotations": annotations });
-            patch["metadata"] = json!({ "annotations": annotations });
-        }
-        patch["spec"]["template"] = template;
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_string()),
-            ..PatchParams::default()
-        };
-        let patched = api
-            .patch(name, &params, &Patch::Strategic(&patch))
-            .await
-            .map_err(|e| ClusterError::from_kube(e, &what))?;
-        patched
-            .metadata
-            .generation
-            .ok_or_else(|| ClusterError::Invalid(format!("{what} has no metadata.generation")))
     }
 
     fn workloads(&self, ns: &str, kind: WorkloadKind) -> Api<DynamicObject> {
