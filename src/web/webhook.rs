@@ -283,6 +283,14 @@ fn decode_comment(ev: CommentEvent, config: &Config) -> (Vec<Effect>, &'static s
     if config.component_by_repo(&ev.repository.full_name).is_none() {
         return (vec![], "ignored: repository not configured");
     }
+    // An edit is someone's word only if they wrote the comment: a
+    // maintainer editing a stranger's comment (or the reverse) asks nothing.
+    if ev.action == "edited" && !ev.sender.login.eq_ignore_ascii_case(&ev.comment.user.login) {
+        return (
+            vec![],
+            "ignored: comment edited by someone other than its author",
+        );
+    }
     let body = ev.comment.body.unwrap_or_default();
     let prefix = &config.bot.command_prefix;
     let old = match (&ev.action[..], ev.changes.and_then(|c| c.body)) {
@@ -303,7 +311,8 @@ fn decode_comment(ev: CommentEvent, config: &Config) -> (Vec<Effect>, &'static s
             number: ev.issue.number,
             is_pull_request: ev.issue.pull_request.is_some(),
             comment_id: ev.comment.id,
-            author: ev.comment.user.login,
+            // Who asked: the sender (the comment's author, for an edit too).
+            author: ev.sender.login,
             installation_id: ev.installation.map(|i| i.id),
             lines,
         })],

@@ -11,7 +11,10 @@ use serde_json::Value;
 use crate::support;
 use support::harness::*;
 
-on_both_backends!(a_job_command_sees_none_of_deploybots_environment);
+on_both_backends!(
+    a_job_command_sees_none_of_deploybots_environment,
+    an_edit_by_someone_else_asks_nothing,
+);
 
 const SECRET_VALUE: &str = "vault-4f9c1e7a2b3d";
 
@@ -177,4 +180,47 @@ vars_file = "vars/generated.json"
     assert!(!Path::new(home).exists(), "the job's directory is removed");
     t.seen_status_comments();
     t.replies("packit/packit-service", 614);
+}
+
+/// A maintainer editing a stranger's comment (or a stranger editing a
+/// maintainer's) asks nothing: an edit speaks for its author only.
+async fn an_edit_by_someone_else_asks_nothing(db: Db) {
+    let t = TestApp::builder(db)
+        .config(Config::builtin_default())
+        .permission("packit/packit-service", "alice", "write")
+        .permission("packit/packit-service", "mallory", "read")
+        .start()
+        .await;
+    let old = "hello";
+    let created = comment_event("packit/packit-service", 614, true, old, "mallory");
+    t.deliver("issue_comment", &created).await;
+    let mut edited = created.clone();
+    edited["action"] = serde_json::json!("edited");
+    edited["sender"]["login"] = serde_json::json!("alice");
+    edited["comment"]["body"] = serde_json::json!("hello\n/deploy");
+    edited["changes"] = serde_json::json!({ "body": { "from": old } });
+    let (status, answer) = t.deliver("issue_comment", &edited).await;
+    assert!(status.is_success(), "{answer}");
+    assert_eq!(
+        answer["message"], "ignored: comment edited by someone other than its author",
+        "{answer}"
+    );
+    t.run().await;
+    assert!(t.jobs().await.is_empty(), "nothing is queued");
+    // The author's own edit is theirs (and mallory may not deploy).
+    edited["sender"]["login"] = serde_json::json!("mallory");
+    edited["comment"]["body"] = serde_json::json!("hello\n/deploy again");
+    let (status, answer) = t.deliver("issue_comment", &edited).await;
+    assert!(status.is_success(), "{answer}");
+    t.run().await;
+    assert!(t.jobs().await.is_empty(), "mallory may not deploy");
+    let replies = t.replies("packit/packit-service", 614);
+    assert_eq!(replies.len(), 1, "mallory is told once: {replies:#?}");
+    assert!(
+        replies[0]
+            .body
+            .starts_with("@mallory, I can't deploy for you"),
+        "{}",
+        replies[0].body
+    );
 }
