@@ -3,7 +3,6 @@
 //! private directory, and values read from files are never shown.
 
 use std::path::Path;
-use std::process::Command;
 
 use deploybot::config::Config;
 use serde_json::Value;
@@ -17,21 +16,6 @@ on_both_backends!(
 );
 
 const SECRET_VALUE: &str = "vault-4f9c1e7a2b3d";
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.org")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.org")
-        .output()
-        .expect("git runs");
-    assert!(out.status.success(), "git {args:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 /// A repository on main with one commit; returns the commit.
 fn repo(root: &Path, name: &str) -> String {
