@@ -42,18 +42,9 @@ impl Progress {
             let _ = writeln!(err, "[{step}] {message}");
             return;
         }
-        let is_step = matches!(
-            step.as_str(),
-            "queued"
-                | "resolve"
-                | "plan"
-                | "waiting"
-                | "lock"
-                | "build"
-                | "cleanup"
-                | "deploy"
-                | "hold"
-        );
+        let is_step = step
+            .parse::<crate::domain::Step>()
+            .is_ok_and(|s| crate::domain::Step::PIPELINE.contains(&s));
         if is_step && step != self.step {
             if !self.step.is_empty() {
                 let _ = writeln!(

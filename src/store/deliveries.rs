@@ -125,7 +125,7 @@ impl Store {
         .bind(action)
         .bind(tx.now)
         .bind(outcome)
-        .execute(tx.conn())
+        .execute(tx.db())
         .await?;
         Ok(done.rows_affected() == 1)
     }

@@ -81,7 +81,7 @@ impl Store {
         .bind(job_id)
         .bind(until)
         .bind(tx.now)
-        .execute(tx.conn())
+        .execute(tx.db())
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -95,7 +95,7 @@ impl Store {
         .bind(job_id)
         .bind(until)
         .bind(tx.now)
-        .execute(tx.conn())
+        .execute(tx.db())
         .await?;
         if done.rows_affected() == 1 {
             // Waiting requests show until when it is held.
@@ -121,7 +121,7 @@ impl Store {
         .bind(job_id)
         .bind(i64::from(dirty))
         .bind(tx.now)
-        .execute(tx.conn())
+        .execute(tx.db())
         .await?;
         if done.rows_affected() == 1 {
             // The holder's deployment on GitHub becomes inactive.
@@ -135,7 +135,7 @@ impl Store {
         sqlx::query("UPDATE environments SET dirty = 0, updated_at = $2 WHERE name = $1")
             .bind(name)
             .bind(tx.now)
-            .execute(tx.conn())
+            .execute(tx.db())
             .await?;
         Ok(())
     }

@@ -18,7 +18,7 @@ impl Store {
             .bind(tx.now)
             .bind(step.as_str())
             .bind(message)
-            .execute(tx.conn())
+            .execute(tx.db())
             .await?;
         Ok(())
     }
@@ -84,7 +84,7 @@ impl Store {
             .bind(&pr.repo)
             .bind(pr.number)
             .bind(pr.head_sha.as_deref())
-            .execute(tx.conn())
+            .execute(tx.db())
             .await?;
         }
         Ok(())

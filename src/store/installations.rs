@@ -14,7 +14,7 @@ impl Store {
         .bind(number)
         .bind(login)
         .bind(tx.now)
-        .execute(tx.conn())
+        .execute(tx.db())
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -27,7 +27,7 @@ impl Store {
         .bind(repo.to_ascii_lowercase())
         .bind(installation_id)
         .bind(tx.now)
-        .execute(tx.conn())
+        .execute(tx.db())
         .await?;
         Ok(())
     }
@@ -35,7 +35,7 @@ impl Store {
     pub async fn remove_installation(tx: &mut Tx, repo: &str) -> Result<()> {
         sqlx::query("DELETE FROM installations WHERE repo = $1")
             .bind(repo.to_ascii_lowercase())
-            .execute(tx.conn())
+            .execute(tx.db())
             .await?;
         Ok(())
     }

@@ -115,7 +115,7 @@ impl Store {
         .bind(&job.environment)
         .bind(&job.base)
         .bind(now)
-        .fetch_one(tx.conn())
+        .fetch_one(tx.db())
         .await?;
         let id: i64 = row.try_get(0)?;
         for pr in &job.pull_requests {
@@ -127,14 +127,14 @@ impl Store {
             .bind(&pr.repo)
             .bind(pr.number)
             .bind(pr.head_sha.as_deref())
-            .execute(tx.conn())
+            .execute(tx.db())
             .await?;
         }
         if !job.pinned.is_empty() {
             sqlx::query("UPDATE jobs SET pinned = $2 WHERE id = $1")
                 .bind(id)
                 .bind(serde_json::to_string(&job.pinned)?)
-                .execute(tx.conn())
+                .execute(tx.db())
                 .await?;
         }
         Store::add_event(tx, id, Step::Queued, &job.queued_message).await?;
@@ -210,7 +210,7 @@ impl Store {
                 .bind(number)
                 .bind(newer),
         };
-        let rows = query.fetch_all(tx.conn()).await?;
+        let rows = query.fetch_all(tx.db()).await?;
         let mut ended = jobs(&rows)?;
         ended.sort_by_key(|j| j.id);
         Ok(ended)
@@ -223,7 +223,7 @@ impl Store {
         )
         .bind(job_id)
         .bind(tx.now)
-        .execute(tx.conn())
+        .execute(tx.db())
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -241,7 +241,7 @@ impl Store {
         .bind(state.conclusion().map(Conclusion::as_str))
         .bind(outcome.reason())
         .bind(tx.now)
-        .execute(tx.conn())
+        .execute(tx.db())
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -252,7 +252,7 @@ impl Store {
             .bind(job_id)
             .bind(environment)
             .bind(tx.now)
-            .execute(tx.conn())
+            .execute(tx.db())
             .await?;
         Ok(())
     }
@@ -262,7 +262,7 @@ impl Store {
             .bind(job_id)
             .bind(step.as_str())
             .bind(tx.now)
-            .execute(tx.conn())
+            .execute(tx.db())
             .await?;
         Store::want_sync(tx, job_id).await
     }
@@ -278,7 +278,7 @@ impl Store {
             .bind(serde_json::to_string(pinned)?)
             .bind(serde_json::to_string(plan)?)
             .bind(tx.now)
-            .execute(tx.conn())
+            .execute(tx.db())
             .await?;
         Ok(())
     }
@@ -291,7 +291,7 @@ impl Store {
         )
         .bind(repo)
         .bind(number)
-        .fetch_all(tx.conn())
+        .fetch_all(tx.db())
         .await?;
         jobs(&rows)
     }
@@ -309,7 +309,7 @@ impl Store {
         .bind(job_id)
         .bind(repo)
         .bind(number)
-        .fetch_optional(tx.conn())
+        .fetch_optional(tx.db())
         .await?;
         Ok(row.is_some())
     }

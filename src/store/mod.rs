@@ -51,10 +51,6 @@ pub struct Tx {
 }
 
 impl Tx {
-    fn conn(&mut self) -> &mut sqlx::AnyConnection {
-        &mut self.inner
-    }
-
     /// Where a single read runs inside this transaction.
     pub fn db(&mut self) -> &mut sqlx::AnyConnection {
         &mut self.inner
@@ -65,7 +61,7 @@ impl Tx {
     pub async fn notify_jobs(&mut self) -> Result<()> {
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT pg_notify('deploybot_jobs', '')")
-                .execute(self.conn())
+                .execute(self.db())
                 .await?;
         }
         Ok(())
@@ -278,7 +274,7 @@ impl Store {
         let mut tx = self.begin().await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                .execute(tx.conn())
+                .execute(tx.db())
                 .await?;
         }
         Ok(tx)

@@ -29,7 +29,7 @@ impl Store {
         .bind(payload)
         .bind(tx.now)
         .bind(i64::from(now))
-        .execute(tx.conn())
+        .execute(tx.db())
         .await?;
         Ok(())
     }
@@ -40,7 +40,7 @@ impl Store {
             "SELECT id FROM jobs WHERE state = 'queued' AND environment = $1 ORDER BY id",
         )
         .bind(environment)
-        .fetch_all(tx.conn())
+        .fetch_all(tx.db())
         .await?;
         for row in rows {
             Store::want_sync(tx, row.try_get(0)?).await?;
@@ -58,7 +58,7 @@ impl Store {
         .bind(report.kind())
         .bind(serde_json::to_string(report)?)
         .bind(now)
-        .fetch_one(tx.conn())
+        .fetch_one(tx.db())
         .await?;
         Ok(row.try_get(0)?)
     }

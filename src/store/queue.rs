@@ -71,7 +71,7 @@ impl Store {
         )
         .bind(job_id)
         .bind(tx.now)
-        .execute(tx.conn())
+        .execute(tx.db())
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -87,7 +87,7 @@ impl Store {
         .bind(step.as_str())
         .bind(run_after)
         .bind(tx.now)
-        .execute(tx.conn())
+        .execute(tx.db())
         .await?;
         Ok(())
     }
@@ -113,7 +113,7 @@ impl Store {
         .bind(job_id)
         .bind(reaper)
         .bind(tx.now)
-        .execute(tx.conn())
+        .execute(tx.db())
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -148,7 +148,7 @@ impl Store {
         )
         .bind(environment)
         .bind(tx.now)
-        .execute(tx.conn())
+        .execute(tx.db())
         .await?;
         Store::resync_queue(tx, environment).await?;
         tx.notify_jobs().await

@@ -17,7 +17,7 @@ impl Store {
         .bind(delivery_id)
         .bind(serde_json::to_string(payload)?)
         .bind(now)
-        .fetch_one(tx.conn())
+        .fetch_one(tx.db())
         .await?;
         Ok(row.try_get(0)?)
     }
@@ -39,7 +39,7 @@ impl Store {
         )
         .bind(id)
         .bind(tx.now)
-        .execute(tx.conn())
+        .execute(tx.db())
         .await?;
         Ok(done.rows_affected() == 1)
     }
