@@ -117,17 +117,16 @@ impl Actions {
 
     /// SPEC §5 for `login` on each of `repos` (all must allow).
     async fn allowed_on(&self, login: &str, repos: &[String]) -> Result<(), ActionError> {
-        for repo in repos {
-            let Some(name) = RepoName::parse(repo) else {
-                return Err(ActionError::BadRequest(format!(
-                    "`{repo}` is not a repository"
-                )));
-            };
-            if let Decision::Denied(why) = self.intake.authorise(&name, None, login).await? {
-                return Err(ActionError::Forbidden(format!(
-                    "I can't do this for you: {why}"
-                )));
-            }
+        if let Some(repo) = repos.iter().find(|r| RepoName::parse(r).is_none()) {
+            return Err(ActionError::BadRequest(format!(
+                "`{repo}` is not a repository"
+            )));
+        }
+        let repos: Vec<(String, Option<i64>)> = repos.iter().map(|r| (r.clone(), None)).collect();
+        if let Decision::Denied(why) = self.intake.authorise_on(login, &repos).await? {
+            return Err(ActionError::Forbidden(format!(
+                "I can't do this for you: {why}"
+            )));
         }
         Ok(())
     }
@@ -172,6 +171,14 @@ impl Actions {
             Ok(pinned) => pinned,
             Err(problem) => return Err(ActionError::BadRequest(problem)),
         };
+        let doubts = self.intake.doubts(&request, &pinned, None).await?;
+        if !doubts.is_empty() {
+            return Err(ActionError::Forbidden(format!(
+                "{}. To deploy it anyway, name the exact commits you checked: `{}`",
+                doubts.join("; "),
+                crate::intake::naming_commits(&request, &pinned).to_args()
+            )));
+        }
         // Where it is "asked": the first PR it names, else the first component's repository.
         let first_pr = request.refs.iter().find_map(|r| match r.reference {
             Ref::Pr(n) => Some((self.intake.config.component(&r.component)?.repo.clone(), n)),
@@ -197,10 +204,14 @@ impl Actions {
             comment_id: None,
         };
         let mut tx = self.intake.store.begin().await?;
-        let id = self
+        let id = match self
             .intake
             .queue(&mut tx, &origin, &asked, &request, &pinned)
-            .await?;
+            .await?
+        {
+            Ok(id) => id,
+            Err(refused) => return Err(ActionError::Conflict(refused)),
+        };
         if origin.is_pull_request {
             let why = format!("superseded by request #{id} from @{login}");
             ops::supersede_older(&mut tx, &origin.repo, origin.number, id, &why).await?;

@@ -123,6 +123,9 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
         Command::CheckConfig => {
             println!("configuration OK: {}", config.summary());
+            for warning in config.warnings() {
+                println!("{warning}");
+            }
             println!("database: {}", redact_url(&settings.database_url));
             match settings.github_off_reason() {
                 Some(reason) => println!("{reason}"),
@@ -212,6 +215,9 @@ async fn serve(settings: Settings, config: deploybot::config::Config) -> Result<
         );
     }
     tracing::info!(config = %config.summary(), "configuration loaded");
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     if let Some(reason) = settings.github_off_reason() {
         tracing::warn!("!!! {reason} !!!");
     }

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use markdown::{command_lines, new_command_lines};
 pub use parse::parse_command;
-pub use refs::{valid_branch_name, valid_commit};
+pub use refs::{MIN_COMMIT_DIGITS, valid_branch_name, valid_commit};
 use tokenize::code;
 
 /// What the grammar needs to know about the configuration.
@@ -139,6 +139,7 @@ impl DeployRequest {
         self.refs.push(ComponentRef {
             component: component.to_string(),
             reference: Ref::Pr(pr),
+            confirms: None,
         });
         true
     }
@@ -167,9 +168,10 @@ impl DeployRequest {
             args.push("--dry-run".into());
         }
         for r in &self.refs {
-            match &r.reference {
-                Ref::Pr(n) => args.push(format!("{}={n}", r.component)),
-                other => args.push(format!("{}={other}", r.component)),
+            match (&r.reference, &r.confirms) {
+                (Ref::Pr(n), Some(sha)) => args.push(format!("{}={n}@{sha}", r.component)),
+                (Ref::Pr(n), None) => args.push(format!("{}={n}", r.component)),
+                (other, _) => args.push(format!("{}={other}", r.component)),
             }
         }
         args.join(" ")
@@ -184,10 +186,14 @@ pub struct ComponentRef {
     /// What to take from it.
     #[serde(rename = "ref")]
     pub reference: Ref,
+    /// For a PR written `123@SHA`: the commit the asker confirms (12 to 40
+    /// hex digits, lowercase); the PR's head must be that commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirms: Option<String>,
 }
 
 /// What to take from a component. Always valid: PR numbers are positive,
-/// branch names pass git's check-ref-format rules, commits are 7–40 lowercase hex digits.
+/// branch names pass git's check-ref-format rules, commits are 12–40 lowercase hex digits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "value", rename_all = "snake_case")]
 pub enum Ref {
@@ -354,7 +360,7 @@ pub fn help_text(vocab: &Vocabulary) -> String {
          {p} extend DURATION lengthen this PR's hold (up to {max})\n\
          {p} cancel [JOB]    cancel this PR's queued or running request\n\
          {p} help            this text\n```\n\n\
-         - `REF` is a PR (`123`, `#123` or the PR's URL), a branch (`branch:main`) or a commit (`@1a2b3c4`, 7 to 40 hex digits).\n\
+         - `REF` is a PR (`123`, `#123` or the PR's URL), a branch (`branch:main`) or a commit (`@1a2b3c4d5e6f`, 12 to 40 hex digits; `123@1a2b3c4d5e6f` is PR 123 at the commit you confirm).\n\
          - `DURATION` is hours and minutes: `90m`, `2h`, `1h30m` (at most {max}).\n\
          - A command on a component's PR deploys that PR too, unless the command names the component.\n\
          - Components without a ref use the `--base` images (`stg` by default).\n\

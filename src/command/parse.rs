@@ -1,7 +1,7 @@
 //! Parsing one command line into a [`Command`].
 //! Pure: the vocabulary comes from the caller; nothing is looked up.
 
-use super::refs::{REF_FORMS, parse_number, parse_ref};
+use super::refs::{REF_FORMS, parse_number, parse_ref, split_confirmed, valid_commit};
 use super::tokenize::{Token, code, code_list, did_you_mean, suggest, tokenize};
 use super::{Base, Command, ComponentRef, DeployRequest, ParseError, VocabComponent, Vocabulary};
 use super::{format_duration, parse_duration};
@@ -239,10 +239,23 @@ fn component_ref(token: &Token, eq: usize, vocab: &Vocabulary) -> Result<Compone
         let msg = format!("{} has no ref after `=`. {REF_FORMS}", code(token.text));
         return Err(error(token, msg));
     }
-    let reference = parse_ref(value.text, component, vocab).map_err(|msg| error(&value, msg))?;
+    let (text, confirms) = match split_confirmed(value.text) {
+        Some((pr, sha)) if valid_commit(sha) => (pr, Some(sha.to_ascii_lowercase())),
+        Some(_) => {
+            let msg = format!(
+                "{} names a PR's commit with too few or wrong digits: write the PR, `@` and 12 to 40 hex digits, e.g. `{}=123@1a2b3c4d5e6f`.",
+                code(value.text),
+                component.name
+            );
+            return Err(error(&value, msg));
+        }
+        None => (value.text, None),
+    };
+    let reference = parse_ref(text, component, vocab).map_err(|msg| error(&value, msg))?;
     Ok(ComponentRef {
         component: component.name.clone(),
         reference,
+        confirms,
     })
 }
 
@@ -398,7 +411,7 @@ fn bare_word(token: &Token, first: bool, vocab: &Vocabulary) -> ParseError {
     } else if let Some(c) = vocab.component(word) {
         let n = &c.name;
         format!(
-            ". To deploy `{n}`, give a ref: `{n}=123` (a PR), `{n}=branch:main` or `{n}=@1a2b3c4`."
+            ". To deploy `{n}`, give a ref: `{n}=123` (a PR), `{n}=branch:main` or `{n}=@1a2b3c4d5e6f`."
         )
     } else if let Some(c) = vocab
         .components

@@ -123,7 +123,7 @@ fn deploy_request() -> impl Strategy<Value = DeployRequest> {
     let reference = prop_oneof![
         (1u64..).prop_map(Ref::Pr),
         "[a-z0-9_][a-z0-9_-]{0,8}(/[a-z0-9_][a-z0-9_-]{0,8}){0,2}(\\.[0-9])?".prop_map(Ref::Branch),
-        "[0-9a-f]{7,40}".prop_map(Ref::Commit),
+        "[0-9a-f]{12,40}".prop_map(Ref::Commit),
     ];
     (
         any::<bool>(),
@@ -158,6 +158,7 @@ fn deploy_request() -> impl Strategy<Value = DeployRequest> {
                     .map(|(component, reference)| ComponentRef {
                         component,
                         reference,
+                        confirms: None,
                     })
                     .collect();
                 request

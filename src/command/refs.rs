@@ -1,4 +1,4 @@
-//! Refs (`123`, `#123`, PR URL, `branch:NAME`, `@SHA`) and their validation.
+//! Refs (`123`, `#123`, PR URL, `branch:NAME`, `@SHA`, `123@SHA`) and their validation.
 //! Pure text rules; knows no repository or GitHub.
 
 use super::tokenize::{code, did_you_mean};
@@ -70,13 +70,25 @@ fn branch_problem(name: &str) -> Option<&'static str> {
         .map(|(_, problem)| problem)
 }
 
-/// Whether `sha` is 7 to 40 hex digits.
+/// The fewest hex digits a commit may be named by: short prefixes are
+/// ambiguous, and easy to collide with on purpose.
+pub const MIN_COMMIT_DIGITS: usize = 12;
+
+/// Whether `sha` is 12 to 40 hex digits.
 pub fn valid_commit(sha: &str) -> bool {
-    (7..=40).contains(&sha.len()) && sha.bytes().all(|b| b.is_ascii_hexdigit())
+    (MIN_COMMIT_DIGITS..=40).contains(&sha.len()) && sha.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// `123@1a2b3c4d5e6f` (or `#123@…`): a PR with the commit the asker
+/// confirms. `None` when `text` is not of that form.
+pub(crate) fn split_confirmed(text: &str) -> Option<(&str, &str)> {
+    let (pr, sha) = text.rsplit_once('@')?;
+    let digits = pr.strip_prefix('#').unwrap_or(pr);
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then_some((pr, sha))
 }
 
 /// How to write a ref, for error messages.
-pub(crate) const REF_FORMS: &str = "A ref is a PR (`123`, `#123` or the PR's URL), a branch (`branch:NAME`) or a commit (`@1a2b3c4`, 7 to 40 hex digits).";
+pub(crate) const REF_FORMS: &str = "A ref is a PR (`123`, `#123` or the PR's URL), a branch (`branch:NAME`) or a commit (`@1a2b3c4d5e6f`, 12 to 40 hex digits); `123@1a2b3c4d5e6f` is a PR at the commit you confirm.";
 
 /// Parse the ref of `component`; the error is a message that quotes `text`.
 pub(crate) fn parse_ref(
@@ -117,7 +129,7 @@ pub(crate) fn parse_ref(
             Ok(Ref::Commit(sha.to_ascii_lowercase()))
         } else {
             Err(format!(
-                "{quoted} is not a commit: write `@` and 7 to 40 hex digits, e.g. `@1a2b3c4`."
+                "{quoted} is not a commit: write `@` and 12 to 40 hex digits, e.g. `@1a2b3c4d5e6f`."
             ))
         };
     }

@@ -42,18 +42,21 @@ pub(super) fn pr(component: &str, n: u64) -> ComponentRef {
     ComponentRef {
         component: component.into(),
         reference: Ref::Pr(n),
+        confirms: None,
     }
 }
 fn branch(component: &str, name: &str) -> ComponentRef {
     ComponentRef {
         component: component.into(),
         reference: Ref::Branch(name.into()),
+        confirms: None,
     }
 }
 fn commit(component: &str, sha: &str) -> ComponentRef {
     ComponentRef {
         component: component.into(),
         reference: Ref::Commit(sha.into()),
+        confirms: None,
     }
 }
 fn refs(refs: &[ComponentRef]) -> Command {
@@ -98,7 +101,7 @@ fn cases() -> Vec<(String, Want)> {
         ("/deploy ogr=HTTPS://GitHub.com/Packit/OGR/pull/5", O(refs(&[pr("ogr", 5)]))),
         ("/deploy ogr=branch:main", O(refs(&[branch("ogr", "main")]))),
         ("/deploy ogr=branch:feature/x-1.2_y", O(refs(&[branch("ogr", "feature/x-1.2_y")]))),
-        ("/deploy ogr=@1A2B3C4", O(refs(&[commit("ogr", "1a2b3c4")]))),
+        ("/deploy ogr=@1A2B3C4D5E6F", O(refs(&[commit("ogr", "1a2b3c4d5e6f")]))),
         ("/deploy ogr=@0123456789abcdef0123456789ABCDEF01234567", O(refs(&[commit("ogr", &sha40.to_lowercase())]))),
         ("/deploy OGR=1", O(refs(&[pr("ogr", 1)]))),
         ("/deploy service=614", O(refs(&[pr("packit-service", 614)]))),
@@ -137,7 +140,7 @@ fn cases() -> Vec<(String, Want)> {
             })),
         ),
         (
-            "/deploy --base=prod --env dev --ttl=1h --only=packit-service --dry-run service=#614 ogr=branch:main packit=@abcdef0",
+            "/deploy --base=prod --env dev --ttl=1h --only=packit-service --dry-run service=#614 ogr=branch:main packit=@abcdef012345",
             O(deploy(|r| {
                 *r = DeployRequest {
                     base: Base::Prod,
@@ -146,7 +149,7 @@ fn cases() -> Vec<(String, Want)> {
                     only: vec!["packit-service".into()],
                     without: vec![],
                     dry_run: true,
-                    refs: vec![pr("packit-service", 614), branch("ogr", "main"), commit("packit", "abcdef0")],
+                    refs: vec![pr("packit-service", 614), branch("ogr", "main"), commit("packit", "abcdef012345")],
                 }
             })),
         ),
@@ -176,14 +179,14 @@ fn cases() -> Vec<(String, Want)> {
         ("/deploy =1", E("=1", &["does not say which component", "`COMPONENT=REF`", COMPONENTS])),
         ("/deploy ogr=1 ogr=2", E("ogr=2", &["names `ogr` a second time", "give each component once"])),
         ("/deploy packit-service=1 service=2", E("service=2", &["names `packit-service` a second time"])),
-        ("/deploy ogr=1 OGR=@1234567", E("OGR=@1234567", &["names `ogr` a second time"])),
+        ("/deploy ogr=1 OGR=@123456789012", E("OGR=@123456789012", &["names `ogr` a second time"])),
         ("/deploy centosmsg=1", E("centosmsg", &["`packit-service-centosmsg` is retired and is no longer deployed"])),
         ("/deploy packit-service-centosmsg=1", E("packit-service-centosmsg", &["is retired and is no longer deployed"])),
         // ---- errors: refs
         ("/deploy ogr=", E("ogr=", &["has no ref", REF_FORMS])),
         ("/deploy ogr=main", E("main", &["is not a PR, a branch or a commit", "`ogr=branch:main`", REF_FORMS])),
-        ("/deploy ogr=1a2b3c4d", E("1a2b3c4d", &["For a commit, write `@1a2b3c4d`"])),
-        ("/deploy ogr=abcdef12", E("abcdef12", &["For a commit, write `@abcdef12`"])),
+        ("/deploy ogr=1a2b3c4d5e6f", E("1a2b3c4d5e6f", &["For a commit, write `@1a2b3c4d5e6f`"])),
+        ("/deploy ogr=abcdef123456", E("abcdef123456", &["For a commit, write `@abcdef123456`"])),
         ("/deploy ogr=feature~1", E("feature~1", &["is not a PR, a branch or a commit", REF_FORMS])),
         ("/deploy ogr=0", E("0", &["is zero"])),
         ("/deploy ogr=#0", E("#0", &["is zero"])),
@@ -227,7 +230,9 @@ fn cases() -> Vec<(String, Want)> {
         ("/deploy ogr=branch:a\u{7f}b", E("branch:a\u{7f}b", &["a control character"])),
         ("/deploy ogr=branch:m\u{430}in", E("branch:m\u{430}in", &["non-ASCII"])),
         (long_branch.as_str(), E("", &["longer than 255 bytes"])),
-        ("/deploy ogr=@123456", E("@123456", &["is not a commit", "7 to 40 hex digits"])),
+        ("/deploy ogr=@123456", E("@123456", &["is not a commit", "12 to 40 hex digits"])),
+        ("/deploy ogr=@1a2b3c4", E("@1a2b3c4", &["is not a commit", "12 to 40 hex digits"])),
+        ("/deploy ogr=123@1a2b3c4", E("123@1a2b3c4", &["names a PR's commit", "12 to 40 hex digits"])),
         ("/deploy ogr=@0123456789abcdef0123456789abcdef012345678", E("@0123456789abcdef0123456789abcdef012345678", &["is not a commit"])),
         ("/deploy ogr=@xyz1234", E("@xyz1234", &["is not a commit"])),
         ("/deploy ogr=@", E("@", &["is not a commit"])),
@@ -486,7 +491,7 @@ fn refs_display_and_validators() {
     assert_eq!(Ref::Commit("1a2b3c4".into()).to_string(), "@1a2b3c4");
     assert_eq!((Base::Stg.as_str(), Base::Prod.as_str()), ("stg", "prod"));
     assert!(valid_branch_name("release/1.0") && !valid_branch_name("a b"));
-    assert!(valid_commit("abcdef0") && !valid_commit("abcdefg"));
+    assert!(valid_commit("abcdef012345") && !valid_commit("abcdef0") && !valid_commit("abcdefg"));
 }
 
 #[test]
@@ -507,7 +512,7 @@ fn include_current_pr() {
     assert_eq!(request.refs.len(), 2);
 
     // An alias in the command is canonical in the request, so it counts too.
-    let Ok(Command::Deploy(mut request)) = parse_command("/deploy service=@abcdef0", &vocab())
+    let Ok(Command::Deploy(mut request)) = parse_command("/deploy service=@abcdef012345", &vocab())
     else {
         panic!()
     };
@@ -523,7 +528,7 @@ fn include_current_pr() {
     assert!(empty.include_current_pr("ogr", 9));
     assert_eq!(empty.to_args(), "ogr=9");
     request.dry_run = true;
-    assert_eq!(request.to_args(), "--dry-run packit-service=@abcdef0");
+    assert_eq!(request.to_args(), "--dry-run packit-service=@abcdef012345");
 }
 
 #[test]
@@ -551,7 +556,7 @@ fn to_args_is_canonical_and_round_trips() {
 #[test]
 fn serde_json_shape_and_round_trip() {
     let Ok(command) = parse_command(
-        "/deploy --base=prod --ttl=2h packit-service=614 ogr=branch:main sandcastle=@ABCDEF0",
+        "/deploy --base=prod --ttl=2h packit-service=614 ogr=branch:main sandcastle=@ABCDEF012345",
         &vocab(),
     ) else {
         panic!()
@@ -570,7 +575,7 @@ fn serde_json_shape_and_round_trip() {
             "refs": [
                 {"component": "packit-service", "ref": {"kind": "pr", "value": 614}},
                 {"component": "ogr", "ref": {"kind": "branch", "value": "main"}},
-                {"component": "sandcastle", "ref": {"kind": "commit", "value": "abcdef0"}},
+                {"component": "sandcastle", "ref": {"kind": "commit", "value": "abcdef012345"}},
             ],
         })
     );
@@ -620,4 +625,19 @@ fn help_lists_commands_components_and_environments() {
     ] {
         assert!(help.contains(expected), "{expected:?} in\n{help}");
     }
+}
+
+#[test]
+fn a_pr_can_name_the_commit_it_confirms() {
+    let Ok(Command::Deploy(request)) =
+        parse_command("/deploy ogr=#123@1A2B3C4D5E6F packit-service=614", &vocab())
+    else {
+        panic!("a PR with its commit parses")
+    };
+    assert_eq!(request.refs[0].reference, Ref::Pr(123));
+    assert_eq!(request.refs[0].confirms.as_deref(), Some("1a2b3c4d5e6f"));
+    assert_eq!(request.refs[1].confirms, None);
+    assert_eq!(request.to_args(), "ogr=123@1a2b3c4d5e6f packit-service=614");
+    let again = parse_command(&format!("/deploy {}", request.to_args()), &vocab());
+    assert_eq!(again, Ok(Command::Deploy(request)));
 }

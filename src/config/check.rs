@@ -6,6 +6,24 @@ use std::collections::HashSet;
 use super::*;
 
 impl Config {
+    /// What an operator should know about a valid configuration: each
+    /// `command` environment runs PR code on deploybot's own machine.
+    pub fn warnings(&self) -> Vec<String> {
+        self.environments
+            .iter()
+            .filter(|e| e.kind == EnvironmentKind::Command)
+            .map(|e| {
+                format!(
+                    "warning: environment `{}` is a `command` environment: its builder, deployer and \
+                     cleanup run PR code on this machine, next to deploybot (with an empty environment \
+                     plus what its `env` names). PRs by authors without permission are built only \
+                     after a permitted user confirms their exact commit.",
+                    e.name
+                )
+            })
+            .collect()
+    }
+
     /// Every problem at once, one per line, so an operator fixes them in one go.
     pub fn validate(&self) -> Result<(), String> {
         let mut problems = Vec::new();
@@ -40,6 +58,23 @@ impl Config {
                 "permissions.min_permission {:?} must be one of write, maintain, admin",
                 self.permissions.min_permission
             ));
+        }
+        for (name, span) in [
+            ("bot.approval_window", &self.bot.approval_window),
+            ("bot.confirm_within", &self.bot.confirm_within),
+        ] {
+            if span.valid().is_none() {
+                problems.push(format!(
+                    "{name} {:?} is not a duration like 1m or 2h",
+                    span.to_string()
+                ));
+            }
+        }
+        if self.bot.max_commands_per_comment == 0 || self.bot.max_queued_per_user == 0 {
+            problems.push(
+                "bot.max_commands_per_comment and bot.max_queued_per_user must be at least 1"
+                    .into(),
+            );
         }
         if self.permissions.cache_ttl.valid().is_none() {
             problems.push(format!(

@@ -58,6 +58,18 @@ pub struct BotConfig {
     /// claim (a crashed process) before another replica takes it over, in
     /// milliseconds; renewed every quarter of it.
     pub worker_lease_ms: u64,
+    /// How long after a comment was written its PRs are pinned without
+    /// asking again; a comment processed later (GitHub retried, an operator
+    /// redelivered it) asks for confirmation of the exact commits.
+    pub approval_window: Span,
+    /// How long a confirmation question waits for a 👍 before nothing is deployed.
+    pub confirm_within: Span,
+    /// How often a waiting confirmation's reactions are read, in milliseconds.
+    pub confirm_poll_ms: u64,
+    /// Most command lines one comment may carry (the rest are not run).
+    pub max_commands_per_comment: usize,
+    /// Most requests one user may have queued or running at once.
+    pub max_queued_per_user: usize,
 }
 
 impl Default for BotConfig {
@@ -71,6 +83,11 @@ impl Default for BotConfig {
             workdir: None,
             status_interval_ms: 2_000,
             worker_lease_ms: 60_000,
+            approval_window: Span::new("1m"),
+            confirm_within: Span::new("15m"),
+            confirm_poll_ms: 5_000,
+            max_commands_per_comment: 10,
+            max_queued_per_user: 5,
         }
     }
 }

@@ -9,4 +9,4 @@ pub mod state;
 
 pub use job::{ANY_ENVIRONMENT, Job, JobEvent, JobFilter, NewJob, PullRef};
 pub use outbox::Report;
-pub use state::{Conclusion, JobState, Outcome, Source, Step};
+pub use state::{Conclusion, Confirmation, JobState, Outcome, Source, Step};

@@ -18,6 +18,10 @@ pub struct Pinned {
     pub reference: Ref,
     /// The full 40-hex commit SHA.
     pub sha: String,
+    /// For a PR: who opened it (shown with the pin; decides whether a
+    /// plain request may build it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
 }
 
 /// How an image comes to be.
@@ -359,6 +363,7 @@ mod tests {
                     "dashboard" => 'f',
                     _ => '9',
                 }),
+                author: None,
             })
             .collect();
         plan(&config, &request, &pinned, config.default_environment())
@@ -523,6 +528,7 @@ mod tests {
             repo: "packit/packit-service-centosmsg".into(),
             reference: Ref::Pr(3),
             sha: sha('1'),
+            author: None,
         }];
         let err =
             plan(&config, &request, &pinned, config.default_environment()).expect_err("retired");

@@ -86,6 +86,18 @@ impl JobState {
 }
 
 words! {
+    /// Where a question "confirm these commits?" stands.
+    pub enum Confirmation {
+        /// Asked; no permitted 👍 yet.
+        Waiting = "waiting",
+        /// A permitted user confirmed; the request is queued.
+        Confirmed = "confirmed",
+        /// Nobody confirmed in time; nothing was deployed.
+        Expired = "expired",
+    }
+}
+
+words! {
     /// How a request was asked for.
     pub enum Source {
         /// A `/deploy` comment.

@@ -15,7 +15,7 @@ mod reports;
 
 pub use deliveries::HookDelivery;
 use deliveries::query_value;
-pub use pulls::PullRequestInfo;
+pub use pulls::{PullRequestInfo, Reaction};
 pub use reports::{CheckRun, CheckRunOutput, DeploymentStatus};
 
 use std::collections::HashMap;

@@ -111,3 +111,110 @@ impl GitHub {
         }
     }
 }
+
+/// Someone's reaction to a comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reaction {
+    pub login: String,
+    /// `+1`, `eyes`, ...
+    pub content: String,
+    /// A bot's (an App's) reaction: never taken as a person's word.
+    pub by_bot: bool,
+}
+
+impl GitHub {
+    /// The 👍 reactions on an issue or PR comment (first 100).
+    pub async fn thumbs_up(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        comment: CommentId,
+    ) -> GhResult<Vec<Reaction>> {
+        #[derive(Deserialize)]
+        struct User {
+            login: String,
+            #[serde(rename = "type", default)]
+            kind: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Item {
+            content: String,
+            #[serde(default)]
+            user: Option<User>,
+        }
+        let client = self.installation(inst)?;
+        let route = format!(
+            "{}/issues/comments/{}/reactions?content=%2B1&per_page=100",
+            repo.path(),
+            comment.0
+        );
+        let items: Vec<Item> = self.get_json(&client, &route).await?;
+        Ok(items
+            .into_iter()
+            .filter_map(|i| {
+                let user = i.user?;
+                Some(Reaction {
+                    by_bot: user.kind.as_deref() == Some("Bot"),
+                    login: user.login,
+                    content: i.content,
+                })
+            })
+            .filter(|r| r.content == "+1")
+            .collect())
+    }
+
+    /// Whether `sha` is `branch`'s head or one of its ancestors (GitHub's
+    /// comparison of the two says `identical` or `behind`). A commit that
+    /// exists only in a fork is neither.
+    pub async fn on_branch(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        branch: &str,
+        sha: &str,
+    ) -> GhResult<bool> {
+        #[derive(Deserialize)]
+        struct Comparison {
+            status: String,
+        }
+        let client = self.installation(inst)?;
+        let route = format!(
+            "{}/compare/{}...{}",
+            repo.path(),
+            path_segment(branch),
+            path_segment(sha)
+        );
+        match self.get_json::<Comparison>(&client, &route).await {
+            Ok(c) => Ok(matches!(c.status.as_str(), "identical" | "behind")),
+            Err(GitHubError::Status {
+                status: 404 | 422, ..
+            }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The open pull request of `repo` whose head is `sha` (first 100 open PRs).
+    pub async fn open_pull_with_head(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        sha: &str,
+    ) -> GhResult<Option<u64>> {
+        #[derive(Deserialize)]
+        struct Head {
+            sha: String,
+        }
+        #[derive(Deserialize)]
+        struct Pull {
+            number: u64,
+            head: Head,
+        }
+        let client = self.installation(inst)?;
+        let route = format!("{}/pulls?state=open&per_page=100", repo.path());
+        let pulls: Vec<Pull> = self.get_json(&client, &route).await?;
+        Ok(pulls
+            .into_iter()
+            .find(|p| p.head.sha.eq_ignore_ascii_case(sha))
+            .map(|p| p.number))
+    }
+}

@@ -8,7 +8,9 @@ use crate::domain::Source;
 use crate::domain::plan::Pinned;
 use crate::github::RepoName;
 use crate::installations::find_installation;
-use crate::intake::{Asked, Intake, IntakeError, Origin, Prepared, Trigger, is_sha, settle};
+use crate::intake::{
+    Asked, Intake, IntakeError, Origin, Prepared, Trigger, is_sha, ref_text, settle, short,
+};
 use crate::ops;
 use crate::store::{Store, StoreError, Tx};
 
@@ -27,6 +29,7 @@ impl Intake {
             author,
             installation_id,
             lines,
+            written_at_ms,
         } = trigger
         else {
             return Ok(());
@@ -44,7 +47,10 @@ impl Intake {
         // Parse, and check the PRs named, before the transaction:
         // nothing slow runs while it is open.
         let prepared = match &decision {
-            Decision::Allowed(_) => self.prepare(&origin, lines).await?,
+            Decision::Allowed(_) => {
+                self.prepare(&origin, author, lines, *written_at_ms)
+                    .await?
+            }
             Decision::Denied(_) => Vec::new(),
         };
         let mut tx = self.store.begin().await?;
@@ -62,17 +68,28 @@ impl Intake {
         settle(tx, trigger_id).await
     }
 
-    /// Parse each command line; for deploy requests add the current PR and
-    /// check every PR named with GitHub (it must exist, be open and belong to
+    /// Parse each command line; for deploy requests add the current PR, check
+    /// that `author` may deploy from every repository involved, and check
+    /// every PR named with GitHub (it must exist, be open and belong to
     /// the component's repository: SPEC §3 answers those at once).
     async fn prepare(
         &self,
         origin: &Origin,
+        author: &str,
         lines: &[String],
+        written_at_ms: Option<i64>,
     ) -> Result<Vec<Prepared>, IntakeError> {
         let vocab = self.config.vocabulary();
         let mut out = Vec::new();
-        for line in lines {
+        let max = self.config.bot.max_commands_per_comment;
+        if lines.len() > max {
+            out.push(Prepared::Invalid(format!(
+                "a comment may carry at most {max} command lines (`bot.max_commands_per_comment`); \
+                 I ran the first {max} and ignored the other {}.",
+                lines.len() - max
+            )));
+        }
+        for line in lines.iter().take(max) {
             let command = match parse_command(line, &vocab) {
                 Ok(command) => command,
                 Err(e) => {
@@ -98,16 +115,33 @@ impl Intake {
                 )));
                 continue;
             }
+            let asked_on = Some((origin.repo.as_str(), origin.installation_id));
+            if let Decision::Denied(why) = self.authorise_request(author, asked_on, &request).await? {
+                tracing::info!(repo = %origin.repo, author, %why, "deploy request refused");
+                out.push(Prepared::Invalid(format!(
+                    "I can't deploy this for you: {why}. Nothing was queued."
+                )));
+                continue;
+            }
             match self.pin_pull_requests(&request).await? {
                 Err(problem) => out.push(Prepared::Invalid(problem)),
-                Ok(pinned) => out.push(Prepared::Deploy(request, pinned)),
+                Ok(pinned) => {
+                    let doubts = self.doubts(&request, &pinned, written_at_ms).await?;
+                    if doubts.is_empty() {
+                        out.push(Prepared::Deploy(request, pinned));
+                    } else {
+                        out.push(Prepared::Confirm(request, pinned, doubts));
+                    }
+                }
             }
         }
         Ok(out)
     }
 
     /// Pin every PR the request names to its head commit now (check runs go
-    /// on those commits from the start), or say what is wrong with one.
+    /// on those commits from the start), and every `@SHA` to its full commit
+    /// (which must be on the component's default branch or an open PR's
+    /// head: a commit only in a fork is not taken), or say what is wrong.
     pub(crate) async fn pin_pull_requests(
         &self,
         request: &DeployRequest,
@@ -117,34 +151,78 @@ impl Intake {
             return Ok(Ok(pinned));
         };
         for r in &request.refs {
-            let (Ref::Pr(n), Some(c)) = (&r.reference, self.config.component(&r.component)) else {
+            let Some(c) = self.config.component(&r.component) else {
                 continue;
             };
             let Some(repo) = RepoName::parse(&c.repo) else {
                 continue;
             };
-            let inst = find_installation(&self.store, github, &repo, None).await?;
-            let problem = match github.pull_request(inst, &repo, *n).await? {
-                None => format!("{repo}#{n} does not exist"),
-                Some(pr) if !pr.base_repo.eq_ignore_ascii_case(&c.repo) => {
-                    format!("{repo}#{n} is not a pull request of {}", c.repo)
+            let pin = |sha: &str, author: Option<String>| Pinned {
+                component: c.name.clone(),
+                repo: c.repo.clone(),
+                reference: r.reference.clone(),
+                sha: sha.to_ascii_lowercase(),
+                author,
+            };
+            let problem = match &r.reference {
+                Ref::Branch(_) => continue,
+                Ref::Commit(sha) => {
+                    let inst = find_installation(&self.store, github, &repo, None).await?;
+                    match github.commit_sha(inst, &repo, sha).await? {
+                        None => format!("{repo} has no commit `{sha}`"),
+                        Some(full) if !is_sha(&full) => {
+                            format!("GitHub answered an unexpected commit id for {repo} @{sha}")
+                        }
+                        Some(full) => {
+                            let reachable = github
+                                .on_branch(inst, &repo, &c.default_branch, &full)
+                                .await?
+                                || github.open_pull_with_head(inst, &repo, &full).await?.is_some();
+                            if reachable {
+                                pinned.push(pin(&full, None));
+                                continue;
+                            }
+                            format!(
+                                "`{}` is neither on `{}` nor the head of an open pull request of {repo}; \
+                                 a commit that is only in a fork is deployed through its pull request",
+                                short(&full),
+                                c.default_branch
+                            )
+                        }
+                    }
                 }
-                Some(pr) if !pr.open => format!("{repo}#{n} is closed"),
-                Some(pr) if is_sha(&pr.head_sha) => {
-                    pinned.push(Pinned {
-                        component: c.name.clone(),
-                        repo: c.repo.clone(),
-                        reference: r.reference.clone(),
-                        sha: pr.head_sha.to_ascii_lowercase(),
-                    });
-                    continue;
+                Ref::Pr(n) => {
+                    let inst = find_installation(&self.store, github, &repo, None).await?;
+                    let only = "only open pull requests of a component's repository are deployed";
+                    match github.pull_request(inst, &repo, *n).await? {
+                        None => format!("{repo}#{n} does not exist; {only}"),
+                        Some(pr) if !pr.base_repo.eq_ignore_ascii_case(&c.repo) => {
+                            format!("{repo}#{n} is not a pull request of {}; {only}", c.repo)
+                        }
+                        Some(pr) if !pr.open => format!("{repo}#{n} is closed; {only}"),
+                        Some(pr) if !is_sha(&pr.head_sha) => {
+                            format!("GitHub answered an unexpected head commit for {repo}#{n}")
+                        }
+                        Some(pr) => match &r.confirms {
+                            Some(named) if !pr.head_sha.to_ascii_lowercase().starts_with(named) => {
+                                format!(
+                                    "{repo}#{n}'s head is now `{}`, not the commit you named (`{named}`); \
+                                     look at the new commits and name that one",
+                                    short(&pr.head_sha)
+                                )
+                            }
+                            _ => {
+                                pinned.push(pin(&pr.head_sha, Some(pr.author)));
+                                continue;
+                            }
+                        },
+                    }
                 }
-                Some(_) => format!("GitHub answered an unexpected head commit for {repo}#{n}"),
             };
             return Ok(Err(format!(
-                "`{}={n}`: {problem}; only open pull requests of a component's repository are deployed. \
-                 Nothing was queued.",
-                r.component
+                "`{}={}`: {problem}. Nothing was queued.",
+                r.component,
+                ref_text(r)
             )));
         }
         Ok(Ok(pinned))
@@ -164,21 +242,25 @@ impl Intake {
             let command = match item {
                 Prepared::Command(command) => command,
                 Prepared::Deploy(request, pinned) => {
-                    let id = self
-                        .queue(
-                            tx,
-                            origin,
-                            &Asked {
-                                by: author,
-                                source: Source::Comment,
-                                comment_id: Some(comment_id),
-                            },
-                            &request,
-                            &pinned,
-                        )
-                        .await?;
-                    let why = format!("superseded by request #{id} from @{author}");
-                    ops::supersede_older(tx, &origin.repo, origin.number, id, &why).await?;
+                    let asked = Asked {
+                        by: author,
+                        source: Source::Comment,
+                        comment_id: Some(comment_id),
+                    };
+                    match self.queue(tx, origin, &asked, &request, &pinned).await? {
+                        Ok(id) => {
+                            let why = format!("superseded by request #{id} from @{author}");
+                            ops::supersede_older(tx, &origin.repo, origin.number, id, &why)
+                                .await?;
+                        }
+                        Err(refused) => {
+                            origin
+                                .reply(format!("@{author}, {refused}"))
+                                .enqueue(tx, None)
+                                .await?;
+                            continue;
+                        }
+                    }
                     if !acknowledged {
                         Report::Reaction {
                             repo: origin.repo.clone(),
@@ -190,6 +272,16 @@ impl Intake {
                         .await?;
                         acknowledged = true;
                     }
+                    continue;
+                }
+                Prepared::Confirm(request, pinned, doubts) => {
+                    let asked = Asked {
+                        by: author,
+                        source: Source::Comment,
+                        comment_id: Some(comment_id),
+                    };
+                    self.ask_confirmation(tx, origin, &asked, request, pinned, &doubts)
+                        .await?;
                     continue;
                 }
                 Prepared::Invalid(text) => {

@@ -20,6 +20,8 @@ use crate::installations::find_installation;
 use crate::ops;
 
 mod comment;
+mod confirm;
+pub(crate) use confirm::naming_commits;
 mod pull_request;
 mod rerun;
 use crate::store::{NewJob, PullRef, Store, StoreError, Tx};
@@ -37,6 +39,9 @@ pub enum Trigger {
         author: String,
         installation_id: Option<i64>,
         lines: Vec<String>,
+        /// When the comment (or its edit) was written, unix ms.
+        #[serde(default)]
+        written_at_ms: Option<i64>,
     },
     /// The trigger label was added to a PR.
     Label {
@@ -173,13 +178,14 @@ impl Intake {
         Ok(true)
     }
 
-    /// Process every trigger that is due now.
+    /// Process every trigger that is due now, and every confirmation
+    /// question whose check is due.
     pub async fn run_until_idle(&self) -> Result<usize, StoreError> {
         let mut n = 0;
         while self.step().await? {
             n += 1;
         }
-        Ok(n)
+        Ok(n + self.check_confirmations().await?)
     }
 
     async fn installation(
@@ -206,6 +212,63 @@ impl Intake {
             .auth
             .check(self.github.as_ref(), inst, repo, login)
             .await?)
+    }
+
+    /// The repositories a request involves: where it was asked (when that
+    /// is a repository of a trigger) and each referenced component's, once
+    /// each, with the installation already known for the first.
+    pub(crate) fn involved(
+        &self,
+        asked_on: Option<(&str, Option<i64>)>,
+        request: &DeployRequest,
+    ) -> Vec<(String, Option<i64>)> {
+        let mut repos: Vec<(String, Option<i64>)> = Vec::new();
+        let mut add = |repo: &str, installation: Option<i64>| {
+            if !repos.iter().any(|(r, _)| r.eq_ignore_ascii_case(repo)) {
+                repos.push((repo.to_string(), installation));
+            }
+        };
+        if let Some((repo, installation)) = asked_on {
+            add(repo, installation);
+        }
+        for r in &request.refs {
+            if let Some(component) = self.config.component(&r.component) {
+                add(&component.repo, None);
+            }
+        }
+        repos
+    }
+
+    /// SPEC §5 for `login` on every one of `repos` (the one rule for every
+    /// entry point: comments, labels, pushes, re-runs, the API and the CLI).
+    /// The first refusal decides; a name that is no repository is refused.
+    pub(crate) async fn authorise_on(
+        &self,
+        login: &str,
+        repos: &[(String, Option<i64>)],
+    ) -> Result<Decision, IntakeError> {
+        let mut decision = Decision::Denied("the request involves no repository".into());
+        for (repo, installation) in repos {
+            let Some(name) = RepoName::parse(repo) else {
+                return Ok(Decision::Denied(format!("`{repo}` is not a repository")));
+            };
+            decision = self.authorise(&name, *installation, login).await?;
+            if !decision.allowed() {
+                break;
+            }
+        }
+        Ok(decision)
+    }
+
+    /// [`Self::authorise_on`] every repository `request` involves.
+    pub(crate) async fn authorise_request(
+        &self,
+        login: &str,
+        asked_on: Option<(&str, Option<i64>)>,
+        request: &DeployRequest,
+    ) -> Result<Decision, IntakeError> {
+        self.authorise_on(login, &self.involved(asked_on, request))
+            .await
     }
 
     async fn process(&self, trigger_id: i64, trigger: &Trigger) -> Result<(), IntakeError> {
@@ -249,7 +312,7 @@ impl Intake {
         asked: &Asked<'_>,
         request: &DeployRequest,
         pinned: &[Pinned],
-    ) -> Result<i64, StoreError> {
+    ) -> Result<Result<i64, String>, StoreError> {
         let head = |repo: &str, number: i64| {
             pinned
                 .iter()
@@ -312,7 +375,20 @@ impl Intake {
         pull_requests: Vec<PullRef>,
         pinned: &[Pinned],
         message: &str,
-    ) -> Result<i64, StoreError> {
+    ) -> Result<Result<i64, String>, StoreError> {
+        // One person's requests are bounded (SPEC: abuse is bounded).
+        let max = self.config.bot.max_queued_per_user;
+        let active = Store::active_jobs(tx.db())
+            .await?
+            .iter()
+            .filter(|j| j.requested_by.eq_ignore_ascii_case(asked.by))
+            .count();
+        if active >= max {
+            return Ok(Err(format!(
+                "you already have {active} requests queued or running, the most one person may have \
+                 (`bot.max_queued_per_user`); cancel one or wait for one to end. Nothing was queued."
+            )));
+        }
         // Without --env, a pool of several environments is chosen from when
         // the job runs (the first free one); a single environment is named now.
         let environment = match (&request.env, self.config.environments.len()) {
@@ -336,7 +412,7 @@ impl Intake {
             pinned: pinned.to_vec(),
             queued_message: message.to_string(),
         };
-        ops::accept(tx, &job).await
+        ops::accept(tx, &job).await.map(Ok)
     }
 }
 
@@ -346,6 +422,9 @@ enum Prepared {
     Command(Command),
     /// A deploy request with the PRs it names pinned to their heads.
     Deploy(DeployRequest, Vec<Pinned>),
+    /// A deploy request whose pins need a permitted user's confirmation
+    /// first, and why.
+    Confirm(DeployRequest, Vec<Pinned>, Vec<String>),
     /// What to answer instead (markdown, without the greeting).
     Invalid(String),
 }
@@ -401,6 +480,15 @@ async fn settle(mut tx: Tx, trigger_id: i64) -> Result<(), IntakeError> {
 
 fn is_sha(sha: &str) -> bool {
     sha.len() == 40 && sha.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// A ref as the user wrote it after `COMPONENT=` (`123`, `123@SHA`, `@SHA`).
+fn ref_text(r: &crate::command::ComponentRef) -> String {
+    match (&r.reference, &r.confirms) {
+        (Ref::Pr(n), Some(sha)) => format!("{n}@{sha}"),
+        (Ref::Pr(n), None) => n.to_string(),
+        (other, _) => other.to_string(),
+    }
 }
 
 fn short(sha: &str) -> &str {

@@ -21,7 +21,7 @@ impl Intake {
             sender,
             installation_id,
             head_sha,
-            ..
+            pr_author,
         }
         | Trigger::Synchronize {
             repo,
@@ -29,7 +29,7 @@ impl Intake {
             sender,
             installation_id,
             head_sha,
-            ..
+            pr_author,
         }) = trigger
         else {
             return Ok(());
@@ -38,12 +38,20 @@ impl Intake {
             return self.finish(trigger_id).await;
         };
         let synchronize = matches!(trigger, Trigger::Synchronize { .. });
-        let mut decision = self.authorise(&repo_name, *installation_id, sender).await?;
-        if let (Trigger::Synchronize { pr_author, .. }, true) = (trigger, decision.allowed())
-            && !pr_author.eq_ignore_ascii_case(sender)
+        let component = self
+            .config
+            .component_by_repo(repo)
+            .map(|c| c.name.clone())
+            .unwrap_or_default();
+        let mut request = DeployRequest::default();
+        request.include_current_pr(&component, u64::try_from(*number).unwrap_or_default());
+        let asked_on = Some((repo_name.to_string(), *installation_id));
+        let asked_on = asked_on.as_ref().map(|(r, i)| (r.as_str(), *i));
+        let mut decision = self.authorise_request(sender, asked_on, &request).await?;
+        if synchronize && decision.allowed() && !pr_author.eq_ignore_ascii_case(sender)
         {
             decision = self
-                .authorise(&repo_name, *installation_id, pr_author)
+                .authorise_request(pr_author, asked_on, &request)
                 .await?;
         }
         let origin = Origin {
@@ -66,13 +74,6 @@ impl Intake {
                 self.refuse(&mut tx, &origin, sender, &why).await?;
             }
             Decision::Allowed(_) => {
-                let component = self
-                    .config
-                    .component_by_repo(repo)
-                    .map(|c| c.name.clone())
-                    .unwrap_or_default();
-                let mut request = DeployRequest::default();
-                request.include_current_pr(&component, u64::try_from(*number).unwrap_or_default());
                 if synchronize {
                     let why = format!("superseded by new commits ({})", short(head_sha));
                     ops::supersede_pr(&mut tx, repo, *number, &why).await?;
@@ -91,6 +92,7 @@ impl Intake {
                         repo: repo.clone(),
                         reference: r.reference.clone(),
                         sha: head_sha.to_ascii_lowercase(),
+                        author: Some(pr_author.clone()),
                     })
                     .collect();
                 let asked = Asked {
@@ -98,8 +100,15 @@ impl Intake {
                     source,
                     comment_id: None,
                 };
-                self.queue(&mut tx, &origin, &asked, &request, &pinned)
-                    .await?;
+                if let Err(refused) = self
+                    .queue(&mut tx, &origin, &asked, &request, &pinned)
+                    .await?
+                {
+                    origin
+                        .reply(format!("@{sender}, {refused}"))
+                        .enqueue(&mut tx, None)
+                        .await?;
+                }
             }
         }
         settle(tx, trigger_id).await

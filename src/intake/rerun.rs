@@ -3,7 +3,6 @@
 
 use crate::auth::Decision;
 use crate::domain::Source;
-use crate::github::RepoName;
 use crate::intake::{Asked, Intake, IntakeError, Origin, Trigger, settle};
 use crate::ops;
 use crate::store::Store;
@@ -30,23 +29,11 @@ impl Intake {
         let Some(old) = Store::job(self.store.db(), old).await? else {
             return self.finish(trigger_id).await;
         };
-        // The user must be allowed where the check run is and where the
-        // request was asked.
-        let mut decision = Decision::Denied(String::new());
-        for r in [repo.as_str(), old.repo.as_str()] {
-            let Some(name) = RepoName::parse(r) else {
-                return self.finish(trigger_id).await;
-            };
-            let known = if r == repo {
-                *installation_id
-            } else {
-                old.installation_id
-            };
-            decision = self.authorise(&name, known, sender).await?;
-            if !decision.allowed() {
-                break;
-            }
-        }
+        // The user must be allowed where the check run is, where the request
+        // was asked, and on every repository it deploys from.
+        let mut repos = vec![(repo.clone(), *installation_id)];
+        repos.extend(self.involved(Some((old.repo.as_str(), old.installation_id)), &old.request));
+        let decision = self.authorise_on(sender, &repos).await?;
         let origin = Origin {
             repo: old.repo.clone(),
             number: old.number.unwrap_or_default(),
@@ -70,7 +57,7 @@ impl Intake {
                     source: Source::Rerun,
                     comment_id: None,
                 };
-                let id = self
+                let queued = self
                     .queue_job(
                         &mut tx,
                         &origin,
@@ -82,9 +69,18 @@ impl Intake {
                         &format!("re-run of request #{} by @{sender}", old.id),
                     )
                     .await?;
-                if let Some(number) = old.number {
-                    let why = format!("superseded by request #{id} (re-run by @{sender})");
-                    ops::supersede_older(&mut tx, &old.repo, number, id, &why).await?;
+                match (queued, old.number) {
+                    (Ok(id), Some(number)) => {
+                        let why = format!("superseded by request #{id} (re-run by @{sender})");
+                        ops::supersede_older(&mut tx, &old.repo, number, id, &why).await?;
+                    }
+                    (Err(refused), Some(_)) => {
+                        origin
+                            .reply(format!("@{sender}, {refused}"))
+                            .enqueue(&mut tx, None)
+                            .await?;
+                    }
+                    (_, None) => {}
                 }
             }
         }

@@ -3,7 +3,7 @@
 //! what an end frees; the holding rules themselves are in `hold`.
 
 use crate::domain::{Job, JobState, NewJob, Outcome, Report, Step};
-use crate::ops::{Actor, hold};
+use crate::ops::{Actor, hold, notice};
 use crate::store::{QueuedJobs, Store, StoreError, Tx};
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -106,17 +106,21 @@ pub async fn cancel(tx: &mut Tx, job: &Job, actor: &Actor<'_>) -> Result<Cancell
     Ok(Cancelled::AlreadyEnded(state))
 }
 
-/// A PR was closed or lost its label (`reason` says which): its queued
-/// requests end, its running ones are asked to stop, and a hold of a
-/// finished deployment that includes it ends.
+/// A PR was closed or lost its label (`reason` says which). Only what was
+/// asked from that PR ends: its queued requests end, its running ones are
+/// asked to stop, and a hold of its finished deployment ends. Requests asked
+/// elsewhere that reference it keep their pinned commits and go on; their
+/// conversations are told, so a permitted user there can act.
 pub async fn end_pr(tx: &mut Tx, repo: &str, number: i64, reason: &str) -> Result<()> {
-    let which = QueuedJobs::ReferencingPr { repo, number };
+    let which = QueuedJobs::AskedFrom { repo, number };
     let ids = end_queued(tx, which, Outcome::Cancelled(reason.into())).await?;
     if !ids.is_empty() {
         tracing::info!(?ids, %repo, number, "queued jobs cancelled");
     }
     for job in Store::active_jobs_of_pr(tx, repo, number).await? {
-        if Store::request_cancel(tx, job.id).await? {
+        if !job.comes_from(repo, number) {
+            tell_referencing(tx, &job, repo, number, reason).await?;
+        } else if Store::request_cancel(tx, job.id).await? {
             Store::add_event(tx, job.id, Step::Cancel, &format!("{reason}; stopping")).await?;
         }
     }
@@ -124,25 +128,49 @@ pub async fn end_pr(tx: &mut Tx, repo: &str, number: i64, reason: &str) -> Resul
         let Some(holder) = env.holder_job else {
             continue;
         };
+        let Some(job) = Store::job(tx.db(), holder).await? else {
+            continue;
+        };
         // A running holder was asked to stop above; its end frees it.
-        let running = Store::job(tx.db(), holder)
-            .await?
-            .is_some_and(|j| j.state == JobState::Running);
-        if !running
-            && Store::job_references_pr(tx, holder, repo, number).await?
-            && hold::free(
-                tx,
-                &env.name,
-                holder,
-                true,
-                Some(&format!("released: {reason}")),
-            )
-            .await?
+        if job.state == JobState::Running
+            || !Store::job_references_pr(tx, holder, repo, number).await?
+        {
+            continue;
+        }
+        if !job.comes_from(repo, number) {
+            tell_referencing(tx, &job, repo, number, reason).await?;
+        } else if hold::free(
+            tx,
+            &env.name,
+            holder,
+            true,
+            Some(&format!("released: {reason}")),
+        )
+        .await?
         {
             tracing::info!(environment = %env.name, job = holder, "hold ended");
         }
     }
     Ok(())
+}
+
+/// Tell the conversation of `job` (asked elsewhere) that a PR it references
+/// was closed or unlabelled, and that it goes on.
+async fn tell_referencing(
+    tx: &mut Tx,
+    job: &Job,
+    repo: &str,
+    number: i64,
+    reason: &str,
+) -> Result<()> {
+    let what = format!("{repo}#{number}: {reason}");
+    Store::add_event(tx, job.id, Step::Notice, &format!("{what}; this request goes on")).await?;
+    let body = format!(
+        "{repo}#{number} changed: {reason}. Request #{} references it and goes on with the \
+         commit it pinned; cancel or release it here if it should not.",
+        job.id
+    );
+    notice(tx, job, body).await
 }
 
 /// What happens to the environment when a request ends.

@@ -117,6 +117,7 @@ where
             repo: component.repo.clone(),
             reference: r.reference.clone(),
             sha: sha.to_ascii_lowercase(),
+            author: known.and_then(|p| p.author.clone()),
         });
     }
     Ok(pinned)

@@ -311,7 +311,14 @@ impl Snapshot {
                 None => "not pinned yet".into(),
             };
             let reference = match (&r.reference, pin) {
-                (Ref::Pr(n), Some(p)) => format!("[#{n}](https://github.com/{}/pull/{n})", p.repo),
+                (Ref::Pr(n), Some(p)) => {
+                    let by = p
+                        .author
+                        .as_deref()
+                        .map(|a| format!(" by `{a}`"))
+                        .unwrap_or_default();
+                    format!("[#{n}](https://github.com/{}/pull/{n}){by}", p.repo)
+                }
                 (other, _) => format!("{other}"),
             };
             out.push_str(&format!("| {} | {reference} | {commit} |\n", r.component));

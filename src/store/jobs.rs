@@ -87,6 +87,8 @@ pub enum QueuedJobs<'a> {
         repo: &'a str,
         number: i64,
     },
+    /// Those asked for from this PR or issue.
+    AskedFrom { repo: &'a str, number: i64 },
     /// Those asked for from this PR or issue before request `newer`.
     AskedFromBefore {
         repo: &'a str,
@@ -201,6 +203,11 @@ impl Store {
             ))
             .bind(repo.to_string())
             .bind(number),
+            QueuedJobs::AskedFrom { repo, number } => {
+                set(end_where!("repo = $5 AND number = $6"))
+                    .bind(repo.to_string())
+                    .bind(number)
+            }
             QueuedJobs::AskedFromBefore {
                 repo,
                 number,

@@ -14,6 +14,7 @@
 //! `&mut Tx` (inside a transaction, at the transaction's time), or, for a
 //! single read, any executor (`store.db()` or `tx.db()`).
 
+mod confirmations;
 mod deliveries;
 mod environments;
 mod events;
@@ -36,6 +37,7 @@ use sqlx::{Any, AnyPool, Executor, Row};
 
 pub use crate::domain::{ANY_ENVIRONMENT, Job, JobEvent, JobFilter, NewJob, PullRef};
 use crate::domain::{Conclusion, JobState, Outcome, Report, Step};
+pub use confirmations::WaitingConfirmation;
 pub use deliveries::NewDelivery;
 use deliveries::PendingDelivery;
 pub use environments::EnvironmentRow;
@@ -382,6 +384,7 @@ mod tests {
     #[test]
     fn sql_spells_states_and_steps_as_the_domain_does() {
         let sources = [
+            include_str!("confirmations.rs"),
             include_str!("deliveries.rs"),
             include_str!("environments.rs"),
             include_str!("events.rs"),

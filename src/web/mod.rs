@@ -138,6 +138,7 @@ impl JobView {
                     |ComponentRef {
                          component,
                          reference,
+                         ..
                      }| ComponentView {
                         component: component.clone(),
                         reference: reference.to_string(),

@@ -157,6 +157,10 @@ struct Comment {
     #[serde(default)]
     body: Option<String>,
     user: User,
+    #[serde(default)]
+    created_at: Option<String>,
+    #[serde(default)]
+    updated_at: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -305,6 +309,14 @@ fn decode_comment(ev: CommentEvent, config: &Config) -> (Vec<Effect>, &'static s
     if lines.is_empty() {
         return (vec![], "ignored: no command");
     }
+    // When these words were written (signed, unlike the delivery id).
+    let written = match ev.action.as_str() {
+        "edited" => ev.comment.updated_at.as_deref(),
+        _ => ev.comment.created_at.as_deref(),
+    };
+    let written_at_ms = written
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp_millis());
     (
         vec![Effect::Trigger(Trigger::Comment {
             repo: ev.repository.full_name,
@@ -315,6 +327,7 @@ fn decode_comment(ev: CommentEvent, config: &Config) -> (Vec<Effect>, &'static s
             author: ev.sender.login,
             installation_id: ev.installation.map(|i| i.id),
             lines,
+            written_at_ms,
         })],
         "command received",
     )

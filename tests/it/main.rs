@@ -15,6 +15,7 @@ mod shown;
 
 mod admin;
 mod api;
+mod approval;
 mod cli;
 mod cluster;
 mod commands;

@@ -40,6 +40,7 @@ async fn dry_app(db: Db) -> TestApp {
         .permission("packit/packit-service", "alice", "write")
         .permission("packit/ogr", "alice", "write")
         .permission("packit/packit-service", "bob", "write")
+        .permission("packit/ogr", "bob", "write")
         .pull("packit/packit-service", 614, SHA_SERVICE, "fix", "alice")
         .pull("packit/packit-service", 700, SHA_OTHER, "other", "bob")
         .pull("packit/ogr", 123, SHA_OGR, "ogr-fix", "alice")
@@ -626,8 +627,19 @@ async fn closing_or_unlabelling_a_pr_ends_its_hold(db: Db) {
     t.run().await;
     let first = t.jobs().await[0]["id"].as_i64().expect("id");
     assert_eq!(holder(&t).await, Some(first));
-    // Closing a PR the deployment includes ends the hold.
+    // Closing a PR the deployment only references keeps the hold (its
+    // conversation is told); closing the PR it was asked from ends it.
     let closed = pull_request_event("closed", "packit/ogr", 123, "alice");
+    let (status, _) = t.deliver("pull_request", &closed).await;
+    assert!(status.is_success());
+    assert_eq!(holder(&t).await, Some(first));
+    t.settle().await;
+    let told = t.replies("packit/packit-service", 614);
+    assert!(
+        told[0].body.starts_with("packit/ogr#123 changed: the pull request was closed."),
+        "{told:?}"
+    );
+    let closed = pull_request_event("closed", "packit/packit-service", 614, "alice");
     let (status, _) = t.deliver("pull_request", &closed).await;
     assert!(status.is_success());
     assert_eq!(holder(&t).await, None);

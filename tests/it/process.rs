@@ -422,6 +422,30 @@ fn check_config_reports_problems_clearly() {
     assert!(good.status.success(), "{said}");
     assert!(said.contains("9 components"), "{said}");
     assert!(said.contains("reporting is OFF"), "{said}");
+    assert!(!said.contains("warning:"), "{said}");
+
+    // A `command` environment runs PR code here: check-config says so.
+    let local = tmp.path().join("local.toml");
+    std::fs::write(
+        &local,
+        "[[environment]]\nname = \"box\"\nkind = \"command\"\n\
+         [environment.deployer]\nkind = \"command\"\nargs = [\"make\", \"deploy\"]\n\
+         vars_file = \"vars.json\"\n",
+    )
+    .expect("write");
+    let warned = Command::new(env!("CARGO_BIN_EXE_deploybot"))
+        .args(["check-config", "--config"])
+        .arg(&local)
+        .env_remove("DEPLOYBOT_GITHUB_APP_ID")
+        .env_remove("DEPLOYBOT_GITHUB_PRIVATE_KEY")
+        .output()
+        .expect("runs");
+    let said = String::from_utf8_lossy(&warned.stdout);
+    assert!(warned.status.success(), "{said}{}", String::from_utf8_lossy(&warned.stderr));
+    assert!(
+        said.contains("warning: environment `box` is a `command` environment: its builder, deployer and cleanup run PR code on this machine"),
+        "{said}"
+    );
 }
 
 #[test]

@@ -280,6 +280,10 @@ pub struct TestAppBuilder {
     pulls: Vec<(String, u64, String, String, String)>,
 }
 
+/// The team member the default pull requests are by, with write on every
+/// Packit repository.
+pub const TEAM_MEMBER: &str = "alice";
+
 impl TestAppBuilder {
     /// Another configuration (`Config::builtin_default()`: Packit's
     /// components and one dry-run `dev`).
@@ -363,6 +367,11 @@ impl TestAppBuilder {
         }
         for (repo, number, head_sha, head_ref, author) in &self.pulls {
             github.add_pull(repo, *number, head_sha, head_ref, "open", author, &[]);
+        }
+        // alice is on the team: she may deploy from every Packit repository
+        // (a test can take that away with `permission`).
+        for repo in PACKIT_REPOS {
+            github.set_permission(repo, TEAM_MEMBER, "write");
         }
         for (repo, login, role) in &self.permissions {
             github.set_permission(repo, login, role);
@@ -512,7 +521,21 @@ impl TestApp {
         delivery: &str,
         payload: &Value,
     ) -> (StatusCode, Value) {
-        let body = serde_json::to_vec(payload).expect("json");
+        // A test that moved the store's clock forward is that much later:
+        // so is a comment written now.
+        let mut payload = payload.clone();
+        let ahead = self.app.state.store.now_ms() - chrono::Utc::now().timestamp_millis();
+        for field in ["created_at", "updated_at"] {
+            let written = payload["comment"][field]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+            if let (Some(written), true) = (written, ahead > 1_000) {
+                let later = written + chrono::Duration::milliseconds(ahead);
+                payload["comment"][field] =
+                    json!(later.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            }
+        }
+        let body = serde_json::to_vec(&payload).expect("json");
         let signature = sign(SECRET.as_bytes(), &body);
         self.deliver_raw(Some(event), Some(delivery), Some(signature), body)
             .await
@@ -549,6 +572,10 @@ pub fn comment_event(repo: &str, number: u64, is_pr: bool, body: &str, login: &s
             "patch_url": format!("https://github.com/{repo}/pull/{number}.patch"),
         });
     }
+    // Written now (deploybot asks again about a comment processed long after).
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    v["comment"]["created_at"] = json!(now);
+    v["comment"]["updated_at"] = json!(now);
     v["comment"]["id"] = json!(comment_id_for(number, body));
     v["comment"]["body"] = json!(body);
     v["comment"]["user"]["login"] = json!(login);

@@ -155,6 +155,24 @@ impl FakeGitHub {
             .collect()
     }
 
+    /// `login` (a person) reacts to comment `comment_id` with `content`
+    /// (`+1`, `eyes`...), as on GitHub's page: no webhook is sent.
+    pub fn react_as(&self, comment_id: u64, login: &str, content: &str) {
+        let mut state = self.state();
+        state.user_id(login);
+        let id = state.next_id(Counter::Reaction);
+        state
+            .reactions
+            .entry(comment_id)
+            .or_default()
+            .push(Reaction {
+                id,
+                content: content.to_string(),
+                user: login.to_string(),
+                created_at: Utc::now(),
+            });
+    }
+
     /// Reaction contents on comment `comment_id`, in order.
     pub fn reactions(&self, comment_id: u64) -> Vec<String> {
         self.state()
@@ -373,4 +391,41 @@ pub(super) fn create_reaction(state: &mut GitHubState, call: &Call) -> Reply {
             "created_at": timestamp(created_at),
         }),
     )
+}
+
+pub(super) fn list_reactions(state: &mut GitHubState, call: &Call) -> Reply {
+    let Some(comment_id) = call.number("comment_id") else {
+        return Reply::not_found();
+    };
+    let content = call.query.get("content").cloned();
+    let bot = state.bot_login();
+    let list: Vec<Reaction> = state
+        .reactions
+        .get(&comment_id)
+        .map(|l| {
+            l.iter()
+                .filter(|r| content.as_ref().is_none_or(|c| &r.content == c))
+                .map(|r| Reaction {
+                    id: r.id,
+                    content: r.content.clone(),
+                    user: r.user.clone(),
+                    created_at: r.created_at,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let items: Vec<Value> = list
+        .into_iter()
+        .map(|r| {
+            let kind = if r.user == bot { "Bot" } else { "User" };
+            json!({
+                "id": r.id,
+                "node_id": format!("REA_{}", r.id),
+                "user": state.user_json(&r.user, kind),
+                "content": r.content,
+                "created_at": timestamp(r.created_at),
+            })
+        })
+        .collect();
+    Reply::json(200, Value::Array(items))
 }

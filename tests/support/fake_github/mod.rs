@@ -261,6 +261,8 @@ struct GitHubState {
     pulls: BTreeMap<(String, u64), Pull>,
     branches: BTreeMap<(String, String), String>,
     commits: BTreeMap<String, BTreeSet<String>>,
+    /// Commits on the repository's own branches (not only in a fork or PR).
+    history: BTreeMap<String, BTreeSet<String>>,
     comments: Vec<StoredComment>,
     reactions: BTreeMap<u64, Vec<Reaction>>,
     check_runs: BTreeMap<u64, CheckRun>,
@@ -306,6 +308,7 @@ impl GitHubState {
             pulls: BTreeMap::new(),
             branches: BTreeMap::new(),
             commits: BTreeMap::new(),
+            history: BTreeMap::new(),
             comments: Vec::new(),
             reactions: BTreeMap::new(),
             check_runs: BTreeMap::new(),

@@ -74,11 +74,34 @@ impl FakeGitHub {
             .entry(repo.to_string())
             .or_default()
             .insert(sha.to_string());
+        state
+            .history
+            .entry(repo.to_string())
+            .or_default()
+            .insert(sha.to_string());
     }
 
-    /// Adds a commit to `repo` (reachable by its full SHA or a unique prefix
-    /// of at least 7 characters).
+    /// Adds a commit to `repo`'s history (on its branches; found by its
+    /// full SHA or a unique prefix of at least 7 characters).
     pub fn add_commit(&self, repo: &str, sha: &str) {
+        let mut state = self.state();
+        state.repo_id(repo);
+        state
+            .commits
+            .entry(repo.to_string())
+            .or_default()
+            .insert(sha.to_string());
+        state
+            .history
+            .entry(repo.to_string())
+            .or_default()
+            .insert(sha.to_string());
+    }
+
+    /// Adds a commit that exists only in a fork of `repo`: GitHub shares a
+    /// fork network's objects, so `repo` answers for it, but no branch of
+    /// `repo` contains it.
+    pub fn add_fork_commit(&self, repo: &str, sha: &str) {
         let mut state = self.state();
         state.repo_id(repo);
         state
@@ -430,4 +453,74 @@ pub(super) fn merge(target: &mut Value, extra: Value) {
     if let (Value::Object(target), Value::Object(extra)) = (target, extra) {
         target.extend(extra);
     }
+}
+
+/// `base...head`: the fake's history is flat, so a commit of the repository's
+/// history is `behind` any branch, its head is `identical`, and a commit the
+/// repository only knows from its fork network (or a PR) has `diverged`.
+pub(super) fn compare(state: &mut GitHubState, call: &Call) -> Reply {
+    let repo = call.repo();
+    let basehead = call.param("basehead").to_string();
+    let Some((base, head)) = basehead.split_once("...") else {
+        return Reply::not_found();
+    };
+    let (Some(base_sha), Some(head_sha)) = (
+        state.resolve_ref(&repo, base),
+        state.resolve_ref(&repo, head),
+    ) else {
+        return Reply::not_found();
+    };
+    let in_history = state
+        .history
+        .get(&repo)
+        .is_some_and(|h| h.contains(&head_sha));
+    let (status, ahead_by, behind_by) = if base_sha == head_sha {
+        ("identical", 0, 0)
+    } else if in_history {
+        ("behind", 0, 1)
+    } else {
+        ("diverged", 1, 1)
+    };
+    let api = format!("{}/repos/{repo}", state.base);
+    let html = format!("https://github.com/{repo}/compare/{basehead}");
+    let base_commit = state.commit_json(&repo, &base_sha);
+    let head_commit = state.commit_json(&repo, &head_sha);
+    let commits = if ahead_by > 0 { vec![head_commit] } else { vec![] };
+    Reply::json(
+        200,
+        json!({
+            "url": format!("{api}/compare/{basehead}"),
+            "html_url": html,
+            "permalink_url": html,
+            "diff_url": format!("{html}.diff"),
+            "patch_url": format!("{html}.patch"),
+            "base_commit": base_commit.clone(),
+            "merge_base_commit": base_commit,
+            "status": status,
+            "ahead_by": ahead_by,
+            "behind_by": behind_by,
+            "total_commits": commits.len(),
+            "commits": commits,
+            "files": [],
+        }),
+    )
+}
+
+/// Open (or closed, or all) pull requests of a repository, newest first.
+pub(super) fn list_pulls(state: &mut GitHubState, call: &Call) -> Reply {
+    let repo = call.repo();
+    let wanted = call.query.get("state").map_or("open", String::as_str).to_string();
+    let mut numbers: Vec<u64> = state
+        .pulls
+        .iter()
+        .filter(|((r, _), p)| r == &repo && (wanted == "all" || p.state == wanted))
+        .map(|((_, n), _)| *n)
+        .collect();
+    numbers.reverse();
+    let items: Vec<Value> = numbers
+        .into_iter()
+        .take(100)
+        .map(|n| state.pull_json(&repo, n))
+        .collect();
+    Reply::json(200, Value::Array(items))
 }
