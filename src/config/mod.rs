@@ -83,11 +83,11 @@ impl Default for BotConfig {
             workdir: None,
             status_interval_ms: 2_000,
             worker_lease_ms: 60_000,
-            approval_window: Span::new("1m"),
+            approval_window: Span::new("5m"),
             confirm_within: Span::new("15m"),
             confirm_poll_ms: 5_000,
             max_commands_per_comment: 10,
-            max_queued_per_user: 5,
+            max_queued_per_user: 10,
         }
     }
 }

@@ -47,10 +47,7 @@ impl Intake {
         // Parse, and check the PRs named, before the transaction:
         // nothing slow runs while it is open.
         let prepared = match &decision {
-            Decision::Allowed(_) => {
-                self.prepare(&origin, author, lines, *written_at_ms)
-                    .await?
-            }
+            Decision::Allowed(_) => self.prepare(&origin, author, lines, *written_at_ms).await?,
             Decision::Denied(_) => Vec::new(),
         };
         let mut tx = self.store.begin().await?;
@@ -116,7 +113,9 @@ impl Intake {
                 continue;
             }
             let asked_on = Some((origin.repo.as_str(), origin.installation_id));
-            if let Decision::Denied(why) = self.authorise_request(author, asked_on, &request).await? {
+            if let Decision::Denied(why) =
+                self.authorise_request(author, asked_on, &request).await?
+            {
                 tracing::info!(repo = %origin.repo, author, %why, "deploy request refused");
                 out.push(Prepared::Invalid(format!(
                     "I can't deploy this for you: {why}. Nothing was queued."
@@ -177,7 +176,10 @@ impl Intake {
                             let reachable = github
                                 .on_branch(inst, &repo, &c.default_branch, &full)
                                 .await?
-                                || github.open_pull_with_head(inst, &repo, &full).await?.is_some();
+                                || github
+                                    .open_pull_with_head(inst, &repo, &full)
+                                    .await?
+                                    .is_some();
                             if reachable {
                                 pinned.push(pin(&full, None));
                                 continue;
@@ -250,8 +252,7 @@ impl Intake {
                     match self.queue(tx, origin, &asked, &request, &pinned).await? {
                         Ok(id) => {
                             let why = format!("superseded by request #{id} from @{author}");
-                            ops::supersede_older(tx, &origin.repo, origin.number, id, &why)
-                                .await?;
+                            ops::supersede_older(tx, &origin.repo, origin.number, id, &why).await?;
                         }
                         Err(refused) => {
                             origin

@@ -236,7 +236,11 @@ impl Intake {
             return Ok(false);
         };
         let reactions = github
-            .thumbs_up(inst, &repo, CommentId(u64::try_from(comment).unwrap_or_default()))
+            .thumbs_up(
+                inst,
+                &repo,
+                CommentId(u64::try_from(comment).unwrap_or_default()),
+            )
             .await?;
         let asked_on = Some((pending.repo.as_str(), pending.installation_id));
         for reaction in reactions.iter().filter(|r| !r.by_bot) {

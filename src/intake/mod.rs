@@ -378,12 +378,8 @@ impl Intake {
     ) -> Result<Result<i64, String>, StoreError> {
         // One person's requests are bounded (SPEC: abuse is bounded).
         let max = self.config.bot.max_queued_per_user;
-        let active = Store::active_jobs(tx.db())
-            .await?
-            .iter()
-            .filter(|j| j.requested_by.eq_ignore_ascii_case(asked.by))
-            .count();
-        if active >= max {
+        let active = Store::active_requests_of(tx, asked.by).await?;
+        if usize::try_from(active).unwrap_or(usize::MAX) >= max {
             return Ok(Err(format!(
                 "you already have {active} requests queued or running, the most one person may have \
                  (`bot.max_queued_per_user`); cancel one or wait for one to end. Nothing was queued."

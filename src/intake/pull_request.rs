@@ -48,8 +48,7 @@ impl Intake {
         let asked_on = Some((repo_name.to_string(), *installation_id));
         let asked_on = asked_on.as_ref().map(|(r, i)| (r.as_str(), *i));
         let mut decision = self.authorise_request(sender, asked_on, &request).await?;
-        if synchronize && decision.allowed() && !pr_author.eq_ignore_ascii_case(sender)
-        {
+        if synchronize && decision.allowed() && !pr_author.eq_ignore_ascii_case(sender) {
             decision = self
                 .authorise_request(pr_author, asked_on, &request)
                 .await?;

@@ -164,7 +164,13 @@ async fn tell_referencing(
     reason: &str,
 ) -> Result<()> {
     let what = format!("{repo}#{number}: {reason}");
-    Store::add_event(tx, job.id, Step::Notice, &format!("{what}; this request goes on")).await?;
+    Store::add_event(
+        tx,
+        job.id,
+        Step::Notice,
+        &format!("{what}; this request goes on"),
+    )
+    .await?;
     let body = format!(
         "{repo}#{number} changed: {reason}. Request #{} references it and goes on with the \
          commit it pinned; cancel or release it here if it should not.",

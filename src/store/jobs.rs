@@ -88,7 +88,10 @@ pub enum QueuedJobs<'a> {
         number: i64,
     },
     /// Those asked for from this PR or issue.
-    AskedFrom { repo: &'a str, number: i64 },
+    AskedFrom {
+        repo: &'a str,
+        number: i64,
+    },
     /// Those asked for from this PR or issue before request `newer`.
     AskedFromBefore {
         repo: &'a str,
@@ -203,11 +206,9 @@ impl Store {
             ))
             .bind(repo.to_string())
             .bind(number),
-            QueuedJobs::AskedFrom { repo, number } => {
-                set(end_where!("repo = $5 AND number = $6"))
-                    .bind(repo.to_string())
-                    .bind(number)
-            }
+            QueuedJobs::AskedFrom { repo, number } => set(end_where!("repo = $5 AND number = $6"))
+                .bind(repo.to_string())
+                .bind(number),
             QueuedJobs::AskedFromBefore {
                 repo,
                 number,
@@ -288,6 +289,27 @@ impl Store {
             .execute(tx.db())
             .await?;
         Ok(())
+    }
+
+    /// How many requests `login` has queued or running. On PostgreSQL it
+    /// first takes a transaction lock on that person, so two replicas
+    /// accepting their requests at once count one after the other.
+    pub async fn active_requests_of(tx: &mut Tx, login: &str) -> Result<i64> {
+        let login = login.to_ascii_lowercase();
+        if tx.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))::text")
+                .bind(&login)
+                .fetch_one(tx.db())
+                .await?;
+        }
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running') \
+             AND LOWER(requested_by) = $1",
+        )
+        .bind(&login)
+        .fetch_one(tx.db())
+        .await?;
+        Ok(row.try_get(0)?)
     }
 
     /// Queued or running jobs of a PR (as origin or reference), oldest first.

@@ -36,22 +36,16 @@ async fn a_component_the_commenter_may_not_deploy_is_refused(db: Db) {
         .permission("packit/ogr", "bob", "read")
         .start()
         .await;
-    let event = comment_event(
-        "packit/packit-service",
-        614,
-        true,
-        "/deploy ogr=123",
-        "bob",
-    );
+    let event = comment_event("packit/packit-service", 614, true, "/deploy ogr=123", "bob");
     t.deliver("issue_comment", &event).await;
     t.settle().await;
     assert_eq!(t.jobs().await.len(), 0, "nothing is queued");
     let replies = t.replies("packit/packit-service", 614);
     assert_eq!(replies.len(), 1, "{replies:#?}");
     assert!(
-        replies[0]
-            .body
-            .contains("I can't deploy this for you: @bob needs write permission on packit/ogr (has read)"),
+        replies[0].body.contains(
+            "I can't deploy this for you: @bob needs write permission on packit/ogr (has read)"
+        ),
         "{}",
         replies[0].body
     );
@@ -115,13 +109,24 @@ async fn a_strangers_pr_waits_for_a_permitted_thumbs_up(db: Db) {
 
     // The stranger pushes new commits and approves them themselves; someone
     // without permission 👍s too: neither counts.
-    t.github
-        .add_pull("packit/ogr", 900, &sha('b'), "fork-change", "open", STRANGER, &[]);
+    t.github.add_pull(
+        "packit/ogr",
+        900,
+        &sha('b'),
+        "fork-change",
+        "open",
+        STRANGER,
+        &[],
+    );
     t.github.react_as(asked.id, STRANGER, "+1");
     t.github.react_as(asked.id, "mallory", "+1");
     t.advance(Duration::from_secs(6));
     t.settle().await;
-    assert_eq!(t.jobs().await.len(), 0, "a 👍 without permission counts for nothing");
+    assert_eq!(
+        t.jobs().await.len(),
+        0,
+        "a 👍 without permission counts for nothing"
+    );
 
     // A team member's 👍 queues exactly the commit asked about.
     t.github.react_as(asked.id, "alice", "+1");
@@ -132,15 +137,22 @@ async fn a_strangers_pr_waits_for_a_permitted_thumbs_up(db: Db) {
     let id = jobs[0]["id"].as_i64().expect("id");
     let runs = t.check_runs_for("packit/ogr", id);
     assert_eq!(runs.len(), 1, "{runs:?}");
-    assert_eq!(runs[0]["head_sha"], first, "the confirmed commit, not the newer one");
+    assert_eq!(
+        runs[0]["head_sha"], first,
+        "the confirmed commit, not the newer one"
+    );
     let status = t.status_comment(id);
-    assert!(status.body.contains(&format!("commit/{first}")), "{}", status.body);
+    assert!(
+        status.body.contains(&format!("commit/{first}")),
+        "{}",
+        status.body
+    );
     assert!(status.body.contains("by `stranger`"), "{}", status.body);
     let replies = t.replies("packit/packit-service", 614);
     assert!(
-        replies
-            .iter()
-            .any(|c| c.body.contains("@alice confirmed: request #1 deploys exactly the commits asked about.")),
+        replies.iter().any(|c| c
+            .body
+            .contains("@alice confirmed: request #1 deploys exactly the commits asked about.")),
         "{replies:#?}"
     );
     // Asked once; a later check does not queue it again.
@@ -252,20 +264,35 @@ async fn a_comment_processed_late_asks_about_the_new_commits(db: Db) {
     t.settle().await;
     assert_eq!(t.jobs().await.len(), 0);
     let newer = sha('f');
-    t.github
-        .add_pull("packit/ogr", 123, &newer, "change", "open", TEAM_MEMBER, &[]);
-    t.advance(Duration::from_secs(5 * 60));
+    t.github.add_pull(
+        "packit/ogr",
+        123,
+        &newer,
+        "change",
+        "open",
+        TEAM_MEMBER,
+        &[],
+    );
+    t.advance(Duration::from_secs(10 * 60));
     t.settle().await;
-    assert_eq!(t.jobs().await.len(), 0, "not deployed under the old approval");
+    assert_eq!(
+        t.jobs().await.len(),
+        0,
+        "not deployed under the old approval"
+    );
     let asked = question(&t);
     assert!(
-        asked
-            .body
-            .contains("your comment was written 5m ago, and its pull requests may have changed since"),
+        asked.body.contains(
+            "your comment was written 10m ago, and its pull requests may have changed since"
+        ),
         "{}",
         asked.body
     );
-    assert!(asked.body.contains(&format!("commit `{newer}`")), "{}", asked.body);
+    assert!(
+        asked.body.contains(&format!("commit `{newer}`")),
+        "{}",
+        asked.body
+    );
     t.github.react_as(asked.id, "alice", "+1");
     t.advance(Duration::from_secs(6));
     t.settle().await;
@@ -274,7 +301,10 @@ async fn a_comment_processed_late_asks_about_the_new_commits(db: Db) {
     let id = jobs[0]["id"].as_i64().expect("id");
     assert_eq!(t.check_runs_for("packit/ogr", id)[0]["head_sha"], newer);
     let replies = t.replies("packit/packit-service", 614);
-    assert!(replies[0].body.starts_with("@alice confirmed: request #1"), "{replies:#?}");
+    assert!(
+        replies[0].body.starts_with("@alice confirmed: request #1"),
+        "{replies:#?}"
+    );
     t.seen_status_comments();
 }
 
@@ -307,7 +337,11 @@ async fn a_commit_must_be_on_a_branch_of_the_components_repository(db: Db) {
         t.settle().await;
         let replies = t.replies("packit/packit-service", 614);
         assert_eq!(replies.len(), 1, "{text}: {replies:#?}");
-        assert!(replies[0].body.contains(&expect), "{text}: {}", replies[0].body);
+        assert!(
+            replies[0].body.contains(&expect),
+            "{text}: {}",
+            replies[0].body
+        );
     }
     assert_eq!(t.jobs().await.len(), 0);
     let text = format!("/deploy ogr=@{}", &on_main[..12]);
@@ -368,15 +402,15 @@ async fn closing_a_referenced_pr_ends_only_its_own_requests(db: Db) {
     );
     let one = t.job(1).await;
     assert!(
-        events(&one, "notice").contains("packit/ogr#123: the pull request was closed; this request goes on"),
+        events(&one, "notice")
+            .contains("packit/ogr#123: the pull request was closed; this request goes on"),
         "{one}"
     );
     t.seen_status_comments();
 }
 
 async fn one_comment_and_one_person_are_bounded(db: Db) {
-    let mut config =
-        Config::load(&manifest_dir().join("deploy/packit.toml")).expect("packit.toml");
+    let mut config = Config::load(&manifest_dir().join("deploy/packit.toml")).expect("packit.toml");
     config.bot.max_commands_per_comment = 2;
     config.bot.max_queued_per_user = 2;
     let t = TestApp::builder(db).config(config).start().await;
@@ -405,7 +439,13 @@ async fn one_comment_and_one_person_are_bounded(db: Db) {
     for number in [614, 700, 800] {
         t.deliver(
             "issue_comment",
-            &comment_event("packit/packit-service", number, true, "/deploy", TEAM_MEMBER),
+            &comment_event(
+                "packit/packit-service",
+                number,
+                true,
+                "/deploy",
+                TEAM_MEMBER,
+            ),
         )
         .await;
     }
@@ -414,9 +454,9 @@ async fn one_comment_and_one_person_are_bounded(db: Db) {
     let refused = t.replies("packit/packit-service", 800);
     assert_eq!(refused.len(), 1, "{refused:#?}");
     assert!(
-        refused[0]
-            .body
-            .contains("@alice, you already have 2 requests queued or running, the most one person may have"),
+        refused[0].body.contains(
+            "@alice, you already have 2 requests queued or running, the most one person may have"
+        ),
         "{}",
         refused[0].body
     );

@@ -636,7 +636,9 @@ async fn closing_or_unlabelling_a_pr_ends_its_hold(db: Db) {
     t.settle().await;
     let told = t.replies("packit/packit-service", 614);
     assert!(
-        told[0].body.starts_with("packit/ogr#123 changed: the pull request was closed."),
+        told[0]
+            .body
+            .starts_with("packit/ogr#123 changed: the pull request was closed."),
         "{told:?}"
     );
     let closed = pull_request_event("closed", "packit/packit-service", 614, "alice");

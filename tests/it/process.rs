@@ -59,6 +59,7 @@ async fn serve_and_receive_queue_a_deploy_from_a_comment() {
     github.install("packit/packit-service", INSTALLATION);
     github.install("packit/ogr", INSTALLATION);
     github.set_permission("packit/packit-service", "alice", "write");
+    github.set_permission("packit/ogr", "alice", "write");
     for (repo, number) in DEFAULT_PULLS {
         github.add_pull(
             repo,
@@ -220,6 +221,7 @@ async fn serve_on_the_embedded_default_runs_a_dry_run_deployment() {
     github.install("packit/packit-service", INSTALLATION);
     github.install("packit/ogr", INSTALLATION);
     github.set_permission("packit/packit-service", "alice", "write");
+    github.set_permission("packit/ogr", "alice", "write");
     github.add_pull(
         "packit/packit-service",
         614,
@@ -426,11 +428,14 @@ fn check_config_reports_problems_clearly() {
 
     // A `command` environment runs PR code here: check-config says so.
     let local = tmp.path().join("local.toml");
+    let packit = std::fs::read_to_string(manifest_dir().join("deploy/packit.toml")).expect("read");
     std::fs::write(
         &local,
-        "[[environment]]\nname = \"box\"\nkind = \"command\"\n\
-         [environment.deployer]\nkind = \"command\"\nargs = [\"make\", \"deploy\"]\n\
-         vars_file = \"vars.json\"\n",
+        format!(
+            "{packit}\n[[environment]]\nname = \"box\"\nkind = \"command\"\n\
+             [environment.deployer]\nkind = \"command\"\nargs = [\"make\", \"deploy\"]\n\
+             vars_file = \"vars.json\"\n"
+        ),
     )
     .expect("write");
     let warned = Command::new(env!("CARGO_BIN_EXE_deploybot"))
@@ -441,7 +446,11 @@ fn check_config_reports_problems_clearly() {
         .output()
         .expect("runs");
     let said = String::from_utf8_lossy(&warned.stdout);
-    assert!(warned.status.success(), "{said}{}", String::from_utf8_lossy(&warned.stderr));
+    assert!(
+        warned.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&warned.stderr)
+    );
     assert!(
         said.contains("warning: environment `box` is a `command` environment: its builder, deployer and cleanup run PR code on this machine"),
         "{said}"

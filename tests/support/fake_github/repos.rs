@@ -485,7 +485,11 @@ pub(super) fn compare(state: &mut GitHubState, call: &Call) -> Reply {
     let html = format!("https://github.com/{repo}/compare/{basehead}");
     let base_commit = state.commit_json(&repo, &base_sha);
     let head_commit = state.commit_json(&repo, &head_sha);
-    let commits = if ahead_by > 0 { vec![head_commit] } else { vec![] };
+    let commits = if ahead_by > 0 {
+        vec![head_commit]
+    } else {
+        vec![]
+    };
     Reply::json(
         200,
         json!({
@@ -509,7 +513,11 @@ pub(super) fn compare(state: &mut GitHubState, call: &Call) -> Reply {
 /// Open (or closed, or all) pull requests of a repository, newest first.
 pub(super) fn list_pulls(state: &mut GitHubState, call: &Call) -> Reply {
     let repo = call.repo();
-    let wanted = call.query.get("state").map_or("open", String::as_str).to_string();
+    let wanted = call
+        .query
+        .get("state")
+        .map_or("open", String::as_str)
+        .to_string();
     let mut numbers: Vec<u64> = state
         .pulls
         .iter()
