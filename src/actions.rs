@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::auth::{Decision, TokenCache};
+use crate::auth::{Decision, KnownToken, TokenCache};
 use crate::command::{DeployRequest, Ref};
 use crate::domain::Source;
 use crate::github::{GitHubError, RepoName};
@@ -76,8 +76,10 @@ impl Actions {
                 "send a GitHub token: `Authorization: Bearer <token>`".into(),
             ));
         }
-        if let Some(login) = self.tokens.get(token) {
-            return Ok(login);
+        match self.tokens.get(token) {
+            Some(KnownToken::Login(login)) => return Ok(login),
+            Some(KnownToken::Refused) => return Err(refused_token()),
+            None => {}
         }
         let Some(github) = &self.intake.github else {
             return Err(ActionError::Unavailable(
@@ -90,9 +92,19 @@ impl Actions {
                 self.tokens.put(token, &login);
                 Ok(login)
             }
-            None => Err(ActionError::Unauthorized(
-                "GitHub does not accept this token".into(),
-            )),
+            None => {
+                self.tokens.refused(token);
+                Err(refused_token())
+            }
+        }
+    }
+
+    /// Whose `token` is, if GitHub said so within the last few minutes
+    /// (no call to GitHub).
+    pub fn known_login(&self, token: &str) -> Option<String> {
+        match self.tokens.get(token.trim()) {
+            Some(KnownToken::Login(login)) => Some(login),
+            _ => None,
         }
     }
 
@@ -336,4 +348,8 @@ impl Actions {
             }
         }
     }
+}
+
+fn refused_token() -> ActionError {
+    ActionError::Unauthorized("GitHub does not accept this token".into())
 }

@@ -93,7 +93,9 @@ const REDELIVER_MAX_PAGES: usize = 100;
 /// the App's deliveries of the last `since`, and redeliver each event none
 /// of whose attempts succeeded, oldest first (the order they happened).
 /// An event deploybot recorded anyway (GitHub gave up waiting for the
-/// answer) is left alone; a redelivery of it would be a no-op. With
+/// answer) is left alone; a redelivery of it would be a no-op. Each id
+/// asked for is recorded, so that a command in it, older than
+/// `bot.max_delivery_age` by now, is still processed (once). With
 /// `dry_run`, only says what it would do.
 pub async fn redeliver(
     store: &Store,
@@ -110,6 +112,8 @@ pub async fn redeliver(
     // newest attempt (the one to redeliver).
     let mut events: Vec<(bool, HookDelivery)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
+    // When GitHub first tried each event (the oldest attempt seen).
+    let mut first_tried: HashMap<String, chrono::DateTime<chrono::Utc>> = HashMap::new();
     let mut cursor: Option<String> = None;
     'pages: for _ in 0..REDELIVER_MAX_PAGES {
         let (page, next) = github
@@ -121,6 +125,7 @@ pub async fn redeliver(
                 break 'pages;
             }
             let ok = (200..300).contains(&attempt.status_code);
+            first_tried.insert(attempt.guid.clone(), attempt.delivered_at);
             match index.get(&attempt.guid) {
                 Some(&i) => events[i].0 |= ok,
                 None => {
@@ -168,6 +173,15 @@ pub async fn redeliver(
                 attempt.guid
             ));
         } else {
+            // An old command is refused unless it is one asked for here: say
+            // so first (judged by when GitHub first tried to deliver it).
+            let first = first_tried
+                .get(&attempt.guid)
+                .unwrap_or(&attempt.delivered_at);
+            store
+                .allow_redelivery(&attempt.guid, &attempt.event, first.timestamp_millis())
+                .await
+                .map_err(|e| format!("database: {e}"))?;
             match github.redeliver(attempt.id).await {
                 Ok(()) => {
                     sent += 1;

@@ -121,31 +121,58 @@ impl Authorizer {
     }
 }
 
-/// Remembers whose a token is for a few minutes (keyed by its SHA-256, so
-/// the token itself is not kept).
+/// Remembers whose a token is, or that GitHub refused it, for a few minutes
+/// (keyed by its SHA-256, so the token itself is not kept): a bad token sent
+/// again costs no call to GitHub.
 #[derive(Default)]
 pub struct TokenCache {
-    entries: Mutex<HashMap<String, (Instant, String)>>,
+    entries: Mutex<HashMap<String, (Instant, KnownToken)>>,
+}
+
+/// What GitHub said of a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KnownToken {
+    Login(String),
+    Refused,
 }
 
 impl TokenCache {
-    /// Whose `token` is, if known within the last few minutes.
-    pub fn get(&self, token: &str) -> Option<String> {
+    /// What GitHub said of `token` within the last few minutes, if anything.
+    pub fn get(&self, token: &str) -> Option<KnownToken> {
         let cache = self.entries.lock().ok()?;
-        let (at, login) = cache.get(&token_key(token))?;
-        (at.elapsed() < TOKEN_TTL).then(|| login.clone())
+        let (at, known) = cache.get(&token_key(token))?;
+        (at.elapsed() < TOKEN_TTL).then(|| known.clone())
     }
 
-    /// Remember that `token` is `login`'s (forgetting what is too old).
+    /// Remember that `token` is `login`'s.
     pub fn put(&self, token: &str, login: &str) {
+        self.remember(token, KnownToken::Login(login.to_string()));
+    }
+
+    /// Remember that GitHub refused `token`.
+    pub fn refused(&self, token: &str) {
+        self.remember(token, KnownToken::Refused);
+    }
+
+    /// (Forgetting what is too old; a flood of tokens forgets refusals
+    /// first and never grows the cache past [`TOKEN_CACHE_MAX`].)
+    fn remember(&self, token: &str, known: KnownToken) {
         if let Ok(mut cache) = self.entries.lock() {
             cache.retain(|_, (at, _)| at.elapsed() < TOKEN_TTL);
-            cache.insert(token_key(token), (Instant::now(), login.to_string()));
+            if cache.len() >= TOKEN_CACHE_MAX {
+                cache.retain(|_, (_, k)| *k != KnownToken::Refused);
+            }
+            if cache.len() >= TOKEN_CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(token_key(token), (Instant::now(), known));
         }
     }
 }
 
 const TOKEN_TTL: Duration = Duration::from_secs(300);
+/// Most tokens remembered at once.
+const TOKEN_CACHE_MAX: usize = 10_000;
 
 fn token_key(token: &str) -> String {
     use sha2::Digest;

@@ -87,6 +87,8 @@ impl App {
             pipeline.clone(),
             WorkerSettings::with_lease(Duration::from_millis(config.bot.worker_lease_ms)),
         ));
+        let streams = web::limits::Streams::new(&config.web);
+        let token_failures = web::limits::TokenFailures::new(&config.web);
         let state = Arc::new(AppState {
             store,
             actions: Arc::new(crate::actions::Actions::new(intake.clone())),
@@ -94,6 +96,8 @@ impl App {
             settings,
             wake: Arc::new(Notify::new()),
             jobs_wake: Arc::new(Notify::new()),
+            streams,
+            token_failures,
         });
         Ok(App {
             state,

@@ -241,7 +241,11 @@ async fn serve(settings: Settings, config: deploybot::config::Config) -> Result<
         let app = app.clone();
         tokio::spawn(async move { app.run_background(stopped, true).await })
     };
-    let server = axum::serve(listener, app.router()).with_graceful_shutdown(shutdown_signal());
+    // The peer address is the client address the HTTP limits count by.
+    let service = app
+        .router()
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(listener, service).with_graceful_shutdown(shutdown_signal());
     let result = server.await.map_err(|e| format!("server error: {e}"));
     tracing::info!("shutting down: finishing background work");
     let _ = stop.send(true);

@@ -76,6 +76,29 @@ impl Config {
                     .into(),
             );
         }
+        if self
+            .bot
+            .max_delivery_age
+            .valid()
+            .is_none_or(|d| d.is_zero())
+        {
+            problems.push(format!(
+                "bot.max_delivery_age {:?} is not a duration like 1h or 30m",
+                self.bot.max_delivery_age.to_string()
+            ));
+        }
+        for (key, n) in [
+            ("max_streams", self.web.max_streams),
+            ("max_streams_per_client", self.web.max_streams_per_client),
+            (
+                "max_failed_tokens_per_minute",
+                self.web.max_failed_tokens_per_minute,
+            ),
+        ] {
+            if n == 0 {
+                problems.push(format!("web.{key} must be at least 1"));
+            }
+        }
         if self.permissions.cache_ttl.valid().is_none() {
             problems.push(format!(
                 "permissions.cache_ttl {:?} is not a duration like 1m or 2h",

@@ -70,6 +70,10 @@ pub struct BotConfig {
     pub max_commands_per_comment: usize,
     /// Most requests one user may have queued or running at once.
     pub max_queued_per_user: usize,
+    /// A command delivery (a comment created or edited) whose comment is
+    /// older than this is refused, e.g. `1h` (judged from the comment's own,
+    /// signed, time); `deploybot admin redeliver` sends old ones anyway.
+    pub max_delivery_age: Span,
 }
 
 impl Default for BotConfig {
@@ -88,17 +92,36 @@ impl Default for BotConfig {
             confirm_poll_ms: 5_000,
             max_commands_per_comment: 10,
             max_queued_per_user: 10,
+            max_delivery_age: Span::new("1h"),
         }
     }
 }
 
 /// The status page and the read API.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebConfig {
     /// Pages and the read API need a GitHub login (a token of someone
     /// allowed to deploy); by default they are public.
     pub require_login: bool,
+    /// Most event streams open at once (503 beyond).
+    pub max_streams: usize,
+    /// Most event streams open at once from one client address (429 beyond).
+    pub max_streams_per_client: usize,
+    /// Failed GitHub tokens one client address may send in a minute before
+    /// its token checks are answered 429 (with `Retry-After`).
+    pub max_failed_tokens_per_minute: usize,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            require_login: false,
+            max_streams: 100,
+            max_streams_per_client: 10,
+            max_failed_tokens_per_minute: 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -78,6 +78,8 @@ impl Job {
 /// One line of a request's history.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobEvent {
+    /// Its number within the request: 1, 2, 3... in the order the events
+    /// were committed (the event stream's `id:`, for `Last-Event-ID`).
     pub id: i64,
     pub at: String,
     #[serde(skip)]

@@ -1,5 +1,6 @@
-//! Webhook deliveries: each `X-GitHub-Delivery` id once, stored durably
-//! before the webhook answers (batched on PostgreSQL). Knows no event's meaning.
+//! Webhook deliveries: each `X-GitHub-Delivery` id, body and content key
+//! once, stored durably before the webhook answers (batched on PostgreSQL),
+//! and the ids `admin redeliver` asked for. Knows no event's meaning.
 
 use super::*;
 
@@ -11,6 +12,21 @@ pub struct NewDelivery {
     pub action: Option<String>,
     pub outcome: String,
     pub trigger: Option<String>,
+    /// SHA-256 of the body (hex): a body is processed once.
+    pub body_sha256: String,
+    /// What else makes the content the same (e.g. a comment's id and
+    /// `updated_at`), if anything.
+    pub content_key: Option<String>,
+}
+
+/// A redelivery `admin redeliver` asked GitHub for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redelivery {
+    pub event: String,
+    /// When GitHub first tried to deliver it (unix ms).
+    pub first_attempt_at: i64,
+    /// When the operator asked (unix ms).
+    pub requested_at: i64,
 }
 
 pub(super) type PendingDelivery = (
@@ -24,7 +40,7 @@ const DELIVERY_BATCH: usize = 128;
 /// The PostgreSQL delivery writer: takes what is waiting (up to
 /// [`DELIVERY_BATCH`]), stores it in one statement, answers each. A
 /// delivery id twice in one batch is stored once; the second is a
-/// redelivery.
+/// redelivery (and a body or content key twice, a replay).
 async fn write_deliveries(
     pool: AnyPool,
     clock: Clock,
@@ -71,20 +87,23 @@ async fn insert_deliveries(
 ) -> Result<std::collections::HashSet<String>> {
     let mut values = Vec::with_capacity(rows.len());
     for i in 0..rows.len() {
-        let p = 2 + i * 5;
+        let p = 2 + i * 7;
         values.push(format!(
-            "(${}, ${}, ${}, ${}, ${})",
+            "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
             p,
             p + 1,
             p + 2,
             p + 3,
-            p + 4
+            p + 4,
+            p + 5,
+            p + 6
         ));
     }
     let sql = format!(
-        "WITH input (id, event, action, outcome, payload) AS (VALUES {}), \
-         d AS (INSERT INTO deliveries (id, event, action, received_at, outcome) \
-               SELECT id, event, action, $1, outcome FROM input ON CONFLICT (id) DO NOTHING RETURNING id), \
+        "WITH input (id, event, action, outcome, payload, body_sha256, content_key) AS (VALUES {}), \
+         d AS (INSERT INTO deliveries (id, event, action, received_at, outcome, body_sha256, content_key) \
+               SELECT id, event, action, $1, outcome, body_sha256, content_key FROM input \
+               ON CONFLICT DO NOTHING RETURNING id), \
          t AS (INSERT INTO triggers (delivery_id, payload, state, run_after, created_at, updated_at) \
                SELECT d.id, input.payload, 'pending', $1, $1, $1 FROM d JOIN input ON input.id = d.id \
                WHERE input.payload IS NOT NULL) \
@@ -98,7 +117,9 @@ async fn insert_deliveries(
             .bind(row.event.clone())
             .bind(row.action.clone())
             .bind(row.outcome.clone())
-            .bind(row.trigger.clone());
+            .bind(row.trigger.clone())
+            .bind(row.body_sha256.clone())
+            .bind(row.content_key.clone());
     }
     let stored = query.fetch_all(pool).await?;
     stored
@@ -108,26 +129,63 @@ async fn insert_deliveries(
 }
 
 impl Store {
-    /// Record a delivery id; false when it was seen before (a redelivery).
-    pub async fn record_delivery(
-        tx: &mut Tx,
-        id: &str,
-        event: &str,
-        action: Option<&str>,
-        outcome: &str,
-    ) -> Result<bool> {
+    /// Record a delivery (not its trigger); false when its id, its body or
+    /// its content key was seen before (a redelivery or a replay).
+    pub async fn record_delivery(tx: &mut Tx, delivery: &NewDelivery) -> Result<bool> {
         let done = sqlx::query(
-            "INSERT INTO deliveries (id, event, action, received_at, outcome) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO deliveries (id, event, action, received_at, outcome, body_sha256, \
+             content_key) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
         )
-        .bind(id)
-        .bind(event)
-        .bind(action)
+        .bind(&delivery.id)
+        .bind(&delivery.event)
+        .bind(delivery.action.as_deref())
         .bind(tx.now)
-        .bind(outcome)
+        .bind(&delivery.outcome)
+        .bind(&delivery.body_sha256)
+        .bind(delivery.content_key.as_deref())
         .execute(tx.db())
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Remember that an operator asked GitHub to redeliver `id` (an event
+    /// GitHub first tried to deliver at `first_attempt_at`, unix ms).
+    pub async fn allow_redelivery(
+        &self,
+        id: &str,
+        event: &str,
+        first_attempt_at: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO redeliveries (delivery_id, event, first_attempt_at, requested_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (delivery_id) DO UPDATE SET \
+             event = $2, first_attempt_at = $3, requested_at = $4",
+        )
+        .bind(id)
+        .bind(event)
+        .bind(first_attempt_at)
+        .bind(self.clock.now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The redelivery an operator asked for under this delivery id, if any.
+    pub async fn redelivery(&self, id: &str) -> Result<Option<Redelivery>> {
+        let row = sqlx::query(
+            "SELECT event, first_attempt_at, requested_at FROM redeliveries WHERE delivery_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(Redelivery {
+                event: r.try_get("event")?,
+                first_attempt_at: r.try_get("first_attempt_at")?,
+                requested_at: r.try_get("requested_at")?,
+            })
+        })
+        .transpose()
     }
 
     /// PostgreSQL: store a delivery and the trigger it asks for, durably,

@@ -38,8 +38,8 @@ use sqlx::{Any, AnyPool, Executor, Row};
 pub use crate::domain::{ANY_ENVIRONMENT, Job, JobEvent, JobFilter, NewJob, PullRef};
 use crate::domain::{Conclusion, JobState, Outcome, Report, Step};
 pub use confirmations::WaitingConfirmation;
-pub use deliveries::NewDelivery;
 use deliveries::PendingDelivery;
+pub use deliveries::{NewDelivery, Redelivery};
 pub use environments::EnvironmentRow;
 pub use jobs::QueuedJobs;
 pub use queue::Heartbeat;
@@ -48,6 +48,10 @@ pub use queue::Heartbeat;
 pub struct Tx {
     inner: sqlx::Transaction<'static, Any>,
     backend: Backend,
+    /// Told, once this commits, which jobs got new events.
+    bus: Arc<events::EventBus>,
+    /// The jobs this transaction recorded events for.
+    touched: Vec<i64>,
     /// The store's clock when the transaction began (unix ms).
     pub now: i64,
 }
@@ -69,8 +73,20 @@ impl Tx {
         Ok(())
     }
 
-    pub async fn commit(self) -> Result<()> {
-        Ok(self.inner.commit().await?)
+    pub async fn commit(mut self) -> Result<()> {
+        let touched = std::mem::take(&mut self.touched);
+        if self.backend == Backend::Postgres {
+            // Streams on other replicas: delivered when this commits.
+            for job in &touched {
+                sqlx::query("SELECT pg_notify('deploybot_events', $1)")
+                    .bind(job.to_string())
+                    .execute(self.db())
+                    .await?;
+            }
+        }
+        self.inner.commit().await?;
+        self.bus.committed(&touched);
+        Ok(())
     }
 
     pub async fn rollback(self) -> Result<()> {
@@ -168,6 +184,8 @@ pub struct Store {
     /// PostgreSQL: the writer that stores concurrent deliveries together
     /// (started on first use).
     deliveries: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<PendingDelivery>>>,
+    /// Which jobs have new events (for the event streams).
+    events: Arc<events::EventBus>,
 }
 
 impl std::fmt::Debug for Store {
@@ -241,6 +259,7 @@ impl Store {
             clock: Clock::default(),
             url,
             deliveries: Arc::new(std::sync::OnceLock::new()),
+            events: Arc::new(events::EventBus::default()),
         })
     }
 
@@ -265,6 +284,8 @@ impl Store {
         Ok(Tx {
             inner: self.pool.begin().await?,
             backend: self.backend,
+            bus: self.events.clone(),
+            touched: Vec::new(),
             now: self.clock.now_ms(),
         })
     }
@@ -405,6 +426,7 @@ mod tests {
             "sync",
             "jobs",
             "deploybot_jobs",
+            "deploybot_events",
             "",
         ];
         let mut seen = 0;

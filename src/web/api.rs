@@ -3,14 +3,11 @@
 //! token (`Authorization: Bearer`); its user must be allowed as in SPEC §5.
 //! `openapi.json` describes all of it; a test keeps the two in agreement.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -19,6 +16,7 @@ use crate::store::Store;
 
 use crate::actions::ActionError;
 use crate::command::{Command, parse_command};
+use crate::web::limits::Client;
 use crate::web::{AppState, JobView, error};
 
 /// The OpenAPI description of this API.
@@ -44,23 +42,32 @@ pub fn answer(e: ActionError) -> Response {
     error(status, message)
 }
 
-/// The user behind the request's bearer token.
-async fn user(state: &AppState, headers: &HeaderMap) -> Result<String, ActionError> {
+/// The user behind the request's bearer token (checked as
+/// [`AppState::token_check`] says), or the answer that refuses it.
+async fn user(state: &AppState, client: Client, headers: &HeaderMap) -> Result<String, Response> {
     let token = crate::web::page::bearer(headers).ok_or_else(|| {
-        ActionError::Unauthorized(
+        answer(ActionError::Unauthorized(
             "this needs a GitHub token: `Authorization: Bearer <token>` \
              (the deploy CLI sends GITHUB_TOKEN or `gh auth token`)"
                 .into(),
-        )
+        ))
     })?;
-    state.actions.login_for_token(&token).await
+    state
+        .token_check(client, &token, state.actions.login_for_token(&token))
+        .await
+        .map_err(|limited| crate::web::limits::answer(&limited))?
+        .map_err(answer)
 }
 
 /// `GET /api/v1/me`: whose token this is, and what of theirs holds an environment.
-pub async fn me(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let login = match user(&state, &headers).await {
+pub async fn me(
+    State(state): State<Arc<AppState>>,
+    client: Client,
+    headers: HeaderMap,
+) -> Response {
+    let login = match user(&state, client, &headers).await {
         Ok(login) => login,
-        Err(e) => return answer(e),
+        Err(refused) => return refused,
     };
     match state.actions.held_by_user(&login).await {
         Ok(holds) => Json(json!({ "login": login, "holds": holds })).into_response(),
@@ -212,6 +219,7 @@ pub struct NewRequest {
 
 pub async fn create_job(
     State(state): State<Arc<AppState>>,
+    client: Client,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
@@ -268,9 +276,9 @@ pub async fn create_job(
         }
         Err(e) => return error(StatusCode::BAD_REQUEST, e.render(&line)),
     };
-    let login = match user(&state, &headers).await {
+    let login = match user(&state, client, &headers).await {
         Ok(login) => login,
-        Err(e) => return answer(e),
+        Err(refused) => return refused,
     };
     match state.actions.submit(&login, request).await {
         Ok(id) => {
@@ -288,13 +296,14 @@ pub async fn create_job(
     }
 }
 
-fn parse_id(id: &str) -> Result<i64, ActionError> {
+pub(crate) fn parse_id(id: &str) -> Result<i64, ActionError> {
     id.parse::<i64>()
         .map_err(|_| ActionError::BadRequest("a job id is a number".into()))
 }
 
 pub async fn cancel_job(
     State(state): State<Arc<AppState>>,
+    client: Client,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
@@ -302,9 +311,9 @@ pub async fn cancel_job(
         Ok(id) => id,
         Err(e) => return answer(e),
     };
-    let login = match user(&state, &headers).await {
+    let login = match user(&state, client, &headers).await {
         Ok(login) => login,
-        Err(e) => return answer(e),
+        Err(refused) => return refused,
     };
     written(&state, state.actions.cancel_job(&login, id).await)
 }
@@ -323,12 +332,13 @@ fn written(state: &AppState, done: Result<String, ActionError>) -> Response {
 
 pub async fn release(
     State(state): State<Arc<AppState>>,
+    client: Client,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    let login = match user(&state, &headers).await {
+    let login = match user(&state, client, &headers).await {
         Ok(login) => login,
-        Err(e) => return answer(e),
+        Err(refused) => return refused,
     };
     written(
         &state,
@@ -344,6 +354,7 @@ pub struct ExtendBody {
 
 pub async fn extend(
     State(state): State<Arc<AppState>>,
+    client: Client,
     headers: HeaderMap,
     Path(name): Path<String>,
     body: Result<Json<ExtendBody>, axum::extract::rejection::JsonRejection>,
@@ -360,9 +371,9 @@ pub async fn extend(
             ),
         );
     };
-    let login = match user(&state, &headers).await {
+    let login = match user(&state, client, &headers).await {
         Ok(login) => login,
-        Err(e) => return answer(e),
+        Err(refused) => return refused,
     };
     match state.actions.extend_environment(&login, &name, by).await {
         Ok((until, capped)) => {
@@ -380,96 +391,4 @@ pub async fn extend(
         }
         Err(e) => answer(e),
     }
-}
-
-/// `GET /api/v1/jobs/{id}/events`: the job's events as server-sent events
-/// (`event: step`, id = event id, data = `{"id","at","step","message"}`),
-/// from the start or after `Last-Event-ID`, then as they happen; a final
-/// `event: end` carries the job when it has ended.
-pub async fn job_events(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    let id = match parse_id(&id) {
-        Ok(id) => id,
-        Err(e) => return answer(e),
-    };
-    match Store::job(state.store.db(), id).await {
-        Ok(Some(_)) => {}
-        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no job {id}")),
-        Err(_) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the database is unavailable",
-            );
-        }
-    }
-    let after: i64 = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let store = state.store.clone();
-    let config = state.config.clone();
-    let stream = futures_util::stream::unfold(
-        (store, config, after, false, Vec::<Event>::new()),
-        move |(store, config, mut after, mut done, mut pending)| async move {
-            loop {
-                if let Some(event) = pending.pop() {
-                    return Some((
-                        Ok::<Event, Infallible>(event),
-                        (store, config, after, done, pending),
-                    ));
-                }
-                if done {
-                    return None;
-                }
-                let (job, events) = match (
-                    Store::job(store.db(), id).await,
-                    Store::job_events(store.db(), id).await,
-                ) {
-                    (Ok(Some(job)), Ok(events)) => (job, events),
-                    _ => {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                };
-                let ended = !job.state.is_active();
-                let since = after;
-                let mut fresh: Vec<Event> = events
-                    .into_iter()
-                    .filter(|e| e.id > since)
-                    .map(|mut e| {
-                        after = after.max(e.id);
-                        e.message = crate::status::redact(&e.message);
-                        Event::default()
-                            .event("step")
-                            .id(e.id.to_string())
-                            .json_data(&e)
-                            .unwrap_or_default()
-                    })
-                    .collect();
-                if ended {
-                    let view = JobView::new(job, &config);
-                    fresh.push(
-                        Event::default()
-                            .event("end")
-                            .json_data(&view)
-                            .unwrap_or_default(),
-                    );
-                    done = true;
-                }
-                if fresh.is_empty() {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    continue;
-                }
-                fresh.reverse();
-                pending = fresh;
-            }
-        },
-    );
-    Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response()
 }

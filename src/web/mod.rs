@@ -2,7 +2,11 @@
 //! the pages and health. May call the intake, actions and store; never runs jobs.
 
 pub mod api;
+pub mod limits;
 pub mod page;
+pub mod replay;
+pub mod signature;
+pub mod stream;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -33,9 +37,35 @@ pub struct AppState {
     pub wake: Arc<Notify>,
     /// Wakes this process's worker when jobs were queued or freed.
     pub jobs_wake: Arc<Notify>,
+    /// The open event streams (capped).
+    pub streams: limits::Streams,
+    /// Failed GitHub tokens per client address (rate-limited).
+    pub token_failures: limits::TokenFailures,
 }
 
 impl AppState {
+    /// Run `check` (whose token this is, or may they see the pages) for a
+    /// token `client` sent, unless `client` sent too many tokens GitHub
+    /// refused in the last minute and this one is not known to be good;
+    /// a refused token counts against `client`. Tokens GitHub refused are
+    /// remembered, so sending one again costs no call to GitHub.
+    pub async fn token_check<T>(
+        &self,
+        client: limits::Client,
+        token: &str,
+        check: impl std::future::Future<Output = Result<T, crate::actions::ActionError>>,
+    ) -> Result<Result<T, crate::actions::ActionError>, limits::Limited> {
+        if self.actions.known_login(token).is_none() {
+            self.token_failures.check(client)?;
+        }
+        let result = check.await;
+        if let Err(crate::actions::ActionError::Unauthorized(_)) = &result {
+            tracing::info!(%client, "a GitHub token was refused");
+            self.token_failures.failed(client);
+        }
+        Ok(result)
+    }
+
     /// A write was committed: wake this process's worker, intake and reporter.
     pub fn committed(&self) {
         self.jobs_wake.notify_waiters();
@@ -50,7 +80,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/jobs/{id}", get(page::job_page))
         .route("/api/v1/jobs", get(list_jobs).post(api::create_job))
         .route("/api/v1/jobs/{id}", get(get_job))
-        .route("/api/v1/jobs/{id}/events", get(api::job_events))
+        .route("/api/v1/jobs/{id}/events", get(stream::job_events))
         .route("/api/v1/environments", get(api::list_environments))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -387,6 +387,7 @@ pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
 /// or on the allow-list.
 pub async fn require_login(
     State(state): State<Arc<AppState>>,
+    client: crate::web::limits::Client,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -399,7 +400,13 @@ pub async fn require_login(
         None => Err(crate::actions::ActionError::Unauthorized(
             "this deploybot needs a login: a GitHub token as `Authorization: Bearer`".into(),
         )),
-        Some(token) => state.actions.may_view(&token).await,
+        Some(token) => match state
+            .token_check(client, &token, state.actions.may_view(&token))
+            .await
+        {
+            Ok(verdict) => verdict,
+            Err(limited) => return crate::web::limits::answer(&limited),
+        },
     };
     match verdict {
         Ok(_) => next.run(request).await,
@@ -464,7 +471,11 @@ fn form_value(body: &str, name: &str) -> Option<String> {
 }
 
 /// `POST /login`: check the token, keep it in the login cookie.
-pub async fn login(State(state): State<Arc<AppState>>, body: String) -> Response {
+pub async fn login(
+    State(state): State<Arc<AppState>>,
+    client: crate::web::limits::Client,
+    body: String,
+) -> Response {
     let Some(token) = form_value(&body, "token").map(|t| t.trim().to_string()) else {
         return layout(
             "deploybot: log in",
@@ -472,7 +483,14 @@ pub async fn login(State(state): State<Arc<AppState>>, body: String) -> Response
             &login_form("<p><strong>Paste a token.</strong></p>"),
         );
     };
-    match state.actions.may_view(&token).await {
+    let verdict = match state
+        .token_check(client, &token, state.actions.may_view(&token))
+        .await
+    {
+        Ok(verdict) => verdict,
+        Err(limited) => return crate::web::limits::answer(&limited),
+    };
+    match verdict {
         Ok(login) => {
             tracing::info!(login, "logged in to the pages");
             let secure = if state.config.bot.public_url.starts_with("https://") {

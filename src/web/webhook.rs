@@ -8,66 +8,16 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use serde_json::json;
-use sha2::Sha256;
 
 use crate::command::new_command_lines;
 use crate::config::Config;
 use crate::intake::Trigger;
-use crate::settings::Secret;
 use crate::store::Store;
 use crate::web::AppState;
 
-/// `sha256=<hex>` of HMAC-SHA256(secret, body), as GitHub signs deliveries.
-pub fn sign(secret: &[u8], body: &[u8]) -> String {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
-        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
-    mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256=");
-    for b in digest.iter() {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
-}
-
-/// Whether `header` is a valid signature of `body` under any of `secrets`.
-/// The comparison is constant-time (`Mac::verify_slice`).
-pub fn verify(secrets: &[Secret], body: &[u8], header: &str) -> bool {
-    let Some(hex) = header.trim().strip_prefix("sha256=") else {
-        return false;
-    };
-    let Some(expected) = decode_hex(hex) else {
-        return false;
-    };
-    if expected.len() != 32 {
-        return false;
-    }
-    // Check every secret (no early exit) so timing says nothing about which matched.
-    let mut ok = false;
-    for secret in secrets {
-        let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.expose().as_bytes())
-        else {
-            continue;
-        };
-        mac.update(body);
-        ok |= mac.verify_slice(&expected).is_ok();
-    }
-    ok
-}
-
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
+pub use crate::web::signature::{sign, verify};
 
 /// What a delivery asks deploybot to do, decided without I/O.
 #[derive(Debug, Clone, PartialEq)]
@@ -555,13 +505,26 @@ pub async fn receive(
         }
     };
     drop(_enter);
+    let content = crate::web::replay::content(event, &body);
+    let command = effects
+        .iter()
+        .any(|e| matches!(e, Effect::Trigger(Trigger::Comment { .. })));
+    if command && let Err(refusal) = fresh_enough(&state, delivery, event, &content).await {
+        return refusal;
+    }
+    let record = crate::store::NewDelivery {
+        id: delivery.to_string(),
+        event: event.to_string(),
+        action,
+        outcome: outcome.to_string(),
+        trigger: None,
+        body_sha256: content.body_sha256,
+        content_key: content.key,
+    };
     match commit(
         &state.store,
-        delivery,
-        event,
-        action.as_deref(),
+        record,
         &effects,
-        outcome,
         &state.config.bot.command_prefix,
     )
     .await
@@ -577,30 +540,69 @@ pub async fn receive(
             state.wake.notify_one();
             answer(StatusCode::ACCEPTED, outcome)
         }
-        Ok(false) => {
+        // The id, or the content under another id (the id is not signed).
+        Ok(false) if state.store.has_delivery(delivery).await.unwrap_or(true) => {
             tracing::info!(delivery, event, "redelivery ignored");
             crate::metrics::webhook(event_label, "duplicate");
             answer(StatusCode::OK, "delivery already received")
         }
+        Ok(false) => {
+            tracing::warn!(delivery, event, "replayed content ignored");
+            crate::metrics::webhook(event_label, "replay");
+            answer(
+                StatusCode::OK,
+                "this content was already received under another delivery id; nothing was queued",
+            )
+        }
         Err(e) => {
             tracing::error!(delivery, error = %e, "cannot store delivery");
             crate::metrics::webhook(event_label, "unavailable");
-            answer(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "cannot store the delivery now; redeliver it later",
-            )
+            unavailable()
         }
     }
 }
 
-/// Commit a delivery and its effects in one transaction; false for a redelivery.
-async fn commit(
-    store: &Store,
+fn unavailable() -> Response {
+    answer(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "cannot store the delivery now; redeliver it later",
+    )
+}
+
+/// A command older than `bot.max_delivery_age` is refused (answered 200,
+/// nothing written, so the redelivery an operator asks for later is
+/// processed), unless it is that redelivery (see [`crate::web::replay`]).
+async fn fresh_enough(
+    state: &AppState,
     delivery: &str,
     event: &str,
-    action: Option<&str>,
+    content: &crate::web::replay::Content,
+) -> Result<(), Response> {
+    let max_age = state.config.bot.max_delivery_age.get();
+    let now = state.store.now_ms();
+    let judge = |redelivery| {
+        crate::web::replay::judge_age(content.written_at, now, max_age, event, redelivery)
+    };
+    if judge(None).is_ok() {
+        return Ok(());
+    }
+    let redelivery = state.store.redelivery(delivery).await.map_err(|e| {
+        tracing::error!(delivery, error = %e, "cannot read redeliveries");
+        unavailable()
+    })?;
+    judge(redelivery.as_ref()).map_err(|why| {
+        tracing::warn!(delivery, event, %why, "old command refused");
+        crate::metrics::webhook(event, "refused");
+        answer(StatusCode::OK, &why)
+    })
+}
+
+/// Commit a delivery and its effects in one transaction; false for a
+/// redelivery or a replay (nothing written).
+async fn commit(
+    store: &Store,
+    mut delivery: crate::store::NewDelivery,
     effects: &[Effect],
-    outcome: &str,
     prefix: &str,
 ) -> crate::store::Result<bool> {
     // Most deliveries store the delivery and at most one trigger: on
@@ -613,21 +615,15 @@ async fn commit(
         _ => None,
     };
     if let Some(trigger) = trigger {
-        return store
-            .store_delivery(crate::store::NewDelivery {
-                id: delivery.to_string(),
-                event: event.to_string(),
-                action: action.map(str::to_string),
-                outcome: outcome.to_string(),
-                trigger,
-            })
-            .await;
+        delivery.trigger = trigger;
+        return store.store_delivery(delivery).await;
     }
     let mut tx = store.begin().await?;
-    if !Store::record_delivery(&mut tx, delivery, event, action, outcome).await? {
+    if !Store::record_delivery(&mut tx, &delivery).await? {
         tx.rollback().await?;
         return Ok(false);
     }
+    let delivery = delivery.id.as_str();
     for effect in effects {
         match effect {
             Effect::Trigger(trigger) => {
@@ -659,34 +655,6 @@ async fn commit(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn signature_matches_githubs_test_vector() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/fixtures/github/signature-test-vector.json"
-        );
-        let text = std::fs::read_to_string(path).expect("shared fixtures are beside the project");
-        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
-        let secret = v["secret"].as_str().expect("secret");
-        let payload = v["payload"].as_str().expect("payload");
-        let expected = v["signature_256"].as_str().expect("signature");
-        assert_eq!(sign(secret.as_bytes(), payload.as_bytes()), expected);
-        let secrets = vec![Secret::new("old-secret"), Secret::new(secret)];
-        assert!(verify(&secrets, payload.as_bytes(), expected));
-        assert!(!verify(&secrets[..1], payload.as_bytes(), expected));
-        assert!(!verify(&secrets, b"Hello, World?", expected));
-        for bad in [
-            "",
-            "sha256=",
-            "sha1=757107ea",
-            "sha256=zz",
-            "sha256=757107ea0e",
-        ] {
-            assert!(!verify(&secrets, payload.as_bytes(), bad), "{bad}");
-        }
-        assert!(!verify(&[], payload.as_bytes(), expected));
-    }
 
     #[test]
     fn delivery_ids_are_checked() {

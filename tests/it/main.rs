@@ -28,6 +28,8 @@ mod manifests;
 mod pipeline;
 mod process;
 mod reliability;
+mod replay;
 mod reporting;
 mod rules;
+mod streams;
 mod trust;

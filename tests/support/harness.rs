@@ -509,10 +509,17 @@ impl TestApp {
             .await
     }
 
-    /// Deliver a payload signed with the current secret, with a fresh delivery id.
+    /// Deliver a payload signed with the current secret, with a fresh
+    /// delivery id: a new event, so a comment in it is stamped as written
+    /// or edited now (by the app's clock), as GitHub stamps each one.
+    /// `deliver_as` sends a payload exactly as given.
     pub async fn deliver(&self, event: &str, payload: &Value) -> (StatusCode, Value) {
         let delivery = uuid::Uuid::new_v4().to_string();
-        self.deliver_as(event, &delivery, payload).await
+        let mut payload = payload.clone();
+        if event == "issue_comment" {
+            stamp_comment(&mut payload, self.app.state.store.now_ms());
+        }
+        self.deliver_as(event, &delivery, &payload).await
     }
 
     pub async fn deliver_as(
@@ -521,21 +528,7 @@ impl TestApp {
         delivery: &str,
         payload: &Value,
     ) -> (StatusCode, Value) {
-        // A test that moved the store's clock forward is that much later:
-        // so is a comment written now.
-        let mut payload = payload.clone();
-        let ahead = self.app.state.store.now_ms() - chrono::Utc::now().timestamp_millis();
-        for field in ["created_at", "updated_at"] {
-            let written = payload["comment"][field]
-                .as_str()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-            if let (Some(written), true) = (written, ahead > 1_000) {
-                let later = written + chrono::Duration::milliseconds(ahead);
-                payload["comment"][field] =
-                    json!(later.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-            }
-        }
-        let body = serde_json::to_vec(&payload).expect("json");
+        let body = serde_json::to_vec(payload).expect("json");
         let signature = sign(SECRET.as_bytes(), &body);
         self.deliver_raw(Some(event), Some(delivery), Some(signature), body)
             .await
@@ -557,10 +550,27 @@ impl TestApp {
     }
 }
 
+/// Stamp a comment event's comment as written (created) or edited at
+/// `now_ms` (unix ms), plus a few microseconds that differ from stamp to
+/// stamp, so two events made in the same millisecond are two versions.
+pub fn stamp_comment(event: &mut Value, now_ms: i64) {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static STAMPS: AtomicI64 = AtomicI64::new(0);
+    let stamp = now_ms * 1000 + STAMPS.fetch_add(1, Ordering::SeqCst) % 1000;
+    let at = chrono::DateTime::from_timestamp_micros(stamp)
+        .expect("a time")
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    if event["action"] == "created" {
+        event["comment"]["created_at"] = json!(at);
+    }
+    event["comment"]["updated_at"] = json!(at);
+}
+
 /// GitHub's `issue_comment` example, moved to `repo`#`number` (a PR when
-/// `is_pr`), with `body` written by `login`.
+/// `is_pr`), with `body` written by `login` now.
 pub fn comment_event(repo: &str, number: u64, is_pr: bool, body: &str, login: &str) -> Value {
     let mut v = fixture("issue_comment/created.with-installation.json");
+    stamp_comment(&mut v, chrono::Utc::now().timestamp_millis());
     set_repo(&mut v, repo);
     v["installation"]["id"] = json!(INSTALLATION);
     v["issue"]["number"] = json!(number);
@@ -572,10 +582,6 @@ pub fn comment_event(repo: &str, number: u64, is_pr: bool, body: &str, login: &s
             "patch_url": format!("https://github.com/{repo}/pull/{number}.patch"),
         });
     }
-    // Written now (deploybot asks again about a comment processed long after).
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    v["comment"]["created_at"] = json!(now);
-    v["comment"]["updated_at"] = json!(now);
     v["comment"]["id"] = json!(comment_id_for(number, body));
     v["comment"]["body"] = json!(body);
     v["comment"]["user"]["login"] = json!(login);
