@@ -35,6 +35,23 @@ fn written(body: &str, ago: Duration) -> Value {
     event
 }
 
+/// deploybot asked on PR 614 to confirm the commits (saying `why`); alice
+/// confirms with a 👍, which queues the request.
+async fn confirm(t: &TestApp, why: &str) {
+    assert!(t.jobs().await.is_empty(), "nothing before the confirmation");
+    let asked = t.replies(REPO, 614);
+    assert_eq!(asked.len(), 1, "{asked:#?}");
+    assert!(asked[0].body.contains(why), "{}", asked[0].body);
+    t.github.react_as(asked[0].id, "alice", "+1");
+    t.advance(Duration::from_secs(6));
+    t.run().await;
+    let confirmed = t.replies(REPO, 614);
+    assert!(
+        confirmed[0].body.starts_with("@alice confirmed"),
+        "{confirmed:#?}"
+    );
+}
+
 async fn a_replayed_body_under_a_new_delivery_id_queues_nothing(db: Db) {
     let t = app(db).await;
     let event = comment_event(REPO, 614, true, "/deploy", "alice");
@@ -125,6 +142,8 @@ async fn an_old_command_is_refused(db: Db) {
     let (status, answer) = t.deliver_as("issue_comment", "recent", &recent).await;
     assert_eq!(status.as_u16(), 202, "{answer}");
     t.run().await;
+    // Processed, but long after it was written: the commits are confirmed first.
+    confirm(&t, "your comment was written 50m ago").await;
     assert_eq!(t.jobs().await.len(), 1);
     t.status_comment(1);
 
@@ -189,6 +208,8 @@ async fn admin_redeliver_of_an_old_failed_delivery_is_processed(db: Db) {
         .collect();
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0].2, 202, "deploybot accepted the redelivery");
+    t.run().await;
+    confirm(&t, "your comment was written 3h ago").await;
     t.run().await;
     let jobs = t.jobs().await;
     assert_eq!(jobs.len(), 1, "{jobs:?}");
