@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
 use deploybot::config::Config;
 
 use crate::support;
@@ -21,6 +23,7 @@ on_both_backends!(
     a_commit_must_be_on_a_branch_of_the_components_repository,
     closing_a_referenced_pr_ends_only_its_own_requests,
     one_comment_and_one_person_are_bounded,
+    the_api_asks_for_the_commits_by_name,
 );
 
 const STRANGER: &str = "stranger";
@@ -460,5 +463,39 @@ async fn one_comment_and_one_person_are_bounded(db: Db) {
         "{}",
         refused[0].body
     );
+    t.seen_status_comments();
+}
+
+async fn the_api_asks_for_the_commits_by_name(db: Db) {
+    let head = sha('7');
+    let t = TestApp::builder(db)
+        .user_token("gho_alice_token_0123456789", TEAM_MEMBER)
+        .pull("packit/ogr", 900, &head, "fork-change", STRANGER)
+        .start()
+        .await;
+    let submit = |text: String| {
+        Request::post("/api/v1/jobs")
+            .header("authorization", "Bearer gho_alice_token_0123456789")
+            .header("content-type", "text/plain")
+            .body(Body::from(text))
+            .expect("request")
+    };
+    let (status, body) = t.send(submit("/deploy ogr=900".into())).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let message = body["error"]
+        .as_str()
+        .or(body["message"].as_str())
+        .unwrap_or_default();
+    assert!(
+        message.contains("packit/ogr#900 was opened by `stranger`, who may not deploy")
+            && message.contains(&format!("`ogr=900@{}`", &head[..12])),
+        "{body}"
+    );
+    assert!(t.jobs().await.is_empty());
+    let (status, body) = t
+        .send(submit(format!("/deploy ogr=900@{}", &head[..12])))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    t.settle().await;
     t.seen_status_comments();
 }
