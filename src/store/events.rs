@@ -12,12 +12,14 @@ impl Store {
     }
 
     /// Record a line of a command's output (no status update on GitHub for it).
+    /// Every event is masked ([`crate::mask::redact`]) before it is stored.
     pub async fn add_output(tx: &mut Tx, job_id: i64, step: Step, message: &str) -> Result<()> {
+        let message = crate::mask::redact(message);
         sqlx::query("INSERT INTO job_events (job_id, at, step, message) VALUES ($1, $2, $3, $4)")
             .bind(job_id)
             .bind(tx.now)
             .bind(step.as_str())
-            .bind(message)
+            .bind(&message)
             .execute(tx.db())
             .await?;
         Ok(())
