@@ -29,4 +29,5 @@ mod process;
 mod reliability;
 mod reporting;
 mod rules;
+mod safe_to_show;
 mod trust;
