@@ -560,7 +560,6 @@ async fn check_promises(w: &World, replicas: &[&Replica], acknowledged: &[u64], 
             &[],
         )
         .await;
-    assert!(!recorded.is_empty(), "the jobs recorded events");
     for text in &recorded {
         assert_no_secrets("a job's event or error", text);
         for token in &issued {

@@ -50,9 +50,7 @@ async fn a_typed_ref_stays_in_one_code_span_and_mentions_nobody(db: Db) {
         "{comment}"
     );
     assert!(
-        lines.contains(
-            &"**packit/ogr has no branch ``x`@packit/security<img/src=x>``**"
-        ),
+        lines.contains(&"**packit/ogr has no branch ``x`@packit/security<img/src=x>``**"),
         "{comment}"
     );
     assert_eq!(
