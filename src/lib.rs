@@ -13,8 +13,10 @@ pub mod domain;
 pub mod github;
 pub mod installations;
 pub mod intake;
+pub mod mask;
 pub mod metrics;
 pub mod ops;
+pub mod quote;
 
 pub mod pipeline;
 pub mod receive;
@@ -56,6 +58,7 @@ pub struct App {
 impl App {
     /// Connect, migrate and wire everything; contacts no cluster and no GitHub.
     pub async fn new(settings: Settings, config: Config) -> Result<App, String> {
+        settings.protect_secrets();
         let store = Store::connect(&settings.database_url)
             .await
             .map_err(|e| format!("cannot open the database: {e}"))?;

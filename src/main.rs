@@ -194,16 +194,9 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
     }
 }
 
-/// Hide a password in a database URL.
+/// A database URL as it may be printed (its password masked).
 fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}://{user}:***@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
+    deploybot::mask::redact(url)
 }
 
 async fn serve(settings: Settings, config: deploybot::config::Config) -> Result<(), String> {

@@ -217,7 +217,9 @@ impl Reporter {
                 let number = u64::try_from(*number).unwrap_or_default();
                 let marker = marker(id);
                 if attempts > 1 {
-                    let existing = github.list_comments(inst, &repo, number).await?;
+                    let existing = github
+                        .own_comments(inst, &repo, number, self.bot_login())
+                        .await?;
                     if existing.iter().any(|(_, b)| b.contains(&marker)) {
                         tracing::info!(
                             report = id,
@@ -322,6 +324,11 @@ impl Reporter {
         Ok(snap.active())
     }
 
+    /// The App's bot user, as configured (`github.bot_login`).
+    fn bot_login(&self) -> Option<&str> {
+        self.config.github.bot_login.as_deref()
+    }
+
     async fn snapshot(&self, job_id: i64) -> Result<Option<Snapshot>, StoreError> {
         Snapshot::load(&self.store, &self.config, job_id).await
     }
@@ -374,7 +381,7 @@ impl Reporter {
             None => {
                 let marker = job_marker(job.id);
                 github
-                    .list_comments(inst, repo, number)
+                    .own_comments(inst, repo, number, self.bot_login())
                     .await?
                     .into_iter()
                     .find(|(_, b)| b.contains(&marker))

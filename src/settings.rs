@@ -132,6 +132,19 @@ impl Settings {
         ))
     }
 
+    /// Mask this process's secrets wherever text is recorded or shown
+    /// ([`crate::mask`]): the webhook secrets, each line of the App's key
+    /// and the database password.
+    pub fn protect_secrets(&self) {
+        for secret in &self.webhook_secrets {
+            crate::mask::protect(secret.expose());
+        }
+        if let Some(github) = &self.github {
+            crate::mask::protect(&String::from_utf8_lossy(&github.private_key_pem));
+        }
+        crate::mask::protect_url_password(&self.database_url);
+    }
+
     /// Why GitHub reporting is off, if it is.
     pub fn github_off_reason(&self) -> Option<String> {
         self.github.is_none().then(|| {

@@ -67,6 +67,7 @@ pub(super) async fn run(cli: &Cli) -> Result<u8, Failure> {
             "no GitHub token: set GITHUB_TOKEN or log in with `gh auth login`",
         )
     })?;
+    crate::mask::protect(&token);
     let api_url = std::env::var("DEPLOYBOT_GITHUB_API_URL")
         .ok()
         .filter(|s| !s.is_empty())

@@ -287,18 +287,23 @@ impl ParseError {
             shown.push('…');
         }
         let caret_len = width.min(WIDTH.saturating_sub(caret_col)).max(1);
-        let fence = "`".repeat(tokenize::longest_backtick_run(&shown).max(2) + 1);
         let prefix = line
             .split_whitespace()
             .next()
             .filter(|w| w.starts_with('/') && w.len() <= 40 && !w.contains('`'))
             .unwrap_or("/deploy");
+        let quoted = crate::quote::fence(
+            "text",
+            &format!(
+                "{shown}\n{}{}",
+                " ".repeat(caret_col),
+                "^".repeat(caret_len)
+            ),
+        );
         format!(
-            "{}\n\n{fence}text\n{shown}\n{}{}\n{fence}\n\nUsage: `{prefix} [--base=stg|prod] [--env=NAME] [--ttl=DURATION] [--only=C,..|--without=C,..] [--dry-run] [COMPONENT=REF ...]`; \
+            "{}\n\n{quoted}\nUsage: `{prefix} [--base=stg|prod] [--env=NAME] [--ttl=DURATION] [--only=C,..|--without=C,..] [--dry-run] [COMPONENT=REF ...]`; \
              `{prefix} help` lists the components.",
             self.message,
-            " ".repeat(caret_col),
-            "^".repeat(caret_len),
         )
     }
 }

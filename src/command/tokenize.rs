@@ -101,26 +101,12 @@ pub(crate) fn did_you_mean(near: &[&str]) -> String {
 
 /// `text` as an inline code span that cannot be broken out of, shortened to 80 chars.
 pub(crate) fn code(text: &str) -> String {
-    let mut text: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let mut text = text.to_string();
     if let Some((i, _)) = text.char_indices().nth(80) {
         text.truncate(i);
         text.push('…');
     }
-    let ticks = "`".repeat(longest_backtick_run(&text) + 1);
-    let pad = if text.starts_with('`') || text.ends_with('`') || text.is_empty() {
-        " "
-    } else {
-        ""
-    };
-    format!("{ticks}{pad}{text}{pad}{ticks}")
-}
-
-/// Length of the longest run of backticks in `text`.
-pub(crate) fn longest_backtick_run(text: &str) -> usize {
-    text.split(|c| c != '`').map(str::len).max().unwrap_or(0)
+    crate::quote::code(&text)
 }
 
 /// `items` as a comma-separated list of code spans.

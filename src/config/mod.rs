@@ -131,7 +131,8 @@ pub struct GitHubConfig {
     pub app_id: Option<u64>,
     /// The API's base URL; `DEPLOYBOT_GITHUB_API_URL` overrides it.
     pub api_url: Option<String>,
-    /// The App's bot login (e.g. `deploybot[bot]`), whose comments are ignored.
+    /// The App's bot login (e.g. `deploybot[bot]`), whose comments are ignored
+    /// as commands and, with the App id, are its own (its status comments).
     pub bot_login: Option<String>,
     /// How long one GitHub API answer may take, in milliseconds (default
     /// 20000); a call that times out is retried like a 5xx.

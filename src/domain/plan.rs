@@ -163,8 +163,8 @@ pub fn plan(
     for p in pinned {
         let Some(c) = config.component(&p.component) else {
             return Err(PlanError(format!(
-                "`{}` is not a configured component",
-                p.component
+                "{} is not a configured component",
+                crate::quote::code(&p.component)
             )));
         };
         if c.retired {

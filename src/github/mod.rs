@@ -229,6 +229,8 @@ pub struct GitHub {
     user: Option<Octocrab>,
     installations: Arc<Mutex<HashMap<u64, Octocrab>>>,
     api_url: String,
+    /// The App's id (`None` for a user's token): whose comments are its own.
+    app_id: Option<u64>,
 }
 
 impl std::fmt::Debug for GitHub {
@@ -260,6 +262,7 @@ impl GitHub {
             user: None,
             installations: Arc::new(Mutex::new(HashMap::new())),
             api_url: settings.api_url.clone(),
+            app_id: Some(settings.app_id),
         })
     }
 
@@ -280,6 +283,7 @@ impl GitHub {
             user: Some(client),
             installations: Arc::new(Mutex::new(HashMap::new())),
             api_url: api_url.to_string(),
+            app_id: None,
         })
     }
 
@@ -488,30 +492,17 @@ impl GitHub {
         Ok(CommentId(created.id))
     }
 
-    /// The comments of an issue or PR that a bot (an App, such as deploybot)
-    /// wrote, oldest first, as (id, body): where deploybot looks for its own
-    /// markers (a person's comment quoting a marker is never taken for one).
-    pub async fn list_comments(
+    /// The comments of an issue or PR that this App wrote, oldest first, as
+    /// (id, body): where deploybot looks for its own markers. A person's or
+    /// another App's comment holding a marker is never taken for one
+    /// ([`Comment::made_by`]); `bot_login` is the App's bot user.
+    pub async fn own_comments(
         &self,
         inst: InstallationId,
         repo: &RepoName,
         number: u64,
+        bot_login: Option<&str>,
     ) -> GhResult<Vec<(CommentId, String)>> {
-        #[derive(Deserialize)]
-        struct User {
-            #[serde(rename = "type", default)]
-            kind: Option<String>,
-        }
-        #[derive(Deserialize)]
-        struct Comment {
-            id: u64,
-            #[serde(default)]
-            body: Option<String>,
-            #[serde(default)]
-            user: Option<User>,
-            #[serde(default)]
-            performed_via_github_app: Option<serde_json::Value>,
-        }
         let client = self.installation(inst)?;
         let mut all = Vec::new();
         for page in 1..=50 {
@@ -524,14 +515,7 @@ impl GitHub {
             all.extend(
                 batch
                     .into_iter()
-                    .filter(|c| {
-                        c.user
-                            .as_ref()
-                            .is_some_and(|u| u.kind.as_deref() == Some("Bot"))
-                            || c.performed_via_github_app
-                                .as_ref()
-                                .is_some_and(|a| !a.is_null())
-                    })
+                    .filter(|c| c.made_by(self.app_id, bot_login))
                     .map(|c| (CommentId(c.id), c.body.unwrap_or_default())),
             );
             if done {
@@ -539,6 +523,49 @@ impl GitHub {
             }
         }
         Ok(all)
+    }
+}
+
+/// An issue comment as [`GitHub::own_comments`] reads it.
+#[derive(Deserialize)]
+struct Comment {
+    id: u64,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    user: Option<CommentUser>,
+    #[serde(default)]
+    performed_via_github_app: Option<CommentApp>,
+}
+
+#[derive(Deserialize)]
+struct CommentUser {
+    #[serde(default)]
+    login: String,
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CommentApp {
+    id: u64,
+}
+
+impl Comment {
+    /// Made by the App `app_id`: GitHub says the App performed it, or its
+    /// author is the App's bot user (`bot_login`, of type `Bot`). Another
+    /// App's comment or a person's never is, whatever it says.
+    fn made_by(&self, app_id: Option<u64>, bot_login: Option<&str>) -> bool {
+        let by_app = self
+            .performed_via_github_app
+            .as_ref()
+            .zip(app_id)
+            .is_some_and(|(app, id)| app.id == id);
+        let by_bot = self.user.as_ref().is_some_and(|u| {
+            u.kind.as_deref() == Some("Bot")
+                && bot_login.is_some_and(|b| b.eq_ignore_ascii_case(&u.login))
+        });
+        by_app || by_bot
     }
 }
 

@@ -131,11 +131,11 @@ impl Intake {
         let body = format!(
             "@{}, before I build anything: {}. I would deploy exactly:\n\n{commits}\n\
              Someone who may deploy can confirm with a 👍 reaction on this comment within {}, or by \
-             commenting `{prefix} {}`. Nothing is built until then; newer commits need a new confirmation.",
+             commenting {}. Nothing is built until then; newer commits need a new confirmation.",
             asked.by,
             doubts.join("; "),
             format_duration(within),
-            named.to_args()
+            crate::quote::code(&format!("{prefix} {}", named.to_args()))
         );
         let question = origin.reply(body).enqueue(tx, None).await?;
         let pending = Unconfirmed {

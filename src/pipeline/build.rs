@@ -228,16 +228,20 @@ pub async fn command_build(
         } => {
             let dir = work.join("src");
             checkout(exec, &clone_url(git_url, repo), sha, &dir).await?;
-            let file = dir.join(containerfile);
+            // The builder is handed this path: a symlink in the PR (to
+            // `/proc/self/environ`, say) is refused before it runs.
+            let file = crate::pipeline::paths::inside_checkout(&dir, containerfile)?;
             (dir, file)
         }
         StageKind::Overlay { .. } => {
             let dir = work.join("overlay");
             std::fs::create_dir_all(&dir)
                 .map_err(|e| StepError::failed(format!("cannot create {}: {e}", dir.display())))?;
-            let file = dir.join("Containerfile");
-            std::fs::write(&file, stage.overlay_containerfile().unwrap_or_default())
-                .map_err(|e| StepError::failed(format!("cannot write {}: {e}", file.display())))?;
+            let file = crate::pipeline::paths::write_in_checkout(
+                &dir,
+                "Containerfile",
+                &stage.overlay_containerfile().unwrap_or_default(),
+            )?;
             (dir, file)
         }
     };

@@ -64,13 +64,7 @@ pub async fn command_deploy(
     vars: &Value,
     dir: &Path,
 ) -> Result<(), StepError> {
-    let path = dir.join(vars_file);
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| StepError::failed(format!("cannot create {}: {e}", parent.display())))?;
-    }
     let text = serde_json::to_string_pretty(vars).unwrap_or_default();
-    std::fs::write(&path, text)
-        .map_err(|e| StepError::failed(format!("cannot write {}: {e}", path.display())))?;
+    crate::pipeline::paths::write_in_checkout(dir, vars_file, &text)?;
     exec.run(args, dir).await
 }

@@ -15,6 +15,9 @@ use crate::store::{Store, StoreError};
 
 /// Lines of output kept in a job's events per command.
 const MAX_EVENT_LINES: usize = 400;
+/// Bytes of output kept in a job's events per command (whichever of this
+/// and [`MAX_EVENT_LINES`] comes first; a marker says how much was left out).
+const MAX_COMMAND_BYTES: usize = 256 * 1024;
 /// The longest output line recorded; the rest of a longer one is dropped
 /// (and the line says so).
 const MAX_LINE_BYTES: usize = 4096;
@@ -142,6 +145,7 @@ impl JobEnv {
             })?;
             let value = value.trim_end_matches(['\n', '\r']).to_string();
             if !value.is_empty() {
+                crate::mask::protect(&value);
                 secrets.push(value.clone());
             }
             set(name, value);
@@ -149,13 +153,10 @@ impl JobEnv {
         Ok(JobEnv { vars, secrets })
     }
 
-    /// `text` with every value read from a file replaced by `[redacted]`.
+    /// `text` as it may be recorded or shown: [`crate::mask::redact`], with
+    /// every value this job read from a file replaced by `[redacted]` too.
     pub fn mask(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for secret in &self.secrets {
-            out = out.replace(secret.as_str(), "[redacted]");
-        }
-        out
+        crate::mask::redact_with(text, &self.secrets)
     }
 }
 
@@ -174,8 +175,9 @@ impl Exec<'_> {
                 tx.commit().await
             }
         };
-        let shown = self.env.mask(&argv.join(" "));
-        event(self.store, format!("$ {}", crate::status::redact(&shown))).await?;
+        // A command line is echoed without its credentials (a clone URL
+        // with a token, say).
+        event(self.store, format!("$ {}", self.env.mask(&argv.join(" ")))).await?;
         let mut command = tokio::process::Command::new(program);
         command
             .env_clear()
@@ -217,7 +219,7 @@ impl Exec<'_> {
         }
         drop(tx_lines);
         let mut tail: Vec<String> = Vec::new();
-        let mut recorded = 0usize;
+        let mut kept = Kept::default();
         let mut streams_open = true;
         // A private key printed by a command is never recorded, line by line.
         let mut in_key = false;
@@ -231,31 +233,39 @@ impl Exec<'_> {
                         } else if in_key {
                             continue;
                         } else {
-                            crate::status::redact(&self.env.mask(&line))
+                            self.env.mask(&line)
                         };
-                        if recorded < MAX_EVENT_LINES {
+                        if kept.take(&line) {
                             event(self.store, format!("│ {line}")).await?;
-                        } else if recorded == MAX_EVENT_LINES {
-                            event(self.store, "│ … (further output not recorded)".into()).await?;
                         }
-                        recorded += 1;
                         tail.push(line);
                         if tail.len() > EXCERPT_LINES {
                             tail.remove(0);
                         }
                     }
-                    None => streams_open = false,
+                    None => {
+                        streams_open = false;
+                        if let Some(marker) = kept.marker() {
+                            event(self.store, marker).await?;
+                        }
+                    }
                 },
                 status = child.wait(), if !streams_open => {
                     break status.map_err(|e| StepError::failed(format!("`{program}`: {e}")))?;
                 }
                 _ = tokio::time::sleep_until(self.deadline) => {
+                    if let Some(marker) = kept.marker() {
+                        event(self.store, marker).await?;
+                    }
                     stop(pid).await;
                     let _ = child.kill().await;
                     return Err(StepError::TimedOut);
                 }
                 _ = self.cancel.changed() => {
                     if *self.cancel.borrow() {
+                        if let Some(marker) = kept.marker() {
+                            event(self.store, marker).await?;
+                        }
                         stop(pid).await;
                         let _ = child.kill().await;
                         return Err(StepError::Cancelled);
@@ -271,6 +281,54 @@ impl Exec<'_> {
                 excerpt: tail.join("\n"),
             })
         }
+    }
+}
+
+/// How much of one command's output is recorded: the first
+/// [`MAX_EVENT_LINES`] lines or [`MAX_COMMAND_BYTES`] bytes, then a count of
+/// what was left out.
+#[derive(Default)]
+struct Kept {
+    lines: usize,
+    bytes: usize,
+    dropped_lines: usize,
+    dropped_bytes: usize,
+    /// The marker was recorded.
+    told: bool,
+}
+
+impl Kept {
+    /// Whether `line` is recorded (else it is counted as left out).
+    fn take(&mut self, line: &str) -> bool {
+        let size = line.len() + 1;
+        if self.dropped_lines == 0
+            && self.lines < MAX_EVENT_LINES
+            && self.bytes + size <= MAX_COMMAND_BYTES
+        {
+            self.lines += 1;
+            self.bytes += size;
+            true
+        } else {
+            self.dropped_lines += 1;
+            self.dropped_bytes += size;
+            false
+        }
+    }
+
+    /// The line that says what was left out, once, if anything was.
+    fn marker(&mut self) -> Option<String> {
+        if self.dropped_lines == 0 || self.told {
+            return None;
+        }
+        let text = format!(
+            "│ … ({} more line(s), {} byte(s) of this command's output not recorded: \
+             at most {MAX_EVENT_LINES} lines or {} KiB are kept a command)",
+            self.dropped_lines,
+            self.dropped_bytes,
+            MAX_COMMAND_BYTES / 1024
+        );
+        self.told = true;
+        Some(text)
     }
 }
 
@@ -443,6 +501,33 @@ mod tests {
         // Bytes that are not UTF-8 do not end the stream.
         let lines = lines_of(b"ok\nbad \xff\xfe here\r\nlast").await;
         assert_eq!(lines, ["ok", "bad \u{fffd}\u{fffd} here", "last"]);
+    }
+
+    #[test]
+    fn a_commands_recorded_output_is_capped_and_says_how_much_was_left_out() {
+        let mut kept = Kept::default();
+        let line = "y".repeat(99);
+        let taken = (0..1000).filter(|_| kept.take(&line)).count();
+        assert_eq!(taken, MAX_EVENT_LINES);
+        assert_eq!(
+            kept.marker().as_deref(),
+            Some(
+                "│ … (600 more line(s), 60000 byte(s) of this command's output not recorded: \
+                 at most 400 lines or 256 KiB are kept a command)"
+            )
+        );
+        assert_eq!(kept.marker(), None, "said once");
+        // Long lines reach the byte cap first.
+        let mut kept = Kept::default();
+        let long = "z".repeat(MAX_LINE_BYTES);
+        let taken = (0..100).filter(|_| kept.take(&long)).count();
+        assert_eq!(taken, MAX_COMMAND_BYTES / (MAX_LINE_BYTES + 1));
+        assert!(kept.marker().is_some());
+        assert_eq!(
+            Kept::default().marker(),
+            None,
+            "nothing left out, nothing said"
+        );
     }
 
     fn tempfile_root() -> PathBuf {

@@ -5,6 +5,7 @@ use crate::command::{DeployRequest, Ref};
 use crate::config::Config;
 use crate::domain::plan::Pinned;
 use crate::github::{GitHub, GitHubError, InstallationId, RepoName};
+use crate::quote;
 
 /// Why a request could not be resolved.
 #[derive(Debug)]
@@ -47,7 +48,10 @@ where
     let mut pinned = Vec::new();
     for r in &request.refs {
         let component = config.component(&r.component).ok_or_else(|| {
-            ResolveError::Invalid(format!("`{}` is not a configured component", r.component))
+            ResolveError::Invalid(format!(
+                "{} is not a configured component",
+                quote::code(&r.component)
+            ))
         })?;
         if component.retired {
             return Err(ResolveError::Invalid(format!(
@@ -97,19 +101,17 @@ where
                     None => pr.head_sha,
                 }
             }
-            Ref::Branch(b) => github
-                .branch_head(inst, &repo, b)
-                .await?
-                .ok_or_else(|| ResolveError::Invalid(format!("{repo} has no branch `{b}`")))?,
-            Ref::Commit(c) => github
-                .commit_sha(inst, &repo, c)
-                .await?
-                .ok_or_else(|| ResolveError::Invalid(format!("{repo} has no commit `{c}`")))?,
+            Ref::Branch(b) => github.branch_head(inst, &repo, b).await?.ok_or_else(|| {
+                ResolveError::Invalid(format!("{repo} has no branch {}", quote::code(b)))
+            })?,
+            Ref::Commit(c) => github.commit_sha(inst, &repo, c).await?.ok_or_else(|| {
+                ResolveError::Invalid(format!("{repo} has no commit {}", quote::code(c)))
+            })?,
         };
         if sha.len() != 40 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(ResolveError::Invalid(format!(
                 "GitHub answered an unexpected commit id for {repo} {}",
-                r.reference
+                quote::code(&r.reference.to_string())
             )));
         }
         pinned.push(Pinned {

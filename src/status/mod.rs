@@ -4,12 +4,14 @@
 
 mod text;
 
-pub use text::{human_span, human_time, redact};
+pub use crate::mask::redact;
+pub use text::{human_span, human_time};
 
 use crate::command::{DeployRequest, Ref};
 use crate::config::Config;
 use crate::domain::plan::{ImageAction, Pinned, Plan};
 use crate::domain::{JobState, Step};
+use crate::quote;
 use crate::store::{EnvironmentRow, Job, JobEvent, PullRef, Store, StoreError};
 
 /// Everything the status of one request is rendered from.
@@ -244,12 +246,12 @@ impl Snapshot {
     /// The lines every view shares: who asked what, where, until when.
     fn facts(&self) -> String {
         let request = self.request();
+        let asked = format!("{} {}", self.command_prefix, request.to_args());
         let mut out = format!(
-            "Request #{} by @{}: `{} {}`",
+            "Request #{} by @{}: {}",
             self.job.id,
             self.job.requested_by,
-            self.command_prefix,
-            request.to_args()
+            quote::code(asked.trim_end())
         );
         if let Some(label) = self.job.source.label() {
             out.push_str(&format!(" ({label})"));
@@ -281,7 +283,10 @@ impl Snapshot {
         if self.phase() == Phase::Ended
             && let Some(why) = self.events.iter().rev().find(|e| e.step == Step::Release)
         {
-            facts.push(format!("hold ended: {}", redact(first_line(&why.message))));
+            facts.push(format!(
+                "hold ended: {}",
+                quote::prose(&redact(first_line(&why.message)))
+            ));
         }
         out.push_str(&capitalise(&facts.join(" · ")));
         out.push('\n');
@@ -315,11 +320,11 @@ impl Snapshot {
                     let by = p
                         .author
                         .as_deref()
-                        .map(|a| format!(" by `{a}`"))
+                        .map(|a| format!(" by {}", quote::code(a)))
                         .unwrap_or_default();
                     format!("[#{n}](https://github.com/{}/pull/{n}){by}", p.repo)
                 }
-                (other, _) => format!("{other}"),
+                (other, _) => quote::cell(&other.to_string()),
             };
             out.push_str(&format!("| {} | {reference} | {commit} |\n", r.component));
         }
@@ -484,17 +489,19 @@ impl Snapshot {
             return None;
         }
         let error = self.job.error.clone().unwrap_or_default();
-        let mut out = format!("**{}**\n", redact(&error));
+        let mut out = format!("**{}**\n", quote::prose(&redact(&error)));
         if let Some(excerpt) = self.excerpt() {
             out.push_str(&format!(
-                "\n<details open><summary>Last lines of the output</summary>\n\n```\n{excerpt}\n```\n\n</details>\n"
+                "\n<details open><summary>Last lines of the output</summary>\n\n{}\n</details>\n",
+                quote::fence("", &excerpt)
             ));
         }
         out.push_str(&format!("\n[Full log]({})\n", self.details_url));
         Some(out)
     }
 
-    /// The failing step's last output lines (at most 15 lines and 1500 characters).
+    /// The failing step's last output lines (at most 15 lines and 1500
+    /// characters), masked; [`quote::fence`] shows them.
     pub fn excerpt(&self) -> Option<String> {
         let text = self
             .events
@@ -503,7 +510,7 @@ impl Snapshot {
             .find_map(|e| e.message.strip_prefix("last lines of output:\n"))?;
         let lines: Vec<&str> = text.lines().collect();
         let tail = &lines[lines.len().saturating_sub(15)..];
-        let mut out = redact(&tail.join("\n")).replace("```", "'''");
+        let mut out = redact(&tail.join("\n"));
         if out.len() > 1500 {
             let cut = out.len() - 1500;
             let cut = (cut..out.len())
@@ -532,7 +539,7 @@ impl Snapshot {
 
     /// The body of the status comment (without the marker).
     pub fn comment(&self) -> String {
-        let mut out = format!("### {} {}\n\n", self.icon(), self.headline());
+        let mut out = format!("### {} {}\n\n", self.icon(), quote::prose(&self.headline()));
         out.push_str(&self.facts());
         if let Some(failure) = self.failure() {
             out.push('\n');
@@ -664,10 +671,10 @@ fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
 }
 
-/// A table cell: one line, no pipes, at most 90 characters.
+/// A table cell: one line, no pipes, at most 90 characters, safe as prose.
 fn cell(text: &str) -> String {
-    let line = redact(first_line(text)).replace('|', "\\|");
-    truncate(&line, 90)
+    let line = truncate(&redact(first_line(text)), 90);
+    quote::prose(&line).replace('|', "\\|")
 }
 
 fn truncate(text: &str, max: usize) -> String {

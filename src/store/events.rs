@@ -71,11 +71,12 @@ impl Store {
     }
 
     /// Record a line of a command's output (no status update on GitHub for
-    /// it). Its number is the job's next one, taken from the job's counter
+    /// it), masked ([`crate::mask::redact`]) before it is stored. Its number is the job's next one, taken from the job's counter
     /// row, which stays locked until this transaction ends: a second writer
     /// (a parallel build) waits, so numbers commit in order and a stream
     /// that has sent number N never misses a line numbered below N.
     pub async fn add_output(tx: &mut Tx, job_id: i64, step: Step, message: &str) -> Result<()> {
+        let message = crate::mask::redact(message);
         let seq: i64 = sqlx::query(
             "INSERT INTO job_event_counters (job_id, last) VALUES ($1, 1) \
              ON CONFLICT (job_id) DO UPDATE SET last = job_event_counters.last + 1 \
@@ -92,7 +93,7 @@ impl Store {
         .bind(seq)
         .bind(tx.now)
         .bind(step.as_str())
-        .bind(message)
+        .bind(&message)
         .execute(tx.db())
         .await?;
         if !tx.touched.contains(&job_id) {

@@ -556,7 +556,7 @@ async fn local_mode_waits_for_the_lease_the_server_holds() {
     .await
     .expect("the local run says what it waits for");
     assert!(
-        waited.contains("held by deploybot-job-999 (packit/ogr#1)"),
+        waited.contains("held by `deploybot-job-999` (`packit/ogr#1`)"),
         "{waited}"
     );
     let _ = child.kill().await;

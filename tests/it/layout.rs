@@ -10,7 +10,9 @@ use crate::support::harness::manifest_dir;
 /// The layers, lowest first: a module may use modules of its own layer or
 /// lower ones. (README, "How it works", shows the same picture.)
 const LAYERS: &[&[&str]] = &[
-    &["metrics", "command", "config", "github", "cluster"],
+    &[
+        "metrics", "mask", "quote", "command", "config", "github", "cluster",
+    ],
     &["domain"],
     &["store"],
     &["settings", "auth", "installations", "status"],

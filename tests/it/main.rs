@@ -31,5 +31,6 @@ mod reliability;
 mod replay;
 mod reporting;
 mod rules;
+mod safe_to_show;
 mod streams;
 mod trust;

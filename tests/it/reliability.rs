@@ -7,7 +7,7 @@
 //! environment is held by a finished request, no check run is left queued
 //! or in progress, no status comment is duplicated, nothing was asked of
 //! GitHub or the cluster outside their API descriptions, and no secret is in
-//! the logs, the API's answers or the status page.
+//! the logs, the API's answers, the status page or the jobs' events.
 //!
 //! Longer runs: `DEPLOYBOT_CRASH_ROUNDS=200 DEPLOYBOT_CRASH_SEED=7 cargo test
 //! --test it reliability::crash` (README, "Tests").
@@ -549,6 +549,24 @@ async fn check_promises(w: &World, replicas: &[&Replica], acknowledged: &[u64], 
                     path.display()
                 );
             }
+        }
+    }
+    // Nor in what the jobs recorded and show (events, errors), read back
+    // from the store.
+    let recorded = w
+        .texts(
+            "SELECT message FROM job_events UNION ALL \
+             SELECT error FROM jobs WHERE error IS NOT NULL",
+            &[],
+        )
+        .await;
+    for text in &recorded {
+        assert_no_secrets("a job's event or error", text);
+        for token in &issued {
+            assert!(
+                !text.contains(token.as_str()),
+                "a job's event shows a token"
+            );
         }
     }
     for replica in replicas {

@@ -249,6 +249,8 @@ pub struct TestApp {
     pub database_url: String,
     pub settings: Settings,
     config: Config,
+    /// What must never be shown: the setup's secrets and the test's own.
+    forbidden: Vec<String>,
     _tmp: tempfile::TempDir,
 }
 
@@ -278,6 +280,8 @@ pub struct TestAppBuilder {
     user_tokens: Vec<(String, String)>,
     /// (repo, number, head sha, head ref, author): open pull requests.
     pulls: Vec<(String, u64, String, String, String)>,
+    /// Values of the test's own that must never be shown.
+    forbidden: Vec<String>,
 }
 
 /// The team member the default pull requests are by, with write on every
@@ -315,6 +319,14 @@ impl TestAppBuilder {
     pub fn permission(mut self, repo: &str, login: &str, role: &str) -> Self {
         self.permissions
             .push((repo.to_string(), login.to_string(), role.to_string()));
+        self
+    }
+
+    /// A value that must never be shown, like the setup's secrets (a value
+    /// the test's configuration hands a job through `env_from_files`, say):
+    /// in an answer, a page, a job's events or on GitHub it fails the test.
+    pub fn forbid(mut self, value: &str) -> Self {
+        self.forbidden.push(value.to_string());
         self
     }
 
@@ -379,8 +391,10 @@ impl TestAppBuilder {
         for (token, login) in &self.user_tokens {
             github.add_user_token(token, login);
         }
-        for secret in secrets_of_the_setup() {
-            github.forbid_publishing(&secret);
+        let mut forbidden = secrets_of_the_setup();
+        forbidden.extend(self.forbidden);
+        for secret in &forbidden {
+            github.forbid_publishing(secret);
         }
         let config = self.config.unwrap_or_else(|| {
             Config::load(&manifest_dir().join("deploy/packit.toml"))
@@ -413,6 +427,7 @@ impl TestAppBuilder {
             database_url,
             settings,
             config,
+            forbidden,
             _tmp: tmp,
         }
     }
@@ -430,6 +445,7 @@ impl TestApp {
             permissions: Vec::new(),
             user_tokens: Vec::new(),
             pulls: Vec::new(),
+            forbidden: Vec::new(),
         }
     }
 
@@ -452,11 +468,49 @@ impl TestApp {
             .run_until_idle_with(false)
             .await
             .expect("background work");
+        self.assert_jobs_show_no_secrets().await;
     }
 
     /// Run the intake, the worker and the reporter until nothing is due.
     pub async fn run(&self) {
         self.app.run_until_idle().await.expect("background work");
+        self.assert_jobs_show_no_secrets().await;
+    }
+
+    /// Where the store holds a forbidden value in what jobs show (their
+    /// events, their errors): one line per place, the value cut to 4 chars.
+    pub async fn secrets_in_jobs(&self) -> Vec<String> {
+        let pool = self.app.state.store.db();
+        let mut shown: Vec<(String, String)> = Vec::new();
+        let events: Vec<(i64, String)> =
+            sqlx::query_as("SELECT job_id, message FROM job_events ORDER BY id")
+                .fetch_all(pool)
+                .await
+                .expect("job events");
+        for (job, message) in events {
+            shown.push((format!("an event of job {job}"), message));
+        }
+        let errors: Vec<(i64, String)> =
+            sqlx::query_as("SELECT id, error FROM jobs WHERE error IS NOT NULL")
+                .fetch_all(pool)
+                .await
+                .expect("job errors");
+        for (job, error) in errors {
+            shown.push((format!("the error of job {job}"), error));
+        }
+        let mut found = Vec::new();
+        for (place, text) in shown {
+            for secret in self.forbidden.iter().filter(|s| text.contains(s.as_str())) {
+                found.push(format!("{place} shows a secret ({}…)", &secret[..4]));
+            }
+        }
+        found
+    }
+
+    /// Panics if a job's events or error hold a forbidden value.
+    pub async fn assert_jobs_show_no_secrets(&self) {
+        let found = self.secrets_in_jobs().await;
+        assert!(found.is_empty(), "{}", found.join("\n"));
     }
 
     /// Move the store's clock forward (instead of sleeping).
@@ -478,10 +532,14 @@ impl TestApp {
             .await
             .expect("body")
             .to_bytes();
-        assert_no_secrets(
-            "an answer of deploybot's HTTP interface",
-            &String::from_utf8_lossy(&bytes),
-        );
+        let text = String::from_utf8_lossy(&bytes);
+        for secret in &self.forbidden {
+            assert!(
+                !text.contains(secret.as_str()),
+                "an answer of deploybot's HTTP interface shows a secret ({}…)",
+                &secret[..4]
+            );
+        }
         let value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         (status, value)

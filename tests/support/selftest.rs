@@ -1275,3 +1275,64 @@ async fn throwaway_server_is_removed_when_the_process_exits() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+// ---------------------------------------------------------------------------
+// The harness's secret checks
+// ---------------------------------------------------------------------------
+
+/// A secret or key line that reaches a job's events or error (however it
+/// got there: here it is written past deploybot's masking) fails the test
+/// at the next `run`/`settle`; the test's own forbidden values count too.
+#[tokio::test]
+async fn a_secret_in_a_jobs_events_or_error_is_caught() {
+    use crate::support::harness::{Db, SECRET, TestApp, comment_event, secrets_of_the_setup};
+    let own = "selftest-forbidden-value-7c1d";
+    let t = TestApp::builder(Db::Sqlite)
+        .config(deploybot::config::Config::builtin_default())
+        .permission("packit/packit-service", "alice", "write")
+        .forbid(own)
+        .start()
+        .await;
+    let event = comment_event("packit/packit-service", 614, true, "/deploy", "alice");
+    let (status, answer) = t.deliver("issue_comment", &event).await;
+    assert!(status.is_success(), "{answer}");
+    t.settle().await;
+    assert!(t.secrets_in_jobs().await.is_empty(), "nothing shown yet");
+    let job = t.jobs().await[0]["id"].as_i64().expect("job id");
+    let key_line = secrets_of_the_setup()
+        .into_iter()
+        .next()
+        .expect("a key line");
+    let pool = t.app.state.store.db();
+    for message in [format!("│ {key_line}"), format!("│ x {own} y")] {
+        sqlx::query(
+            "INSERT INTO job_events (job_id, at, step, message) VALUES ($1, 0, 'build', $2)",
+        )
+        .bind(job)
+        .bind(message)
+        .execute(pool)
+        .await
+        .expect("planted");
+    }
+    sqlx::query("UPDATE jobs SET error = $1 WHERE id = $2")
+        .bind(format!("failed: {SECRET}"))
+        .bind(job)
+        .execute(pool)
+        .await
+        .expect("planted");
+    let found = t.secrets_in_jobs().await;
+    assert_eq!(
+        found,
+        [
+            format!("an event of job {job} shows a secret ({}…)", &key_line[..4]),
+            format!("an event of job {job} shows a secret (self…)"),
+            format!("the error of job {job} shows a secret (curr…)"),
+        ],
+    );
+    // `run` and `settle` end with this check: it fails the test.
+    let check =
+        futures_util::FutureExt::catch_unwind(AssertUnwindSafe(t.assert_jobs_show_no_secrets()))
+            .await;
+    assert!(check.is_err(), "the check panics on what it found");
+    t.seen_status_comments();
+}

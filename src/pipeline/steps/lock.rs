@@ -257,11 +257,13 @@ impl Pipeline {
             Ok(LockOutcome::HeldBy(info)) => Err(format!(
                 "waiting for {}: its Lease is held by {} ({}) until {} — another deploybot or `deploy --local`",
                 environment.name,
-                info.holder.unwrap_or_else(|| "someone".into()),
+                info.holder
+                    .map(|h| crate::quote::code(&h))
+                    .unwrap_or_else(|| "someone".into()),
                 if info.prs.is_empty() {
                     "no PRs named".into()
                 } else {
-                    info.prs.join(", ")
+                    crate::quote::code(&info.prs.join(", "))
                 },
                 info.expires_at
                     .map(|t| t.to_rfc3339())

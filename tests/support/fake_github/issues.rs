@@ -57,6 +57,24 @@ impl FakeGitHub {
         state.add_comment(repo, number, &bot, body, false)
     }
 
+    /// Adds a comment by another App (`<slug>[bot]`, App `app_id`), as GitHub
+    /// shows one: a `Bot` author and `performed_via_github_app` naming that
+    /// App. It counts as seen.
+    pub fn add_comment_by_app(
+        &self,
+        repo: &str,
+        number: u64,
+        slug: &str,
+        app_id: u64,
+        body: &str,
+    ) -> u64 {
+        let mut state = self.state();
+        state.repo_id(repo);
+        let login = format!("{slug}[bot]");
+        state.other_apps.insert(login.clone(), app_id);
+        state.add_comment(repo, number, &login, body, true)
+    }
+
     /// All comments of issue/PR `number`, in order (does not mark them seen).
     pub fn comments(&self, repo: &str, number: u64) -> Vec<Comment> {
         self.state()
@@ -213,10 +231,29 @@ impl GitHubState {
 
     fn comment_json(&mut self, comment: &Comment) -> Value {
         let by_bot = comment.author == self.bot_login();
-        let kind = if by_bot { "Bot" } else { "User" };
+        let other_app = self.other_apps.get(&comment.author).copied();
+        let kind = if by_bot || other_app.is_some() {
+            "Bot"
+        } else {
+            "User"
+        };
         let user = self.user_json(&comment.author, kind);
         let api = format!("{}/repos/{}", self.base, comment.repo);
-        let app = if by_bot { self.app_json() } else { Value::Null };
+        let app = match other_app {
+            _ if by_bot => self.app_json(),
+            Some(id) => {
+                let slug = comment.author.trim_end_matches("[bot]").to_string();
+                let mut app = self.app_json();
+                app["id"] = json!(id);
+                app["slug"] = json!(slug);
+                app["name"] = json!(slug);
+                app["node_id"] = json!(format!("A_{id}"));
+                app["client_id"] = json!(format!("Iv1.{id:016x}"));
+                app["html_url"] = json!(format!("https://github.com/apps/{slug}"));
+                app
+            }
+            None => Value::Null,
+        };
         let id = comment.id;
         json!({
             "id": id,

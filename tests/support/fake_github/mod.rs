@@ -287,6 +287,8 @@ struct GitHubState {
     /// Things deploybot must never publish (webhook secrets, key material):
     /// a request body that contains one (or an issued token) is a violation.
     secrets: Vec<String>,
+    /// Other Apps' bot users (login → App id): their comments say so.
+    other_apps: BTreeMap<String, u64>,
 }
 
 impl GitHubState {
@@ -325,6 +327,7 @@ impl GitHubState {
             redeliveries_due: Vec::new(),
             redeliveries_in_flight: 0,
             secrets: Vec::new(),
+            other_apps: BTreeMap::new(),
             slow: Vec::new(),
         }
     }
