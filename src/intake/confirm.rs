@@ -221,7 +221,7 @@ impl Intake {
                 let marker = outbox::marker(waiting.question);
                 let number = u64::try_from(waiting.number).unwrap_or_default();
                 github
-                    .list_comments(inst, &repo, number)
+                    .own_comments(inst, &repo, number, self.config.github.bot_login.as_deref())
                     .await?
                     .into_iter()
                     .find(|(_, body)| body.contains(&marker))
