@@ -19,7 +19,7 @@ const MAX_EVENT_LINES: usize = 400;
 /// (and the line says so).
 const MAX_LINE_BYTES: usize = 4096;
 /// Lines kept for a failure excerpt.
-const EXCERPT_LINES: usize = 20;
+pub(crate) const EXCERPT_LINES: usize = 20;
 
 /// Why a step did not complete.
 #[derive(Debug)]
@@ -159,23 +159,114 @@ impl JobEnv {
     }
 }
 
+/// What a job's command prints, as the job records it: each line masked
+/// (values read from files, credentials), private keys never, at most
+/// [`MAX_EVENT_LINES`] lines, and the last [`EXCERPT_LINES`] kept for a
+/// failure's excerpt. Local commands and Jobs in the cluster share it.
+pub struct Output<'a> {
+    store: &'a Store,
+    job_id: i64,
+    step: Step,
+    env: Arc<JobEnv>,
+    recorded: usize,
+    in_key: bool,
+    tail: Vec<String>,
+}
+
+impl<'a> Output<'a> {
+    pub fn new(store: &'a Store, job_id: i64, step: Step, env: Arc<JobEnv>) -> Output<'a> {
+        Output {
+            store,
+            job_id,
+            step,
+            env,
+            recorded: 0,
+            in_key: false,
+            tail: Vec::new(),
+        }
+    }
+
+    async fn event(&self, message: String) -> Result<(), StoreError> {
+        let mut tx = self.store.begin().await?;
+        Store::add_output(&mut tx, self.job_id, self.step, &message).await?;
+        tx.commit().await
+    }
+
+    /// Records the command line about to run (`$ make deploy`), masked.
+    pub async fn echo(&self, argv: &[String]) -> Result<(), StoreError> {
+        let shown = self.env.mask(&argv.join(" "));
+        self.event(format!("$ {}", crate::status::redact(&shown)))
+            .await
+    }
+
+    /// Records one line of output.
+    pub async fn line(&mut self, line: String) -> Result<(), StoreError> {
+        // A private key printed by a command is never recorded, line by line.
+        let line = if line.contains("PRIVATE KEY-----") {
+            self.in_key = line.contains("-----BEGIN");
+            "[redacted private key]".to_string()
+        } else if self.in_key {
+            return Ok(());
+        } else {
+            crate::status::redact(&self.env.mask(&line))
+        };
+        if self.recorded < MAX_EVENT_LINES {
+            self.event(format!("│ {line}")).await?;
+        } else if self.recorded == MAX_EVENT_LINES {
+            self.event("│ … (further output not recorded)".into())
+                .await?;
+        }
+        self.recorded += 1;
+        self.tail.push(line);
+        if self.tail.len() > EXCERPT_LINES {
+            self.tail.remove(0);
+        }
+        Ok(())
+    }
+
+    /// Records output read as bytes: split into lines, each cut at
+    /// [`MAX_LINE_BYTES`], anything that is not UTF-8 replaced.
+    pub async fn bytes(&mut self, mut bytes: &[u8]) -> Result<(), StoreError> {
+        while let Ok(Some(line)) = read_line(&mut bytes, MAX_LINE_BYTES).await {
+            self.line(line).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether no more lines will be recorded.
+    pub fn full(&self) -> bool {
+        self.recorded > MAX_EVENT_LINES
+    }
+
+    /// The last lines, for a failure's excerpt.
+    pub fn excerpt(&self) -> String {
+        self.tail.join("\n")
+    }
+
+    /// The last lines of `bytes` (masked like recorded lines), for an excerpt.
+    pub async fn excerpt_of(&self, mut bytes: &[u8]) -> String {
+        let mut lines = Vec::new();
+        let mut in_key = false;
+        while let Ok(Some(line)) = read_line(&mut bytes, MAX_LINE_BYTES).await {
+            if line.contains("PRIVATE KEY-----") {
+                in_key = line.contains("-----BEGIN");
+                lines.push("[redacted private key]".to_string());
+            } else if !in_key {
+                lines.push(crate::status::redact(&self.env.mask(&line)));
+            }
+        }
+        lines[lines.len().saturating_sub(EXCERPT_LINES)..].join("\n")
+    }
+}
+
 impl Exec<'_> {
     /// Run `argv` in `cwd`; Ok when it exits 0.
     pub async fn run(&mut self, argv: &[String], cwd: &Path) -> Result<(), StepError> {
         let Some((program, args)) = argv.split_first() else {
             return Err(StepError::failed("empty command"));
         };
-        let event = |store: &Store, message: String| {
-            let store = store.clone();
-            let (job, step) = (self.job_id, self.step);
-            async move {
-                let mut tx = store.begin().await?;
-                Store::add_output(&mut tx, job, step, &message).await?;
-                tx.commit().await
-            }
-        };
-        let shown = self.env.mask(&argv.join(" "));
-        event(self.store, format!("$ {}", crate::status::redact(&shown))).await?;
+        let mut output = Output::new(self.store, self.job_id, self.step, self.env.clone());
+        output.echo(argv).await?;
         let mut command = tokio::process::Command::new(program);
         command
             .env_clear()
@@ -216,34 +307,11 @@ impl Exec<'_> {
             });
         }
         drop(tx_lines);
-        let mut tail: Vec<String> = Vec::new();
-        let mut recorded = 0usize;
         let mut streams_open = true;
-        // A private key printed by a command is never recorded, line by line.
-        let mut in_key = false;
         let status = loop {
             tokio::select! {
                 line = lines.recv(), if streams_open => match line {
-                    Some(line) => {
-                        let line = if line.contains("PRIVATE KEY-----") {
-                            in_key = line.contains("-----BEGIN");
-                            "[redacted private key]".to_string()
-                        } else if in_key {
-                            continue;
-                        } else {
-                            crate::status::redact(&self.env.mask(&line))
-                        };
-                        if recorded < MAX_EVENT_LINES {
-                            event(self.store, format!("│ {line}")).await?;
-                        } else if recorded == MAX_EVENT_LINES {
-                            event(self.store, "│ … (further output not recorded)".into()).await?;
-                        }
-                        recorded += 1;
-                        tail.push(line);
-                        if tail.len() > EXCERPT_LINES {
-                            tail.remove(0);
-                        }
-                    }
+                    Some(line) => output.line(line).await?,
                     None => streams_open = false,
                 },
                 status = child.wait(), if !streams_open => {
@@ -268,7 +336,7 @@ impl Exec<'_> {
         } else {
             Err(StepError::Failed {
                 reason: format!("`{program}` exited with {status}"),
-                excerpt: tail.join("\n"),
+                excerpt: output.excerpt(),
             })
         }
     }

@@ -17,6 +17,7 @@ mod admin;
 mod api;
 mod cli;
 mod cluster;
+mod cluster_job;
 mod commands;
 mod config_reference;
 mod github_client;
