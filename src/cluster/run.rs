@@ -646,7 +646,7 @@ mod tests {
             .map(|c| c["name"].as_str().expect("name"))
             .collect();
         assert_eq!(init, ["git-init", "git-fetch", "git-checkout"]);
-        assert_eq!(pod["initContainers"][1]["command"][7], "abc");
+        assert_eq!(pod["initContainers"][1]["command"][8], "abc");
         let main = &pod["containers"][0];
         assert_eq!(
             main["env"],

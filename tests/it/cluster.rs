@@ -1265,9 +1265,9 @@ async fn the_fake_rejects_bodies_that_do_not_match_the_schema() {
     client.request_text(post(fine)).await.unwrap();
     fake.assert_no_violations();
 
-    // An operation outside the subset: 404 and a violation.
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NS);
-    let error = pods.get("web-0").await.unwrap_err();
+    // An operation outside what the fake serves: 404 and a violation.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), NS);
+    let error = secrets.get("quay-push").await.unwrap_err();
     assert!(
         matches!(&error, kube::Error::Api(s) if s.code == 404),
         "{error:?}"

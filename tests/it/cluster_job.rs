@@ -23,6 +23,7 @@ on_both_backends!(
     a_failing_pod_fails_the_request_with_its_log_tail,
     cancel_during_deploy_deletes_the_job,
     the_cleanup_runs_as_a_job_too,
+    a_pod_that_cannot_start_fails_at_once_and_its_job_is_deleted,
 );
 
 /// An OpenShift `dev` whose deployer is `deployer` (TOML array) in a Job.
@@ -492,6 +493,42 @@ async fn the_cleanup_runs_as_a_job_too(db: Db) {
         "the cleanup gets no vars file"
     );
     assert_eq!(kube.created("ConfigMap").len(), 2, "one per deploy Job");
+    t.seen_status_comments();
+    t.replies("packit/deployment", 321);
+    kube.assert_no_violations();
+}
+
+async fn a_pod_that_cannot_start_fails_at_once_and_its_job_is_deleted(db: Db) {
+    // An hour to deploy, but the operator's Secret is missing: waiting would
+    // not help.
+    let (t, kube) = start(db, r#"["make", "deploy"]"#, "1h").await;
+    kube.delete_object("Secret", NS, "packit-env");
+    ask(&t, "/deploy").await;
+    tokio::time::timeout(Duration::from_secs(20), t.run())
+        .await
+        .expect("the request fails at once");
+    let job = t.last_job().await;
+    assert_eq!(job["state"], "failed", "{job}");
+    let error = job["error"].as_str().expect("error");
+    assert!(
+        error.contains(
+            "container `deploy` cannot start: CreateContainerConfigError: secret \"packit-env\" not found"
+        ),
+        "{error}"
+    );
+    assert!(
+        events(&job, "deploy").contains("deleted Job `deploybot-"),
+        "{job}"
+    );
+    assert!(kube.objects("Job", NS).is_empty());
+    assert!(kube.objects("Pod", NS).is_empty());
+    // The checkout ran; the command never started.
+    let runs: Vec<String> = kube
+        .container_runs()
+        .into_iter()
+        .map(|r| r.container)
+        .collect();
+    assert_eq!(runs, ["git-init", "git-fetch", "git-checkout"]);
     t.seen_status_comments();
     t.replies("packit/deployment", 321);
     kube.assert_no_violations();

@@ -531,10 +531,8 @@ fn run_pod(spec: &Spec, state: &mut KubeState, key: &Key) {
         .flat_map(|f| pod["status"][f].as_array().cloned().unwrap_or_default())
         .collect();
     let status_of = |name: &str| old.iter().find(|s| s["name"] == name).cloned();
-    let data = match volumes(state, &key.namespace, &pod) {
-        Ok(data) => Some(data),
-        Err(_) => None,
-    };
+    // A missing ConfigMap or Secret keeps the pod creating its containers.
+    let data = volumes(state, &key.namespace, &pod).ok();
     let mut statuses: Vec<Value> = Vec::new();
     let mut new_phase = phase.clone();
     let mut blocked = false;
