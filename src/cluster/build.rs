@@ -125,7 +125,7 @@ fn resource(kind: &str, plural: &str) -> ApiResource {
 }
 
 /// A DNS-1123 label: what Kubernetes accepts as a BuildConfig name.
-fn is_dns_label(name: &str) -> bool {
+pub(super) fn is_dns_label(name: &str) -> bool {
     let bytes = name.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= 63

@@ -11,6 +11,8 @@
 //!   follow the rollout like `kubectl rollout status`.
 //! - [`Cluster::apply_build_config`], [`Cluster::start_build`],
 //!   [`Cluster::wait_build`], [`Cluster::build_log_tail`]: OpenShift Builds.
+//! - [`Cluster::start_run`], [`RunFollower`], [`Cluster::delete_run`]:
+//!   commands run in the cluster as Kubernetes Jobs (the deployer, the cleanup).
 //!
 //! Every call stays inside the operations listed in
 //! `shared/fixtures/kubernetes/openapi-subset.json`; the integration tests run
@@ -19,6 +21,7 @@
 mod build;
 mod error;
 mod lock;
+mod run;
 mod workload;
 
 use std::time::Duration;
@@ -28,6 +31,9 @@ pub use error::ClusterError;
 pub use lock::{
     ENVIRONMENT_ANNOTATION, EXPIRES_AT_ANNOTATION, JOB_ANNOTATION, LEASE_NAME, LeaseInfo,
     LockOutcome, LockRequest, PRS_ANNOTATION, REQUESTED_BY_ANNOTATION, holder_identity,
+};
+pub use run::{
+    CHECKOUT_DIR, HOME_DIR, RunEnd, RunEvent, RunFollower, RunPoll, RunSecret, RunSpec, run_name,
 };
 pub use workload::{Rollout, WorkloadKind, image_repository};
 

@@ -226,6 +226,7 @@ impl Config {
             {
                 problems.push(format!("environment {} needs a namespace", e.name));
             }
+            runs_in_cluster(e, &mut problems);
         }
         if self.environments.is_empty() {
             problems.push("at least one [[environment]] is required".into());
@@ -235,6 +236,55 @@ impl Config {
         } else {
             Err(problems.join("\n"))
         }
+    }
+}
+
+/// The rules of `[environment.runner]`: a cluster environment's deployer and
+/// cleanup commands run as a Job, which needs one; nothing else has one.
+fn runs_in_cluster(e: &Environment, problems: &mut Vec<String>) {
+    let commands = matches!(e.deployer, Some(Deployer::Command { .. }))
+        || matches!(e.cleanup, Some(Cleanup::Command { .. }));
+    let Some(runner) = &e.runner else {
+        if e.cluster_namespace().is_some() && commands {
+            problems.push(format!(
+                "environment {}: its deployer or cleanup is a command, which runs in the cluster as a Kubernetes Job: \
+                 it needs [environment.runner] with at least `image`",
+                e.name
+            ));
+        }
+        return;
+    };
+    if !matches!(
+        e.kind,
+        EnvironmentKind::Kubernetes | EnvironmentKind::Openshift
+    ) {
+        problems.push(format!(
+            "environment {}: [environment.runner] is for kubernetes and openshift environments only",
+            e.name
+        ));
+        return;
+    }
+    runner.problems(&e.name, problems);
+    if let Some(Deployer::Command { vars_file, .. }) = &e.deployer {
+        let parts: Vec<&str> = vars_file.split('/').collect();
+        if vars_file.starts_with('/')
+            || parts
+                .iter()
+                .any(|p| p.is_empty() || *p == "." || *p == "..")
+        {
+            problems.push(format!(
+                "environment {}: deployer.vars_file {vars_file:?} must be a plain path inside the checkout",
+                e.name
+            ));
+        }
+    }
+    let local_builder = matches!(e.builder, Some(Builder::Command { .. }));
+    if !e.env_from_files.is_empty() && !local_builder {
+        problems.push(format!(
+            "environment {}: env_from_files is read only for commands deploybot runs itself, and this \
+             environment runs none; give the deploy Job its variables with runner.env_secrets (Secrets in the namespace)",
+            e.name
+        ));
     }
 }
 

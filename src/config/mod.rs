@@ -11,6 +11,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod check;
+mod runner;
+
+pub use runner::{RUNNER_ROOT, Runner, SecretMount, is_dns_subdomain};
 
 use crate::command::{VocabComponent, Vocabulary, format_duration, parse_duration};
 
@@ -283,6 +286,10 @@ pub struct Environment {
     /// job starts; those values are masked wherever output is shown.
     #[serde(default)]
     pub env_from_files: BTreeMap<String, PathBuf>,
+    /// For `kubernetes`/`openshift`: the Job the deployer and the cleanup
+    /// command run in (required when either is a command).
+    #[serde(default)]
+    pub runner: Option<Runner>,
 }
 
 /// Image builders. Placeholders in `args`: `{repo_url}`, `{commit}`,
@@ -542,6 +549,7 @@ impl Config {
             timeouts: Timeouts::default(),
             env: BTreeMap::new(),
             env_from_files: BTreeMap::new(),
+            runner: None,
         }];
         config
     }

@@ -109,3 +109,56 @@ fn unknown_fields_are_rejected() {
     let err = Config::from_toml("[bot]\ncommand_prefx = \"/d\"\n").expect_err("unknown");
     assert!(err.contains("command_prefx"), "{err}");
 }
+
+#[test]
+fn a_cluster_environment_runs_its_commands_in_a_runner() {
+    let env_with = |top: &str, extra: &str| {
+        let components = &PACKIT_TOML[PACKIT_TOML.find("[[component]]").expect("components")
+            ..PACKIT_TOML.find("[[environment]]").expect("environment")];
+        format!(
+            "{components}\n[[environment]]\nname = \"k\"\nkind = \"kubernetes\"\n\
+             namespace = \"ns\"\n{top}[environment.deployer]\nkind = \"command\"\n\
+             args = [\"make\"]\nvars_file = \"vars/x.json\"\n{extra}"
+        )
+    };
+    let env = |extra: &str| env_with("", extra);
+    let err = Config::from_toml(&env("")).expect_err("no runner");
+    assert!(
+        err.contains(
+            "environment k: its deployer or cleanup is a command, which runs in the cluster"
+        ) && err.contains("[environment.runner]"),
+        "{err}"
+    );
+    let runner = "[environment.runner]\nimage = \"quay.io/x/y\"\n";
+    Config::from_toml(&env(runner)).expect("a runner is enough");
+    let bad = env_with(
+        "env_from_files = { T = \"/run/t\" }\n",
+        "[environment.runner]\nimage = \"a b\"\n\
+         service_account = \"Runner\"\nmemory = \"1GB\"\n\
+         secrets = { \"s\" = \"/deploybot/x\", \"t\" = \"../up\" }\n",
+    );
+    let err = Config::from_toml(&bad).expect_err("invalid runner");
+    for needle in [
+        "runner.image \"a b\" is not an image reference",
+        "runner.service_account \"Runner\"",
+        "runner.memory \"1GB\"",
+        "is inside /deploybot",
+        "\"../up\" must be a plain path",
+        "env_from_files is read only for commands deploybot runs itself",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in:\n{err}");
+    }
+    let command = format!(
+        "{}\n[[environment]]\nname = \"c\"\nkind = \"command\"\n{runner}",
+        &PACKIT_TOML[..PACKIT_TOML.find("[[environment]]").expect("environment")]
+    );
+    let err = Config::from_toml(&command).expect_err("a runner on a command environment");
+    assert!(
+        err.contains("for kubernetes and openshift environments only"),
+        "{err}"
+    );
+    // Packit's own dev runs its playbook in a Job.
+    let packit = Config::from_toml(PACKIT_TOML).expect("packit.toml");
+    let runner = packit.environments[0].runner.as_ref().expect("a runner");
+    assert_eq!(runner.service_account.as_deref(), Some("deploybot-runner"));
+}

@@ -22,7 +22,7 @@ const MAX_COMMAND_BYTES: usize = 256 * 1024;
 /// (and the line says so).
 const MAX_LINE_BYTES: usize = 4096;
 /// Lines kept for a failure excerpt.
-const EXCERPT_LINES: usize = 20;
+pub(crate) const EXCERPT_LINES: usize = 20;
 
 /// Why a step did not complete.
 #[derive(Debug)]
@@ -160,24 +160,120 @@ impl JobEnv {
     }
 }
 
+/// What a job's command prints, as the job records it: each line masked
+/// (values read from files, credentials), private keys never, at most
+/// [`MAX_EVENT_LINES`] lines, and the last [`EXCERPT_LINES`] kept for a
+/// failure's excerpt. Local commands and Jobs in the cluster share it.
+pub struct Output<'a> {
+    store: &'a Store,
+    job_id: i64,
+    step: Step,
+    env: Arc<JobEnv>,
+    kept: Kept,
+    in_key: bool,
+    tail: Vec<String>,
+}
+
+impl<'a> Output<'a> {
+    pub fn new(store: &'a Store, job_id: i64, step: Step, env: Arc<JobEnv>) -> Output<'a> {
+        Output {
+            store,
+            job_id,
+            step,
+            env,
+            kept: Kept::default(),
+            in_key: false,
+            tail: Vec::new(),
+        }
+    }
+
+    async fn event(&self, message: String) -> Result<(), StoreError> {
+        let mut tx = self.store.begin().await?;
+        Store::add_output(&mut tx, self.job_id, self.step, &message).await?;
+        tx.commit().await
+    }
+
+    /// Records the command line about to run (`$ make deploy`), masked.
+    pub async fn echo(&self, argv: &[String]) -> Result<(), StoreError> {
+        let shown = self.env.mask(&argv.join(" "));
+        self.event(format!("$ {}", crate::status::redact(&shown)))
+            .await
+    }
+
+    /// Records one line of output.
+    pub async fn line(&mut self, line: String) -> Result<(), StoreError> {
+        // A private key printed by a command is never recorded, line by line.
+        let line = if line.contains("PRIVATE KEY-----") {
+            self.in_key = line.contains("-----BEGIN");
+            "[redacted private key]".to_string()
+        } else if self.in_key {
+            return Ok(());
+        } else {
+            crate::status::redact(&self.env.mask(&line))
+        };
+        if self.kept.take(&line) {
+            self.event(format!("│ {line}")).await?;
+        }
+        self.tail.push(line);
+        if self.tail.len() > EXCERPT_LINES {
+            self.tail.remove(0);
+        }
+        Ok(())
+    }
+
+    /// Records output read as bytes: split into lines, each cut at
+    /// [`MAX_LINE_BYTES`], anything that is not UTF-8 replaced.
+    pub async fn bytes(&mut self, mut bytes: &[u8]) -> Result<(), StoreError> {
+        while let Ok(Some(line)) = read_line(&mut bytes, MAX_LINE_BYTES).await {
+            self.line(line).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether no more lines will be recorded.
+    pub fn full(&self) -> bool {
+        self.kept.dropped_lines > 0
+    }
+
+    /// The command ended: record what was left out, if anything. `counted`
+    /// says whether every line was read (a local command's are; a cluster
+    /// Job's log is no longer read once the output is full).
+    pub async fn finish(&mut self, counted: bool) -> Result<(), StoreError> {
+        match self.kept.marker(counted) {
+            Some(marker) => self.event(marker).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The last lines, for a failure's excerpt.
+    pub fn excerpt(&self) -> String {
+        self.tail.join("\n")
+    }
+
+    /// The last lines of `bytes` (masked like recorded lines), for an excerpt.
+    pub async fn excerpt_of(&self, mut bytes: &[u8]) -> String {
+        let mut lines = Vec::new();
+        let mut in_key = false;
+        while let Ok(Some(line)) = read_line(&mut bytes, MAX_LINE_BYTES).await {
+            if line.contains("PRIVATE KEY-----") {
+                in_key = line.contains("-----BEGIN");
+                lines.push("[redacted private key]".to_string());
+            } else if !in_key {
+                lines.push(crate::status::redact(&self.env.mask(&line)));
+            }
+        }
+        lines[lines.len().saturating_sub(EXCERPT_LINES)..].join("\n")
+    }
+}
+
 impl Exec<'_> {
     /// Run `argv` in `cwd`; Ok when it exits 0.
     pub async fn run(&mut self, argv: &[String], cwd: &Path) -> Result<(), StepError> {
         let Some((program, args)) = argv.split_first() else {
             return Err(StepError::failed("empty command"));
         };
-        let event = |store: &Store, message: String| {
-            let store = store.clone();
-            let (job, step) = (self.job_id, self.step);
-            async move {
-                let mut tx = store.begin().await?;
-                Store::add_output(&mut tx, job, step, &message).await?;
-                tx.commit().await
-            }
-        };
-        // A command line is echoed without its credentials (a clone URL
-        // with a token, say).
-        event(self.store, format!("$ {}", self.env.mask(&argv.join(" ")))).await?;
+        let mut output = Output::new(self.store, self.job_id, self.step, self.env.clone());
+        output.echo(argv).await?;
         let mut command = tokio::process::Command::new(program);
         command
             .env_clear()
@@ -218,54 +314,28 @@ impl Exec<'_> {
             });
         }
         drop(tx_lines);
-        let mut tail: Vec<String> = Vec::new();
-        let mut kept = Kept::default();
         let mut streams_open = true;
-        // A private key printed by a command is never recorded, line by line.
-        let mut in_key = false;
         let status = loop {
             tokio::select! {
                 line = lines.recv(), if streams_open => match line {
-                    Some(line) => {
-                        let line = if line.contains("PRIVATE KEY-----") {
-                            in_key = line.contains("-----BEGIN");
-                            "[redacted private key]".to_string()
-                        } else if in_key {
-                            continue;
-                        } else {
-                            self.env.mask(&line)
-                        };
-                        if kept.take(&line) {
-                            event(self.store, format!("│ {line}")).await?;
-                        }
-                        tail.push(line);
-                        if tail.len() > EXCERPT_LINES {
-                            tail.remove(0);
-                        }
-                    }
+                    Some(line) => output.line(line).await?,
                     None => {
                         streams_open = false;
-                        if let Some(marker) = kept.marker() {
-                            event(self.store, marker).await?;
-                        }
+                        output.finish(true).await?;
                     }
                 },
                 status = child.wait(), if !streams_open => {
                     break status.map_err(|e| StepError::failed(format!("`{program}`: {e}")))?;
                 }
                 _ = tokio::time::sleep_until(self.deadline) => {
-                    if let Some(marker) = kept.marker() {
-                        event(self.store, marker).await?;
-                    }
+                    output.finish(true).await?;
                     stop(pid).await;
                     let _ = child.kill().await;
                     return Err(StepError::TimedOut);
                 }
                 _ = self.cancel.changed() => {
                     if *self.cancel.borrow() {
-                        if let Some(marker) = kept.marker() {
-                            event(self.store, marker).await?;
-                        }
+                        output.finish(true).await?;
                         stop(pid).await;
                         let _ = child.kill().await;
                         return Err(StepError::Cancelled);
@@ -278,7 +348,7 @@ impl Exec<'_> {
         } else {
             Err(StepError::Failed {
                 reason: format!("`{program}` exited with {status}"),
-                excerpt: tail.join("\n"),
+                excerpt: output.excerpt(),
             })
         }
     }
@@ -315,10 +385,19 @@ impl Kept {
         }
     }
 
-    /// The line that says what was left out, once, if anything was.
-    fn marker(&mut self) -> Option<String> {
+    /// The line that says what was left out, once, if anything was
+    /// (`counted`: how much is known).
+    fn marker(&mut self, counted: bool) -> Option<String> {
         if self.dropped_lines == 0 || self.told {
             return None;
+        }
+        self.told = true;
+        if !counted {
+            return Some(format!(
+                "│ … (further output of this command not recorded: at most {MAX_EVENT_LINES} lines \
+                 or {} KiB are kept a command)",
+                MAX_COMMAND_BYTES / 1024
+            ));
         }
         let text = format!(
             "│ … ({} more line(s), {} byte(s) of this command's output not recorded: \
@@ -510,21 +589,21 @@ mod tests {
         let taken = (0..1000).filter(|_| kept.take(&line)).count();
         assert_eq!(taken, MAX_EVENT_LINES);
         assert_eq!(
-            kept.marker().as_deref(),
+            kept.marker(true).as_deref(),
             Some(
                 "│ … (600 more line(s), 60000 byte(s) of this command's output not recorded: \
                  at most 400 lines or 256 KiB are kept a command)"
             )
         );
-        assert_eq!(kept.marker(), None, "said once");
+        assert_eq!(kept.marker(true), None, "said once");
         // Long lines reach the byte cap first.
         let mut kept = Kept::default();
         let long = "z".repeat(MAX_LINE_BYTES);
         let taken = (0..100).filter(|_| kept.take(&long)).count();
         assert_eq!(taken, MAX_COMMAND_BYTES / (MAX_LINE_BYTES + 1));
-        assert!(kept.marker().is_some());
+        assert!(kept.marker(true).is_some());
         assert_eq!(
-            Kept::default().marker(),
+            Kept::default().marker(true),
             None,
             "nothing left out, nothing said"
         );

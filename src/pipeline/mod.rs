@@ -5,6 +5,7 @@
 pub mod build;
 pub mod deploy;
 pub mod exec;
+mod in_cluster;
 mod paths;
 
 pub mod resolve;

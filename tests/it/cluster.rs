@@ -1265,9 +1265,9 @@ async fn the_fake_rejects_bodies_that_do_not_match_the_schema() {
     client.request_text(post(fine)).await.unwrap();
     fake.assert_no_violations();
 
-    // An operation outside the subset: 404 and a violation.
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), NS);
-    let error = pods.get("web-0").await.unwrap_err();
+    // An operation outside what the fake serves: 404 and a violation.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), NS);
+    let error = secrets.get("quay-push").await.unwrap_err();
     assert!(
         matches!(&error, kube::Error::Api(s) if s.code == 404),
         "{error:?}"
@@ -1386,4 +1386,71 @@ async fn the_examples_validate_in_the_fake() {
         fake.put_object(object);
         assert_eq!(fake.violations(), Vec::<String>::new(), "{file}");
     }
+}
+
+#[tokio::test]
+async fn the_fakes_jobs_run_pods_and_orphan_them_unless_told() {
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{DeleteParams, ListParams};
+    use support::fake_kube::Script;
+    let (fake, _) = start().await;
+    fake.script(|run| (run.argv == ["fail"]).then(|| Script::exit(3).prints("bad\n")));
+    let client = raw_client(&fake);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), NS);
+    let job = |name: &str, argv: &str| -> Job {
+        serde_json::from_value(json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name},
+            "spec": {"backoffLimit": 0, "template": {"spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "main", "image": "busybox", "command": [argv]}],
+            }}},
+        }))
+        .expect("a Job")
+    };
+    jobs.create(&PostParams::default(), &job("ok", "true"))
+        .await
+        .unwrap();
+    jobs.create(&PostParams::default(), &job("bad", "fail"))
+        .await
+        .unwrap();
+    let ended = |j: &Job, kind: &str| {
+        j.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == kind && c.status == "True"))
+    };
+    let mut done = false;
+    for _ in 0..500 {
+        let ok = jobs.get("ok").await.unwrap();
+        let bad = jobs.get("bad").await.unwrap();
+        if ended(&ok, "Complete") && ended(&bad, "Failed") {
+            assert_eq!(ok.status.as_ref().and_then(|s| s.succeeded), Some(1));
+            assert_eq!(bad.status.as_ref().and_then(|s| s.failed), Some(1));
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(done, "both Jobs end");
+    let pods: Api<Pod> = Api::namespaced(client, NS);
+    let of = |job: &str| ListParams::default().labels(&format!("job-name={job}"));
+    let bad_pod = &pods.list(&of("bad")).await.unwrap().items[0];
+    let name = bad_pod.metadata.name.clone().expect("name");
+    assert_eq!(
+        bad_pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Failed")
+    );
+    assert_eq!(fake.pod_log(NS, &name, "main"), b"bad\n");
+    // Without a propagation policy a Job's pods stay (orphaned); with
+    // Background they go.
+    jobs.delete("bad", &DeleteParams::default()).await.unwrap();
+    let orphan = fake.get_object("Pod", NS, &name).expect("the pod stays");
+    assert_eq!(orphan["metadata"]["ownerReferences"], json!([]));
+    jobs.delete("ok", &DeleteParams::background())
+        .await
+        .unwrap();
+    assert!(pods.list(&of("ok")).await.unwrap().items.is_empty());
+    fake.assert_no_violations();
 }

@@ -18,6 +18,7 @@ mod api;
 mod approval;
 mod cli;
 mod cluster;
+mod cluster_job;
 mod commands;
 mod config_reference;
 mod github_client;

@@ -189,6 +189,10 @@ fn the_target_role_grants_nothing_beyond_what_deploybot_uses() {
         ),
         ("", "pods", &["get", "list", "watch"]),
         ("", "events", &["get", "list", "watch"]),
+        // The deployer's and the cleanup's Jobs, their vars, their logs.
+        ("batch", "jobs", &["get", "list", "create", "delete"]),
+        ("", "configmaps", &["create"]),
+        ("", "pods/log", &["get"]),
     ];
     let objects = render("deploy");
     let roles: Vec<&Value> = objects
@@ -217,6 +221,28 @@ fn the_target_role_grants_nothing_beyond_what_deploybot_uses() {
             }
         }
         assert!(rule["resourceNames"].is_null() || rule["resourceNames"].is_array());
+    }
+    // And what running the deployer as a Job needs is granted.
+    let grants = |g: &str, r: &str, v: &str| {
+        role["rules"].as_array().expect("rules").iter().any(|rule| {
+            let has = |key: &str, want: &str| {
+                rule[key]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|x| x == want))
+            };
+            has("apiGroups", g) && has("resources", r) && has("verbs", v)
+        })
+    };
+    for (g, r, v) in [
+        ("batch", "jobs", "create"),
+        ("batch", "jobs", "get"),
+        ("batch", "jobs", "list"),
+        ("batch", "jobs", "delete"),
+        ("", "pods", "list"),
+        ("", "pods/log", "get"),
+        ("", "configmaps", "create"),
+    ] {
+        assert!(grants(g, r, v), "the Role must grant {v} on {g}/{r}");
     }
     let binding = objects
         .iter()

@@ -4,8 +4,11 @@
 //!
 //! It serves exactly the operations of
 //! `../shared/fixtures/kubernetes/openapi-subset.json` (relative to the
-//! package): anything else is answered 404 and recorded as a violation, and
-//! so is a query parameter the operation does not list. Every request body
+//! package), plus the operations on Jobs, Pods (and their logs) and
+//! ConfigMaps listed in [`EXTRA_OPERATIONS`], taken verbatim from the whole
+//! Kubernetes 1.35 documents beside it (`v1.35/`): anything else is answered
+//! 404 and recorded as a violation, and so is a query parameter the
+//! operation does not list. Every request body
 //! is validated against its operation's schema, and every object the fake is
 //! about to store (after a PATCH, a server-side apply, a test control...)
 //! against its kind's schema, both with `additionalProperties: false` added
@@ -27,6 +30,11 @@
 //! field applied before and left out now is removed); `status` cannot be
 //! written except through the test controls; instantiating a BuildConfig
 //! creates Build `<bc>-<n>` in phase New; a Build's log answers text/plain.
+//! DELETE honours `propagationPolicy` (Jobs orphan their pods by default,
+//! as batch/v1 does): `Background` and `Foreground` delete what the object
+//! owns (`ownerReferences`), `Orphan` leaves it without the reference. Jobs
+//! run: see [`jobs`] for the Job controller and the kubelet, scripted by
+//! the tests ([`FakeKube::script`]).
 //!
 //! Tests arrange state (`put_object`, `set_rollout`, `set_build_phase`),
 //! inject faults and races (`fail_next`, `bump_resource_version`,
@@ -49,6 +57,10 @@ use serde_json::{Map, Value, json};
 
 use super::http::{self, Incoming, parse_query};
 use super::openapi::{self, PathTemplate, Violations};
+
+mod jobs;
+
+pub use jobs::{ContainerRun, Script};
 
 /// Where the Kubernetes fixtures are: `../shared/fixtures/kubernetes`.
 pub fn fixtures_dir() -> PathBuf {
@@ -78,7 +90,7 @@ struct Kind {
     has_status: bool,
 }
 
-const KINDS: [Kind; 6] = [
+const KINDS: [Kind; 10] = [
     Kind {
         kind: "Lease",
         group: "coordination.k8s.io",
@@ -121,6 +133,34 @@ const KINDS: [Kind; 6] = [
         schema: "com.github.openshift.api.image.v1.ImageStream",
         has_status: true,
     },
+    Kind {
+        kind: "Job",
+        group: "batch",
+        plural: "jobs",
+        schema: "io.k8s.api.batch.v1.Job",
+        has_status: true,
+    },
+    Kind {
+        kind: "Pod",
+        group: "",
+        plural: "pods",
+        schema: "io.k8s.api.core.v1.Pod",
+        has_status: true,
+    },
+    Kind {
+        kind: "ConfigMap",
+        group: "",
+        plural: "configmaps",
+        schema: "io.k8s.api.core.v1.ConfigMap",
+        has_status: false,
+    },
+    Kind {
+        kind: "Secret",
+        group: "",
+        plural: "secrets",
+        schema: "io.k8s.api.core.v1.Secret",
+        has_status: false,
+    },
 ];
 
 impl Kind {
@@ -136,12 +176,30 @@ impl Kind {
     }
 
     fn api_version(&self) -> String {
-        format!("{}/v1", self.group)
+        if self.group.is_empty() {
+            "v1".to_string()
+        } else {
+            format!("{}/v1", self.group)
+        }
     }
 
-    /// `leases.coordination.k8s.io`, as the API server names resources.
+    /// `leases.coordination.k8s.io` (`pods` for the core group), as the API
+    /// server names resources.
     fn resource(&self) -> String {
-        format!("{}.{}", self.plural, self.group)
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    /// A batch/v1 Job orphans what it owns unless told otherwise.
+    fn default_propagation(&self) -> &'static str {
+        if self.kind == "Job" {
+            "Orphan"
+        } else {
+            "Background"
+        }
     }
 }
 
@@ -215,12 +273,68 @@ impl FakeKube {
             .fallback(handle)
             .with_state(shared.clone());
         let server = http::Server::start("fake Kubernetes", app).await;
+        // The Job controller and the kubelet always run: a Job nobody runs
+        // is no cluster.
+        let ticking = shared.clone();
+        let kubelet = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                jobs::tick(&ticking);
+            }
+        });
         FakeKube {
             server,
             shared,
             final_checks: AtomicBool::new(true),
-            controllers: Mutex::new(Vec::new()),
+            controllers: Mutex::new(vec![kubelet]),
         }
+    }
+
+    /// What containers do: the first script that answers `Some` for a
+    /// container decides its output and exit code (see [`jobs`] for what
+    /// happens without one).
+    pub fn script(&self, script: impl Fn(&ContainerRun) -> Option<Script> + Send + Sync + 'static) {
+        self.state().kubelet.scripts.push(Arc::new(script));
+    }
+
+    /// Every container started so far, in order, as it was started.
+    pub fn container_runs(&self) -> Vec<ContainerRun> {
+        self.state().kubelet.runs.clone()
+    }
+
+    /// The stored objects of `kind` in `namespace`.
+    pub fn objects(&self, kind: &str, namespace: &str) -> Vec<Value> {
+        let kind = Kind::named(kind).kind;
+        self.state()
+            .objects
+            .iter()
+            .filter(|(k, _)| k.kind == kind && k.namespace == namespace)
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
+    /// The bodies of the objects of `kind` clients created (POST, 201), in order.
+    pub fn created(&self, kind: &str) -> Vec<Value> {
+        let plural = format!("/{}", Kind::named(kind).plural);
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.status == 201 && r.path.ends_with(&plural))
+            .filter_map(|r| r.json())
+            .collect()
+    }
+
+    /// Container `container`'s log in pod `namespace/pod` so far.
+    pub fn pod_log(&self, namespace: &str, pod: &str, container: &str) -> Vec<u8> {
+        self.state()
+            .kubelet
+            .logs
+            .get(&(
+                namespace.to_string(),
+                pod.to_string(),
+                container.to_string(),
+            ))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Base URL (`http://127.0.0.1:PORT`).
@@ -666,6 +780,7 @@ struct KubeState {
     /// The last server-side-applied configuration of each object, per field
     /// manager.
     applied: HashMap<(Key, String), Value>,
+    kubelet: jobs::Kubelet,
 }
 
 impl KubeState {
@@ -745,6 +860,7 @@ struct Reply {
 enum ReplyBody {
     Json(Value),
     Text(String),
+    Bytes(Vec<u8>),
 }
 
 impl Reply {
@@ -815,6 +931,7 @@ impl Reply {
             ReplyBody::Text(text) => {
                 http::answer(self.status, "text/plain; charset=utf-8", vec![], text)
             }
+            ReplyBody::Bytes(bytes) => http::answer(self.status, "text/plain", vec![], bytes),
         }
     }
 }
@@ -984,10 +1101,16 @@ fn serve(spec: &Spec, state: &mut KubeState, call: &Call<'_>) -> Reply {
                 spec, state, kind, &namespace, &name, patch, call, &operation,
             )
         }
-        ("DELETE", Some(name), None) => delete(spec, state, kind, &namespace, &name, body.as_ref()),
+        ("DELETE", Some(name), None) => {
+            let policy = call.param("propagationPolicy").map(str::to_string);
+            delete(spec, state, kind, &namespace, &name, body.as_ref(), policy)
+        }
         ("POST", Some(name), Some("instantiate")) => {
             let request = body.unwrap_or(Value::Null);
             instantiate(spec, state, &namespace, &name, &request, &operation)
+        }
+        ("GET", Some(name), Some("log")) if kind.kind == "Pod" => {
+            jobs::pod_log(state, &namespace, &name, call)
         }
         ("GET", Some(name), Some("log")) => build_log(state, &namespace, &name, call),
         _ => {
@@ -1085,6 +1208,9 @@ fn create(
     }
     strip_nulls(&mut object);
     initialise(state, kind, namespace, &mut object);
+    if kind.kind == "Job" {
+        jobs::admit_job(&mut object);
+    }
     state.check_stored(spec, kind, &object, operation);
     state.objects.insert(key, object.clone());
     Reply::json(201, object)
@@ -1282,6 +1408,7 @@ fn delete(
     namespace: &str,
     name: &str,
     options: Option<&Value>,
+    policy: Option<String>,
 ) -> Reply {
     let key = Key::new(kind.kind, namespace, name);
     state.run_interleaved(spec, &key);
@@ -1296,8 +1423,20 @@ fn delete(
         return Reply::conflict(kind, name);
     }
     let uid = existing["metadata"]["uid"].clone();
-    state.objects.remove(&key);
-    state.applied.retain(|(k, _), _| *k != key);
+    let policy = options
+        .and_then(|o| o["propagationPolicy"].as_str())
+        .map(str::to_string)
+        .or(policy)
+        .unwrap_or_else(|| kind.default_propagation().to_string());
+    if !["Orphan", "Background", "Foreground"].contains(&policy.as_str()) {
+        state.violation(format!(
+            "DELETE {}: propagationPolicy {policy:?} is not one of Orphan, Background, Foreground",
+            kind.plural
+        ));
+        return Reply::bad_request(&format!("unknown propagationPolicy {policy:?}"));
+    }
+    remove(state, &key);
+    collect_garbage(spec, state, &uid, policy == "Orphan");
     Reply::json(
         200,
         json!({
@@ -1308,6 +1447,43 @@ fn delete(
             "details": {"name": name, "group": kind.group, "kind": kind.plural, "uid": uid},
         }),
     )
+}
+
+/// Forgets an object and everything the fake keeps beside it.
+fn remove(state: &mut KubeState, key: &Key) {
+    if key.kind == "Pod" {
+        jobs::remove_pod(state, key);
+    }
+    state.objects.remove(key);
+    state.applied.retain(|(k, _), _| k != key);
+}
+
+/// What the garbage collector does once the owner `uid` is gone: deletes
+/// its dependents (and theirs), or with `orphan` takes the reference away.
+fn collect_garbage(spec: &Spec, state: &mut KubeState, uid: &Value, orphan: bool) {
+    let dependents: Vec<Key> = state
+        .objects
+        .iter()
+        .filter(|(_, o)| {
+            o["metadata"]["ownerReferences"]
+                .as_array()
+                .is_some_and(|refs| refs.iter().any(|r| r["uid"] == *uid))
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in dependents {
+        if orphan {
+            state.modify(spec, key, |o| {
+                if let Some(refs) = o["metadata"]["ownerReferences"].as_array_mut() {
+                    refs.retain(|r| r["uid"] != *uid);
+                }
+            });
+            continue;
+        }
+        let own = state.objects[&key]["metadata"]["uid"].clone();
+        remove(state, &key);
+        collect_garbage(spec, state, &own, false);
+    }
 }
 
 fn list(
@@ -1638,10 +1814,81 @@ struct Route {
     sub: Option<String>,
 }
 
+/// Operations served beyond openapi-subset.json: (document under
+/// `v1.35/`, path, methods), their path items verbatim.
+pub const EXTRA_OPERATIONS: [(&str, &str, &[&str]); 7] = [
+    (
+        "apis/batch/v1.json",
+        "/apis/batch/v1/namespaces/{namespace}/jobs",
+        &["get", "post"],
+    ),
+    (
+        "apis/batch/v1.json",
+        "/apis/batch/v1/namespaces/{namespace}/jobs/{name}",
+        &["get", "delete"],
+    ),
+    (
+        "api/v1.json",
+        "/api/v1/namespaces/{namespace}/pods",
+        &["get"],
+    ),
+    (
+        "api/v1.json",
+        "/api/v1/namespaces/{namespace}/pods/{name}",
+        &["get"],
+    ),
+    (
+        "api/v1.json",
+        "/api/v1/namespaces/{namespace}/pods/{name}/log",
+        &["get"],
+    ),
+    (
+        "api/v1.json",
+        "/api/v1/namespaces/{namespace}/configmaps",
+        &["post"],
+    ),
+    (
+        "api/v1.json",
+        "/api/v1/namespaces/{namespace}/configmaps/{name}",
+        &["get", "delete"],
+    ),
+];
+
 fn spec() -> &'static Spec {
     SPEC.get_or_init(|| {
         let path = fixtures_dir().join("openapi-subset.json");
-        Spec::compile(&openapi::load(&path, "the fake Kubernetes"))
+        let mut document = openapi::load(&path, "the fake Kubernetes");
+        let mut loaded: HashMap<&str, Value> = HashMap::new();
+        for (file, template, methods) in EXTRA_OPERATIONS {
+            let whole = loaded.entry(file).or_insert_with(|| {
+                openapi::load(
+                    &fixtures_dir().join("v1.35").join(file),
+                    "the fake Kubernetes",
+                )
+            });
+            let item = whole["paths"][template]
+                .as_object()
+                .unwrap_or_else(|| panic!("v1.35/{file} has no path {template}"));
+            let kept: Map<String, Value> = item
+                .iter()
+                .filter(|(k, _)| k.as_str() == "parameters" || methods.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            document["paths"][template] = Value::Object(kept);
+        }
+        // Their schemas (the documents agree wherever they overlap).
+        for whole in loaded.values() {
+            for (name, schema) in whole["components"]["schemas"]
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
+                if document["components"]["schemas"].get(name).is_none() {
+                    document["components"]["schemas"][name] = schema.clone();
+                }
+            }
+        }
+        Spec::compile(&document)
     })
 }
 
@@ -1661,9 +1908,11 @@ impl Spec {
         for (template, item) in document["paths"].as_object().expect("paths") {
             let shared_params = item["parameters"].as_array().cloned().unwrap_or_default();
             let parts: Vec<&str> = template.trim_start_matches('/').split('/').collect();
-            // /apis/{group}/{version}/namespaces/{namespace}/{plural}[/{name}[/{sub}]]
-            let plural = parts.get(5).copied().unwrap_or("").to_string();
-            let sub = parts.get(7).map(|s| s.to_string());
+            // /apis/{group}/{version}/namespaces/{namespace}/{plural}[/{name}[/{sub}]],
+            // /api/{version}/namespaces/{namespace}/{plural}[/{name}[/{sub}]]
+            let at = if parts.first() == Some(&"api") { 4 } else { 5 };
+            let plural = parts.get(at).copied().unwrap_or("").to_string();
+            let sub = parts.get(at + 2).map(|s| s.to_string());
             for (method, operation) in item.as_object().expect("path item") {
                 if !["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
                     continue;

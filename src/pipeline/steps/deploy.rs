@@ -13,9 +13,19 @@ use crate::domain::Step;
 use crate::domain::plan::Plan;
 use crate::pipeline::deploy::{self, command_deploy};
 use crate::pipeline::exec::{self, JobEnv, StepError, deadline};
+use crate::pipeline::in_cluster::InCluster;
 use crate::pipeline::steps::{Cleans, Deploys, tools};
 use crate::pipeline::{Pipeline, time_limit};
 use crate::store::Job;
+
+/// A cluster environment's command without `[environment.runner]` (the
+/// configuration check refuses it; this never runs it here instead).
+fn no_runner(environment: &Environment) -> StepError {
+    StepError::failed(format!(
+        "environment `{}` runs its commands in the cluster as a Kubernetes Job, and has no [environment.runner]",
+        environment.name
+    ))
+}
 
 impl Pipeline {
     /// Clean up what the previous deployment left, with `cleans`.
@@ -43,6 +53,19 @@ impl Pipeline {
                 let mut exec = self.exec(job, Step::Cleanup, environment, cancel, env);
                 exec.run(args, checkout).await?;
             }
+            Cleans::InCluster(args, runner) => {
+                self.step(job.id, Step::Cleanup, "cleaning up the previous deployment")
+                    .await?;
+                let what = InCluster {
+                    step: Step::Cleanup,
+                    runner,
+                    args,
+                    vars: None,
+                };
+                self.run_in_cluster(job, plan, environment, what, env, cancel)
+                    .await?;
+            }
+            Cleans::NoRunner => return Err(no_runner(environment)),
             Cleans::ResetImages => {
                 let text = "resetting workloads to the base images";
                 self.step(job.id, Step::Cleanup, text).await?;
@@ -107,7 +130,33 @@ impl Pipeline {
                 command_deploy(&mut exec, args, vars_file, &vars, checkout).await?;
                 self.event(job.id, Step::Deploy, "deployed").await?;
             }
-            Deploys::Command(Deployer::Kubernetes { .. }) | Deploys::Kubernetes => {
+            Deploys::InCluster(
+                Deployer::Command {
+                    args,
+                    vars_file,
+                    image_vars,
+                    flag_vars,
+                    extra_vars,
+                },
+                runner,
+            ) => {
+                self.step(job.id, Step::Deploy, &deploying).await?;
+                let vars = deploy::vars(plan, environment, image_vars, flag_vars, extra_vars);
+                let text = serde_json::to_string_pretty(&vars).unwrap_or_default();
+                let what = InCluster {
+                    step: Step::Deploy,
+                    runner,
+                    args,
+                    vars: Some((vars_file.clone(), text)),
+                };
+                self.run_in_cluster(job, plan, environment, what, env, cancel)
+                    .await?;
+                self.event(job.id, Step::Deploy, "deployed").await?;
+            }
+            Deploys::NoRunner => return Err(no_runner(environment)),
+            Deploys::Command(Deployer::Kubernetes { .. })
+            | Deploys::InCluster(Deployer::Kubernetes { .. }, _)
+            | Deploys::Kubernetes => {
                 self.step(job.id, Step::Deploy, &deploying).await?;
                 let images: Vec<(String, String)> = plan
                     .images

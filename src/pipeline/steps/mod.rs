@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::config::{Builder, Cleanup, Deployer, Environment, EnvironmentKind};
+use crate::config::{Builder, Cleanup, Deployer, Environment, EnvironmentKind, Runner};
 use crate::domain::Step;
 use crate::domain::plan::Plan;
 use crate::pipeline::Pipeline;
@@ -38,6 +38,10 @@ pub(in crate::pipeline) enum Cleans<'a> {
     /// None configured: the new deployment replaces the previous one.
     Nothing,
     Command(&'a [String]),
+    /// A command of a cluster environment: a Job in its namespace.
+    InCluster(&'a [String], &'a Runner),
+    /// A command of a cluster environment without a runner (refused).
+    NoRunner,
     ResetImages,
 }
 
@@ -46,6 +50,10 @@ pub(in crate::pipeline) enum Deploys<'a> {
     DryRun,
     Missing,
     Command(&'a Deployer),
+    /// A command deployer of a cluster environment: a Job in its namespace.
+    InCluster(&'a Deployer, &'a Runner),
+    /// A command deployer of a cluster environment without a runner (refused).
+    NoRunner,
     Kubernetes,
 }
 
@@ -63,15 +71,23 @@ pub(in crate::pipeline) fn tools(
             push_secret: push_secret.as_deref(),
         },
     };
-    let cleans = match &environment.cleanup {
-        None => Cleans::Nothing,
-        Some(Cleanup::Command { args }) => Cleans::Command(args),
-        Some(Cleanup::ResetImages) => Cleans::ResetImages,
+    // PR code (the deployer's checkout) of a cluster environment runs in
+    // the cluster, never in deploybot's own pod.
+    let in_cluster = environment.cluster_namespace().is_some();
+    let runner = environment.runner.as_ref();
+    let cleans = match (&environment.cleanup, in_cluster, runner) {
+        (None, ..) => Cleans::Nothing,
+        (Some(Cleanup::Command { args }), false, _) => Cleans::Command(args),
+        (Some(Cleanup::Command { args }), true, Some(r)) => Cleans::InCluster(args, r),
+        (Some(Cleanup::Command { .. }), true, None) => Cleans::NoRunner,
+        (Some(Cleanup::ResetImages), ..) => Cleans::ResetImages,
     };
-    let deploys = match &environment.deployer {
-        None => Deploys::Missing,
-        Some(d @ Deployer::Command { .. }) => Deploys::Command(d),
-        Some(Deployer::Kubernetes { .. }) => Deploys::Kubernetes,
+    let deploys = match (&environment.deployer, in_cluster, runner) {
+        (None, ..) => Deploys::Missing,
+        (Some(d @ Deployer::Command { .. }), false, _) => Deploys::Command(d),
+        (Some(d @ Deployer::Command { .. }), true, Some(r)) => Deploys::InCluster(d, r),
+        (Some(Deployer::Command { .. }), true, None) => Deploys::NoRunner,
+        (Some(Deployer::Kubernetes { .. }), ..) => Deploys::Kubernetes,
     };
     (builds, cleans, deploys)
 }
@@ -92,7 +108,7 @@ impl Pipeline {
             .await?;
 
         // The deployer component is checked out once, for the cleanup and
-        // deploy commands.
+        // deploy commands that run here (a Job makes its own).
         let checkout = work.0.join("deployer");
         let commands =
             matches!(deploys, Deploys::Command(_)) || matches!(cleans, Cleans::Command(_));
