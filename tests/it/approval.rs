@@ -62,6 +62,13 @@ async fn a_component_the_commenter_may_not_deploy_is_refused(db: Db) {
     t.seen_status_comments();
 }
 
+/// alice (the team member) comments `body` on packit-service#614; the event.
+async fn alice_says(t: &TestApp, body: &str) -> serde_json::Value {
+    let event = comment_event("packit/packit-service", 614, true, body, TEAM_MEMBER);
+    t.deliver("issue_comment", &event).await;
+    event
+}
+
 /// The question deploybot asked on packit-service#614.
 fn question(t: &TestApp) -> support::fake_github::Comment {
     let replies = t.replies("packit/packit-service", 614);
@@ -75,14 +82,7 @@ async fn a_strangers_pr_waits_for_a_permitted_thumbs_up(db: Db) {
         .pull("packit/ogr", 900, &first, "fork-change", STRANGER)
         .start()
         .await;
-    let event = comment_event(
-        "packit/packit-service",
-        614,
-        true,
-        "/deploy ogr=900",
-        TEAM_MEMBER,
-    );
-    t.deliver("issue_comment", &event).await;
+    alice_says(&t, "/deploy ogr=900").await;
     t.settle().await;
     assert_eq!(t.jobs().await.len(), 0, "nothing is built before a 👍");
     let asked = question(&t);
@@ -174,11 +174,7 @@ async fn naming_the_commit_confirms_it(db: Db) {
         .await;
     // A commit that is not the head: refused, nothing queued.
     let wrong = format!("/deploy ogr=900@{}", &sha('d')[..12]);
-    t.deliver(
-        "issue_comment",
-        &comment_event("packit/packit-service", 614, true, &wrong, TEAM_MEMBER),
-    )
-    .await;
+    alice_says(&t, &wrong).await;
     t.settle().await;
     assert_eq!(t.jobs().await.len(), 0);
     let replies = t.replies("packit/packit-service", 614);
@@ -193,11 +189,7 @@ async fn naming_the_commit_confirms_it(db: Db) {
     );
     // The head's commit: queued at once, on that commit.
     let right = format!("/deploy ogr=900@{}", &head[..12]);
-    t.deliver(
-        "issue_comment",
-        &comment_event("packit/packit-service", 614, true, &right, TEAM_MEMBER),
-    )
-    .await;
+    alice_says(&t, &right).await;
     t.settle().await;
     let jobs = t.jobs().await;
     assert_eq!(jobs.len(), 1, "{jobs:?}");
@@ -213,14 +205,7 @@ async fn nobody_confirming_in_time_deploys_nothing(db: Db) {
         .pull("packit/ogr", 900, &sha('e'), "fork-change", STRANGER)
         .start()
         .await;
-    let event = comment_event(
-        "packit/packit-service",
-        614,
-        true,
-        "/deploy ogr=900",
-        TEAM_MEMBER,
-    );
-    t.deliver("issue_comment", &event).await;
+    let event = alice_says(&t, "/deploy ogr=900").await;
     t.settle().await;
     let asked = question(&t);
     assert!(asked.body.contains("within 15m"), "{}", asked.body);
@@ -332,11 +317,7 @@ async fn a_commit_must_be_on_a_branch_of_the_components_repository(db: Db) {
             "is not a commit: write `@` and 12 to 40 hex digits".to_string(),
         ),
     ] {
-        t.deliver(
-            "issue_comment",
-            &comment_event("packit/packit-service", 614, true, &text, TEAM_MEMBER),
-        )
-        .await;
+        alice_says(&t, &text).await;
         t.settle().await;
         let replies = t.replies("packit/packit-service", 614);
         assert_eq!(replies.len(), 1, "{text}: {replies:#?}");
@@ -348,11 +329,7 @@ async fn a_commit_must_be_on_a_branch_of_the_components_repository(db: Db) {
     }
     assert_eq!(t.jobs().await.len(), 0);
     let text = format!("/deploy ogr=@{}", &on_main[..12]);
-    t.deliver(
-        "issue_comment",
-        &comment_event("packit/packit-service", 614, true, &text, TEAM_MEMBER),
-    )
-    .await;
+    alice_says(&t, &text).await;
     t.settle().await;
     assert_eq!(t.jobs().await.len(), 1);
     t.seen_status_comments();
@@ -361,17 +338,7 @@ async fn a_commit_must_be_on_a_branch_of_the_components_repository(db: Db) {
 async fn closing_a_referenced_pr_ends_only_its_own_requests(db: Db) {
     let t = TestApp::start(db).await;
     // One request from packit-service#614 naming ogr#123, one from ogr#123 itself.
-    t.deliver(
-        "issue_comment",
-        &comment_event(
-            "packit/packit-service",
-            614,
-            true,
-            "/deploy ogr=123",
-            TEAM_MEMBER,
-        ),
-    )
-    .await;
+    alice_says(&t, "/deploy ogr=123").await;
     t.deliver(
         "issue_comment",
         &comment_event("packit/ogr", 123, true, "/deploy", TEAM_MEMBER),
@@ -417,17 +384,7 @@ async fn one_comment_and_one_person_are_bounded(db: Db) {
     config.bot.max_commands_per_comment = 2;
     config.bot.max_queued_per_user = 2;
     let t = TestApp::builder(db).config(config).start().await;
-    t.deliver(
-        "issue_comment",
-        &comment_event(
-            "packit/packit-service",
-            614,
-            true,
-            "/deploy help\n/deploy help\n/deploy help",
-            TEAM_MEMBER,
-        ),
-    )
-    .await;
+    alice_says(&t, "/deploy help\n/deploy help\n/deploy help").await;
     t.settle().await;
     let replies = t.replies("packit/packit-service", 614);
     assert_eq!(replies.len(), 3, "a notice and two answers: {replies:#?}");

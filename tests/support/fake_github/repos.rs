@@ -37,12 +37,9 @@ impl FakeGitHub {
             "pull state must be open or closed, not {state:?}"
         );
         let mut s = self.state();
-        s.repo_id(repo);
         s.user_id(author);
-        s.commits
-            .entry(repo.to_string())
-            .or_default()
-            .insert(head_sha.to_string());
+        // A PR's head is its repository's (refs/pull/N/head), on no branch.
+        s.know_commit(repo, head_sha, false);
         let created_at = s
             .pulls
             .get(&(repo.to_string(), number))
@@ -65,54 +62,43 @@ impl FakeGitHub {
     /// becomes a known commit).
     pub fn add_branch(&self, repo: &str, name: &str, sha: &str) {
         let mut state = self.state();
-        state.repo_id(repo);
         state
             .branches
             .insert((repo.to_string(), name.to_string()), sha.to_string());
-        state
-            .commits
-            .entry(repo.to_string())
-            .or_default()
-            .insert(sha.to_string());
-        state
-            .history
-            .entry(repo.to_string())
-            .or_default()
-            .insert(sha.to_string());
+        state.know_commit(repo, sha, true);
     }
 
     /// Adds a commit to `repo`'s history (on its branches; found by its
     /// full SHA or a unique prefix of at least 7 characters).
     pub fn add_commit(&self, repo: &str, sha: &str) {
-        let mut state = self.state();
-        state.repo_id(repo);
-        state
-            .commits
-            .entry(repo.to_string())
-            .or_default()
-            .insert(sha.to_string());
-        state
-            .history
-            .entry(repo.to_string())
-            .or_default()
-            .insert(sha.to_string());
+        self.state().know_commit(repo, sha, true);
     }
 
     /// Adds a commit that exists only in a fork of `repo`: GitHub shares a
     /// fork network's objects, so `repo` answers for it, but no branch of
     /// `repo` contains it.
     pub fn add_fork_commit(&self, repo: &str, sha: &str) {
-        let mut state = self.state();
-        state.repo_id(repo);
-        state
-            .commits
-            .entry(repo.to_string())
-            .or_default()
-            .insert(sha.to_string());
+        self.state().know_commit(repo, sha, false);
     }
 }
 
 impl GitHubState {
+    /// `repo` answers for commit `sha`; `on_branch` when one of its own
+    /// branches contains it (not only a fork or a PR).
+    fn know_commit(&mut self, repo: &str, sha: &str, on_branch: bool) {
+        self.repo_id(repo);
+        self.commits
+            .entry(repo.to_string())
+            .or_default()
+            .insert(sha.to_string());
+        if on_branch {
+            self.history
+                .entry(repo.to_string())
+                .or_default()
+                .insert(sha.to_string());
+        }
+    }
+
     pub(super) fn repo_id(&mut self, repo: &str) -> u64 {
         assert!(
             repo.split('/').count() == 2 && !repo.starts_with('/') && !repo.ends_with('/'),
