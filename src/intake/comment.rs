@@ -239,16 +239,16 @@ impl Intake {
         prepared: Vec<Prepared>,
     ) -> Result<(), StoreError> {
         let vocab = self.config.vocabulary();
+        let asked = Asked {
+            by: author,
+            source: Source::Comment,
+            comment_id: Some(comment_id),
+        };
         let mut acknowledged = false;
         for item in prepared {
             let command = match item {
                 Prepared::Command(command) => command,
                 Prepared::Deploy(request, pinned) => {
-                    let asked = Asked {
-                        by: author,
-                        source: Source::Comment,
-                        comment_id: Some(comment_id),
-                    };
                     match self.queue(tx, origin, &asked, &request, &pinned).await? {
                         Ok(id) => {
                             let why = format!("superseded by request #{id} from @{author}");
@@ -276,11 +276,6 @@ impl Intake {
                     continue;
                 }
                 Prepared::Confirm(request, pinned, doubts) => {
-                    let asked = Asked {
-                        by: author,
-                        source: Source::Comment,
-                        comment_id: Some(comment_id),
-                    };
                     self.ask_confirmation(tx, origin, &asked, request, pinned, &doubts)
                         .await?;
                     continue;

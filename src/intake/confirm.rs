@@ -103,7 +103,6 @@ impl Intake {
 
     /// Ask the conversation to confirm `pinned` (the question says why and
     /// names every commit), and remember what to queue.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn ask_confirmation(
         &self,
         tx: &mut Tx,

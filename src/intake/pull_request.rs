@@ -34,9 +34,9 @@ impl Intake {
         else {
             return Ok(());
         };
-        let Some(repo_name) = RepoName::parse(repo) else {
+        if RepoName::parse(repo).is_none() {
             return self.finish(trigger_id).await;
-        };
+        }
         let synchronize = matches!(trigger, Trigger::Synchronize { .. });
         let component = self
             .config
@@ -45,8 +45,7 @@ impl Intake {
             .unwrap_or_default();
         let mut request = DeployRequest::default();
         request.include_current_pr(&component, u64::try_from(*number).unwrap_or_default());
-        let asked_on = Some((repo_name.to_string(), *installation_id));
-        let asked_on = asked_on.as_ref().map(|(r, i)| (r.as_str(), *i));
+        let asked_on = Some((repo.as_str(), *installation_id));
         let mut decision = self.authorise_request(sender, asked_on, &request).await?;
         if synchronize && decision.allowed() && !pr_author.eq_ignore_ascii_case(sender) {
             decision = self
