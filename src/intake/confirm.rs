@@ -3,6 +3,8 @@
 //! (with the exact commits), and queued only when a permitted user gives the
 //! question a 👍 in time, or names the commits (`ogr=123@SHA`).
 
+use std::sync::atomic::Ordering;
+
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Decision;
@@ -160,13 +162,21 @@ impl Intake {
         Ok(())
     }
 
-    /// Look at every waiting question that is due: queue what a permitted
-    /// 👍 confirmed, end what nobody confirmed in time. Returns how many ended.
+    /// Look at every waiting question that is due (at most once per
+    /// `bot.confirm_poll_ms`, so an intake round on the way to 👀 costs no
+    /// query): queue what a permitted 👍 confirmed, end what nobody
+    /// confirmed in time. Returns how many ended.
     pub async fn check_confirmations(&self) -> Result<usize, StoreError> {
         let Some(github) = &self.github else {
             return Ok(0);
         };
         let poll = i64::try_from(self.config.bot.confirm_poll_ms).unwrap_or(5_000);
+        let now = self.store.now_ms();
+        let due = &self.confirmations_due;
+        if now < due.load(Ordering::Relaxed) {
+            return Ok(0);
+        }
+        due.store(now + poll, Ordering::Relaxed);
         let mut settled = 0;
         for waiting in self.store.due_confirmations().await? {
             match self.check_confirmation(github, &waiting, poll).await {

@@ -85,6 +85,9 @@ pub struct Intake {
     pub(crate) config: Arc<Config>,
     pub(crate) github: Option<GitHub>,
     auth: Authorizer,
+    /// When waiting confirmations are next looked at (store clock, unix ms):
+    /// at most once per `bot.confirm_poll_ms`, not on every intake round.
+    confirmations_due: std::sync::atomic::AtomicI64,
 }
 
 /// A problem that leaves the trigger pending for a later attempt.
@@ -121,6 +124,7 @@ impl Intake {
             config,
             github,
             auth,
+            confirmations_due: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
