@@ -102,12 +102,7 @@ async fn admin_requeue_makes_a_stuck_request_due_and_spares_a_live_one(db: Db) {
 /// never retries); the operator redelivers what failed, once.
 async fn admin_redeliver_sends_again_what_github_failed_to_deliver(db: Db) {
     let t = app(db).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/webhook", listener.local_addr().expect("addr"));
-    let router = t.app.router();
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let url = format!("http://{}/webhook", t.serve_http().await);
     let github = &t.github;
     let hour = Duration::from_secs(3600);
     let deploy = comment_event("packit/packit-service", 614, true, "/deploy", "alice");

@@ -165,12 +165,7 @@ async fn an_old_command_is_refused(db: Db) {
 /// admin asked for that delivery; the same body sent by anyone else is not.
 async fn admin_redeliver_of_an_old_failed_delivery_is_processed(db: Db) {
     let t = app(db).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/webhook", listener.local_addr().expect("addr"));
-    let router = t.app.router();
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let url = format!("http://{}/webhook", t.serve_http().await);
     let github = &t.github;
     github.set_webhook(&url, SECRET);
     let three_hours = Duration::from_secs(3 * 3600);

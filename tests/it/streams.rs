@@ -214,21 +214,6 @@ async fn a_line_that_commits_late_is_not_skipped_and_resuming_is_exact(db: Db) {
     t.github.assert_clean();
 }
 
-/// The app served on a loopback port with connection info (the client
-/// address the limits count by).
-async fn serve(t: &TestApp) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("addr");
-    let service = t
-        .app
-        .router()
-        .into_make_service_with_connect_info::<SocketAddr>();
-    tokio::spawn(async move { axum::serve(listener, service).await });
-    address
-}
-
 /// A connection to `server` from the loopback address 127.0.0.`client`.
 async fn connect(server: SocketAddr, client: u8) -> tokio::net::TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
@@ -279,7 +264,7 @@ async fn get(
 async fn event_streams_are_capped_and_the_server_stays_responsive(db: Db) {
     let t = app(db, Config::builtin_default()).await;
     queued(&t).await;
-    let server = serve(&t).await;
+    let server = t.serve_http().await;
     let path = "/api/v1/jobs/1/events";
     let mut open = Vec::new();
     // One client: ten streams, then 429.
@@ -360,7 +345,7 @@ async fn failed_tokens_are_remembered_and_rate_limited_per_client(db: Db) {
     let mut config = Config::builtin_default();
     config.web.max_failed_tokens_per_minute = 5;
     let t = app(db, config).await;
-    let server = serve(&t).await;
+    let server = t.serve_http().await;
     let asked = || t.github.request_count("GET", "/user");
     // A bad token twice: refused twice, GitHub asked once.
     for _ in 0..2 {

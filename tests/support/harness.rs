@@ -603,6 +603,21 @@ impl TestApp {
         body["jobs"].as_array().expect("jobs array").clone()
     }
 
+    /// This app served over real HTTP on a loopback port, with each
+    /// connection's address (as `serve` does: the limits count by it).
+    pub async fn serve_http(&self) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("addr");
+        let service = self
+            .app
+            .router()
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, service).await });
+        address
+    }
+
     pub async fn deliveries(&self) -> i64 {
         self.app.state.store.delivery_count().await.expect("count")
     }
