@@ -31,6 +31,38 @@ const STUCK: [&str; 5] = [
     "CreateContainerError",
 ];
 
+/// The login the command's container makes before the command: a fixed
+/// script (nothing configured or typed is part of its text), given the
+/// facts as environment variables and the command as its arguments.
+const LOGIN_SCRIPT: &str = r#"set -eu
+sa=/var/run/secrets/kubernetes.io/serviceaccount
+token=$(cat "$sa/token")
+umask 077
+printf '{"%s": "%s", "%s": "%s", "%s": "%s"}\n' \
+  "$DEPLOYBOT_HOST_VAR" "$DEPLOYBOT_SERVER" \
+  "$DEPLOYBOT_NAMESPACE_VAR" "$DEPLOYBOT_NAMESPACE" \
+  "$DEPLOYBOT_TOKEN_VAR" "$token" > "$DEPLOYBOT_LOGIN_FILE"
+if [ "$DEPLOYBOT_OC_LOGIN" = yes ]; then
+  oc login "$DEPLOYBOT_SERVER" --token="$token" --certificate-authority="$sa/ca.crt" >/dev/null
+fi
+exec "$@"
+"#;
+
+/// What the Job's login writes (see `config::Login`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunLogin {
+    /// The API server's URL, as the Job's pod reaches it.
+    pub server: String,
+    /// The environment's (target) namespace.
+    pub namespace: String,
+    pub host_var: String,
+    pub namespace_var: String,
+    pub token_var: String,
+    pub oc: bool,
+    /// Where the login file goes.
+    pub file: String,
+}
+
 /// One Secret mounted into the pod, read-only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunSecret {
@@ -68,6 +100,8 @@ pub struct RunSpec {
     pub secrets: Vec<RunSecret>,
     /// The vars file: its path in the checkout and its text.
     pub vars: Option<(String, String)>,
+    /// Log in as the pod's service account before the command.
+    pub login: Option<RunLogin>,
 }
 
 impl RunSpec {
@@ -93,8 +127,50 @@ impl RunSpec {
                 git(&["checkout", "--quiet", "--detach", "FETCH_HEAD"]),
             ));
         }
-        out.push((self.container.clone(), self.command.clone()));
+        let command = match &self.login {
+            None => self.command.clone(),
+            Some(_) => ["sh", "-c", LOGIN_SCRIPT, "deploybot-login"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain(self.command.iter().cloned())
+                .collect(),
+        };
+        out.push((self.container.clone(), command));
         out
+    }
+
+    /// A container's command as people are shown it (the command itself,
+    /// not the login around it).
+    pub fn shown_argv(&self, container: &str) -> Vec<String> {
+        if container == self.container {
+            return self.command.clone();
+        }
+        self.containers()
+            .into_iter()
+            .find(|(c, _)| c == container)
+            .map(|(_, argv)| argv)
+            .unwrap_or_default()
+    }
+
+    /// The command container's environment: the configured variables,
+    /// then the login's facts.
+    fn command_env(&self) -> Vec<(String, String)> {
+        let mut env = self.env.clone();
+        if let Some(login) = &self.login {
+            for (key, value) in [
+                ("DEPLOYBOT_SERVER", login.server.as_str()),
+                ("DEPLOYBOT_NAMESPACE", login.namespace.as_str()),
+                ("DEPLOYBOT_HOST_VAR", login.host_var.as_str()),
+                ("DEPLOYBOT_NAMESPACE_VAR", login.namespace_var.as_str()),
+                ("DEPLOYBOT_TOKEN_VAR", login.token_var.as_str()),
+                ("DEPLOYBOT_OC_LOGIN", if login.oc { "yes" } else { "no" }),
+                ("DEPLOYBOT_LOGIN_FILE", login.file.as_str()),
+            ] {
+                env.retain(|(k, _)| k != key);
+                env.push((key.to_string(), value.to_string()));
+            }
+        }
+        env
     }
 
     fn labels(&self) -> Value {
@@ -186,7 +262,7 @@ impl RunSpec {
             "image": self.image,
             "command": main.1,
             "workingDir": CHECKOUT_DIR,
-            "env": env(&self.env),
+            "env": env(&self.command_env()),
             "resources": resources,
             "securityContext": security,
             "volumeMounts": mounts,
@@ -632,7 +708,41 @@ mod tests {
                 path: "/secrets/k".into(),
             }],
             vars: Some(("vars/gen.json".into(), "{}".into())),
+            login: None,
         }
+    }
+
+    #[test]
+    fn a_login_wraps_the_command_in_the_fixed_script_and_shows_only_the_command() {
+        let mut spec = spec();
+        spec.login = Some(RunLogin {
+            server: "https://api.example:6443".into(),
+            namespace: "packit-dev".into(),
+            host_var: "host".into(),
+            namespace_var: "project".into(),
+            token_var: "api_key".into(),
+            oc: true,
+            file: "/deploybot/home/login.json".into(),
+        });
+        let containers = spec.containers();
+        let (_, argv) = containers.last().expect("the command");
+        assert_eq!(argv[..4], ["sh", "-c", LOGIN_SCRIPT, "deploybot-login"]);
+        assert_eq!(argv[4..], ["make", "deploy"]);
+        assert_eq!(spec.shown_argv("deploy"), ["make", "deploy"]);
+        let job = spec.job("ns");
+        let env = &job["spec"]["template"]["spec"]["containers"][0]["env"];
+        let value = |name: &str| {
+            env.as_array()
+                .expect("env")
+                .iter()
+                .find(|v| v["name"] == name)
+                .map(|v| v["value"].clone())
+        };
+        assert_eq!(value("DEPLOYBOT_SERVER"), Some(json!("https://api.example:6443")));
+        assert_eq!(value("DEPLOYBOT_NAMESPACE"), Some(json!("packit-dev")));
+        assert_eq!(value("DEPLOYBOT_OC_LOGIN"), Some(json!("yes")));
+        // The script is fixed text: no configured value is part of it.
+        assert!(!LOGIN_SCRIPT.contains("packit"));
     }
 
     #[test]

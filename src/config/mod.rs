@@ -11,9 +11,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod check;
+mod explain;
 mod runner;
 
-pub use runner::{RUNNER_ROOT, Runner, SecretMount, is_dns_subdomain};
+pub use runner::{LOGIN_FILE, Login, RUNNER_ROOT, Runner, SecretMount, is_dns_subdomain};
 
 use crate::command::{VocabComponent, Vocabulary, format_duration, parse_duration};
 
@@ -212,6 +213,43 @@ pub struct Component {
     /// The branch used when no ref is given (the deployer's checkout).
     #[serde(default = "default_branch")]
     pub default_branch: String,
+    /// When a service is deployed: `always` (every request, unless
+    /// `--without` leaves it out) or `on-request` (only when the request
+    /// references it or `--only` names it).
+    #[serde(default)]
+    pub deploy: DeployWhen,
+}
+
+/// When a component with images is deployed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeployWhen {
+    #[default]
+    Always,
+    /// Only when a request references it or `--only` names it (e.g. a
+    /// consumer that would take a shared queue).
+    OnRequest,
+}
+
+impl Component {
+    /// Whether it is deployed by a request that did not reference it nor
+    /// name it in `--only`.
+    pub fn deployed_by_default(&self) -> bool {
+        !self.retired && !self.images.is_empty() && self.deploy == DeployWhen::Always
+    }
+
+    /// How `check-config` and `/deploy help` describe its deployment.
+    pub fn deploy_note(&self) -> Option<&'static str> {
+        if self.retired {
+            Some("retired")
+        } else if self.images.is_empty() {
+            None
+        } else if self.deploy == DeployWhen::OnRequest {
+            Some("on request")
+        } else {
+            None
+        }
+    }
 }
 
 fn default_branch() -> String {
@@ -258,6 +296,12 @@ pub struct Environment {
     pub kind: EnvironmentKind,
     #[serde(default)]
     pub namespace: Option<String>,
+    /// For cluster environments: where deploybot's own work runs (OpenShift
+    /// Builds and the deploy and cleanup Jobs), when it must not be the
+    /// target namespace (Packit's `make cleanup` deletes `all,cm,pvc` there,
+    /// BuildConfigs and Jobs included). Default: `namespace`.
+    #[serde(default)]
+    pub jobs_namespace: Option<String>,
     /// Where the deployed instance answers (GitHub deployment's environment URL).
     #[serde(default)]
     pub url: Option<String>,
@@ -274,6 +318,15 @@ pub struct Environment {
     /// What is done to the previous deployment before a new one.
     #[serde(default)]
     pub cleanup: Option<Cleanup>,
+    /// The deployer of a request that references the deployer component
+    /// (e.g. `deployment=321`: that checkout's `make deploy`); without it,
+    /// every request uses `deployer`.
+    #[serde(default)]
+    pub checkout_deployer: Option<Deployer>,
+    /// The cleanup before a request that references the deployer component
+    /// (e.g. that checkout's `make cleanup`); default `cleanup`.
+    #[serde(default)]
+    pub checkout_cleanup: Option<Cleanup>,
     /// Time limits per step.
     #[serde(default)]
     pub timeouts: Timeouts,
@@ -498,6 +551,31 @@ impl Environment {
         }
     }
 
+    /// Where Builds and the deploy/cleanup Jobs of a cluster environment run.
+    pub fn work_namespace(&self) -> Option<&str> {
+        self.jobs_namespace
+            .as_deref()
+            .or(self.namespace.as_deref())
+            .filter(|_| self.cluster_namespace().is_some())
+    }
+
+    /// The deployer of a request: `checkout_deployer` when the request
+    /// references the deployer component and one is configured.
+    pub fn deployer_for(&self, references_deployer: bool) -> Option<&Deployer> {
+        match (&self.checkout_deployer, references_deployer) {
+            (Some(d), true) => Some(d),
+            _ => self.deployer.as_ref(),
+        }
+    }
+
+    /// The cleanup before a request (see [`Environment::deployer_for`]).
+    pub fn cleanup_for(&self, references_deployer: bool) -> Option<&Cleanup> {
+        match (&self.checkout_cleanup, references_deployer) {
+            (Some(c), true) => Some(c),
+            _ => self.cleanup.as_ref(),
+        }
+    }
+
     pub fn default_ttl(&self) -> Duration {
         self.default_ttl.get()
     }
@@ -540,12 +618,15 @@ impl Config {
             name: "dev".into(),
             kind: EnvironmentKind::DryRun,
             namespace: None,
+            jobs_namespace: None,
             url: None,
             default_ttl: default_ttl(),
             max_ttl: max_ttl(),
             builder: None,
             deployer: None,
             cleanup: None,
+            checkout_deployer: None,
+            checkout_cleanup: None,
             timeouts: Timeouts::default(),
             env: BTreeMap::new(),
             env_from_files: BTreeMap::new(),
@@ -586,6 +667,7 @@ impl Config {
                     aliases: c.aliases.clone(),
                     repo: c.repo.clone(),
                     retired: c.retired,
+                    on_request: !c.retired && c.deploy == DeployWhen::OnRequest,
                 })
                 .collect(),
             environments: self.environments.iter().map(|e| e.name.clone()).collect(),
@@ -607,12 +689,9 @@ impl Config {
         let components: Vec<String> = self
             .components
             .iter()
-            .map(|c| {
-                if c.retired {
-                    format!("{} (retired)", c.name)
-                } else {
-                    c.name.clone()
-                }
+            .map(|c| match c.deploy_note() {
+                Some(note) => format!("{} ({note})", c.name),
+                None => c.name.clone(),
             })
             .collect();
         let envs: Vec<String> = self

@@ -369,7 +369,13 @@ impl Snapshot {
                 }
                 _ => String::new(),
             };
-            lines.push(format!("- `{reference}`: {state}{how}"));
+            let to = if image.handed_to.is_empty() {
+                String::new()
+            } else {
+                let names: Vec<String> = image.handed_to.iter().map(|n| quote::code(n)).collect();
+                format!(" → {}", names.join(", "))
+            };
+            lines.push(format!("- `{reference}`: {state}{how}{to}"));
         }
         if lines.is_empty() {
             return format!(
