@@ -23,6 +23,7 @@
 mod build;
 mod error;
 mod lock;
+mod login;
 mod run;
 mod triggers;
 mod workload;
@@ -35,9 +36,9 @@ pub use lock::{
     ENVIRONMENT_ANNOTATION, EXPIRES_AT_ANNOTATION, JOB_ANNOTATION, LEASE_NAME, LeaseInfo,
     LockOutcome, LockRequest, PRS_ANNOTATION, REQUESTED_BY_ANNOTATION, holder_identity,
 };
+pub use login::RunLogin;
 pub use run::{
-    CHECKOUT_DIR, HOME_DIR, RunEnd, RunEvent, RunFollower, RunLogin, RunPoll, RunSecret, RunSpec,
-    run_name,
+    CHECKOUT_DIR, HOME_DIR, RunEnd, RunEvent, RunFollower, RunPoll, RunSecret, RunSpec, run_name,
 };
 pub use triggers::{Follower, Import, TRIGGERS_ANNOTATION};
 pub use workload::{Rollout, WorkloadKind, image_repository};
@@ -87,7 +88,13 @@ impl Cluster {
         if config.read_timeout.is_none() {
             config.read_timeout = Some(READ_TIMEOUT);
         }
-        let url = Some(config.cluster_url.to_string().trim_end_matches('/').to_string());
+        let url = Some(
+            config
+                .cluster_url
+                .to_string()
+                .trim_end_matches('/')
+                .to_string(),
+        );
         let client =
             kube::Client::try_from(config).map_err(|e| ClusterError::Config(e.to_string()))?;
         Ok(Cluster { client, url })

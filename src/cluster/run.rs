@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, ContainerStatus, Pod};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use serde_json::{Value, json};
 
+use super::login::RunLogin;
 use super::{Cluster, ClusterError, JOB_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL};
 
 /// Where the pod keeps the checkout (an emptyDir), the command's working directory.
@@ -23,45 +24,8 @@ const VARS_KEY: &str = "vars.json";
 /// How long a finished Job stays for people to look at (then the cluster deletes it).
 const KEEP_FINISHED_SECS: i32 = 3600;
 /// Waiting reasons that do not get better by waiting.
-const STUCK: [&str; 5] = [
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-];
-
-/// The login the command's container makes before the command: a fixed
-/// script (nothing configured or typed is part of its text), given the
-/// facts as environment variables and the command as its arguments.
-const LOGIN_SCRIPT: &str = r#"set -eu
-sa=/var/run/secrets/kubernetes.io/serviceaccount
-token=$(cat "$sa/token")
-umask 077
-printf '{"%s": "%s", "%s": "%s", "%s": "%s"}\n' \
-  "$DEPLOYBOT_HOST_VAR" "$DEPLOYBOT_SERVER" \
-  "$DEPLOYBOT_NAMESPACE_VAR" "$DEPLOYBOT_NAMESPACE" \
-  "$DEPLOYBOT_TOKEN_VAR" "$token" > "$DEPLOYBOT_LOGIN_FILE"
-if [ "$DEPLOYBOT_OC_LOGIN" = yes ]; then
-  oc login "$DEPLOYBOT_SERVER" --token="$token" --certificate-authority="$sa/ca.crt" >/dev/null
-fi
-exec "$@"
-"#;
-
-/// What the Job's login writes (see `config::Login`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunLogin {
-    /// The API server's URL, as the Job's pod reaches it.
-    pub server: String,
-    /// The environment's (target) namespace.
-    pub namespace: String,
-    pub host_var: String,
-    pub namespace_var: String,
-    pub token_var: String,
-    pub oc: bool,
-    /// Where the login file goes.
-    pub file: String,
-}
+#[rustfmt::skip]
+const STUCK: [&str; 5] = ["ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError"];
 
 /// One Secret mounted into the pod, read-only.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,11 +93,7 @@ impl RunSpec {
         }
         let command = match &self.login {
             None => self.command.clone(),
-            Some(_) => ["sh", "-c", LOGIN_SCRIPT, "deploybot-login"]
-                .iter()
-                .map(|s| s.to_string())
-                .chain(self.command.iter().cloned())
-                .collect(),
+            Some(login) => login.wrap(&self.command),
         };
         out.push((self.container.clone(), command));
         out
@@ -157,17 +117,9 @@ impl RunSpec {
     fn command_env(&self) -> Vec<(String, String)> {
         let mut env = self.env.clone();
         if let Some(login) = &self.login {
-            for (key, value) in [
-                ("DEPLOYBOT_SERVER", login.server.as_str()),
-                ("DEPLOYBOT_NAMESPACE", login.namespace.as_str()),
-                ("DEPLOYBOT_HOST_VAR", login.host_var.as_str()),
-                ("DEPLOYBOT_NAMESPACE_VAR", login.namespace_var.as_str()),
-                ("DEPLOYBOT_TOKEN_VAR", login.token_var.as_str()),
-                ("DEPLOYBOT_OC_LOGIN", if login.oc { "yes" } else { "no" }),
-                ("DEPLOYBOT_LOGIN_FILE", login.file.as_str()),
-            ] {
-                env.retain(|(k, _)| k != key);
-                env.push((key.to_string(), value.to_string()));
+            for (key, value) in login.env() {
+                env.retain(|(k, _)| *k != key);
+                env.push((key, value));
             }
         }
         env
@@ -710,39 +662,6 @@ mod tests {
             vars: Some(("vars/gen.json".into(), "{}".into())),
             login: None,
         }
-    }
-
-    #[test]
-    fn a_login_wraps_the_command_in_the_fixed_script_and_shows_only_the_command() {
-        let mut spec = spec();
-        spec.login = Some(RunLogin {
-            server: "https://api.example:6443".into(),
-            namespace: "packit-dev".into(),
-            host_var: "host".into(),
-            namespace_var: "project".into(),
-            token_var: "api_key".into(),
-            oc: true,
-            file: "/deploybot/home/login.json".into(),
-        });
-        let containers = spec.containers();
-        let (_, argv) = containers.last().expect("the command");
-        assert_eq!(argv[..4], ["sh", "-c", LOGIN_SCRIPT, "deploybot-login"]);
-        assert_eq!(argv[4..], ["make", "deploy"]);
-        assert_eq!(spec.shown_argv("deploy"), ["make", "deploy"]);
-        let job = spec.job("ns");
-        let env = &job["spec"]["template"]["spec"]["containers"][0]["env"];
-        let value = |name: &str| {
-            env.as_array()
-                .expect("env")
-                .iter()
-                .find(|v| v["name"] == name)
-                .map(|v| v["value"].clone())
-        };
-        assert_eq!(value("DEPLOYBOT_SERVER"), Some(json!("https://api.example:6443")));
-        assert_eq!(value("DEPLOYBOT_NAMESPACE"), Some(json!("packit-dev")));
-        assert_eq!(value("DEPLOYBOT_OC_LOGIN"), Some(json!("yes")));
-        // The script is fixed text: no configured value is part of it.
-        assert!(!LOGIN_SCRIPT.contains("packit"));
     }
 
     #[test]

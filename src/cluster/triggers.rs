@@ -168,20 +168,25 @@ impl Cluster {
     ) -> Result<String, ClusterError> {
         let what = format!("ImageStream {ns}/{stream}");
         let api = self.imagestreams(ns);
-        self.poll_until(&format!("the import of {stream}:{tag}"), timeout, poll, || async {
-            let object = api
-                .get(stream)
-                .await
-                .map_err(|e| ClusterError::from_kube(e, &what))?;
-            let value = serde_json::to_value(&object).unwrap_or_default();
-            match import_state(&value, tag) {
-                Import::Pending => Ok(None),
-                Import::Done(reference) => Ok(Some(reference)),
-                Import::Failed(message) => Err(ClusterError::Invalid(format!(
-                    "{what}: tag {tag} could not be imported: {message}"
-                ))),
-            }
-        })
+        self.poll_until(
+            &format!("the import of {stream}:{tag}"),
+            timeout,
+            poll,
+            || async {
+                let object = api
+                    .get(stream)
+                    .await
+                    .map_err(|e| ClusterError::from_kube(e, &what))?;
+                let value = serde_json::to_value(&object).unwrap_or_default();
+                match import_state(&value, tag) {
+                    Import::Pending => Ok(None),
+                    Import::Done(reference) => Ok(Some(reference)),
+                    Import::Failed(message) => Err(ClusterError::Invalid(format!(
+                        "{what}: tag {tag} could not be imported: {message}"
+                    ))),
+                }
+            },
+        )
         .await
     }
 

@@ -68,7 +68,11 @@ impl Config {
         };
         match deployer {
             Some(d) if e.checkout_deployer.is_some() || e.checkout_cleanup.is_some() => {
-                out.push_str(&format!("  a request without {}=: {}\n", d.name, how(false)));
+                out.push_str(&format!(
+                    "  a request without {}=: {}\n",
+                    d.name,
+                    how(false)
+                ));
                 out.push_str(&format!(
                     "  a request with {}=<ref> (commands from that checkout): {}\n",
                     d.name,

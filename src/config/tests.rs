@@ -182,7 +182,10 @@ fn environments_that_could_interfere_are_refused() {
     // another namespace are other Secrets).
     let own = copy
         .replace("namespace = \"packit-dev\"", "namespace = \"packit-dev2\"")
-        .replace("jobs_namespace = \"packit-dev-deploybot\"", "jobs_namespace = \"packit-dev2-deploybot\"");
+        .replace(
+            "jobs_namespace = \"packit-dev-deploybot\"",
+            "jobs_namespace = \"packit-dev2-deploybot\"",
+        );
     Config::from_toml(&format!("{components}{dev}\n{own}")).expect("kept apart");
     // A jobs namespace that is another environment's target is refused.
     let into_dev = own.replace(
@@ -191,7 +194,9 @@ fn environments_that_could_interfere_are_refused() {
     );
     let err = Config::from_toml(&format!("{components}{dev}\n{into_dev}")).expect_err("jobs");
     assert!(
-        err.contains("environment dev2: its jobs_namespace packit-dev is environment dev's namespace"),
+        err.contains(
+            "environment dev2: its jobs_namespace packit-dev is environment dev's namespace"
+        ),
         "{err}"
     );
 }

@@ -58,8 +58,10 @@ use serde_json::{Map, Value, json};
 use super::http::{self, Incoming, parse_query};
 use super::openapi::{self, PathTemplate, Violations};
 
+mod images;
 mod jobs;
 
+pub use images::imported_reference;
 pub use jobs::{ContainerRun, Script};
 
 /// Where the Kubernetes fixtures are: `../shared/fixtures/kubernetes`.
@@ -280,6 +282,7 @@ impl FakeKube {
             loop {
                 tokio::time::sleep(Duration::from_millis(3)).await;
                 jobs::tick(&ticking);
+                images::tick(&ticking);
             }
         });
         FakeKube {
@@ -295,6 +298,11 @@ impl FakeKube {
     /// happens without one).
     pub fn script(&self, script: impl Fn(&ContainerRun) -> Option<Script> + Send + Sync + 'static) {
         self.state().kubelet.scripts.push(Arc::new(script));
+    }
+
+    /// Imports of `reference` fail from now on (the registry does not have it).
+    pub fn missing_image(&self, reference: &str) {
+        self.state().missing_images.push(reference.to_string());
     }
 
     /// Every container started so far, in order, as it was started.
@@ -781,6 +789,8 @@ struct KubeState {
     /// manager.
     applied: HashMap<(Key, String), Value>,
     kubelet: jobs::Kubelet,
+    /// Image references whose import fails (as if the registry lost them).
+    missing_images: Vec<String>,
 }
 
 impl KubeState {
