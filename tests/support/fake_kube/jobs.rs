@@ -727,10 +727,7 @@ pub fn pod_log(state: &KubeState, namespace: &str, name: &str, call: &super::Cal
     {
         log.truncate(n);
     }
-    Reply {
-        status: 200,
-        body: ReplyBody::Bytes(log),
-    }
+    Reply::text(200, ReplyBody::Bytes(log))
 }
 
 /// Standard base64 (Secret `data`), lenient.
