@@ -60,6 +60,7 @@ use super::openapi::{self, PathTemplate, Violations};
 
 mod discovery;
 mod jobs;
+mod workloads;
 
 pub use jobs::{ContainerRun, Script};
 
@@ -352,6 +353,7 @@ impl FakeKube {
             loop {
                 tokio::time::sleep(Duration::from_millis(3)).await;
                 jobs::tick(&ticking);
+                workloads::tick(&ticking);
             }
         });
         FakeKube {
@@ -491,6 +493,28 @@ impl FakeKube {
         build_phase(&self.shared, namespace, build, phase, log_text);
     }
 
+    /// Turns the Deployment and StatefulSet controllers on (see
+    /// [`workloads`]): every workload gets its pods, running and Ready, and
+    /// a new generation is rolled out `rollout_time` after it is seen.
+    /// Without it, workloads have no pods and their status moves only by
+    /// the test controls ([`FakeKube::set_rollout`]...).
+    pub fn run_workloads(&self, rollout_time: Duration) {
+        self.state().workloads.rollout_time = Some(rollout_time);
+    }
+
+    /// Stores Namespace `name` and its Project, as `oc new-project` leaves
+    /// them.
+    pub fn create_namespace(&self, name: &str) {
+        let spec = self.shared.spec;
+        let mut state = self.state();
+        let project = json!({
+            "apiVersion": "project.openshift.io/v1",
+            "kind": "Project",
+            "metadata": {"name": name, "annotations": {"openshift.io/requester": "kube:admin"}},
+        });
+        let _ = create(spec, &mut state, Kind::named("Project"), "", project, "create_namespace");
+    }
+
     /// Plays the cluster's controllers in the background until the fake is
     /// dropped: a new Build runs at once and completes `build_time` later; a
     /// Deployment or StatefulSet whose spec changed (generation ahead of
@@ -560,9 +584,20 @@ impl FakeKube {
 }
 
 fn rollout(shared: &Shared, namespace: &str, kind: &str, name: &str, complete: bool) {
+    let spec = shared.spec;
+    let mut state = shared.lock();
+    rollout_in(spec, &mut state, namespace, kind, name, complete);
+}
+
+fn rollout_in(
+    spec: &Spec,
+    state: &mut KubeState,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+    complete: bool,
+) {
     {
-        let spec = shared.spec;
-        let mut state = shared.lock();
         state.modify(spec, Key::new(kind, namespace, name), |object| {
             let generation = object["metadata"]["generation"].as_i64().unwrap_or(1);
             let replicas = object["spec"]["replicas"].as_i64().unwrap_or(1);
@@ -908,6 +943,7 @@ struct KubeState {
     /// manager.
     applied: HashMap<(Key, String), Value>,
     kubelet: jobs::Kubelet,
+    workloads: workloads::Workloads,
     /// Service-account tokens the fake issued: token → (namespace, account).
     tokens: BTreeMap<String, (String, String)>,
     /// Every `Warning` the fake answered, in order.
