@@ -1266,8 +1266,9 @@ async fn the_fake_rejects_bodies_that_do_not_match_the_schema() {
     fake.assert_no_violations();
 
     // An operation outside what the fake serves: 404 and a violation.
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), NS);
-    let error = secrets.get("quay-push").await.unwrap_err();
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), NS);
+    let error = accounts.get("deployer").await.unwrap_err();
     assert!(
         matches!(&error, kube::Error::Api(s) if s.code == 404),
         "{error:?}"

@@ -58,8 +58,10 @@ use serde_json::{Map, Value, json};
 use super::http::{self, Incoming, parse_query};
 use super::openapi::{self, PathTemplate, Violations};
 
+mod discovery;
 mod images;
 mod jobs;
+mod workloads;
 
 pub use images::imported_reference;
 pub use jobs::{ContainerRun, Script};
@@ -90,79 +92,148 @@ struct Kind {
     schema: &'static str,
     /// `status` is a subresource: PUT/PATCH/POST cannot change it.
     has_status: bool,
+    /// Objects live in a namespace (else they are cluster-scoped).
+    namespaced: bool,
+    /// What discovery says of it, as the real API server does.
+    short_names: &'static [&'static str],
+    categories: &'static [&'static str],
 }
 
-const KINDS: [Kind; 10] = [
+const fn kind(
+    kind: &'static str,
+    group: &'static str,
+    plural: &'static str,
+    schema: &'static str,
+    has_status: bool,
+) -> Kind {
     Kind {
-        kind: "Lease",
-        group: "coordination.k8s.io",
-        plural: "leases",
-        schema: "io.k8s.api.coordination.v1.Lease",
-        has_status: false,
-    },
-    Kind {
-        kind: "Deployment",
-        group: "apps",
-        plural: "deployments",
-        schema: "io.k8s.api.apps.v1.Deployment",
-        has_status: true,
-    },
-    Kind {
-        kind: "StatefulSet",
-        group: "apps",
-        plural: "statefulsets",
-        schema: "io.k8s.api.apps.v1.StatefulSet",
-        has_status: true,
-    },
-    Kind {
-        kind: "BuildConfig",
-        group: "build.openshift.io",
-        plural: "buildconfigs",
-        schema: "com.github.openshift.api.build.v1.BuildConfig",
-        has_status: true,
-    },
-    Kind {
-        kind: "Build",
-        group: "build.openshift.io",
-        plural: "builds",
-        schema: "com.github.openshift.api.build.v1.Build",
-        has_status: true,
-    },
-    Kind {
-        kind: "ImageStream",
-        group: "image.openshift.io",
-        plural: "imagestreams",
-        schema: "com.github.openshift.api.image.v1.ImageStream",
-        has_status: true,
-    },
-    Kind {
-        kind: "Job",
-        group: "batch",
-        plural: "jobs",
-        schema: "io.k8s.api.batch.v1.Job",
-        has_status: true,
-    },
-    Kind {
-        kind: "Pod",
-        group: "",
-        plural: "pods",
-        schema: "io.k8s.api.core.v1.Pod",
-        has_status: true,
-    },
-    Kind {
-        kind: "ConfigMap",
-        group: "",
-        plural: "configmaps",
-        schema: "io.k8s.api.core.v1.ConfigMap",
-        has_status: false,
-    },
-    Kind {
-        kind: "Secret",
-        group: "",
-        plural: "secrets",
-        schema: "io.k8s.api.core.v1.Secret",
-        has_status: false,
-    },
+        kind,
+        group,
+        plural,
+        schema,
+        has_status,
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+    }
+}
+
+impl Kind {
+    const fn short(mut self, names: &'static [&'static str]) -> Kind {
+        self.short_names = names;
+        self
+    }
+
+    /// In the `all` category (`oc delete all`, `oc get all`).
+    const fn in_all(mut self) -> Kind {
+        self.categories = &["all"];
+        self
+    }
+
+    const fn cluster_scoped(mut self) -> Kind {
+        self.namespaced = false;
+        self
+    }
+}
+
+/// Every kind the fake stores, in discovery order (core first, then the
+/// groups as `/apis` lists them). Short names and categories are the real
+/// API servers' (Kubernetes 1.35, OpenShift 4).
+const KINDS: &[Kind] = &[
+    kind("Pod", "", "pods", "io.k8s.api.core.v1.Pod", true)
+        .short(&["po"])
+        .in_all(),
+    kind("Service", "", "services", "io.k8s.api.core.v1.Service", true)
+        .short(&["svc"])
+        .in_all(),
+    kind("ConfigMap", "", "configmaps", "io.k8s.api.core.v1.ConfigMap", false).short(&["cm"]),
+    kind("Secret", "", "secrets", "io.k8s.api.core.v1.Secret", false),
+    kind(
+        "PersistentVolumeClaim",
+        "",
+        "persistentvolumeclaims",
+        "io.k8s.api.core.v1.PersistentVolumeClaim",
+        true,
+    )
+    .short(&["pvc"]),
+    kind("Namespace", "", "namespaces", "io.k8s.api.core.v1.Namespace", true)
+        .short(&["ns"])
+        .cluster_scoped(),
+    kind(
+        "Deployment",
+        "apps",
+        "deployments",
+        "io.k8s.api.apps.v1.Deployment",
+        true,
+    )
+    .short(&["deploy"])
+    .in_all(),
+    kind(
+        "StatefulSet",
+        "apps",
+        "statefulsets",
+        "io.k8s.api.apps.v1.StatefulSet",
+        true,
+    )
+    .short(&["sts"])
+    .in_all(),
+    kind("Job", "batch", "jobs", "io.k8s.api.batch.v1.Job", true).in_all(),
+    kind(
+        "Lease",
+        "coordination.k8s.io",
+        "leases",
+        "io.k8s.api.coordination.v1.Lease",
+        false,
+    ),
+    kind(
+        "RoleBinding",
+        "rbac.authorization.k8s.io",
+        "rolebindings",
+        "io.k8s.api.rbac.v1.RoleBinding",
+        false,
+    ),
+    kind(
+        "BuildConfig",
+        "build.openshift.io",
+        "buildconfigs",
+        "com.github.openshift.api.build.v1.BuildConfig",
+        true,
+    )
+    .short(&["bc"])
+    .in_all(),
+    kind(
+        "Build",
+        "build.openshift.io",
+        "builds",
+        "com.github.openshift.api.build.v1.Build",
+        true,
+    )
+    .in_all(),
+    kind(
+        "ImageStream",
+        "image.openshift.io",
+        "imagestreams",
+        "com.github.openshift.api.image.v1.ImageStream",
+        true,
+    )
+    .short(&["is"])
+    .in_all(),
+    kind(
+        "Project",
+        "project.openshift.io",
+        "projects",
+        "com.github.openshift.api.project.v1.Project",
+        true,
+    )
+    .cluster_scoped(),
+    kind(
+        "Route",
+        "route.openshift.io",
+        "routes",
+        "com.github.openshift.api.route.v1.Route",
+        true,
+    )
+    .in_all(),
 ];
 
 impl Kind {
@@ -173,8 +244,8 @@ impl Kind {
             .unwrap_or_else(|| panic!("the fake Kubernetes does not store kind {kind:?}"))
     }
 
-    fn by_plural(plural: &str) -> Option<&'static Kind> {
-        KINDS.iter().find(|k| k.plural == plural)
+    fn by_resource(group: &str, plural: &str) -> Option<&'static Kind> {
+        KINDS.iter().find(|k| k.group == group && k.plural == plural)
     }
 
     fn api_version(&self) -> String {
@@ -235,6 +306,8 @@ pub struct RequestRecord {
     pub content_type: Option<String>,
     pub body: String,
     pub status: u16,
+    /// Who sent it (`system:serviceaccount:NS:NAME`), by its bearer token.
+    pub user: Option<String>,
 }
 
 impl RequestRecord {
@@ -282,6 +355,7 @@ impl FakeKube {
             loop {
                 tokio::time::sleep(Duration::from_millis(3)).await;
                 jobs::tick(&ticking);
+                workloads::tick(&ticking);
                 images::tick(&ticking);
             }
         });
@@ -427,6 +501,28 @@ impl FakeKube {
         build_phase(&self.shared, namespace, build, phase, log_text);
     }
 
+    /// Turns the Deployment and StatefulSet controllers on (see
+    /// [`workloads`]): every workload gets its pods, running and Ready, and
+    /// a new generation is rolled out `rollout_time` after it is seen.
+    /// Without it, workloads have no pods and their status moves only by
+    /// the test controls ([`FakeKube::set_rollout`]...).
+    pub fn run_workloads(&self, rollout_time: Duration) {
+        self.state().workloads.rollout_time = Some(rollout_time);
+    }
+
+    /// Stores Namespace `name` and its Project, as `oc new-project` leaves
+    /// them.
+    pub fn create_namespace(&self, name: &str) {
+        let spec = self.shared.spec;
+        let mut state = self.state();
+        let project = json!({
+            "apiVersion": "project.openshift.io/v1",
+            "kind": "Project",
+            "metadata": {"name": name, "annotations": {"openshift.io/requester": "kube:admin"}},
+        });
+        let _ = create(spec, &mut state, Kind::named("Project"), "", project, "create_namespace");
+    }
+
     /// Plays the cluster's controllers in the background until the fake is
     /// dropped: a new Build runs at once and completes `build_time` later; a
     /// Deployment or StatefulSet whose spec changed (generation ahead of
@@ -496,9 +592,20 @@ impl FakeKube {
 }
 
 fn rollout(shared: &Shared, namespace: &str, kind: &str, name: &str, complete: bool) {
+    let spec = shared.spec;
+    let mut state = shared.lock();
+    rollout_in(spec, &mut state, namespace, kind, name, complete);
+}
+
+fn rollout_in(
+    spec: &Spec,
+    state: &mut KubeState,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+    complete: bool,
+) {
     {
-        let spec = shared.spec;
-        let mut state = shared.lock();
         state.modify(spec, Key::new(kind, namespace, name), |object| {
             let generation = object["metadata"]["generation"].as_i64().unwrap_or(1);
             let replicas = object["spec"]["replicas"].as_i64().unwrap_or(1);
@@ -719,6 +826,41 @@ impl FakeKube {
             .push((Key::new(kind, namespace, name), patch));
     }
 
+    // ----- identities --------------------------------------------------------
+
+    /// The token of service account `namespace/account` (one per account,
+    /// issued on first ask). Requests bearing it are that account's
+    /// ([`RequestRecord::user`]); a bearer token the fake never issued is
+    /// answered 401.
+    pub fn service_account_token(&self, namespace: &str, account: &str) -> String {
+        let mut state = self.state();
+        service_account_token(&mut state, namespace, account)
+    }
+
+    /// Whose token `token` is: `system:serviceaccount:NS:NAME`.
+    pub fn token_user(&self, token: &str) -> Option<String> {
+        self.state()
+            .tokens
+            .get(token)
+            .map(|(ns, name)| format!("system:serviceaccount:{ns}:{name}"))
+    }
+
+    /// Lets `kind` objects carry the unknown field `dotted_path`
+    /// (`spec.updateStrategy.type`): the fake drops it and warns, as the API
+    /// server does by default (`fieldValidation=Warn`), without recording a
+    /// violation. For manifests the test does not own (Packit's templates).
+    pub fn allow_unknown_field(&self, kind: &str, dotted_path: &str) {
+        let kind = Kind::named(kind).kind;
+        self.state()
+            .allowed_unknown
+            .push((kind.to_string(), dotted_path.to_string()));
+    }
+
+    /// Every `Warning` header text the fake answered so far, in order.
+    pub fn warnings(&self) -> Vec<String> {
+        self.state().warnings.clone()
+    }
+
     // ----- inspect -----------------------------------------------------------
 
     /// Every request answered so far, in order.
@@ -763,6 +905,26 @@ impl Drop for FakeKube {
     }
 }
 
+fn service_account_token(state: &mut KubeState, namespace: &str, account: &str) -> String {
+    if let Some((token, _)) = state
+        .tokens
+        .iter()
+        .find(|(_, (ns, name))| ns == namespace && name == account)
+    {
+        return token.clone();
+    }
+    let n = state.tokens.len() + 1;
+    let mut seed: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in format!("{namespace}/{account}/{n}").bytes() {
+        seed = (seed ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let token = format!("sha256~fake{n:04}{seed:016x}");
+    state
+        .tokens
+        .insert(token.clone(), (namespace.to_string(), account.to_string()));
+    token
+}
+
 // ===========================================================================
 // State
 // ===========================================================================
@@ -789,8 +951,19 @@ struct KubeState {
     /// manager.
     applied: HashMap<(Key, String), Value>,
     kubelet: jobs::Kubelet,
+<<<<<<< HEAD
     /// Image references whose import fails (as if the registry lost them).
     missing_images: Vec<String>,
+=======
+    workloads: workloads::Workloads,
+    /// Service-account tokens the fake issued: token → (namespace, account).
+    tokens: BTreeMap<String, (String, String)>,
+    /// Every `Warning` the fake answered, in order.
+    warnings: Vec<String>,
+    /// Unknown fields a test allows (kind, dotted path): dropped with a
+    /// warning, as the API server does, but no violation.
+    allowed_unknown: Vec<(String, String)>,
+>>>>>>> d8557b9
 }
 
 impl KubeState {
@@ -865,6 +1038,8 @@ impl KubeState {
 struct Reply {
     status: u16,
     body: ReplyBody,
+    /// `Warning` headers (unknown fields dropped, as the API server warns).
+    warnings: Vec<String>,
 }
 
 enum ReplyBody {
@@ -878,6 +1053,7 @@ impl Reply {
         Reply {
             status,
             body: ReplyBody::Json(body),
+            warnings: Vec::new(),
         }
     }
 
@@ -933,15 +1109,32 @@ impl Reply {
         )
     }
 
+    fn text(status: u16, body: ReplyBody) -> Reply {
+        Reply {
+            status,
+            body,
+            warnings: Vec::new(),
+        }
+    }
+
     fn into_response(self) -> Response {
+        // As the API server writes them: `299 - "text"`, one header each.
+        let headers: Vec<(String, String)> = self
+            .warnings
+            .iter()
+            .map(|w| {
+                let quoted = w.replace('\\', "\\\\").replace('"', "\\\"");
+                ("Warning".to_string(), format!("299 - \"{quoted}\""))
+            })
+            .collect();
         match self.body {
             ReplyBody::Json(value) => {
-                http::answer(self.status, "application/json", vec![], value.to_string())
+                http::answer(self.status, "application/json", headers, value.to_string())
             }
             ReplyBody::Text(text) => {
-                http::answer(self.status, "text/plain; charset=utf-8", vec![], text)
+                http::answer(self.status, "text/plain; charset=utf-8", headers, text)
             }
-            ReplyBody::Bytes(bytes) => http::answer(self.status, "text/plain", vec![], bytes),
+            ReplyBody::Bytes(bytes) => http::answer(self.status, "text/plain", headers, bytes),
         }
     }
 }
@@ -964,7 +1157,14 @@ fn reason_for(status: u16) -> &'static str {
 async fn handle(AxumState(shared): AxumState<Arc<Shared>>, request: Request) -> Response {
     let request = Incoming::read(request, 64 << 20).await;
     let content_type = request.header(header::CONTENT_TYPE.as_str());
+    let bearer = request
+        .header(header::AUTHORIZATION.as_str())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim);
     let mut state = shared.lock();
+    let user = bearer.and_then(|t| state.tokens.get(t)).map(|(ns, name)| {
+        format!("system:serviceaccount:{ns}:{name}")
+    });
     let call = Call {
         method: &request.method,
         path: &request.path,
@@ -972,7 +1172,13 @@ async fn handle(AxumState(shared): AxumState<Arc<Shared>>, request: Request) -> 
         content_type,
         body: &request.body,
     };
-    let reply = serve(shared.spec, &mut state, &call);
+    let reply = if bearer.is_some() && user.is_none() {
+        // A token the fake never issued.
+        Reply::failure(401, "Unauthorized", "Unauthorized", None)
+    } else {
+        serve(shared.spec, &mut state, &call)
+    };
+    state.warnings.extend(reply.warnings.iter().cloned());
     state.requests.push(RequestRecord {
         method: request.method.clone(),
         path: request.path.clone(),
@@ -980,6 +1186,7 @@ async fn handle(AxumState(shared): AxumState<Arc<Shared>>, request: Request) -> 
         content_type: content_type.map(str::to_string),
         body: String::from_utf8_lossy(&request.body).into_owned(),
         status: reply.status,
+        user,
     });
     reply.into_response()
 }
@@ -1021,9 +1228,14 @@ fn serve(spec: &Spec, state: &mut KubeState, call: &Call<'_>) -> Reply {
             None,
         );
     }
+    if call.method == "GET"
+        && let Some(document) = discovery::root(call.path)
+    {
+        return Reply::json(200, document);
+    }
     let Some((route, params)) = spec.find(call.method, call.path) else {
         state.violation(format!(
-            "{} {}: not an operation of openapi-subset.json",
+            "{} {}: not an operation of openapi-subset.json (nor of EXTRA_OPERATIONS or GENERATED_OPERATIONS)",
             call.method, call.path
         ));
         return Reply::failure(
@@ -1041,7 +1253,14 @@ fn serve(spec: &Spec, state: &mut KubeState, call: &Call<'_>) -> Reply {
             ));
         }
     }
-    let Some(kind) = Kind::by_plural(&route.plural) else {
+    if route.plural.is_empty() {
+        let document = discovery::resources(spec, &route.group);
+        for error in spec.errors("io.k8s.apimachinery.pkg.apis.meta.v1.APIResourceList", &document) {
+            state.violation(format!("{operation}: the fake's discovery document is invalid: {error}"));
+        }
+        return Reply::json(200, document);
+    }
+    let Some(kind) = Kind::by_resource(&route.group, &route.plural) else {
         state.violation(format!("{operation}: the fake does not implement it"));
         return Reply::failure(404, "NotFound", "not implemented by the fake", None);
     };
@@ -1069,18 +1288,11 @@ fn serve(spec: &Spec, state: &mut KubeState, call: &Call<'_>) -> Reply {
             }
         }
     }
-    if let (Some(value), Some(schema)) = (&body, &route.body_schema) {
-        let errors = spec.errors(schema, value);
-        if !errors.is_empty() {
-            for error in &errors {
-                state.violation(format!(
-                    "{operation}: body does not match {schema}: {error}"
-                ));
-            }
-            return Reply::bad_request(&format!(
-                "the request body does not match {schema}: {}",
-                errors.join("; ")
-            ));
+    let mut warnings = Vec::new();
+    if let (Some(value), Some(schema)) = (&mut body, &route.body_schema) {
+        if let Err(reply) = check_body(spec, state, kind, schema, value, call, &operation, &mut warnings)
+        {
+            return reply;
         }
     }
     let needs_body = matches!(call.method, "POST" | "PUT" | "PATCH");
@@ -1089,7 +1301,7 @@ fn serve(spec: &Spec, state: &mut KubeState, call: &Call<'_>) -> Reply {
         return Reply::bad_request("a body is required");
     }
 
-    match (call.method, name, route.sub.as_deref()) {
+    let mut reply = match (call.method, name, route.sub.as_deref()) {
         ("POST", None, None) => {
             let object = body.unwrap_or(Value::Null);
             create(spec, state, kind, &namespace, object, &operation)
@@ -1127,7 +1339,117 @@ fn serve(spec: &Spec, state: &mut KubeState, call: &Call<'_>) -> Reply {
             state.violation(format!("{operation}: the fake does not implement it"));
             Reply::failure(404, "NotFound", "not implemented by the fake", None)
         }
+    };
+    warnings.append(&mut reply.warnings);
+    reply.warnings = warnings;
+    reply
+}
+
+/// Checks a request body against `schema`: an error is a violation and
+/// answered 400. So is an unknown field, unless the test allowed it
+/// ([`FakeKube::allow_unknown_field`]): then it is handled as the API
+/// server's `fieldValidation` says (`Strict`: 400; `Warn`, the default:
+/// dropped with a `Warning`; `Ignore`: dropped).
+#[allow(clippy::too_many_arguments)]
+fn check_body(
+    spec: &Spec,
+    state: &mut KubeState,
+    kind: &Kind,
+    schema: &str,
+    value: &mut Value,
+    call: &Call<'_>,
+    operation: &str,
+    warnings: &mut Vec<String>,
+) -> Result<(), Reply> {
+    let (unknown, errors) = spec.check(schema, value);
+    if !errors.is_empty() {
+        for error in &errors {
+            state.violation(format!(
+                "{operation}: body does not match {schema}: {error}"
+            ));
+        }
+        return Err(Reply::bad_request(&format!(
+            "the request body does not match {schema}: {}",
+            errors.join("; ")
+        )));
     }
+    unknown_fields(state, kind, value, unknown, call, operation, warnings)
+}
+
+/// What the API server does with the unknown fields of an object (see
+/// [`check_body`]): `unknown` holds (JSON pointer of the object, field).
+fn unknown_fields(
+    state: &mut KubeState,
+    kind: &Kind,
+    value: &mut Value,
+    unknown: Vec<(String, String)>,
+    call: &Call<'_>,
+    operation: &str,
+    warnings: &mut Vec<String>,
+) -> Result<(), Reply> {
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let mode = call.param("fieldValidation").unwrap_or("Warn");
+    let mut strict = Vec::new();
+    for (pointer, field) in unknown {
+        let dotted = dotted_path(&pointer, &field);
+        let allowed = state
+            .allowed_unknown
+            .iter()
+            .any(|(k, path)| *k == kind.kind && *path == dotted);
+        if !allowed {
+            state.violation(format!(
+                "{operation}: unknown field {dotted:?} in the {}",
+                kind.kind
+            ));
+        }
+        match mode {
+            // Stricter than the API server: an unknown field the test did
+            // not allow is refused whatever the client asked for.
+            _ if !allowed => strict.push(format!("unknown field \"{dotted}\"")),
+            "Strict" => strict.push(format!("unknown field \"{dotted}\"")),
+            other => {
+                if let Some(map) = value.pointer_mut(&pointer).and_then(Value::as_object_mut) {
+                    map.remove(&field);
+                }
+                if other != "Ignore" {
+                    warnings.push(format!("unknown field \"{dotted}\""));
+                }
+            }
+        }
+    }
+    if strict.is_empty() {
+        return Ok(());
+    }
+    Err(Reply::bad_request(&format!(
+        "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+        kind.kind,
+        kind.api_version(),
+        kind.kind,
+        strict.join(", ")
+    )))
+}
+
+/// `spec.template.spec.containers[0].foo` from `/spec/template/spec/containers/0` and `foo`.
+fn dotted_path(pointer: &str, field: &str) -> String {
+    let mut out = String::new();
+    for part in pointer.split('/').skip(1) {
+        let part = part.replace("~1", "/").replace("~0", "~");
+        if part.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{part}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(&part);
+        }
+    }
+    if !out.is_empty() {
+        out.push('.');
+    }
+    out.push_str(field);
+    out
 }
 
 fn now() -> String {
@@ -1147,10 +1469,12 @@ fn check_identity(
     if object.get("apiVersion").and_then(Value::as_str) != Some(kind.api_version().as_str()) {
         return Err(format!("apiVersion must be {:?}", kind.api_version()));
     }
+    // A cluster-scoped object's namespace is ignored (and cleared).
     if let Some(ns) = object
         .pointer("/metadata/namespace")
         .and_then(Value::as_str)
         && ns != namespace
+        && kind.namespaced
     {
         return Err(format!(
             "metadata.namespace {ns:?} does not match the namespace of the request {namespace:?}"
@@ -1173,7 +1497,11 @@ fn initialise(state: &mut KubeState, kind: &Kind, namespace: &str, object: &mut 
     let metadata = object["metadata"]
         .as_object_mut()
         .expect("checked: metadata is an object");
-    metadata.insert("namespace".into(), json!(namespace));
+    if kind.namespaced {
+        metadata.insert("namespace".into(), json!(namespace));
+    } else {
+        metadata.remove("namespace");
+    }
     metadata.insert("uid".into(), json!(uid));
     metadata.insert("creationTimestamp".into(), json!(now()));
     metadata.insert("resourceVersion".into(), json!(rv));
@@ -1221,9 +1549,54 @@ fn create(
     if kind.kind == "Job" {
         jobs::admit_job(&mut object);
     }
+    after_write(state, kind, &mut object);
     state.check_stored(spec, kind, &object, operation);
     state.objects.insert(key, object.clone());
+    after_create(spec, state, kind, &object);
     Reply::json(201, object)
+}
+
+/// What the API server sets on every write of some kinds: a Namespace's
+/// and a Project's phase.
+fn after_write(_state: &mut KubeState, kind: &Kind, object: &mut Value) {
+    if matches!(kind.kind, "Namespace" | "Project") && object.get("status").is_none() {
+        object["status"] = json!({"phase": "Active"});
+    }
+    if matches!(kind.kind, "Namespace" | "Project") && object.pointer("/spec/finalizers").is_none()
+    {
+        object["spec"]["finalizers"] = json!(["kubernetes"]);
+    }
+}
+
+/// What follows the creation of an object: a Project is a Namespace (and
+/// the other way round), each seen through its own API.
+fn after_create(spec: &Spec, state: &mut KubeState, kind: &Kind, object: &Value) {
+    let twin = match kind.kind {
+        "Project" => Kind::named("Namespace"),
+        "Namespace" => Kind::named("Project"),
+        _ => return,
+    };
+    let name = object["metadata"]["name"].as_str().unwrap_or("").to_string();
+    let key = Key::new(twin.kind, "", &name);
+    if state.objects.contains_key(&key) {
+        return;
+    }
+    let mut metadata = json!({"name": name});
+    for field in ["labels", "annotations"] {
+        if let Some(value) = object["metadata"].get(field) {
+            metadata[field] = value.clone();
+        }
+    }
+    metadata["labels"]["kubernetes.io/metadata.name"] = json!(name);
+    let mut twin_object = json!({
+        "apiVersion": twin.api_version(),
+        "kind": twin.kind,
+        "metadata": metadata,
+    });
+    initialise(state, twin, "", &mut twin_object);
+    after_write(state, twin, &mut twin_object);
+    state.check_stored(spec, twin, &twin_object, "creating a Project's Namespace");
+    state.objects.insert(key, twin_object);
 }
 
 /// Keeps what the server owns (identity, creation, status) from `old` and
@@ -1339,8 +1712,10 @@ fn patch_object(
                     map.remove("resourceVersion");
                 }
                 initialise(state, kind, namespace, &mut object);
+                after_write(state, kind, &mut object);
                 state.check_stored(spec, kind, &object, operation);
                 state.objects.insert(key, object.clone());
+                after_create(spec, state, kind, &object);
                 return Reply::json(201, object);
             };
             let mut object = existing.clone();
@@ -1387,14 +1762,30 @@ fn patch_object(
     }
     strip_nulls(&mut updated);
     carry_over(state, kind, &existing, &mut updated);
-    for error in spec.errors(kind.schema, &updated) {
+    let (unknown, errors) = spec.check(kind.schema, &updated);
+    for error in errors {
         problems.push(format!("the patched object: {error}"));
     }
     if !problems.is_empty() {
         return reject(state, kind, name, problems, operation);
     }
+    let mut warnings = Vec::new();
+    if let Err(reply) = unknown_fields(
+        state,
+        kind,
+        &mut updated,
+        unknown,
+        call,
+        operation,
+        &mut warnings,
+    ) {
+        return reply;
+    }
+    after_write(state, kind, &mut updated);
     state.objects.insert(key, updated.clone());
-    Reply::json(200, updated)
+    let mut reply = Reply::json(200, updated);
+    reply.warnings = warnings;
+    reply
 }
 
 /// 422 for a patch whose result (or applied configuration) is invalid.
@@ -1466,6 +1857,21 @@ fn remove(state: &mut KubeState, key: &Key) {
     }
     state.objects.remove(key);
     state.applied.retain(|(k, _), _| k != key);
+    // A Namespace (a Project) goes with everything in it.
+    if matches!(key.kind, "Namespace" | "Project") {
+        let inside: Vec<Key> = state
+            .objects
+            .keys()
+            .filter(|k| {
+                k.namespace == key.name
+                    || (matches!(k.kind, "Namespace" | "Project") && k.name == key.name)
+            })
+            .cloned()
+            .collect();
+        for key in inside {
+            remove(state, &key);
+        }
+    }
 }
 
 /// What the garbage collector does once the owner `uid` is gone: deletes
@@ -1668,10 +2074,7 @@ fn build_log(state: &mut KubeState, namespace: &str, name: &str, call: &Call<'_>
         }
         None => log,
     };
-    Reply {
-        status: 200,
-        body: ReplyBody::Text(text),
-    }
+    Reply::text(200, ReplyBody::Text(text))
 }
 
 // ===========================================================================
@@ -1819,14 +2222,101 @@ struct Route {
     query_params: Vec<String>,
     /// Component name of the request body's schema.
     body_schema: Option<String>,
-    /// The resource (`leases`) and subresource (`log`) of the path.
+    /// The API group (`""` for the core group), the resource (`leases`),
+    /// and subresource (`log`) of the path; an empty `plural` is the
+    /// group version's discovery document (`/apis/apps/v1/`).
+    group: String,
     plural: String,
     sub: Option<String>,
 }
 
 /// Operations served beyond openapi-subset.json: (document under
 /// `v1.35/`, path, methods), their path items verbatim.
-pub const EXTRA_OPERATIONS: [(&str, &str, &[&str]); 7] = [
+pub const EXTRA_OPERATIONS: &[(&str, &str, &[&str])] = &[
+    ("api/v1.json", "/api/v1/", &["get"]),
+    ("api/v1.json", "/api/v1/namespaces", &["get", "post"]),
+    (
+        "api/v1.json",
+        "/api/v1/namespaces/{name}",
+        &["get", "put", "patch", "delete"],
+    ),
+    (
+        "api/v1.json",
+        "/api/v1/namespaces/{namespace}/pods",
+        &["get"],
+    ),
+    (
+        "api/v1.json",
+        "/api/v1/namespaces/{namespace}/pods/{name}",
+        &["get", "patch", "delete"],
+    ),
+    (
+        "api/v1.json",
+        "/api/v1/namespaces/{namespace}/pods/{name}/log",
+        &["get"],
+    ),
+    (
+        "api/v1.json",
+        "/api/v1/namespaces/{namespace}/configmaps",
+        &["get", "post"],
+    ),
+    (
+        "api/v1.json",
+        "/api/v1/namespaces/{namespace}/configmaps/{name}",
+        &["get", "put", "patch", "delete"],
+    ),
+    (
+        "api/v1.json",
+        "/api/v1/namespaces/{namespace}/secrets",
+        &["get", "post"],
+    ),
+    (
+        "api/v1.json",
+        "/api/v1/namespaces/{namespace}/secrets/{name}",
+        &["get", "put", "patch", "delete"],
+    ),
+    (
+        "api/v1.json",
+        "/api/v1/namespaces/{namespace}/services",
+        &["get", "post"],
+    ),
+    (
+        "api/v1.json",
+        "/api/v1/namespaces/{namespace}/services/{name}",
+        &["get", "put", "patch", "delete"],
+    ),
+    (
+        "api/v1.json",
+        "/api/v1/namespaces/{namespace}/persistentvolumeclaims",
+        &["get", "post"],
+    ),
+    (
+        "api/v1.json",
+        "/api/v1/namespaces/{namespace}/persistentvolumeclaims/{name}",
+        &["get", "put", "patch", "delete"],
+    ),
+    ("apis/apps/v1.json", "/apis/apps/v1/", &["get"]),
+    (
+        "apis/apps/v1.json",
+        "/apis/apps/v1/namespaces/{namespace}/deployments",
+        &["get", "post"],
+    ),
+    (
+        "apis/apps/v1.json",
+        "/apis/apps/v1/namespaces/{namespace}/deployments/{name}",
+        &["delete"],
+    ),
+    (
+        "apis/apps/v1.json",
+        "/apis/apps/v1/namespaces/{namespace}/statefulsets",
+        &["get", "post"],
+    ),
+    (
+        "apis/apps/v1.json",
+        "/apis/apps/v1/namespaces/{namespace}/statefulsets/{name}",
+        &["delete"],
+    ),
+    ("apis/batch/v1.json", "/apis/batch/v1/", &["get"]),
     (
         "apis/batch/v1.json",
         "/apis/batch/v1/namespaces/{namespace}/jobs",
@@ -1838,38 +2328,250 @@ pub const EXTRA_OPERATIONS: [(&str, &str, &[&str]); 7] = [
         &["get", "delete"],
     ),
     (
-        "api/v1.json",
-        "/api/v1/namespaces/{namespace}/pods",
+        "apis/coordination.k8s.io/v1.json",
+        "/apis/coordination.k8s.io/v1/",
         &["get"],
     ),
     (
-        "api/v1.json",
-        "/api/v1/namespaces/{namespace}/pods/{name}",
+        "apis/rbac.authorization.k8s.io/v1.json",
+        "/apis/rbac.authorization.k8s.io/v1/",
         &["get"],
     ),
     (
-        "api/v1.json",
-        "/api/v1/namespaces/{namespace}/pods/{name}/log",
-        &["get"],
+        "apis/rbac.authorization.k8s.io/v1.json",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
+        &["get", "post"],
     ),
     (
-        "api/v1.json",
-        "/api/v1/namespaces/{namespace}/configmaps",
-        &["post"],
-    ),
-    (
-        "api/v1.json",
-        "/api/v1/namespaces/{namespace}/configmaps/{name}",
-        &["get", "delete"],
+        "apis/rbac.authorization.k8s.io/v1.json",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings/{name}",
+        &["get", "put", "patch", "delete"],
     ),
 ];
+
+/// How the OpenShift operations no document describes are made: as the
+/// generic API server serves a kind, and as openapi-subset.json's OpenShift
+/// paths were made (see its SOURCE.md): from a Kubernetes 1.35 path item of
+/// the same shape (`apps/v1` Deployments for a namespaced kind, core
+/// Namespaces for a cluster-scoped one, `/apis/apps/v1/` for a group
+/// version's discovery), with group, kind, resource, schema `$ref`s,
+/// operationIds and tags rewritten. (kind, or `""` for the group's
+/// discovery document, group, what of the template: `collection`, `item`
+/// or `discovery`, methods); methods openapi-subset.json already has are
+/// kept as they are.
+pub const GENERATED_OPERATIONS: &[(&str, &str, &str, &[&str])] = &[
+    ("", "build.openshift.io", "discovery", &["get"]),
+    ("BuildConfig", "build.openshift.io", "collection", &["get"]),
+    ("BuildConfig", "build.openshift.io", "item", &["delete"]),
+    ("Build", "build.openshift.io", "item", &["delete"]),
+    ("", "image.openshift.io", "discovery", &["get"]),
+    (
+        "ImageStream",
+        "image.openshift.io",
+        "collection",
+        &["get", "post"],
+    ),
+    ("ImageStream", "image.openshift.io", "item", &["delete"]),
+    ("", "project.openshift.io", "discovery", &["get"]),
+    (
+        "Project",
+        "project.openshift.io",
+        "collection",
+        &["get", "post"],
+    ),
+    (
+        "Project",
+        "project.openshift.io",
+        "item",
+        &["get", "put", "patch", "delete"],
+    ),
+    ("", "route.openshift.io", "discovery", &["get"]),
+    ("Route", "route.openshift.io", "collection", &["get", "post"]),
+    (
+        "Route",
+        "route.openshift.io",
+        "item",
+        &["get", "put", "patch", "delete"],
+    ),
+];
+
+/// `build.openshift.io` as operationIds spell it: `BuildOpenshiftIo`.
+fn camel_group(group: &str) -> String {
+    group
+        .split('.')
+        .map(|part| {
+            let mut chars = part.chars();
+            chars.next().map_or_else(String::new, |first| {
+                first.to_ascii_uppercase().to_string() + chars.as_str()
+            })
+        })
+        .collect()
+}
+
+/// The path and path item of one generated operation set (see
+/// [`GENERATED_OPERATIONS`]).
+fn generate_operations(
+    loaded: &mut HashMap<&'static str, Value>,
+    kind_name: &str,
+    group: &str,
+    what: &str,
+    methods: &[&str],
+) -> (String, Map<String, Value>) {
+    let kind = (!kind_name.is_empty()).then(|| Kind::named(kind_name));
+    let namespaced = kind.is_none_or(|k| k.namespaced);
+    let (file, template) = match (what, namespaced) {
+        ("discovery", _) => ("apis/apps/v1.json", "/apis/apps/v1/"),
+        ("collection", true) => (
+            "apis/apps/v1.json",
+            "/apis/apps/v1/namespaces/{namespace}/deployments",
+        ),
+        ("item", true) => (
+            "apis/apps/v1.json",
+            "/apis/apps/v1/namespaces/{namespace}/deployments/{name}",
+        ),
+        ("collection", false) => ("api/v1.json", "/api/v1/namespaces"),
+        ("item", false) => ("api/v1.json", "/api/v1/namespaces/{name}"),
+        _ => panic!("GENERATED_OPERATIONS: unknown template {what:?}"),
+    };
+    let whole = loaded.entry(file).or_insert_with(|| {
+        openapi::load(
+            &fixtures_dir().join("v1.35").join(file),
+            "the fake Kubernetes",
+        )
+    });
+    let item = whole["paths"][template]
+        .as_object()
+        .unwrap_or_else(|| panic!("v1.35/{file} has no path {template}"));
+    let kept: Map<String, Value> = item
+        .iter()
+        .filter(|(k, _)| k.as_str() == "parameters" || methods.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let mut text = Value::Object(kept).to_string();
+    let camel = format!("{}V1", camel_group(group));
+    let tag = {
+        let c = camel_group(group);
+        let mut chars = c.chars();
+        chars.next().map_or_else(String::new, |first| {
+            first.to_ascii_lowercase().to_string() + chars.as_str()
+        }) + "_v1"
+    };
+    let mut path = format!("/apis/{group}/v1/");
+    let (from_group, from_camel, from_tag) = if namespaced {
+        ("apps", "AppsV1", "apps_v1")
+    } else {
+        ("", "CoreV1", "core_v1")
+    };
+    if let Some(kind) = kind {
+        let (from_schema, from_kind, from_plural) = if namespaced {
+            ("io.k8s.api.apps.v1.Deployment", "Deployment", "deployments")
+        } else {
+            ("io.k8s.api.core.v1.Namespace", "Namespace", "namespaces")
+        };
+        text = text
+            .replace(&format!("{from_schema}List\""), &format!("{}List\"", kind.schema))
+            .replace(&format!("{from_schema}\""), &format!("{}\"", kind.schema))
+            .replace(from_kind, kind.kind)
+            .replace(from_plural, kind.plural);
+        path = match (what, namespaced) {
+            ("collection", true) => format!("/apis/{group}/v1/namespaces/{{namespace}}/{}", kind.plural),
+            ("item", true) => format!(
+                "/apis/{group}/v1/namespaces/{{namespace}}/{}/{{name}}",
+                kind.plural
+            ),
+            ("collection", false) => format!("/apis/{group}/v1/{}", kind.plural),
+            _ => format!("/apis/{group}/v1/{}/{{name}}", kind.plural),
+        };
+    }
+    text = text
+        .replace(from_camel, &camel)
+        .replace(from_tag, &tag)
+        .replace(
+            &format!("\"group\":\"{from_group}\""),
+            &format!("\"group\":\"{group}\""),
+        );
+    let Ok(Value::Object(item)) = serde_json::from_str(&text) else {
+        panic!("generating {path}: the rewritten path item is not a JSON object");
+    };
+    (path, item)
+}
+
+/// Swagger 2.0 definitions (OpenShift's) as OpenAPI 3 component schemas,
+/// converted as Kubernetes does for v3: `#/definitions/` references become
+/// `#/components/schemas/` ones, and a `$ref` with sibling keys is wrapped
+/// in `allOf`.
+fn convert_definition(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(target)) = map.get_mut("$ref") {
+                *target = target.replace("#/definitions/", REF_PREFIX);
+                if map.len() > 1
+                    && let Some(reference) = map.remove("$ref")
+                {
+                    map.insert("allOf".into(), json!([{"$ref": reference}]));
+                }
+            }
+            map.values_mut().for_each(convert_definition);
+        }
+        Value::Array(items) => items.iter_mut().for_each(convert_definition),
+        _ => {}
+    }
+}
+
+/// Adds `name` and every schema it references (transitively) from
+/// `source` (OpenShift's definitions) that `schemas` lacks.
+fn add_schema_closure(schemas: &mut Value, source: &Value, name: &str) {
+    if schemas.get(name).is_some() {
+        return;
+    }
+    let Some(definition) = source.get(name) else {
+        panic!("openshift/openapi.json has no definition {name}");
+    };
+    let mut definition = definition.clone();
+    convert_definition(&mut definition);
+    let mut references = Vec::new();
+    collect_refs(&definition, &mut references);
+    schemas[name] = definition;
+    for reference in references {
+        add_schema_closure(schemas, source, &reference);
+    }
+}
+
+fn collect_refs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(target) = map
+                .get("$ref")
+                .and_then(Value::as_str)
+                .and_then(|r| r.strip_prefix(REF_PREFIX))
+            {
+                out.push(target.to_string());
+            }
+            map.values().for_each(|v| collect_refs(v, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_refs(v, out)),
+        _ => {}
+    }
+}
 
 fn spec() -> &'static Spec {
     SPEC.get_or_init(|| {
         let path = fixtures_dir().join("openapi-subset.json");
         let mut document = openapi::load(&path, "the fake Kubernetes");
-        let mut loaded: HashMap<&str, Value> = HashMap::new();
-        for (file, template, methods) in EXTRA_OPERATIONS {
+        let mut loaded: HashMap<&'static str, Value> = HashMap::new();
+        let add = |document: &mut Value, template: &str, item: Map<String, Value>| {
+            let entry = &mut document["paths"][template];
+            if !entry.is_object() {
+                *entry = json!({});
+            }
+            for (method, operation) in item {
+                // What openapi-subset.json has stays as it is.
+                if entry.get(&method).is_none() {
+                    entry[method] = operation;
+                }
+            }
+        };
+        for &(file, template, methods) in EXTRA_OPERATIONS {
             let whole = loaded.entry(file).or_insert_with(|| {
                 openapi::load(
                     &fixtures_dir().join("v1.35").join(file),
@@ -1884,7 +2586,14 @@ fn spec() -> &'static Spec {
                 .filter(|(k, _)| k.as_str() == "parameters" || methods.contains(&k.as_str()))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
-            document["paths"][template] = Value::Object(kept);
+            add(&mut document, template, kept);
+        }
+        let mut generated = Vec::new();
+        for &(kind, group, what, methods) in GENERATED_OPERATIONS {
+            generated.push(generate_operations(&mut loaded, kind, group, what, methods));
+        }
+        for (template, item) in generated {
+            add(&mut document, &template, item);
         }
         // Their schemas (the documents agree wherever they overlap).
         for whole in loaded.values() {
@@ -1896,6 +2605,19 @@ fn spec() -> &'static Spec {
                 if document["components"]["schemas"].get(name).is_none() {
                     document["components"]["schemas"][name] = schema.clone();
                 }
+            }
+        }
+        let openshift = openapi::load(
+            &fixtures_dir().join("openshift/openapi.json"),
+            "the fake Kubernetes",
+        );
+        for kind in KINDS.iter().filter(|k| k.schema.starts_with("com.github.openshift.")) {
+            for name in [kind.schema.to_string(), format!("{}List", kind.schema)] {
+                add_schema_closure(
+                    &mut document["components"]["schemas"],
+                    &openshift["definitions"],
+                    &name,
+                );
             }
         }
         Spec::compile(&document)
@@ -1918,11 +2640,23 @@ impl Spec {
         for (template, item) in document["paths"].as_object().expect("paths") {
             let shared_params = item["parameters"].as_array().cloned().unwrap_or_default();
             let parts: Vec<&str> = template.trim_start_matches('/').split('/').collect();
-            // /apis/{group}/{version}/namespaces/{namespace}/{plural}[/{name}[/{sub}]],
-            // /api/{version}/namespaces/{namespace}/{plural}[/{name}[/{sub}]]
-            let at = if parts.first() == Some(&"api") { 4 } else { 5 };
-            let plural = parts.get(at).copied().unwrap_or("").to_string();
-            let sub = parts.get(at + 2).map(|s| s.to_string());
+            // /api/v1/..., /apis/{group}/v1/...; then
+            // namespaces/{namespace}/{plural}[/{name}[/{sub}]] or
+            // {plural}[/{name}[/{sub}]] (cluster-scoped); `` (discovery).
+            let (group, rest) = if parts.first() == Some(&"api") {
+                (String::new(), &parts[2.min(parts.len())..])
+            } else {
+                (
+                    parts.get(1).copied().unwrap_or("").to_string(),
+                    &parts[3.min(parts.len())..],
+                )
+            };
+            let rest = match rest {
+                ["namespaces", "{namespace}", rest @ ..] if !rest.is_empty() => rest,
+                rest => rest,
+            };
+            let plural = rest.first().copied().unwrap_or("").to_string();
+            let sub = rest.get(2).map(|s| s.to_string());
             for (method, operation) in item.as_object().expect("path item") {
                 if !["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
                     continue;
@@ -1947,6 +2681,7 @@ impl Spec {
                     path: PathTemplate::parse(template, &[]),
                     query_params,
                     body_schema,
+                    group: group.clone(),
                     plural: plural.clone(),
                     sub: sub.clone(),
                 });
@@ -1959,11 +2694,22 @@ impl Spec {
         }
     }
 
+    /// The operation `method path` is (the most specific template that
+    /// fits; a group version's discovery document is described at
+    /// `/apis/{group}/{version}/` and asked for without the slash).
     fn find(&self, method: &str, path: &str) -> Option<(&Route, HashMap<String, String>)> {
+        let slashed = format!("{path}/");
         self.routes
             .iter()
             .filter(|route| route.method == method)
-            .find_map(|route| route.path.matches(path).map(|params| (route, params)))
+            .filter_map(|route| {
+                route
+                    .path
+                    .matches(path)
+                    .or_else(|| route.plural.is_empty().then(|| route.path.matches(&slashed)).flatten())
+                    .map(|params| (route, params))
+            })
+            .max_by_key(|(route, _)| route.path.literals())
     }
 
     /// The property names of schema `name`.
@@ -1972,6 +2718,30 @@ impl Spec {
             .as_object()
             .map(|p| p.keys().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// [`Spec::errors`] with unknown fields apart (see
+    /// [`openapi::unknown_fields_and_errors`]).
+    fn check(&self, name: &str, instance: &Value) -> (Vec<(String, String)>, Vec<String>) {
+        let validator = self.validator(name);
+        let mut instance = instance.clone();
+        strip_nulls(&mut instance);
+        openapi::unknown_fields_and_errors(validator, &instance)
+    }
+
+    fn validator(&self, name: &str) -> &jsonschema::Validator {
+        let cell = self
+            .schemas
+            .get(name)
+            .unwrap_or_else(|| panic!("no schema {name} in the fake's API description"));
+        cell.get_or_init(|| {
+            openapi::validator(
+                &self.components,
+                &json!({"$ref": format!("{REF_PREFIX}{name}")}),
+                true,
+                &format!("schema {name}"),
+            )
+        })
     }
 
     /// What is wrong with `instance` as a `name` (a component schema), one

@@ -140,6 +140,37 @@ pub fn errors(validator: &jsonschema::Validator, instance: &Value) -> Vec<String
         .collect()
 }
 
+/// Like [`errors`], with unknown fields (what `additionalProperties: false`
+/// rejects) apart, as (JSON pointer of the object, field name) pairs.
+pub fn unknown_fields_and_errors(
+    validator: &jsonschema::Validator,
+    instance: &Value,
+) -> (Vec<(String, String)>, Vec<String>) {
+    let mut unknown = Vec::new();
+    let mut other = Vec::new();
+    for error in validator.iter_errors(instance) {
+        if let jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } =
+            error.kind()
+        {
+            let at = error.instance_path().to_string();
+            unknown.extend(unexpected.iter().map(|field| (at.clone(), field.clone())));
+            continue;
+        }
+        let mut message = error.to_string();
+        if let Some((cut, _)) = message.char_indices().nth(300) {
+            message.truncate(cut);
+            message.push_str("...");
+        }
+        let at = error.instance_path().to_string();
+        other.push(if at.is_empty() {
+            message
+        } else {
+            format!("{message} (at {at})")
+        });
+    }
+    (unknown, other)
+}
+
 /// What a fake saw go against its API description (or a bug of its own), in
 /// order: a test fails on them unless it took them.
 #[derive(Default)]

@@ -1336,3 +1336,7 @@ async fn a_secret_in_a_jobs_events_or_error_is_caught() {
     assert!(check.is_err(), "the check panics on what it found");
     t.seen_status_comments();
 }
+
+/// The fake cluster with real tools (Ansible, processes).
+#[path = "selftest_cluster.rs"]
+mod cluster;

@@ -161,11 +161,20 @@ pub fn tick(shared: &Shared) {
     for key in jobs {
         control_job(spec, &mut state, &key);
     }
+    // The workload controllers' pods are theirs (see `workloads`).
     let pods: Vec<Key> = state
         .objects
-        .keys()
-        .filter(|k| k.kind == "Pod")
-        .cloned()
+        .iter()
+        .filter(|(k, pod)| {
+            k.kind == "Pod"
+                && !pod["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| {
+                        refs.iter()
+                            .any(|r| r["kind"] == "Deployment" || r["kind"] == "StatefulSet")
+                    })
+        })
+        .map(|(k, _)| k.clone())
         .collect();
     for key in pods {
         run_pod(spec, &mut state, &key);
@@ -727,10 +736,7 @@ pub fn pod_log(state: &KubeState, namespace: &str, name: &str, call: &super::Cal
     {
         log.truncate(n);
     }
-    Reply {
-        status: 200,
-        body: ReplyBody::Bytes(log),
-    }
+    Reply::text(200, ReplyBody::Bytes(log))
 }
 
 /// Standard base64 (Secret `data`), lenient.

@@ -1,0 +1,461 @@
+//! The fake cluster's own tests with real tools: Packit's Ansible playbooks
+//! (real `ansible-playbook`, kubernetes.core, the Python client) deploy to
+//! it and clean up through the `oc` stand-in, and Jobs run real processes.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::fake_kube::FakeKube;
+
+const PROJECT: &str = "myproject";
+const SANDBOX: &str = "packit-dev-sandbox";
+
+/// `tests/support/bin` (the `oc` stand-in).
+fn support_bin() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/bin")
+}
+
+fn packit_fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/packit-deployment")
+}
+
+/// The Python that has the `kubernetes` client (what Ansible's
+/// kubernetes.core needs): `./test` installs it.
+fn python_with_kubernetes() -> String {
+    let output = std::process::Command::new("python3")
+        .args(["-c", "import kubernetes, sys; print(sys.executable)"])
+        .output()
+        .expect("python3 runs (./test installs ansible and kubernetes)");
+    assert!(
+        output.status.success(),
+        "python3 cannot import kubernetes: run ./test, which installs ansible and kubernetes \
+         (python3 -m pip install ansible kubernetes):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// The fixture's symbolic links came out as files holding their targets
+/// (`roles/deploy/tasks/k8s.yml` holds `../../../tasks/k8s.yml`): made
+/// links again, as a git checkout of Packit's repository has them.
+pub fn restore_symlinks(dir: &Path) {
+    for entry in std::fs::read_dir(dir).expect("read the copy") {
+        let path = entry.expect("entry").path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            restore_symlinks(&path);
+            continue;
+        }
+        if !meta.is_file() || meta.len() > 200 {
+            continue;
+        }
+        let Ok(target) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        if target.is_empty() || target.contains('\n') || target.starts_with('/') {
+            continue;
+        }
+        let parent = path.parent().expect("a parent");
+        if parent.join(&target).exists() {
+            std::fs::remove_file(&path).expect("remove the placeholder");
+            std::os::unix::fs::symlink(&target, &path).expect("symlink");
+        }
+    }
+}
+
+fn run(command: &str, args: &[&str], dir: &Path) {
+    let status = std::process::Command::new(command)
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .unwrap_or_else(|e| panic!("{command} {args:?}: {e}"));
+    assert!(status.success(), "{command} {args:?}: {status}");
+}
+
+/// A copy of Packit's deployment repository, writable, with
+/// `vars/packit/dev.yml` for the fake (as playbooks/zuul-deploy.yml writes
+/// it) and `secrets/packit/dev/` as roles/generate_secrets leaves it.
+struct Packit {
+    _dir: tempfile::TempDir,
+    repo: PathBuf,
+    home: PathBuf,
+    tmp: PathBuf,
+    python: String,
+    token: String,
+}
+
+impl Packit {
+    fn new(fake: &FakeKube) -> Packit {
+        let python = python_with_kubernetes();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repo = dir.path().join("deployment");
+        run(
+            "cp",
+            &[
+                "-R",
+                &packit_fixture().display().to_string(),
+                &repo.display().to_string(),
+            ],
+            dir.path(),
+        );
+        run("chmod", &["-R", "u+w", "."], &repo);
+        restore_symlinks(&repo);
+        let token = fake.service_account_token(PROJECT, "deployer");
+        let vars = format!(
+            "project: {PROJECT}\nhost: {}\napi_key: {token}\nvalidate_certs: false\n\
+             check_up_to_date: false\npush_dev_images: false\nwith_flower: false\n\
+             with_dashboard: false\nwith_pushgateway: false\nwith_tokman: false\n\
+             with_fedmsg: false\n",
+            fake.url()
+        );
+        std::fs::write(repo.join("vars/packit/dev.yml"), vars).expect("write dev.yml");
+        let secrets = repo.join("secrets/packit/dev");
+        std::fs::create_dir_all(&secrets).expect("secrets dir");
+        let files = repo.join("roles/generate_secrets/files");
+        for entry in std::fs::read_dir(&files).expect("generate_secrets/files") {
+            let entry = entry.expect("entry");
+            std::fs::copy(entry.path(), secrets.join(entry.file_name())).expect("copy secret");
+        }
+        for (file, text) in [
+            ("private-key.pem", "-----BEGIN PRIVATE KEY-----\nfake\n-----END PRIVATE KEY-----\n"),
+            ("privkey.pem", "-----BEGIN PRIVATE KEY-----\nfake\n-----END PRIVATE KEY-----\n"),
+            ("fullchain.pem", "-----BEGIN CERTIFICATE-----\nfake\n-----END CERTIFICATE-----\n"),
+            ("fedora.keytab", ""),
+            ("id_ed25519", "-----BEGIN OPENSSH PRIVATE KEY-----\nfake\n-----END OPENSSH PRIVATE KEY-----\n"),
+            ("id_ed25519.pub", "ssh-ed25519 AAAAfake packit@fake\n"),
+        ] {
+            std::fs::write(secrets.join(file), text).expect("write secret");
+        }
+        let home = dir.path().join("home");
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&home).expect("home");
+        std::fs::create_dir_all(&tmp).expect("tmp");
+        Packit {
+            _dir: dir,
+            repo,
+            home,
+            tmp,
+            python,
+            token,
+        }
+    }
+
+    /// A command in the repository with the `oc` stand-in first on PATH and
+    /// HOME, TMPDIR (the DynamicClient's discovery cache) of this test.
+    fn command(&self, program: &str) -> tokio::process::Command {
+        let path = format!(
+            "{}:{}",
+            support_bin().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut command = tokio::process::Command::new(program);
+        command
+            .current_dir(&self.repo)
+            .env("PATH", path)
+            .env("HOME", &self.home)
+            .env("TMPDIR", &self.tmp)
+            .env_remove("KUBECONFIG")
+            .env("DEPLOYMENT", "dev")
+            .env("ANSIBLE_NOCOLOR", "1")
+            .env("ANSIBLE_FORCE_COLOR", "0")
+            .env("ANSIBLE_PYTHON_INTERPRETER", &self.python)
+            .env("ANSIBLE_LOCAL_TEMP", self.tmp.join("ansible-local"))
+            .env("ANSIBLE_REMOTE_TMP", self.tmp.join("ansible-remote"))
+            .kill_on_drop(true);
+        command
+    }
+
+    async fn oc(&self, args: &[&str]) -> Output {
+        self.command("oc")
+            .args(args)
+            .output()
+            .await
+            .expect("run the oc stand-in")
+    }
+
+    /// Runs `playbook` as `make deploy` would; `None` if it takes more than
+    /// `limit`.
+    async fn playbook(&self, playbook: &str, limit: Duration) -> (Option<Output>, Duration) {
+        let started = Instant::now();
+        let output = self
+            .command("ansible-playbook")
+            .args(["-vv", "-c", "local", "-i", "localhost,"])
+            .arg("-e")
+            .arg(format!("ansible_python_interpreter={}", self.python))
+            .arg(playbook)
+            .output();
+        let output = tokio::time::timeout(limit, output)
+            .await
+            .ok()
+            .map(|o| o.expect("run ansible-playbook (./test installs it)"));
+        (output, started.elapsed())
+    }
+}
+
+/// The PLAY RECAP of ansible's output, and whether it says `failed=0`
+/// (and nothing unreachable) for every host.
+fn recap(output: &Output) -> (String, bool) {
+    let text = String::from_utf8_lossy(&output.stdout);
+    let recap: String = text
+        .split("PLAY RECAP")
+        .nth(1)
+        .map(|r| format!("PLAY RECAP{r}"))
+        .unwrap_or_default();
+    let ok = !recap.is_empty()
+        && recap
+            .lines()
+            .filter(|l| l.contains(" : ok="))
+            .all(|l| l.contains("failed=0") && l.contains("unreachable=0"));
+    (recap, ok)
+}
+
+fn assert_playbook(output: &Output, what: &str) {
+    let (recap, ok) = recap(output);
+    if !ok || !output.status.success() {
+        println!("{what}: {recap}");
+    }
+    assert!(
+        ok && output.status.success(),
+        "{what} failed ({}):\n{recap}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn names(fake: &FakeKube, kind: &str, namespace: &str) -> Vec<String> {
+    let mut names: Vec<String> = fake
+        .objects(kind, namespace)
+        .iter()
+        .filter_map(|o| o["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
+fn assert_ok(output: &Output, what: &str) -> String {
+    assert!(
+        output.status.success(),
+        "{what}: {}\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A fake ready for Packit: its project, the workload controllers on, and
+/// the one unknown field Packit's packit-worker template has
+/// (`updateStrategy.type: RollingUpdate` under `spec`, which the API
+/// server drops with a warning).
+async fn packit_cluster() -> FakeKube {
+    let fake = FakeKube::start().await;
+    fake.create_namespace(PROJECT);
+    fake.run_workloads(Duration::from_millis(300));
+    fake.allow_unknown_field("StatefulSet", "spec.updateStrategy.type");
+    fake
+}
+
+async fn deploy(fake: &FakeKube, packit: &Packit) {
+    let login = packit
+        .oc(&["login", &fake.url(), &format!("--token={}", packit.token), "--insecure-skip-tls-verify"])
+        .await;
+    assert_ok(&login, "oc login");
+    let (output, took) = packit
+        .playbook("playbooks/deploy.yml", Duration::from_secs(90))
+        .await;
+    println!("playbooks/deploy.yml took {took:?}");
+    let Some(output) = output else {
+        panic!(
+            "playbooks/deploy.yml did not end in {took:?}; the fake holds Deployments {:#?}, \
+             StatefulSets {:#?}, violations {:#?}",
+            fake.objects("Deployment", PROJECT),
+            fake.objects("StatefulSet", PROJECT),
+            fake.violations()
+        );
+    };
+    assert_playbook(&output, "playbooks/deploy.yml");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packits_deploy_playbook_deploys_to_the_fake() {
+    let fake = packit_cluster().await;
+    let packit = Packit::new(&fake);
+    deploy(&fake, &packit).await;
+    print_request_kinds(&fake, 0);
+    // Again, as every redeployment does: now the objects are there and
+    // kubernetes.core patches them.
+    let first = fake.requests().len();
+    deploy(&fake, &packit).await;
+    print_request_kinds(&fake, first);
+
+    let secrets = names(&fake, "Secret", PROJECT);
+    for secret in [
+        "packit-ssh",
+        "packit-secrets",
+        "packit-config",
+        "sentry",
+        "postgres-secret",
+        "aws",
+        "splunk",
+        "centpkg-sig",
+        "github-app-private-key",
+    ] {
+        assert!(secrets.contains(&secret.to_string()), "{secret} in {secrets:?}");
+    }
+    assert_eq!(
+        names(&fake, "Deployment", PROJECT),
+        ["packit-service", "packit-service-beat", "postgres-13", "redict"]
+    );
+    assert_eq!(names(&fake, "StatefulSet", PROJECT), ["packit-worker"]);
+    let worker = fake
+        .get_object("Pod", PROJECT, "packit-worker-0")
+        .expect("pod packit-worker-0");
+    assert_eq!(worker["status"]["phase"], "Running");
+    for stream in ["packit-service", "packit-worker"] {
+        assert!(
+            names(&fake, "ImageStream", PROJECT).contains(&stream.to_string()),
+            "ImageStream {stream}"
+        );
+    }
+    assert_eq!(names(&fake, "Route", PROJECT), ["packit-service"]);
+    assert!(names(&fake, "Service", PROJECT).contains(&"packit-service".to_string()));
+    assert!(names(&fake, "PersistentVolumeClaim", PROJECT).contains(&"postgres-13".to_string()));
+    assert!(names(&fake, "ConfigMap", PROJECT).contains(&"postgres-config".to_string()));
+    // The sandbox: a Project (and so a Namespace) where the project's
+    // default service account may edit.
+    assert!(fake.get_object("Project", "", SANDBOX).is_some());
+    assert!(fake.get_object("Namespace", "", SANDBOX).is_some());
+    let binding = fake
+        .get_object("RoleBinding", SANDBOX, "edit")
+        .expect("RoleBinding edit in the sandbox");
+    assert_eq!(binding["roleRef"]["name"], "edit");
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "default", "namespace": PROJECT}])
+    );
+    // Applied client-side: the last-applied annotation is there.
+    let service = fake
+        .get_object("Deployment", PROJECT, "packit-service")
+        .expect("packit-service");
+    assert!(
+        service["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+            .is_string(),
+        "{service}"
+    );
+    assert!(
+        fake.warnings()
+            .iter()
+            .any(|w| w.contains("spec.updateStrategy.type")),
+        "{:?}",
+        fake.warnings()
+    );
+    // Every request was the deployer's.
+    let users: Vec<Option<String>> = fake.requests().into_iter().map(|r| r.user).collect();
+    assert!(
+        users
+            .iter()
+            .all(|u| u.as_deref() == Some("system:serviceaccount:myproject:deployer")),
+        "{users:?}"
+    );
+    fake.assert_no_violations();
+}
+
+/// What the clients sent, once per (method, content type, query names):
+/// shown with `--nocapture`.
+fn print_request_kinds(fake: &FakeKube, from: usize) {
+    let mut seen = std::collections::BTreeSet::new();
+    for r in fake.requests().into_iter().skip(from) {
+        let params: Vec<String> = r
+            .query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| p.split('=').next().unwrap_or("").to_string())
+            .collect();
+        let path = if r.method == "GET" { String::new() } else { r.path };
+        seen.insert(format!(
+            "{} {path} {} [{}]",
+            r.method,
+            r.content_type.unwrap_or_default(),
+            params.join(",")
+        ));
+    }
+    println!("requests seen:\n  {}", seen.into_iter().collect::<Vec<_>>().join("\n  "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packits_cleanup_deletes_what_oc_delete_all_deletes() {
+    let fake = packit_cluster().await;
+    let packit = Packit::new(&fake);
+    deploy(&fake, &packit).await;
+    let secrets_before = names(&fake, "Secret", PROJECT);
+
+    let started = Instant::now();
+    let output = packit
+        .command("make")
+        .arg("cleanup")
+        .arg(format!("ANSIBLE_PYTHON={}", packit.python))
+        .output()
+        .await
+        .expect("make cleanup");
+    println!("make cleanup took {:?}", started.elapsed());
+    assert_playbook(&output, "make cleanup");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for line in [
+        "deployment.apps \\\"packit-service\\\" deleted",
+        "statefulset.apps \\\"packit-worker\\\" deleted",
+        "service \\\"packit-service\\\" deleted",
+        "route.route.openshift.io \\\"packit-service\\\" deleted",
+        "imagestream.image.openshift.io \\\"packit-worker\\\" deleted",
+        "configmap \\\"postgres-config\\\" deleted",
+        "persistentvolumeclaim \\\"postgres-13\\\" deleted",
+    ] {
+        assert!(stdout.contains(line), "{line} in:\n{stdout}");
+    }
+    // `all` (pods, services, workloads, Jobs, builds, image streams,
+    // routes), ConfigMaps and PVCs are gone; Secrets and RoleBindings stay.
+    for kind in [
+        "Pod",
+        "Service",
+        "Deployment",
+        "StatefulSet",
+        "Job",
+        "BuildConfig",
+        "Build",
+        "ImageStream",
+        "Route",
+        "ConfigMap",
+        "PersistentVolumeClaim",
+    ] {
+        assert_eq!(names(&fake, kind, PROJECT), Vec::<String>::new(), "{kind}");
+    }
+    assert_eq!(names(&fake, "Secret", PROJECT), secrets_before);
+    assert!(fake.get_object("RoleBinding", SANDBOX, "edit").is_some());
+    fake.assert_no_violations();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oc_stand_in_refuses_what_it_does_not_know() {
+    let fake = packit_cluster().await;
+    let packit = Packit::new(&fake);
+    let output = packit.oc(&["get", "pods"]).await;
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unsupported command: get pods"), "{stderr}");
+    // A token the fake never issued does not log in.
+    let output = packit
+        .oc(&["login", &fake.url(), "--token=sha256~made-up"])
+        .await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("invalid or expired"),
+        "{output:?}"
+    );
+    let _ = Value::Null;
+    fake.assert_no_violations();
+}
