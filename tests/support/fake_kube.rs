@@ -951,10 +951,8 @@ struct KubeState {
     /// manager.
     applied: HashMap<(Key, String), Value>,
     kubelet: jobs::Kubelet,
-<<<<<<< HEAD
     /// Image references whose import fails (as if the registry lost them).
     missing_images: Vec<String>,
-=======
     workloads: workloads::Workloads,
     /// Service-account tokens the fake issued: token → (namespace, account).
     tokens: BTreeMap<String, (String, String)>,
@@ -963,7 +961,6 @@ struct KubeState {
     /// Unknown fields a test allows (kind, dotted path): dropped with a
     /// warning, as the API server does, but no violation.
     allowed_unknown: Vec<(String, String)>,
->>>>>>> d8557b9
 }
 
 impl KubeState {
