@@ -151,7 +151,7 @@ async fn a_request_moves_the_tags_and_waits_for_the_triggered_rollouts(db: Db) {
     for needle in [
         format!("ImageStream `packit-worker:dev` → quay.io/packit/packit-worker:{tag}"),
         format!(
-            "ImageStream `packit-worker:dev` imported {worker}; its trigger rolls StatefulSet `packit-worker`, Deployment `packit-service-beat`"
+            "ImageStream `packit-worker:dev` imported {worker}; its trigger rolls Deployment `packit-service-beat`, StatefulSet `packit-worker`"
         ),
         "Deployment `packit-service-beat` rolled out".to_string(),
         "StatefulSet `packit-worker` rolled out".to_string(),
