@@ -120,8 +120,8 @@ async fn ask(t: &TestApp, body: &str) -> Value {
 }
 
 fn image_of(kube: &FakeKube, kind: &str, name: &str) -> String {
-    kube.get_object(kind, NS, name).expect("workload")["spec"]["template"]["spec"]["containers"]
-        [0]["image"]
+    kube.get_object(kind, NS, name).expect("workload")["spec"]["template"]["spec"]["containers"][0]
+        ["image"]
         .as_str()
         .expect("image")
         .to_string()

@@ -64,7 +64,7 @@ mod jobs;
 mod workloads;
 
 pub use images::imported_reference;
-pub use jobs::{ContainerRun, Script};
+pub use jobs::{ContainerRun, Script, base64_decode};
 
 /// Where the Kubernetes fixtures are: `../shared/fixtures/kubernetes`.
 pub fn fixtures_dir() -> PathBuf {
@@ -143,10 +143,23 @@ const KINDS: &[Kind] = &[
     kind("Pod", "", "pods", "io.k8s.api.core.v1.Pod", true)
         .short(&["po"])
         .in_all(),
-    kind("Service", "", "services", "io.k8s.api.core.v1.Service", true)
-        .short(&["svc"])
-        .in_all(),
-    kind("ConfigMap", "", "configmaps", "io.k8s.api.core.v1.ConfigMap", false).short(&["cm"]),
+    kind(
+        "Service",
+        "",
+        "services",
+        "io.k8s.api.core.v1.Service",
+        true,
+    )
+    .short(&["svc"])
+    .in_all(),
+    kind(
+        "ConfigMap",
+        "",
+        "configmaps",
+        "io.k8s.api.core.v1.ConfigMap",
+        false,
+    )
+    .short(&["cm"]),
     kind("Secret", "", "secrets", "io.k8s.api.core.v1.Secret", false),
     kind(
         "PersistentVolumeClaim",
@@ -156,9 +169,15 @@ const KINDS: &[Kind] = &[
         true,
     )
     .short(&["pvc"]),
-    kind("Namespace", "", "namespaces", "io.k8s.api.core.v1.Namespace", true)
-        .short(&["ns"])
-        .cluster_scoped(),
+    kind(
+        "Namespace",
+        "",
+        "namespaces",
+        "io.k8s.api.core.v1.Namespace",
+        true,
+    )
+    .short(&["ns"])
+    .cluster_scoped(),
     kind(
         "Deployment",
         "apps",
@@ -245,7 +264,9 @@ impl Kind {
     }
 
     fn by_resource(group: &str, plural: &str) -> Option<&'static Kind> {
-        KINDS.iter().find(|k| k.group == group && k.plural == plural)
+        KINDS
+            .iter()
+            .find(|k| k.group == group && k.plural == plural)
     }
 
     fn api_version(&self) -> String {
@@ -520,7 +541,14 @@ impl FakeKube {
             "kind": "Project",
             "metadata": {"name": name, "annotations": {"openshift.io/requester": "kube:admin"}},
         });
-        let _ = create(spec, &mut state, Kind::named("Project"), "", project, "create_namespace");
+        let _ = create(
+            spec,
+            &mut state,
+            Kind::named("Project"),
+            "",
+            project,
+            "create_namespace",
+        );
     }
 
     /// Plays the cluster's controllers in the background until the fake is
@@ -1159,9 +1187,9 @@ async fn handle(AxumState(shared): AxumState<Arc<Shared>>, request: Request) -> 
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim);
     let mut state = shared.lock();
-    let user = bearer.and_then(|t| state.tokens.get(t)).map(|(ns, name)| {
-        format!("system:serviceaccount:{ns}:{name}")
-    });
+    let user = bearer
+        .and_then(|t| state.tokens.get(t))
+        .map(|(ns, name)| format!("system:serviceaccount:{ns}:{name}"));
     let call = Call {
         method: &request.method,
         path: &request.path,
@@ -1252,8 +1280,13 @@ fn serve(spec: &Spec, state: &mut KubeState, call: &Call<'_>) -> Reply {
     }
     if route.plural.is_empty() {
         let document = discovery::resources(spec, &route.group);
-        for error in spec.errors("io.k8s.apimachinery.pkg.apis.meta.v1.APIResourceList", &document) {
-            state.violation(format!("{operation}: the fake's discovery document is invalid: {error}"));
+        for error in spec.errors(
+            "io.k8s.apimachinery.pkg.apis.meta.v1.APIResourceList",
+            &document,
+        ) {
+            state.violation(format!(
+                "{operation}: the fake's discovery document is invalid: {error}"
+            ));
         }
         return Reply::json(200, document);
     }
@@ -1287,8 +1320,16 @@ fn serve(spec: &Spec, state: &mut KubeState, call: &Call<'_>) -> Reply {
     }
     let mut warnings = Vec::new();
     if let (Some(value), Some(schema)) = (&mut body, &route.body_schema) {
-        if let Err(reply) = check_body(spec, state, kind, schema, value, call, &operation, &mut warnings)
-        {
+        if let Err(reply) = check_body(
+            spec,
+            state,
+            kind,
+            schema,
+            value,
+            call,
+            &operation,
+            &mut warnings,
+        ) {
             return reply;
         }
     }
@@ -1573,7 +1614,10 @@ fn after_create(spec: &Spec, state: &mut KubeState, kind: &Kind, object: &Value)
         "Namespace" => Kind::named("Project"),
         _ => return,
     };
-    let name = object["metadata"]["name"].as_str().unwrap_or("").to_string();
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     let key = Key::new(twin.kind, "", &name);
     if state.objects.contains_key(&key) {
         return;
@@ -2383,7 +2427,12 @@ pub const GENERATED_OPERATIONS: &[(&str, &str, &str, &[&str])] = &[
         &["get", "put", "patch", "delete"],
     ),
     ("", "route.openshift.io", "discovery", &["get"]),
-    ("Route", "route.openshift.io", "collection", &["get", "post"]),
+    (
+        "Route",
+        "route.openshift.io",
+        "collection",
+        &["get", "post"],
+    ),
     (
         "Route",
         "route.openshift.io",
@@ -2466,12 +2515,17 @@ fn generate_operations(
             ("io.k8s.api.core.v1.Namespace", "Namespace", "namespaces")
         };
         text = text
-            .replace(&format!("{from_schema}List\""), &format!("{}List\"", kind.schema))
+            .replace(
+                &format!("{from_schema}List\""),
+                &format!("{}List\"", kind.schema),
+            )
             .replace(&format!("{from_schema}\""), &format!("{}\"", kind.schema))
             .replace(from_kind, kind.kind)
             .replace(from_plural, kind.plural);
         path = match (what, namespaced) {
-            ("collection", true) => format!("/apis/{group}/v1/namespaces/{{namespace}}/{}", kind.plural),
+            ("collection", true) => {
+                format!("/apis/{group}/v1/namespaces/{{namespace}}/{}", kind.plural)
+            }
             ("item", true) => format!(
                 "/apis/{group}/v1/namespaces/{{namespace}}/{}/{{name}}",
                 kind.plural
@@ -2608,7 +2662,10 @@ fn spec() -> &'static Spec {
             &fixtures_dir().join("openshift/openapi.json"),
             "the fake Kubernetes",
         );
-        for kind in KINDS.iter().filter(|k| k.schema.starts_with("com.github.openshift.")) {
+        for kind in KINDS
+            .iter()
+            .filter(|k| k.schema.starts_with("com.github.openshift."))
+        {
             for name in [kind.schema.to_string(), format!("{}List", kind.schema)] {
                 add_schema_closure(
                     &mut document["components"]["schemas"],
@@ -2703,7 +2760,13 @@ impl Spec {
                 route
                     .path
                     .matches(path)
-                    .or_else(|| route.plural.is_empty().then(|| route.path.matches(&slashed)).flatten())
+                    .or_else(|| {
+                        route
+                            .plural
+                            .is_empty()
+                            .then(|| route.path.matches(&slashed))
+                            .flatten()
+                    })
                     .map(|params| (route, params))
             })
             .max_by_key(|(route, _)| route.path.literals())
