@@ -60,6 +60,7 @@ use super::openapi::{self, PathTemplate, Violations};
 
 mod discovery;
 mod jobs;
+mod process;
 mod workloads;
 
 pub use jobs::{ContainerRun, Script};
@@ -346,6 +347,10 @@ impl FakeKube {
             .fallback(handle)
             .with_state(shared.clone());
         let server = http::Server::start("fake Kubernetes", app).await;
+        shared.lock().kubelet.api_address = server
+            .url()
+            .trim_start_matches("http://")
+            .to_string();
         // The Job controller and the kubelet always run: a Job nobody runs
         // is no cluster.
         let ticking = shared.clone();
@@ -369,6 +374,16 @@ impl FakeKube {
     /// happens without one).
     pub fn script(&self, script: impl Fn(&ContainerRun) -> Option<Script> + Send + Sync + 'static) {
         self.state().kubelet.scripts.push(Arc::new(script));
+    }
+
+    /// Containers for which `image_path` answers `Some(PATH)` run as real
+    /// processes ([`Script::process`]) with that "image PATH": a shorthand
+    /// for a [`FakeKube::script`] (the first script that answers decides).
+    pub fn run_processes(
+        &self,
+        image_path: impl Fn(&ContainerRun) -> Option<String> + Send + Sync + 'static,
+    ) {
+        self.script(move |run| image_path(run).map(Script::process));
     }
 
     /// Every container started so far, in order, as it was started.
@@ -884,6 +899,8 @@ impl FakeKube {
 impl Drop for FakeKube {
     fn drop(&mut self) {
         self.server.stop();
+        // Their processes are killed.
+        self.state().kubelet.processes.clear();
         for task in self
             .controllers
             .get_mut()
