@@ -61,6 +61,7 @@ use super::openapi::{self, PathTemplate, Violations};
 mod discovery;
 mod images;
 mod jobs;
+mod process;
 mod workloads;
 
 pub use images::imported_reference;
@@ -369,6 +370,10 @@ impl FakeKube {
             .fallback(handle)
             .with_state(shared.clone());
         let server = http::Server::start("fake Kubernetes", app).await;
+        shared.lock().kubelet.api_address = server
+            .url()
+            .trim_start_matches("http://")
+            .to_string();
         // The Job controller and the kubelet always run: a Job nobody runs
         // is no cluster.
         let ticking = shared.clone();
@@ -398,6 +403,16 @@ impl FakeKube {
     /// Imports of `reference` fail from now on (the registry does not have it).
     pub fn missing_image(&self, reference: &str) {
         self.state().missing_images.push(reference.to_string());
+    }
+
+    /// Containers for which `image_path` answers `Some(PATH)` run as real
+    /// processes ([`Script::process`]) with that "image PATH": a shorthand
+    /// for a [`FakeKube::script`] (the first script that answers decides).
+    pub fn run_processes(
+        &self,
+        image_path: impl Fn(&ContainerRun) -> Option<String> + Send + Sync + 'static,
+    ) {
+        self.script(move |run| image_path(run).map(Script::process));
     }
 
     /// Every container started so far, in order, as it was started.
@@ -920,6 +935,8 @@ impl FakeKube {
 impl Drop for FakeKube {
     fn drop(&mut self) {
         self.server.stop();
+        // Their processes are killed.
+        self.state().kubelet.processes.clear();
         for task in self
             .controllers
             .get_mut()

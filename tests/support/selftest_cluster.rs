@@ -491,3 +491,223 @@ async fn the_oc_stand_in_refuses_what_it_does_not_know() {
     let _ = Value::Null;
     fake.assert_no_violations();
 }
+
+// ===========================================================================
+// Real processes
+// ===========================================================================
+
+const NS: &str = "deploybot-runs";
+const TOOLS: &str = "registry.example/tools:1";
+const IMAGE_PATH: &str = "/usr/bin:/bin";
+
+fn kube_client(fake: &FakeKube) -> kube::Client {
+    let url = fake.url().parse().expect("URL");
+    kube::Client::try_from(kube::Config::new(url)).expect("client")
+}
+
+async fn create_job(fake: &FakeKube, job: Value) {
+    let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> =
+        kube::Api::namespaced(kube_client(fake), NS);
+    let job = serde_json::from_value(job).expect("a Job");
+    jobs.create(&kube::api::PostParams::default(), &job)
+        .await
+        .expect("create the Job");
+}
+
+/// Waits (up to 30 s) until `done` holds for the fake.
+async fn wait_for(fake: &FakeKube, what: &str, done: impl Fn(&FakeKube) -> bool) {
+    let started = Instant::now();
+    while !done(fake) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what}: still not after 30 s; pods: {:#?}",
+            fake.objects("Pod", NS)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn job_pod(fake: &FakeKube, job: &str) -> Option<Value> {
+    fake.objects("Pod", NS)
+        .into_iter()
+        .find(|p| p["metadata"]["labels"]["job-name"] == job)
+}
+
+fn pod_name(pod: &Value) -> String {
+    pod["metadata"]["name"].as_str().unwrap_or("").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_containers_run_as_real_processes() {
+    let fake = FakeKube::start().await;
+    fake.run_processes(|run| (run.image == TOOLS).then(|| IMAGE_PATH.to_string()));
+    fake.put_object(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "creds", "namespace": NS},
+        "data": {"password": "aHVudGVyMg=="},
+    }));
+    let main_script = "cat handoff; cat /etc/creds/password; echo; cat only-password; echo; \
+        cat /var/run/secrets/kubernetes.io/serviceaccount/namespace; echo; \
+        cat /var/run/secrets/kubernetes.io/serviceaccount/token; echo; \
+        touch /etc/creds/x 2>/dev/null || echo creds-read-only; \
+        mkdir -p /opt/made-in-the-container && echo layer-writable; \
+        echo on-stderr >&2; env; exit 3";
+    create_job(
+        &fake,
+        json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "proc", "namespace": NS},
+            "spec": {"backoffLimit": 0, "template": {"spec": {
+                "restartPolicy": "Never",
+                "serviceAccountName": "deployer",
+                "automountServiceAccountToken": true,
+                "volumes": [
+                    {"name": "work", "emptyDir": {}},
+                    {"name": "creds", "secret": {"secretName": "creds"}},
+                ],
+                "initContainers": [{
+                    "name": "prepare", "image": TOOLS,
+                    "command": ["sh", "-c", "echo from-init > /data/handoff && echo init done"],
+                    "volumeMounts": [{"name": "work", "mountPath": "/data"}],
+                }],
+                "containers": [{
+                    "name": "main", "image": TOOLS,
+                    "command": ["sh", "-c", main_script],
+                    "workingDir": "/data",
+                    "env": [{"name": "GREETING", "value": "hello"}],
+                    "envFrom": [{"secretRef": {"name": "creds"}}],
+                    "volumeMounts": [
+                        {"name": "work", "mountPath": "/data"},
+                        {"name": "creds", "mountPath": "/etc/creds", "readOnly": true},
+                        {"name": "creds", "mountPath": "/data/only-password", "subPath": "password",
+                         "readOnly": true},
+                    ],
+                }],
+            }}},
+        }),
+    )
+    .await;
+    wait_for(&fake, "the Job fails", |fake| {
+        fake.get_object("Job", NS, "proc")
+            .is_some_and(|j| j["status"]["failed"] == 1)
+    })
+    .await;
+    let pod = job_pod(&fake, "proc").expect("the Job's pod");
+    let name = pod_name(&pod);
+    assert_eq!(
+        String::from_utf8_lossy(&fake.pod_log(NS, &name, "prepare")),
+        "init done\n"
+    );
+    let log = String::from_utf8_lossy(&fake.pod_log(NS, &name, "main")).into_owned();
+    let token = fake.service_account_token(NS, "deployer");
+    let expected_start = format!(
+        "from-init\nhunter2\nhunter2\n{NS}\n{token}\ncreds-read-only\nlayer-writable\non-stderr\n"
+    );
+    assert!(log.starts_with(&expected_start), "{log}");
+    assert_eq!(
+        fake.token_user(&token).as_deref(),
+        Some("system:serviceaccount:deploybot-runs:deployer")
+    );
+    // Exactly the pod's environment (and what a kubelet and sh add).
+    let env: Vec<&str> = log[expected_start.len()..].lines().collect();
+    let mut names: Vec<&str> = env
+        .iter()
+        .filter_map(|l| l.split_once('=').map(|(n, _)| n))
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "GREETING",
+            "HOME",
+            "HOSTNAME",
+            "KUBERNETES_SERVICE_HOST",
+            "KUBERNETES_SERVICE_PORT",
+            "PATH",
+            "PWD",
+            "password"
+        ],
+        "{env:#?}"
+    );
+    for line in [
+        "GREETING=hello",
+        "password=hunter2",
+        "HOME=/root",
+        "PWD=/data",
+        &format!("PATH={IMAGE_PATH}"),
+        &format!("HOSTNAME={name}"),
+    ] {
+        assert!(env.contains(&line), "{line} in {env:#?}");
+    }
+    let statuses = |field: &str| pod_statuses(&fake, &name, field);
+    assert_eq!(statuses("initContainerStatuses"), [("prepare".to_string(), 0)]);
+    assert_eq!(statuses("containerStatuses"), [("main".to_string(), 3)]);
+    // Nothing leaked onto the host.
+    for path in ["/etc/creds", "/data", "/opt/made-in-the-container"] {
+        assert!(!Path::new(path).exists(), "{path} leaked onto the host");
+    }
+    fake.assert_no_violations();
+}
+
+/// (container, exit code) of the terminated containers in `field`.
+fn pod_statuses(fake: &FakeKube, pod: &str, field: &str) -> Vec<(String, i64)> {
+    let pod = fake.get_object("Pod", NS, pod).expect("the pod");
+    pod["status"][field]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            Some((
+                s["name"].as_str()?.to_string(),
+                s["state"]["terminated"]["exitCode"].as_i64()?,
+            ))
+        })
+        .collect()
+}
+
+/// Whether a process with `word` in its command line runs.
+fn process_runs(word: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|cmdline| String::from_utf8_lossy(&cmdline).contains(word))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_log_streams_and_deleting_the_job_kills_it() {
+    let fake = FakeKube::start().await;
+    fake.run_processes(|run| (run.image == TOOLS).then(|| IMAGE_PATH.to_string()));
+    create_job(
+        &fake,
+        json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "slow", "namespace": NS},
+            "spec": {"backoffLimit": 0, "template": {"spec": {
+                "restartPolicy": "Never",
+                "automountServiceAccountToken": false,
+                "containers": [{
+                    "name": "main", "image": TOOLS,
+                    "command": ["sh", "-c", "echo started; exec sleep 31.4159"],
+                }],
+            }}},
+        }),
+    )
+    .await;
+    wait_for(&fake, "the log shows the first line", |fake| {
+        job_pod(fake, "slow")
+            .is_some_and(|p| fake.pod_log(NS, &pod_name(&p), "main") == b"started\n")
+    })
+    .await;
+    let pod = job_pod(&fake, "slow").expect("the pod");
+    assert_eq!(pod["status"]["phase"], "Running");
+    assert!(process_runs("31.4159"));
+    let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> =
+        kube::Api::namespaced(kube_client(&fake), NS);
+    jobs.delete("slow", &kube::api::DeleteParams::background())
+        .await
+        .expect("delete the Job");
+    wait_for(&fake, "the process is killed", |_| !process_runs("31.4159")).await;
+    assert!(job_pod(&fake, "slow").is_none());
+    fake.assert_no_violations();
+}

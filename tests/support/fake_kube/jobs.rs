@@ -36,8 +36,9 @@ pub struct ContainerRun {
     /// `command` then `args`.
     pub argv: Vec<String>,
     pub working_dir: String,
-    /// The environment the container gets: `env` in order, then the keys
-    /// of each `envFrom` Secret.
+    /// The environment the container gets: the keys of each `envFrom`
+    /// Secret or ConfigMap, then `env` in order (`valueFrom` resolved),
+    /// a later one replacing an earlier one of the same name.
     pub env: Vec<(String, String)>,
     /// Mounted files (ConfigMap and Secret keys), by absolute path.
     pub files: BTreeMap<String, Vec<u8>>,
@@ -68,6 +69,9 @@ pub struct Script {
     pub exit_code: i32,
     pub runs_for: Duration,
     pub forever: bool,
+    /// Runs the container as a real process instead, with this "image
+    /// PATH" (see [`super::process`]); the other fields do not count.
+    pub process: Option<String>,
 }
 
 impl Script {
@@ -93,6 +97,16 @@ impl Script {
         self.forever = true;
         self
     }
+
+    /// The container runs as a real process (its argv, environment and
+    /// mounts as the pod says; see [`super::process`]), its image's `PATH`
+    /// being `image_path` (`/usr/bin:/bin`).
+    pub fn process(image_path: impl Into<String>) -> Script {
+        Script {
+            process: Some(image_path.into()),
+            ..Script::default()
+        }
+    }
 }
 
 pub type ScriptFn = Arc<dyn Fn(&ContainerRun) -> Option<Script> + Send + Sync>;
@@ -112,6 +126,13 @@ pub struct Kubelet {
     /// Every container started, in order.
     pub runs: Vec<ContainerRun>,
     pods: u64,
+    /// The real processes of running containers, by pod (dropped before
+    /// `root`: a dropped process is killed).
+    pub processes: HashMap<Key, super::process::Process>,
+    /// Where pods' volumes live, made on first need.
+    root: Option<tempfile::TempDir>,
+    /// The fake's `host:port`, for `KUBERNETES_SERVICE_HOST`/`PORT`.
+    pub api_address: String,
 }
 
 /// The API server's defaults for a new Job (after `initialise`).
@@ -327,6 +348,8 @@ fn control_job(spec: &Spec, state: &mut KubeState, key: &Key) {
 pub fn remove_pod(state: &mut KubeState, key: &Key) {
     state.objects.remove(key);
     state.kubelet.running.remove(key);
+    // Killed with its pod.
+    state.kubelet.processes.remove(key);
     state
         .kubelet
         .logs
@@ -387,7 +410,7 @@ fn order(pod: &Value) -> Vec<(String, bool, Value)> {
     out
 }
 
-fn secret_data(state: &KubeState, ns: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+pub fn secret_data(state: &KubeState, ns: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
     let secret = state.objects.get(&Key::new("Secret", ns, name))?;
     let mut data = BTreeMap::new();
     for (k, v) in secret["data"].as_object().into_iter().flatten() {
@@ -400,7 +423,7 @@ fn secret_data(state: &KubeState, ns: &str, name: &str) -> Option<BTreeMap<Strin
     Some(data)
 }
 
-fn config_map_data(state: &KubeState, ns: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+pub fn config_map_data(state: &KubeState, ns: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
     let map = state.objects.get(&Key::new("ConfigMap", ns, name))?;
     Some(
         map["data"]
@@ -451,19 +474,69 @@ fn resolve(
     };
     let mut argv = strings(&container["command"]);
     argv.extend(strings(&container["args"]));
-    let mut env = Vec::new();
+    let mut env: Vec<(String, String)> = Vec::new();
+    // `envFrom` first: `env` overrides it, as in the kubelet.
+    for from in container["envFrom"].as_array().into_iter().flatten() {
+        let prefix = from["prefix"].as_str().unwrap_or("");
+        let (data, what, optional) = if let Some(secret) = from["secretRef"]["name"].as_str() {
+            (
+                secret_data(state, ns, secret),
+                format!("secret \"{secret}\""),
+                &from["secretRef"]["optional"],
+            )
+        } else if let Some(map) = from["configMapRef"]["name"].as_str() {
+            (
+                config_map_data(state, ns, map),
+                format!("configmap \"{map}\""),
+                &from["configMapRef"]["optional"],
+            )
+        } else {
+            continue;
+        };
+        let Some(data) = data else {
+            if optional.as_bool() == Some(true) {
+                continue;
+            }
+            return Err(format!("{what} not found"));
+        };
+        for (k, v) in data {
+            let k = format!("{prefix}{k}");
+            env.retain(|(n, _)| *n != k);
+            env.push((k, String::from_utf8_lossy(&v).into_owned()));
+        }
+    }
     for e in container["env"].as_array().into_iter().flatten() {
         let name = e["name"].as_str().unwrap_or("").to_string();
-        env.push((name, e["value"].as_str().unwrap_or("").to_string()));
-    }
-    for from in container["envFrom"].as_array().into_iter().flatten() {
-        if let Some(secret) = from["secretRef"]["name"].as_str() {
-            let data = secret_data(state, ns, secret)
-                .ok_or_else(|| format!("secret \"{secret}\" not found"))?;
-            for (k, v) in data {
-                env.push((k, String::from_utf8_lossy(&v).into_owned()));
+        let from = &e["valueFrom"];
+        let value = if let Some(r) = from.get("secretKeyRef").or(from.get("configMapKeyRef")) {
+            let secret = from.get("secretKeyRef").is_some();
+            let source = r["name"].as_str().unwrap_or("");
+            let data = if secret {
+                secret_data(state, ns, source)
+            } else {
+                config_map_data(state, ns, source)
+            };
+            let what = if secret { "secret" } else { "configmap" };
+            let key = r["key"].as_str().unwrap_or("");
+            match data.as_ref().map(|d| d.get(key)) {
+                Some(Some(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+                _ if r["optional"].as_bool() == Some(true) => continue,
+                None => return Err(format!("{what} \"{source}\" not found")),
+                Some(None) => {
+                    return Err(format!("couldn't find key {key} in {what} {ns}/{source}"));
+                }
             }
-        }
+        } else if let Some(path) = from["fieldRef"]["fieldPath"].as_str() {
+            match path {
+                "metadata.name" => pod_name.to_string(),
+                "metadata.namespace" => ns.to_string(),
+                _ => String::new(),
+            }
+        } else {
+            e["value"].as_str().unwrap_or("").to_string()
+        };
+        env.retain(|(n, _)| *n != name);
+        env.push((name, value));
     }
     let mut files = BTreeMap::new();
     for m in container["volumeMounts"].as_array().into_iter().flatten() {
@@ -582,12 +655,24 @@ fn run_pod(spec: &Spec, state: &mut KubeState, key: &Key) {
                     ));
                 }
                 Ok(run) => {
-                    let script = state
+                    let mut script = state
                         .kubelet
                         .scripts
                         .iter()
                         .find_map(|f| f(&run))
                         .unwrap_or_else(|| default_script(&run));
+                    if let Some(image_path) = script.process.clone() {
+                        match start_process(state, key, &pod, container, &run, &image_path) {
+                            Ok(process) => {
+                                state.kubelet.processes.insert(key.clone(), process);
+                            }
+                            Err(message) => {
+                                // As a runtime that cannot start it: exit 128.
+                                script = Script::exit(128)
+                                    .prints(format!("fake kubelet: {message}\n"));
+                            }
+                        }
+                    }
                     state
                         .kubelet
                         .logs
@@ -620,12 +705,38 @@ fn run_pod(spec: &Spec, state: &mut KubeState, key: &Key) {
             .get(key)
             .cloned()
             .unwrap_or((Instant::now(), Script::default()));
-        if script.forever || since.elapsed() < script.runs_for.max(Duration::from_millis(1)) {
+        let mut code = script.exit_code;
+        if let Some(process) = state.kubelet.processes.get_mut(key) {
+            let new = process.take_output();
+            let ended = process.exit_code();
+            let log_key = (key.namespace.clone(), key.name.clone(), name.clone());
+            state
+                .kubelet
+                .logs
+                .entry(log_key.clone())
+                .or_default()
+                .extend_from_slice(&new);
+            let Some(exit) = ended else {
+                statuses.push(running.clone());
+                continue;
+            };
+            if let Some(mut process) = state.kubelet.processes.remove(key) {
+                let rest = process.take_output();
+                state
+                    .kubelet
+                    .logs
+                    .entry(log_key)
+                    .or_default()
+                    .extend_from_slice(&rest);
+            }
+            code = exit;
+        } else if script.forever
+            || since.elapsed() < script.runs_for.max(Duration::from_millis(1))
+        {
             statuses.push(running.clone());
             continue;
         }
         let mut done = running.clone();
-        let code = script.exit_code;
         done["ready"] = json!(false);
         done["started"] = json!(false);
         done["state"] = json!({"terminated": {
@@ -668,6 +779,43 @@ fn run_pod(spec: &Spec, state: &mut KubeState, key: &Key) {
     if status != pod["status"] {
         state.modify(spec, key.clone(), |pod| pod["status"] = status);
     }
+}
+
+/// Starts a container's real process (see [`super::process`]).
+fn start_process(
+    state: &mut KubeState,
+    key: &Key,
+    pod: &Value,
+    container: &Value,
+    run: &ContainerRun,
+    image_path: &str,
+) -> Result<super::process::Process, String> {
+    if state.kubelet.root.is_none() {
+        let dir = tempfile::Builder::new()
+            .prefix("fake-kubelet-")
+            .tempdir()
+            .map_err(|e| format!("cannot make the kubelet's folder: {e}"))?;
+        state.kubelet.root = Some(dir);
+    }
+    let root = state
+        .kubelet
+        .root
+        .as_ref()
+        .map(|d| d.path().to_path_buf())
+        .unwrap_or_default();
+    let api_address = state.kubelet.api_address.clone();
+    super::process::start(
+        state,
+        &super::process::Start {
+            root: &root,
+            key,
+            pod,
+            container,
+            run,
+            image_path,
+            api_address: &api_address,
+        },
+    )
 }
 
 /// `GET pods/{name}/log`: one container's log, as bytes (honours
