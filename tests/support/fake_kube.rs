@@ -370,10 +370,7 @@ impl FakeKube {
             .fallback(handle)
             .with_state(shared.clone());
         let server = http::Server::start("fake Kubernetes", app).await;
-        shared.lock().kubelet.api_address = server
-            .url()
-            .trim_start_matches("http://")
-            .to_string();
+        shared.lock().kubelet.api_address = server.url().trim_start_matches("http://").to_string();
         // The Job controller and the kubelet always run: a Job nobody runs
         // is no cluster.
         let ticking = shared.clone();

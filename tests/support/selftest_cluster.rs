@@ -640,7 +640,10 @@ async fn a_jobs_containers_run_as_real_processes() {
         assert!(env.contains(&line), "{line} in {env:#?}");
     }
     let statuses = |field: &str| pod_statuses(&fake, &name, field);
-    assert_eq!(statuses("initContainerStatuses"), [("prepare".to_string(), 0)]);
+    assert_eq!(
+        statuses("initContainerStatuses"),
+        [("prepare".to_string(), 0)]
+    );
     assert_eq!(statuses("containerStatuses"), [("main".to_string(), 3)]);
     // Nothing leaked onto the host.
     for path in ["/etc/creds", "/data", "/opt/made-in-the-container"] {

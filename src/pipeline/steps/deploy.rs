@@ -211,10 +211,20 @@ impl Pipeline {
                 WorkloadType::StatefulSet => WorkloadKind::StatefulSet,
                 WorkloadType::ImageStream => {
                     let tag = w.tag.as_deref().unwrap_or("latest");
-                    cluster
+                    let set = cluster
                         .set_imagestream_tag(&ns, &w.name, tag, reference, &annotations)
-                        .await
-                        .map_err(api)?;
+                        .await;
+                    // Resetting what is not there (a component deployed on
+                    // request only) leaves nothing to reset.
+                    if !wait && set.as_ref().is_err_and(ClusterError::is_not_found) {
+                        let text = format!(
+                            "ImageStream `{}` is not in `{ns}`: nothing to reset",
+                            w.name
+                        );
+                        self.event(job.id, step, &text).await?;
+                        continue;
+                    }
+                    set.map_err(api)?;
                     self.event(
                         job.id,
                         step,
@@ -225,10 +235,15 @@ impl Pipeline {
                     continue;
                 }
             };
-            cluster
+            let set = cluster
                 .set_workload_image(&ns, kind, &w.name, &w.image, reference, &annotations)
-                .await
-                .map_err(api)?;
+                .await;
+            if !wait && set.as_ref().is_err_and(ClusterError::is_not_found) {
+                let text = format!("{kind} `{}` is not in `{ns}`: nothing to reset", w.name);
+                self.event(job.id, step, &text).await?;
+                continue;
+            }
+            set.map_err(api)?;
             self.event(job.id, step, &format!("{kind} `{}` → {reference}", w.name))
                 .await?;
             rollouts.push((kind, w.name.clone()));
