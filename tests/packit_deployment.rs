@@ -176,14 +176,10 @@ async fn comment(w: &World, repo: &str, number: u64, body: &str) -> Value {
     w.t.last_job().await
 }
 
-/// The recorded output of `step` (its `│ ` lines).
+/// The recorded output of `step` (its `│ ` lines), as text.
 fn output(job: &Value, step: &str) -> String {
-    job["events"]
-        .as_array()
-        .expect("events")
+    output_lines(job, step)
         .iter()
-        .filter(|e| e["step"] == step)
-        .filter_map(|e| e["message"].as_str()?.strip_prefix("│ "))
         .map(|l| format!("{l}\n"))
         .collect()
 }

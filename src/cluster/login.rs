@@ -63,29 +63,8 @@ impl RunLogin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::{RunSecret, RunSpec};
+    use crate::cluster::run::tests::spec;
     use serde_json::json;
-
-    fn spec() -> RunSpec {
-        RunSpec {
-            name: "deploybot-7-deploy-abcdef".into(),
-            job_id: 7,
-            container: "deploy".into(),
-            image: "quay.io/packit/deployer".into(),
-            git_image: "quay.io/packit/git".into(),
-            service_account: Some("runner".into()),
-            cpu: None,
-            memory: None,
-            deadline_secs: 600,
-            checkout: None,
-            command: vec!["make".into(), "deploy".into()],
-            env: vec![],
-            env_secrets: vec![],
-            secrets: Vec::<RunSecret>::new(),
-            vars: None,
-            login: None,
-        }
-    }
 
     #[test]
     fn a_login_wraps_the_command_in_the_fixed_script_and_shows_only_the_command() {

@@ -630,10 +630,10 @@ pub fn run_name(job_id: i64, step: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn spec() -> RunSpec {
+    pub(in crate::cluster) fn spec() -> RunSpec {
         RunSpec {
             name: "deploybot-7-deploy-abcdef".into(),
             job_id: 7,

@@ -105,18 +105,6 @@ async fn ask(t: &TestApp, body: &str) {
     t.settle().await;
 }
 
-/// The output lines a job recorded (`│ ` lines), in order.
-fn output(job: &Value, step: &str) -> Vec<String> {
-    job["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter(|e| e["step"] == step)
-        .filter_map(|e| e["message"].as_str()?.strip_prefix("│ "))
-        .map(str::to_string)
-        .collect()
-}
-
 fn job_id(job: &Value) -> i64 {
     job["id"].as_i64().expect("id")
 }
@@ -149,7 +137,7 @@ async fn an_environment_dumping_deployer_runs_in_the_cluster_and_sees_nothing_of
 
     let job = t.last_job().await;
     assert_eq!(job["state"], "succeeded", "{job}");
-    let lines = output(&job, "deploy");
+    let lines = output_lines(&job, "deploy");
     let mut names: Vec<&str> = lines
         .iter()
         .filter_map(|l| l.split_once('=').map(|(n, _)| n))
@@ -327,8 +315,8 @@ async fn the_job_is_what_the_configuration_and_the_plan_say(db: Db) {
             "deploybot_base": "stg",
         })
     );
-    let shown: Value =
-        serde_json::from_str(&output(&job, "deploy").join("\n")).expect("the log is the file");
+    let shown: Value = serde_json::from_str(&output_lines(&job, "deploy").join("\n"))
+        .expect("the log is the file");
     assert_eq!(shown, vars);
     t.seen_status_comments();
     t.replies("packit/deployment", 321);
@@ -410,7 +398,7 @@ async fn cancel_during_deploy_deletes_the_job(db: Db) {
     let mut running = false;
     for _ in 0..500 {
         let job = t.last_job().await;
-        if output(&job, "deploy").contains(&"PLAY [deploy]".to_string()) {
+        if output_lines(&job, "deploy").contains(&"PLAY [deploy]".to_string()) {
             running = true;
             break;
         }
@@ -466,7 +454,7 @@ async fn the_cleanup_runs_as_a_job_too(db: Db) {
     t.run().await;
     let job = t.last_job().await;
     assert_eq!(job["state"], "succeeded", "{job}");
-    assert_eq!(output(&job, "cleanup"), ["removed the old pods"]);
+    assert_eq!(output_lines(&job, "cleanup"), ["removed the old pods"]);
     let cleanup = events(&job, "cleanup");
     assert!(cleanup.contains("$ make cleanup"), "{cleanup}");
     assert!(

@@ -765,6 +765,18 @@ pub fn events(job: &Value, step: &str) -> String {
 }
 
 /// Whether `body` is a request's status comment (not a reply or notice).
+/// The output lines a job recorded for `step` (its `│ ` lines), in order.
+pub fn output_lines(job: &Value, step: &str) -> Vec<String> {
+    job["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["step"] == step)
+        .filter_map(|e| e["message"].as_str()?.strip_prefix("│ "))
+        .map(str::to_string)
+        .collect()
+}
+
 pub fn is_status_comment(body: &str) -> bool {
     body.contains("<!-- deploybot:job:")
 }
