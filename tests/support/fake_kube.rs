@@ -142,10 +142,23 @@ const KINDS: &[Kind] = &[
     kind("Pod", "", "pods", "io.k8s.api.core.v1.Pod", true)
         .short(&["po"])
         .in_all(),
-    kind("Service", "", "services", "io.k8s.api.core.v1.Service", true)
-        .short(&["svc"])
-        .in_all(),
-    kind("ConfigMap", "", "configmaps", "io.k8s.api.core.v1.ConfigMap", false).short(&["cm"]),
+    kind(
+        "Service",
+        "",
+        "services",
+        "io.k8s.api.core.v1.Service",
+        true,
+    )
+    .short(&["svc"])
+    .in_all(),
+    kind(
+        "ConfigMap",
+        "",
+        "configmaps",
+        "io.k8s.api.core.v1.ConfigMap",
+        false,
+    )
+    .short(&["cm"]),
     kind("Secret", "", "secrets", "io.k8s.api.core.v1.Secret", false),
     kind(
         "PersistentVolumeClaim",
@@ -155,9 +168,15 @@ const KINDS: &[Kind] = &[
         true,
     )
     .short(&["pvc"]),
-    kind("Namespace", "", "namespaces", "io.k8s.api.core.v1.Namespace", true)
-        .short(&["ns"])
-        .cluster_scoped(),
+    kind(
+        "Namespace",
+        "",
+        "namespaces",
+        "io.k8s.api.core.v1.Namespace",
+        true,
+    )
+    .short(&["ns"])
+    .cluster_scoped(),
     kind(
         "Deployment",
         "apps",
@@ -244,7 +263,9 @@ impl Kind {
     }
 
     fn by_resource(group: &str, plural: &str) -> Option<&'static Kind> {
-        KINDS.iter().find(|k| k.group == group && k.plural == plural)
+        KINDS
+            .iter()
+            .find(|k| k.group == group && k.plural == plural)
     }
 
     fn api_version(&self) -> String {
@@ -347,10 +368,7 @@ impl FakeKube {
             .fallback(handle)
             .with_state(shared.clone());
         let server = http::Server::start("fake Kubernetes", app).await;
-        shared.lock().kubelet.api_address = server
-            .url()
-            .trim_start_matches("http://")
-            .to_string();
+        shared.lock().kubelet.api_address = server.url().trim_start_matches("http://").to_string();
         // The Job controller and the kubelet always run: a Job nobody runs
         // is no cluster.
         let ticking = shared.clone();
@@ -527,7 +545,14 @@ impl FakeKube {
             "kind": "Project",
             "metadata": {"name": name, "annotations": {"openshift.io/requester": "kube:admin"}},
         });
-        let _ = create(spec, &mut state, Kind::named("Project"), "", project, "create_namespace");
+        let _ = create(
+            spec,
+            &mut state,
+            Kind::named("Project"),
+            "",
+            project,
+            "create_namespace",
+        );
     }
 
     /// Plays the cluster's controllers in the background until the fake is
@@ -1166,9 +1191,9 @@ async fn handle(AxumState(shared): AxumState<Arc<Shared>>, request: Request) -> 
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim);
     let mut state = shared.lock();
-    let user = bearer.and_then(|t| state.tokens.get(t)).map(|(ns, name)| {
-        format!("system:serviceaccount:{ns}:{name}")
-    });
+    let user = bearer
+        .and_then(|t| state.tokens.get(t))
+        .map(|(ns, name)| format!("system:serviceaccount:{ns}:{name}"));
     let call = Call {
         method: &request.method,
         path: &request.path,
@@ -1259,8 +1284,13 @@ fn serve(spec: &Spec, state: &mut KubeState, call: &Call<'_>) -> Reply {
     }
     if route.plural.is_empty() {
         let document = discovery::resources(spec, &route.group);
-        for error in spec.errors("io.k8s.apimachinery.pkg.apis.meta.v1.APIResourceList", &document) {
-            state.violation(format!("{operation}: the fake's discovery document is invalid: {error}"));
+        for error in spec.errors(
+            "io.k8s.apimachinery.pkg.apis.meta.v1.APIResourceList",
+            &document,
+        ) {
+            state.violation(format!(
+                "{operation}: the fake's discovery document is invalid: {error}"
+            ));
         }
         return Reply::json(200, document);
     }
@@ -1293,11 +1323,19 @@ fn serve(spec: &Spec, state: &mut KubeState, call: &Call<'_>) -> Reply {
         }
     }
     let mut warnings = Vec::new();
-    if let (Some(value), Some(schema)) = (&mut body, &route.body_schema) {
-        if let Err(reply) = check_body(spec, state, kind, schema, value, call, &operation, &mut warnings)
-        {
-            return reply;
-        }
+    if let (Some(value), Some(schema)) = (&mut body, &route.body_schema)
+        && let Err(reply) = check_body(
+            spec,
+            state,
+            kind,
+            schema,
+            value,
+            call,
+            &operation,
+            &mut warnings,
+        )
+    {
+        return reply;
     }
     let needs_body = matches!(call.method, "POST" | "PUT" | "PATCH");
     if needs_body && body.is_none() {
@@ -1580,7 +1618,10 @@ fn after_create(spec: &Spec, state: &mut KubeState, kind: &Kind, object: &Value)
         "Namespace" => Kind::named("Project"),
         _ => return,
     };
-    let name = object["metadata"]["name"].as_str().unwrap_or("").to_string();
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     let key = Key::new(twin.kind, "", &name);
     if state.objects.contains_key(&key) {
         return;
@@ -2390,7 +2431,12 @@ pub const GENERATED_OPERATIONS: &[(&str, &str, &str, &[&str])] = &[
         &["get", "put", "patch", "delete"],
     ),
     ("", "route.openshift.io", "discovery", &["get"]),
-    ("Route", "route.openshift.io", "collection", &["get", "post"]),
+    (
+        "Route",
+        "route.openshift.io",
+        "collection",
+        &["get", "post"],
+    ),
     (
         "Route",
         "route.openshift.io",
@@ -2473,12 +2519,17 @@ fn generate_operations(
             ("io.k8s.api.core.v1.Namespace", "Namespace", "namespaces")
         };
         text = text
-            .replace(&format!("{from_schema}List\""), &format!("{}List\"", kind.schema))
+            .replace(
+                &format!("{from_schema}List\""),
+                &format!("{}List\"", kind.schema),
+            )
             .replace(&format!("{from_schema}\""), &format!("{}\"", kind.schema))
             .replace(from_kind, kind.kind)
             .replace(from_plural, kind.plural);
         path = match (what, namespaced) {
-            ("collection", true) => format!("/apis/{group}/v1/namespaces/{{namespace}}/{}", kind.plural),
+            ("collection", true) => {
+                format!("/apis/{group}/v1/namespaces/{{namespace}}/{}", kind.plural)
+            }
             ("item", true) => format!(
                 "/apis/{group}/v1/namespaces/{{namespace}}/{}/{{name}}",
                 kind.plural
@@ -2615,7 +2666,10 @@ fn spec() -> &'static Spec {
             &fixtures_dir().join("openshift/openapi.json"),
             "the fake Kubernetes",
         );
-        for kind in KINDS.iter().filter(|k| k.schema.starts_with("com.github.openshift.")) {
+        for kind in KINDS
+            .iter()
+            .filter(|k| k.schema.starts_with("com.github.openshift."))
+        {
             for name in [kind.schema.to_string(), format!("{}List", kind.schema)] {
                 add_schema_closure(
                     &mut document["components"]["schemas"],
@@ -2710,7 +2764,13 @@ impl Spec {
                 route
                     .path
                     .matches(path)
-                    .or_else(|| route.plural.is_empty().then(|| route.path.matches(&slashed)).flatten())
+                    .or_else(|| {
+                        route
+                            .plural
+                            .is_empty()
+                            .then(|| route.path.matches(&slashed))
+                            .flatten()
+                    })
                     .map(|params| (route, params))
             })
             .max_by_key(|(route, _)| route.path.literals())

@@ -122,11 +122,23 @@ impl Packit {
             std::fs::copy(entry.path(), secrets.join(entry.file_name())).expect("copy secret");
         }
         for (file, text) in [
-            ("private-key.pem", "-----BEGIN PRIVATE KEY-----\nfake\n-----END PRIVATE KEY-----\n"),
-            ("privkey.pem", "-----BEGIN PRIVATE KEY-----\nfake\n-----END PRIVATE KEY-----\n"),
-            ("fullchain.pem", "-----BEGIN CERTIFICATE-----\nfake\n-----END CERTIFICATE-----\n"),
+            (
+                "private-key.pem",
+                "-----BEGIN PRIVATE KEY-----\nfake\n-----END PRIVATE KEY-----\n",
+            ),
+            (
+                "privkey.pem",
+                "-----BEGIN PRIVATE KEY-----\nfake\n-----END PRIVATE KEY-----\n",
+            ),
+            (
+                "fullchain.pem",
+                "-----BEGIN CERTIFICATE-----\nfake\n-----END CERTIFICATE-----\n",
+            ),
             ("fedora.keytab", ""),
-            ("id_ed25519", "-----BEGIN OPENSSH PRIVATE KEY-----\nfake\n-----END OPENSSH PRIVATE KEY-----\n"),
+            (
+                "id_ed25519",
+                "-----BEGIN OPENSSH PRIVATE KEY-----\nfake\n-----END OPENSSH PRIVATE KEY-----\n",
+            ),
             ("id_ed25519.pub", "ssh-ed25519 AAAAfake packit@fake\n"),
         ] {
             std::fs::write(secrets.join(file), text).expect("write secret");
@@ -263,7 +275,12 @@ async fn packit_cluster() -> FakeKube {
 
 async fn deploy(fake: &FakeKube, packit: &Packit) {
     let login = packit
-        .oc(&["login", &fake.url(), &format!("--token={}", packit.token), "--insecure-skip-tls-verify"])
+        .oc(&[
+            "login",
+            &fake.url(),
+            &format!("--token={}", packit.token),
+            "--insecure-skip-tls-verify",
+        ])
         .await;
     assert_ok(&login, "oc login");
     let (output, took) = packit
@@ -306,11 +323,19 @@ async fn packits_deploy_playbook_deploys_to_the_fake() {
         "centpkg-sig",
         "github-app-private-key",
     ] {
-        assert!(secrets.contains(&secret.to_string()), "{secret} in {secrets:?}");
+        assert!(
+            secrets.contains(&secret.to_string()),
+            "{secret} in {secrets:?}"
+        );
     }
     assert_eq!(
         names(&fake, "Deployment", PROJECT),
-        ["packit-service", "packit-service-beat", "postgres-13", "redict"]
+        [
+            "packit-service",
+            "packit-service-beat",
+            "postgres-13",
+            "redict"
+        ]
     );
     assert_eq!(names(&fake, "StatefulSet", PROJECT), ["packit-worker"]);
     let worker = fake
@@ -377,7 +402,11 @@ fn print_request_kinds(fake: &FakeKube, from: usize) {
             .filter(|p| !p.is_empty())
             .map(|p| p.split('=').next().unwrap_or("").to_string())
             .collect();
-        let path = if r.method == "GET" { String::new() } else { r.path };
+        let path = if r.method == "GET" {
+            String::new()
+        } else {
+            r.path
+        };
         seen.insert(format!(
             "{} {path} {} [{}]",
             r.method,
@@ -385,7 +414,10 @@ fn print_request_kinds(fake: &FakeKube, from: usize) {
             params.join(",")
         ));
     }
-    println!("requests seen:\n  {}", seen.into_iter().collect::<Vec<_>>().join("\n  "));
+    println!(
+        "requests seen:\n  {}",
+        seen.into_iter().collect::<Vec<_>>().join("\n  ")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -608,7 +640,10 @@ async fn a_jobs_containers_run_as_real_processes() {
         assert!(env.contains(&line), "{line} in {env:#?}");
     }
     let statuses = |field: &str| pod_statuses(&fake, &name, field);
-    assert_eq!(statuses("initContainerStatuses"), [("prepare".to_string(), 0)]);
+    assert_eq!(
+        statuses("initContainerStatuses"),
+        [("prepare".to_string(), 0)]
+    );
     assert_eq!(statuses("containerStatuses"), [("main".to_string(), 3)]);
     // Nothing leaked onto the host.
     for path in ["/etc/creds", "/data", "/opt/made-in-the-container"] {

@@ -423,7 +423,11 @@ pub fn secret_data(state: &KubeState, ns: &str, name: &str) -> Option<BTreeMap<S
     Some(data)
 }
 
-pub fn config_map_data(state: &KubeState, ns: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+pub fn config_map_data(
+    state: &KubeState,
+    ns: &str,
+    name: &str,
+) -> Option<BTreeMap<String, Vec<u8>>> {
     let map = state.objects.get(&Key::new("ConfigMap", ns, name))?;
     Some(
         map["data"]
@@ -668,8 +672,8 @@ fn run_pod(spec: &Spec, state: &mut KubeState, key: &Key) {
                             }
                             Err(message) => {
                                 // As a runtime that cannot start it: exit 128.
-                                script = Script::exit(128)
-                                    .prints(format!("fake kubelet: {message}\n"));
+                                script =
+                                    Script::exit(128).prints(format!("fake kubelet: {message}\n"));
                             }
                         }
                     }
@@ -730,8 +734,7 @@ fn run_pod(spec: &Spec, state: &mut KubeState, key: &Key) {
                     .extend_from_slice(&rest);
             }
             code = exit;
-        } else if script.forever
-            || since.elapsed() < script.runs_for.max(Duration::from_millis(1))
+        } else if script.forever || since.elapsed() < script.runs_for.max(Duration::from_millis(1))
         {
             statuses.push(running.clone());
             continue;

@@ -211,7 +211,11 @@ pub fn start(state: &mut KubeState, start: &Start<'_>) -> Result<Process, String
         .filter(|v| !env.iter().any(|(n, _)| n == v))
         .collect();
     command
-        .arg(if unset.is_empty() { "-".to_string() } else { unset.join(",") })
+        .arg(if unset.is_empty() {
+            "-".to_string()
+        } else {
+            unset.join(",")
+        })
         .arg(mounts.len().to_string());
     for (source, target, read_only) in &mounts {
         command
@@ -300,9 +304,23 @@ fn realise_volumes(
         let mut files: Vec<(String, Vec<u8>)> = Vec::new();
         if v.get("emptyDir").is_some() {
         } else if let Some(secret) = v["secret"]["secretName"].as_str() {
-            files = source_files(state, key, "Secret", secret, &v["secret"]["items"], &v["secret"]["optional"])?;
+            files = source_files(
+                state,
+                key,
+                "Secret",
+                secret,
+                &v["secret"]["items"],
+                &v["secret"]["optional"],
+            )?;
         } else if let Some(map) = v["configMap"]["name"].as_str() {
-            files = source_files(state, key, "ConfigMap", map, &v["configMap"]["items"], &v["configMap"]["optional"])?;
+            files = source_files(
+                state,
+                key,
+                "ConfigMap",
+                map,
+                &v["configMap"]["items"],
+                &v["configMap"]["optional"],
+            )?;
         } else if let Some(sources) = v["projected"]["sources"].as_array() {
             for source in sources {
                 for (field, kind) in [("secret", "Secret"), ("configMap", "ConfigMap")] {
@@ -318,8 +336,12 @@ fn realise_volumes(
                     }
                 }
                 if source.get("serviceAccountToken").is_some() {
-                    let path = source["serviceAccountToken"]["path"].as_str().unwrap_or("token");
-                    let account = pod["spec"]["serviceAccountName"].as_str().unwrap_or("default");
+                    let path = source["serviceAccountToken"]["path"]
+                        .as_str()
+                        .unwrap_or("token");
+                    let account = pod["spec"]["serviceAccountName"]
+                        .as_str()
+                        .unwrap_or("default");
                     let token = state
                         .tokens
                         .iter()
@@ -367,7 +389,10 @@ fn source_files(
         if optional.as_bool() == Some(true) {
             return Ok(Vec::new());
         }
-        return Err(format!("{} \"{name}\" not found", kind.to_ascii_lowercase()));
+        return Err(format!(
+            "{} \"{name}\" not found",
+            kind.to_ascii_lowercase()
+        ));
     };
     let Some(items) = items.as_array() else {
         return Ok(data.into_iter().collect());

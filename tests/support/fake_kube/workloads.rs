@@ -62,7 +62,10 @@ fn control(spec: &Spec, state: &mut KubeState, key: &Key, rollout_time: Duration
     let generation = workload["metadata"]["generation"].as_i64().unwrap_or(1);
     let replicas = workload["spec"]["replicas"].as_i64().unwrap_or(1).max(0);
     let stateful = key.kind == "StatefulSet";
-    let revision = format!("{:010x}", generation.unsigned_abs() * 0x9e37_79b9 % 0xff_ffff_ffff);
+    let revision = format!(
+        "{:010x}",
+        generation.unsigned_abs() * 0x9e37_79b9 % 0xff_ffff_ffff
+    );
     let hash_label = if stateful {
         "controller-revision-hash"
     } else {
@@ -117,7 +120,15 @@ fn control(spec: &Spec, state: &mut KubeState, key: &Key, rollout_time: Duration
                 format!("{}-{revision}-{letters}", key.name)
             }
         };
-        create_pod(spec, state, key, &workload, &name, hash_label, &revision_value);
+        create_pod(
+            spec,
+            state,
+            key,
+            &workload,
+            &name,
+            hash_label,
+            &revision_value,
+        );
     }
     // The status: rolling while the generation is new, then rolled out.
     let observed = workload["status"]["observedGeneration"].as_i64();
