@@ -488,7 +488,54 @@ async fn the_oc_stand_in_refuses_what_it_does_not_know() {
         String::from_utf8_lossy(&output.stderr).contains("invalid or expired"),
         "{output:?}"
     );
-    let _ = Value::Null;
+    fake.assert_no_violations();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oc_stand_in_restarts_and_waits_for_rollouts() {
+    let fake = packit_cluster().await;
+    let packit = Packit::new(&fake);
+    let login = packit
+        .oc(&["login", &fake.url(), &format!("--token={}", packit.token)])
+        .await;
+    assert_ok(&login, "oc login");
+    let project = packit.oc(&["project", PROJECT]).await;
+    assert_eq!(
+        assert_ok(&project, "oc project"),
+        format!("Now using project \"{PROJECT}\" on server \"{}\".\n", fake.url())
+    );
+    assert_eq!(
+        assert_ok(&packit.oc(&["whoami", "-t"]).await, "oc whoami -t"),
+        format!("{}\n", packit.token)
+    );
+    let mut deployment = crate::support::fake_kube::example("deployment-complete.json");
+    deployment["metadata"] = json!({"name": "tokman", "namespace": PROJECT, "generation": 1});
+    deployment
+        .as_object_mut()
+        .expect("an object")
+        .remove("status");
+    fake.put_object(deployment);
+    let restart = packit.oc(&["rollout", "restart", "deploy/tokman"]).await;
+    assert_eq!(
+        assert_ok(&restart, "oc rollout restart"),
+        "deployment.apps/tokman restarted\n"
+    );
+    let restarted = fake
+        .get_object("Deployment", PROJECT, "tokman")
+        .expect("tokman");
+    assert_eq!(restarted["metadata"]["generation"], 2);
+    assert!(
+        restarted["spec"]["template"]["metadata"]["annotations"]
+            ["kubectl.kubernetes.io/restartedAt"]
+            .is_string()
+    );
+    let status = packit.oc(&["rollout", "status", "-w", "deploy/tokman"]).await;
+    let status = assert_ok(&status, "oc rollout status");
+    assert!(
+        status.ends_with("deployment \"tokman\" successfully rolled out\n"),
+        "{status}"
+    );
+    assert_eq!(fake.objects("Pod", PROJECT).len(), 2, "the example has 2 replicas");
     fake.assert_no_violations();
 }
 
