@@ -1,24 +1,34 @@
 //! A stateful fake of the Kubernetes/OpenShift API server, served over real
 //! HTTP, so that deploybot's kube client runs unchanged against it
-//! (`Cluster::connect(Some(&fake.url()))`).
+//! (`Cluster::connect(Some(&fake.url()))`), and so do other real clients:
+//! Packit's Ansible playbooks (kubernetes.core and the Python client's
+//! DynamicClient) and the `oc` stand-in (`tests/support/bin/oc`).
 //!
 //! It serves exactly the operations of
 //! `../shared/fixtures/kubernetes/openapi-subset.json` (relative to the
-//! package), plus the operations on Jobs, Pods (and their logs) and
-//! ConfigMaps listed in [`EXTRA_OPERATIONS`], taken verbatim from the whole
-//! Kubernetes 1.35 documents beside it (`v1.35/`): anything else is answered
-//! 404 and recorded as a violation, and so is a query parameter the
-//! operation does not list. Every request body
+//! package), plus those listed in [`EXTRA_OPERATIONS`], taken verbatim from
+//! the whole Kubernetes 1.35 documents beside it (`v1.35/`), plus the
+//! OpenShift ones of [`GENERATED_OPERATIONS`], generated as the subset's
+//! OpenShift paths were (from a Kubernetes path item of the same shape, see
+//! there) with their schemas from `openshift/openapi.json`: anything else is
+//! answered 404 and recorded as a violation, and so is a query parameter the
+//! operation does not list. Discovery (`/api`, `/apis`, `/version` and each
+//! group version's resource list) is made from the kinds the fake stores
+//! and the operations it serves (see [`discovery`]). Every request body
 //! is validated against its operation's schema, and every object the fake is
 //! about to store (after a PATCH, a server-side apply, a test control...)
 //! against its kind's schema, both with `additionalProperties: false` added
 //! to every object schema that lists properties (unknown or misspelt fields
 //! are violations; maps such as `labels` keep their own
 //! `additionalProperties`). A body that does not validate is answered 400
-//! (422 for a PATCH result) and recorded.
+//! (422 for a PATCH result) and recorded. An unknown field a test allowed
+//! ([`FakeKube::allow_unknown_field`], for manifests the test does not own)
+//! is handled as the API server's `fieldValidation` says: dropped with a
+//! `Warning` header by default.
 //!
 //! Like the real API server where deploybot depends on it: objects keyed by
-//! (kind, namespace, name) carry `uid`, `creationTimestamp`, a
+//! (kind, namespace, name) (namespace `""` for cluster-scoped kinds)
+//! carry `uid`, `creationTimestamp`, a
 //! `resourceVersion` from one global counter bumped on every write, and a
 //! `generation` bumped when `spec` changes; POST answers 409 AlreadyExists
 //! for an existing name; PUT with a missing or stale resourceVersion answers
@@ -29,16 +39,27 @@
 //! `name`) and server-side apply (JSON bodies only: 415 for other YAML; a
 //! field applied before and left out now is removed); `status` cannot be
 //! written except through the test controls; instantiating a BuildConfig
-//! creates Build `<bc>-<n>` in phase New; a Build's log answers text/plain.
+//! creates Build `<bc>-<n>` in phase New; a Build's log answers text/plain;
+//! a Project is a Namespace (creating one makes the other; deleting one
+//! deletes both and everything in it).
 //! DELETE honours `propagationPolicy` (Jobs orphan their pods by default,
 //! as batch/v1 does): `Background` and `Foreground` delete what the object
 //! owns (`ownerReferences`), `Orphan` leaves it without the reference. Jobs
 //! run: see [`jobs`] for the Job controller and the kubelet, scripted by
-//! the tests ([`FakeKube::script`]).
+//! the tests ([`FakeKube::script`]); a test may have chosen containers run
+//! as real local processes ([`FakeKube::run_processes`], see [`process`]).
+//! Deployments and StatefulSets get pods and roll out when a test turns
+//! their controllers on ([`FakeKube::run_workloads`], see [`workloads`]).
 //!
-//! Tests arrange state (`put_object`, `set_rollout`, `set_build_phase`),
+//! Requests may bear a service account's token
+//! ([`FakeKube::service_account_token`]): the fake records whose it is
+//! ([`RequestRecord::user`]) and answers 401 to a token it never issued.
+//!
+//! Tests arrange state (`put_object`, `create_namespace`, `set_rollout`,
+//! `set_build_phase`),
 //! inject faults and races (`fail_next`, `bump_resource_version`,
-//! `interleave_write`), inspect (`get_object`, `builds`, `requests`) and
+//! `interleave_write`), inspect (`get_object`, `builds`, `requests`,
+//! `warnings`) and
 //! finally `assert_no_violations` (also checked when the fake is dropped,
 //! unless the test is panicking or called `disable_final_checks`).
 #![allow(dead_code)]

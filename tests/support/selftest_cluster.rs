@@ -502,7 +502,10 @@ async fn the_oc_stand_in_restarts_and_waits_for_rollouts() {
     let project = packit.oc(&["project", PROJECT]).await;
     assert_eq!(
         assert_ok(&project, "oc project"),
-        format!("Now using project \"{PROJECT}\" on server \"{}\".\n", fake.url())
+        format!(
+            "Now using project \"{PROJECT}\" on server \"{}\".\n",
+            fake.url()
+        )
     );
     assert_eq!(
         assert_ok(&packit.oc(&["whoami", "-t"]).await, "oc whoami -t"),
@@ -529,13 +532,19 @@ async fn the_oc_stand_in_restarts_and_waits_for_rollouts() {
             ["kubectl.kubernetes.io/restartedAt"]
             .is_string()
     );
-    let status = packit.oc(&["rollout", "status", "-w", "deploy/tokman"]).await;
+    let status = packit
+        .oc(&["rollout", "status", "-w", "deploy/tokman"])
+        .await;
     let status = assert_ok(&status, "oc rollout status");
     assert!(
         status.ends_with("deployment \"tokman\" successfully rolled out\n"),
         "{status}"
     );
-    assert_eq!(fake.objects("Pod", PROJECT).len(), 2, "the example has 2 replicas");
+    assert_eq!(
+        fake.objects("Pod", PROJECT).len(),
+        2,
+        "the example has 2 replicas"
+    );
     fake.assert_no_violations();
 }
 
