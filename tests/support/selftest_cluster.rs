@@ -770,3 +770,98 @@ async fn a_process_log_streams_and_deleting_the_job_kills_it() {
     assert!(job_pod(&fake, "slow").is_none());
     fake.assert_no_violations();
 }
+
+/// The kubelet runs whatever Job deploybot sends: its own RunSpec (git init
+/// containers making the checkout, the vars file mounted by subPath into
+/// it, an operator Secret's key mounted into it, envFrom).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploybots_own_run_spec_runs_as_processes() {
+    use deploybot::cluster::{Cluster, RunSecret, RunSpec};
+    let fake = FakeKube::start().await;
+    fake.run_processes(|run| {
+        ["deployer:1", "git:1"]
+            .contains(&run.image.as_str())
+            .then(|| IMAGE_PATH.to_string())
+    });
+    let repo = tempfile::tempdir().expect("temp dir");
+    let git = |args: &[&str]| {
+        let output = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(repo.path())
+            .output()
+            .expect("git");
+        assert!(output.status.success(), "git {args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    git(&["init", "--quiet", "--initial-branch=main"]);
+    std::fs::write(repo.path().join("hello.txt"), "hello from the checkout\n").expect("write");
+    git(&["add", "hello.txt"]);
+    git(&["commit", "--quiet", "-m", "first"]);
+    let revision = git(&["rev-parse", "HEAD"]);
+    for (name, key, value) in [
+        ("operator", "token", "b3BlcmF0b3ItdG9rZW4="),
+        ("env-secret", "MODE", "ZnJvbS1zZWNyZXQ="),
+    ] {
+        fake.put_object(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": NS},
+            "data": {key: value},
+        }));
+    }
+    let spec = RunSpec {
+        name: "deploybot-run-1".into(),
+        job_id: 1,
+        container: "deploy".into(),
+        image: "deployer:1".into(),
+        git_image: "git:1".into(),
+        service_account: Some("deployer".into()),
+        cpu: None,
+        memory: None,
+        deadline_secs: 60,
+        checkout: Some((repo.path().display().to_string(), revision.clone())),
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "cat hello.txt vars/dev.yml secrets/token; echo; pwd; echo $HOME $GREETING $MODE; \
+             git log --format=%H; touch secrets/token 2>/dev/null || echo read-only"
+                .into(),
+        ],
+        env: vec![("GREETING".into(), "hi".into())],
+        env_secrets: vec!["env-secret".into()],
+        secrets: vec![RunSecret {
+            secret: "operator".into(),
+            key: Some("token".into()),
+            path: "/deploybot/checkout/secrets/token".into(),
+        }],
+        vars: Some(("vars/dev.yml".into(), "project: myproject\n".into())),
+    };
+    let cluster = Cluster::connect(Some(&fake.url())).await.expect("connect");
+    cluster.start_run(NS, &spec).await.expect("start the run");
+    wait_for(&fake, "the run ends", |fake| {
+        fake.get_object("Job", NS, "deploybot-run-1").is_some_and(|j| {
+            j["status"]["succeeded"] == 1 || j["status"]["failed"] == 1
+        })
+    })
+    .await;
+    let pod = job_pod(&fake, "deploybot-run-1").expect("the pod");
+    let name = pod_name(&pod);
+    let logs: Vec<String> = ["git-init", "git-fetch", "git-checkout", "deploy"]
+        .iter()
+        .map(|c| String::from_utf8_lossy(&fake.pod_log(NS, &name, c)).into_owned())
+        .collect();
+    assert_eq!(
+        fake.get_object("Job", NS, "deploybot-run-1").expect("the Job")["status"]["succeeded"],
+        1,
+        "{logs:#?}"
+    );
+    assert_eq!(
+        logs[3],
+        format!(
+            "hello from the checkout\nproject: myproject\noperator-token\n/deploybot/checkout\n\
+             /deploybot/home hi from-secret\n{revision}\nread-only\n"
+        ),
+        "{logs:#?}"
+    );
+    fake.assert_no_violations();
+}
