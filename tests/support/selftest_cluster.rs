@@ -439,13 +439,13 @@ async fn packits_cleanup_deletes_what_oc_delete_all_deletes() {
     assert_playbook(&output, "make cleanup");
     let stdout = String::from_utf8_lossy(&output.stdout);
     for line in [
-        "deployment.apps \\\"packit-service\\\" deleted",
-        "statefulset.apps \\\"packit-worker\\\" deleted",
-        "service \\\"packit-service\\\" deleted",
-        "route.route.openshift.io \\\"packit-service\\\" deleted",
-        "imagestream.image.openshift.io \\\"packit-worker\\\" deleted",
-        "configmap \\\"postgres-config\\\" deleted",
-        "persistentvolumeclaim \\\"postgres-13\\\" deleted",
+        "deployment.apps \\\"packit-service\\\" deleted from myproject namespace",
+        "statefulset.apps \\\"packit-worker\\\" deleted from myproject namespace",
+        "service \\\"packit-service\\\" deleted from myproject namespace",
+        "route.route.openshift.io \\\"packit-service\\\" deleted from myproject namespace",
+        "imagestream.image.openshift.io \\\"packit-worker\\\" deleted from myproject namespace",
+        "configmap \\\"postgres-config\\\" deleted from myproject namespace",
+        "persistentvolumeclaim \\\"postgres-13\\\" deleted from myproject namespace",
     ] {
         assert!(stdout.contains(line), "{line} in:\n{stdout}");
     }
@@ -839,9 +839,8 @@ async fn deploybots_own_run_spec_runs_as_processes() {
     let cluster = Cluster::connect(Some(&fake.url())).await.expect("connect");
     cluster.start_run(NS, &spec).await.expect("start the run");
     wait_for(&fake, "the run ends", |fake| {
-        fake.get_object("Job", NS, "deploybot-run-1").is_some_and(|j| {
-            j["status"]["succeeded"] == 1 || j["status"]["failed"] == 1
-        })
+        fake.get_object("Job", NS, "deploybot-run-1")
+            .is_some_and(|j| j["status"]["succeeded"] == 1 || j["status"]["failed"] == 1)
     })
     .await;
     let pod = job_pod(&fake, "deploybot-run-1").expect("the pod");
@@ -851,7 +850,8 @@ async fn deploybots_own_run_spec_runs_as_processes() {
         .map(|c| String::from_utf8_lossy(&fake.pod_log(NS, &name, c)).into_owned())
         .collect();
     assert_eq!(
-        fake.get_object("Job", NS, "deploybot-run-1").expect("the Job")["status"]["succeeded"],
+        fake.get_object("Job", NS, "deploybot-run-1")
+            .expect("the Job")["status"]["succeeded"],
         1,
         "{logs:#?}"
     );
