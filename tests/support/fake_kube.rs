@@ -91,6 +91,13 @@ pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/kubernetes")
 }
 
+/// `tests/support/bin`, where the `oc` stand-in is: put it first on the
+/// "image PATH" of pods that run Packit's playbooks
+/// ([`FakeKube::run_processes`]).
+pub fn oc_stand_in_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/bin")
+}
+
 /// An example object from the fixtures (`deployment-complete.json`...).
 pub fn example(file: &str) -> Value {
     let path = fixtures_dir().join("examples").join(file);

@@ -13,9 +13,8 @@ use crate::support::fake_kube::FakeKube;
 const PROJECT: &str = "myproject";
 const SANDBOX: &str = "packit-dev-sandbox";
 
-/// `tests/support/bin` (the `oc` stand-in).
 fn support_bin() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/bin")
+    crate::support::fake_kube::oc_stand_in_dir()
 }
 
 fn packit_fixture() -> PathBuf {
@@ -862,6 +861,59 @@ async fn deploybots_own_run_spec_runs_as_processes() {
              /deploybot/home hi from-secret\n{revision}\nread-only\n"
         ),
         "{logs:#?}"
+    );
+    fake.assert_no_violations();
+}
+
+/// In a pod, without `oc login`, the `oc` stand-in is the pod's service
+/// account (as the real one is in-cluster).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_pod_oc_is_its_service_account() {
+    let fake = FakeKube::start().await;
+    fake.create_namespace(NS);
+    let path = format!("{}:{IMAGE_PATH}", support_bin().display());
+    fake.run_processes(move |run| (run.image == TOOLS).then(|| path.clone()));
+    create_job(
+        &fake,
+        json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "oc", "namespace": NS},
+            "spec": {"backoffLimit": 0, "template": {"spec": {
+                "restartPolicy": "Never",
+                "serviceAccountName": "deployer",
+                "containers": [{
+                    "name": "main", "image": TOOLS,
+                    "command": ["sh", "-c", "oc whoami -t && oc project deploybot-runs"],
+                }],
+            }}},
+        }),
+    )
+    .await;
+    wait_for(&fake, "the Job ends", |fake| {
+        fake.get_object("Job", NS, "oc").is_some_and(|j| {
+            j["status"]["succeeded"] == 1 || j["status"]["failed"] == 1
+        })
+    })
+    .await;
+    let pod = job_pod(&fake, "oc").expect("the pod");
+    let log = String::from_utf8_lossy(&fake.pod_log(NS, &pod_name(&pod), "main")).into_owned();
+    let token = fake.service_account_token(NS, "deployer");
+    assert_eq!(
+        log,
+        format!(
+            "{token}\nNow using project \"{NS}\" on server \"{}\".\n",
+            fake.url()
+        )
+    );
+    let users: Vec<Option<String>> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/apis/project"))
+        .map(|r| r.user)
+        .collect();
+    assert_eq!(
+        users,
+        [Some("system:serviceaccount:deploybot-runs:deployer".to_string())]
     );
     fake.assert_no_violations();
 }
