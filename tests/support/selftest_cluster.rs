@@ -890,9 +890,8 @@ async fn in_a_pod_oc_is_its_service_account() {
     )
     .await;
     wait_for(&fake, "the Job ends", |fake| {
-        fake.get_object("Job", NS, "oc").is_some_and(|j| {
-            j["status"]["succeeded"] == 1 || j["status"]["failed"] == 1
-        })
+        fake.get_object("Job", NS, "oc")
+            .is_some_and(|j| j["status"]["succeeded"] == 1 || j["status"]["failed"] == 1)
     })
     .await;
     let pod = job_pod(&fake, "oc").expect("the pod");
@@ -913,7 +912,144 @@ async fn in_a_pod_oc_is_its_service_account() {
         .collect();
     assert_eq!(
         users,
-        [Some("system:serviceaccount:deploybot-runs:deployer".to_string())]
+        [Some(
+            "system:serviceaccount:deploybot-runs:deployer".to_string()
+        )]
     );
+    fake.assert_no_violations();
+}
+
+/// Packit's `make deploy` in a Job's pod, the Job as deploybot sends it
+/// (its RunSpec: git init containers fetch the deployment repository, the
+/// vars file is a ConfigMap mounted by subPath into the checkout, Packit's
+/// secrets a Secret mounted at `secrets/packit/dev`): the way
+/// tests/packit_deployment.rs drives it through the app. The pod's "image"
+/// has the `oc` stand-in, the Python with Ansible and kubernetes, and the
+/// system's tools; `oc whoami -t` is the pod's service account, whose
+/// token the vars file holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packits_make_deploy_runs_in_a_job_pod_as_deploybot_sends_it() {
+    use deploybot::cluster::{Cluster, RunSecret, RunSpec};
+    let fake = packit_cluster().await;
+    let packit = Packit::new(&fake);
+    // The vars and the secrets come from deploybot, not from the repository.
+    let vars_path = packit.repo.join("vars/packit/dev.yml");
+    let vars = std::fs::read_to_string(&vars_path)
+        .expect("dev.yml")
+        .replace(
+            &packit.token,
+            &fake.service_account_token(PROJECT, "deployer"),
+        );
+    std::fs::remove_file(&vars_path).expect("remove dev.yml");
+    let secrets_dir = packit.repo.join("secrets/packit/dev");
+    let mut data = serde_json::Map::new();
+    for entry in std::fs::read_dir(&secrets_dir).expect("secrets") {
+        let entry = entry.expect("entry");
+        let encoded = std::process::Command::new("base64")
+            .arg("-w0")
+            .arg(entry.path())
+            .output()
+            .expect("base64");
+        data.insert(
+            entry.file_name().to_string_lossy().into_owned(),
+            json!(String::from_utf8_lossy(&encoded.stdout)),
+        );
+    }
+    std::fs::remove_dir_all(&secrets_dir).expect("remove the secrets");
+    fake.put_object(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "packit-dev-secrets", "namespace": PROJECT},
+        "data": data,
+    }));
+    let git = |args: &[&str]| {
+        let output = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(&packit.repo)
+            .output()
+            .expect("git");
+        assert!(output.status.success(), "git {args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    git(&["init", "--quiet", "--initial-branch=main"]);
+    git(&["add", "-A"]);
+    git(&["commit", "--quiet", "-m", "Packit's deployment"]);
+    let revision = git(&["rev-parse", "HEAD"]);
+    let python_dir = Path::new(&packit.python)
+        .parent()
+        .expect("python's folder")
+        .display()
+        .to_string();
+    let image_path = format!("{}:{python_dir}:/usr/bin:/bin", support_bin().display());
+    fake.run_processes(move |run| {
+        ["deployer:1", "git:1"]
+            .contains(&run.image.as_str())
+            .then(|| image_path.clone())
+    });
+    let spec = RunSpec {
+        name: "deploy-1".into(),
+        job_id: 1,
+        container: "deploy".into(),
+        image: "deployer:1".into(),
+        git_image: "git:1".into(),
+        service_account: Some("deployer".into()),
+        cpu: None,
+        memory: None,
+        deadline_secs: 300,
+        checkout: Some((packit.repo.display().to_string(), revision)),
+        command: vec!["make".into(), "deploy".into()],
+        env: vec![
+            ("DEPLOYMENT".into(), "dev".into()),
+            // The Makefile's default is /usr/bin/python3.
+            ("ANSIBLE_PYTHON".into(), packit.python.clone()),
+            ("ANSIBLE_NOCOLOR".into(), "1".into()),
+        ],
+        env_secrets: vec![],
+        secrets: vec![RunSecret {
+            secret: "packit-dev-secrets".into(),
+            key: None,
+            path: "/deploybot/checkout/secrets/packit/dev".into(),
+        }],
+        vars: Some(("vars/packit/dev.yml".into(), vars)),
+    };
+    let cluster = Cluster::connect(Some(&fake.url())).await.expect("connect");
+    let started = Instant::now();
+    cluster
+        .start_run(PROJECT, &spec)
+        .await
+        .expect("start the run");
+    let ended = |fake: &FakeKube| {
+        fake.get_object("Job", PROJECT, "deploy-1")
+            .is_some_and(|j| j["status"]["succeeded"] == 1 || j["status"]["failed"] == 1)
+    };
+    while !ended(&fake) && started.elapsed() < Duration::from_secs(280) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("make deploy in a pod took {:?}", started.elapsed());
+    let pod = fake
+        .objects("Pod", PROJECT)
+        .into_iter()
+        .find(|p| p["metadata"]["labels"]["job-name"] == "deploy-1")
+        .expect("the Job's pod");
+    let log =
+        String::from_utf8_lossy(&fake.pod_log(PROJECT, &pod_name(&pod), "deploy")).into_owned();
+    let recap = log
+        .split("PLAY RECAP")
+        .nth(1)
+        .map(|r| format!("PLAY RECAP{r}"))
+        .unwrap_or_default();
+    let succeeded = fake
+        .get_object("Job", PROJECT, "deploy-1")
+        .expect("the Job")["status"]["succeeded"]
+        == 1;
+    if !succeeded {
+        println!("{recap}");
+    }
+    assert!(
+        succeeded && recap.contains("failed=0"),
+        "make deploy in the pod failed:\n{recap}\n--- log ---\n{log}"
+    );
+    assert_eq!(names(&fake, "StatefulSet", PROJECT), ["packit-worker"]);
+    assert!(fake.get_object("RoleBinding", SANDBOX, "edit").is_some());
     fake.assert_no_violations();
 }
