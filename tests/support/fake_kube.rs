@@ -1986,22 +1986,20 @@ fn list(
         state.violation(format!("{operation}: watch is not supported by the fake"));
         return Reply::bad_request("watch is not supported by the fake");
     }
-    let selector: Vec<(String, String)> = call
-        .param("labelSelector")
-        .unwrap_or("")
-        .split(',')
-        .filter(|term| !term.is_empty())
-        .filter_map(|term| term.split_once('='))
-        .map(|(k, v)| (k.trim_end_matches('=').to_string(), v.to_string()))
-        .collect();
+    let selector = match parse_selector(call.param("labelSelector").unwrap_or("")) {
+        Ok(selector) => selector,
+        Err(problem) => {
+            state.violation(format!("{operation}: labelSelector: {problem}"));
+            return Reply::bad_request(&format!("unable to parse requirement: {problem}"));
+        }
+    };
     let items: Vec<Value> = state
         .objects
         .iter()
         .filter(|(key, _)| key.kind == kind.kind && key.namespace == namespace)
         .filter(|(_, object)| {
-            selector.iter().all(|(k, v)| {
-                object["metadata"]["labels"].get(k).and_then(Value::as_str) == Some(v.as_str())
-            })
+            let labels = &object["metadata"]["labels"];
+            selector.iter().all(|term| term.matches(labels))
         })
         .map(|(_, object)| {
             let mut item = object.clone();
@@ -2021,6 +2019,78 @@ fn list(
             "items": items,
         }),
     )
+}
+
+/// One requirement of a label selector.
+enum Selector {
+    /// `k=v`, `k==v`, `k in (a,b)`.
+    In(String, Vec<String>),
+    /// `k!=v`, `k notin (a,b)`.
+    NotIn(String, Vec<String>),
+    /// `k`.
+    Exists(String),
+    /// `!k`.
+    Absent(String),
+}
+
+impl Selector {
+    fn matches(&self, labels: &Value) -> bool {
+        let value = |k: &str| labels.get(k).and_then(Value::as_str);
+        match self {
+            Selector::In(k, values) => value(k).is_some_and(|v| values.iter().any(|x| x == v)),
+            Selector::NotIn(k, values) => value(k).is_none_or(|v| !values.iter().any(|x| x == v)),
+            Selector::Exists(k) => value(k).is_some(),
+            Selector::Absent(k) => value(k).is_none(),
+        }
+    }
+}
+
+/// A label selector as the API server reads it (commas inside `in (...)`
+/// belong to the set).
+fn parse_selector(text: &str) -> Result<Vec<Selector>, String> {
+    let mut terms = Vec::new();
+    let mut depth = 0;
+    let mut current = String::new();
+    for c in text.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                terms.push(std::mem::take(&mut current));
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    terms.push(current);
+    let set = |rest: &str| -> Result<Vec<String>, String> {
+        let inner = rest
+            .trim()
+            .strip_prefix('(')
+            .and_then(|r| r.strip_suffix(')'))
+            .ok_or_else(|| format!("expected a set in parentheses, got {rest:?}"))?;
+        Ok(inner.split(',').map(|v| v.trim().to_string()).collect())
+    };
+    let mut out = Vec::new();
+    for term in terms.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
+        if let Some((k, v)) = term.split_once("!=") {
+            out.push(Selector::NotIn(k.trim().into(), vec![v.trim().into()]));
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            out.push(Selector::In(k.trim().into(), vec![v.trim().into()]));
+        } else if let Some((k, rest)) = term.split_once(" notin ") {
+            out.push(Selector::NotIn(k.trim().into(), set(rest)?));
+        } else if let Some((k, rest)) = term.split_once(" in ") {
+            out.push(Selector::In(k.trim().into(), set(rest)?));
+        } else if let Some(k) = term.strip_prefix('!') {
+            out.push(Selector::Absent(k.trim().into()));
+        } else if term.contains(char::is_whitespace) {
+            return Err(format!("{term:?} is not a requirement"));
+        } else {
+            out.push(Selector::Exists(term.into()));
+        }
+    }
+    Ok(out)
 }
 
 /// `POST buildconfigs/{name}/instantiate`: a new Build from the BuildConfig,

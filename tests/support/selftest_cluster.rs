@@ -1053,3 +1053,107 @@ async fn packits_make_deploy_runs_in_a_job_pod_as_deploybot_sends_it() {
     assert!(fake.get_object("RoleBinding", SANDBOX, "edit").is_some());
     fake.assert_no_violations();
 }
+
+#[tokio::test]
+async fn discovery_lists_what_the_fake_serves() {
+    let fake = FakeKube::start().await;
+    let client = kube_client(&fake);
+    let get = |path: &str| {
+        let client = client.clone();
+        let request = axum::http::Request::get(path.to_string())
+            .body(Vec::new())
+            .expect("request");
+        async move {
+            let text = client.request_text(request).await.expect("discovery");
+            serde_json::from_str::<Value>(&text).expect("JSON")
+        }
+    };
+    let groups = get("/apis").await;
+    let names: Vec<&str> = groups["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .filter_map(|g| g["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "apps",
+            "batch",
+            "coordination.k8s.io",
+            "rbac.authorization.k8s.io",
+            "build.openshift.io",
+            "image.openshift.io",
+            "project.openshift.io",
+            "route.openshift.io"
+        ]
+    );
+    let apps = get("/apis/apps/v1").await;
+    let deployments = apps["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .find(|r| r["name"] == "deployments")
+        .expect("deployments")
+        .clone();
+    assert_eq!(
+        deployments,
+        json!({"name": "deployments", "singularName": "deployment", "namespaced": true,
+               "kind": "Deployment", "verbs": ["create", "delete", "get", "list", "patch", "update"],
+               "shortNames": ["deploy"], "categories": ["all"]})
+    );
+    let core = get("/api/v1").await;
+    let log = core["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .find(|r| r["name"] == "pods/log")
+        .expect("pods/log")
+        .clone();
+    assert_eq!(log["verbs"], json!(["get"]));
+    let projects = get("/apis/project.openshift.io/v1").await;
+    assert_eq!(projects["resources"][0]["namespaced"], false);
+    assert_eq!(get("/version").await["minor"], "35");
+    assert_eq!(get("/api").await["versions"], json!(["v1"]));
+    fake.assert_no_violations();
+}
+
+#[tokio::test]
+async fn lists_honour_label_selectors() {
+    let fake = FakeKube::start().await;
+    for (name, labels) in [
+        ("a", json!({"component": "a", "tier": "web"})),
+        ("b", json!({"component": "b"})),
+        ("c", json!({"component": "c", "tier": "db"})),
+    ] {
+        fake.put_object(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": NS, "labels": labels},
+            "spec": {"containers": [{"name": "main", "image": "x"}]},
+        }));
+    }
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(kube_client(&fake), NS);
+    for (selector, expected) in [
+        ("component=a", vec!["a"]),
+        ("component==b", vec!["b"]),
+        ("component!=a", vec!["b", "c"]),
+        ("component in (a, c)", vec!["a", "c"]),
+        ("component notin (a,c)", vec!["b"]),
+        ("tier", vec!["a", "c"]),
+        ("!tier", vec!["b"]),
+        ("tier,component in (c,b)", vec!["c"]),
+    ] {
+        let listed = pods
+            .list(&kube::api::ListParams::default().labels(selector))
+            .await
+            .expect("list");
+        let names: Vec<String> = listed
+            .items
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        assert_eq!(names, expected, "{selector}");
+    }
+    fake.assert_no_violations();
+}
