@@ -123,6 +123,9 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.command {
         Command::CheckConfig => {
             println!("configuration OK: {}", config.summary());
+            for paragraph in config.explain() {
+                print!("{paragraph}");
+            }
             for warning in config.warnings() {
                 println!("{warning}");
             }

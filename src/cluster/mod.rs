@@ -8,7 +8,9 @@
 //! - [`Cluster::set_workload_image`], [`Cluster::rollout`],
 //!   [`Cluster::wait_rollout`], [`Cluster::set_imagestream_tag`]: point a
 //!   Deployment/StatefulSet or an OpenShift ImageStream tag at an image, and
-//!   follow the rollout like `kubectl rollout status`.
+//!   follow the rollout like `kubectl rollout status`; [`Cluster::followers`],
+//!   [`Cluster::wait_imported`], [`Cluster::wait_follows`]: what an
+//!   ImageStream tag's triggers roll, and waiting for it.
 //! - [`Cluster::apply_build_config`], [`Cluster::start_build`],
 //!   [`Cluster::wait_build`], [`Cluster::build_log_tail`]: OpenShift Builds.
 //! - [`Cluster::start_run`], [`RunFollower`], [`Cluster::delete_run`]:
@@ -21,7 +23,9 @@
 mod build;
 mod error;
 mod lock;
+mod login;
 mod run;
+mod triggers;
 mod workload;
 
 use std::time::Duration;
@@ -32,9 +36,11 @@ pub use lock::{
     ENVIRONMENT_ANNOTATION, EXPIRES_AT_ANNOTATION, JOB_ANNOTATION, LEASE_NAME, LeaseInfo,
     LockOutcome, LockRequest, PRS_ANNOTATION, REQUESTED_BY_ANNOTATION, holder_identity,
 };
+pub use login::RunLogin;
 pub use run::{
     CHECKOUT_DIR, HOME_DIR, RunEnd, RunEvent, RunFollower, RunPoll, RunSecret, RunSpec, run_name,
 };
+pub use triggers::{Follower, Import, TRIGGERS_ANNOTATION};
 pub use workload::{Rollout, WorkloadKind, image_repository};
 
 /// The field manager of every write (server-side apply and managedFields).
@@ -51,6 +57,9 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct Cluster {
     client: kube::Client,
+    /// The API server's URL, as this client reaches it (handed to the
+    /// deploy Jobs, which run in the same cluster).
+    url: Option<String>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -79,14 +88,26 @@ impl Cluster {
         if config.read_timeout.is_none() {
             config.read_timeout = Some(READ_TIMEOUT);
         }
+        let url = Some(
+            config
+                .cluster_url
+                .to_string()
+                .trim_end_matches('/')
+                .to_string(),
+        );
         let client =
             kube::Client::try_from(config).map_err(|e| ClusterError::Config(e.to_string()))?;
-        Ok(Cluster { client })
+        Ok(Cluster { client, url })
     }
 
     /// Wraps an already configured client.
     pub fn from_client(client: kube::Client) -> Cluster {
-        Cluster { client }
+        Cluster { client, url: None }
+    }
+
+    /// The API server's URL, when known.
+    pub fn url(&self) -> Option<&str> {
+        self.url.as_deref()
     }
 }
 

@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, ContainerStatus, Pod};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use serde_json::{Value, json};
 
+use super::login::RunLogin;
 use super::{Cluster, ClusterError, JOB_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL};
 
 /// Where the pod keeps the checkout (an emptyDir), the command's working directory.
@@ -23,13 +24,8 @@ const VARS_KEY: &str = "vars.json";
 /// How long a finished Job stays for people to look at (then the cluster deletes it).
 const KEEP_FINISHED_SECS: i32 = 3600;
 /// Waiting reasons that do not get better by waiting.
-const STUCK: [&str; 5] = [
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-];
+#[rustfmt::skip]
+const STUCK: [&str; 5] = ["ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError"];
 
 /// One Secret mounted into the pod, read-only.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +64,8 @@ pub struct RunSpec {
     pub secrets: Vec<RunSecret>,
     /// The vars file: its path in the checkout and its text.
     pub vars: Option<(String, String)>,
+    /// Log in as the pod's service account before the command.
+    pub login: Option<RunLogin>,
 }
 
 impl RunSpec {
@@ -93,8 +91,38 @@ impl RunSpec {
                 git(&["checkout", "--quiet", "--detach", "FETCH_HEAD"]),
             ));
         }
-        out.push((self.container.clone(), self.command.clone()));
+        let command = match &self.login {
+            None => self.command.clone(),
+            Some(login) => login.wrap(&self.command),
+        };
+        out.push((self.container.clone(), command));
         out
+    }
+
+    /// A container's command as people are shown it (the command itself,
+    /// not the login around it).
+    pub fn shown_argv(&self, container: &str) -> Vec<String> {
+        if container == self.container {
+            return self.command.clone();
+        }
+        self.containers()
+            .into_iter()
+            .find(|(c, _)| c == container)
+            .map(|(_, argv)| argv)
+            .unwrap_or_default()
+    }
+
+    /// The command container's environment: the configured variables,
+    /// then the login's facts.
+    fn command_env(&self) -> Vec<(String, String)> {
+        let mut env = self.env.clone();
+        if let Some(login) = &self.login {
+            for (key, value) in login.env() {
+                env.retain(|(k, _)| *k != key);
+                env.push((key, value));
+            }
+        }
+        env
     }
 
     fn labels(&self) -> Value {
@@ -186,7 +214,7 @@ impl RunSpec {
             "image": self.image,
             "command": main.1,
             "workingDir": CHECKOUT_DIR,
-            "env": env(&self.env),
+            "env": env(&self.command_env()),
             "resources": resources,
             "securityContext": security,
             "volumeMounts": mounts,
@@ -632,6 +660,7 @@ mod tests {
                 path: "/secrets/k".into(),
             }],
             vars: Some(("vars/gen.json".into(), "{}".into())),
+            login: None,
         }
     }
 

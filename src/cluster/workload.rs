@@ -192,7 +192,7 @@ impl Cluster {
         .await
     }
 
-    fn workloads(&self, ns: &str, kind: WorkloadKind) -> Api<DynamicObject> {
+    pub(super) fn workloads(&self, ns: &str, kind: WorkloadKind) -> Api<DynamicObject> {
         let resource = match kind {
             WorkloadKind::Deployment => ApiResource::erase::<Deployment>(&()),
             WorkloadKind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),

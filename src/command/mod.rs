@@ -56,6 +56,8 @@ pub struct VocabComponent {
     pub repo: String,
     /// A retired component is still recognised, but is never deployed.
     pub retired: bool,
+    /// Deployed only when a request references it or `--only` names it.
+    pub on_request: bool,
 }
 
 impl Vocabulary {
@@ -376,6 +378,8 @@ pub fn help_text(vocab: &Vocabulary) -> String {
         let aliases = tokenize::code_list(c.aliases.iter().map(String::as_str));
         let retired = if c.retired {
             " (retired, not deployed)"
+        } else if c.on_request {
+            " (on request: deployed when referenced or in `--only`)"
         } else {
             ""
         };

@@ -11,6 +11,7 @@ pub(super) fn vocab() -> Vocabulary {
         aliases: aliases.iter().map(|a| a.to_string()).collect(),
         repo: format!("packit/{name}"),
         retired,
+        on_request: false,
     };
     Vocabulary {
         prefix: "/deploy".into(),

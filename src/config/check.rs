@@ -227,7 +227,33 @@ impl Config {
                 problems.push(format!("environment {} needs a namespace", e.name));
             }
             runs_in_cluster(e, &mut problems);
+            if (e.checkout_deployer.is_some() || e.checkout_cleanup.is_some())
+                && !self
+                    .components
+                    .iter()
+                    .any(|c| c.kind == ComponentKind::Deployer)
+            {
+                problems.push(format!(
+                    "environment {}: checkout_deployer and checkout_cleanup are for requests that reference \
+                     the deployer component, and no component is of kind `deployer`",
+                    e.name
+                ));
+            }
+            if let Some(jobs) = &e.jobs_namespace {
+                if e.cluster_namespace().is_none() {
+                    problems.push(format!(
+                        "environment {}: jobs_namespace is for kubernetes and openshift environments only",
+                        e.name
+                    ));
+                } else if !is_dns_subdomain(jobs) || jobs.contains('.') {
+                    problems.push(format!(
+                        "environment {}: jobs_namespace {jobs:?} is not a namespace name",
+                        e.name
+                    ));
+                }
+            }
         }
+        kept_apart(&self.environments, &mut problems);
         if self.environments.is_empty() {
             problems.push("at least one [[environment]] is required".into());
         }
@@ -242,8 +268,12 @@ impl Config {
 /// The rules of `[environment.runner]`: a cluster environment's deployer and
 /// cleanup commands run as a Job, which needs one; nothing else has one.
 fn runs_in_cluster(e: &Environment, problems: &mut Vec<String>) {
-    let commands = matches!(e.deployer, Some(Deployer::Command { .. }))
-        || matches!(e.cleanup, Some(Cleanup::Command { .. }));
+    let commands = [&e.deployer, &e.checkout_deployer]
+        .iter()
+        .any(|d| matches!(d, Some(Deployer::Command { .. })))
+        || [&e.cleanup, &e.checkout_cleanup]
+            .iter()
+            .any(|c| matches!(c, Some(Cleanup::Command { .. })));
     let Some(runner) = &e.runner else {
         if e.cluster_namespace().is_some() && commands {
             problems.push(format!(
@@ -265,7 +295,13 @@ fn runs_in_cluster(e: &Environment, problems: &mut Vec<String>) {
         return;
     }
     runner.problems(&e.name, problems);
-    if let Some(Deployer::Command { vars_file, .. }) = &e.deployer {
+    for (key, deployer) in [
+        ("deployer", &e.deployer),
+        ("checkout_deployer", &e.checkout_deployer),
+    ] {
+        let Some(Deployer::Command { vars_file, .. }) = deployer else {
+            continue;
+        };
         let parts: Vec<&str> = vars_file.split('/').collect();
         if vars_file.starts_with('/')
             || parts
@@ -273,7 +309,7 @@ fn runs_in_cluster(e: &Environment, problems: &mut Vec<String>) {
                 .any(|p| p.is_empty() || *p == "." || *p == "..")
         {
             problems.push(format!(
-                "environment {}: deployer.vars_file {vars_file:?} must be a plain path inside the checkout",
+                "environment {}: {key}.vars_file {vars_file:?} must be a plain path inside the checkout",
                 e.name
             ));
         }
@@ -285,6 +321,67 @@ fn runs_in_cluster(e: &Environment, problems: &mut Vec<String>) {
              environment runs none; give the deploy Job its variables with runner.env_secrets (Secrets in the namespace)",
             e.name
         ));
+    }
+}
+
+/// Environments must not interfere: no two share a target namespace (nor
+/// use another's as their jobs namespace), and no two name the same Secret
+/// in the namespace their Jobs and Builds run in.
+fn kept_apart(environments: &[Environment], problems: &mut Vec<String>) {
+    let mut targets: Vec<(&str, &str)> = Vec::new();
+    for e in environments {
+        if let Some(ns) = e.cluster_namespace() {
+            match targets.iter().find(|(_, other)| *other == ns) {
+                Some((first, _)) => problems.push(format!(
+                    "environments {first} and {} share namespace {ns}: each environment needs its own",
+                    e.name
+                )),
+                None => targets.push((&e.name, ns)),
+            }
+        }
+    }
+    for e in environments {
+        if let Some(jobs) = e.jobs_namespace.as_deref()
+            && let Some((other, _)) = targets
+                .iter()
+                .find(|(other, ns)| *ns == jobs && *other != e.name)
+        {
+            problems.push(format!(
+                "environment {}: its jobs_namespace {jobs} is environment {other}'s namespace",
+                e.name
+            ));
+        }
+    }
+    let mut secrets: Vec<(&str, String, String)> = Vec::new();
+    for e in environments {
+        let Some(ns) = e.work_namespace() else {
+            continue;
+        };
+        let mut names: Vec<String> = Vec::new();
+        if let Some(runner) = &e.runner {
+            names.extend(runner.secret_mounts().into_iter().map(|m| m.secret));
+            names.extend(runner.env_secrets.iter().cloned());
+        }
+        if let Some(Builder::Openshift {
+            push_secret: Some(push),
+        }) = &e.builder
+        {
+            names.push(push.clone());
+        }
+        names.sort();
+        names.dedup();
+        for name in names {
+            match secrets
+                .iter()
+                .find(|(other, n, s)| *other != e.name && n == ns && *s == name)
+            {
+                Some((other, ..)) => problems.push(format!(
+                    "environments {other} and {} share Secret {name} in {ns}: give each environment its own",
+                    e.name
+                )),
+                None => secrets.push((&e.name, ns.to_string(), name)),
+            }
+        }
     }
 }
 

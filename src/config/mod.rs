@@ -11,9 +11,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod check;
+mod environment;
+mod explain;
 mod runner;
 
-pub use runner::{RUNNER_ROOT, Runner, SecretMount, is_dns_subdomain};
+pub use environment::{
+    Builder, Cleanup, Deployer, Environment, EnvironmentKind, Timeouts, Workload, WorkloadType,
+};
+pub use runner::{LOGIN_FILE, Login, RUNNER_ROOT, Runner, SecretMount, is_dns_subdomain};
 
 use crate::command::{VocabComponent, Vocabulary, format_duration, parse_duration};
 
@@ -212,6 +217,43 @@ pub struct Component {
     /// The branch used when no ref is given (the deployer's checkout).
     #[serde(default = "default_branch")]
     pub default_branch: String,
+    /// When a service is deployed: `always` (every request, unless
+    /// `--without` leaves it out) or `on-request` (only when the request
+    /// references it or `--only` names it).
+    #[serde(default)]
+    pub deploy: DeployWhen,
+}
+
+/// When a component with images is deployed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeployWhen {
+    #[default]
+    Always,
+    /// Only when a request references it or `--only` names it (e.g. a
+    /// consumer that would take a shared queue).
+    OnRequest,
+}
+
+impl Component {
+    /// Whether it is deployed by a request that did not reference it nor
+    /// name it in `--only`.
+    pub fn deployed_by_default(&self) -> bool {
+        !self.retired && !self.images.is_empty() && self.deploy == DeployWhen::Always
+    }
+
+    /// How `check-config` and `/deploy help` describe its deployment.
+    pub fn deploy_note(&self) -> Option<&'static str> {
+        if self.retired {
+            Some("retired")
+        } else if self.images.is_empty() {
+            None
+        } else if self.deploy == DeployWhen::OnRequest {
+            Some("on request")
+        } else {
+            None
+        }
+    }
 }
 
 fn default_branch() -> String {
@@ -236,178 +278,6 @@ pub struct Image {
 pub enum BuildArg {
     Fixed(String),
     PerBase { stg: String, prod: String },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum EnvironmentKind {
-    /// Plans without building or deploying.
-    DryRun,
-    /// A Kubernetes namespace.
-    Kubernetes,
-    /// An OpenShift project (ImageStreams, Builds).
-    Openshift,
-    /// A configured command deploys.
-    Command,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Environment {
-    pub name: String,
-    pub kind: EnvironmentKind,
-    #[serde(default)]
-    pub namespace: Option<String>,
-    /// Where the deployed instance answers (GitHub deployment's environment URL).
-    #[serde(default)]
-    pub url: Option<String>,
-    #[serde(default = "default_ttl")]
-    pub default_ttl: Span,
-    #[serde(default = "max_ttl")]
-    pub max_ttl: Span,
-    /// How images are built (default: OpenShift Builds for `openshift`, none otherwise).
-    #[serde(default)]
-    pub builder: Option<Builder>,
-    /// How the environment is pointed at the images.
-    #[serde(default)]
-    pub deployer: Option<Deployer>,
-    /// What is done to the previous deployment before a new one.
-    #[serde(default)]
-    pub cleanup: Option<Cleanup>,
-    /// Time limits per step.
-    #[serde(default)]
-    pub timeouts: Timeouts,
-    /// Variables given to the commands of this environment's jobs. Nothing
-    /// else of deploybot's own environment reaches them besides `PATH`,
-    /// `HOME` (the job's private directory) and `LANG`.
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// Variables whose values are read from files (mounted Secrets) when a
-    /// job starts; those values are masked wherever output is shown.
-    #[serde(default)]
-    pub env_from_files: BTreeMap<String, PathBuf>,
-    /// For `kubernetes`/`openshift`: the Job the deployer and the cleanup
-    /// command run in (required when either is a command).
-    #[serde(default)]
-    pub runner: Option<Runner>,
-}
-
-/// Image builders. Placeholders in `args`: `{repo_url}`, `{commit}`,
-/// `{containerfile}`, `{image}` (the full target reference), `{context}` (the
-/// checkout or the overlay's folder) and `{build_args}`, which expands to one
-/// `--build-arg` `KEY=VALUE` pair per argument. Nothing runs through a shell.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, tag = "kind", rename_all = "kebab-case")]
-pub enum Builder {
-    /// OpenShift Builds in the environment's namespace.
-    Openshift {
-        /// Secret used to push the built images.
-        #[serde(default)]
-        push_secret: Option<String>,
-    },
-    /// A local command such as podman or buildah, run in a checkout.
-    Command { args: Vec<String> },
-}
-
-/// Deployers.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, tag = "kind", rename_all = "kebab-case")]
-pub enum Deployer {
-    /// Point workloads (or ImageStream tags) of the namespace at the images.
-    Kubernetes { workloads: Vec<Workload> },
-    /// Run a command in a checkout of the deployer component (e.g. packit/deployment),
-    /// after writing a vars file (JSON, which YAML readers accept) with the images.
-    Command {
-        args: Vec<String>,
-        /// Path of the generated vars file inside the checkout.
-        vars_file: String,
-        /// Variable name → image repository; the variable gets the full image reference.
-        #[serde(default)]
-        image_vars: BTreeMap<String, String>,
-        /// Variable name → component; the variable is true when the component is deployed.
-        #[serde(default)]
-        flag_vars: BTreeMap<String, String>,
-        /// Fixed extra variables (any TOML value).
-        #[serde(default)]
-        extra_vars: BTreeMap<String, serde_json::Value>,
-    },
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Workload {
-    pub kind: WorkloadType,
-    pub name: String,
-    /// The image repository this workload runs.
-    pub image: String,
-    /// For ImageStreams: the tag pods follow (default `latest`).
-    #[serde(default)]
-    pub tag: Option<String>,
-}
-
-/// What a configured workload is (anything else is refused when the file is
-/// loaded).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-pub enum WorkloadType {
-    Deployment,
-    StatefulSet,
-    /// An OpenShift ImageStream tag that pods follow.
-    ImageStream,
-}
-
-/// Cleanup of the previous deployment.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, tag = "kind", rename_all = "kebab-case")]
-pub enum Cleanup {
-    /// Point every configured workload back at its base image.
-    ResetImages,
-    /// Run a command (in the deployer's checkout when there is one).
-    Command { args: Vec<String> },
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Timeouts {
-    pub resolve: Span,
-    pub build: Span,
-    pub cleanup: Span,
-    pub deploy: Span,
-    /// How often Builds and rollouts are polled, in milliseconds.
-    pub poll_ms: u64,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            resolve: Span::new("5m"),
-            build: Span::new("45m"),
-            cleanup: Span::new("10m"),
-            deploy: Span::new("20m"),
-            poll_ms: 3000,
-        }
-    }
-}
-
-impl Timeouts {
-    pub fn poll(&self) -> Duration {
-        Duration::from_millis(self.poll_ms.clamp(10, 60_000))
-    }
-
-    pub fn resolve(&self) -> Duration {
-        self.resolve.get()
-    }
-
-    pub fn build(&self) -> Duration {
-        self.build.get()
-    }
-
-    pub fn cleanup(&self) -> Duration {
-        self.cleanup.get()
-    }
-
-    pub fn deploy(&self) -> Duration {
-        self.deploy.get()
-    }
 }
 
 /// A duration setting (`90m`, `2h`, `30s`), read when the file is loaded; the
@@ -471,39 +341,11 @@ pub fn parse_duration_or_secs(text: &str) -> Option<Duration> {
     })
 }
 
-fn default_ttl() -> Span {
+pub(crate) fn default_ttl() -> Span {
     Span::new("2h")
 }
-fn max_ttl() -> Span {
+pub(crate) fn max_ttl() -> Span {
     Span::new("8h")
-}
-
-impl EnvironmentKind {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            EnvironmentKind::DryRun => "dry-run",
-            EnvironmentKind::Kubernetes => "kubernetes",
-            EnvironmentKind::Openshift => "openshift",
-            EnvironmentKind::Command => "command",
-        }
-    }
-}
-
-impl Environment {
-    /// The namespace of a cluster environment (locked with a Lease there).
-    pub fn cluster_namespace(&self) -> Option<&str> {
-        match self.kind {
-            EnvironmentKind::Kubernetes | EnvironmentKind::Openshift => self.namespace.as_deref(),
-            _ => None,
-        }
-    }
-
-    pub fn default_ttl(&self) -> Duration {
-        self.default_ttl.get()
-    }
-    pub fn max_ttl(&self) -> Duration {
-        self.max_ttl.get()
-    }
 }
 
 /// Where the configuration came from, for the start-up message.
@@ -540,12 +382,15 @@ impl Config {
             name: "dev".into(),
             kind: EnvironmentKind::DryRun,
             namespace: None,
+            jobs_namespace: None,
             url: None,
             default_ttl: default_ttl(),
             max_ttl: max_ttl(),
             builder: None,
             deployer: None,
             cleanup: None,
+            checkout_deployer: None,
+            checkout_cleanup: None,
             timeouts: Timeouts::default(),
             env: BTreeMap::new(),
             env_from_files: BTreeMap::new(),
@@ -586,6 +431,7 @@ impl Config {
                     aliases: c.aliases.clone(),
                     repo: c.repo.clone(),
                     retired: c.retired,
+                    on_request: !c.retired && c.deploy == DeployWhen::OnRequest,
                 })
                 .collect(),
             environments: self.environments.iter().map(|e| e.name.clone()).collect(),
@@ -607,12 +453,9 @@ impl Config {
         let components: Vec<String> = self
             .components
             .iter()
-            .map(|c| {
-                if c.retired {
-                    format!("{} (retired)", c.name)
-                } else {
-                    c.name.clone()
-                }
+            .map(|c| match c.deploy_note() {
+                Some(note) => format!("{} ({note})", c.name),
+                None => c.name.clone(),
             })
             .collect();
         let envs: Vec<String> = self

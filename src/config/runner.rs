@@ -38,7 +38,34 @@ pub struct Runner {
     /// (`envFrom`).
     #[serde(default)]
     pub env_secrets: Vec<String>,
+    /// Log the command in as the Job's own service account first.
+    #[serde(default)]
+    pub login: Option<Login>,
 }
+
+/// `[environment.runner.login]`: before the command, the Job writes
+/// [`LOGIN_FILE`] (JSON: the API server's URL, the environment's namespace
+/// and its own service account's token, under the names given here, e.g.
+/// Packit's `host`, `project` and `api_key`) and, with `oc`, runs `oc login`
+/// with that token. The token is read in the pod when it starts: a
+/// projected token rotates, and none passes through deploybot.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    /// The variable naming the API server's URL.
+    pub host_var: String,
+    /// The variable naming the environment's namespace.
+    pub namespace_var: String,
+    /// The variable holding the token.
+    pub token_var: String,
+    /// Also run `oc login SERVER --token=…` (the image must carry `oc`).
+    #[serde(default)]
+    pub oc: bool,
+}
+
+/// The file the Job's login writes (in its private `HOME`); commands read
+/// it, e.g. `ansible-playbook -e @/deploybot/home/login.json`.
+pub const LOGIN_FILE: &str = "/deploybot/home/login.json";
 
 /// Where the Job's pod has its own folders; configured mounts stay out of it.
 pub const RUNNER_ROOT: &str = "/deploybot";
@@ -104,6 +131,27 @@ impl Runner {
         for name in &self.env_secrets {
             if !is_dns_subdomain(name) {
                 say(format!("env_secrets: {name:?} is not a Secret name"));
+            }
+        }
+        if let Some(login) = &self.login {
+            for (key, name) in [
+                ("host_var", &login.host_var),
+                ("namespace_var", &login.namespace_var),
+                ("token_var", &login.token_var),
+            ] {
+                let identifier = name
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !identifier {
+                    say(format!(
+                        "login.{key} {name:?} is not a variable name (letters, digits, '_')"
+                    ));
+                }
+            }
+            if self.service_account.is_none() {
+                say("login needs service_account (the account whose token the Job uses)".into());
             }
         }
         let mut paths = Vec::new();
@@ -204,6 +252,7 @@ mod tests {
                 ("vars/dev.yml".into(), "vars/packit/dev.yml".into()),
             ]),
             env_secrets: vec![],
+            login: None,
         };
         let mounts = runner.secret_mounts();
         assert_eq!(mounts[0].secret, "packit-secrets");

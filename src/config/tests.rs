@@ -162,3 +162,58 @@ fn a_cluster_environment_runs_its_commands_in_a_runner() {
     let runner = packit.environments[0].runner.as_ref().expect("a runner");
     assert_eq!(runner.service_account.as_deref(), Some("deploybot-runner"));
 }
+
+#[test]
+fn environments_that_could_interfere_are_refused() {
+    let dev = &PACKIT_TOML[PACKIT_TOML.find("[[environment]]").expect("environment")..];
+    let components = &PACKIT_TOML[..PACKIT_TOML.find("[[environment]]").expect("environment")];
+    // A second environment copied from dev with only its name changed
+    // shares dev's namespaces and Secrets.
+    let copy = dev.replacen("name = \"dev\"", "name = \"dev2\"", 1);
+    let err = Config::from_toml(&format!("{components}{dev}\n{copy}")).expect_err("shared");
+    for needle in [
+        "environments dev and dev2 share namespace packit-dev",
+        "environments dev and dev2 share Secret packit-dev-secrets in packit-dev-deploybot",
+        "environments dev and dev2 share Secret quay-push in packit-dev-deploybot",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in:\n{err}");
+    }
+    // Its own namespaces make it valid (Secrets of the same name in
+    // another namespace are other Secrets).
+    let own = copy
+        .replace("namespace = \"packit-dev\"", "namespace = \"packit-dev2\"")
+        .replace(
+            "jobs_namespace = \"packit-dev-deploybot\"",
+            "jobs_namespace = \"packit-dev2-deploybot\"",
+        );
+    Config::from_toml(&format!("{components}{dev}\n{own}")).expect("kept apart");
+    // A jobs namespace that is another environment's target is refused.
+    let into_dev = own.replace(
+        "jobs_namespace = \"packit-dev2-deploybot\"",
+        "jobs_namespace = \"packit-dev\"",
+    );
+    let err = Config::from_toml(&format!("{components}{dev}\n{into_dev}")).expect_err("jobs");
+    assert!(
+        err.contains(
+            "environment dev2: its jobs_namespace packit-dev is environment dev's namespace"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_config_explains_what_a_request_deploys_and_how() {
+    let config = Config::from_toml(PACKIT_TOML).expect("packit.toml");
+    let text = config.explain().concat();
+    for needle in [
+        "environment dev (openshift, namespace packit-dev, Builds and Jobs in packit-dev-deploybot)",
+        "deployed by default: packit-service, sandcastle",
+        "packit-service-fedmsg (on request)",
+        "tokman (retired)",
+        "a request without deployment=: deployer `kubernetes`, moving ImageStream tags packit-service:dev",
+        "a request with deployment=<ref> (commands from that checkout): deployer `make deploy DEPLOYMENT=dev …` as a Kubernetes Job in packit-dev-deploybot",
+        "cleanup `make cleanup DEPLOYMENT=dev …`",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+    }
+}

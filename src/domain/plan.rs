@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Base, DeployRequest, Ref};
-use crate::config::{BuildArg, ComponentKind, Config, Environment};
+use crate::config::{BuildArg, ComponentKind, Config, DeployWhen, Deployer, Environment};
 
 /// A ref pinned to a commit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +87,10 @@ pub struct ImagePlan {
     pub tag: String,
     /// Whether the component that owns the image is deployed.
     pub deployed: bool,
+    /// How the deployer gets it: the variables (`image_sandcastle`) or the
+    /// workloads (`ImageStream packit-worker:dev`) that name it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub handed_to: Vec<String>,
 }
 
 impl ImagePlan {
@@ -120,6 +124,12 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Whether the request references the deployer component (its checkout
+    /// is pinned), e.g. `deployment=321`.
+    pub fn references_deployer(&self) -> bool {
+        self.checkout.as_ref().is_some_and(|c| c.sha.is_some())
+    }
+
     /// Images that need building (not taken from the base tag).
     pub fn builds(&self) -> impl Iterator<Item = &ImagePlan> {
         self.images.iter().filter(|i| i.action != ImageAction::Base)
@@ -178,7 +188,8 @@ pub fn plan(
             )));
         }
     }
-    // Components deployed: every active component with images, filtered.
+    // Components deployed: every active component with images, filtered;
+    // one deployed on request only when referenced or in `--only`.
     let mut deploy = Vec::new();
     let mut skip = Vec::new();
     for c in config
@@ -190,6 +201,7 @@ pub fn plan(
             request.only.contains(&c.name)
         } else {
             !request.without.contains(&c.name)
+                && (c.deploy == DeployWhen::Always || sha_of(&c.name).is_some())
         };
         if chosen {
             deploy.push(c.name.clone());
@@ -291,6 +303,7 @@ pub fn plan(
                 steps,
                 tag,
                 deployed: deploy.contains(&owner.name),
+                handed_to: Vec::new(),
             });
         }
     }
@@ -310,6 +323,11 @@ pub fn plan(
                 _ => c.default_branch.clone(),
             },
         });
+    let references_deployer = checkout.as_ref().is_some_and(|c| c.sha.is_some());
+    let deployer = environment.deployer_for(references_deployer);
+    for image in &mut images {
+        image.handed_to = handed_to(deployer, &image.image);
+    }
     Ok(Plan {
         base,
         environment: environment.name.clone(),
@@ -320,6 +338,30 @@ pub fn plan(
         skip,
         checkout,
     })
+}
+
+/// The variables or workloads of `deployer` that take image repository `image`.
+fn handed_to(deployer: Option<&Deployer>, image: &str) -> Vec<String> {
+    match deployer {
+        None => Vec::new(),
+        Some(Deployer::Command { image_vars, .. }) => image_vars
+            .iter()
+            .filter(|(_, repo)| repo.as_str() == image)
+            .map(|(var, _)| var.clone())
+            .collect(),
+        Some(Deployer::Kubernetes { workloads }) => workloads
+            .iter()
+            .filter(|w| w.image == image)
+            .map(|w| match w.kind {
+                crate::config::WorkloadType::ImageStream => format!(
+                    "ImageStream {}:{}",
+                    w.name,
+                    w.tag.as_deref().unwrap_or("latest")
+                ),
+                kind => format!("{kind:?} {}", w.name),
+            })
+            .collect(),
+    }
 }
 
 #[cfg(test)]
@@ -431,7 +473,7 @@ mod tests {
             matches!(&service.steps[0], BuildStep::Source { containerfile, .. }
             if containerfile == "files/docker/Dockerfile")
         );
-        assert_eq!(image(&p, "tokman").action, ImageAction::Base);
+        assert_eq!(image(&p, "packit-service-fedmsg").action, ImageAction::Base);
     }
 
     #[test]
@@ -505,18 +547,49 @@ mod tests {
         assert!(!image(&p, "packit-service").deployed);
         assert!(
             matches!(&dash.steps[0], BuildStep::Source { build_args, .. }
-            if build_args.get("REACT_APP_API_URL").map(String::as_str) == Some("https://dev.packit.dev/api")
-            && build_args.get("REACT_APP_GIT_SHA") == Some(&sha('f')))
+            if build_args.get("VITE_API_URL").map(String::as_str) == Some("https://dev.packit.dev/api")
+            && build_args.get("VITE_GIT_SHA") == Some(&sha('f')))
         );
     }
 
     #[test]
     fn without_skips_components() {
-        let p = plan_for("ogr=1 --without=dashboard,tokman").expect("plan");
+        let p = plan_for("ogr=1 --without=sandcastle,tokman").expect("plan");
+        assert!(p.skip.contains(&"sandcastle".to_string()));
         assert!(
-            p.skip.contains(&"dashboard".to_string()) && p.skip.contains(&"tokman".to_string())
+            !p.skip.contains(&"tokman".to_string()) && !p.deploy.contains(&"tokman".to_string()),
+            "a retired component is neither: {p:?}"
         );
         assert!(p.deploy.contains(&"packit-service".to_string()));
+    }
+
+    #[test]
+    fn components_on_request_are_deployed_only_when_referenced_or_in_only() {
+        let p = plan_for("ogr=1").expect("plan");
+        assert_eq!(p.deploy, ["packit-service", "sandcastle"]);
+        assert!(p.skip.contains(&"packit-service-fedmsg".to_string()));
+        assert!(!image(&p, "packit-service-fedmsg").deployed);
+        let p = plan_for("fedmsg=7").expect("plan");
+        assert!(p.deploy.contains(&"packit-service-fedmsg".to_string()));
+        let p = plan_for("--only=fedmsg").expect("plan");
+        assert_eq!(p.deploy, ["packit-service-fedmsg"]);
+    }
+
+    #[test]
+    fn the_plan_says_how_each_image_reaches_the_deployer() {
+        // Without deployment=: the ImageStream tags.
+        let p = plan_for("packit-service=4").expect("plan");
+        assert!(!p.references_deployer());
+        assert_eq!(
+            image(&p, "packit-worker").handed_to,
+            ["ImageStream packit-worker:dev"]
+        );
+        assert!(image(&p, "sandcastle").handed_to.is_empty());
+        // With it: the playbook's variables, the sandcastle image too.
+        let p = plan_for("sandcastle=5 deployment=6").expect("plan");
+        assert!(p.references_deployer());
+        assert_eq!(image(&p, "sandcastle").handed_to, ["image_sandcastle"]);
+        assert_eq!(image(&p, "packit-worker").handed_to, ["image_worker"]);
     }
 
     #[test]

@@ -268,6 +268,7 @@ mod tests {
             steps,
             tag: tag.into(),
             deployed: true,
+            handed_to: Vec::new(),
         }
     }
 

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::cluster::{
-    CHECKOUT_DIR, Cluster, RunEnd, RunEvent, RunFollower, RunSecret, RunSpec, run_name,
+    CHECKOUT_DIR, Cluster, RunEnd, RunEvent, RunFollower, RunLogin, RunSecret, RunSpec, run_name,
 };
-use crate::config::{Environment, Runner};
+use crate::config::{Environment, LOGIN_FILE, Runner};
 use crate::domain::Step;
 use crate::domain::plan::Plan;
 use crate::pipeline::exec::{
@@ -36,15 +36,34 @@ pub(in crate::pipeline) struct InCluster<'a> {
 }
 
 impl Pipeline {
-    /// The Job that runs `what` for `job`.
+    /// The Job that runs `what` for `job`; `server` is the API server's URL
+    /// as deploybot reaches it (the Job's pod is in the same cluster).
     fn run_spec(
         &self,
         job: &Job,
         plan: &Plan,
         environment: &Environment,
         what: &InCluster<'_>,
-    ) -> RunSpec {
+        server: Option<&str>,
+    ) -> Result<RunSpec, StepError> {
         let runner = what.runner;
+        let login = match (&runner.login, server) {
+            (None, _) => None,
+            (Some(login), Some(server)) => Some(RunLogin {
+                server: server.to_string(),
+                namespace: environment.namespace.clone().unwrap_or_default(),
+                host_var: login.host_var.clone(),
+                namespace_var: login.namespace_var.clone(),
+                token_var: login.token_var.clone(),
+                oc: login.oc,
+                file: LOGIN_FILE.to_string(),
+            }),
+            (Some(_), None) => {
+                return Err(StepError::failed(
+                    "runner.login needs the API server's URL, and this cluster connection does not say it",
+                ));
+            }
+        };
         let limit = time_limit(environment, what.step);
         let checkout = plan.checkout.as_ref().map(|c| {
             let revision = c.sha.clone().unwrap_or_else(|| c.branch.clone());
@@ -63,7 +82,7 @@ impl Pipeline {
                 key: m.key,
             })
             .collect();
-        RunSpec {
+        Ok(RunSpec {
             name: run_name(job.id, what.step.as_str()),
             job_id: job.id,
             container: what.step.as_str().to_string(),
@@ -86,7 +105,8 @@ impl Pipeline {
             env_secrets: runner.env_secrets.clone(),
             secrets,
             vars: what.vars.clone(),
-        }
+            login,
+        })
     }
 
     /// Runs `what` as a Job in the environment's namespace; Ok when it
@@ -101,7 +121,7 @@ impl Pipeline {
         cancel: &mut watch::Receiver<bool>,
     ) -> Result<(), StepError> {
         let step = what.step;
-        let ns = environment.namespace.clone().unwrap_or_default();
+        let ns = environment.work_namespace().unwrap_or_default().to_string();
         let api = |e: crate::cluster::ClusterError| StepError::failed(e.to_string());
         let cluster = self.cluster().await.map_err(api)?;
         let until = deadline(time_limit(environment, step));
@@ -109,7 +129,7 @@ impl Pipeline {
             let text = format!("deleted Job `{name}`, left by an earlier attempt");
             self.event(job.id, step, &text).await?;
         }
-        let spec = self.run_spec(job, plan, environment, &what);
+        let spec = self.run_spec(job, plan, environment, &what, cluster.url())?;
         cluster.start_run(&ns, &spec).await.map_err(api)?;
         let text = format!(
             "running in the cluster: Job `{}` in `{ns}` (image {})",
@@ -126,13 +146,7 @@ impl Pipeline {
                         for event in seen.events {
                             match event {
                                 RunEvent::Started { container } => {
-                                    let argv = spec
-                                        .containers()
-                                        .into_iter()
-                                        .find(|(c, _)| *c == container)
-                                        .map(|(_, argv)| argv)
-                                        .unwrap_or_default();
-                                    output.echo(&argv).await?;
+                                    output.echo(&spec.shown_argv(&container)).await?;
                                 }
                                 RunEvent::Output { bytes, .. } => output.bytes(&bytes).await?,
                             }
@@ -188,10 +202,9 @@ impl Pipeline {
                     _ => output.excerpt(),
                 };
                 let program = spec
-                    .containers()
-                    .into_iter()
-                    .find(|(c, _)| *c == container)
-                    .and_then(|(_, argv)| argv.first().cloned())
+                    .shown_argv(&container)
+                    .first()
+                    .cloned()
                     .unwrap_or_default();
                 Err(StepError::Failed {
                     reason: format!(

@@ -2,6 +2,7 @@
 //! text and the deployment's state, rendered from a snapshot of the job.
 //! Pure: the reporter reads the snapshot and sends what this renders.
 
+mod images;
 mod text;
 
 pub use crate::mask::redact;
@@ -9,7 +10,7 @@ pub use text::{human_span, human_time};
 
 use crate::command::{DeployRequest, Ref};
 use crate::config::Config;
-use crate::domain::plan::{ImageAction, Pinned, Plan};
+use crate::domain::plan::{Pinned, Plan};
 use crate::domain::{JobState, Step};
 use crate::quote;
 use crate::store::{EnvironmentRow, Job, JobEvent, PullRef, Store, StoreError};
@@ -33,6 +34,8 @@ pub struct Snapshot {
     /// The job's page (its full log).
     pub details_url: String,
     pub command_prefix: String,
+    /// The components deployed only on request (from the configuration).
+    pub on_request: Vec<String>,
     pub now_ms: i64,
 }
 
@@ -145,6 +148,12 @@ impl Snapshot {
             holder,
             details_url,
             command_prefix: config.bot.command_prefix.clone(),
+            on_request: config
+                .components
+                .iter()
+                .filter(|c| c.deploy == crate::config::DeployWhen::OnRequest && !c.retired)
+                .map(|c| c.name.clone())
+                .collect(),
             now_ms,
         }))
     }
@@ -327,65 +336,6 @@ impl Snapshot {
                 (other, _) => quote::cell(&other.to_string()),
             };
             out.push_str(&format!("| {} | {reference} | {commit} |\n", r.component));
-        }
-        out
-    }
-
-    /// Images built or reused for this request (base images are not listed).
-    fn images(&self) -> String {
-        let Some(plan) = self.plan() else {
-            return String::new();
-        };
-        let mut lines = Vec::new();
-        for image in plan.images.iter().filter(|i| i.action != ImageAction::Base) {
-            let reference = image.reference();
-            let said = |verb: &str| {
-                self.events.iter().any(|e| {
-                    e.step == Step::Build && e.message.starts_with(&format!("{verb} {reference}"))
-                })
-            };
-            let state = if said("reused") {
-                "reused (built before from the same commits)"
-            } else if said("built") {
-                "built"
-            } else if self.job.state == JobState::Running || self.job.state == JobState::Queued {
-                "to build"
-            } else {
-                "not built"
-            };
-            let how = match image.action {
-                ImageAction::Overlay | ImageAction::BuildAndOverlay => {
-                    let libs: Vec<String> = image
-                        .steps
-                        .iter()
-                        .filter_map(|s| match s {
-                            crate::domain::plan::BuildStep::Overlay { library, .. } => {
-                                Some(library.clone())
-                            }
-                            _ => None,
-                        })
-                        .collect();
-                    format!(", with {} installed", libs.join(", "))
-                }
-                _ => String::new(),
-            };
-            lines.push(format!("- `{reference}`: {state}{how}"));
-        }
-        if lines.is_empty() {
-            return format!(
-                "Images: nothing to build; every image comes from `{}`.\n",
-                plan.base.as_str()
-            );
-        }
-        let others = plan.images.len() - lines.len();
-        let mut out = String::from("Images:\n");
-        out.push_str(&lines.join("\n"));
-        out.push('\n');
-        if others > 0 {
-            out.push_str(&format!(
-                "- the {others} other image(s) from `{}`\n",
-                plan.base.as_str()
-            ));
         }
         out
     }

@@ -47,7 +47,7 @@ kind = "command"
 args = {deployer}
 vars_file = "vars/packit/generated.json"
 image_vars = {{ image = "quay.io/packit/packit-service" }}
-flag_vars = {{ with_tokman = "tokman" }}
+flag_vars = {{ with_service = "packit-service" }}
 extra_vars = {{ deployment = "dev" }}
 [environment.cleanup]
 kind = "command"
@@ -320,8 +320,8 @@ async fn the_job_is_what_the_configuration_and_the_plan_say(db: Db) {
         vars,
         json!({
             "image": "quay.io/packit/packit-service:stg",
-            // Every service is deployed (tokman at its base image).
-            "with_tokman": true,
+            // The service is deployed (at its base image).
+            "with_service": true,
             "deployment": "dev",
             "deploybot_environment": "dev",
             "deploybot_base": "stg",

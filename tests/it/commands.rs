@@ -262,7 +262,8 @@ async fn builds_checkouts_and_deploys_with_commands(db: Db) {
         )
     );
     assert_eq!(vars["image_dashboard"], "quay.io/packit/dashboard:stg");
-    assert_eq!(vars["with_dashboard"], true);
+    // The dashboard is deployed on request only (deploy/packit.toml).
+    assert_eq!(vars["with_dashboard"], false);
     assert_eq!(vars["deployment"], "dev");
     assert!(events(&job, "deploy").contains("│ deployed"), "{job}");
 

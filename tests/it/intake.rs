@@ -144,7 +144,7 @@ async fn edited_comment_queues_only_new_command_lines(db: Db) {
 
     let mut edited = created.clone();
     edited["action"] = json!("edited");
-    edited["comment"]["body"] = json!(format!("{old}\n/deploy --base=prod tokman=5"));
+    edited["comment"]["body"] = json!(format!("{old}\n/deploy --base=prod fedmsg=5"));
     edited["changes"] = json!({ "body": { "from": old } });
     let (status, _) = t.deliver("issue_comment", &edited).await;
     assert!(status.is_success());
@@ -155,12 +155,12 @@ async fn edited_comment_queues_only_new_command_lines(db: Db) {
     assert_eq!(jobs[0]["base"], "prod");
     assert_eq!(
         components(&jobs[0]),
-        pairs(&[("packit-service", "#614"), ("tokman", "#5")])
+        pairs(&[("packit-service", "#614"), ("packit-service-fedmsg", "#5")])
     );
 
     // An edit that changes only prose queues nothing.
     let mut prose = edited.clone();
-    prose["comment"]["body"] = json!(format!("{old}\n/deploy --base=prod tokman=5\nthanks!"));
+    prose["comment"]["body"] = json!(format!("{old}\n/deploy --base=prod fedmsg=5\nthanks!"));
     prose["changes"] = json!({ "body": { "from": edited["comment"]["body"] } });
     t.deliver("issue_comment", &prose).await;
     t.settle().await;

@@ -22,6 +22,7 @@ mod cluster_job;
 mod commands;
 mod config_reference;
 mod github_client;
+mod imagestreams;
 mod intake;
 mod kube;
 mod layout;

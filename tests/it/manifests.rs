@@ -1,7 +1,7 @@
 //! deploybot's own deployment: `kubectl kustomize deploy/` and
 //! `deploy/openshift` render; the rendered objects match the official schemas
-//! in shared/fixtures/kubernetes/ where those cover the kind; the Role in the
-//! target namespace grants nothing beyond what deploybot uses; the App
+//! in shared/fixtures/kubernetes/ where those cover the kind; deploybot's Roles in
+//! the target and the jobs namespace grant nothing beyond what it uses; the App
 //! manifest asks for exactly the permissions and events deploybot handles;
 //! the Dockerfile builds what CI builds.
 
@@ -161,16 +161,25 @@ fn the_manifests_render_and_match_the_official_schemas() {
 
 #[test]
 fn the_target_role_grants_nothing_beyond_what_deploybot_uses() {
-    // (apiGroup, resource) → the verbs deploybot may use there.
-    let allowed: Vec<(&str, &str, &[&str])> = vec![
+    // deploybot's own Roles are the ones bound to its service account: one
+    // in the target namespace (the Lease, ImageStream tags, workloads) and
+    // one in the jobs namespace (Builds and the deploy/cleanup Jobs, which
+    // `make cleanup` in the target would delete). The runner's Roles
+    // (deploybot-runner, what PR code acts as) are the operator's, not
+    // deploybot's, and are not checked here.
+    // namespace → (apiGroup, resource) → the verbs deploybot may use there.
+    let target: Vec<(&str, &str, &[&str])> = vec![
         (
             "coordination.k8s.io",
             "leases",
             &["get", "create", "update"],
         ),
-        ("apps", "deployments", &["get", "patch"]),
-        ("apps", "statefulsets", &["get", "patch"]),
+        ("apps", "deployments", &["get", "list", "patch"]),
+        ("apps", "statefulsets", &["get", "list", "patch"]),
         ("image.openshift.io", "imagestreams", &["get", "update"]),
+        ("", "pods", &["get", "list", "watch"]),
+    ];
+    let jobs: Vec<(&str, &str, &[&str])> = vec![
         (
             "build.openshift.io",
             "buildconfigs",
@@ -188,42 +197,50 @@ fn the_target_role_grants_nothing_beyond_what_deploybot_uses() {
             &["get", "list", "watch"],
         ),
         ("", "pods", &["get", "list", "watch"]),
-        ("", "events", &["get", "list", "watch"]),
         // The deployer's and the cleanup's Jobs, their vars, their logs.
         ("batch", "jobs", &["get", "list", "create", "delete"]),
         ("", "configmaps", &["create"]),
         ("", "pods/log", &["get"]),
     ];
     let objects = render("deploy");
-    let roles: Vec<&Value> = objects
+    assert!(
+        !objects
+            .iter()
+            .any(|o| o["kind"] == "ClusterRole" || o["kind"] == "ClusterRoleBinding"),
+        "no cluster-wide grant in deploy/"
+    );
+    let bindings: Vec<&Value> = objects
         .iter()
-        .filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole")
+        .filter(|o| {
+            o["kind"] == "RoleBinding"
+                && o["subjects"].as_array().is_some_and(|s| {
+                    s.iter()
+                        .any(|s| s["name"] == "deploybot" && s["namespace"] == "deploybot")
+                })
+        })
         .collect();
-    assert_eq!(roles.len(), 1, "one Role, no ClusterRole");
-    let role = roles[0];
-    assert_eq!(role["kind"], "Role");
-    for rule in role["rules"].as_array().expect("rules") {
-        for group in rule["apiGroups"].as_array().expect("groups") {
-            for resource in rule["resources"].as_array().expect("resources") {
-                for verb in rule["verbs"].as_array().expect("verbs") {
-                    let (g, r, v) = (
-                        group.as_str().expect("group"),
-                        resource.as_str().expect("resource"),
-                        verb.as_str().expect("verb"),
-                    );
-                    assert!(
-                        allowed
-                            .iter()
-                            .any(|(ag, ar, av)| *ag == g && *ar == r && av.contains(&v)),
-                        "the Role grants {v} on {g}/{r}, which deploybot does not use"
-                    );
-                }
-            }
-        }
-        assert!(rule["resourceNames"].is_null() || rule["resourceNames"].is_array());
-    }
-    // And what running the deployer as a Job needs is granted.
-    let grants = |g: &str, r: &str, v: &str| {
+    let role_in = |ns: &str| -> &Value {
+        let binding = bindings
+            .iter()
+            .find(|b| b["metadata"]["namespace"] == ns)
+            .unwrap_or_else(|| panic!("deploybot is bound to a Role in {ns}"));
+        assert_eq!(binding["roleRef"]["kind"], "Role");
+        assert_eq!(binding["subjects"].as_array().map(Vec::len), Some(1));
+        objects
+            .iter()
+            .find(|o| {
+                o["kind"] == "Role"
+                    && o["metadata"]["namespace"] == ns
+                    && o["metadata"]["name"] == binding["roleRef"]["name"]
+            })
+            .expect("the bound Role")
+    };
+    assert_eq!(
+        bindings.len(),
+        2,
+        "deploybot: the target and the jobs namespace"
+    );
+    let grants = |role: &Value, g: &str, r: &str, v: &str| {
         role["rules"].as_array().expect("rules").iter().any(|rule| {
             let has = |key: &str, want: &str| {
                 rule[key]
@@ -233,27 +250,48 @@ fn the_target_role_grants_nothing_beyond_what_deploybot_uses() {
             has("apiGroups", g) && has("resources", r) && has("verbs", v)
         })
     };
-    for (g, r, v) in [
-        ("batch", "jobs", "create"),
-        ("batch", "jobs", "get"),
-        ("batch", "jobs", "list"),
-        ("batch", "jobs", "delete"),
-        ("", "pods", "list"),
-        ("", "pods/log", "get"),
-        ("", "configmaps", "create"),
-    ] {
-        assert!(grants(g, r, v), "the Role must grant {v} on {g}/{r}");
+    for (ns, allowed) in [("packit-dev", &target), ("packit-dev-deploybot", &jobs)] {
+        let role = role_in(ns);
+        for rule in role["rules"].as_array().expect("rules") {
+            for group in rule["apiGroups"].as_array().expect("groups") {
+                for resource in rule["resources"].as_array().expect("resources") {
+                    for verb in rule["verbs"].as_array().expect("verbs") {
+                        let (g, r, v) = (
+                            group.as_str().expect("group"),
+                            resource.as_str().expect("resource"),
+                            verb.as_str().expect("verb"),
+                        );
+                        assert!(
+                            allowed
+                                .iter()
+                                .any(|(ag, ar, av)| *ag == g && *ar == r && av.contains(&v)),
+                            "the Role in {ns} grants {v} on {g}/{r}, which deploybot does not use there"
+                        );
+                    }
+                }
+            }
+            assert!(rule["resourceNames"].is_null() || rule["resourceNames"].is_array());
+        }
+        // And what deploybot needs there is granted.
+        for (g, r, verbs) in allowed {
+            for v in *verbs {
+                assert!(
+                    grants(role, g, r, v),
+                    "the Role in {ns} must grant {v} on {g}/{r}"
+                );
+            }
+        }
     }
-    let binding = objects
-        .iter()
-        .find(|o| o["kind"] == "RoleBinding")
-        .expect("binding");
-    assert_eq!(
-        binding["metadata"]["namespace"],
-        role["metadata"]["namespace"]
+    // The account PR code acts as has nothing in the jobs namespace (the
+    // Secrets it mounts, deploybot's Jobs and Builds).
+    assert!(
+        !objects.iter().any(|o| {
+            o["kind"] == "RoleBinding"
+                && o["metadata"]["namespace"] == "packit-dev-deploybot"
+                && o["subjects"][0]["name"] == "deploybot-runner"
+        }),
+        "deploybot-runner has no rights in packit-dev-deploybot"
     );
-    assert_eq!(binding["subjects"][0]["name"], "deploybot");
-    assert_eq!(binding["subjects"][0]["namespace"], "deploybot");
 }
 
 #[test]

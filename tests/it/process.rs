@@ -304,7 +304,7 @@ async fn serve_on_the_embedded_default_runs_a_dry_run_deployment() {
     assert!(
         job["plan"]["images"]
             .as_array()
-            .is_some_and(|i| i.len() == 6),
+            .is_some_and(|i| i.len() == 5),
         "{job}"
     );
     let steps: Vec<&str> = job["events"]

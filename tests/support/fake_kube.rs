@@ -80,11 +80,13 @@ use super::http::{self, Incoming, parse_query};
 use super::openapi::{self, PathTemplate, Violations};
 
 mod discovery;
+mod images;
 mod jobs;
 mod process;
 mod workloads;
 
-pub use jobs::{ContainerRun, Script};
+pub use images::imported_reference;
+pub use jobs::{ContainerRun, Script, base64_decode};
 
 /// Where the Kubernetes fixtures are: `../shared/fixtures/kubernetes`.
 pub fn fixtures_dir() -> PathBuf {
@@ -405,6 +407,7 @@ impl FakeKube {
                 tokio::time::sleep(Duration::from_millis(3)).await;
                 jobs::tick(&ticking);
                 workloads::tick(&ticking);
+                images::tick(&ticking);
             }
         });
         FakeKube {
@@ -420,6 +423,11 @@ impl FakeKube {
     /// happens without one).
     pub fn script(&self, script: impl Fn(&ContainerRun) -> Option<Script> + Send + Sync + 'static) {
         self.state().kubelet.scripts.push(Arc::new(script));
+    }
+
+    /// Imports of `reference` fail from now on (the registry does not have it).
+    pub fn missing_image(&self, reference: &str) {
+        self.state().missing_images.push(reference.to_string());
     }
 
     /// Containers for which `image_path` answers `Some(PATH)` run as real
@@ -1013,6 +1021,8 @@ struct KubeState {
     /// manager.
     applied: HashMap<(Key, String), Value>,
     kubelet: jobs::Kubelet,
+    /// Image references whose import fails (as if the registry lost them).
+    missing_images: Vec<String>,
     workloads: workloads::Workloads,
     /// Service-account tokens the fake issued: token → (namespace, account).
     tokens: BTreeMap<String, (String, String)>,

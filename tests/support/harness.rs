@@ -33,6 +33,7 @@ pub const DEFAULT_PULLS: &[(&str, u64)] = &[
     ("packit/ogr", 123),
     ("packit/packit", 456),
     ("packit/tokman", 5),
+    ("packit/packit-service-fedmsg", 5),
     ("packit/deployment", 321),
 ];
 

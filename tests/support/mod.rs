@@ -1,11 +1,12 @@
 //! Test support shared by the integration test crates: a real PostgreSQL, the
 //! fake GitHub, and the harness that drives deploybot. Not every crate uses
 //! every helper.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod fake_github;
 pub mod fake_kube;
 pub mod harness;
 pub mod http;
 pub mod openapi;
+pub mod packit;
 pub mod pg;

@@ -834,6 +834,7 @@ async fn deploybots_own_run_spec_runs_as_processes() {
             path: "/deploybot/checkout/secrets/token".into(),
         }],
         vars: Some(("vars/dev.yml".into(), "project: myproject\n".into())),
+        login: None,
     };
     let cluster = Cluster::connect(Some(&fake.url())).await.expect("connect");
     cluster.start_run(NS, &spec).await.expect("start the run");
@@ -1011,6 +1012,7 @@ async fn packits_make_deploy_runs_in_a_job_pod_as_deploybot_sends_it() {
             path: "/deploybot/checkout/secrets/packit/dev".into(),
         }],
         vars: Some(("vars/packit/dev.yml".into(), vars)),
+        login: None,
     };
     let cluster = Cluster::connect(Some(&fake.url())).await.expect("connect");
     let started = Instant::now();

@@ -36,7 +36,7 @@ impl Pipeline {
             self.step(job.id, Step::Build, "nothing to build").await?;
             return Ok(());
         }
-        match tools(environment).0 {
+        match tools(environment, plan).0 {
             Builds::DryRun => {
                 let text = format!(
                     "skipped (dry-run environment): would build {}",
@@ -78,7 +78,7 @@ impl Pipeline {
                 self.event(job.id, Step::Build, &text).await?;
             }
             Builds::Openshift { push_secret } => {
-                let ns = environment.namespace.clone().unwrap_or_default();
+                let ns = environment.work_namespace().unwrap_or_default().to_string();
                 let text = format!(
                     "building {} image(s) with OpenShift Builds in `{ns}`",
                     stages.len()

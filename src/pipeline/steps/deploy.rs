@@ -38,7 +38,7 @@ impl Pipeline {
         env: &Arc<JobEnv>,
         cancel: &mut watch::Receiver<bool>,
     ) -> Result<(), StepError> {
-        match tools(environment).1 {
+        match tools(environment, plan).1 {
             Cleans::DryRun => {
                 let text = "skipped (dry-run environment): would clean up the previous deployment";
                 self.step(job.id, Step::Cleanup, text).await?;
@@ -103,7 +103,7 @@ impl Pipeline {
             .map(|i| i.reference())
             .collect();
         let deploying = format!("deploying {}", deployed.join(", "));
-        match tools(environment).2 {
+        match tools(environment, plan).2 {
             Deploys::DryRun => {
                 let text = format!(
                     "skipped (dry-run environment): would deploy {}",
@@ -201,6 +201,7 @@ impl Pipeline {
         let deadline = deadline(time_limit(environment, step));
         let api = |e: ClusterError| StepError::failed(e.to_string());
         let mut rollouts = Vec::new();
+        let mut tagged = Vec::new();
         for w in workloads {
             let Some((_, reference)) = images.iter().find(|(repo, _)| *repo == w.image) else {
                 continue;
@@ -210,23 +211,39 @@ impl Pipeline {
                 WorkloadType::StatefulSet => WorkloadKind::StatefulSet,
                 WorkloadType::ImageStream => {
                     let tag = w.tag.as_deref().unwrap_or("latest");
-                    cluster
+                    let set = cluster
                         .set_imagestream_tag(&ns, &w.name, tag, reference, &annotations)
-                        .await
-                        .map_err(api)?;
+                        .await;
+                    // Resetting what is not there (a component deployed on
+                    // request only) leaves nothing to reset.
+                    if !wait && set.as_ref().is_err_and(ClusterError::is_not_found) {
+                        let text = format!(
+                            "ImageStream `{}` is not in `{ns}`: nothing to reset",
+                            w.name
+                        );
+                        self.event(job.id, step, &text).await?;
+                        continue;
+                    }
+                    set.map_err(api)?;
                     self.event(
                         job.id,
                         step,
                         &format!("ImageStream `{}:{tag}` → {reference}", w.name),
                     )
                     .await?;
+                    tagged.push((w.name.clone(), tag.to_string()));
                     continue;
                 }
             };
-            cluster
+            let set = cluster
                 .set_workload_image(&ns, kind, &w.name, &w.image, reference, &annotations)
-                .await
-                .map_err(api)?;
+                .await;
+            if !wait && set.as_ref().is_err_and(ClusterError::is_not_found) {
+                let text = format!("{kind} `{}` is not in `{ns}`: nothing to reset", w.name);
+                self.event(job.id, step, &text).await?;
+                continue;
+            }
+            set.map_err(api)?;
             self.event(job.id, step, &format!("{kind} `{}` → {reference}", w.name))
                 .await?;
             rollouts.push((kind, w.name.clone()));
@@ -234,6 +251,13 @@ impl Pipeline {
         if !wait {
             return Ok(());
         }
+        for (stream, tag) in &tagged {
+            let followers = self
+                .follow_tag(job, environment, cluster, stream, tag, deadline, cancel)
+                .await?;
+            rollouts.extend(followers);
+        }
+        rollouts.dedup();
         for (kind, name) in rollouts {
             let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
             let waited = exec::bounded(deadline, cancel, async {
@@ -260,5 +284,61 @@ impl Pipeline {
             .await?;
         }
         Ok(())
+    }
+
+    /// After ImageStream tag `stream:tag` moved: waits for its import, then
+    /// for each workload its trigger sets to run the imported image.
+    /// Returns those workloads (their rollouts are waited for next).
+    #[allow(clippy::too_many_arguments)]
+    async fn follow_tag(
+        &self,
+        job: &Job,
+        environment: &Environment,
+        cluster: &crate::cluster::Cluster,
+        stream: &str,
+        tag: &str,
+        deadline: tokio::time::Instant,
+        cancel: &mut watch::Receiver<bool>,
+    ) -> Result<Vec<(WorkloadKind, String)>, StepError> {
+        let ns = environment.namespace.clone().unwrap_or_default();
+        let poll = environment.timeouts.poll();
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        let api = |e: ClusterError| match e {
+            ClusterError::Timeout { .. } => StepError::TimedOut,
+            e => StepError::failed(e.to_string()),
+        };
+        let imported = exec::bounded(deadline, cancel, async {
+            cluster
+                .wait_imported(&ns, stream, tag, left(), poll)
+                .await
+                .map_err(api)
+        })
+        .await?;
+        let followers = cluster.followers(&ns, stream, tag).await.map_err(api)?;
+        let names: Vec<String> = followers
+            .iter()
+            .map(|f| format!("{} `{}`", f.kind, f.name))
+            .collect();
+        let text = if names.is_empty() {
+            format!("ImageStream `{stream}:{tag}` imported {imported}; no workload follows it")
+        } else {
+            format!(
+                "ImageStream `{stream}:{tag}` imported {imported}; its trigger rolls {}",
+                names.join(", ")
+            )
+        };
+        self.event(job.id, Step::Deploy, &text).await?;
+        let mut out = Vec::new();
+        for follower in followers {
+            exec::bounded(deadline, cancel, async {
+                cluster
+                    .wait_follows(&ns, &follower, &imported, left(), poll)
+                    .await
+                    .map_err(api)
+            })
+            .await?;
+            out.push((follower.kind, follower.name));
+        }
+        Ok(out)
     }
 }

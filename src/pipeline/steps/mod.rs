@@ -57,10 +57,13 @@ pub(in crate::pipeline) enum Deploys<'a> {
     Kubernetes,
 }
 
-/// What `environment` builds, cleans up and deploys with.
-pub(in crate::pipeline) fn tools(
-    environment: &Environment,
-) -> (Builds<'_>, Cleans<'_>, Deploys<'_>) {
+/// What `environment` builds, cleans up and deploys `plan` with (a plan
+/// that references the deployer component gets the environment's
+/// `checkout_deployer` and `checkout_cleanup`, when it has them).
+pub(in crate::pipeline) fn tools<'a>(
+    environment: &'a Environment,
+    plan: &Plan,
+) -> (Builds<'a>, Cleans<'a>, Deploys<'a>) {
     if environment.kind == EnvironmentKind::DryRun {
         return (Builds::DryRun, Cleans::DryRun, Deploys::DryRun);
     }
@@ -75,14 +78,15 @@ pub(in crate::pipeline) fn tools(
     // the cluster, never in deploybot's own pod.
     let in_cluster = environment.cluster_namespace().is_some();
     let runner = environment.runner.as_ref();
-    let cleans = match (&environment.cleanup, in_cluster, runner) {
+    let referenced = plan.references_deployer();
+    let cleans = match (environment.cleanup_for(referenced), in_cluster, runner) {
         (None, ..) => Cleans::Nothing,
         (Some(Cleanup::Command { args }), false, _) => Cleans::Command(args),
         (Some(Cleanup::Command { args }), true, Some(r)) => Cleans::InCluster(args, r),
         (Some(Cleanup::Command { .. }), true, None) => Cleans::NoRunner,
         (Some(Cleanup::ResetImages), ..) => Cleans::ResetImages,
     };
-    let deploys = match (&environment.deployer, in_cluster, runner) {
+    let deploys = match (environment.deployer_for(referenced), in_cluster, runner) {
         (None, ..) => Deploys::Missing,
         (Some(d @ Deployer::Command { .. }), false, _) => Deploys::Command(d),
         (Some(d @ Deployer::Command { .. }), true, Some(r)) => Deploys::InCluster(d, r),
@@ -101,7 +105,7 @@ impl Pipeline {
         environment: &Environment,
         cancel: &mut watch::Receiver<bool>,
     ) -> Result<(), StepError> {
-        let (_, cleans, deploys) = tools(environment);
+        let (_, cleans, deploys) = tools(environment, plan);
         let work = WorkDir::new(&self.workdir(), job.id)?;
         let env = Arc::new(JobEnv::new(environment, &work.home())?);
         self.build(job, plan, environment, &work, &env, cancel)

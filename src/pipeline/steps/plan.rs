@@ -123,7 +123,14 @@ impl Pipeline {
             .images
             .iter()
             .filter(|i| i.action != ImageAction::Base)
-            .map(|i| format!("{} ({})", i.reference(), i.action.as_str()))
+            .map(|i| {
+                let to = if i.handed_to.is_empty() {
+                    String::new()
+                } else {
+                    format!(" → {}", i.handed_to.join(", "))
+                };
+                format!("{} ({}){to}", i.reference(), i.action.as_str())
+            })
             .collect();
         let heads: Vec<PullRef> = pinned
             .iter()

@@ -895,7 +895,7 @@ pub fn pod_log(state: &KubeState, namespace: &str, name: &str, call: &super::Cal
 }
 
 /// Standard base64 (Secret `data`), lenient.
-fn base64_decode(text: &str) -> Vec<u8> {
+pub fn base64_decode(text: &str) -> Vec<u8> {
     let value = |c: u8| -> Option<u32> {
         Some(match c {
             b'A'..=b'Z' => c - b'A',
