@@ -10,7 +10,6 @@
 //! `BENCH_ONLY=intake,ack,pipeline,footprint` picks parts.
 
 #[path = "../tests/support/mod.rs"]
-#[allow(unused_imports)]
 mod support;
 
 use std::path::{Path, PathBuf};

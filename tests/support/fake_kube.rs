@@ -1,24 +1,34 @@
 //! A stateful fake of the Kubernetes/OpenShift API server, served over real
 //! HTTP, so that deploybot's kube client runs unchanged against it
-//! (`Cluster::connect(Some(&fake.url()))`).
+//! (`Cluster::connect(Some(&fake.url()))`), and so do other real clients:
+//! Packit's Ansible playbooks (kubernetes.core and the Python client's
+//! DynamicClient) and the `oc` stand-in (`tests/support/bin/oc`).
 //!
 //! It serves exactly the operations of
 //! `../shared/fixtures/kubernetes/openapi-subset.json` (relative to the
-//! package), plus the operations on Jobs, Pods (and their logs) and
-//! ConfigMaps listed in [`EXTRA_OPERATIONS`], taken verbatim from the whole
-//! Kubernetes 1.35 documents beside it (`v1.35/`): anything else is answered
-//! 404 and recorded as a violation, and so is a query parameter the
-//! operation does not list. Every request body
+//! package), plus those listed in [`EXTRA_OPERATIONS`], taken verbatim from
+//! the whole Kubernetes 1.35 documents beside it (`v1.35/`), plus the
+//! OpenShift ones of [`GENERATED_OPERATIONS`], generated as the subset's
+//! OpenShift paths were (from a Kubernetes path item of the same shape, see
+//! there) with their schemas from `openshift/openapi.json`: anything else is
+//! answered 404 and recorded as a violation, and so is a query parameter the
+//! operation does not list. Discovery (`/api`, `/apis`, `/version` and each
+//! group version's resource list) is made from the kinds the fake stores
+//! and the operations it serves (see [`discovery`]). Every request body
 //! is validated against its operation's schema, and every object the fake is
 //! about to store (after a PATCH, a server-side apply, a test control...)
 //! against its kind's schema, both with `additionalProperties: false` added
 //! to every object schema that lists properties (unknown or misspelt fields
 //! are violations; maps such as `labels` keep their own
 //! `additionalProperties`). A body that does not validate is answered 400
-//! (422 for a PATCH result) and recorded.
+//! (422 for a PATCH result) and recorded. An unknown field a test allowed
+//! ([`FakeKube::allow_unknown_field`], for manifests the test does not own)
+//! is handled as the API server's `fieldValidation` says: dropped with a
+//! `Warning` header by default.
 //!
 //! Like the real API server where deploybot depends on it: objects keyed by
-//! (kind, namespace, name) carry `uid`, `creationTimestamp`, a
+//! (kind, namespace, name) (namespace `""` for cluster-scoped kinds)
+//! carry `uid`, `creationTimestamp`, a
 //! `resourceVersion` from one global counter bumped on every write, and a
 //! `generation` bumped when `spec` changes; POST answers 409 AlreadyExists
 //! for an existing name; PUT with a missing or stale resourceVersion answers
@@ -29,16 +39,27 @@
 //! `name`) and server-side apply (JSON bodies only: 415 for other YAML; a
 //! field applied before and left out now is removed); `status` cannot be
 //! written except through the test controls; instantiating a BuildConfig
-//! creates Build `<bc>-<n>` in phase New; a Build's log answers text/plain.
+//! creates Build `<bc>-<n>` in phase New; a Build's log answers text/plain;
+//! a Project is a Namespace (creating one makes the other; deleting one
+//! deletes both and everything in it).
 //! DELETE honours `propagationPolicy` (Jobs orphan their pods by default,
 //! as batch/v1 does): `Background` and `Foreground` delete what the object
 //! owns (`ownerReferences`), `Orphan` leaves it without the reference. Jobs
 //! run: see [`jobs`] for the Job controller and the kubelet, scripted by
-//! the tests ([`FakeKube::script`]).
+//! the tests ([`FakeKube::script`]); a test may have chosen containers run
+//! as real local processes ([`FakeKube::run_processes`], see [`process`]).
+//! Deployments and StatefulSets get pods and roll out when a test turns
+//! their controllers on ([`FakeKube::run_workloads`], see [`workloads`]).
 //!
-//! Tests arrange state (`put_object`, `set_rollout`, `set_build_phase`),
+//! Requests may bear a service account's token
+//! ([`FakeKube::service_account_token`]): the fake records whose it is
+//! ([`RequestRecord::user`]) and answers 401 to a token it never issued.
+//!
+//! Tests arrange state (`put_object`, `create_namespace`, `set_rollout`,
+//! `set_build_phase`),
 //! inject faults and races (`fail_next`, `bump_resource_version`,
-//! `interleave_write`), inspect (`get_object`, `builds`, `requests`) and
+//! `interleave_write`), inspect (`get_object`, `builds`, `requests`,
+//! `warnings`) and
 //! finally `assert_no_violations` (also checked when the fake is dropped,
 //! unless the test is panicking or called `disable_final_checks`).
 #![allow(dead_code)]
@@ -70,6 +91,13 @@ pub use jobs::{ContainerRun, Script, base64_decode};
 /// Where the Kubernetes fixtures are: `../shared/fixtures/kubernetes`.
 pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/kubernetes")
+}
+
+/// `tests/support/bin`, where the `oc` stand-in is: put it first on the
+/// "image PATH" of pods that run Packit's playbooks
+/// ([`FakeKube::run_processes`]).
+pub fn oc_stand_in_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/bin")
 }
 
 /// An example object from the fixtures (`deployment-complete.json`...).
@@ -1333,8 +1361,8 @@ fn serve(spec: &Spec, state: &mut KubeState, call: &Call<'_>) -> Reply {
         }
     }
     let mut warnings = Vec::new();
-    if let (Some(value), Some(schema)) = (&mut body, &route.body_schema) {
-        if let Err(reply) = check_body(
+    if let (Some(value), Some(schema)) = (&mut body, &route.body_schema)
+        && let Err(reply) = check_body(
             spec,
             state,
             kind,
@@ -1343,9 +1371,9 @@ fn serve(spec: &Spec, state: &mut KubeState, call: &Call<'_>) -> Reply {
             call,
             &operation,
             &mut warnings,
-        ) {
-            return reply;
-        }
+        )
+    {
+        return reply;
     }
     let needs_body = matches!(call.method, "POST" | "PUT" | "PATCH");
     if needs_body && body.is_none() {
@@ -1968,22 +1996,20 @@ fn list(
         state.violation(format!("{operation}: watch is not supported by the fake"));
         return Reply::bad_request("watch is not supported by the fake");
     }
-    let selector: Vec<(String, String)> = call
-        .param("labelSelector")
-        .unwrap_or("")
-        .split(',')
-        .filter(|term| !term.is_empty())
-        .filter_map(|term| term.split_once('='))
-        .map(|(k, v)| (k.trim_end_matches('=').to_string(), v.to_string()))
-        .collect();
+    let selector = match parse_selector(call.param("labelSelector").unwrap_or("")) {
+        Ok(selector) => selector,
+        Err(problem) => {
+            state.violation(format!("{operation}: labelSelector: {problem}"));
+            return Reply::bad_request(&format!("unable to parse requirement: {problem}"));
+        }
+    };
     let items: Vec<Value> = state
         .objects
         .iter()
         .filter(|(key, _)| key.kind == kind.kind && key.namespace == namespace)
         .filter(|(_, object)| {
-            selector.iter().all(|(k, v)| {
-                object["metadata"]["labels"].get(k).and_then(Value::as_str) == Some(v.as_str())
-            })
+            let labels = &object["metadata"]["labels"];
+            selector.iter().all(|term| term.matches(labels))
         })
         .map(|(_, object)| {
             let mut item = object.clone();
@@ -2003,6 +2029,78 @@ fn list(
             "items": items,
         }),
     )
+}
+
+/// One requirement of a label selector.
+enum Selector {
+    /// `k=v`, `k==v`, `k in (a,b)`.
+    In(String, Vec<String>),
+    /// `k!=v`, `k notin (a,b)`.
+    NotIn(String, Vec<String>),
+    /// `k`.
+    Exists(String),
+    /// `!k`.
+    Absent(String),
+}
+
+impl Selector {
+    fn matches(&self, labels: &Value) -> bool {
+        let value = |k: &str| labels.get(k).and_then(Value::as_str);
+        match self {
+            Selector::In(k, values) => value(k).is_some_and(|v| values.iter().any(|x| x == v)),
+            Selector::NotIn(k, values) => value(k).is_none_or(|v| !values.iter().any(|x| x == v)),
+            Selector::Exists(k) => value(k).is_some(),
+            Selector::Absent(k) => value(k).is_none(),
+        }
+    }
+}
+
+/// A label selector as the API server reads it (commas inside `in (...)`
+/// belong to the set).
+fn parse_selector(text: &str) -> Result<Vec<Selector>, String> {
+    let mut terms = Vec::new();
+    let mut depth = 0;
+    let mut current = String::new();
+    for c in text.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                terms.push(std::mem::take(&mut current));
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    terms.push(current);
+    let set = |rest: &str| -> Result<Vec<String>, String> {
+        let inner = rest
+            .trim()
+            .strip_prefix('(')
+            .and_then(|r| r.strip_suffix(')'))
+            .ok_or_else(|| format!("expected a set in parentheses, got {rest:?}"))?;
+        Ok(inner.split(',').map(|v| v.trim().to_string()).collect())
+    };
+    let mut out = Vec::new();
+    for term in terms.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
+        if let Some((k, v)) = term.split_once("!=") {
+            out.push(Selector::NotIn(k.trim().into(), vec![v.trim().into()]));
+        } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+            out.push(Selector::In(k.trim().into(), vec![v.trim().into()]));
+        } else if let Some((k, rest)) = term.split_once(" notin ") {
+            out.push(Selector::NotIn(k.trim().into(), set(rest)?));
+        } else if let Some((k, rest)) = term.split_once(" in ") {
+            out.push(Selector::In(k.trim().into(), set(rest)?));
+        } else if let Some(k) = term.strip_prefix('!') {
+            out.push(Selector::Absent(k.trim().into()));
+        } else if term.contains(char::is_whitespace) {
+            return Err(format!("{term:?} is not a requirement"));
+        } else {
+            out.push(Selector::Exists(term.into()));
+        }
+    }
+    Ok(out)
 }
 
 /// `POST buildconfigs/{name}/instantiate`: a new Build from the BuildConfig,

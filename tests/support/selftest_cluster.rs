@@ -13,9 +13,8 @@ use crate::support::fake_kube::FakeKube;
 const PROJECT: &str = "myproject";
 const SANDBOX: &str = "packit-dev-sandbox";
 
-/// `tests/support/bin` (the `oc` stand-in).
 fn support_bin() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/bin")
+    crate::support::fake_kube::oc_stand_in_dir()
 }
 
 fn packit_fixture() -> PathBuf {
@@ -439,13 +438,13 @@ async fn packits_cleanup_deletes_what_oc_delete_all_deletes() {
     assert_playbook(&output, "make cleanup");
     let stdout = String::from_utf8_lossy(&output.stdout);
     for line in [
-        "deployment.apps \\\"packit-service\\\" deleted",
-        "statefulset.apps \\\"packit-worker\\\" deleted",
-        "service \\\"packit-service\\\" deleted",
-        "route.route.openshift.io \\\"packit-service\\\" deleted",
-        "imagestream.image.openshift.io \\\"packit-worker\\\" deleted",
-        "configmap \\\"postgres-config\\\" deleted",
-        "persistentvolumeclaim \\\"postgres-13\\\" deleted",
+        "deployment.apps \\\"packit-service\\\" deleted from myproject namespace",
+        "statefulset.apps \\\"packit-worker\\\" deleted from myproject namespace",
+        "service \\\"packit-service\\\" deleted from myproject namespace",
+        "route.route.openshift.io \\\"packit-service\\\" deleted from myproject namespace",
+        "imagestream.image.openshift.io \\\"packit-worker\\\" deleted from myproject namespace",
+        "configmap \\\"postgres-config\\\" deleted from myproject namespace",
+        "persistentvolumeclaim \\\"postgres-13\\\" deleted from myproject namespace",
     ] {
         assert!(stdout.contains(line), "{line} in:\n{stdout}");
     }
@@ -488,7 +487,63 @@ async fn the_oc_stand_in_refuses_what_it_does_not_know() {
         String::from_utf8_lossy(&output.stderr).contains("invalid or expired"),
         "{output:?}"
     );
-    let _ = Value::Null;
+    fake.assert_no_violations();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oc_stand_in_restarts_and_waits_for_rollouts() {
+    let fake = packit_cluster().await;
+    let packit = Packit::new(&fake);
+    let login = packit
+        .oc(&["login", &fake.url(), &format!("--token={}", packit.token)])
+        .await;
+    assert_ok(&login, "oc login");
+    let project = packit.oc(&["project", PROJECT]).await;
+    assert_eq!(
+        assert_ok(&project, "oc project"),
+        format!(
+            "Now using project \"{PROJECT}\" on server \"{}\".\n",
+            fake.url()
+        )
+    );
+    assert_eq!(
+        assert_ok(&packit.oc(&["whoami", "-t"]).await, "oc whoami -t"),
+        format!("{}\n", packit.token)
+    );
+    let mut deployment = crate::support::fake_kube::example("deployment-complete.json");
+    deployment["metadata"] = json!({"name": "tokman", "namespace": PROJECT, "generation": 1});
+    deployment
+        .as_object_mut()
+        .expect("an object")
+        .remove("status");
+    fake.put_object(deployment);
+    let restart = packit.oc(&["rollout", "restart", "deploy/tokman"]).await;
+    assert_eq!(
+        assert_ok(&restart, "oc rollout restart"),
+        "deployment.apps/tokman restarted\n"
+    );
+    let restarted = fake
+        .get_object("Deployment", PROJECT, "tokman")
+        .expect("tokman");
+    assert_eq!(restarted["metadata"]["generation"], 2);
+    assert!(
+        restarted["spec"]["template"]["metadata"]["annotations"]
+            ["kubectl.kubernetes.io/restartedAt"]
+            .is_string()
+    );
+    let status = packit
+        .oc(&["rollout", "status", "-w", "deploy/tokman"])
+        .await;
+    let status = assert_ok(&status, "oc rollout status");
+    assert!(
+        status.ends_with("deployment \"tokman\" successfully rolled out\n"),
+        "{status}"
+    );
+    assert_eq!(
+        fake.objects("Pod", PROJECT).len(),
+        2,
+        "the example has 2 replicas"
+    );
     fake.assert_no_violations();
 }
 
@@ -712,5 +767,395 @@ async fn a_process_log_streams_and_deleting_the_job_kills_it() {
         .expect("delete the Job");
     wait_for(&fake, "the process is killed", |_| !process_runs("31.4159")).await;
     assert!(job_pod(&fake, "slow").is_none());
+    fake.assert_no_violations();
+}
+
+/// The kubelet runs whatever Job deploybot sends: its own RunSpec (git init
+/// containers making the checkout, the vars file mounted by subPath into
+/// it, an operator Secret's key mounted into it, envFrom).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploybots_own_run_spec_runs_as_processes() {
+    use deploybot::cluster::{Cluster, RunSecret, RunSpec};
+    let fake = FakeKube::start().await;
+    fake.run_processes(|run| {
+        ["deployer:1", "git:1"]
+            .contains(&run.image.as_str())
+            .then(|| IMAGE_PATH.to_string())
+    });
+    let repo = tempfile::tempdir().expect("temp dir");
+    let git = |args: &[&str]| {
+        let output = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(repo.path())
+            .output()
+            .expect("git");
+        assert!(output.status.success(), "git {args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    git(&["init", "--quiet", "--initial-branch=main"]);
+    std::fs::write(repo.path().join("hello.txt"), "hello from the checkout\n").expect("write");
+    git(&["add", "hello.txt"]);
+    git(&["commit", "--quiet", "-m", "first"]);
+    let revision = git(&["rev-parse", "HEAD"]);
+    for (name, key, value) in [
+        ("operator", "token", "b3BlcmF0b3ItdG9rZW4="),
+        ("env-secret", "MODE", "ZnJvbS1zZWNyZXQ="),
+    ] {
+        fake.put_object(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": NS},
+            "data": {key: value},
+        }));
+    }
+    let spec = RunSpec {
+        name: "deploybot-run-1".into(),
+        job_id: 1,
+        container: "deploy".into(),
+        image: "deployer:1".into(),
+        git_image: "git:1".into(),
+        service_account: Some("deployer".into()),
+        cpu: None,
+        memory: None,
+        deadline_secs: 60,
+        checkout: Some((repo.path().display().to_string(), revision.clone())),
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "cat hello.txt vars/dev.yml secrets/token; echo; pwd; echo $HOME $GREETING $MODE; \
+             git log --format=%H; touch secrets/token 2>/dev/null || echo read-only"
+                .into(),
+        ],
+        env: vec![("GREETING".into(), "hi".into())],
+        env_secrets: vec!["env-secret".into()],
+        secrets: vec![RunSecret {
+            secret: "operator".into(),
+            key: Some("token".into()),
+            path: "/deploybot/checkout/secrets/token".into(),
+        }],
+        vars: Some(("vars/dev.yml".into(), "project: myproject\n".into())),
+        login: None,
+    };
+    let cluster = Cluster::connect(Some(&fake.url())).await.expect("connect");
+    cluster.start_run(NS, &spec).await.expect("start the run");
+    wait_for(&fake, "the run ends", |fake| {
+        fake.get_object("Job", NS, "deploybot-run-1")
+            .is_some_and(|j| j["status"]["succeeded"] == 1 || j["status"]["failed"] == 1)
+    })
+    .await;
+    let pod = job_pod(&fake, "deploybot-run-1").expect("the pod");
+    let name = pod_name(&pod);
+    let logs: Vec<String> = ["git-init", "git-fetch", "git-checkout", "deploy"]
+        .iter()
+        .map(|c| String::from_utf8_lossy(&fake.pod_log(NS, &name, c)).into_owned())
+        .collect();
+    assert_eq!(
+        fake.get_object("Job", NS, "deploybot-run-1")
+            .expect("the Job")["status"]["succeeded"],
+        1,
+        "{logs:#?}"
+    );
+    assert_eq!(
+        logs[3],
+        format!(
+            "hello from the checkout\nproject: myproject\noperator-token\n/deploybot/checkout\n\
+             /deploybot/home hi from-secret\n{revision}\nread-only\n"
+        ),
+        "{logs:#?}"
+    );
+    fake.assert_no_violations();
+}
+
+/// In a pod, without `oc login`, the `oc` stand-in is the pod's service
+/// account (as the real one is in-cluster).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_pod_oc_is_its_service_account() {
+    let fake = FakeKube::start().await;
+    fake.create_namespace(NS);
+    let path = format!("{}:{IMAGE_PATH}", support_bin().display());
+    fake.run_processes(move |run| (run.image == TOOLS).then(|| path.clone()));
+    create_job(
+        &fake,
+        json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "oc", "namespace": NS},
+            "spec": {"backoffLimit": 0, "template": {"spec": {
+                "restartPolicy": "Never",
+                "serviceAccountName": "deployer",
+                "containers": [{
+                    "name": "main", "image": TOOLS,
+                    "command": ["sh", "-c", "oc whoami -t && oc project deploybot-runs"],
+                }],
+            }}},
+        }),
+    )
+    .await;
+    wait_for(&fake, "the Job ends", |fake| {
+        fake.get_object("Job", NS, "oc")
+            .is_some_and(|j| j["status"]["succeeded"] == 1 || j["status"]["failed"] == 1)
+    })
+    .await;
+    let pod = job_pod(&fake, "oc").expect("the pod");
+    let log = String::from_utf8_lossy(&fake.pod_log(NS, &pod_name(&pod), "main")).into_owned();
+    let token = fake.service_account_token(NS, "deployer");
+    assert_eq!(
+        log,
+        format!(
+            "{token}\nNow using project \"{NS}\" on server \"{}\".\n",
+            fake.url()
+        )
+    );
+    let users: Vec<Option<String>> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/apis/project"))
+        .map(|r| r.user)
+        .collect();
+    assert_eq!(
+        users,
+        [Some(
+            "system:serviceaccount:deploybot-runs:deployer".to_string()
+        )]
+    );
+    fake.assert_no_violations();
+}
+
+/// Packit's `make deploy` in a Job's pod, the Job as deploybot sends it
+/// (its RunSpec: git init containers fetch the deployment repository, the
+/// vars file is a ConfigMap mounted by subPath into the checkout, Packit's
+/// secrets a Secret mounted at `secrets/packit/dev`): the way
+/// tests/packit_deployment.rs drives it through the app. The pod's "image"
+/// has the `oc` stand-in, the Python with Ansible and kubernetes, and the
+/// system's tools; `oc whoami -t` is the pod's service account, whose
+/// token the vars file holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packits_make_deploy_runs_in_a_job_pod_as_deploybot_sends_it() {
+    use deploybot::cluster::{Cluster, RunSecret, RunSpec};
+    let fake = packit_cluster().await;
+    let packit = Packit::new(&fake);
+    // The vars and the secrets come from deploybot, not from the repository.
+    let vars_path = packit.repo.join("vars/packit/dev.yml");
+    let vars = std::fs::read_to_string(&vars_path)
+        .expect("dev.yml")
+        .replace(
+            &packit.token,
+            &fake.service_account_token(PROJECT, "deployer"),
+        );
+    std::fs::remove_file(&vars_path).expect("remove dev.yml");
+    let secrets_dir = packit.repo.join("secrets/packit/dev");
+    let mut data = serde_json::Map::new();
+    for entry in std::fs::read_dir(&secrets_dir).expect("secrets") {
+        let entry = entry.expect("entry");
+        let encoded = std::process::Command::new("base64")
+            .arg("-w0")
+            .arg(entry.path())
+            .output()
+            .expect("base64");
+        data.insert(
+            entry.file_name().to_string_lossy().into_owned(),
+            json!(String::from_utf8_lossy(&encoded.stdout)),
+        );
+    }
+    std::fs::remove_dir_all(&secrets_dir).expect("remove the secrets");
+    fake.put_object(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "packit-dev-secrets", "namespace": PROJECT},
+        "data": data,
+    }));
+    let git = |args: &[&str]| {
+        let output = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(&packit.repo)
+            .output()
+            .expect("git");
+        assert!(output.status.success(), "git {args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    git(&["init", "--quiet", "--initial-branch=main"]);
+    git(&["add", "-A"]);
+    git(&["commit", "--quiet", "-m", "Packit's deployment"]);
+    let revision = git(&["rev-parse", "HEAD"]);
+    let python_dir = Path::new(&packit.python)
+        .parent()
+        .expect("python's folder")
+        .display()
+        .to_string();
+    let image_path = format!("{}:{python_dir}:/usr/bin:/bin", support_bin().display());
+    fake.run_processes(move |run| {
+        ["deployer:1", "git:1"]
+            .contains(&run.image.as_str())
+            .then(|| image_path.clone())
+    });
+    let spec = RunSpec {
+        name: "deploy-1".into(),
+        job_id: 1,
+        container: "deploy".into(),
+        image: "deployer:1".into(),
+        git_image: "git:1".into(),
+        service_account: Some("deployer".into()),
+        cpu: None,
+        memory: None,
+        deadline_secs: 300,
+        checkout: Some((packit.repo.display().to_string(), revision)),
+        command: vec!["make".into(), "deploy".into()],
+        env: vec![
+            ("DEPLOYMENT".into(), "dev".into()),
+            // The Makefile's default is /usr/bin/python3.
+            ("ANSIBLE_PYTHON".into(), packit.python.clone()),
+            ("ANSIBLE_NOCOLOR".into(), "1".into()),
+        ],
+        env_secrets: vec![],
+        secrets: vec![RunSecret {
+            secret: "packit-dev-secrets".into(),
+            key: None,
+            path: "/deploybot/checkout/secrets/packit/dev".into(),
+        }],
+        vars: Some(("vars/packit/dev.yml".into(), vars)),
+        login: None,
+    };
+    let cluster = Cluster::connect(Some(&fake.url())).await.expect("connect");
+    let started = Instant::now();
+    cluster
+        .start_run(PROJECT, &spec)
+        .await
+        .expect("start the run");
+    let ended = |fake: &FakeKube| {
+        fake.get_object("Job", PROJECT, "deploy-1")
+            .is_some_and(|j| j["status"]["succeeded"] == 1 || j["status"]["failed"] == 1)
+    };
+    while !ended(&fake) && started.elapsed() < Duration::from_secs(280) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("make deploy in a pod took {:?}", started.elapsed());
+    let pod = fake
+        .objects("Pod", PROJECT)
+        .into_iter()
+        .find(|p| p["metadata"]["labels"]["job-name"] == "deploy-1")
+        .expect("the Job's pod");
+    let log =
+        String::from_utf8_lossy(&fake.pod_log(PROJECT, &pod_name(&pod), "deploy")).into_owned();
+    let recap = log
+        .split("PLAY RECAP")
+        .nth(1)
+        .map(|r| format!("PLAY RECAP{r}"))
+        .unwrap_or_default();
+    let succeeded = fake
+        .get_object("Job", PROJECT, "deploy-1")
+        .expect("the Job")["status"]["succeeded"]
+        == 1;
+    if !succeeded {
+        println!("{recap}");
+    }
+    assert!(
+        succeeded && recap.contains("failed=0"),
+        "make deploy in the pod failed:\n{recap}\n--- log ---\n{log}"
+    );
+    assert_eq!(names(&fake, "StatefulSet", PROJECT), ["packit-worker"]);
+    assert!(fake.get_object("RoleBinding", SANDBOX, "edit").is_some());
+    fake.assert_no_violations();
+}
+
+#[tokio::test]
+async fn discovery_lists_what_the_fake_serves() {
+    let fake = FakeKube::start().await;
+    let client = kube_client(&fake);
+    let get = |path: &str| {
+        let client = client.clone();
+        let request = axum::http::Request::get(path.to_string())
+            .body(Vec::new())
+            .expect("request");
+        async move {
+            let text = client.request_text(request).await.expect("discovery");
+            serde_json::from_str::<Value>(&text).expect("JSON")
+        }
+    };
+    let groups = get("/apis").await;
+    let names: Vec<&str> = groups["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .filter_map(|g| g["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "apps",
+            "batch",
+            "coordination.k8s.io",
+            "rbac.authorization.k8s.io",
+            "build.openshift.io",
+            "image.openshift.io",
+            "project.openshift.io",
+            "route.openshift.io"
+        ]
+    );
+    let apps = get("/apis/apps/v1").await;
+    let deployments = apps["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .find(|r| r["name"] == "deployments")
+        .expect("deployments")
+        .clone();
+    assert_eq!(
+        deployments,
+        json!({"name": "deployments", "singularName": "deployment", "namespaced": true,
+               "kind": "Deployment", "verbs": ["create", "delete", "get", "list", "patch", "update"],
+               "shortNames": ["deploy"], "categories": ["all"]})
+    );
+    let core = get("/api/v1").await;
+    let log = core["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .find(|r| r["name"] == "pods/log")
+        .expect("pods/log")
+        .clone();
+    assert_eq!(log["verbs"], json!(["get"]));
+    let projects = get("/apis/project.openshift.io/v1").await;
+    assert_eq!(projects["resources"][0]["namespaced"], false);
+    assert_eq!(get("/version").await["minor"], "35");
+    assert_eq!(get("/api").await["versions"], json!(["v1"]));
+    fake.assert_no_violations();
+}
+
+#[tokio::test]
+async fn lists_honour_label_selectors() {
+    let fake = FakeKube::start().await;
+    for (name, labels) in [
+        ("a", json!({"component": "a", "tier": "web"})),
+        ("b", json!({"component": "b"})),
+        ("c", json!({"component": "c", "tier": "db"})),
+    ] {
+        fake.put_object(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": NS, "labels": labels},
+            "spec": {"containers": [{"name": "main", "image": "x"}]},
+        }));
+    }
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(kube_client(&fake), NS);
+    for (selector, expected) in [
+        ("component=a", vec!["a"]),
+        ("component==b", vec!["b"]),
+        ("component!=a", vec!["b", "c"]),
+        ("component in (a, c)", vec!["a", "c"]),
+        ("component notin (a,c)", vec!["b"]),
+        ("tier", vec!["a", "c"]),
+        ("!tier", vec!["b"]),
+        ("tier,component in (c,b)", vec!["c"]),
+    ] {
+        let listed = pods
+            .list(&kube::api::ListParams::default().labels(selector))
+            .await
+            .expect("list");
+        let names: Vec<String> = listed
+            .items
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        assert_eq!(names, expected, "{selector}");
+    }
     fake.assert_no_violations();
 }

@@ -16,7 +16,11 @@
 //! (`restartPolicy: Never`). What a container prints and its exit code come
 //! from the test's scripts ([`super::FakeKube::script`]); without one, `env`
 //! prints the container's environment, `cat FILE` a mounted file, and
-//! anything else exits 0 silently. Logs are bytes, kept per container.
+//! anything else exits 0 silently. A script may make the container a real
+//! process instead ([`Script::process`], see [`super::process`]): its
+//! output is then the log as it comes, its exit code the container's.
+//! Logs are bytes, kept per container. Pods of Deployments and StatefulSets
+//! are not this kubelet's (see [`super::workloads`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;

@@ -27,8 +27,16 @@
 //!   `tests/support/kubelet-run.sh`, which gets the mounts and the argv as
 //!   arguments: nothing is interpolated into shell text);
 //! - stdout and stderr, together and as they come, as its log; its exit
-//!   code as its terminated state. The container's processes are a process
-//!   group, killed when the first one exits and when the pod goes.
+//!   code as its terminated state (128 and the reason in the log when it
+//!   cannot start). The container's processes are a process group, killed
+//!   when the first one exits and when the pod goes (or the fake).
+//!
+//! Not emulated: users and `securityContext` (the processes run as the
+//! test's user, which must be root for the mount namespace), resource
+//! limits, a network namespace (the processes reach the fake, and
+//! everything else, at the host's addresses), image entrypoints (a
+//! container without `command` fails). `PWD` and `OLDPWD` are whatever the
+//! container's own shell makes of them.
 
 use std::collections::BTreeMap;
 use std::io::Read;
