@@ -102,7 +102,7 @@ async fn cluster() -> FakeKube {
     // The runner image: make, git, ansible with kubernetes.core, `oc`.
     let image_path = format!(
         "{}:{python_bin}:/usr/local/bin:/usr/bin:/bin",
-        support_bin().display()
+        support::fake_kube::oc_stand_in_dir().display()
     );
     kube.run_processes(move |run| (run.image == RUNNER_IMAGE).then(|| image_path.clone()));
     let secrets: serde_json::Map<String, Value> = operator_secrets()

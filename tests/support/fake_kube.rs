@@ -1586,6 +1586,7 @@ fn initialise(state: &mut KubeState, kind: &Kind, namespace: &str, object: &mut 
     metadata.insert("creationTimestamp".into(), json!(now()));
     metadata.insert("resourceVersion".into(), json!(rv));
     metadata.insert("generation".into(), json!(1));
+    images::admit(kind, object);
     if let Some(map) = object.as_object_mut() {
         map.remove("status");
         if kind.kind == "BuildConfig" {
@@ -1698,6 +1699,7 @@ fn carry_over(state: &mut KubeState, kind: &Kind, old: &Value, new: &mut Value) 
     }
     metadata.insert("resourceVersion".into(), json!(rv));
     metadata.insert("generation".into(), json!(generation));
+    images::admit(kind, new);
     if kind.has_status
         && let Some(map) = new.as_object_mut()
     {

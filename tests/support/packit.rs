@@ -13,11 +13,6 @@ use std::process::Output;
 
 use super::harness::git;
 
-/// `tests/support/bin` (the `oc` stand-in).
-pub fn support_bin() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/bin")
-}
-
 /// Packit's deployment repository, as `SOURCE.md` there says.
 pub fn packit_fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/packit-deployment")

@@ -9,71 +9,13 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::fake_kube::FakeKube;
+use crate::support::packit::{copy_fixture, operator_secrets, python_with_kubernetes};
 
 const PROJECT: &str = "myproject";
 const SANDBOX: &str = "packit-dev-sandbox";
 
 fn support_bin() -> PathBuf {
     crate::support::fake_kube::oc_stand_in_dir()
-}
-
-fn packit_fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/packit-deployment")
-}
-
-/// The Python that has the `kubernetes` client (what Ansible's
-/// kubernetes.core needs): `./test` installs it.
-fn python_with_kubernetes() -> String {
-    let output = std::process::Command::new("python3")
-        .args(["-c", "import kubernetes, sys; print(sys.executable)"])
-        .output()
-        .expect("python3 runs (./test installs ansible and kubernetes)");
-    assert!(
-        output.status.success(),
-        "python3 cannot import kubernetes: run ./test, which installs ansible and kubernetes \
-         (python3 -m pip install ansible kubernetes):\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
-/// The fixture's symbolic links came out as files holding their targets
-/// (`roles/deploy/tasks/k8s.yml` holds `../../../tasks/k8s.yml`): made
-/// links again, as a git checkout of Packit's repository has them.
-pub fn restore_symlinks(dir: &Path) {
-    for entry in std::fs::read_dir(dir).expect("read the copy") {
-        let path = entry.expect("entry").path();
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if meta.is_dir() {
-            restore_symlinks(&path);
-            continue;
-        }
-        if !meta.is_file() || meta.len() > 200 {
-            continue;
-        }
-        let Ok(target) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        if target.is_empty() || target.contains('\n') || target.starts_with('/') {
-            continue;
-        }
-        let parent = path.parent().expect("a parent");
-        if parent.join(&target).exists() {
-            std::fs::remove_file(&path).expect("remove the placeholder");
-            std::os::unix::fs::symlink(&target, &path).expect("symlink");
-        }
-    }
-}
-
-fn run(command: &str, args: &[&str], dir: &Path) {
-    let status = std::process::Command::new(command)
-        .args(args)
-        .current_dir(dir)
-        .status()
-        .unwrap_or_else(|e| panic!("{command} {args:?}: {e}"));
-    assert!(status.success(), "{command} {args:?}: {status}");
 }
 
 /// A copy of Packit's deployment repository, writable, with
@@ -93,17 +35,7 @@ impl Packit {
         let python = python_with_kubernetes();
         let dir = tempfile::tempdir().expect("temp dir");
         let repo = dir.path().join("deployment");
-        run(
-            "cp",
-            &[
-                "-R",
-                &packit_fixture().display().to_string(),
-                &repo.display().to_string(),
-            ],
-            dir.path(),
-        );
-        run("chmod", &["-R", "u+w", "."], &repo);
-        restore_symlinks(&repo);
+        copy_fixture(&repo);
         let token = fake.service_account_token(PROJECT, "deployer");
         let vars = format!(
             "project: {PROJECT}\nhost: {}\napi_key: {token}\nvalidate_certs: false\n\
@@ -115,32 +47,8 @@ impl Packit {
         std::fs::write(repo.join("vars/packit/dev.yml"), vars).expect("write dev.yml");
         let secrets = repo.join("secrets/packit/dev");
         std::fs::create_dir_all(&secrets).expect("secrets dir");
-        let files = repo.join("roles/generate_secrets/files");
-        for entry in std::fs::read_dir(&files).expect("generate_secrets/files") {
-            let entry = entry.expect("entry");
-            std::fs::copy(entry.path(), secrets.join(entry.file_name())).expect("copy secret");
-        }
-        for (file, text) in [
-            (
-                "private-key.pem",
-                "-----BEGIN PRIVATE KEY-----\nfake\n-----END PRIVATE KEY-----\n",
-            ),
-            (
-                "privkey.pem",
-                "-----BEGIN PRIVATE KEY-----\nfake\n-----END PRIVATE KEY-----\n",
-            ),
-            (
-                "fullchain.pem",
-                "-----BEGIN CERTIFICATE-----\nfake\n-----END CERTIFICATE-----\n",
-            ),
-            ("fedora.keytab", ""),
-            (
-                "id_ed25519",
-                "-----BEGIN OPENSSH PRIVATE KEY-----\nfake\n-----END OPENSSH PRIVATE KEY-----\n",
-            ),
-            ("id_ed25519.pub", "ssh-ed25519 AAAAfake packit@fake\n"),
-        ] {
-            std::fs::write(secrets.join(file), text).expect("write secret");
+        for (file, bytes) in operator_secrets() {
+            std::fs::write(secrets.join(file), bytes).expect("write secret");
         }
         let home = dir.path().join("home");
         let tmp = dir.path().join("tmp");

@@ -1,10 +1,10 @@
 //! The fake cluster's OpenShift image controllers: ImageStream tag imports
 //! and the image triggers that roll the workloads following a tag.
 //!
-//! Like OpenShift where deploybot depends on it: a spec tag whose `from` is
-//! a DockerImage gets the ImageStream's `metadata.generation` as its own
-//! `generation` when it has none (the API server does this on every change
-//! of the tag), and the import controller then puts a new first item into
+//! Like OpenShift where deploybot depends on it: the API server gives a spec
+//! tag that has no `generation` (a new or changed tag) the ImageStream's new
+//! `metadata.generation` on every write ([`admit`]), and the import
+//! controller then puts a new first item into
 //! the tag's `status.tags[].items` for that generation, whose
 //! `dockerImageReference` is the source repository at a digest
 //! (`referencePolicy: Source`); a reference the test marked as missing
@@ -17,7 +17,21 @@
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{Key, KubeState, Shared, Spec, now};
+use super::{Key, Kind, KubeState, Shared, Spec, now};
+
+/// What the API server does to an ImageStream it stores: each spec tag
+/// without a `generation` gets the object's.
+pub fn admit(kind: &Kind, object: &mut Value) {
+    if kind.kind != "ImageStream" {
+        return;
+    }
+    let generation = object["metadata"]["generation"].clone();
+    for tag in object["spec"]["tags"].as_array_mut().into_iter().flatten() {
+        if tag.get("generation").is_none_or(Value::is_null) {
+            tag["generation"] = generation.clone();
+        }
+    }
+}
 
 /// The digest reference an import of `source` yields: its repository at
 /// the SHA-256 of the reference (stable, so the same source imports the same).
@@ -56,21 +70,10 @@ fn import(spec: &Spec, state: &mut KubeState, key: &Key) {
     let Some(stream) = state.objects.get(key).cloned() else {
         return;
     };
-    let generation = stream["metadata"]["generation"].as_i64().unwrap_or(1);
     let tags = stream["spec"]["tags"]
         .as_array()
         .cloned()
         .unwrap_or_default();
-    if tags.iter().any(|t| t.get("generation").is_none()) {
-        state.modify(spec, key.clone(), |object| {
-            for tag in object["spec"]["tags"].as_array_mut().into_iter().flatten() {
-                if tag.get("generation").is_none() {
-                    tag["generation"] = json!(generation);
-                }
-            }
-        });
-        return;
-    }
     for tag in tags {
         let (Some(name), Some(source), Some(tag_generation)) = (
             tag["name"].as_str(),
