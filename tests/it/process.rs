@@ -425,6 +425,16 @@ fn check_config_reports_problems_clearly() {
     assert!(said.contains("9 components"), "{said}");
     assert!(said.contains("reporting is OFF"), "{said}");
     assert!(!said.contains("warning:"), "{said}");
+    // What a request to dev deploys, and how (issue 14).
+    for needle in [
+        "deployed by default: packit-service, sandcastle",
+        "packit-service-fedmsg (on request)",
+        "tokman (retired)",
+        "a request without deployment=: deployer `kubernetes`, moving ImageStream tags",
+        "a request with deployment=<ref> (commands from that checkout): deployer `make deploy DEPLOYMENT=dev …` as a Kubernetes Job in packit-dev-deploybot",
+    ] {
+        assert!(said.contains(needle), "{needle:?} not in:\n{said}");
+    }
 
     // A `command` environment runs PR code here: check-config says so.
     let local = tmp.path().join("local.toml");
