@@ -346,6 +346,14 @@ async fn make_deploy_of_a_deployment_pr_runs_packits_real_playbooks_in_the_job()
     let (cleaned, ok) = print_recap(&w.kube, "after the release", &job, "cleanup");
     assert!(ok, "make cleanup: {cleaned}\n{cleanup}");
     assert!(events(&job, "deploy").contains("$ make deploy DEPLOYMENT=dev"));
+    // The run is longer than deploybot records; its end (the PLAY RECAP)
+    // is recorded after the line that says what was left out.
+    let shown = output(&job, "deploy");
+    assert!(shown.contains("not recorded"), "{shown}");
+    assert!(
+        recap(&shown).1,
+        "the recorded end shows the recap:\n{shown}"
+    );
 
     // The ImageStreams point at what deploybot built: packit installed on
     // the service and the worker, sandcastle on the worker too.

@@ -172,6 +172,8 @@ pub struct Output<'a> {
     kept: Kept,
     in_key: bool,
     tail: Vec<String>,
+    /// `tail` was read from the log's end ([`Output::last_lines_from`]).
+    tail_from_log: bool,
 }
 
 impl<'a> Output<'a> {
@@ -184,6 +186,7 @@ impl<'a> Output<'a> {
             kept: Kept::default(),
             in_key: false,
             tail: Vec::new(),
+            tail_from_log: false,
         }
     }
 
@@ -235,14 +238,35 @@ impl<'a> Output<'a> {
         self.kept.dropped_lines > 0
     }
 
-    /// The command ended: record what was left out, if anything. `counted`
-    /// says whether every line was read (a local command's are; a cluster
-    /// Job's log is no longer read once the output is full).
+    /// The command ended: record what was left out, if anything, then its
+    /// last lines (up to [`EXCERPT_LINES`] of those left out: where a long
+    /// run says how it ended, e.g. ansible's PLAY RECAP). `counted` says
+    /// whether every line was read (a local command's are; a cluster Job's
+    /// log is no longer read once the output is full, and its last lines
+    /// are given with [`Output::last_lines_from`]).
     pub async fn finish(&mut self, counted: bool) -> Result<(), StoreError> {
-        match self.kept.marker(counted) {
-            Some(marker) => self.event(marker).await,
-            None => Ok(()),
+        let Some(marker) = self.kept.marker(counted) else {
+            return Ok(());
+        };
+        self.event(marker).await?;
+        let unrecorded = match (counted, self.tail_from_log) {
+            (true, _) => self.kept.dropped_lines.min(self.tail.len()),
+            (false, true) => self.tail.len(),
+            (false, false) => 0,
+        };
+        let last: Vec<String> = self.tail[self.tail.len() - unrecorded..].to_vec();
+        for line in last {
+            self.event(format!("│ {line}")).await?;
         }
+        Ok(())
+    }
+
+    /// The last lines of a log whose end was not read line by line (a
+    /// cluster Job's, once the output was full): masked like recorded lines.
+    pub async fn last_lines_from(&mut self, bytes: &[u8]) {
+        let text = self.excerpt_of(bytes).await;
+        self.tail = text.lines().map(str::to_string).collect();
+        self.tail_from_log = true;
     }
 
     /// The last lines, for a failure's excerpt.

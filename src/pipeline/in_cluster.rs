@@ -164,6 +164,14 @@ impl Pipeline {
             }
         })
         .await;
+        if output.full()
+            && let Some(pod) = follower.pod()
+            && let Ok(bytes) = cluster
+                .container_log_tail(&ns, pod, &spec.container, EXCERPT_LINES)
+                .await
+        {
+            output.last_lines_from(&bytes).await;
+        }
         output.finish(false).await?;
         let end = match followed {
             Ok(end) => end,

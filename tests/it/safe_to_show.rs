@@ -281,9 +281,22 @@ async fn a_commands_output_is_capped_and_its_credentials_masked(db: Db) {
     ] {
         assert!(deploy_events.contains(&want), "{want}: {deploy_events:#?}");
     }
-    // 400 lines are kept, then one line says how much was left out.
+    // 400 lines are kept, then one line says how much was left out, then
+    // the command's last 20 lines (how it ended).
     let output = deploy_events.iter().filter(|m| m.starts_with("│ ")).count();
-    assert_eq!(output, 401, "{deploy_events:#?}");
+    assert_eq!(output, 421, "{deploy_events:#?}");
+    let last: Vec<&str> = deploy_events
+        .iter()
+        .filter(|m| m.starts_with("│ "))
+        .rev()
+        .take(2)
+        .copied()
+        .collect();
+    assert_eq!(
+        last,
+        ["│ line 999", "│ line 998"],
+        "the command's end is recorded"
+    );
     let marker = deploy_events
         .iter()
         .find(|m| m.starts_with("│ … ("))

@@ -257,7 +257,8 @@ impl Pipeline {
                 .await?;
             rollouts.extend(followers);
         }
-        rollouts.dedup();
+        let mut seen = std::collections::HashSet::new();
+        rollouts.retain(|r| seen.insert(r.clone()));
         for (kind, name) in rollouts {
             let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
             let waited = exec::bounded(deadline, cancel, async {
