@@ -2568,6 +2568,29 @@ fn camel_group(group: &str) -> String {
         .collect()
 }
 
+/// Path `template` of `v1.35/{file}` (loaded once into `loaded`), with its
+/// `parameters` and only the operations `methods`, verbatim.
+fn path_item(
+    loaded: &mut HashMap<&'static str, Value>,
+    file: &'static str,
+    template: &str,
+    methods: &[&str],
+) -> Map<String, Value> {
+    let whole = loaded.entry(file).or_insert_with(|| {
+        openapi::load(
+            &fixtures_dir().join("v1.35").join(file),
+            "the fake Kubernetes",
+        )
+    });
+    let item = whole["paths"][template]
+        .as_object()
+        .unwrap_or_else(|| panic!("v1.35/{file} has no path {template}"));
+    item.iter()
+        .filter(|(k, _)| k.as_str() == "parameters" || methods.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// The path and path item of one generated operation set (see
 /// [`GENERATED_OPERATIONS`]).
 fn generate_operations(
@@ -2593,20 +2616,7 @@ fn generate_operations(
         ("item", false) => ("api/v1.json", "/api/v1/namespaces/{name}"),
         _ => panic!("GENERATED_OPERATIONS: unknown template {what:?}"),
     };
-    let whole = loaded.entry(file).or_insert_with(|| {
-        openapi::load(
-            &fixtures_dir().join("v1.35").join(file),
-            "the fake Kubernetes",
-        )
-    });
-    let item = whole["paths"][template]
-        .as_object()
-        .unwrap_or_else(|| panic!("v1.35/{file} has no path {template}"));
-    let kept: Map<String, Value> = item
-        .iter()
-        .filter(|(k, _)| k.as_str() == "parameters" || methods.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let kept = path_item(loaded, file, template, methods);
     let mut text = Value::Object(kept).to_string();
     let camel = format!("{}V1", camel_group(group));
     let tag = {
@@ -2737,20 +2747,7 @@ fn spec() -> &'static Spec {
             }
         };
         for &(file, template, methods) in EXTRA_OPERATIONS {
-            let whole = loaded.entry(file).or_insert_with(|| {
-                openapi::load(
-                    &fixtures_dir().join("v1.35").join(file),
-                    "the fake Kubernetes",
-                )
-            });
-            let item = whole["paths"][template]
-                .as_object()
-                .unwrap_or_else(|| panic!("v1.35/{file} has no path {template}"));
-            let kept: Map<String, Value> = item
-                .iter()
-                .filter(|(k, _)| k.as_str() == "parameters" || methods.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
+            let kept = path_item(&mut loaded, file, template, methods);
             add(&mut document, template, kept);
         }
         let mut generated = Vec::new();
