@@ -131,6 +131,13 @@ pub struct Workload {
     pub tag: Option<String>,
 }
 
+impl Workload {
+    /// The ImageStream tag pods follow.
+    pub fn tag(&self) -> &str {
+        self.tag.as_deref().unwrap_or("latest")
+    }
+}
+
 /// What a configured workload is (anything else is refused when the file is
 /// loaded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -42,10 +42,7 @@ impl Config {
         ));
         out.push_str(&format!(
             "  deployed on request (when referenced or in --only): {}\n",
-            names(
-                &|c| !c.retired && !c.images.is_empty() && c.deploy == DeployWhen::OnRequest,
-                " (on request)"
-            )
+            names(&|c| c.on_request(), " (on request)")
         ));
         out.push_str(&format!(
             "  retired (never deployed): {}\n",
@@ -122,7 +119,7 @@ fn describe_deployer(e: &Environment, deployer: Option<&Deployer>) -> String {
             if !streams.is_empty() {
                 let list: Vec<String> = streams
                     .iter()
-                    .map(|w| format!("{}:{}", w.name, w.tag.as_deref().unwrap_or("latest")))
+                    .map(|w| format!("{}:{}", w.name, w.tag()))
                     .collect();
                 parts.push(format!(
                     "moving ImageStream tags {} and waiting for the rollouts their triggers start",

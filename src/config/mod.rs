@@ -242,13 +242,17 @@ impl Component {
         !self.retired && !self.images.is_empty() && self.deploy == DeployWhen::Always
     }
 
+    /// Whether it is deployed only when a request references it or
+    /// `--only` names it.
+    pub fn on_request(&self) -> bool {
+        !self.retired && !self.images.is_empty() && self.deploy == DeployWhen::OnRequest
+    }
+
     /// How `check-config` and `/deploy help` describe its deployment.
     pub fn deploy_note(&self) -> Option<&'static str> {
         if self.retired {
             Some("retired")
-        } else if self.images.is_empty() {
-            None
-        } else if self.deploy == DeployWhen::OnRequest {
+        } else if self.on_request() {
             Some("on request")
         } else {
             None
@@ -431,7 +435,7 @@ impl Config {
                     aliases: c.aliases.clone(),
                     repo: c.repo.clone(),
                     retired: c.retired,
-                    on_request: !c.retired && c.deploy == DeployWhen::OnRequest,
+                    on_request: c.on_request(),
                 })
                 .collect(),
             environments: self.environments.iter().map(|e| e.name.clone()).collect(),

@@ -353,11 +353,9 @@ fn handed_to(deployer: Option<&Deployer>, image: &str) -> Vec<String> {
             .iter()
             .filter(|w| w.image == image)
             .map(|w| match w.kind {
-                crate::config::WorkloadType::ImageStream => format!(
-                    "ImageStream {}:{}",
-                    w.name,
-                    w.tag.as_deref().unwrap_or("latest")
-                ),
+                crate::config::WorkloadType::ImageStream => {
+                    format!("ImageStream {}:{}", w.name, w.tag())
+                }
                 kind => format!("{kind:?} {}", w.name),
             })
             .collect(),

@@ -151,7 +151,7 @@ impl Snapshot {
             on_request: config
                 .components
                 .iter()
-                .filter(|c| c.deploy == crate::config::DeployWhen::OnRequest && !c.retired)
+                .filter(|c| c.on_request())
                 .map(|c| c.name.clone())
                 .collect(),
             now_ms,

@@ -210,7 +210,7 @@ impl Pipeline {
                 WorkloadType::Deployment => WorkloadKind::Deployment,
                 WorkloadType::StatefulSet => WorkloadKind::StatefulSet,
                 WorkloadType::ImageStream => {
-                    let tag = w.tag.as_deref().unwrap_or("latest");
+                    let tag = w.tag();
                     let set = cluster
                         .set_imagestream_tag(&ns, &w.name, tag, reference, &annotations)
                         .await;
