@@ -11,12 +11,14 @@ pub mod command;
 pub mod config;
 pub mod domain;
 pub mod github;
+pub mod http;
 pub mod installations;
 pub mod intake;
 pub mod mask;
 pub mod metrics;
 pub mod ops;
 pub mod quote;
+pub mod registry;
 
 pub mod pipeline;
 pub mod receive;

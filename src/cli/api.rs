@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
 use super::{EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, Failure, fail};
@@ -15,10 +13,7 @@ use super::{EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, Failure, fail};
 pub struct Api {
     base: String,
     token: Option<String>,
-    client: Client<
-        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-        Full<Bytes>,
-    >,
+    client: crate::http::HttpClient,
 }
 
 impl Api {
@@ -47,16 +42,11 @@ impl Api {
                 ),
             ));
         }
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map_err(|e| fail(EXIT_UNREACHABLE, format!("no TLS roots: {e}")))?
-            .https_or_http()
-            .enable_http1()
-            .build();
+        let client = crate::http::client().map_err(|e| fail(EXIT_UNREACHABLE, e))?;
         Ok(Api {
             base,
             token,
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client,
         })
     }
 

@@ -46,6 +46,8 @@ pub struct BuildSpec {
     pub push_secret: Option<String>,
     /// Labels of the BuildConfig (`app.kubernetes.io/managed-by` is added).
     pub labels: BTreeMap<String, String>,
+    /// Labels of the image it builds (`spec.output.imageLabels`).
+    pub image_labels: BTreeMap<String, String>,
 }
 
 /// `status.phase` of a Build.
@@ -163,6 +165,13 @@ fn build_config(ns: &str, spec: &BuildSpec) -> Value {
     let mut output = json!({"to": {"kind": "DockerImage", "name": spec.output_image}});
     if let Some(secret) = &spec.push_secret {
         output["pushSecret"] = json!({ "name": secret });
+    }
+    if !spec.image_labels.is_empty() {
+        output["imageLabels"] = spec
+            .image_labels
+            .iter()
+            .map(|(name, value)| json!({"name": name, "value": value}))
+            .collect();
     }
     let mut labels = spec.labels.clone();
     labels.insert(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string());

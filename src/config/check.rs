@@ -254,6 +254,7 @@ impl Config {
             }
         }
         kept_apart(&self.environments, &mut problems);
+        images::problems(self, &mut problems);
         if self.environments.is_empty() {
             problems.push("at least one [[environment]] is required".into());
         }
@@ -314,7 +315,10 @@ fn runs_in_cluster(e: &Environment, problems: &mut Vec<String>) {
             ));
         }
     }
-    let local_builder = matches!(e.builder, Some(Builder::Command { .. }));
+    let local_builder = matches!(
+        e.builder,
+        Some(Builder::Command { .. } | Builder::Buildah(_))
+    );
     if !e.env_from_files.is_empty() && !local_builder {
         problems.push(format!(
             "environment {}: env_from_files is read only for commands deploybot runs itself, and this \

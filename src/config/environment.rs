@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{Runner, Span, default_ttl, max_ttl};
+use std::path::Path;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -91,8 +92,12 @@ pub enum Builder {
         #[serde(default)]
         push_secret: Option<String>,
     },
-    /// A local command such as podman or buildah, run in a checkout.
+    /// A local command such as podman or buildah, run in a checkout. It
+    /// pushes `{image}`; deploybot then asks the registry for its digest.
     Command { args: Vec<String> },
+    /// Built-in buildah: builds in the checkout at the pinned commit (or
+    /// the overlay's context), pushes, and records the pushed digest.
+    Buildah(super::Buildah),
 }
 
 /// Deployers.
@@ -245,6 +250,14 @@ impl Environment {
         match (&self.checkout_cleanup, references_deployer) {
             (Some(c), true) => Some(c),
             _ => self.cleanup.as_ref(),
+        }
+    }
+
+    /// The auth file of this environment's builder, if it has one.
+    pub fn builder_auth_file(&self) -> Option<&Path> {
+        match &self.builder {
+            Some(Builder::Buildah(b)) => b.auth_file.as_deref(),
+            _ => None,
         }
     }
 

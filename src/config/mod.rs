@@ -13,11 +13,13 @@ use serde::{Deserialize, Serialize};
 mod check;
 mod environment;
 mod explain;
+mod images;
 mod runner;
 
 pub use environment::{
     Builder, Cleanup, Deployer, Environment, EnvironmentKind, Timeouts, Workload, WorkloadType,
 };
+pub use images::{Buildah, Registry};
 pub use runner::{LOGIN_FILE, Login, RUNNER_ROOT, Runner, SecretMount, is_dns_subdomain};
 
 use crate::command::{VocabComponent, Vocabulary, format_duration, parse_duration};
@@ -40,6 +42,11 @@ pub struct Config {
     pub components: Vec<Component>,
     #[serde(rename = "environment", default)]
     pub environments: Vec<Environment>,
+    /// Image registries: how deploybot reaches them and with which
+    /// credentials (a registry not listed is reached at `https://HOST`,
+    /// anonymously).
+    #[serde(rename = "registry", default)]
+    pub registries: Vec<Registry>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

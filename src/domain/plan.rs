@@ -91,11 +91,41 @@ pub struct ImagePlan {
     /// workloads (`ImageStream packit-worker:dev`) that name it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub handed_to: Vec<String>,
+    /// After the build step, for an image it built or reused: the digest
+    /// the registry has under `tag`, which is what is deployed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed: Option<Pushed>,
+}
+
+/// An image the registry has: its manifest digest and, when it was reused,
+/// since when deploybot knows it there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pushed {
+    /// `sha256:…`
+    pub digest: String,
+    /// For a reused image: when deploybot built it (milliseconds since the
+    /// epoch), if its own records name this digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused_since: Option<i64>,
+    /// Whether the registry had it before this request.
+    #[serde(default)]
+    pub reused: bool,
 }
 
 impl ImagePlan {
+    /// The readable reference (`image:tag`), shown to people.
     pub fn reference(&self) -> String {
         format!("{}:{}", self.image, self.tag)
+    }
+
+    /// What is deployed: `image@sha256:…` once the build step has the
+    /// digest (a tag moved afterwards changes nothing), else `image:tag`
+    /// (base images follow their base tag on purpose).
+    pub fn deployed_reference(&self) -> String {
+        match &self.pushed {
+            Some(p) => format!("{}@{}", self.image, p.digest),
+            None => self.reference(),
+        }
     }
 }
 
@@ -304,6 +334,7 @@ pub fn plan(
                 tag,
                 deployed: deploy.contains(&owner.name),
                 handed_to: Vec::new(),
+                pushed: None,
             });
         }
     }

@@ -1,9 +1,9 @@
-//! Building the planned images: each image is one or two stages (a source
-//! build, then an overlay that installs libraries), images build in parallel,
-//! and a stage whose target was built before from the same inputs is reused.
+//! The planned images as build stages: each image is one or two stages (a
+//! source build, then an overlay that installs libraries), with their build
+//! contexts, their labels and the command lines or BuildConfigs that build them.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -15,6 +15,8 @@ use crate::pipeline::exec::{Exec, StepError, checkout, clone_url};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Stage {
     pub image: String,
+    /// The component that owns the image.
+    pub component: String,
     /// Full target reference, e.g. `quay.io/packit/packit-worker:stg-ogr-0123456789ab`.
     pub target: String,
     pub kind: StageKind,
@@ -32,9 +34,37 @@ pub enum StageKind {
     },
     Overlay {
         from: String,
-        /// One `RUN` line per library, in order.
-        installs: Vec<String>,
+        /// One `RUN` per library, in order.
+        installs: Vec<Install>,
     },
+}
+
+/// One library installed by an overlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Install {
+    pub library: String,
+    pub repo: String,
+    pub sha: String,
+    /// The install command; `{source}` stands for a copy of the library's
+    /// checkout at `sha` inside the image (no network needed).
+    pub install: String,
+}
+
+/// The placeholder of an install command for the library's local copy.
+pub const SOURCE_PLACEHOLDER: &str = "{source}";
+/// Where an overlay's library copies are inside the image.
+const SOURCES_IN_IMAGE: &str = "/tmp/deploybot-sources";
+
+impl Install {
+    /// Whether the build context must hold a checkout of the library.
+    pub fn needs_source(&self) -> bool {
+        self.install.contains(SOURCE_PLACEHOLDER)
+    }
+
+    /// The folder of the library's copy in the build context.
+    pub fn context_dir(&self) -> String {
+        format!("sources/{}", self.library)
+    }
 }
 
 impl Stage {
@@ -49,12 +79,56 @@ impl Stage {
             StageKind::Overlay { from, installs } => {
                 let mut text = format!("FROM {from}\nUSER 0\n");
                 for install in installs {
-                    text.push_str(&format!("RUN {install}\n"));
+                    let copy = format!("{SOURCES_IN_IMAGE}/{}", install.library);
+                    if install.needs_source() {
+                        text.push_str(&format!("COPY {} {copy}\n", install.context_dir()));
+                    }
+                    let command = install.install.replace(SOURCE_PLACEHOLDER, &copy);
+                    text.push_str(&format!("RUN {command}\n"));
                 }
                 Some(text)
             }
             StageKind::Source { .. } => None,
         }
+    }
+
+    /// The OCI labels every image deploybot builds carries: where it came
+    /// from (repository, commit) and for which request and base.
+    pub fn labels(&self, request: i64, base: &str) -> BTreeMap<String, String> {
+        let (repos, commits): (Vec<&str>, Vec<&str>) = match &self.kind {
+            StageKind::Source { repo, sha, .. } => (vec![repo.as_str()], vec![sha.as_str()]),
+            StageKind::Overlay { installs, .. } => installs
+                .iter()
+                .map(|i| (i.repo.as_str(), i.sha.as_str()))
+                .unzip(),
+        };
+        let mut labels = BTreeMap::new();
+        let mut put = |k: &str, v: String| {
+            labels.insert(k.to_string(), v);
+        };
+        if let (Some(repo), Some(sha)) = (repos.last(), commits.last()) {
+            put(
+                "org.opencontainers.image.source",
+                format!("https://github.com/{repo}"),
+            );
+            put("org.opencontainers.image.revision", sha.to_string());
+        }
+        put("dev.deploybot.component", self.component.clone());
+        put("dev.deploybot.repository", repos.join(","));
+        put("dev.deploybot.commit", commits.join(","));
+        put("dev.deploybot.request", request.to_string());
+        put("dev.deploybot.base", base.to_string());
+        if let StageKind::Overlay { from, .. } = &self.kind {
+            put("dev.deploybot.from", from.clone());
+        }
+        labels
+    }
+
+    /// The target's repository and tag.
+    pub fn image_and_tag(&self) -> (&str, &str) {
+        self.target
+            .rsplit_once(':')
+            .unwrap_or((&self.target, ""))
     }
 }
 
@@ -82,6 +156,7 @@ pub fn stages(image: &ImagePlan, base: &str) -> Vec<Stage> {
                 let target = format!("{}:{tag}", image.image);
                 stages.push(Stage {
                     image: image.image.clone(),
+                    component: image.component.clone(),
                     target: target.clone(),
                     kind: StageKind::Source {
                         component: component.clone(),
@@ -93,12 +168,23 @@ pub fn stages(image: &ImagePlan, base: &str) -> Vec<Stage> {
                 });
                 from = target;
             }
-            BuildStep::Overlay { install, .. } => installs.push(install.clone()),
+            BuildStep::Overlay {
+                library,
+                repo,
+                sha,
+                install,
+            } => installs.push(Install {
+                library: library.clone(),
+                repo: repo.clone(),
+                sha: sha.clone(),
+                install: install.clone(),
+            }),
         }
     }
     if !installs.is_empty() {
         stages.push(Stage {
             image: image.image.clone(),
+            component: image.component.clone(),
             target: image.reference(),
             kind: StageKind::Overlay { from, installs },
         });
@@ -113,7 +199,8 @@ pub fn openshift_spec(
     git_url: &str,
     push_secret: Option<&str>,
     job_id: i64,
-) -> BuildSpec {
+    base: &str,
+) -> Result<BuildSpec, StepError> {
     let short_image = stage.image.rsplit('/').next().unwrap_or(&stage.image);
     let digest = {
         use sha2::Digest;
@@ -142,7 +229,8 @@ pub fn openshift_spec(
         ),
         ("deploybot.dev/job".to_string(), job_id.to_string()),
     ]);
-    match &stage.kind {
+    let image_labels = stage.labels(job_id, base);
+    Ok(match &stage.kind {
         StageKind::Source {
             repo,
             sha,
@@ -159,28 +247,40 @@ pub fn openshift_spec(
             output_image: stage.target.clone(),
             push_secret: push_secret.map(str::to_string),
             labels,
+            image_labels,
         },
-        StageKind::Overlay { .. } => BuildSpec {
-            name,
-            git_uri: String::new(),
-            git_ref: String::new(),
-            containerfile_path: None,
-            inline_dockerfile: stage.overlay_containerfile(),
-            build_args: BTreeMap::new(),
-            output_image: stage.target.clone(),
-            push_secret: push_secret.map(str::to_string),
-            labels,
-        },
-    }
+        StageKind::Overlay { installs, .. } => {
+            if let Some(install) = installs.iter().find(|i| i.needs_source()) {
+                return Err(StepError::failed(format!(
+                    "the install command of `{}` uses `{SOURCE_PLACEHOLDER}`, which needs a local \
+                     build context: OpenShift Builds of overlays have none (use the buildah or \
+                     command builder)",
+                    install.library
+                )));
+            }
+            BuildSpec {
+                name,
+                git_uri: String::new(),
+                git_ref: String::new(),
+                containerfile_path: None,
+                inline_dockerfile: stage.overlay_containerfile(),
+                build_args: BTreeMap::new(),
+                output_image: stage.target.clone(),
+                push_secret: push_secret.map(str::to_string),
+                labels,
+                image_labels,
+            }
+        }
+    })
 }
 
 /// Fill a command builder's argument template for `stage`.
 pub fn builder_args(
     template: &[String],
     stage: &Stage,
-    context: &Path,
-    containerfile: &Path,
+    context: &Context,
     git_url: &str,
+    labels: &BTreeMap<String, String>,
 ) -> Vec<String> {
     let (repo_url, commit, build_args) = match &stage.kind {
         StageKind::Source {
@@ -191,35 +291,44 @@ pub fn builder_args(
         } => (clone_url(git_url, repo), sha.clone(), build_args.clone()),
         StageKind::Overlay { .. } => (String::new(), String::new(), BTreeMap::new()),
     };
+    let pairs = |flag: &str, map: &BTreeMap<String, String>| -> Vec<String> {
+        map.iter()
+            .flat_map(|(k, v)| [flag.to_string(), format!("{k}={v}")])
+            .collect()
+    };
     let mut out = Vec::new();
     for arg in template {
-        if arg == "{build_args}" {
-            for (k, v) in &build_args {
-                out.push("--build-arg".to_string());
-                out.push(format!("{k}={v}"));
-            }
-            continue;
+        match arg.as_str() {
+            "{build_args}" => out.extend(pairs("--build-arg", &build_args)),
+            "{labels}" => out.extend(pairs("--label", labels)),
+            _ => out.push(
+                arg.replace("{repo_url}", &repo_url)
+                    .replace("{commit}", &commit)
+                    .replace("{containerfile}", &context.containerfile.display().to_string())
+                    .replace("{image}", &stage.target)
+                    .replace("{context}", &context.dir.display().to_string()),
+            ),
         }
-        out.push(
-            arg.replace("{repo_url}", &repo_url)
-                .replace("{commit}", &commit)
-                .replace("{containerfile}", &containerfile.display().to_string())
-                .replace("{image}", &stage.target)
-                .replace("{context}", &context.display().to_string()),
-        );
     }
     out
 }
 
-/// Build one stage with a command builder in `work` (a fresh folder).
-pub async fn command_build(
+/// A stage's build context on this machine: the folder and its Containerfile.
+pub struct Context {
+    pub dir: PathBuf,
+    pub containerfile: PathBuf,
+}
+
+/// Prepare `stage`'s build context in `work` (a fresh folder): the checkout
+/// at the pinned commit, or the overlay's generated Containerfile with the
+/// library copies its install commands use.
+pub async fn context(
     exec: &mut Exec<'_>,
-    template: &[String],
     stage: &Stage,
     work: &Path,
     git_url: &str,
-) -> Result<(), StepError> {
-    let (context, containerfile) = match &stage.kind {
+) -> Result<Context, StepError> {
+    match &stage.kind {
         StageKind::Source {
             repo,
             sha,
@@ -231,22 +340,30 @@ pub async fn command_build(
             // The builder is handed this path: a symlink in the PR (to
             // `/proc/self/environ`, say) is refused before it runs.
             let file = crate::pipeline::paths::inside_checkout(&dir, containerfile)?;
-            (dir, file)
+            Ok(Context {
+                dir,
+                containerfile: file,
+            })
         }
-        StageKind::Overlay { .. } => {
+        StageKind::Overlay { installs, .. } => {
             let dir = work.join("overlay");
             std::fs::create_dir_all(&dir)
                 .map_err(|e| StepError::failed(format!("cannot create {}: {e}", dir.display())))?;
+            for install in installs.iter().filter(|i| i.needs_source()) {
+                let copy = dir.join(install.context_dir());
+                checkout(exec, &clone_url(git_url, &install.repo), &install.sha, &copy).await?;
+            }
             let file = crate::pipeline::paths::write_in_checkout(
                 &dir,
                 "Containerfile",
                 &stage.overlay_containerfile().unwrap_or_default(),
             )?;
-            (dir, file)
+            Ok(Context {
+                dir,
+                containerfile: file,
+            })
         }
-    };
-    let args = builder_args(template, stage, &context, &containerfile, git_url);
-    exec.run(&args, &context).await
+    }
 }
 
 #[cfg(test)]
@@ -269,6 +386,7 @@ mod tests {
             tag: tag.into(),
             deployed: true,
             handed_to: Vec::new(),
+            pushed: None,
         }
     }
 
@@ -344,17 +462,23 @@ mod tests {
             "-t",
             "{image}",
             "{build_args}",
+            "{labels}",
             "{context}",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        let context = Context {
+            dir: "/w/src".into(),
+            containerfile: "/w/src/Dockerfile".into(),
+        };
+        let labels = BTreeMap::from([("dev.deploybot.request".to_string(), "9".to_string())]);
         let args = builder_args(
             &template,
             s,
-            Path::new("/w/src"),
-            Path::new("/w/src/Dockerfile"),
+            &context,
             "https://github.com/{repo}.git",
+            &labels,
         );
         assert_eq!(
             args,
@@ -367,8 +491,54 @@ mod tests {
                 "quay.io/packit/packit-worker:packit-service-aaaaaaaaaaaa-stg",
                 "--build-arg",
                 "SOURCE_BRANCH=main",
+                "--label",
+                "dev.deploybot.request=9",
                 "/w/src"
             ]
         );
+    }
+
+    #[test]
+    fn labels_name_the_component_repository_commit_request_and_base() {
+        let plan = image(
+            ImageAction::BuildAndOverlay,
+            vec![source(), overlay("ogr")],
+            "final",
+            None,
+        );
+        let s = stages(&plan, "stg");
+        let labels = s[0].labels(42, "stg");
+        assert_eq!(
+            labels["org.opencontainers.image.source"],
+            "https://github.com/packit/packit-service"
+        );
+        assert_eq!(labels["org.opencontainers.image.revision"], "a".repeat(40));
+        assert_eq!(labels["dev.deploybot.component"], "packit-service");
+        assert_eq!(labels["dev.deploybot.request"], "42");
+        assert_eq!(labels["dev.deploybot.base"], "stg");
+        let overlay = s[1].labels(42, "stg");
+        assert_eq!(overlay["dev.deploybot.repository"], "packit/ogr");
+        assert_eq!(overlay["org.opencontainers.image.revision"], "b".repeat(40));
+        assert_eq!(
+            overlay["dev.deploybot.from"],
+            "quay.io/packit/packit-worker:packit-service-aaaaaaaaaaaa-stg"
+        );
+    }
+
+    #[test]
+    fn an_install_from_source_copies_the_checkout_into_the_image() {
+        let mut lib = overlay("ogr");
+        if let BuildStep::Overlay { install, .. } = &mut lib {
+            *install = "cp -r {source} /opt/ogr".into();
+        }
+        let plan = image(ImageAction::Overlay, vec![lib], "t", Some("base:stg"));
+        let s = &stages(&plan, "stg")[0];
+        let file = s.overlay_containerfile().expect("overlay");
+        assert_eq!(
+            file,
+            "FROM base:stg\nUSER 0\nCOPY sources/ogr /tmp/deploybot-sources/ogr\n\
+             RUN cp -r /tmp/deploybot-sources/ogr /opt/ogr\n"
+        );
+        assert!(openshift_spec(s, "https://github.com/{repo}.git", None, 1, "stg").is_err());
     }
 }

@@ -25,7 +25,7 @@ pub fn vars(
             .images
             .iter()
             .find(|i| &i.image == repository)
-            .map(|i| i.reference())
+            .map(|i| i.deployed_reference())
             .unwrap_or_else(|| format!("{repository}:{}", plan.base.as_str()));
         out.insert(var.clone(), json!(reference));
     }

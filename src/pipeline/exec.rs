@@ -107,7 +107,7 @@ pub struct Exec<'a> {
 /// What a job's commands are given, and nothing else of deploybot's own:
 /// `PATH`, `HOME` (the job's private directory), `LANG`, and the variables
 /// the environment's configuration names (`env`, `env_from_files`).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct JobEnv {
     vars: Vec<(String, String)>,
     /// Values that must never be shown: those read from `env_from_files`.
@@ -150,7 +150,29 @@ impl JobEnv {
             }
             set(name, value);
         }
+        // The builder's push credentials are handed to it as a file; what
+        // they hold is masked like the values above.
+        if let Some(file) = environment.builder_auth_file() {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                StepError::failed(format!(
+                    "cannot read the builder's auth_file {}: {e}",
+                    file.display()
+                ))
+            })?;
+            for secret in crate::registry::secrets_of(&text) {
+                crate::mask::protect(&secret);
+                secrets.push(secret);
+            }
+        }
         Ok(JobEnv { vars, secrets })
+    }
+
+    /// The same environment with `name` set to `value` too.
+    pub fn with(&self, name: &str, value: &str) -> JobEnv {
+        let mut out = self.clone();
+        out.vars.retain(|(n, _)| n != name);
+        out.vars.push((name.to_string(), value.to_string()));
+        out
     }
 
     /// `text` as it may be recorded or shown: [`crate::mask::redact`], with

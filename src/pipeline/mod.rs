@@ -3,6 +3,7 @@
 //! events; a job that must wait for its environment goes back to the queue.
 
 pub mod build;
+pub mod buildah;
 pub mod deploy;
 pub mod exec;
 mod in_cluster;
@@ -51,6 +52,7 @@ pub struct Pipeline {
     pub github: Option<GitHub>,
     kube_url: Option<String>,
     cluster: tokio::sync::OnceCell<Cluster>,
+    registries: std::sync::OnceLock<crate::registry::Registries>,
 }
 
 fn secs(ms: i64) -> String {
@@ -70,7 +72,18 @@ impl Pipeline {
             github,
             kube_url,
             cluster: tokio::sync::OnceCell::new(),
+            registries: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The configured image registries, as deploybot asks them.
+    fn registries(&self) -> Result<&crate::registry::Registries, exec::StepError> {
+        if let Some(r) = self.registries.get() {
+            return Ok(r);
+        }
+        let r = crate::registry::Registries::new(&self.config.registries)
+            .map_err(exec::StepError::failed)?;
+        Ok(self.registries.get_or_init(|| r))
     }
 
     /// The cluster, connected on first use (only jobs that need it connect).

@@ -22,14 +22,18 @@ impl Snapshot {
                     e.step == Step::Build && e.message.starts_with(&format!("{verb} {reference}"))
                 })
             };
-            let state = if said("reused") {
-                "reused (built before from the same commits)"
-            } else if said("built") {
-                "built"
-            } else if self.job.state == JobState::Running || self.job.state == JobState::Queued {
-                "to build"
-            } else {
-                "not built"
+            let state = match &image.pushed {
+                Some(p) if p.reused => match p.reused_since {
+                    Some(at) => format!("reused (in the registry since {})", super::text::human_time(at)),
+                    None => "reused (in the registry)".to_string(),
+                },
+                Some(_) => "built".to_string(),
+                None if said("reused") => "reused (in the registry)".to_string(),
+                None if said("built") => "built".to_string(),
+                None if matches!(self.job.state, JobState::Running | JobState::Queued) => {
+                    "to build".to_string()
+                }
+                None => "not built".to_string(),
             };
             let how = match image.action {
                 ImageAction::Overlay | ImageAction::BuildAndOverlay => {

@@ -291,6 +291,17 @@ impl Store {
         Ok(())
     }
 
+    /// The plan again, after the build step has added the digests.
+    pub async fn save_plan(tx: &mut Tx, job_id: i64, plan: &crate::domain::plan::Plan) -> Result<()> {
+        sqlx::query("UPDATE jobs SET plan = $2, updated_at = $3 WHERE id = $1")
+            .bind(job_id)
+            .bind(serde_json::to_string(plan)?)
+            .bind(tx.now)
+            .execute(tx.db())
+            .await?;
+        Store::want_sync(tx, job_id).await
+    }
+
     /// How many requests `login` has queued or running. On PostgreSQL it
     /// first takes a transaction lock on that person, so two replicas
     /// accepting their requests at once count one after the other.

@@ -41,6 +41,7 @@ pub use confirmations::WaitingConfirmation;
 use deliveries::PendingDelivery;
 pub use deliveries::{NewDelivery, Redelivery};
 pub use environments::EnvironmentRow;
+pub use images::ImageRecord;
 pub use jobs::QueuedJobs;
 pub use queue::Heartbeat;
 

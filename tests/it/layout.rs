@@ -11,7 +11,7 @@ use crate::support::harness::manifest_dir;
 /// lower ones. (README, "How it works", shows the same picture.)
 const LAYERS: &[&[&str]] = &[
     &[
-        "metrics", "mask", "quote", "command", "config", "github", "cluster",
+        "metrics", "mask", "quote", "command", "config", "github", "cluster", "http", "registry",
     ],
     &["domain"],
     &["store"],

@@ -1,22 +1,47 @@
 //! Step 4, build: every image the plan builds, in parallel per image, with
-//! the environment's builder (a command, or OpenShift Builds); a stage built
-//! before from the same inputs is reused.
+//! the environment's builder (buildah, a command, or OpenShift Builds). The
+//! registry decides reuse: a tag it has is taken with its digest, a tag it
+//! lost is built again; what is deployed is the digest.
 
-use crate::cluster::{BuildPhase, Cluster, ClusterError};
-use crate::config::Environment;
-use crate::domain::Step;
-use crate::domain::plan::Plan;
-use crate::pipeline::build::{Stage, command_build};
-use crate::pipeline::exec::{JobEnv, StepError, WorkDir, deadline};
-use crate::pipeline::steps::{Builds, tools};
-use crate::pipeline::{Pipeline, secs, time_limit};
-use crate::store::{Job, StoreError};
+use std::path::Path;
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::cluster::{BuildPhase, Cluster, ClusterError};
+use crate::config::{Buildah, Environment};
+use crate::domain::Step;
+use crate::domain::plan::{Plan, Pushed};
+use crate::pipeline::build::{Stage, StageKind, builder_args, context};
+use crate::pipeline::exec::{Exec, JobEnv, StepError, WorkDir};
+use crate::pipeline::steps::{Builds, tools};
+use crate::pipeline::{Pipeline, buildah, secs};
+use crate::store::{Job, Store};
+
+/// What builds a stage, with what it needs.
+enum Engine<'a> {
+    Command(&'a [String]),
+    Buildah(&'a Buildah),
+    Openshift {
+        cluster: &'a Cluster,
+        ns: String,
+        push_secret: Option<&'a str>,
+        poll: std::time::Duration,
+    },
+}
+
+/// Where and how an OpenShift Build of a stage runs.
+#[derive(Clone, Copy)]
+struct OpenshiftBuild<'a> {
+    cluster: &'a Cluster,
+    ns: &'a str,
+    push_secret: Option<&'a str>,
+    poll: std::time::Duration,
+}
+
 impl Pipeline {
-    /// Build what the plan builds, with `builds`.
+    /// Build what the plan builds; the plan comes back with the digest of
+    /// every image built or reused.
     pub(in crate::pipeline) async fn build(
         &self,
         job: &Job,
@@ -25,25 +50,31 @@ impl Pipeline {
         work: &WorkDir,
         env: &Arc<JobEnv>,
         cancel: &watch::Receiver<bool>,
-    ) -> Result<(), StepError> {
-        let git_url = self.config.bot.git_url.clone();
-        let stages: Vec<Vec<Stage>> = plan
-            .builds()
-            .map(|i| crate::pipeline::build::stages(i, plan.base.as_str()))
+    ) -> Result<Plan, StepError> {
+        let base = plan.base.as_str();
+        let stages: Vec<(usize, Vec<Stage>)> = plan
+            .images
+            .iter()
+            .enumerate()
+            .map(|(n, i)| (n, crate::pipeline::build::stages(i, base)))
+            .filter(|(_, s)| !s.is_empty())
             .collect();
-        let targets: Vec<String> = stages.iter().flatten().map(|s| s.target.clone()).collect();
+        let targets: Vec<String> = stages
+            .iter()
+            .flat_map(|(_, s)| s.iter().map(|s| s.target.clone()))
+            .collect();
         if targets.is_empty() {
             self.step(job.id, Step::Build, "nothing to build").await?;
-            return Ok(());
+            return Ok(plan.clone());
         }
-        match tools(environment, plan).0 {
+        let engine = match tools(environment, plan).0 {
             Builds::DryRun => {
                 let text = format!(
                     "skipped (dry-run environment): would build {}",
                     targets.join(", ")
                 );
                 self.step(job.id, Step::Build, &text).await?;
-                return Ok(());
+                return Ok(plan.clone());
             }
             Builds::Missing => {
                 return Err(StepError::failed(format!(
@@ -52,124 +83,245 @@ impl Pipeline {
                     targets.join(", ")
                 )));
             }
-            Builds::Command(args) => {
-                let text = format!("building {} image(s) in parallel", stages.len());
-                self.step(job.id, Step::Build, &text).await?;
-                let started = self.store.now_ms();
-                let builds = stages.iter().enumerate().map(|(n, image_stages)| {
-                    let mut exec = self.exec(job, Step::Build, environment, cancel, env);
-                    let dir = work.0.join(format!("build-{n}"));
-                    let git_url = git_url.clone();
-                    async move {
-                        for (k, stage) in image_stages.iter().enumerate() {
-                            if self.reused(job, stage).await? {
-                                continue;
-                            }
-                            let stage_dir = dir.join(format!("stage-{k}"));
-                            command_build(&mut exec, args, stage, &stage_dir, &git_url).await?;
-                            self.built(job, stage, "").await?;
-                        }
-                        Ok::<(), StepError>(())
-                    }
-                });
-                // The first failure stops the others (their processes are killed).
-                futures_util::future::try_join_all(builds).await?;
-                let text = format!("build done in {}", secs(self.store.now_ms() - started));
-                self.event(job.id, Step::Build, &text).await?;
-            }
-            Builds::Openshift { push_secret } => {
-                let ns = environment.work_namespace().unwrap_or_default().to_string();
-                let text = format!(
-                    "building {} image(s) with OpenShift Builds in `{ns}`",
-                    stages.len()
-                );
-                self.step(job.id, Step::Build, &text).await?;
-                let cluster = self
+            Builds::Command(args) => Engine::Command(args),
+            Builds::Buildah(b) => Engine::Buildah(b),
+            Builds::Openshift { push_secret } => Engine::Openshift {
+                cluster: self
                     .cluster()
                     .await
-                    .map_err(|e| StepError::failed(e.to_string()))?;
-                let started = self.store.now_ms();
-                let deadline = deadline(time_limit(environment, Step::Build));
-                let builds = stages.iter().map(|image_stages| {
-                    let mut cancel = cancel.clone();
-                    let (ns, git_url) = (ns.clone(), git_url.clone());
-                    async move {
-                        for stage in image_stages {
-                            self.openshift_build(
-                                job,
-                                cluster,
-                                &ns,
-                                stage,
-                                &git_url,
-                                push_secret,
-                                deadline,
-                                environment,
-                                &mut cancel,
-                            )
-                            .await?;
-                        }
-                        Ok::<(), StepError>(())
-                    }
-                });
-                // The first failure stops the others.
-                futures_util::future::try_join_all(builds).await?;
-                let text = format!("build done in {}", secs(self.store.now_ms() - started));
-                self.event(job.id, Step::Build, &text).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether `stage`'s target was built before from the same inputs (then
-    /// it is reused, and the job's events say so).
-    async fn reused(&self, job: &Job, stage: &Stage) -> Result<bool, StoreError> {
-        let (image, tag) = stage.target.rsplit_once(':').unwrap_or((&stage.target, ""));
-        if !self.store.image_built(image, tag, &stage.inputs()).await? {
-            return Ok(false);
-        }
-        self.event(
-            job.id,
-            Step::Build,
-            &format!(
-                "reused {} (built before from the same inputs)",
-                stage.target
+                    .map_err(|e| StepError::failed(e.to_string()))?,
+                ns: environment.work_namespace().unwrap_or_default().to_string(),
+                push_secret,
+                poll: environment.timeouts.poll(),
+            },
+        };
+        let text = match &engine {
+            Engine::Openshift { ns, .. } => format!(
+                "building {} image(s) with OpenShift Builds in `{ns}`",
+                stages.len()
             ),
-        )
-        .await?;
-        Ok(true)
+            Engine::Buildah(_) => format!("building {} image(s) with buildah", stages.len()),
+            Engine::Command(_) => format!("building {} image(s) in parallel", stages.len()),
+        };
+        self.step(job.id, Step::Build, &text).await?;
+        let started = self.store.now_ms();
+        let env = self.build_env(environment, work, env)?;
+        let engine = &engine;
+        let builds = stages.iter().map(|(n, image_stages)| {
+            let mut exec = self.exec(job, Step::Build, environment, cancel, &env);
+            let dir = work.0.join(format!("build-{n}"));
+            async move {
+                let mut last = None;
+                for (k, stage) in image_stages.iter().enumerate() {
+                    let stage_dir = dir.join(format!("stage-{k}"));
+                    let pushed = match self.in_registry(job, environment, stage).await? {
+                        Some(pushed) => pushed,
+                        None => {
+                            self.build_stage(engine, job, plan, stage, &stage_dir, &mut exec)
+                                .await?
+                        }
+                    };
+                    last = Some(pushed);
+                }
+                Ok::<_, StepError>((*n, last))
+            }
+        });
+        // The first failure stops the others (their processes are killed).
+        let built = futures_util::future::try_join_all(builds).await?;
+        let mut plan = plan.clone();
+        for (n, pushed) in built {
+            plan.images[n].pushed = pushed;
+        }
+        let mut tx = self.store.begin().await?;
+        Store::save_plan(&mut tx, job.id, &plan).await?;
+        tx.commit().await?;
+        let text = format!("build done in {}", secs(self.store.now_ms() - started));
+        self.event(job.id, Step::Build, &text).await?;
+        Ok(plan)
     }
 
-    /// Remember a built stage for reuse, and say so.
-    async fn built(&self, job: &Job, stage: &Stage, how: &str) -> Result<(), StoreError> {
-        let (image, tag) = stage.target.rsplit_once(':').unwrap_or((&stage.target, ""));
+    /// The environment of the build commands: a buildah builder is told
+    /// which registries speak plain HTTP (a `registries.conf` in the job's
+    /// private home).
+    fn build_env(
+        &self,
+        environment: &Environment,
+        work: &WorkDir,
+        env: &Arc<JobEnv>,
+    ) -> Result<Arc<JobEnv>, StepError> {
+        if !matches!(environment.builder, Some(crate::config::Builder::Buildah(_))) {
+            return Ok(env.clone());
+        }
+        let insecure = self.registries()?.insecure_hosts();
+        Ok(match buildah::registries_conf(&work.home(), &insecure)? {
+            Some(file) => Arc::new(env.with(
+                "CONTAINERS_REGISTRIES_CONF",
+                &file.display().to_string(),
+            )),
+            None => env.clone(),
+        })
+    }
+
+    /// Whether the registry has `stage`'s target: then it is reused with the
+    /// digest the registry answers. A tag the registry lost is built again,
+    /// whatever deploybot remembers; a registry that cannot be asked is said
+    /// in the events and the stage is built.
+    async fn in_registry(
+        &self,
+        job: &Job,
+        environment: &Environment,
+        stage: &Stage,
+    ) -> Result<Option<Pushed>, StepError> {
+        let (image, tag) = stage.image_and_tag();
+        let record = self.store.image_record(image, tag).await?;
+        let answer = self
+            .registries()?
+            .manifest(&stage.target, environment.builder_auth_file())
+            .await;
+        let found = match answer {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                if let Some(r) = record {
+                    let text = format!(
+                        "{} is no longer in the registry (built by request #{} at {}): building it again",
+                        stage.target,
+                        r.job_id,
+                        crate::status::text::human_time(r.built_at)
+                    );
+                    self.event(job.id, Step::Build, &text).await?;
+                }
+                return Ok(None);
+            }
+            Err(e) => {
+                let text = format!("could not ask the registry about {}: {e}; building it", stage.target);
+                self.event(job.id, Step::Build, &text).await?;
+                return Ok(None);
+            }
+        };
+        let since = record
+            .filter(|r| r.digest.as_deref() == Some(found.digest.as_str()))
+            .map(|r| r.built_at);
+        let when = since
+            .map(|at| format!(" since {}", crate::status::text::human_time(at)))
+            .unwrap_or_default();
+        let text = format!(
+            "reused {} (in the registry{when}: {})",
+            stage.target, found.digest
+        );
+        self.event(job.id, Step::Build, &text).await?;
+        Ok(Some(Pushed {
+            digest: found.digest,
+            reused_since: since,
+            reused: true,
+        }))
+    }
+
+    /// Build `stage` with `engine` and remember what was pushed.
+    async fn build_stage(
+        &self,
+        engine: &Engine<'_>,
+        job: &Job,
+        plan: &Plan,
+        stage: &Stage,
+        dir: &Path,
+        exec: &mut Exec<'_>,
+    ) -> Result<Pushed, StepError> {
+        let git_url = &self.config.bot.git_url;
+        let labels = stage.labels(job.id, plan.base.as_str());
+        let (digest, how) = match engine {
+            Engine::Command(template) => {
+                let context = context(exec, stage, dir, git_url).await?;
+                let args = builder_args(template, stage, &context, git_url, &labels);
+                exec.run(&args, &context.dir).await?;
+                (self.pushed_digest(stage, None).await?, String::new())
+            }
+            Engine::Buildah(b) => {
+                let context = context(exec, stage, dir, git_url).await?;
+                exec.run(&buildah::build_argv(b, stage, &context, &labels), &context.dir)
+                    .await?;
+                let digest_file = dir.join("digest");
+                exec.run(&buildah::push_argv(b, stage, &digest_file), &context.dir)
+                    .await?;
+                (buildah::read_digest(&digest_file)?, String::new())
+            }
+            Engine::Openshift {
+                cluster,
+                ns,
+                push_secret,
+                poll,
+            } => {
+                let build = OpenshiftBuild {
+                    cluster,
+                    ns,
+                    push_secret: *push_secret,
+                    poll: *poll,
+                };
+                let (digest, name) = self.openshift_build(job, plan, &build, stage, exec).await?;
+                (digest, format!(" (Build `{name}`)"))
+            }
+        };
+        let (image, tag) = stage.image_and_tag();
         self.store
-            .record_image(image, tag, &stage.inputs(), job.id)
+            .record_image(image, tag, &stage.inputs(), job.id, &digest)
             .await?;
-        self.event(job.id, Step::Build, &format!("built {}{how}", stage.target))
-            .await
+        let text = format!("built {}{how}: pushed {digest}", stage.target);
+        self.event(job.id, Step::Build, &text).await?;
+        Ok(Pushed {
+            digest,
+            reused_since: None,
+            reused: false,
+        })
     }
 
-    /// One OpenShift Build of one stage (reused when built before from the same inputs).
-    #[allow(clippy::too_many_arguments)]
+    /// The digest the registry has for a stage just built (`reported`, when
+    /// the builder said one, is checked against it): a builder that did not
+    /// push fails the stage.
+    async fn pushed_digest(
+        &self,
+        stage: &Stage,
+        reported: Option<String>,
+    ) -> Result<String, StepError> {
+        match self.registries()?.manifest(&stage.target, None).await {
+            Ok(Some(found)) => Ok(found.digest),
+            Ok(None) => Err(StepError::failed(format!(
+                "the build finished, but the registry has no {}: the builder must push the image it builds",
+                stage.target
+            ))),
+            Err(e) => match reported {
+                Some(digest) => Ok(digest),
+                None => Err(StepError::failed(format!(
+                    "the build finished, but its digest is unknown: {e}"
+                ))),
+            },
+        }
+    }
+
+    /// One OpenShift Build of one stage: its digest and the Build's name.
     async fn openshift_build(
         &self,
         job: &Job,
-        cluster: &Cluster,
-        ns: &str,
+        plan: &Plan,
+        build: &OpenshiftBuild<'_>,
         stage: &Stage,
-        git_url: &str,
-        push_secret: Option<&str>,
-        deadline: tokio::time::Instant,
-        environment: &Environment,
-        cancel: &mut watch::Receiver<bool>,
-    ) -> Result<(), StepError> {
-        if self.reused(job, stage).await? {
-            return Ok(());
-        }
-        let spec = crate::pipeline::build::openshift_spec(stage, git_url, push_secret, job.id);
+        exec: &mut Exec<'_>,
+    ) -> Result<(String, String), StepError> {
+        let OpenshiftBuild {
+            cluster,
+            ns,
+            push_secret,
+            poll,
+        } = *build;
+        let git_url = &self.config.bot.git_url;
+        let spec = crate::pipeline::build::openshift_spec(
+            stage,
+            git_url,
+            push_secret,
+            job.id,
+            plan.base.as_str(),
+        )?;
         let commit = match &stage.kind {
-            crate::pipeline::build::StageKind::Source { sha, .. } => sha.clone(),
-            crate::pipeline::build::StageKind::Overlay { .. } => String::new(),
+            StageKind::Source { sha, .. } => sha.clone(),
+            StageKind::Overlay { .. } => String::new(),
         };
         let api = |e: ClusterError| StepError::failed(e.to_string());
         cluster.apply_build_config(ns, &spec).await.map_err(api)?;
@@ -183,9 +335,17 @@ impl Pipeline {
             &format!("started Build `{name}` for {}", stage.target),
         )
         .await?;
-        let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let timeout = exec
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
         let status = match cluster
-            .wait_build(ns, &name, timeout, environment.timeouts.poll(), cancel)
+            .wait_build(
+                ns,
+                &name,
+                timeout,
+                poll,
+                &mut exec.cancel,
+            )
             .await
         {
             Ok(status) => status,
@@ -194,9 +354,8 @@ impl Pipeline {
             Err(e) => return Err(api(e)),
         };
         if status.phase == BuildPhase::Complete {
-            return Ok(self
-                .built(job, stage, &format!(" (Build `{name}`)"))
-                .await?);
+            let digest = self.pushed_digest(stage, status.output_digest).await?;
+            return Ok((digest, name));
         }
         let excerpt = cluster
             .build_log_tail(ns, &name, 20)

@@ -162,7 +162,7 @@ impl Pipeline {
                     .images
                     .iter()
                     .filter(|i| i.deployed)
-                    .map(|i| (i.image.clone(), i.reference()))
+                    .map(|i| (i.image.clone(), i.deployed_reference()))
                     .collect();
                 self.point_workloads(job, environment, &images, true, cancel)
                     .await?;

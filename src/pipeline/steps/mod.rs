@@ -27,6 +27,7 @@ pub(in crate::pipeline) enum Builds<'a> {
     /// None configured (a plan that builds fails).
     Missing,
     Command(&'a [String]),
+    Buildah(&'a crate::config::Buildah),
     Openshift {
         push_secret: Option<&'a str>,
     },
@@ -70,6 +71,7 @@ pub(in crate::pipeline) fn tools<'a>(
     let builds = match &environment.builder {
         None => Builds::Missing,
         Some(Builder::Command { args }) => Builds::Command(args),
+        Some(Builder::Buildah(b)) => Builds::Buildah(b),
         Some(Builder::Openshift { push_secret }) => Builds::Openshift {
             push_secret: push_secret.as_deref(),
         },
@@ -108,7 +110,8 @@ impl Pipeline {
         let (_, cleans, deploys) = tools(environment, plan);
         let work = WorkDir::new(&self.workdir(), job.id)?;
         let env = Arc::new(JobEnv::new(environment, &work.home())?);
-        self.build(job, plan, environment, &work, &env, cancel)
+        let plan = &self
+            .build(job, plan, environment, &work, &env, cancel)
             .await?;
 
         // The deployer component is checked out once, for the cleanup and

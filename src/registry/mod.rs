@@ -1,0 +1,345 @@
+//! Asking an image registry (the Distribution API) whether a tag exists and
+//! which manifest digest it names, and since when; it never writes.
+//!
+//! This is what decides reuse: a tag the registry has is reused with the
+//! digest it answers, a tag it lost is built again.
+
+mod auth;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use serde_json::Value;
+
+use crate::config;
+use crate::http::HttpClient;
+
+pub use auth::{Credentials, secrets_of};
+
+/// How long one request to a registry may take.
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Every manifest type a tag may name (single images and lists).
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
+     application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json, \
+     application/vnd.docker.distribution.manifest.v2+json";
+
+/// An image reference split the way the Distribution API wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    /// `quay.io`, `127.0.0.1:5000`, `docker.io`.
+    pub host: String,
+    /// The repository inside the registry: `packit/packit-service`.
+    pub name: String,
+    /// A tag or a `sha256:…` digest.
+    pub reference: String,
+}
+
+impl ImageRef {
+    /// `quay.io/packit/ogr:tag`, `host:5000/a/b@sha256:…`; an image without
+    /// a registry host is Docker Hub's.
+    pub fn parse(image: &str) -> Result<ImageRef, RegistryError> {
+        let bad = || RegistryError::BadReference(image.to_string());
+        let (rest, reference) = match image.split_once('@') {
+            Some((rest, digest)) => (rest, digest.to_string()),
+            None => match image.rsplit_once(':') {
+                Some((rest, tag)) if !tag.contains('/') => (rest, tag.to_string()),
+                _ => (image, "latest".to_string()),
+            },
+        };
+        let (host, name) = match rest.split_once('/') {
+            Some((first, name))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
+                (first.to_string(), name.to_string())
+            }
+            Some(_) => ("docker.io".to_string(), rest.to_string()),
+            None => ("docker.io".to_string(), format!("library/{rest}")),
+        };
+        if name.is_empty() || reference.is_empty() || image.chars().any(char::is_whitespace) {
+            return Err(bad());
+        }
+        Ok(ImageRef {
+            host,
+            name,
+            reference,
+        })
+    }
+}
+
+/// What the registry has under a tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The manifest's digest (`sha256:…`), from `Docker-Content-Digest`.
+    pub digest: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("`{0}` is not an image reference")]
+    BadReference(String),
+    #[error("cannot reach the registry at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("the registry at {url} refused the credentials for `{host}` ({status})")]
+    Unauthorized {
+        url: String,
+        host: String,
+        status: u16,
+    },
+    #[error("the registry at {url} answered {status}: {body}")]
+    Refused {
+        url: String,
+        status: u16,
+        body: String,
+    },
+}
+
+/// deploybot's view of the registries it was configured with.
+#[derive(Clone)]
+pub struct Registries {
+    client: HttpClient,
+    entries: Vec<config::Registry>,
+}
+
+impl Registries {
+    pub fn new(entries: &[config::Registry]) -> Result<Registries, String> {
+        Ok(Registries {
+            client: crate::http::client()?,
+            entries: entries.to_vec(),
+        })
+    }
+
+    /// The configured entry for `host`, or the default (HTTPS, anonymous).
+    fn entry(&self, host: &str) -> config::Registry {
+        self.entries
+            .iter()
+            .find(|r| r.host == host)
+            .cloned()
+            .unwrap_or_else(|| config::Registry {
+                host: host.to_string(),
+                url: (host == "docker.io").then(|| "https://registry-1.docker.io".into()),
+                tls_verify: true,
+                auth_file: None,
+            })
+    }
+
+    /// Whether `host` is configured to speak plain HTTP.
+    pub fn insecure(&self, host: &str) -> bool {
+        !self.entry(host).tls_verify
+    }
+
+    /// The hosts configured with `tls_verify = false`.
+    pub fn insecure_hosts(&self) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|r| !r.tls_verify)
+            .map(|r| r.host.clone())
+            .collect()
+    }
+
+    /// What the registry has under `image` (`None`: no such tag), asked with
+    /// the credentials of the registry's `auth_file`, else of `push_auth`.
+    pub async fn manifest(
+        &self,
+        image: &str,
+        push_auth: Option<&std::path::Path>,
+    ) -> Result<Option<Found>, RegistryError> {
+        let image = ImageRef::parse(image)?;
+        let entry = self.entry(&image.host);
+        let files: Vec<PathBuf> = entry
+            .auth_file
+            .iter()
+            .cloned()
+            .chain(push_auth.map(std::path::Path::to_path_buf))
+            .collect();
+        let credentials = Credentials::find(&image.host, &files);
+        let url = format!(
+            "{}/v2/{}/manifests/{}",
+            entry.api_url(),
+            image.name,
+            image.reference
+        );
+        let answer = self
+            .send("HEAD", &url, &image, &entry, credentials.as_ref())
+            .await?;
+        match answer.status {
+            200 => match answer.digest {
+                Some(digest) => Ok(Some(Found { digest })),
+                None => Err(RegistryError::Refused {
+                    url,
+                    status: 200,
+                    body: "the answer has no Docker-Content-Digest".into(),
+                }),
+            },
+            404 => Ok(None),
+            401 | 403 => Err(RegistryError::Unauthorized {
+                url,
+                host: image.host,
+                status: answer.status,
+            }),
+            status => Err(RegistryError::Refused {
+                url,
+                status,
+                body: answer.body,
+            }),
+        }
+    }
+
+    /// One request, answering the registry's authentication challenge once
+    /// (Basic, or a Bearer token from its realm).
+    async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        image: &ImageRef,
+        entry: &config::Registry,
+        credentials: Option<&Credentials>,
+    ) -> Result<Answer, RegistryError> {
+        let first = self.request(method, url, None).await?;
+        if first.status != 401 {
+            return Ok(first);
+        }
+        let scope = format!("repository:{}:pull", image.name);
+        let authorization = match first.challenge.as_deref() {
+            Some(challenge) if challenge.to_ascii_lowercase().starts_with("bearer") => {
+                let token = self
+                    .token(challenge, &scope, credentials, &entry.api_url())
+                    .await?;
+                format!("Bearer {token}")
+            }
+            _ => match credentials {
+                Some(c) => c.basic(),
+                None => return Ok(first),
+            },
+        };
+        self.request(method, url, Some(&authorization)).await
+    }
+
+    /// A Bearer token from the realm named in `challenge`.
+    async fn token(
+        &self,
+        challenge: &str,
+        scope: &str,
+        credentials: Option<&Credentials>,
+        api: &str,
+    ) -> Result<String, RegistryError> {
+        let params = auth::challenge_params(challenge);
+        let Some(realm) = params.get("realm") else {
+            return Err(RegistryError::Refused {
+                url: api.to_string(),
+                status: 401,
+                body: format!("a Bearer challenge without a realm: {challenge}"),
+            });
+        };
+        let mut url = format!("{realm}?scope={}", auth::query_escape(scope));
+        if let Some(service) = params.get("service") {
+            url.push_str(&format!("&service={}", auth::query_escape(service)));
+        }
+        let basic = credentials.map(Credentials::basic);
+        let answer = self.request("GET", &url, basic.as_deref()).await?;
+        if answer.status != 200 {
+            return Err(RegistryError::Unauthorized {
+                url: realm.clone(),
+                host: api.to_string(),
+                status: answer.status,
+            });
+        }
+        let body: Value = serde_json::from_str(&answer.body).unwrap_or(Value::Null);
+        body["token"]
+            .as_str()
+            .or(body["access_token"].as_str())
+            .map(str::to_string)
+            .ok_or_else(|| RegistryError::Refused {
+                url: realm.clone(),
+                status: 200,
+                body: "the token answer holds no token".into(),
+            })
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        url: &str,
+        authorization: Option<&str>,
+    ) -> Result<Answer, RegistryError> {
+        let unreachable = |reason: String| RegistryError::Unreachable {
+            url: url.to_string(),
+            reason,
+        };
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(url)
+            .header("accept", MANIFEST_TYPES)
+            .header("user-agent", concat!("deploybot/", env!("CARGO_PKG_VERSION")));
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| unreachable(e.to_string()))?;
+        let response = tokio::time::timeout(TIMEOUT, self.client.request(request))
+            .await
+            .map_err(|_| unreachable(format!("no answer within {} s", TIMEOUT.as_secs())))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = response.status().as_u16();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let digest = header("docker-content-digest");
+        let challenge = header("www-authenticate");
+        let bytes = tokio::time::timeout(TIMEOUT, response.into_body().collect())
+            .await
+            .map_err(|_| unreachable("the answer did not finish".into()))?
+            .map_err(|e| unreachable(e.to_string()))?
+            .to_bytes();
+        let body: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
+        Ok(Answer {
+            status,
+            digest,
+            challenge,
+            body,
+        })
+    }
+}
+
+struct Answer {
+    status: u16,
+    digest: Option<String>,
+    challenge: Option<String>,
+    body: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_split_into_host_name_and_tag() {
+        let r = ImageRef::parse("quay.io/packit/packit-service:stg").unwrap();
+        assert_eq!(
+            (r.host.as_str(), r.name.as_str(), r.reference.as_str()),
+            ("quay.io", "packit/packit-service", "stg")
+        );
+        let r = ImageRef::parse("127.0.0.1:5000/a/b@sha256:abc").unwrap();
+        assert_eq!(
+            (r.host.as_str(), r.name.as_str(), r.reference.as_str()),
+            ("127.0.0.1:5000", "a/b", "sha256:abc")
+        );
+        let r = ImageRef::parse("localhost:5000/x").unwrap();
+        assert_eq!((r.host.as_str(), r.reference.as_str()), ("localhost:5000", "latest"));
+        let r = ImageRef::parse("fedora:41").unwrap();
+        assert_eq!(
+            (r.host.as_str(), r.name.as_str(), r.reference.as_str()),
+            ("docker.io", "library/fedora", "41")
+        );
+        assert!(ImageRef::parse("quay.io/a b:c").is_err());
+        assert!(ImageRef::parse("quay.io/:c").is_err());
+    }
+}
