@@ -810,8 +810,9 @@ async fn server_errors_while_waiting_are_waited_out() {
 /// backs off pulling it, and the failure says so.
 #[tokio::test]
 async fn a_rollout_that_cannot_pull_its_image_says_why() {
-    let (fake, cluster) = start().await;
+    // Dropped last: the fake asks it until it is dropped.
     let registry = support::registry::Registry::start().await;
+    let (fake, cluster) = start().await;
     fake.use_registry(&registry.url(), &["quay.io", &registry.host()]);
     fake.run_workloads(Duration::from_millis(50));
     seed_deployment(&fake);

@@ -50,6 +50,9 @@
 //! as real local processes ([`FakeKube::run_processes`], see [`process`]).
 //! Deployments and StatefulSets get pods and roll out when a test turns
 //! their controllers on ([`FakeKube::run_workloads`], see [`workloads`]).
+//! A test may link the fake to a real registry ([`FakeKube::use_registry`],
+//! see [`pulls`]): Builds then push their output there, and rollouts and
+//! ImageStream imports need the images to be there.
 //!
 //! Requests may bear a service account's token
 //! ([`FakeKube::service_account_token`]): the fake records whose it is
@@ -452,7 +455,9 @@ impl FakeKube {
     ///
     /// The registry is asked without holding the fake's state, in the
     /// background (see [`pulls`]): what it says is seen within a few
-    /// milliseconds, and used for up to [`pulls::FRESH`].
+    /// milliseconds, and used for up to [`pulls::FRESH`]. A registry that
+    /// does not answer is a violation: keep it running as long as the fake
+    /// (declare it first, so that it is dropped last).
     pub fn use_registry(&self, url: &str, hosts: &[&str]) {
         self.state().registry = Some(pulls::Link::new(url, hosts));
         let task = tokio::spawn(pulls::run(self.shared.clone()));

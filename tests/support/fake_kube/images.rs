@@ -12,10 +12,11 @@
 //! `ImportSuccess: False` condition instead. With a registry
 //! ([`super::FakeKube::use_registry`]) a source it answers for imports to
 //! its repository at the registry's digest (a `name@sha256:...` source to
-//! itself), or fails the same way when the registry does not have it. The trigger controller sets the
-//! container named in each `image.openshift.io/triggers` entry of a
-//! Deployment or StatefulSet to the imported reference of its
-//! `ImageStreamTag` (a spec change, so a new generation and a rollout).
+//! itself), or fails the same way when the registry does not have it. The
+//! trigger controller sets the container named in each
+//! `image.openshift.io/triggers` entry of a Deployment or StatefulSet to
+//! the imported reference of its `ImageStreamTag` (a spec change, so a new
+//! generation and a rollout).
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
