@@ -6,8 +6,9 @@ use std::fmt;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{
-    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
 };
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
@@ -57,6 +58,12 @@ pub fn image_repository(image: &str) -> &str {
         _ => without_digest,
     }
 }
+
+/// How long listing a failed rollout's pods may take (it only adds detail).
+const POD_REPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// At most this many containers are named in a failed rollout's report.
+const POD_REPORT_MAX: usize = 5;
 
 /// Which containers of a pod template to point at the new image.
 enum Select<'a> {
@@ -231,7 +238,8 @@ impl Cluster {
     /// Polls [`Cluster::rollout`] every `poll` until the rollout is done or
     /// failed (both `Ok`), or `timeout` passes ([`ClusterError::Timeout`]
     /// with the last state seen). Transient errors (5xx, no connection) are
-    /// waited out like an unfinished rollout.
+    /// waited out like an unfinished rollout. A failed or timed-out rollout
+    /// says why its pods are not ready ([`Cluster::unready_containers`]).
     pub async fn wait_rollout(
         &self,
         ns: &str,
@@ -245,7 +253,14 @@ impl Cluster {
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(remaining, self.rollout(ns, kind, name)).await {
-                Ok(Ok(rollout)) if rollout.done || rollout.failed => return Ok(rollout),
+                Ok(Ok(rollout)) if rollout.failed => {
+                    let mut rollout = rollout;
+                    if let Some(why) = self.unready_containers(ns, kind, name).await {
+                        rollout.message = format!("{}; {why}", rollout.message);
+                    }
+                    return Ok(rollout);
+                }
+                Ok(Ok(rollout)) if rollout.done => return Ok(rollout),
                 Ok(Ok(rollout)) => last = rollout.message,
                 Ok(Err(e)) if e.is_transient() => last = e.to_string(),
                 Ok(Err(e)) => return Err(e),
@@ -253,6 +268,13 @@ impl Cluster {
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
+                if let Some(why) = self.unready_containers(ns, kind, name).await {
+                    last = if last.is_empty() {
+                        why
+                    } else {
+                        format!("{last}; {why}")
+                    };
+                }
                 return Err(ClusterError::Timeout {
                     what: format!("the rollout of {kind} {ns}/{name}"),
                     waited: timeout,
@@ -261,6 +283,81 @@ impl Cluster {
             }
             let _ = pause(poll.min(remaining), None).await;
         }
+    }
+
+    /// Why the pods of workload `ns/name` (listed by its
+    /// `spec.selector.matchLabels`) are not ready: `pod P: container C:
+    /// REASON: MESSAGE` for each container that is not ready and waits
+    /// (`ImagePullBackOff`, `CrashLoopBackOff`...), joined by `; `. `None`
+    /// when there is none, and when the workload or its pods cannot be read
+    /// (that is only logged: it must not hide the failure being reported).
+    async fn unready_containers(&self, ns: &str, kind: WorkloadKind, name: &str) -> Option<String> {
+        let report = async {
+            let workload = self.workloads(ns, kind).get(name).await?;
+            let selector: Vec<String> = workload
+                .data
+                .pointer("/spec/selector/matchLabels")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .filter_map(|(key, value)| Some(format!("{key}={}", value.as_str()?)))
+                .collect();
+            if selector.is_empty() {
+                return Ok(Vec::new());
+            }
+            let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+            let list = pods
+                .list(&ListParams::default().labels(&selector.join(",")))
+                .await?;
+            let mut lines = Vec::new();
+            for pod in &list.items {
+                let pod_name = pod.metadata.name.as_deref().unwrap_or("");
+                let status = pod.status.clone().unwrap_or_default();
+                let statuses = status
+                    .init_container_statuses
+                    .unwrap_or_default()
+                    .into_iter()
+                    .chain(status.container_statuses.unwrap_or_default());
+                for container in statuses.filter(|c| !c.ready) {
+                    let Some(waiting) = container.state.and_then(|s| s.waiting) else {
+                        continue;
+                    };
+                    let mut line = format!(
+                        "pod {pod_name}: container {}: {}",
+                        container.name,
+                        waiting.reason.as_deref().unwrap_or("Waiting")
+                    );
+                    if let Some(message) = waiting.message.filter(|m| !m.is_empty()) {
+                        line.push_str(": ");
+                        line.push_str(&message);
+                    }
+                    lines.push(line);
+                }
+            }
+            Ok::<_, kube::Error>(lines)
+        };
+        let lines = match tokio::time::timeout(POD_REPORT_TIMEOUT, report).await {
+            Ok(Ok(lines)) => lines,
+            Ok(Err(e)) => {
+                tracing::warn!("cannot list the pods of {kind} {ns}/{name}: {e}");
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "listing the pods of {kind} {ns}/{name} took over {POD_REPORT_TIMEOUT:?}"
+                );
+                return None;
+            }
+        };
+        if lines.is_empty() {
+            return None;
+        }
+        let more = lines.len().saturating_sub(POD_REPORT_MAX);
+        let mut shown = lines[..lines.len() - more].join("; ");
+        if more > 0 {
+            shown.push_str(&format!("; and {more} more containers not ready"));
+        }
+        Some(shown)
     }
 
     /// OpenShift: points tag `tag` of ImageStream `ns/stream` at the

@@ -806,6 +806,96 @@ async fn server_errors_while_waiting_are_waited_out() {
     assert!(missing.is_not_found(), "{missing:?}");
 }
 
+/// A workload pointed at an image the registry does not have: its pod
+/// backs off pulling it, and the failure says so.
+#[tokio::test]
+async fn a_rollout_that_cannot_pull_its_image_says_why() {
+    // Dropped last: the fake asks it until it is dropped.
+    let registry = support::registry::Registry::start().await;
+    let (fake, cluster) = start().await;
+    fake.use_registry(&registry.url(), &["quay.io", &registry.host()]);
+    fake.run_workloads(Duration::from_millis(50));
+    seed_deployment(&fake);
+    let missing = format!("quay.io/packit/coredns@sha256:{}", "0".repeat(64));
+    cluster
+        .set_workload_image(
+            NS,
+            WorkloadKind::Deployment,
+            "coredns",
+            "registry.k8s.io/coredns/coredns",
+            &missing,
+            &annotations("9"),
+        )
+        .await
+        .expect("point the Deployment at the image");
+    let rollout = cluster
+        .wait_rollout(NS, WorkloadKind::Deployment, "coredns", LONG, POLL)
+        .await
+        .expect("the rollout ends");
+    assert!(rollout.failed && !rollout.done, "{rollout:?}");
+    let (deadline, pods) = rollout
+        .message
+        .split_once("; ")
+        .unwrap_or_else(|| panic!("no pod is named: {}", rollout.message));
+    assert!(
+        deadline.starts_with(
+            "deployment \"coredns\" exceeded its progress deadline: ReplicaSet \"coredns-"
+        ) && deadline.ends_with("\" has timed out progressing."),
+        "{deadline}"
+    );
+    // Both replicas wait for the image.
+    let lines: Vec<&str> = pods.split("; ").collect();
+    assert_eq!(lines.len(), 2, "{pods}");
+    for line in lines {
+        assert!(line.starts_with("pod coredns-"), "{line}");
+        assert!(
+            line.contains(&format!(
+                ": container coredns: ImagePullBackOff: Back-off pulling image \"{missing}\""
+            )),
+            "{line}"
+        );
+    }
+
+    // A StatefulSet never says it failed: waiting for it times out, and
+    // says why.
+    let mut statefulset = example("statefulset-complete.json");
+    statefulset["metadata"]["namespace"] = json!(NS);
+    fake.put_object(statefulset);
+    let absent = registry.image("packit/nginx", "absent");
+    cluster
+        .set_workload_image(
+            NS,
+            WorkloadKind::StatefulSet,
+            "web",
+            "registry.k8s.io/nginx-slim",
+            &absent,
+            &BTreeMap::new(),
+        )
+        .await
+        .expect("point the StatefulSet at the image");
+    let error = cluster
+        .wait_rollout(
+            NS,
+            WorkloadKind::StatefulSet,
+            "web",
+            Duration::from_millis(400),
+            POLL,
+        )
+        .await
+        .expect_err("the rollout never ends");
+    let ClusterError::Timeout { last, .. } = &error else {
+        panic!("expected a timeout, got {error:?}");
+    };
+    assert!(
+        last.contains(&format!(
+            "pod web-0: container nginx: ImagePullBackOff: Back-off pulling image \"{absent}\""
+        )),
+        "{last}"
+    );
+    assert!(error.to_string().contains("ImagePullBackOff"), "{error}");
+    fake.assert_no_violations();
+}
+
 #[tokio::test]
 async fn statefulsets_roll_by_revision() {
     let (fake, cluster) = start().await;

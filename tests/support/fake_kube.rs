@@ -50,6 +50,9 @@
 //! as real local processes ([`FakeKube::run_processes`], see [`process`]).
 //! Deployments and StatefulSets get pods and roll out when a test turns
 //! their controllers on ([`FakeKube::run_workloads`], see [`workloads`]).
+//! A test may link the fake to a real registry ([`FakeKube::use_registry`],
+//! see [`pulls`]): Builds then push their output there, and rollouts and
+//! ImageStream imports need the images to be there.
 //!
 //! Requests may bear a service account's token
 //! ([`FakeKube::service_account_token`]): the fake records whose it is
@@ -83,6 +86,7 @@ mod discovery;
 mod images;
 mod jobs;
 mod process;
+mod pulls;
 mod workloads;
 
 pub use images::imported_reference;
@@ -430,6 +434,39 @@ impl FakeKube {
         self.state().missing_images.push(reference.to_string());
     }
 
+    /// From now on, image references whose registry host is one of `hosts`
+    /// (`quay.io`, `127.0.0.1:PORT`) are the registry's at `url` (the path
+    /// after the host is its repository name), as for a real cluster:
+    ///
+    /// * a Build that completes (by [`FakeKube::run_controllers`] or
+    ///   [`FakeKube::set_build_phase`]) first pushes its output image
+    ///   (`spec.output.to`, a DockerImage: a synthetic image with its
+    ///   `spec.output.imageLabels`) and records its digest in
+    ///   `status.output.to.imageDigest`;
+    /// * a Deployment's or StatefulSet's rollout completes only if the
+    ///   registry has every image of its pod template (by tag or by digest);
+    ///   otherwise, when it would have completed, a Deployment's Progressing
+    ///   condition turns False (`ProgressDeadlineExceeded`), a StatefulSet
+    ///   stays rolling, and a pod of it (labels from the pod template) waits
+    ///   in `ImagePullBackOff` (see [`workloads`]);
+    /// * an ImageStream tag imports its DockerImage `from` to
+    ///   `<repository>@<the registry's digest>`, or fails as for
+    ///   [`FakeKube::missing_image`] when the registry does not have it.
+    ///
+    /// The registry is asked without holding the fake's state, in the
+    /// background (see [`pulls`]): what it says is seen within a few
+    /// milliseconds, and used for up to [`pulls::FRESH`]. A registry that
+    /// does not answer is a violation: keep it running as long as the fake
+    /// (declare it first, so that it is dropped last).
+    pub fn use_registry(&self, url: &str, hosts: &[&str]) {
+        self.state().registry = Some(pulls::Link::new(url, hosts));
+        let task = tokio::spawn(pulls::run(self.shared.clone()));
+        self.controllers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(task);
+    }
+
     /// Containers for which `image_path` answers `Some(PATH)` run as real
     /// processes ([`Script::process`]) with that "image PATH": a shorthand
     /// for a [`FakeKube::script`] (the first script that answers decides).
@@ -557,9 +594,15 @@ impl FakeKube {
     /// Moves Build `namespace/build` to `phase` (New, Pending, Running,
     /// Complete, Failed, Error, Cancelled) and appends `log_text` to its log.
     /// Failed gets a reason, a message and a `logSnippet` (the log's last
-    /// lines); Complete gets an output digest.
+    /// lines); Complete gets an output digest (with a registry, that of the
+    /// image it pushed first: see [`FakeKube::use_registry`]).
     pub fn set_build_phase(&self, namespace: &str, build: &str, phase: &str, log_text: &str) {
-        build_phase(&self.shared, namespace, build, phase, log_text);
+        let pushed = if phase == "Complete" {
+            pulls::push_build_output_blocking(&self.shared, namespace, build)
+        } else {
+            None
+        };
+        build_phase(&self.shared, namespace, build, phase, log_text, pushed);
     }
 
     /// Turns the Deployment and StatefulSet controllers on (see
@@ -632,20 +675,25 @@ impl FakeKube {
                                 &key.name,
                                 "Running",
                                 "STEP 1/2: FROM base\n",
+                                None,
                             );
                         } else if now - since >= build_time {
+                            let pushed =
+                                pulls::push_build_output(&shared, &key.namespace, &key.name).await;
                             build_phase(
                                 &shared,
                                 &key.namespace,
                                 &key.name,
                                 "Complete",
                                 "Push successful\n",
+                                pushed,
                             );
                             started.remove(&key);
                         }
                     } else if now - since >= rollout_time {
-                        rollout(&shared, &key.namespace, key.kind, &key.name, true);
-                        started.remove(&key);
+                        if finish_rollout(&shared, &key) {
+                            started.remove(&key);
+                        }
                     } else if now == since {
                         rollout(&shared, &key.namespace, key.kind, &key.name, false);
                     }
@@ -656,6 +704,37 @@ impl FakeKube {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(task);
+    }
+}
+
+/// `run_controllers`' end of a rollout: rolled out, or (with a registry
+/// that lacks an image) failed with a pod waiting for it. False when the
+/// registry has not answered yet.
+fn finish_rollout(shared: &Shared, key: &Key) -> bool {
+    let spec = shared.spec;
+    let mut state = shared.lock();
+    let Some(template) = state
+        .objects
+        .get(key)
+        .map(|w| w["spec"]["template"].clone())
+    else {
+        return true;
+    };
+    // The workload controllers make (and mend) the pods when they run.
+    let with_pods = state.workloads.rollout_time.is_none();
+    match pulls::pull(&mut state, &template) {
+        pulls::Pull::Unknown => false,
+        pulls::Pull::Missing(_) => {
+            workloads::cannot_pull(spec, &mut state, key, with_pods);
+            true
+        }
+        pulls::Pull::Pulled => {
+            if with_pods {
+                workloads::remove_waiting_pods(&mut state, key);
+            }
+            rollout_in(spec, &mut state, &key.namespace, key.kind, &key.name, true);
+            true
+        }
     }
 }
 
@@ -738,7 +817,14 @@ impl FakeKube {
         );
         let spec = self.shared.spec;
         let mut state = self.state();
-        state.modify(spec, Key::new(kind, namespace, name), |object| {
+        fail_rollout_in(spec, &mut state, &Key::new(kind, namespace, name), message);
+    }
+}
+
+/// A Deployment's progress deadline passed (see [`FakeKube::fail_rollout`]).
+fn fail_rollout_in(spec: &Spec, state: &mut KubeState, key: &Key, message: &str) {
+    {
+        state.modify(spec, key.clone(), |object| {
             let generation = object["metadata"]["generation"].as_i64().unwrap_or(1);
             let replicas = object["spec"]["replicas"].as_i64().unwrap_or(1);
             let now = now();
@@ -757,7 +843,16 @@ impl FakeKube {
     }
 }
 
-fn build_phase(shared: &Shared, namespace: &str, build: &str, phase: &str, log_text: &str) {
+/// Moves a Build to `phase`; a Complete one's output digest is `pushed`
+/// (what it pushed to the registry) or made up.
+fn build_phase(
+    shared: &Shared,
+    namespace: &str,
+    build: &str,
+    phase: &str,
+    log_text: &str,
+    pushed: Option<String>,
+) {
     {
         assert!(
             [
@@ -779,7 +874,7 @@ fn build_phase(shared: &Shared, namespace: &str, build: &str, phase: &str, log_t
         log.push_str(log_text);
         let log = log.clone();
         state.digests += 1;
-        let digest = format!("sha256:{:064x}", state.digests);
+        let digest = pushed.unwrap_or_else(|| format!("sha256:{:064x}", state.digests));
         state.modify(spec, Key::new("Build", namespace, build), |object| {
             let now = now();
             let status = object["status"]
@@ -1023,6 +1118,8 @@ struct KubeState {
     kubelet: jobs::Kubelet,
     /// Image references whose import fails (as if the registry lost them).
     missing_images: Vec<String>,
+    /// The registry images are pulled from and pushed to, if a test set one.
+    registry: Option<pulls::Link>,
     workloads: workloads::Workloads,
     /// Service-account tokens the fake issued: token → (namespace, account).
     tokens: BTreeMap<String, (String, String)>,

@@ -1,6 +1,6 @@
-//! Test support shared by the integration test crates: a real PostgreSQL, the
-//! fake GitHub, and the harness that drives deploybot. Not every crate uses
-//! every helper.
+//! Test support shared by the integration test crates: a real PostgreSQL, a
+//! real container registry, the fake GitHub, and the harness that drives
+//! deploybot. Not every crate uses every helper.
 #![allow(dead_code, unused_imports)]
 
 pub mod fake_github;
@@ -10,3 +10,4 @@ pub mod http;
 pub mod openapi;
 pub mod packit;
 pub mod pg;
+pub mod registry;

@@ -1340,3 +1340,7 @@ async fn a_secret_in_a_jobs_events_or_error_is_caught() {
 /// The fake cluster with real tools (Ansible, processes).
 #[path = "selftest_cluster.rs"]
 mod cluster;
+
+/// The throwaway container registry (a real Distribution, real buildah).
+#[path = "selftest_registry.rs"]
+mod registry;

@@ -9,14 +9,19 @@
 //! `dockerImageReference` is the source repository at a digest
 //! (`referencePolicy: Source`); a reference the test marked as missing
 //! ([`super::FakeKube::missing_image`]) fails the import with an
-//! `ImportSuccess: False` condition instead. The trigger controller sets the
-//! container named in each `image.openshift.io/triggers` entry of a
-//! Deployment or StatefulSet to the imported reference of its
-//! `ImageStreamTag` (a spec change, so a new generation and a rollout).
+//! `ImportSuccess: False` condition instead. With a registry
+//! ([`super::FakeKube::use_registry`]) a source it answers for imports to
+//! its repository at the registry's digest (a `name@sha256:...` source to
+//! itself), or fails the same way when the registry does not have it. The
+//! trigger controller sets the container named in each
+//! `image.openshift.io/triggers` entry of a Deployment or StatefulSet to
+//! the imported reference of its `ImageStreamTag` (a spec change, so a new
+//! generation and a rollout).
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::pulls::{self, Image};
 use super::{Key, Kind, KubeState, Shared, Spec, now};
 
 /// What the API server does to an ImageStream it stores: each spec tag
@@ -100,7 +105,18 @@ fn import(spec: &Spec, state: &mut KubeState, key: &Key) {
         if done {
             continue;
         }
-        let missing = state.missing_images.iter().any(|m| m == source);
+        let (missing, reference) = match pulls::look(state, source) {
+            Image::Unknown => continue,
+            Image::Missing => (true, String::new()),
+            Image::Present(digest) => (
+                false,
+                format!("{}@{digest}", deploybot::cluster::image_repository(source)),
+            ),
+            Image::Unmanaged => (
+                state.missing_images.iter().any(|m| m == source),
+                imported_reference(source),
+            ),
+        };
         let mut entry = status.unwrap_or_else(|| json!({"tag": name, "items": []}));
         if missing {
             entry["conditions"] = json!([{
@@ -109,7 +125,6 @@ fn import(spec: &Spec, state: &mut KubeState, key: &Key) {
                 "lastTransitionTime": now(), "generation": tag_generation,
             }]);
         } else {
-            let reference = imported_reference(source);
             let image = reference
                 .split_once('@')
                 .map(|(_, d)| d)
