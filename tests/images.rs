@@ -61,7 +61,7 @@ fn config(registry: &Registry, tmp: &Path, build_timeout: &str) -> Config {
         .replace("quay.io/packit/", &format!("{}/packit/", registry.host()))
         .replacen(
             "install = \"pip3 install --no-cache-dir --no-deps git+{repo_url}@{sha}\"",
-            "install = \"cp -r {source} /opt/ogr\"",
+            "install = \"mkdir -p /opt && cp -r {source} /opt/ogr\"",
             1,
         );
     let deployed = tmp.join("deployed.json");
@@ -401,6 +401,7 @@ async fn the_registry_decides_reuse_the_same_commits_build_nothing_a_lost_tag_is
         strings(&w.deployed_vars()["image"]),
         format!("{}/packit/packit-service@{again}", w.registry.host())
     );
+    w.t.seen_status_comments();
     w.t.replies("packit/packit-service", 614);
 }
 
@@ -476,6 +477,11 @@ async fn cancel_stops_a_running_buildah_build() {
         left = sleepers();
     }
     assert!(left.is_empty(), "processes left: {left:?}");
+    assert!(
+        w.t.status_comment(1).body.starts_with("### ⏹\u{fe0f} Cancelled during build"),
+        "{}",
+        w.t.status_comment(1).body
+    );
     w.t.replies("packit/packit-service", 614);
 }
 

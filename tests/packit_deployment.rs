@@ -33,6 +33,7 @@ const RUNNER: &str = "system:serviceaccount:packit-dev-deploybot:deploybot-runne
 struct World {
     t: TestApp,
     kube: FakeKube,
+    _registry: support::registry::Registry,
     _repos: tempfile::TempDir,
 }
 
@@ -131,8 +132,10 @@ async fn world(db: Db) -> World {
     std::fs::create_dir_all(deployment.parent().expect("parent")).expect("mkdir");
     let sha = deployment_repository(&deployment);
     let kube = cluster().await;
+    let registry = quay(Some(&kube)).await;
     let t = TestApp::builder(db)
         .config(config(repos.path()))
+        .registry(&registry)
         .kube(&kube)
         .start()
         .await;
@@ -161,6 +164,7 @@ async fn world(db: Db) -> World {
     World {
         t,
         kube,
+        _registry: registry,
         _repos: repos,
     }
 }

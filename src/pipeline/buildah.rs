@@ -37,8 +37,6 @@ pub fn build_argv(
         "build".into(),
         "--isolation".into(),
         b.isolation.clone(),
-        "--pull-policy".into(),
-        "missing".into(),
     ]);
     if let Some(network) = &b.network {
         out.extend(["--network".into(), network.clone()]);
@@ -165,7 +163,7 @@ auth_file = "/run/auth.json"
         let argv = build_argv(&b, &stage(), &context, &labels);
         assert_eq!(
             argv.join(" "),
-            "buildah --storage-driver vfs --root /s/root build --isolation chroot --pull-policy missing \
+            "buildah --storage-driver vfs --root /s/root build --isolation chroot \
              --network none --authfile /run/auth.json --build-arg SOURCE_BRANCH=main \
              --label dev.deploybot.request=7 -f /w/src/Containerfile -t 127.0.0.1:5000/packit/service:t /w/src"
         );

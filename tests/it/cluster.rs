@@ -1036,6 +1036,10 @@ fn build_spec() -> BuildSpec {
         output_image: "quay.io/packit/packit-worker:stg-ogr-0123456789ab".into(),
         push_secret: Some("quay-push".into()),
         labels: BTreeMap::from([("deploybot.dev/component".to_string(), "ogr".to_string())]),
+        image_labels: BTreeMap::from([(
+            "org.opencontainers.image.revision".to_string(),
+            "0123456789abcdef0123456789abcdef01234567".to_string(),
+        )]),
     }
 }
 
@@ -1066,7 +1070,9 @@ async fn build_configs_are_applied_and_updated() {
     assert_eq!(
         object["spec"]["output"],
         json!({"to": {"kind": "DockerImage", "name": "quay.io/packit/packit-worker:stg-ogr-0123456789ab"},
-               "pushSecret": {"name": "quay-push"}})
+               "pushSecret": {"name": "quay-push"},
+               "imageLabels": [{"name": "org.opencontainers.image.revision",
+                                "value": "0123456789abcdef0123456789abcdef01234567"}]})
     );
     assert_eq!(object["spec"]["triggers"], json!([]));
 
@@ -1138,6 +1144,7 @@ async fn an_overlay_build_uses_an_inline_dockerfile() {
         output_image: "quay.io/packit/packit-worker:stg-ogr-0123456789ab".into(),
         push_secret: None,
         labels: BTreeMap::new(),
+        image_labels: BTreeMap::new(),
     };
     cluster.apply_build_config(NS, &spec).await.unwrap();
     let object = fake.get_object("BuildConfig", NS, &spec.name).unwrap();

@@ -88,6 +88,8 @@ fn seed_secrets(kube: &FakeKube) {
 async fn start(db: Db, deployer: &str, deploy_timeout: &str) -> (TestApp, FakeKube) {
     let kube = FakeKube::start().await;
     seed_secrets(&kube);
+    // What this suite deploys is the deployer's checkout: nothing is built,
+    // and deploybot never asks a registry.
     let t = TestApp::builder(db)
         .config(config(deployer, deploy_timeout))
         .kube(&kube)

@@ -109,6 +109,7 @@ build = "{build_timeout}"
 
 struct World {
     t: TestApp,
+    registry: support::registry::Registry,
     tmp: tempfile::TempDir,
     service_sha: String,
     ogr_sha: String,
@@ -148,7 +149,10 @@ async fn world(db: Db, builder: &[&str], build_timeout: &str) -> World {
     let deployed = tmp.path().join("deployed.json");
     let builder: Vec<String> = builder
         .iter()
-        .map(|a| a.replace("LOG", &log.display().to_string()))
+        .map(|a| {
+            a.replace("LOG", &log.display().to_string())
+                .replace("PUSH", PUSH_IMAGE)
+        })
         .collect();
     let builder: Vec<&str> = builder.iter().map(String::as_str).collect();
     let deployer_script = format!(
@@ -164,8 +168,10 @@ async fn world(db: Db, builder: &[&str], build_timeout: &str) -> World {
         &["sh", "-c", &deployer_script],
         build_timeout,
     );
+    let registry = quay(None).await;
     let t = TestApp::builder(db)
         .config(config)
+        .registry(&registry)
         .permission("packit/packit-service", "alice", "write")
         .pull("packit/packit-service", 614, &service_sha, "fix", "alice")
         .pull("packit/ogr", 123, &ogr_sha, "ogr-fix", "alice")
@@ -174,6 +180,7 @@ async fn world(db: Db, builder: &[&str], build_timeout: &str) -> World {
         .await;
     World {
         t,
+        registry,
         tmp,
         service_sha,
         ogr_sha,
@@ -182,11 +189,12 @@ async fn world(db: Db, builder: &[&str], build_timeout: &str) -> World {
 }
 
 /// A builder that records what it builds: the target, the Containerfile it
-/// was given, and (for source builds) the commit checked out in its context.
+/// was given, and (for source builds) the commit checked out in its
+/// context; then it pushes the target (the seed image, see [`PUSH_IMAGE`]).
 const RECORDING_BUILDER: &[&str] = &[
     "sh",
     "-c",
-    "echo \"built $2\" >> LOG; if [ -d \"$3/.git\" ]; then git -C \"$3\" rev-parse HEAD >> LOG; test -f \"$1\"; else cat \"$1\" >> LOG; fi",
+    "echo \"built $2\" >> LOG; if [ -d \"$3/.git\" ]; then git -C \"$3\" rev-parse HEAD >> LOG; test -f \"$1\"; else cat \"$1\" >> LOG; fi && IMAGE=$2 && PUSH",
     "sh",
     "{containerfile}",
     "{image}",

@@ -97,16 +97,27 @@ fn seed(kube: &FakeKube) {
     }
 }
 
-async fn start(db: Db) -> (TestApp, FakeKube) {
+async fn start(db: Db) -> (TestApp, FakeKube, support::registry::Registry) {
     let kube = FakeKube::start().await;
     seed(&kube);
     kube.run_controllers(Duration::from_millis(30), Duration::from_millis(60));
+    let registry = quay(Some(&kube)).await;
     let t = TestApp::builder(db)
         .config(config())
+        .registry(&registry)
         .kube(&kube)
         .start()
         .await;
-    (t, kube)
+    (t, kube, registry)
+}
+
+/// `quay.io/packit/{stream}@…`: the digest the registry has for the tag.
+async fn pinned(registry: &support::registry::Registry, stream: &str, tag: &str) -> String {
+    let digest = registry
+        .digest(&format!("packit/{stream}"), tag)
+        .await
+        .expect("in the registry");
+    format!("quay.io/packit/{stream}@{digest}")
 }
 
 async fn ask(t: &TestApp, body: &str) -> Value {
@@ -128,28 +139,29 @@ fn image_of(kube: &FakeKube, kind: &str, name: &str) -> String {
 }
 
 async fn a_request_moves_the_tags_and_waits_for_the_triggered_rollouts(db: Db) {
-    let (t, kube) = start(db).await;
+    let (t, kube, registry) = start(db).await;
     let job = ask(&t, "/deploy").await;
     assert_eq!(job["state"], "succeeded", "{job}");
-    // packit=456 is installed into both images (overlays on stg).
+    // packit=456 is installed into both images (overlays on stg); the tags
+    // point at what was built, by digest.
     let tag = format!("stg-packit-{}", &default_sha(456)[..12]);
     for stream in ["packit-service", "packit-worker"] {
         let object = kube.get_object("ImageStream", NS, stream).expect("stream");
         assert_eq!(
             object["spec"]["tags"][0]["from"]["name"],
-            format!("quay.io/packit/{stream}:{tag}")
+            pinned(&registry, stream, &tag).await
         );
     }
     // The triggers set the imported digests: the worker's image runs in
     // the worker and in beat.
-    let worker = imported_reference(&format!("quay.io/packit/packit-worker:{tag}"));
-    let service = imported_reference(&format!("quay.io/packit/packit-service:{tag}"));
+    let worker = pinned(&registry, "packit-worker", &tag).await;
+    let service = pinned(&registry, "packit-service", &tag).await;
     assert_eq!(image_of(&kube, "Deployment", "packit-service"), service);
     assert_eq!(image_of(&kube, "StatefulSet", "packit-worker"), worker);
     assert_eq!(image_of(&kube, "Deployment", "packit-service-beat"), worker);
     let said = events(&job, "deploy");
     for needle in [
-        format!("ImageStream `packit-worker:dev` → quay.io/packit/packit-worker:{tag}"),
+        format!("ImageStream `packit-worker:dev` → {worker}"),
         format!(
             "ImageStream `packit-worker:dev` imported {worker}; its trigger rolls Deployment `packit-service-beat`, StatefulSet `packit-worker`"
         ),
@@ -169,9 +181,8 @@ async fn a_request_moves_the_tags_and_waits_for_the_triggered_rollouts(db: Db) {
 }
 
 async fn an_image_the_registry_lost_fails_the_request_with_the_reason(db: Db) {
-    let (t, kube) = start(db).await;
-    let tag = format!("stg-packit-{}", &default_sha(456)[..12]);
-    kube.missing_image(&format!("quay.io/packit/packit-service:{tag}"));
+    let (t, kube, _registry) = start(db).await;
+    kube.missing_image("quay.io/packit/packit-service");
     let job = ask(&t, "/deploy").await;
     assert_eq!(job["state"], "failed", "{job}");
     assert_eq!(job["step"], "deploy", "{job}");

@@ -38,20 +38,35 @@ fn seed(kube: &FakeKube) {
 struct World {
     t: TestApp,
     kube: FakeKube,
+    registry: support::registry::Registry,
+}
+
+impl World {
+    /// What the workloads run for `image:tag`: its digest in the registry.
+    async fn pinned(&self, image: &str, tag: &str) -> String {
+        let digest = self
+            .registry
+            .digest(&format!("packit/{image}"), tag)
+            .await
+            .unwrap_or_else(|| panic!("{image}:{tag} is in the registry"));
+        format!("quay.io/packit/{image}@{digest}")
+    }
 }
 
 async fn world(db: Db, deploy_timeout: &str) -> World {
     let kube = FakeKube::start().await;
     seed(&kube);
+    let registry = quay(Some(&kube)).await;
     let t = TestApp::builder(db)
         .config(config(deploy_timeout))
+        .registry(&registry)
         .kube(&kube)
         .permission("packit/packit-service", "alice", "write")
         .pull("packit/packit-service", 614, SHA_SERVICE, "fix", "alice")
         .pull("packit/ogr", 123, SHA_OGR, "ogr-fix", "alice")
         .start()
         .await;
-    World { t, kube }
+    World { t, kube, registry }
 }
 
 /// What the cluster's controllers would do, until the worker is idle.
@@ -178,7 +193,7 @@ async fn multi_repository_request_end_to_end(db: Db) {
         .expect("deployment");
     assert_eq!(
         d["spec"]["template"]["spec"]["containers"][0]["image"],
-        format!("quay.io/packit/packit-service:{tag}")
+        w.pinned("packit-service", tag).await
     );
     assert_eq!(
         d["metadata"]["annotations"]["deploybot.dev/job"],
@@ -190,7 +205,7 @@ async fn multi_repository_request_end_to_end(db: Db) {
         .expect("statefulset");
     assert_eq!(
         s["spec"]["template"]["spec"]["containers"][0]["image"],
-        format!("quay.io/packit/packit-worker:{tag}")
+        w.pinned("packit-worker", tag).await
     );
     let i = w
         .kube

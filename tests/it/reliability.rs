@@ -38,6 +38,8 @@ fn sha(pr: u64) -> String {
 struct World {
     github: FakeGitHub,
     kube: FakeKube,
+    /// quay.io's stand-in: Builds push there, deploybot asks it.
+    _registry: support::registry::Registry,
     database_url: String,
     dir: tempfile::TempDir,
     config: PathBuf,
@@ -63,6 +65,7 @@ impl World {
         let kube = FakeKube::start().await;
         seed_packit_workloads(&kube);
         kube.run_controllers(BUILD_TIME, ROLLOUT_TIME);
+        let registry = quay(Some(&kube)).await;
 
         let dir = tempfile::tempdir().expect("tmp");
         let components = packit_components();
@@ -72,8 +75,9 @@ impl World {
             format!(
                 "[bot]\nstatus_interval_ms = 0\nworker_lease_ms = 2000\n\
                  [github]\nbot_login = \"packit-deploybot[bot]\"\ntimeout_ms = 1000\n\
-                 {components}\n{}",
-                openshift_dev("", "60s", "60s")
+                 {components}\n{}\n{}",
+                openshift_dev("", "60s", "60s"),
+                quay_toml(&registry)
             ),
         )
         .expect("config");
@@ -84,6 +88,7 @@ impl World {
         World {
             github,
             kube,
+            _registry: registry,
             database_url,
             dir,
             config,

@@ -96,6 +96,54 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The repository of quay.io (in a throwaway registry) whose image the
+/// tests' command builders copy to the tag they are asked to build.
+pub const SEED_IMAGE: &str = "deploybot/seed:1";
+
+/// What a test's command builder runs to push `$IMAGE` (a `quay.io/…`
+/// reference) the way a real builder would: the seed image copied to that
+/// tag of the registry `$REGISTRY` ([`TestAppBuilder::registry`] sets it).
+pub const PUSH_IMAGE: &str = "skopeo copy -q --src-tls-verify=false --dest-tls-verify=false \
+    \"docker://$REGISTRY/deploybot/seed:1\" \"docker://$REGISTRY/${IMAGE#quay.io/}\"";
+
+/// A throwaway registry standing in for quay.io: every Packit image has its
+/// `stg` and `prod` tags (what the base images are), and the seed image is
+/// there. With `kube`, the fake cluster pulls from it and its Builds push to it.
+pub async fn quay(kube: Option<&super::fake_kube::FakeKube>) -> super::registry::Registry {
+    let registry = super::registry::Registry::start().await;
+    for image in PACKIT_IMAGES {
+        for base in ["stg", "prod"] {
+            registry
+                .push_synthetic(&format!("packit/{image}"), base, &Default::default())
+                .await;
+        }
+    }
+    let (name, tag) = SEED_IMAGE.split_once(':').expect("name:tag");
+    registry.push_synthetic(name, tag, &Default::default()).await;
+    if let Some(kube) = kube {
+        kube.use_registry(&registry.url(), &["quay.io"]);
+    }
+    registry
+}
+
+/// The images of Packit's components (deploy/packit.toml), under quay.io/packit.
+pub const PACKIT_IMAGES: [&str; 5] = [
+    "packit-service",
+    "packit-worker",
+    "dashboard",
+    "packit-service-fedmsg",
+    "sandcastle",
+];
+
+/// Configuration text that sends deploybot's registry checks for quay.io to
+/// `registry` (for configurations written as files).
+pub fn quay_toml(registry: &super::registry::Registry) -> String {
+    format!(
+        "[[registry]]\nhost = \"quay.io\"\nurl = \"{}\"\n",
+        registry.url()
+    )
+}
+
 /// The namespace of the OpenShift `dev` below.
 pub const OPENSHIFT_NS: &str = "packit-dev";
 
@@ -283,6 +331,8 @@ pub struct TestAppBuilder {
     pulls: Vec<(String, u64, String, String, String)>,
     /// Values of the test's own that must never be shown.
     forbidden: Vec<String>,
+    /// (API URL, host) of the registry standing in for quay.io.
+    registry: Option<(String, String)>,
 }
 
 /// The team member the default pull requests are by, with write on every
@@ -306,6 +356,14 @@ impl TestAppBuilder {
     /// No GitHub credentials: deploybot reports nothing to GitHub.
     pub fn without_github(mut self) -> Self {
         self.github = false;
+        self
+    }
+
+    /// deploybot asks `registry` (see [`quay`]) whatever it would ask
+    /// quay.io, and the commands of `command` environments find its address
+    /// in `$REGISTRY` (see [`PUSH_IMAGE`]).
+    pub fn registry(mut self, registry: &super::registry::Registry) -> Self {
+        self.registry = Some((registry.url(), registry.host()));
         self
     }
 
@@ -419,6 +477,19 @@ impl TestAppBuilder {
         // status edits.
         let mut config = config;
         config.bot.status_interval_ms = 0;
+        if let Some((url, host)) = &self.registry {
+            config.registries.push(deploybot::config::Registry {
+                host: "quay.io".into(),
+                url: Some(url.clone()),
+                tls_verify: true,
+                auth_file: None,
+            });
+            for e in &mut config.environments {
+                if e.kind == deploybot::config::EnvironmentKind::Command {
+                    e.env.insert("REGISTRY".into(), host.clone());
+                }
+            }
+        }
         let app = App::new(settings.clone(), config.clone())
             .await
             .expect("app starts");
@@ -447,6 +518,7 @@ impl TestApp {
             user_tokens: Vec::new(),
             pulls: Vec::new(),
             forbidden: Vec::new(),
+            registry: None,
         }
     }
 

@@ -108,8 +108,13 @@ fn import(spec: &Spec, state: &mut KubeState, key: &Key) {
         let (missing, reference) = match pulls::look(state, source) {
             Image::Unknown => continue,
             Image::Missing => (true, String::new()),
+            // `missing_image` of the repository: its imports fail although
+            // the registry has the image (credentials the import lacks, say).
             Image::Present(digest) => (
-                false,
+                state
+                    .missing_images
+                    .iter()
+                    .any(|m| m == source || *m == deploybot::cluster::image_repository(source)),
                 format!("{}@{digest}", deploybot::cluster::image_repository(source)),
             ),
             Image::Unmanaged => (
