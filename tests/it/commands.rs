@@ -147,11 +147,12 @@ async fn world(db: Db, builder: &[&str], build_timeout: &str) -> World {
     let deployment_sha = repos.commit("packit/deployment", &[("Makefile", "deploy:\n")]);
     let log = tmp.path().join("build.log");
     let deployed = tmp.path().join("deployed.json");
+    let registry = quay(None).await;
     let builder: Vec<String> = builder
         .iter()
         .map(|a| {
             a.replace("LOG", &log.display().to_string())
-                .replace("PUSH", PUSH_IMAGE)
+                .replace("PUSH", &push_script(&registry))
         })
         .collect();
     let builder: Vec<&str> = builder.iter().map(String::as_str).collect();
@@ -168,7 +169,6 @@ async fn world(db: Db, builder: &[&str], build_timeout: &str) -> World {
         &["sh", "-c", &deployer_script],
         build_timeout,
     );
-    let registry = quay(None).await;
     let t = TestApp::builder(db)
         .config(config)
         .registry(&registry)
@@ -190,7 +190,7 @@ async fn world(db: Db, builder: &[&str], build_timeout: &str) -> World {
 
 /// A builder that records what it builds: the target, the Containerfile it
 /// was given, and (for source builds) the commit checked out in its
-/// context; then it pushes the target (the seed image, see [`PUSH_IMAGE`]).
+/// context; then it pushes the target (the seed image, see [`push_script`]).
 const RECORDING_BUILDER: &[&str] = &[
     "sh",
     "-c",
@@ -261,13 +261,20 @@ async fn builds_checkouts_and_deploys_with_commands(db: Db) {
         &std::fs::read_to_string(w.tmp.path().join("deployed.json")).expect("vars written"),
     )
     .expect("json");
+    // What is deployed is the digest the registry has for the built tag.
+    let tag = format!(
+        "packit-service-{}-stg-ogr-{}",
+        short(&w.service_sha),
+        short(&w.ogr_sha)
+    );
+    let digest = w
+        .registry
+        .digest("packit/packit-service", &tag)
+        .await
+        .expect("the builder pushed it");
     assert_eq!(
         vars["image"],
-        format!(
-            "quay.io/packit/packit-service:packit-service-{}-stg-ogr-{}",
-            short(&w.service_sha),
-            short(&w.ogr_sha)
-        )
+        format!("quay.io/packit/packit-service@{digest}")
     );
     assert_eq!(vars["image_dashboard"], "quay.io/packit/dashboard:stg");
     // The dashboard is deployed on request only (deploy/packit.toml).

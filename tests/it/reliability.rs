@@ -30,8 +30,10 @@ const FIRST_PR: u64 = 3000;
 const BUILD_TIME: Duration = Duration::from_millis(300);
 const ROLLOUT_TIME: Duration = Duration::from_millis(200);
 
+/// A PR's head: its number in the first digits, so that the images of
+/// each PR have their own content tag (`…-<sha12>-…`).
 fn sha(pr: u64) -> String {
-    format!("{pr:040x}")
+    format!("{:0<40}", format!("{pr:x}"))
 }
 
 /// GitHub, the cluster and the database that replicas share.

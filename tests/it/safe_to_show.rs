@@ -237,15 +237,17 @@ async fn a_commands_output_is_capped_and_its_credentials_masked(db: Db) {
         serde_json::to_string(&script).expect("json")
     );
     let env = format!("LEAKED = \"{SECRET}\"");
+    let registry = quay(None).await;
     let config = command_config(
         &git_root,
         &tmp.path().join("work"),
         &env,
-        "\"true\"",
+        &pushing_builder(&registry),
         &deployer,
     );
     let t = TestApp::builder(db)
         .config(config)
+        .registry(&registry)
         .forbid("ghs_leakedtoken1234")
         .forbid("db-pass-81f3")
         .forbid("hunter2-pw")
@@ -389,14 +391,19 @@ async fn a_symlinked_vars_file_is_refused_at_deploy(db: Db) {
         "packit/deployment",
         &[("vars/generated.json", &format!("->{}", target.display()))],
     );
+    let registry = quay(None).await;
     let config = command_config(
         &git_root,
         &tmp.path().join("work"),
         "",
-        "\"true\"",
+        &pushing_builder(&registry),
         "\"cat\", \"vars/generated.json\"",
     );
-    let t = TestApp::builder(db).config(config).start().await;
+    let t = TestApp::builder(db)
+        .config(config)
+        .registry(&registry)
+        .start()
+        .await;
     let job = deploy(&t, &sha, "").await;
     assert_eq!(
         (&job["state"], &job["step"]),

@@ -47,6 +47,7 @@ async fn a_job_command_sees_none_of_deploybots_environment(db: Db) {
     repo(&git_root, "packit/deployment");
     let secret_file = tmp.path().join("vault");
     std::fs::write(&secret_file, format!("{SECRET_VALUE}\n")).expect("secret");
+    let registry = quay(None).await;
     let text = format!(
         r#"
 [bot]
@@ -64,7 +65,7 @@ env = {{ GREETING = "hello" }}
 env_from_files = {{ VAULT_VALUE = "{secret}" }}
 [environment.builder]
 kind = "command"
-args = ["true"]
+args = [{builder}]
 [environment.deployer]
 kind = "command"
 args = ["sh", "-c", "env; head -c 1048576 /dev/zero | tr '\\0' x; echo; printf 'bad \\377 byte\\n'; echo done"]
@@ -74,9 +75,14 @@ vars_file = "vars/generated.json"
         work = tmp.path().join("work").display(),
         secret = secret_file.display(),
         components = packit_components(),
+        builder = pushing_builder(&registry),
     );
     let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let t = TestApp::builder(db).config(config).start().await;
+    let t = TestApp::builder(db)
+        .config(config)
+        .registry(&registry)
+        .start()
+        .await;
     t.github
         .set_permission("packit/packit-service", "alice", "write");
     t.github.add_pull(

@@ -102,9 +102,23 @@ pub const SEED_IMAGE: &str = "deploybot/seed:1";
 
 /// What a test's command builder runs to push `$IMAGE` (a `quay.io/…`
 /// reference) the way a real builder would: the seed image copied to that
-/// tag of the registry `$REGISTRY` ([`TestAppBuilder::registry`] sets it).
-pub const PUSH_IMAGE: &str = "skopeo copy -q --src-tls-verify=false --dest-tls-verify=false \
-    \"docker://$REGISTRY/deploybot/seed:1\" \"docker://$REGISTRY/${IMAGE#quay.io/}\"";
+/// tag of `registry` (which [`quay`] made).
+pub fn push_script(registry: &super::registry::Registry) -> String {
+    format!(
+        "skopeo copy -q --src-tls-verify=false --dest-tls-verify=false \
+         docker://{host}/{SEED_IMAGE} \"docker://{host}/${{IMAGE#quay.io/}}\"",
+        host = registry.host()
+    )
+}
+
+/// A `command` builder's `args` (TOML) that only pushes `{image}` (see
+/// [`push_script`]).
+pub fn pushing_builder(registry: &super::registry::Registry) -> String {
+    format!(
+        "\"sh\", \"-c\", 'IMAGE=$1; {}', \"sh\", \"{{image}}\"",
+        push_script(registry)
+    )
+}
 
 /// A throwaway registry standing in for quay.io: every Packit image has its
 /// `stg` and `prod` tags (what the base images are), and the seed image is
@@ -331,8 +345,8 @@ pub struct TestAppBuilder {
     pulls: Vec<(String, u64, String, String, String)>,
     /// Values of the test's own that must never be shown.
     forbidden: Vec<String>,
-    /// (API URL, host) of the registry standing in for quay.io.
-    registry: Option<(String, String)>,
+    /// The API URL of the registry standing in for quay.io.
+    registry: Option<String>,
 }
 
 /// The team member the default pull requests are by, with write on every
@@ -359,11 +373,9 @@ impl TestAppBuilder {
         self
     }
 
-    /// deploybot asks `registry` (see [`quay`]) whatever it would ask
-    /// quay.io, and the commands of `command` environments find its address
-    /// in `$REGISTRY` (see [`PUSH_IMAGE`]).
+    /// deploybot asks `registry` (see [`quay`]) whatever it would ask quay.io.
     pub fn registry(mut self, registry: &super::registry::Registry) -> Self {
-        self.registry = Some((registry.url(), registry.host()));
+        self.registry = Some(registry.url());
         self
     }
 
@@ -477,18 +489,13 @@ impl TestAppBuilder {
         // status edits.
         let mut config = config;
         config.bot.status_interval_ms = 0;
-        if let Some((url, host)) = &self.registry {
+        if let Some(url) = &self.registry {
             config.registries.push(deploybot::config::Registry {
                 host: "quay.io".into(),
                 url: Some(url.clone()),
                 tls_verify: true,
                 auth_file: None,
             });
-            for e in &mut config.environments {
-                if e.kind == deploybot::config::EnvironmentKind::Command {
-                    e.env.insert("REGISTRY".into(), host.clone());
-                }
-            }
         }
         let app = App::new(settings.clone(), config.clone())
             .await
