@@ -30,10 +30,23 @@ const SANDBOX: &str = "packit-dev-sandbox";
 const RUNNER_IMAGE: &str = "quay.io/packit/deployment-runner:latest";
 const RUNNER: &str = "system:serviceaccount:packit-dev-deploybot:deploybot-runner";
 
+impl World {
+    /// `quay.io/packit/{image}@…`: what the registry has under `tag`,
+    /// which is what deploybot deploys.
+    async fn pinned(&self, image: &str, tag: &str) -> String {
+        let digest = self
+            .registry
+            .digest(&format!("packit/{image}"), tag)
+            .await
+            .unwrap_or_else(|| panic!("{image}:{tag} was pushed"));
+        format!("quay.io/packit/{image}@{digest}")
+    }
+}
+
 struct World {
     t: TestApp,
     kube: FakeKube,
-    _registry: support::registry::Registry,
+    registry: support::registry::Registry,
     _repos: tempfile::TempDir,
 }
 
@@ -133,6 +146,21 @@ async fn world(db: Db) -> World {
     let sha = deployment_repository(&deployment);
     let kube = cluster().await;
     let registry = quay(Some(&kube)).await;
+    // What else Packit's templates run from quay.io (the cluster pulls them).
+    for (name, tag) in [
+        ("sclorg/postgresql-13-c9s", "latest"),
+        ("sclorg/postgresql-15-c9s", "latest"),
+        ("sclorg/redis-7-c9s", "c9s"),
+        ("packit/fluentd-splunk-hec", "latest"),
+        ("nginx/nginx-unprivileged", "latest"),
+        ("packit/flower", "latest"),
+    ] {
+        registry.push_synthetic(name, tag, &Default::default()).await;
+    }
+    for image in PACKIT_IMAGES {
+        let name = format!("packit/{image}");
+        registry.push_synthetic(&name, "dev", &Default::default()).await;
+    }
     let t = TestApp::builder(db)
         .config(config(repos.path()))
         .registry(&registry)
@@ -164,7 +192,7 @@ async fn world(db: Db) -> World {
     World {
         t,
         kube,
-        _registry: registry,
+        registry,
         _repos: repos,
     }
 }
@@ -306,7 +334,8 @@ async fn make_deploy_of_a_deployment_pr_runs_packits_real_playbooks_in_the_job()
     assert!(ok, "{recapped}");
     assert_eq!(
         tag_source(&w.kube, "packit-dashboard"),
-        format!("quay.io/packit/dashboard:dashboard-{}-dev", sha12(9))
+        w.pinned("dashboard", &format!("dashboard-{}-dev", sha12(9)))
+            .await
     );
     let route = w
         .kube
@@ -365,20 +394,28 @@ async fn make_deploy_of_a_deployment_pr_runs_packits_real_playbooks_in_the_job()
     let sandcastle = sha12(78);
     assert_eq!(
         tag_source(&w.kube, "packit-service"),
-        format!("quay.io/packit/packit-service:stg-packit-{packit}")
+        w.pinned("packit-service", &format!("stg-packit-{packit}"))
+            .await
     );
     assert_eq!(
         tag_source(&w.kube, "packit-worker"),
-        format!("quay.io/packit/packit-worker:stg-packit-{packit}-sandcastle-{sandcastle}")
+        w.pinned(
+            "packit-worker",
+            &format!("stg-packit-{packit}-sandcastle-{sandcastle}")
+        )
+        .await
     );
+    let sandcastle_image = w
+        .pinned("sandcastle", &format!("sandcastle-{sandcastle}"))
+        .await;
     // The worker's configuration names the built sandcastle image (its
     // sandbox pods run it) and its own sandbox project.
     let config = secret_file(&w.kube, TARGET, "packit-config", "packit-service.yaml");
     assert!(
         config.contains(&format!(
-            "command_handler_image_reference: \"quay.io/packit/sandcastle:sandcastle-{sandcastle}\""
+            "command_handler_image_reference: \"{sandcastle_image}\""
         )) || config.contains(&format!(
-            "command_handler_image_reference: quay.io/packit/sandcastle:sandcastle-{sandcastle}"
+            "command_handler_image_reference: {sandcastle_image}"
         )),
         "{config}"
     );
@@ -487,7 +524,8 @@ async fn a_request_without_deployment_moves_only_the_imagestream_tags() {
     );
     assert_eq!(
         tag_source(&w.kube, "packit-service"),
-        format!("quay.io/packit/packit-service:stg-packit-{packit}")
+        w.pinned("packit-service", &format!("stg-packit-{packit}"))
+            .await
     );
     // No Job ran for it, and nothing but deploybot wrote to the target.
     assert!(output(&job, "deploy").is_empty(), "no command ran");
