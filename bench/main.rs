@@ -7,7 +7,7 @@
 //! `target/bench-results.md`.
 //!
 //! `BENCH_SECONDS` (default 5) is how long each load step lasts;
-//! `BENCH_ONLY=intake,ack,pipeline,footprint` picks parts.
+//! `BENCH_ONLY=intake,ack,pipeline,images,footprint` picks parts.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -461,6 +461,67 @@ impl Table {
     }
 }
 
+/// A service Containerfile's dependency step, as a rebuild pays for it.
+const DEPENDENCIES: &str =
+    "RUN mkdir -p /usr/lib/deps && for i in $(seq 1 3000); do echo dep-$i > /usr/lib/deps/$i; done\n";
+
+/// With real buildah and a real registry (tests/support/buildah.rs): a
+/// library PR deployed as an overlay on the base, the same library PR with
+/// the service rebuilt from source, and the same SHAs again.
+async fn images(table: &mut Table) {
+    let w = support::buildah::world(support::harness::Db::Sqlite, DEPENDENCIES, "30m").await;
+    let timed = |repo: &'static str, number: u64, body: &'static str| {
+        let w = &w;
+        async move {
+            let at = Instant::now();
+            let job = w.deploy(repo, number, body).await;
+            assert_eq!(job["state"], "succeeded", "{job}");
+            let took = at.elapsed().as_secs_f64();
+            // The next request comes from another PR: free dev for it.
+            w.comment(repo, number, "/deploy release").await;
+            w.t.settle().await;
+            w.t.run().await;
+            took
+        }
+    };
+    let overlay = timed("packit/ogr", 123, "/deploy").await;
+    let overlay_builds = w.builds();
+    let rebuild = timed("packit/packit-service", 614, "/deploy ogr=123").await;
+    let rebuild_builds = w.builds() - overlay_builds;
+    let again = timed("packit/ogr", 123, "/deploy").await;
+    let again_builds = w.builds() - overlay_builds - rebuild_builds;
+    table.row(
+        "library PR as an overlay on the base (2 images)",
+        format!("{overlay:.2} s, {overlay_builds} buildah builds"),
+        "",
+        "",
+    );
+    table.row(
+        "the same library PR with the service rebuilt from source",
+        format!("{rebuild:.2} s, {rebuild_builds} buildah builds"),
+        "",
+        "",
+    );
+    table.row(
+        "overlay / source rebuild",
+        format!("{:.2}", overlay / rebuild),
+        "< 1",
+        yes(overlay < rebuild),
+    );
+    table.row(
+        "redeploy of the same SHAs (registry has every tag)",
+        format!(
+            "{again:.2} s, {again_builds} builds; {:.2} of the overlay's time",
+            again / overlay
+        ),
+        "0 builds",
+        yes(again_builds == 0),
+    );
+    w.t.seen_status_comments();
+    w.t.replies("packit/ogr", 123);
+    w.t.replies("packit/packit-service", 614);
+}
+
 fn yes(ok: bool) -> &'static str {
     if ok { "yes" } else { "**no**" }
 }
@@ -688,7 +749,15 @@ async fn main() {
         let kube = FakeKube::start().await;
         seed_packit_workloads(&kube);
         kube.run_controllers(build, rollout);
-        let config = write_config(dir.path(), &openshift_dev("", "60s", "60s"));
+        let registry = support::harness::quay(Some(&kube)).await;
+        let config = write_config(
+            dir.path(),
+            &format!(
+                "{}\n{}",
+                openshift_dev("", "60s", "60s"),
+                support::harness::quay_toml(&registry)
+            ),
+        );
         let db = new_database(&pg, "bench_pipeline").await;
         let bot = serve(
             dir.path(),
@@ -760,7 +829,14 @@ async fn main() {
         }
         drop(bot);
         drop(kube);
+        drop(registry);
         drop(github);
+    }
+
+    // ---- Real images: an overlay against a source rebuild, with buildah ----
+    if wanted("images") {
+        println!("images (real buildah)");
+        images(&mut table).await;
     }
 
     // ---- Footprint: start-up to ready, idle resident memory --------------

@@ -14,230 +14,14 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deploybot::config::Config;
 use deploybot::worker::{Worker, WorkerSettings};
 use serde_json::Value;
+use support::buildah::world;
 use support::harness::*;
-use support::registry::{Registry, busybox_base};
-
-struct World {
-    t: TestApp,
-    registry: Registry,
-    tmp: tempfile::TempDir,
-    service_sha: String,
-    ogr_sha: String,
-}
-
-/// A local git repository standing in for GitHub's `repo`, with `files`
-/// committed on main; returns the commit.
-fn commit(root: &Path, repo: &str, files: &[(&str, &str)]) -> String {
-    let dir = root.join(format!("{repo}.git"));
-    if !dir.exists() {
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        git(&dir, &["init", "--quiet", "--initial-branch=main"]);
-        git(&dir, &["config", "uploadpack.allowAnySHA1InWant", "true"]);
-    }
-    for (path, text) in files {
-        let file = dir.join(path);
-        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
-        std::fs::write(&file, text).expect("write");
-    }
-    git(&dir, &["add", "-A"]);
-    git(&dir, &["commit", "--quiet", "--allow-empty", "-m", "change"]);
-    git(&dir, &["rev-parse", "HEAD"])
-}
-
-/// Packit's component graph (deploy/packit.toml), its images in this test's
-/// registry, ogr installed from its local copy (no network), and one
-/// `command` environment that builds with buildah and records what it was
-/// asked to deploy.
-fn config(registry: &Registry, tmp: &Path, build_timeout: &str) -> Config {
-    let components = packit_components()
-        .replace("quay.io/packit/", &format!("{}/packit/", registry.host()))
-        .replacen(
-            "install = \"pip3 install --no-cache-dir --no-deps git+{repo_url}@{sha}\"",
-            "install = \"mkdir -p /opt && cp -r {source} /opt/ogr\"",
-            1,
-        );
-    let deployed = tmp.join("deployed.json");
-    let text = format!(
-        r#"
-[bot]
-git_url = "file://{git}/{{repo}}.git"
-workdir = "{work}"
-[github]
-bot_login = "packit-deploybot[bot]"
-[permissions]
-min_permission = "write"
-{components}
-[[registry]]
-host = "{host}"
-tls_verify = false
-
-[[environment]]
-name = "dev"
-kind = "command"
-url = "https://dev.example.org"
-[environment.builder]
-kind = "buildah"
-program = "{buildah}"
-root = "{storage}/root"
-runroot = "{storage}/run"
-[environment.deployer]
-kind = "command"
-args = ["sh", "-c", "cp vars/generated.json {deployed}"]
-vars_file = "vars/generated.json"
-image_vars = {{ image = "{host}/packit/packit-service", image_worker = "{host}/packit/packit-worker" }}
-[environment.timeouts]
-build = "{build_timeout}"
-"#,
-        git = tmp.join("git").display(),
-        work = tmp.join("work").display(),
-        host = registry.host(),
-        buildah = tmp.join("buildah").display(),
-        storage = tmp.join("storage").display(),
-        deployed = deployed.display(),
-    );
-    Config::from_toml(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
-}
-
-/// Packit's service Containerfile as this test's PR has it: `FROM` the base,
-/// the build argument written into the image, the PR's own file copied in.
-fn containerfile(registry: &Registry, image: &str, extra: &str) -> String {
-    format!(
-        "FROM {host}/packit/{image}:stg\nARG SOURCE_BRANCH\nRUN echo \"branch=$SOURCE_BRANCH\" > /source-branch\nCOPY app.txt /app.txt\n{extra}",
-        host = registry.host()
-    )
-}
-
-async fn world(db: Db, extra_run: &str, build_timeout: &str) -> World {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let registry = Registry::start().await;
-    // The bases every overlay starts from: real images, built here.
-    let storage = tmp.path().join("storage");
-    for image in ["packit-service", "packit-worker"] {
-        busybox_base(&registry, &format!("packit/{image}"), "stg", &storage).await;
-    }
-    // buildah, counted: each call is one line of `buildah.log`.
-    let wrapper = tmp.path().join("buildah");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\necho \"$*\" >> {}\nexec /usr/bin/buildah \"$@\"\n",
-            tmp.path().join("buildah.log").display()
-        ),
-    )
-    .expect("wrapper");
-    std::fs::set_permissions(
-        &wrapper,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
-    let git_root = tmp.path().join("git");
-    let service_sha = commit(
-        &git_root,
-        "packit/packit-service",
-        &[
-            (
-                "files/docker/Dockerfile",
-                &containerfile(&registry, "packit-service", extra_run),
-            ),
-            (
-                "files/docker/Dockerfile.worker",
-                &containerfile(&registry, "packit-worker", extra_run),
-            ),
-            ("app.txt", "packit-service from PR 614\n"),
-        ],
-    );
-    let ogr_sha = commit(
-        &git_root,
-        "packit/ogr",
-        &[("ogr/__init__.py", "VERSION = 'from PR 123'\n")],
-    );
-    commit(&git_root, "packit/deployment", &[("Makefile", "deploy:\n")]);
-    let config = config(&registry, tmp.path(), build_timeout);
-    let t = TestApp::builder(db)
-        .config(config)
-        .permission("packit/packit-service", "alice", "write")
-        .permission("packit/ogr", "alice", "write")
-        .pull("packit/packit-service", 614, &service_sha, "fix", "alice")
-        .pull("packit/ogr", 123, &ogr_sha, "ogr-fix", "alice")
-        .start()
-        .await;
-    World {
-        t,
-        registry,
-        tmp,
-        service_sha,
-        ogr_sha,
-    }
-}
-
-impl World {
-    async fn comment(&self, repo: &str, number: u64, body: &str) {
-        let event = comment_event(repo, number, true, body, "alice");
-        let (status, answer) = self.t.deliver("issue_comment", &event).await;
-        assert!(status.is_success(), "{answer}");
-    }
-
-    /// Comment, run the request to its end, and return it.
-    async fn deploy(&self, repo: &str, number: u64, body: &str) -> Value {
-        self.comment(repo, number, body).await;
-        self.t.settle().await;
-        self.t.run().await;
-        self.t.last_job().await
-    }
-
-    /// The `buildah build` calls made so far.
-    fn builds(&self) -> usize {
-        std::fs::read_to_string(self.tmp.path().join("buildah.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.split_whitespace().any(|w| w == "build"))
-            .count()
-    }
-
-    fn deployed_vars(&self) -> Value {
-        let text = std::fs::read_to_string(self.tmp.path().join("deployed.json"))
-            .expect("the deployer ran");
-        serde_json::from_str(&text).expect("json")
-    }
-
-    fn tag(&self, sha: &str) -> String {
-        format!("packit-service-{}-stg", &sha[..12])
-    }
-
-    /// A file inside `image` (as `host/name@digest` or `:tag`), read the way
-    /// a person would: a container from the image, `cat`.
-    fn cat(&self, image: &str, path: &str) -> String {
-        let storage = self.tmp.path().join("inspect");
-        let buildah = |args: &[&str]| {
-            let out = Command::new("/usr/bin/buildah")
-                .args(["--storage-driver", "vfs", "--root"])
-                .arg(storage.join("root"))
-                .arg("--runroot")
-                .arg(storage.join("run"))
-                .args(args)
-                .output()
-                .expect("buildah");
-            assert!(
-                out.status.success(),
-                "buildah {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        };
-        let container = buildah(&["from", "--tls-verify=false", "--pull-always", image]);
-        let text = buildah(&["run", "--isolation", "chroot", &container, "--", "cat", path]);
-        buildah(&["rm", &container]);
-        text
-    }
-}
 
 fn strings(value: &Value) -> String {
     value.as_str().unwrap_or_default().to_string()
@@ -246,9 +30,7 @@ fn strings(value: &Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_service_pr_is_built_from_its_containerfile_labelled_and_deployed_by_digest() {
     let w = world(Db::Sqlite, "", "10m").await;
-    let job = w
-        .deploy("packit/packit-service", 614, "/deploy")
-        .await;
+    let job = w.deploy("packit/packit-service", 614, "/deploy").await;
     assert_eq!(job["state"], "succeeded", "{job}");
     let tag = w.tag(&w.service_sha);
     let status = w.t.status_comment(1).body;
@@ -280,7 +62,11 @@ async fn a_service_pr_is_built_from_its_containerfile_labelled_and_deployed_by_d
         assert_eq!(w.cat(&pinned, "/source-branch"), "branch=main");
         assert_eq!(w.cat(&pinned, "/app.txt"), "packit-service from PR 614");
         // What was deployed is that digest, not the tag.
-        let var = if image == "packit-service" { "image" } else { "image_worker" };
+        let var = if image == "packit-service" {
+            "image"
+        } else {
+            "image_worker"
+        };
         assert_eq!(strings(&w.deployed_vars()[var]), pinned);
         assert!(
             events(&job, "build").contains(&format!("built {reference}: pushed {digest}")),
@@ -292,7 +78,11 @@ async fn a_service_pr_is_built_from_its_containerfile_labelled_and_deployed_by_d
         .as_array()
         .expect("images")
         .iter()
-        .find(|i| i["image"].as_str().is_some_and(|n| n.ends_with("/packit/packit-service")))
+        .find(|i| {
+            i["image"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("/packit/packit-service"))
+        })
         .expect("the service image")
         .clone();
     assert_eq!(plan_image["tag"], tag.as_str());
@@ -391,7 +181,12 @@ async fn the_registry_decides_reuse_the_same_commits_build_nothing_a_lost_tag_is
         )),
         "{build}"
     );
-    assert!(w.registry.tags("packit/packit-service").await.contains(&tag));
+    assert!(
+        w.registry
+            .tags("packit/packit-service")
+            .await
+            .contains(&tag)
+    );
     let again = w
         .registry
         .digest("packit/packit-service", &tag)
@@ -413,9 +208,7 @@ async fn a_failing_run_fails_the_build_with_buildahs_own_output() {
         "10m",
     )
     .await;
-    let job = w
-        .deploy("packit/packit-service", 614, "/deploy")
-        .await;
+    let job = w.deploy("packit/packit-service", 614, "/deploy").await;
     assert_eq!(job["state"], "failed", "{job}");
     assert_eq!(job["step"], "build", "{job}");
     let error = strings(&job["error"]);
@@ -456,8 +249,13 @@ async fn cancel_stops_a_running_buildah_build() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(sleeping, "the build reached the PR's RUN: {}", w.t.last_job().await);
-    w.comment("packit/packit-service", 614, "/deploy cancel").await;
+    assert!(
+        sleeping,
+        "the build reached the PR's RUN: {}",
+        w.t.last_job().await
+    );
+    w.comment("packit/packit-service", 614, "/deploy cancel")
+        .await;
     w.t.settle().await;
     let finished = tokio::time::timeout(Duration::from_secs(30), running)
         .await
@@ -478,7 +276,9 @@ async fn cancel_stops_a_running_buildah_build() {
     }
     assert!(left.is_empty(), "processes left: {left:?}");
     assert!(
-        w.t.status_comment(1).body.starts_with("### ⏹\u{fe0f} Cancelled during build"),
+        w.t.status_comment(1)
+            .body
+            .starts_with("### ⏹\u{fe0f} Cancelled during build"),
         "{}",
         w.t.status_comment(1).body
     );

@@ -155,11 +155,15 @@ async fn world(db: Db) -> World {
         ("nginx/nginx-unprivileged", "latest"),
         ("packit/flower", "latest"),
     ] {
-        registry.push_synthetic(name, tag, &Default::default()).await;
+        registry
+            .push_synthetic(name, tag, &Default::default())
+            .await;
     }
     for image in PACKIT_IMAGES {
         let name = format!("packit/{image}");
-        registry.push_synthetic(&name, "dev", &Default::default()).await;
+        registry
+            .push_synthetic(&name, "dev", &Default::default())
+            .await;
     }
     let t = TestApp::builder(db)
         .config(config(repos.path()))

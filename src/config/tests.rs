@@ -217,3 +217,45 @@ fn check_config_explains_what_a_request_deploys_and_how() {
         assert!(text.contains(needle), "{needle:?} not in:\n{text}");
     }
 }
+
+#[test]
+fn the_local_example_builds_with_buildah_and_asks_its_registry() {
+    let text = include_str!("../../deploy/examples/local.toml");
+    let config = Config::from_toml(text).expect("deploy/examples/local.toml");
+    let local = &config.environments[0];
+    assert!(matches!(local.builder, Some(Builder::Buildah(_))));
+    assert_eq!(config.registries[0].host, "127.0.0.1:5000");
+    assert_eq!(config.registries[0].api_url(), "http://127.0.0.1:5000");
+}
+
+#[test]
+fn buildah_and_registries_are_checked_when_the_file_is_loaded() {
+    let base = include_str!("../../deploy/examples/local.toml");
+    // buildah runs PR code on deploybot's machine: not for cluster environments.
+    let cluster = base.replace(
+        "kind = \"command\"\nurl",
+        "kind = \"kubernetes\"\nnamespace = \"local\"\nurl",
+    );
+    let err = Config::from_toml(&cluster).expect_err("buildah in a cluster environment");
+    assert!(
+        err.contains("environment local: the buildah builder runs PR code on deploybot's own machine"),
+        "{err}"
+    );
+    let bad = base
+        .replace("isolation = \"chroot\"", "isolation = \"docker\"")
+        .replace("host = \"127.0.0.1:5000\"", "host = \"http://127.0.0.1:5000\"");
+    let err = Config::from_toml(&bad).expect_err("bad settings");
+    assert!(
+        err.contains("builder.isolation \"docker\" must be one of chroot, oci, rootless"),
+        "{err}"
+    );
+    assert!(err.contains("registry \"http://127.0.0.1:5000\": host is a registry host"), "{err}");
+    // `{source}` needs a local build context, which OpenShift Builds lack.
+    let packit = PACKIT_TOML.replacen(
+        "install = \"pip3 install --no-cache-dir --no-deps git+{repo_url}@{sha}\"",
+        "install = \"pip3 install {source}\"",
+        1,
+    );
+    let err = Config::from_toml(&packit).expect_err("{source} with OpenShift Builds");
+    assert!(err.contains("component ogr: its install command uses {source}"), "{err}");
+}

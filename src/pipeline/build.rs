@@ -126,9 +126,7 @@ impl Stage {
 
     /// The target's repository and tag.
     pub fn image_and_tag(&self) -> (&str, &str) {
-        self.target
-            .rsplit_once(':')
-            .unwrap_or((&self.target, ""))
+        self.target.rsplit_once(':').unwrap_or((&self.target, ""))
     }
 }
 
@@ -304,7 +302,10 @@ pub fn builder_args(
             _ => out.push(
                 arg.replace("{repo_url}", &repo_url)
                     .replace("{commit}", &commit)
-                    .replace("{containerfile}", &context.containerfile.display().to_string())
+                    .replace(
+                        "{containerfile}",
+                        &context.containerfile.display().to_string(),
+                    )
                     .replace("{image}", &stage.target)
                     .replace("{context}", &context.dir.display().to_string()),
             ),
@@ -351,7 +352,13 @@ pub async fn context(
                 .map_err(|e| StepError::failed(format!("cannot create {}: {e}", dir.display())))?;
             for install in installs.iter().filter(|i| i.needs_source()) {
                 let copy = dir.join(install.context_dir());
-                checkout(exec, &clone_url(git_url, &install.repo), &install.sha, &copy).await?;
+                checkout(
+                    exec,
+                    &clone_url(git_url, &install.repo),
+                    &install.sha,
+                    &copy,
+                )
+                .await?;
             }
             let file = crate::pipeline::paths::write_in_checkout(
                 &dir,

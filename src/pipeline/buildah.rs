@@ -33,11 +33,7 @@ pub fn build_argv(
     labels: &BTreeMap<String, String>,
 ) -> Vec<String> {
     let mut out = global(b);
-    out.extend([
-        "build".into(),
-        "--isolation".into(),
-        b.isolation.clone(),
-    ]);
+    out.extend(["build".into(), "--isolation".into(), b.isolation.clone()]);
     if let Some(network) = &b.network {
         out.extend(["--network".into(), network.clone()]);
     }
@@ -180,7 +176,10 @@ auth_file = "/run/auth.json"
         let dir = tempfile::tempdir().expect("dir");
         let file = dir.path().join("d");
         std::fs::write(&file, format!("sha256:{}\n", "ab".repeat(32))).expect("write");
-        assert_eq!(read_digest(&file).expect("digest"), format!("sha256:{}", "ab".repeat(32)));
+        assert_eq!(
+            read_digest(&file).expect("digest"),
+            format!("sha256:{}", "ab".repeat(32))
+        );
         std::fs::write(&file, "sha256:xyz").expect("write");
         assert!(read_digest(&file).is_err());
         assert!(read_digest(&dir.path().join("missing")).is_err());

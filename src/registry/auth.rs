@@ -147,6 +147,9 @@ mod tests {
         assert_eq!(p["realm"], "https://quay.io/v2/auth");
         assert_eq!(p["service"], "quay.io");
         assert_eq!(p["scope"], "repository:packit/ogr:pull");
-        assert_eq!(query_escape("repository:a/b:pull"), "repository%3Aa%2Fb%3Apull");
+        assert_eq!(
+            query_escape("repository:a/b:pull"),
+            "repository%3Aa%2Fb%3Apull"
+        );
     }
 }

@@ -273,7 +273,10 @@ impl Registries {
             .method(method)
             .uri(url)
             .header("accept", MANIFEST_TYPES)
-            .header("user-agent", concat!("deploybot/", env!("CARGO_PKG_VERSION")));
+            .header(
+                "user-agent",
+                concat!("deploybot/", env!("CARGO_PKG_VERSION")),
+            );
         if let Some(value) = authorization {
             request = request.header("authorization", value);
         }
@@ -333,7 +336,10 @@ mod tests {
             ("127.0.0.1:5000", "a/b", "sha256:abc")
         );
         let r = ImageRef::parse("localhost:5000/x").unwrap();
-        assert_eq!((r.host.as_str(), r.reference.as_str()), ("localhost:5000", "latest"));
+        assert_eq!(
+            (r.host.as_str(), r.reference.as_str()),
+            ("localhost:5000", "latest")
+        );
         let r = ImageRef::parse("fedora:41").unwrap();
         assert_eq!(
             (r.host.as_str(), r.name.as_str(), r.reference.as_str()),

@@ -24,7 +24,10 @@ impl Snapshot {
             };
             let state = match &image.pushed {
                 Some(p) if p.reused => match p.reused_since {
-                    Some(at) => format!("reused (in the registry since {})", super::text::human_time(at)),
+                    Some(at) => format!(
+                        "reused (in the registry since {})",
+                        super::text::human_time(at)
+                    ),
                     None => "reused (in the registry)".to_string(),
                 },
                 Some(_) => "built".to_string(),

@@ -292,7 +292,11 @@ impl Store {
     }
 
     /// The plan again, after the build step has added the digests.
-    pub async fn save_plan(tx: &mut Tx, job_id: i64, plan: &crate::domain::plan::Plan) -> Result<()> {
+    pub async fn save_plan(
+        tx: &mut Tx,
+        job_id: i64,
+        plan: &crate::domain::plan::Plan,
+    ) -> Result<()> {
         sqlx::query("UPDATE jobs SET plan = $2, updated_at = $3 WHERE id = $1")
             .bind(job_id)
             .bind(serde_json::to_string(plan)?)

@@ -133,7 +133,9 @@ pub async fn quay(kube: Option<&super::fake_kube::FakeKube>) -> super::registry:
         }
     }
     let (name, tag) = SEED_IMAGE.split_once(':').expect("name:tag");
-    registry.push_synthetic(name, tag, &Default::default()).await;
+    registry
+        .push_synthetic(name, tag, &Default::default())
+        .await;
     if let Some(kube) = kube {
         kube.use_registry(&registry.url(), &["quay.io"]);
     }

@@ -3,6 +3,7 @@
 //! deploybot. Not every crate uses every helper.
 #![allow(dead_code, unused_imports)]
 
+pub mod buildah;
 pub mod fake_github;
 pub mod fake_kube;
 pub mod harness;

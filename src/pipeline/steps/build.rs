@@ -149,15 +149,17 @@ impl Pipeline {
         work: &WorkDir,
         env: &Arc<JobEnv>,
     ) -> Result<Arc<JobEnv>, StepError> {
-        if !matches!(environment.builder, Some(crate::config::Builder::Buildah(_))) {
+        if !matches!(
+            environment.builder,
+            Some(crate::config::Builder::Buildah(_))
+        ) {
             return Ok(env.clone());
         }
         let insecure = self.registries()?.insecure_hosts();
         Ok(match buildah::registries_conf(&work.home(), &insecure)? {
-            Some(file) => Arc::new(env.with(
-                "CONTAINERS_REGISTRIES_CONF",
-                &file.display().to_string(),
-            )),
+            Some(file) => {
+                Arc::new(env.with("CONTAINERS_REGISTRIES_CONF", &file.display().to_string()))
+            }
             None => env.clone(),
         })
     }
@@ -193,7 +195,10 @@ impl Pipeline {
                 return Ok(None);
             }
             Err(e) => {
-                let text = format!("could not ask the registry about {}: {e}; building it", stage.target);
+                let text = format!(
+                    "could not ask the registry about {}: {e}; building it",
+                    stage.target
+                );
                 self.event(job.id, Step::Build, &text).await?;
                 return Ok(None);
             }
@@ -237,8 +242,11 @@ impl Pipeline {
             }
             Engine::Buildah(b) => {
                 let context = context(exec, stage, dir, git_url).await?;
-                exec.run(&buildah::build_argv(b, stage, &context, &labels), &context.dir)
-                    .await?;
+                exec.run(
+                    &buildah::build_argv(b, stage, &context, &labels),
+                    &context.dir,
+                )
+                .await?;
                 let digest_file = dir.join("digest");
                 exec.run(&buildah::push_argv(b, stage, &digest_file), &context.dir)
                     .await?;
@@ -339,13 +347,7 @@ impl Pipeline {
             .deadline
             .saturating_duration_since(tokio::time::Instant::now());
         let status = match cluster
-            .wait_build(
-                ns,
-                &name,
-                timeout,
-                poll,
-                &mut exec.cancel,
-            )
+            .wait_build(ns, &name, timeout, poll, &mut exec.cancel)
             .await
         {
             Ok(status) => status,
