@@ -140,7 +140,48 @@ on_both_backends!(
     rollout_timeout_ends_the_job_as_timed_out,
     lease_held_elsewhere_makes_the_job_wait,
     cancel_during_a_build_frees_the_lease,
+    a_digest_the_registry_lost_before_the_rollout_fails_with_the_pull_error,
 );
+
+/// The cluster pulls like a kubelet: deploybot deploys the digest it built,
+/// the registry loses it before the pods start, and the rollout never
+/// becomes available; the failure says why (the pod's ImagePullBackOff).
+async fn a_digest_the_registry_lost_before_the_rollout_fails_with_the_pull_error(db: Db) {
+    let w = world(db, "4s").await;
+    w.kube
+        .run_controllers(Duration::from_millis(30), Duration::from_millis(1500));
+    comment(&w.t, "/deploy ogr=123").await;
+    let worker = w.t.app.worker.clone();
+    let task = tokio::spawn(async move { worker.run_until_idle().await });
+    let tag = "packit-service-111111111111-stg-ogr-222222222222";
+    let mut deploying = false;
+    for _ in 0..1000 {
+        if w.t.last_job().await["step"] == "deploy" {
+            deploying = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(deploying, "the request reached deploy: {}", w.t.last_job().await);
+    let pinned = w.pinned("packit-service", tag).await;
+    w.registry.delete_tag("packit/packit-service", tag).await;
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the request ends")
+        .expect("task")
+        .expect("worker");
+    let job = w.t.last_job().await;
+    assert_eq!((&job["state"], &job["step"]), (&json!("failed"), &json!("deploy")), "{job}");
+    let error = job["error"].as_str().expect("error");
+    assert!(
+        error.contains("ImagePullBackOff") && error.contains(&pinned),
+        "the failure names the pull error and the digest: {error}"
+    );
+    w.t.settle().await;
+    let status = w.t.status_comment(job["id"].as_i64().expect("id")).body;
+    assert!(status.contains("ImagePullBackOff"), "{status}");
+    w.t.seen_status_comments();
+}
 
 async fn multi_repository_request_end_to_end(db: Db) {
     let w = world(db, "30s").await;
