@@ -91,6 +91,9 @@ async fn a_service_pr_is_built_from_its_containerfile_labelled_and_deployed_by_d
         "{plan_image}"
     );
     assert_eq!(w.builds(), 2, "one build per image");
+    // The push credentials went to buildah as a file; the command line
+    // shows its path, nothing shows what it holds (the harness forbids it).
+    assert!(events(&job, "build").contains("push --authfile "), "{job}");
     w.t.replies("packit/packit-service", 614);
 }
 

@@ -11,6 +11,10 @@ use serde_json::Value;
 use super::harness::*;
 use super::registry::{Registry, busybox_base};
 
+/// The push credentials of the world's auth file: base64 of
+/// `deploybot:s3cret-push-token-77`.
+pub const PUSH_AUTH: &str = "ZGVwbG95Ym90OnMzY3JldC1wdXNoLXRva2VuLTc3";
+
 /// deploybot with the buildah builder, its registry, and the commits of
 /// the two PRs it knows (packit-service#614, ogr#123).
 pub struct World {
@@ -78,6 +82,7 @@ url = "https://dev.example.org"
 kind = "buildah"
 program = "{buildah}"
 root = "{storage}/root"
+auth_file = "{auth}"
 runroot = "{storage}/run"
 [environment.deployer]
 kind = "command"
@@ -92,6 +97,7 @@ build = "{build_timeout}"
         host = registry.host(),
         buildah = tmp.join("buildah").display(),
         storage = tmp.join("storage").display(),
+        auth = tmp.join("auth.json").display(),
         deployed = deployed.display(),
     );
     Config::from_toml(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
@@ -153,9 +159,21 @@ pub async fn world(db: Db, extra_run: &str, build_timeout: &str) -> World {
         &[("ogr/__init__.py", "VERSION = 'from PR 123'\n")],
     );
     commit(&git_root, "packit/deployment", &[("Makefile", "deploy:\n")]);
+    // Push credentials (the registry asks for none, buildah sends them):
+    // what the file holds is never shown anywhere.
+    std::fs::write(
+        tmp.path().join("auth.json"),
+        format!(
+            r#"{{"auths": {{"{}": {{"auth": "{PUSH_AUTH}"}}}}}}"#,
+            registry.host()
+        ),
+    )
+    .expect("auth file");
     let config = config(&registry, tmp.path(), build_timeout);
     let t = TestApp::builder(db)
         .config(config)
+        .forbid(PUSH_AUTH)
+        .forbid("s3cret-push-token-77")
         .permission("packit/packit-service", "alice", "write")
         .permission("packit/ogr", "alice", "write")
         .pull("packit/packit-service", 614, &service_sha, "fix", "alice")
