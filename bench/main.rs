@@ -462,8 +462,7 @@ impl Table {
 }
 
 /// A service Containerfile's dependency step, as a rebuild pays for it.
-const DEPENDENCIES: &str =
-    "RUN mkdir -p /usr/lib/deps && for i in $(seq 1 3000); do echo dep-$i > /usr/lib/deps/$i; done\n";
+const DEPENDENCIES: &str = "RUN mkdir -p /usr/lib/deps && for i in $(seq 1 3000); do echo dep-$i > /usr/lib/deps/$i; done\n";
 
 /// With real buildah and a real registry (tests/support/buildah.rs): a
 /// library PR deployed as an overlay on the base, the same library PR with

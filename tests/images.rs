@@ -303,3 +303,34 @@ fn sleepers() -> Vec<PathBuf> {
         .map(|e| e.path())
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_image_pushed_by_someone_else_is_reused_with_its_own_date() {
+    let w = world(Db::Sqlite, "", "10m").await;
+    // Another deploybot (or a person) already pushed both content tags.
+    let tag = w.tag(&w.service_sha);
+    let storage = w.tmp.path().join("elsewhere");
+    for image in ["packit-service", "packit-worker"] {
+        support::registry::busybox_base(&w.registry, &format!("packit/{image}"), &tag, &storage)
+            .await;
+    }
+    let job = w.deploy("packit/packit-service", 614, "/deploy").await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(w.builds(), 0, "the registry has them: nothing is built");
+    let status = w.t.status_comment(1).body;
+    assert_eq!(
+        status.matches(": reused (in the registry since ").count(),
+        2,
+        "the images' own creation dates: {status}"
+    );
+    let digest = w
+        .registry
+        .digest("packit/packit-service", &tag)
+        .await
+        .expect("there");
+    assert_eq!(
+        strings(&w.deployed_vars()["image"]),
+        format!("{}/packit/packit-service@{digest}", w.registry.host())
+    );
+    w.t.replies("packit/packit-service", 614);
+}

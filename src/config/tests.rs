@@ -238,18 +238,26 @@ fn buildah_and_registries_are_checked_when_the_file_is_loaded() {
     );
     let err = Config::from_toml(&cluster).expect_err("buildah in a cluster environment");
     assert!(
-        err.contains("environment local: the buildah builder runs PR code on deploybot's own machine"),
+        err.contains(
+            "environment local: the buildah builder runs PR code on deploybot's own machine"
+        ),
         "{err}"
     );
     let bad = base
         .replace("isolation = \"chroot\"", "isolation = \"docker\"")
-        .replace("host = \"127.0.0.1:5000\"", "host = \"http://127.0.0.1:5000\"");
+        .replace(
+            "host = \"127.0.0.1:5000\"",
+            "host = \"http://127.0.0.1:5000\"",
+        );
     let err = Config::from_toml(&bad).expect_err("bad settings");
     assert!(
         err.contains("builder.isolation \"docker\" must be one of chroot, oci, rootless"),
         "{err}"
     );
-    assert!(err.contains("registry \"http://127.0.0.1:5000\": host is a registry host"), "{err}");
+    assert!(
+        err.contains("registry \"http://127.0.0.1:5000\": host is a registry host"),
+        "{err}"
+    );
     // `{source}` needs a local build context, which OpenShift Builds lack.
     let packit = PACKIT_TOML.replacen(
         "install = \"pip3 install --no-cache-dir --no-deps git+{repo_url}@{sha}\"",
@@ -257,5 +265,8 @@ fn buildah_and_registries_are_checked_when_the_file_is_loaded() {
         1,
     );
     let err = Config::from_toml(&packit).expect_err("{source} with OpenShift Builds");
-    assert!(err.contains("component ogr: its install command uses {source}"), "{err}");
+    assert!(
+        err.contains("component ogr: its install command uses {source}"),
+        "{err}"
+    );
 }

@@ -104,7 +104,8 @@ pub struct Pushed {
     /// `sha256:…`
     pub digest: String,
     /// For a reused image: when deploybot built it (milliseconds since the
-    /// epoch), if its own records name this digest.
+    /// epoch), if its own records name this digest, else when the image
+    /// says it was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reused_since: Option<i64>,
     /// Whether the registry had it before this request.

@@ -140,13 +140,13 @@ impl Registries {
             .collect()
     }
 
-    /// What the registry has under `image` (`None`: no such tag), asked with
-    /// the credentials of the registry's `auth_file`, else of `push_auth`.
-    pub async fn manifest(
+    /// The image's registry entry and the credentials for it: the
+    /// registry's `auth_file`, else `push_auth`.
+    fn target(
         &self,
         image: &str,
         push_auth: Option<&std::path::Path>,
-    ) -> Result<Option<Found>, RegistryError> {
+    ) -> Result<(ImageRef, config::Registry, Option<Credentials>), RegistryError> {
         let image = ImageRef::parse(image)?;
         let entry = self.entry(&image.host);
         let files: Vec<PathBuf> = entry
@@ -156,6 +156,17 @@ impl Registries {
             .chain(push_auth.map(std::path::Path::to_path_buf))
             .collect();
         let credentials = Credentials::find(&image.host, &files);
+        Ok((image, entry, credentials))
+    }
+
+    /// What the registry has under `image` (`None`: no such tag), asked with
+    /// the credentials of the registry's `auth_file`, else of `push_auth`.
+    pub async fn manifest(
+        &self,
+        image: &str,
+        push_auth: Option<&std::path::Path>,
+    ) -> Result<Option<Found>, RegistryError> {
+        let (image, entry, credentials) = self.target(image, push_auth)?;
         let url = format!(
             "{}/v2/{}/manifests/{}",
             entry.api_url(),
@@ -183,9 +194,53 @@ impl Registries {
             status => Err(RegistryError::Refused {
                 url,
                 status,
-                body: answer.body,
+                body: answer.short_body(),
             }),
         }
+    }
+
+    /// When the image `repository@digest` was created (its configuration's
+    /// `created`, milliseconds since the epoch): for an image deploybot did
+    /// not build itself. `None` when the registry does not say.
+    pub async fn created(
+        &self,
+        repository: &str,
+        digest: &str,
+        push_auth: Option<&std::path::Path>,
+    ) -> Option<i64> {
+        let (image, entry, credentials) = self
+            .target(&format!("{repository}@{digest}"), push_auth)
+            .ok()?;
+        let api = format!("{}/v2/{}", entry.api_url(), image.name);
+        let get = |url: String| {
+            let (image, entry, credentials) = (&image, &entry, credentials.as_ref());
+            async move {
+                let answer = self
+                    .send("GET", &url, image, entry, credentials)
+                    .await
+                    .ok()?;
+                let answer = match (answer.status, &answer.location) {
+                    // Blobs may be served from elsewhere (a CDN): no credentials there.
+                    (301 | 302 | 303 | 307 | 308, Some(location)) => {
+                        self.request("GET", location, None).await.ok()?
+                    }
+                    _ => answer,
+                };
+                (answer.status == 200)
+                    .then(|| serde_json::from_str::<Value>(&answer.body).ok())
+                    .flatten()
+            }
+        };
+        let mut manifest = get(format!("{api}/manifests/{digest}")).await?;
+        if let Some(first) = manifest["manifests"][0]["digest"].as_str() {
+            manifest = get(format!("{api}/manifests/{first}")).await?;
+        }
+        let config = manifest["config"]["digest"].as_str()?;
+        let blob = get(format!("{api}/blobs/{config}")).await?;
+        let created = blob["created"].as_str()?;
+        chrono::DateTime::parse_from_rfc3339(created)
+            .ok()
+            .map(|t| t.timestamp_millis())
     }
 
     /// One request, answering the registry's authentication challenge once
@@ -297,16 +352,18 @@ impl Registries {
         };
         let digest = header("docker-content-digest");
         let challenge = header("www-authenticate");
+        let location = header("location");
         let bytes = tokio::time::timeout(TIMEOUT, response.into_body().collect())
             .await
             .map_err(|_| unreachable("the answer did not finish".into()))?
             .map_err(|e| unreachable(e.to_string()))?
             .to_bytes();
-        let body: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
+        let body = String::from_utf8_lossy(&bytes).into_owned();
         Ok(Answer {
             status,
             digest,
             challenge,
+            location,
             body,
         })
     }
@@ -316,7 +373,15 @@ struct Answer {
     status: u16,
     digest: Option<String>,
     challenge: Option<String>,
+    location: Option<String>,
     body: String,
+}
+
+impl Answer {
+    /// The start of the body, for an error message.
+    fn short_body(&self) -> String {
+        self.body.chars().take(300).collect()
+    }
 }
 
 #[cfg(test)]

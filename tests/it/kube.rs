@@ -162,7 +162,11 @@ async fn a_digest_the_registry_lost_before_the_rollout_fails_with_the_pull_error
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(deploying, "the request reached deploy: {}", w.t.last_job().await);
+    assert!(
+        deploying,
+        "the request reached deploy: {}",
+        w.t.last_job().await
+    );
     let pinned = w.pinned("packit-service", tag).await;
     w.registry.delete_tag("packit/packit-service", tag).await;
     tokio::time::timeout(Duration::from_secs(60), task)
@@ -171,7 +175,11 @@ async fn a_digest_the_registry_lost_before_the_rollout_fails_with_the_pull_error
         .expect("task")
         .expect("worker");
     let job = w.t.last_job().await;
-    assert_eq!((&job["state"], &job["step"]), (&json!("failed"), &json!("deploy")), "{job}");
+    assert_eq!(
+        (&job["state"], &job["step"]),
+        (&json!("failed"), &json!("deploy")),
+        "{job}"
+    );
     let error = job["error"].as_str().expect("error");
     assert!(
         error.contains("ImagePullBackOff") && error.contains(&pinned),

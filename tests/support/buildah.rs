@@ -257,4 +257,3 @@ impl World {
         text
     }
 }
-

@@ -203,9 +203,15 @@ impl Pipeline {
                 return Ok(None);
             }
         };
-        let since = record
-            .filter(|r| r.digest.as_deref() == Some(found.digest.as_str()))
-            .map(|r| r.built_at);
+        let since = match record.filter(|r| r.digest.as_deref() == Some(found.digest.as_str())) {
+            Some(r) => Some(r.built_at),
+            // Built elsewhere (or before deploybot kept digests): the image's own date.
+            None => {
+                self.registries()?
+                    .created(image, &found.digest, environment.builder_auth_file())
+                    .await
+            }
+        };
         let when = since
             .map(|at| format!(" since {}", crate::status::text::human_time(at)))
             .unwrap_or_default();
