@@ -52,6 +52,7 @@ impl Config {
             "  libraries (installed into other images): {}\n",
             names(&|c| !c.retired && c.kind == ComponentKind::Library, "")
         ));
+        out.push_str(&format!("  builds: {}\n", describe_builder(e)));
         let deployer = self
             .components
             .iter()
@@ -96,6 +97,29 @@ fn in_job(e: &Environment) -> String {
         _ if e.kind == EnvironmentKind::DryRun => String::new(),
         _ => " on deploybot's machine".into(),
     }
+}
+
+fn describe_builder(e: &Environment) -> String {
+    let how = match &e.builder {
+        _ if e.kind == EnvironmentKind::DryRun => return "none (dry-run: nothing is built)".into(),
+        None => return "none configured (a request that builds fails)".into(),
+        Some(Builder::Openshift { push_secret }) => format!(
+            "OpenShift Builds in {}{}",
+            e.work_namespace().unwrap_or_default(),
+            push_secret
+                .as_deref()
+                .map(|s| format!(", pushing with Secret {s}"))
+                .unwrap_or_default()
+        ),
+        Some(Builder::Buildah(b)) => format!(
+            "buildah (storage {}, isolation {}) on deploybot's machine",
+            b.storage_driver, b.isolation
+        ),
+        Some(Builder::Command { args }) => format!("`{}` on deploybot's machine", shown_args(args)),
+    };
+    format!(
+        "{how}; a content tag its registry has is reused, and what is deployed is the digest"
+    )
 }
 
 fn describe_deployer(e: &Environment, deployer: Option<&Deployer>) -> String {

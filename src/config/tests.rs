@@ -213,6 +213,7 @@ fn check_config_explains_what_a_request_deploys_and_how() {
         "a request without deployment=: deployer `kubernetes`, moving ImageStream tags packit-service:dev",
         "a request with deployment=<ref> (commands from that checkout): deployer `make deploy DEPLOYMENT=dev …` as a Kubernetes Job in packit-dev-deploybot",
         "cleanup `make cleanup DEPLOYMENT=dev …`",
+        "builds: OpenShift Builds in packit-dev-deploybot, pushing with Secret quay-push",
     ] {
         assert!(text.contains(needle), "{needle:?} not in:\n{text}");
     }
@@ -226,6 +227,11 @@ fn the_local_example_builds_with_buildah_and_asks_its_registry() {
     assert!(matches!(local.builder, Some(Builder::Buildah(_))));
     assert_eq!(config.registries[0].host, "127.0.0.1:5000");
     assert_eq!(config.registries[0].api_url(), "http://127.0.0.1:5000");
+    let text = config.explain().concat();
+    assert!(
+        text.contains("builds: buildah (storage vfs, isolation chroot) on deploybot's machine; a content tag its registry has is reused"),
+        "{text}"
+    );
 }
 
 #[test]
