@@ -9,7 +9,8 @@ impl Config {
     /// What an operator should know about a valid configuration: each
     /// `command` environment runs PR code on deploybot's own machine.
     pub fn warnings(&self) -> Vec<String> {
-        self.environments
+        let mut out: Vec<String> = self
+            .environments
             .iter()
             .filter(|e| e.kind == EnvironmentKind::Command)
             .map(|e| {
@@ -21,7 +22,20 @@ impl Config {
                     e.name
                 )
             })
-            .collect()
+            .collect();
+        for e in &self.environments {
+            if let Some(Builder::Buildah(b)) = &e.builder
+                && b.network.as_deref().is_none_or(|n| n == "host")
+            {
+                out.push(format!(
+                    "warning: environment `{}`: its buildah `RUN` steps (PR code) share this machine's \
+                     network, local registries and services included; where the machine runs \
+                     containers, isolation = \"oci\" with network = \"none\" cuts them off",
+                    e.name
+                ));
+            }
+        }
+        out
     }
 
     /// Every problem at once, one per line, so an operator fixes them in one go.

@@ -57,7 +57,8 @@ pub struct Buildah {
     /// namespaces needed; `oci` runs them in a real container).
     #[serde(default = "chroot")]
     pub isolation: String,
-    /// `--network` of `RUN` steps (e.g. `none`; default buildah's).
+    /// `--network` of `RUN` steps (e.g. `none`, which needs `isolation =
+    /// "oci"`: a chroot build has the machine's network; default buildah's).
     #[serde(default)]
     pub network: Option<String>,
     /// `--root`: where buildah keeps images (default buildah's).
@@ -124,6 +125,14 @@ pub(super) fn problems(config: &super::Config, problems: &mut Vec<String>) {
                 "environment {}: the buildah builder runs PR code on deploybot's own machine; it is for \
                  `command` environments (a cluster environment builds with OpenShift Builds)",
                 e.name
+            ));
+        }
+        if b.isolation == "chroot" && b.network.as_deref().is_some_and(|n| n != "host") {
+            problems.push(format!(
+                "environment {}: buildah cannot give a chroot build its own network: builder.network \
+                 {:?} needs isolation = \"oci\" (or leave network unset: the machine's own)",
+                e.name,
+                b.network.as_deref().unwrap_or_default()
             ));
         }
         if !matches!(b.isolation.as_str(), "chroot" | "oci" | "rootless") {

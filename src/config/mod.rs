@@ -44,7 +44,7 @@ pub struct Config {
     pub environments: Vec<Environment>,
     /// Image registries: how deploybot reaches them and with which
     /// credentials (a registry not listed is reached at `https://HOST`,
-    /// anonymously).
+    /// with the builder's push credentials if it has some, else anonymously).
     #[serde(rename = "registry", default)]
     pub registries: Vec<Registry>,
 }

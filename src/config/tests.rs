@@ -276,3 +276,26 @@ fn buildah_and_registries_are_checked_when_the_file_is_loaded() {
         "{err}"
     );
 }
+
+#[test]
+fn a_chroot_build_cannot_have_its_own_network() {
+    let base = include_str!("../../deploy/examples/local.toml");
+    let none = base.replace(
+        "isolation = \"chroot\"",
+        "isolation = \"chroot\"\nnetwork = \"none\"",
+    );
+    let err = Config::from_toml(&none).expect_err("chroot with network none");
+    assert!(
+        err.contains("buildah cannot give a chroot build its own network"),
+        "{err}"
+    );
+    let config = Config::from_toml(base).expect("the example");
+    assert!(
+        config.warnings().iter().any(|w| w.contains("buildah `RUN` steps (PR code) share this machine's network")),
+        "{:?}",
+        config.warnings()
+    );
+    let oci = base.replace("isolation = \"chroot\"", "isolation = \"oci\"\nnetwork = \"none\"");
+    let config = Config::from_toml(&oci).expect("oci with network none");
+    assert!(!config.warnings().iter().any(|w| w.contains("buildah")));
+}

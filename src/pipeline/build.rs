@@ -20,6 +20,9 @@ pub struct Stage {
     /// Full target reference, e.g. `quay.io/packit/packit-worker:stg-ogr-0123456789ab`.
     pub target: String,
     pub kind: StageKind,
+    /// For an overlay on a source build of this request: that build's
+    /// repository and commit (the image's own code, named by its labels).
+    pub built_on: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -84,7 +87,12 @@ impl Stage {
                         text.push_str(&format!("COPY {} {copy}\n", install.context_dir()));
                     }
                     let command = install.install.replace(SOURCE_PLACEHOLDER, &copy);
-                    text.push_str(&format!("RUN {command}\n"));
+                    if install.needs_source() {
+                        // The copy (its .git included) does not stay in the image.
+                        text.push_str(&format!("RUN {command} && rm -rf {copy}\n"));
+                    } else {
+                        text.push_str(&format!("RUN {command}\n"));
+                    }
                 }
                 Some(text)
             }
@@ -94,19 +102,32 @@ impl Stage {
 
     /// The OCI labels every image deploybot builds carries: where it came
     /// from (repository, commit) and for which request and base.
+    ///
+    /// The source and revision are the image's own code: the source build
+    /// (an overlay on it included), else the library an overlay on the base
+    /// installs last; `dev.deploybot.repository` and `.commit` list all.
     pub fn labels(&self, request: i64, base: &str) -> BTreeMap<String, String> {
-        let (repos, commits): (Vec<&str>, Vec<&str>) = match &self.kind {
+        let (mut repos, mut commits): (Vec<&str>, Vec<&str>) = match &self.kind {
             StageKind::Source { repo, sha, .. } => (vec![repo.as_str()], vec![sha.as_str()]),
             StageKind::Overlay { installs, .. } => installs
                 .iter()
                 .map(|i| (i.repo.as_str(), i.sha.as_str()))
                 .unzip(),
         };
+        if let Some((repo, sha)) = &self.built_on {
+            repos.insert(0, repo);
+            commits.insert(0, sha);
+        }
+        let own = if self.built_on.is_some() || matches!(self.kind, StageKind::Source { .. }) {
+            repos.first().zip(commits.first())
+        } else {
+            repos.last().zip(commits.last())
+        };
         let mut labels = BTreeMap::new();
         let mut put = |k: &str, v: String| {
             labels.insert(k.to_string(), v);
         };
-        if let (Some(repo), Some(sha)) = (repos.last(), commits.last()) {
+        if let Some((repo, sha)) = own {
             put(
                 "org.opencontainers.image.source",
                 format!("https://github.com/{repo}"),
@@ -141,6 +162,7 @@ pub fn stages(image: &ImagePlan, base: &str) -> Vec<Stage> {
         .clone()
         .unwrap_or_else(|| format!("{}:{base}", image.image));
     let mut installs = Vec::new();
+    let mut built_on = None;
     for step in &image.steps {
         match step {
             BuildStep::Source {
@@ -163,8 +185,10 @@ pub fn stages(image: &ImagePlan, base: &str) -> Vec<Stage> {
                         containerfile: containerfile.clone(),
                         build_args: build_args.clone(),
                     },
+                    built_on: None,
                 });
                 from = target;
+                built_on = Some((repo.clone(), sha.clone()));
             }
             BuildStep::Overlay {
                 library,
@@ -185,6 +209,7 @@ pub fn stages(image: &ImagePlan, base: &str) -> Vec<Stage> {
             component: image.component.clone(),
             target: image.reference(),
             kind: StageKind::Overlay { from, installs },
+            built_on,
         });
     }
     stages
@@ -523,9 +548,17 @@ mod tests {
         assert_eq!(labels["dev.deploybot.component"], "packit-service");
         assert_eq!(labels["dev.deploybot.request"], "42");
         assert_eq!(labels["dev.deploybot.base"], "stg");
+        // The overlay on the source build is still the service's code, with ogr in.
         let overlay = s[1].labels(42, "stg");
-        assert_eq!(overlay["dev.deploybot.repository"], "packit/ogr");
-        assert_eq!(overlay["org.opencontainers.image.revision"], "b".repeat(40));
+        assert_eq!(
+            overlay["dev.deploybot.repository"],
+            "packit/packit-service,packit/ogr"
+        );
+        assert_eq!(overlay["org.opencontainers.image.revision"], "a".repeat(40));
+        assert_eq!(
+            overlay["org.opencontainers.image.source"],
+            "https://github.com/packit/packit-service"
+        );
         assert_eq!(
             overlay["dev.deploybot.from"],
             "quay.io/packit/packit-worker:packit-service-aaaaaaaaaaaa-stg"
@@ -544,7 +577,7 @@ mod tests {
         assert_eq!(
             file,
             "FROM base:stg\nUSER 0\nCOPY sources/ogr /tmp/deploybot-sources/ogr\n\
-             RUN cp -r /tmp/deploybot-sources/ogr /opt/ogr\n"
+             RUN cp -r /tmp/deploybot-sources/ogr /opt/ogr && rm -rf /tmp/deploybot-sources/ogr\n"
         );
         assert!(openshift_spec(s, "https://github.com/{repo}.git", None, 1, "stg").is_err());
     }

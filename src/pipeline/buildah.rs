@@ -93,29 +93,67 @@ pub fn read_digest(file: &Path) -> Result<String, StepError> {
     Ok(digest.to_string())
 }
 
+/// The machine's registries.conf, which the job's copy extends.
+const SYSTEM_REGISTRIES_CONF: &str = "/etc/containers/registries.conf";
+
 /// A `registries.conf` for buildah that marks `insecure` hosts (plain
 /// HTTP), written in the job's private home; `None` when there are none.
 pub fn registries_conf(home: &Path, insecure: &[String]) -> Result<Option<PathBuf>, StepError> {
     if insecure.is_empty() {
         return Ok(None);
     }
-    // The machine's own settings (search registries, mirrors) stay.
-    let mut text = std::fs::read_to_string("/etc/containers/registries.conf").unwrap_or_default();
-    text.push_str("\n# deploybot: registries configured with tls_verify = false\n");
-    for host in insecure {
-        text.push_str(&format!(
-            "[[registry]]\nlocation = {}\ninsecure = true\n",
-            toml_string(host)
-        ));
-    }
+    let system = match std::fs::read_to_string(SYSTEM_REGISTRIES_CONF) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            return Err(StepError::failed(format!(
+                "cannot read {SYSTEM_REGISTRIES_CONF}: {e}"
+            )));
+        }
+    };
+    let text = with_insecure(&system, insecure).map_err(|e| {
+        StepError::failed(format!(
+            "{SYSTEM_REGISTRIES_CONF} cannot be extended with the registries configured with \
+             tls_verify = false: {e}"
+        ))
+    })?;
     let file = home.join("registries.conf");
     std::fs::write(&file, text)
         .map_err(|e| StepError::failed(format!("cannot write {}: {e}", file.display())))?;
     Ok(Some(file))
 }
 
-fn toml_string(text: &str) -> String {
-    serde_json::Value::String(text.to_string()).to_string()
+/// `system` (a registries.conf, version 2) with each of `insecure` marked
+/// `insecure = true`: an entry the machine already has for the host is
+/// changed, else one is added; everything else stays.
+fn with_insecure(system: &str, insecure: &[String]) -> Result<String, String> {
+    let mut doc: toml::Table = system.parse().map_err(|e| format!("{e}"))?;
+    if doc.contains_key("registries") {
+        return Err("it is in the old (version 1) format".into());
+    }
+    let entries = doc
+        .entry("registry")
+        .or_insert_with(|| toml::Value::Array(Vec::new()))
+        .as_array_mut()
+        .ok_or("its `registry` is not a list of tables")?;
+    for host in insecure {
+        let known = entries.iter_mut().find(|e| {
+            let field = |k: &str| e.get(k).and_then(toml::Value::as_str);
+            field("location") == Some(host) || field("prefix") == Some(host)
+        });
+        match known.and_then(toml::Value::as_table_mut) {
+            Some(entry) => {
+                entry.insert("insecure".into(), toml::Value::Boolean(true));
+            }
+            None => {
+                let mut entry = toml::Table::new();
+                entry.insert("location".into(), toml::Value::String(host.clone()));
+                entry.insert("insecure".into(), toml::Value::Boolean(true));
+                entries.push(toml::Value::Table(entry));
+            }
+        }
+    }
+    toml::to_string(&doc).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -145,6 +183,7 @@ auth_file = "/run/auth.json"
                 containerfile: "Containerfile".into(),
                 build_args: BTreeMap::from([("SOURCE_BRANCH".into(), "main".into())]),
             },
+            built_on: None,
         }
     }
 
@@ -169,6 +208,24 @@ auth_file = "/run/auth.json"
             "buildah --storage-driver vfs --root /s/root push --authfile /run/auth.json \
              --digestfile /w/digest 127.0.0.1:5000/packit/service:t docker://127.0.0.1:5000/packit/service:t"
         );
+    }
+
+    #[test]
+    fn registries_conf_marks_the_insecure_hosts_and_keeps_the_rest() {
+        let system = "unqualified-search-registries = [\"docker.io\"]\n\
+                      [[registry]]\nlocation = \"127.0.0.1:5000\"\ninsecure = false\n";
+        let text = with_insecure(system, &["127.0.0.1:5000".into(), "reg.local".into()])
+            .expect("merged");
+        let doc: toml::Table = text.parse().expect("toml");
+        assert_eq!(doc["unqualified-search-registries"][0].as_str(), Some("docker.io"));
+        let entries = doc["registry"].as_array().expect("entries");
+        assert_eq!(entries.len(), 2, "{text}");
+        for (entry, host) in entries.iter().zip(["127.0.0.1:5000", "reg.local"]) {
+            assert_eq!(entry["location"].as_str(), Some(host));
+            assert_eq!(entry["insecure"].as_bool(), Some(true));
+        }
+        assert!(with_insecure("[registries.search]\nregistries = []\n", &["a".into()]).is_err());
+        assert!(with_insecure("not toml [", &["a".into()]).is_err());
     }
 
     #[test]

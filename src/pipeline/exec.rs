@@ -107,11 +107,19 @@ pub struct Exec<'a> {
 /// What a job's commands are given, and nothing else of deploybot's own:
 /// `PATH`, `HOME` (the job's private directory), `LANG`, and the variables
 /// the environment's configuration names (`env`, `env_from_files`).
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct JobEnv {
     vars: Vec<(String, String)>,
     /// Values that must never be shown: those read from `env_from_files`.
     secrets: Vec<String>,
+}
+
+/// Names only: the values may be secrets.
+impl std::fmt::Debug for JobEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.vars.iter().map(|(n, _)| n.as_str()).collect();
+        write!(f, "JobEnv {names:?} ({} masked values)", self.secrets.len())
+    }
 }
 
 /// `PATH` for job commands when deploybot's own has none.

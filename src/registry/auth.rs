@@ -21,18 +21,30 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    /// The first credentials for `host` in `files` (files that cannot be read
-    /// or hold nothing for the host are passed over).
-    pub fn find(host: &str, files: &[PathBuf]) -> Option<Credentials> {
-        files.iter().find_map(|file| {
-            let text = std::fs::read_to_string(file).ok()?;
-            let auth = auth_for(&text, host)?;
-            crate::mask::protect(&auth);
-            Some(Credentials {
-                auth,
-                file: file.clone(),
-            })
-        })
+    /// The first credentials for `host` (and repository `name`) in `files`,
+    /// in order; a file that holds nothing for them is passed over, one that
+    /// cannot be read is an error.
+    pub fn find(
+        host: &str,
+        name: &str,
+        files: &[PathBuf],
+    ) -> Result<Option<Credentials>, super::RegistryError> {
+        for file in files {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                super::RegistryError::Credentials {
+                    file: file.display().to_string(),
+                    reason: e.to_string(),
+                }
+            })?;
+            if let Some(auth) = auth_for(&text, host, name) {
+                crate::mask::protect(&auth);
+                return Ok(Some(Credentials {
+                    auth,
+                    file: file.clone(),
+                }));
+            }
+        }
+        Ok(None)
     }
 
     /// The `Authorization` header value for Basic authentication.
@@ -41,21 +53,36 @@ impl Credentials {
     }
 }
 
-/// The `auth` value for `host` in an auth file's text: its key is the host,
-/// or the host with a scheme or a path (`https://quay.io`, `quay.io/packit`).
-pub fn auth_for(text: &str, host: &str) -> Option<String> {
+/// The `auth` value for repository `name` of `host` in an auth file's
+/// text. A key is the host, with a scheme or with a namespace
+/// (`https://quay.io`, `quay.io/packit`); the longest key that the
+/// repository falls under wins, as podman and skopeo choose.
+pub fn auth_for(text: &str, host: &str, name: &str) -> Option<String> {
     let value: Value = serde_json::from_str(text).ok()?;
     let auths = value["auths"].as_object()?;
-    auths.iter().find_map(|(key, entry)| {
-        let bare = key
-            .trim_start_matches("https://")
-            .trim_start_matches("http://");
-        let key_host = bare.split('/').next().unwrap_or_default();
-        (key_host == host)
-            .then(|| entry["auth"].as_str().map(str::to_string))
-            .flatten()
-            .filter(|a| !a.is_empty())
-    })
+    let repository = format!("{host}/{name}");
+    auths
+        .iter()
+        .filter_map(|(key, entry)| {
+            let bare = key
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .trim_end_matches('/');
+            let (key_host, path) = bare.split_once('/').unwrap_or((bare, ""));
+            let key_host = super::docker_hub_alias(key_host).unwrap_or(key_host.to_string());
+            // `docker login`'s key for Docker Hub ends in /v1/: no namespace.
+            let path = if path == "v1" { "" } else { path };
+            let scope = if path.is_empty() {
+                key_host.clone()
+            } else {
+                format!("{key_host}/{path}")
+            };
+            let under = repository == scope || repository.starts_with(&format!("{scope}/"));
+            let auth = entry["auth"].as_str().filter(|a| !a.is_empty())?;
+            (key_host == host && under).then(|| (scope.len(), auth.to_string()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, auth)| auth)
 }
 
 /// Every secret value of an auth file's text (to be masked).
@@ -129,14 +156,18 @@ mod tests {
 
     #[test]
     fn credentials_are_found_by_host_with_or_without_scheme_or_path() {
-        let text = r#"{"auths": {"https://quay.io/packit": {"auth": "dTpw"}, "127.0.0.1:5000": {"auth": "eDp5"}}}"#;
-        assert_eq!(auth_for(text, "quay.io").as_deref(), Some("dTpw"));
-        assert_eq!(auth_for(text, "127.0.0.1:5000").as_deref(), Some("eDp5"));
-        assert_eq!(auth_for(text, "ghcr.io"), None);
-        assert_eq!(auth_for("not json", "quay.io"), None);
+        let text = r#"{"auths": {"https://quay.io/packit": {"auth": "dTpw"}, "quay.io": {"auth": "YW55"},
+            "127.0.0.1:5000": {"auth": "eDp5"}, "https://index.docker.io/v1/": {"auth": "aHVi"}}}"#;
+        assert_eq!(auth_for(text, "quay.io", "packit/ogr").as_deref(), Some("dTpw"));
+        assert_eq!(auth_for(text, "quay.io", "other/x").as_deref(), Some("YW55"));
+        assert_eq!(auth_for(text, "quay.io", "packitx/y").as_deref(), Some("YW55"));
+        assert_eq!(auth_for(text, "127.0.0.1:5000", "a/b").as_deref(), Some("eDp5"));
+        assert_eq!(auth_for(text, "docker.io", "library/fedora").as_deref(), Some("aHVi"));
+        assert_eq!(auth_for(text, "ghcr.io", "a/b"), None);
+        assert_eq!(auth_for("not json", "quay.io", "a/b"), None);
         let mut secrets = secrets_of(text);
         secrets.sort();
-        assert_eq!(secrets, ["dTpw", "eDp5"]);
+        assert_eq!(secrets, ["YW55", "aHVi", "dTpw", "eDp5"]);
     }
 
     #[test]

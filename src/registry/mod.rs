@@ -43,12 +43,18 @@ impl ImageRef {
     /// a registry host is Docker Hub's.
     pub fn parse(image: &str) -> Result<ImageRef, RegistryError> {
         let bad = || RegistryError::BadReference(image.to_string());
+        // `name:tag` with the tag after the last `/` (a host's port is not a tag).
+        let untagged = |rest: &str| match rest.rsplit_once(':') {
+            Some((name, tag)) if !tag.contains('/') => (name.to_string(), Some(tag.to_string())),
+            _ => (rest.to_string(), None),
+        };
         let (rest, reference) = match image.split_once('@') {
-            Some((rest, digest)) => (rest, digest.to_string()),
-            None => match image.rsplit_once(':') {
-                Some((rest, tag)) if !tag.contains('/') => (rest, tag.to_string()),
-                _ => (image, "latest".to_string()),
-            },
+            // `name:tag@sha256:…`: the digest decides, the tag is only a name.
+            Some((rest, digest)) => (untagged(rest).0, digest.to_string()),
+            None => {
+                let (rest, tag) = untagged(image);
+                (rest, tag.unwrap_or_else(|| "latest".into()))
+            }
         };
         let (host, name) = match rest.split_once('/') {
             Some((first, name))
@@ -56,8 +62,14 @@ impl ImageRef {
             {
                 (first.to_string(), name.to_string())
             }
-            Some(_) => ("docker.io".to_string(), rest.to_string()),
-            None => ("docker.io".to_string(), format!("library/{rest}")),
+            _ => ("docker.io".to_string(), rest.clone()),
+        };
+        let host = docker_hub_alias(&host).unwrap_or(host);
+        // Docker Hub's official images live under `library/`.
+        let name = if host == DOCKER_HUB && !name.contains('/') {
+            format!("library/{name}")
+        } else {
+            name
         };
         if name.is_empty() || reference.is_empty() || image.chars().any(char::is_whitespace) {
             return Err(bad());
@@ -68,6 +80,22 @@ impl ImageRef {
             reference,
         })
     }
+}
+
+/// Docker Hub as image references name it.
+const DOCKER_HUB: &str = "docker.io";
+
+/// `docker.io` for the other names of Docker Hub (`index.docker.io`,
+/// `registry-1.docker.io`, and the key `docker login` writes).
+pub fn docker_hub_alias(host: &str) -> Option<String> {
+    let bare = host
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    matches!(bare, "index.docker.io" | "registry-1.docker.io" | "docker.io")
+        .then(|| DOCKER_HUB.to_string())
 }
 
 /// What the registry has under a tag.
@@ -89,6 +117,17 @@ pub enum RegistryError {
         host: String,
         status: u16,
     },
+    #[error(
+        "the registry at {url} wants credentials for `{host}` ({status}), and none are configured: \
+         give `[[registry]]` an auth_file"
+    )]
+    Anonymous {
+        url: String,
+        host: String,
+        status: u16,
+    },
+    #[error("cannot read the credentials in {file}: {reason}")]
+    Credentials { file: String, reason: String },
     #[error("the registry at {url} answered {status}: {body}")]
     Refused {
         url: String,
@@ -114,21 +153,22 @@ impl Registries {
 
     /// The configured entry for `host`, or the default (HTTPS, anonymous).
     fn entry(&self, host: &str) -> config::Registry {
-        self.entries
+        let mut entry = self
+            .entries
             .iter()
-            .find(|r| r.host == host)
+            .find(|r| r.host == host || docker_hub_alias(&r.host).as_deref() == Some(host))
             .cloned()
             .unwrap_or_else(|| config::Registry {
                 host: host.to_string(),
-                url: (host == "docker.io").then(|| "https://registry-1.docker.io".into()),
+                url: None,
                 tls_verify: true,
                 auth_file: None,
-            })
-    }
-
-    /// Whether `host` is configured to speak plain HTTP.
-    pub fn insecure(&self, host: &str) -> bool {
-        !self.entry(host).tls_verify
+            });
+        // Docker Hub's API is not at its name.
+        if host == DOCKER_HUB && entry.url.is_none() {
+            entry.url = Some("https://registry-1.docker.io".into());
+        }
+        entry
     }
 
     /// The hosts configured with `tls_verify = false`.
@@ -155,7 +195,7 @@ impl Registries {
             .cloned()
             .chain(push_auth.map(std::path::Path::to_path_buf))
             .collect();
-        let credentials = Credentials::find(&image.host, &files);
+        let credentials = Credentials::find(&image.host, &image.name, &files)?;
         Ok((image, entry, credentials))
     }
 
@@ -186,6 +226,11 @@ impl Registries {
                 }),
             },
             404 => Ok(None),
+            401 | 403 if credentials.is_none() => Err(RegistryError::Anonymous {
+                url,
+                host: image.host,
+                status: answer.status,
+            }),
             401 | 403 => Err(RegistryError::Unauthorized {
                 url,
                 host: image.host,
@@ -222,7 +267,8 @@ impl Registries {
                 let answer = match (answer.status, &answer.location) {
                     // Blobs may be served from elsewhere (a CDN): no credentials there.
                     (301 | 302 | 303 | 307 | 308, Some(location)) => {
-                        self.request("GET", location, None).await.ok()?
+                        let location = absolute(location, &url);
+                        self.request("GET", &location, None).await.ok()?
                     }
                     _ => answer,
                 };
@@ -261,7 +307,7 @@ impl Registries {
         let authorization = match first.challenge.as_deref() {
             Some(challenge) if challenge.to_ascii_lowercase().starts_with("bearer") => {
                 let token = self
-                    .token(challenge, &scope, credentials, &entry.api_url())
+                    .token(challenge, &scope, credentials, &entry.host)
                     .await?;
                 format!("Bearer {token}")
             }
@@ -279,33 +325,37 @@ impl Registries {
         challenge: &str,
         scope: &str,
         credentials: Option<&Credentials>,
-        api: &str,
+        host: &str,
     ) -> Result<String, RegistryError> {
         let params = auth::challenge_params(challenge);
         let Some(realm) = params.get("realm") else {
             return Err(RegistryError::Refused {
-                url: api.to_string(),
+                url: host.to_string(),
                 status: 401,
                 body: format!("a Bearer challenge without a realm: {challenge}"),
             });
         };
-        let mut url = format!("{realm}?scope={}", auth::query_escape(scope));
+        let joiner = if realm.contains('?') { '&' } else { '?' };
+        let mut url = format!("{realm}{joiner}scope={}", auth::query_escape(scope));
         if let Some(service) = params.get("service") {
             url.push_str(&format!("&service={}", auth::query_escape(service)));
         }
         let basic = credentials.map(Credentials::basic);
         let answer = self.request("GET", &url, basic.as_deref()).await?;
         if answer.status != 200 {
-            return Err(RegistryError::Unauthorized {
-                url: realm.clone(),
-                host: api.to_string(),
-                status: answer.status,
+            let (url, host, status) = (realm.clone(), host.to_string(), answer.status);
+            return Err(match credentials {
+                None => RegistryError::Anonymous { url, host, status },
+                Some(_) => RegistryError::Unauthorized { url, host, status },
             });
         }
         let body: Value = serde_json::from_str(&answer.body).unwrap_or(Value::Null);
-        body["token"]
-            .as_str()
-            .or(body["access_token"].as_str())
+        let token = body["token"].as_str().or(body["access_token"].as_str());
+        // A token is a credential too: never shown.
+        if let Some(token) = token {
+            crate::mask::protect(token);
+        }
+        token
             .map(str::to_string)
             .ok_or_else(|| RegistryError::Refused {
                 url: realm.clone(),
@@ -369,6 +419,18 @@ impl Registries {
     }
 }
 
+/// `location` (a redirect's target) as an absolute URL, relative to `from`.
+fn absolute(location: &str, from: &str) -> String {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return location.to_string();
+    }
+    let origin_end = from
+        .find("://")
+        .and_then(|at| from[at + 3..].find('/').map(|p| at + 3 + p))
+        .unwrap_or(from.len());
+    format!("{}/{}", &from[..origin_end], location.trim_start_matches('/'))
+}
+
 struct Answer {
     status: u16,
     digest: Option<String>,
@@ -410,6 +472,17 @@ mod tests {
             (r.host.as_str(), r.name.as_str(), r.reference.as_str()),
             ("docker.io", "library/fedora", "41")
         );
+        for hub in ["docker.io/fedora", "index.docker.io/library/fedora"] {
+            let r = ImageRef::parse(hub).unwrap();
+            assert_eq!((r.host.as_str(), r.name.as_str()), ("docker.io", "library/fedora"));
+        }
+        let r = ImageRef::parse("quay.io/a/b:t@sha256:abc").unwrap();
+        assert_eq!((r.name.as_str(), r.reference.as_str()), ("a/b", "sha256:abc"));
+        assert_eq!(
+            absolute("/v2/a/blobs/x", "http://127.0.0.1:5000/v2/a/blobs/y"),
+            "http://127.0.0.1:5000/v2/a/blobs/x"
+        );
+        assert_eq!(absolute("https://cdn/x", "http://h/v2"), "https://cdn/x");
         assert!(ImageRef::parse("quay.io/a b:c").is_err());
         assert!(ImageRef::parse("quay.io/:c").is_err());
     }

@@ -3,7 +3,7 @@
 //! Pure: the reporter reads the snapshot and sends what this renders.
 
 mod images;
-pub mod text;
+mod text;
 
 pub use crate::mask::redact;
 pub use text::{human_span, human_time};

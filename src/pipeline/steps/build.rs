@@ -22,12 +22,7 @@ use crate::store::{Job, Store};
 enum Engine<'a> {
     Command(&'a [String]),
     Buildah(&'a Buildah),
-    Openshift {
-        cluster: &'a Cluster,
-        ns: String,
-        push_secret: Option<&'a str>,
-        poll: std::time::Duration,
-    },
+    Openshift(OpenshiftBuild<'a>),
 }
 
 /// Where and how an OpenShift Build of a stage runs.
@@ -85,18 +80,18 @@ impl Pipeline {
             }
             Builds::Command(args) => Engine::Command(args),
             Builds::Buildah(b) => Engine::Buildah(b),
-            Builds::Openshift { push_secret } => Engine::Openshift {
+            Builds::Openshift { push_secret } => Engine::Openshift(OpenshiftBuild {
                 cluster: self
                     .cluster()
                     .await
                     .map_err(|e| StepError::failed(e.to_string()))?,
-                ns: environment.work_namespace().unwrap_or_default().to_string(),
+                ns: environment.work_namespace().unwrap_or_default(),
                 push_secret,
                 poll: environment.timeouts.poll(),
-            },
+            }),
         };
         let text = match &engine {
-            Engine::Openshift { ns, .. } => format!(
+            Engine::Openshift(OpenshiftBuild { ns, .. }) => format!(
                 "building {} image(s) with OpenShift Builds in `{ns}`",
                 stages.len()
             ),
@@ -105,7 +100,7 @@ impl Pipeline {
         };
         self.step(job.id, Step::Build, &text).await?;
         let started = self.store.now_ms();
-        let env = self.build_env(environment, work, env)?;
+        let env = self.build_env(&engine, work, env)?;
         let engine = &engine;
         let builds = stages.iter().map(|(n, image_stages)| {
             let mut exec = self.exec(job, Step::Build, environment, cancel, &env);
@@ -145,14 +140,11 @@ impl Pipeline {
     /// private home).
     fn build_env(
         &self,
-        environment: &Environment,
+        engine: &Engine<'_>,
         work: &WorkDir,
         env: &Arc<JobEnv>,
     ) -> Result<Arc<JobEnv>, StepError> {
-        if !matches!(
-            environment.builder,
-            Some(crate::config::Builder::Buildah(_))
-        ) {
+        if !matches!(engine, Engine::Buildah(_)) {
             return Ok(env.clone());
         }
         let insecure = self.registries()?.insecure_hosts();
@@ -166,8 +158,10 @@ impl Pipeline {
 
     /// Whether the registry has `stage`'s target: then it is reused with the
     /// digest the registry answers. A tag the registry lost is built again,
-    /// whatever deploybot remembers; a registry that cannot be asked is said
-    /// in the events and the stage is built.
+    /// whatever deploybot remembers, and so is one deploybot built from
+    /// other inputs (a changed Containerfile path, build argument or install
+    /// command, which the tag does not name); a registry that cannot be
+    /// asked is said in the events and the stage is built.
     async fn in_registry(
         &self,
         job: &Job,
@@ -181,6 +175,15 @@ impl Pipeline {
             .manifest(&stage.target, environment.builder_auth_file())
             .await;
         let found = match answer {
+            Ok(Some(_)) if record.as_ref().is_some_and(|r| r.inputs != stage.inputs()) => {
+                let text = format!(
+                    "{} was built by request #{} from other inputs (the configuration changed): building it again",
+                    stage.target,
+                    record.as_ref().map_or(0, |r| r.job_id)
+                );
+                self.event(job.id, Step::Build, &text).await?;
+                return Ok(None);
+            }
             Ok(Some(found)) => found,
             Ok(None) => {
                 if let Some(r) = record {
@@ -188,7 +191,7 @@ impl Pipeline {
                         "{} is no longer in the registry (built by request #{} at {}): building it again",
                         stage.target,
                         r.job_id,
-                        crate::status::text::human_time(r.built_at)
+                        crate::status::human_time(r.built_at)
                     );
                     self.event(job.id, Step::Build, &text).await?;
                 }
@@ -213,7 +216,7 @@ impl Pipeline {
             }
         };
         let when = since
-            .map(|at| format!(" since {}", crate::status::text::human_time(at)))
+            .map(|at| format!(" since {}", crate::status::human_time(at)))
             .unwrap_or_default();
         let text = format!(
             "reused {} (in the registry{when}: {})",
@@ -258,19 +261,8 @@ impl Pipeline {
                     .await?;
                 (buildah::read_digest(&digest_file)?, String::new())
             }
-            Engine::Openshift {
-                cluster,
-                ns,
-                push_secret,
-                poll,
-            } => {
-                let build = OpenshiftBuild {
-                    cluster,
-                    ns,
-                    push_secret: *push_secret,
-                    poll: *poll,
-                };
-                let (digest, name) = self.openshift_build(job, plan, &build, stage, exec).await?;
+            Engine::Openshift(build) => {
+                let (digest, name) = self.openshift_build(job, plan, build, stage, exec).await?;
                 (digest, format!(" (Build `{name}`)"))
             }
         };
@@ -287,26 +279,26 @@ impl Pipeline {
         })
     }
 
-    /// The digest the registry has for a stage just built (`reported`, when
-    /// the builder said one, is checked against it): a builder that did not
-    /// push fails the stage.
+    /// The digest of a stage just built: the one its builder reported (an
+    /// OpenShift Build's `imageDigest`), else what the registry has under the
+    /// tag. A builder that did not push fails the stage.
     async fn pushed_digest(
         &self,
         stage: &Stage,
         reported: Option<String>,
     ) -> Result<String, StepError> {
+        if let Some(digest) = reported {
+            return Ok(digest);
+        }
         match self.registries()?.manifest(&stage.target, None).await {
             Ok(Some(found)) => Ok(found.digest),
             Ok(None) => Err(StepError::failed(format!(
                 "the build finished, but the registry has no {}: the builder must push the image it builds",
                 stage.target
             ))),
-            Err(e) => match reported {
-                Some(digest) => Ok(digest),
-                None => Err(StepError::failed(format!(
-                    "the build finished, but its digest is unknown: {e}"
-                ))),
-            },
+            Err(e) => Err(StepError::failed(format!(
+                "the build finished, but its digest is unknown: {e}"
+            ))),
         }
     }
 
