@@ -117,9 +117,7 @@ fn describe_builder(e: &Environment) -> String {
         ),
         Some(Builder::Command { args }) => format!("`{}` on deploybot's machine", shown_args(args)),
     };
-    format!(
-        "{how}; a content tag its registry has is reused, and what is deployed is the digest"
-    )
+    format!("{how}; a content tag its registry has is reused, and what is deployed is the digest")
 }
 
 fn describe_deployer(e: &Environment, deployer: Option<&Deployer>) -> String {

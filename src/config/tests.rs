@@ -291,11 +291,17 @@ fn a_chroot_build_cannot_have_its_own_network() {
     );
     let config = Config::from_toml(base).expect("the example");
     assert!(
-        config.warnings().iter().any(|w| w.contains("buildah `RUN` steps (PR code) share this machine's network")),
+        config
+            .warnings()
+            .iter()
+            .any(|w| w.contains("buildah `RUN` steps (PR code) share this machine's network")),
         "{:?}",
         config.warnings()
     );
-    let oci = base.replace("isolation = \"chroot\"", "isolation = \"oci\"\nnetwork = \"none\"");
+    let oci = base.replace(
+        "isolation = \"chroot\"",
+        "isolation = \"oci\"\nnetwork = \"none\"",
+    );
     let config = Config::from_toml(&oci).expect("oci with network none");
     assert!(!config.warnings().iter().any(|w| w.contains("buildah")));
 }

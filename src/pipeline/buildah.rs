@@ -214,10 +214,13 @@ auth_file = "/run/auth.json"
     fn registries_conf_marks_the_insecure_hosts_and_keeps_the_rest() {
         let system = "unqualified-search-registries = [\"docker.io\"]\n\
                       [[registry]]\nlocation = \"127.0.0.1:5000\"\ninsecure = false\n";
-        let text = with_insecure(system, &["127.0.0.1:5000".into(), "reg.local".into()])
-            .expect("merged");
+        let text =
+            with_insecure(system, &["127.0.0.1:5000".into(), "reg.local".into()]).expect("merged");
         let doc: toml::Table = text.parse().expect("toml");
-        assert_eq!(doc["unqualified-search-registries"][0].as_str(), Some("docker.io"));
+        assert_eq!(
+            doc["unqualified-search-registries"][0].as_str(),
+            Some("docker.io")
+        );
         let entries = doc["registry"].as_array().expect("entries");
         assert_eq!(entries.len(), 2, "{text}");
         for (entry, host) in entries.iter().zip(["127.0.0.1:5000", "reg.local"]) {

@@ -30,12 +30,11 @@ impl Credentials {
         files: &[PathBuf],
     ) -> Result<Option<Credentials>, super::RegistryError> {
         for file in files {
-            let text = std::fs::read_to_string(file).map_err(|e| {
-                super::RegistryError::Credentials {
+            let text =
+                std::fs::read_to_string(file).map_err(|e| super::RegistryError::Credentials {
                     file: file.display().to_string(),
                     reason: e.to_string(),
-                }
-            })?;
+                })?;
             if let Some(auth) = auth_for(&text, host, name) {
                 crate::mask::protect(&auth);
                 return Ok(Some(Credentials {
@@ -158,11 +157,26 @@ mod tests {
     fn credentials_are_found_by_host_with_or_without_scheme_or_path() {
         let text = r#"{"auths": {"https://quay.io/packit": {"auth": "dTpw"}, "quay.io": {"auth": "YW55"},
             "127.0.0.1:5000": {"auth": "eDp5"}, "https://index.docker.io/v1/": {"auth": "aHVi"}}}"#;
-        assert_eq!(auth_for(text, "quay.io", "packit/ogr").as_deref(), Some("dTpw"));
-        assert_eq!(auth_for(text, "quay.io", "other/x").as_deref(), Some("YW55"));
-        assert_eq!(auth_for(text, "quay.io", "packitx/y").as_deref(), Some("YW55"));
-        assert_eq!(auth_for(text, "127.0.0.1:5000", "a/b").as_deref(), Some("eDp5"));
-        assert_eq!(auth_for(text, "docker.io", "library/fedora").as_deref(), Some("aHVi"));
+        assert_eq!(
+            auth_for(text, "quay.io", "packit/ogr").as_deref(),
+            Some("dTpw")
+        );
+        assert_eq!(
+            auth_for(text, "quay.io", "other/x").as_deref(),
+            Some("YW55")
+        );
+        assert_eq!(
+            auth_for(text, "quay.io", "packitx/y").as_deref(),
+            Some("YW55")
+        );
+        assert_eq!(
+            auth_for(text, "127.0.0.1:5000", "a/b").as_deref(),
+            Some("eDp5")
+        );
+        assert_eq!(
+            auth_for(text, "docker.io", "library/fedora").as_deref(),
+            Some("aHVi")
+        );
         assert_eq!(auth_for(text, "ghcr.io", "a/b"), None);
         assert_eq!(auth_for("not json", "quay.io", "a/b"), None);
         let mut secrets = secrets_of(text);

@@ -94,8 +94,11 @@ pub fn docker_hub_alias(host: &str) -> Option<String> {
         .split('/')
         .next()
         .unwrap_or_default();
-    matches!(bare, "index.docker.io" | "registry-1.docker.io" | "docker.io")
-        .then(|| DOCKER_HUB.to_string())
+    matches!(
+        bare,
+        "index.docker.io" | "registry-1.docker.io" | "docker.io"
+    )
+    .then(|| DOCKER_HUB.to_string())
 }
 
 /// What the registry has under a tag.
@@ -428,7 +431,11 @@ fn absolute(location: &str, from: &str) -> String {
         .find("://")
         .and_then(|at| from[at + 3..].find('/').map(|p| at + 3 + p))
         .unwrap_or(from.len());
-    format!("{}/{}", &from[..origin_end], location.trim_start_matches('/'))
+    format!(
+        "{}/{}",
+        &from[..origin_end],
+        location.trim_start_matches('/')
+    )
 }
 
 struct Answer {
@@ -474,10 +481,16 @@ mod tests {
         );
         for hub in ["docker.io/fedora", "index.docker.io/library/fedora"] {
             let r = ImageRef::parse(hub).unwrap();
-            assert_eq!((r.host.as_str(), r.name.as_str()), ("docker.io", "library/fedora"));
+            assert_eq!(
+                (r.host.as_str(), r.name.as_str()),
+                ("docker.io", "library/fedora")
+            );
         }
         let r = ImageRef::parse("quay.io/a/b:t@sha256:abc").unwrap();
-        assert_eq!((r.name.as_str(), r.reference.as_str()), ("a/b", "sha256:abc"));
+        assert_eq!(
+            (r.name.as_str(), r.reference.as_str()),
+            ("a/b", "sha256:abc")
+        );
         assert_eq!(
             absolute("/v2/a/blobs/x", "http://127.0.0.1:5000/v2/a/blobs/y"),
             "http://127.0.0.1:5000/v2/a/blobs/x"
