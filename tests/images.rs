@@ -15,10 +15,8 @@
 mod support;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use deploybot::worker::{Worker, WorkerSettings};
 use serde_json::Value;
 use support::buildah::world;
 use support::harness::*;
@@ -232,17 +230,7 @@ async fn cancel_stops_a_running_buildah_build() {
     let w = world(Db::Sqlite, "RUN sleep 4242\n", "10m").await;
     w.comment("packit/packit-service", 614, "/deploy").await;
     w.t.settle().await;
-    let worker = Arc::new(Worker::new(
-        w.t.app.pipeline.clone(),
-        WorkerSettings {
-            lease: Duration::from_secs(10),
-            heartbeat: Duration::from_millis(100),
-        },
-    ));
-    let running = {
-        let worker = worker.clone();
-        tokio::spawn(async move { worker.run_until_idle().await })
-    };
+    let running = w.t.spawn_worker();
     // Wait (bounded) until the PR's `RUN sleep` runs.
     let mut sleeping = false;
     for _ in 0..600 {

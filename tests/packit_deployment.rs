@@ -34,12 +34,7 @@ impl World {
     /// `quay.io/packit/{image}@…`: what the registry has under `tag`,
     /// which is what deploybot deploys.
     async fn pinned(&self, image: &str, tag: &str) -> String {
-        let digest = self
-            .registry
-            .digest(&format!("packit/{image}"), tag)
-            .await
-            .unwrap_or_else(|| panic!("{image}:{tag} was pushed"));
-        format!("quay.io/packit/{image}@{digest}")
+        pinned(&self.registry, image, tag).await
     }
 }
 

@@ -378,24 +378,12 @@ async fn a_failing_pod_fails_the_request_with_its_log_tail(db: Db) {
 }
 
 async fn cancel_during_deploy_deletes_the_job(db: Db) {
-    use deploybot::worker::{Worker, WorkerSettings};
-    use std::sync::Arc;
     let (t, kube) = start(db, r#"["make", "deploy"]"#, "60s").await;
     kube.script(|run| {
         (run.argv[0] == "make").then(|| Script::exit(0).prints("PLAY [deploy]\n").forever())
     });
     ask(&t, "/deploy").await;
-    let worker = Arc::new(Worker::new(
-        t.app.pipeline.clone(),
-        WorkerSettings {
-            lease: Duration::from_secs(10),
-            heartbeat: Duration::from_millis(100),
-        },
-    ));
-    let task = {
-        let worker = worker.clone();
-        tokio::spawn(async move { worker.run_until_idle().await })
-    };
+    let task = t.spawn_worker();
     // The deploy Job's pod runs, and its first line is recorded.
     let mut running = false;
     for _ in 0..500 {

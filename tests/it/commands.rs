@@ -5,11 +5,9 @@
 use crate::support;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use deploybot::config::Config;
-use deploybot::worker::{Worker, WorkerSettings};
 use serde_json::Value;
 use support::harness::*;
 
@@ -29,23 +27,7 @@ impl Repos {
 
     /// Create `repo` with `files` committed on main; returns the commit.
     fn commit(&self, repo: &str, files: &[(&str, &str)]) -> String {
-        let dir = self.root.join(format!("{repo}.git"));
-        if !dir.exists() {
-            std::fs::create_dir_all(&dir).expect("mkdir");
-            git(&dir, &["init", "--quiet", "--initial-branch=main"]);
-            git(&dir, &["config", "uploadpack.allowAnySHA1InWant", "true"]);
-        }
-        for (path, text) in files {
-            let file = dir.join(path);
-            std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
-            std::fs::write(&file, text).expect("write");
-        }
-        git(&dir, &["add", "-A"]);
-        git(
-            &dir,
-            &["commit", "--quiet", "--allow-empty", "-m", "change"],
-        );
-        git(&dir, &["rev-parse", "HEAD"])
+        commit_files(&self.root, repo, files)
     }
 
     fn url(&self) -> String {
@@ -504,17 +486,7 @@ async fn cancel_stops_a_running_build(db: Db) {
     let t = &w.t;
     comment(t, "/deploy").await;
     t.settle().await;
-    let worker = Arc::new(Worker::new(
-        t.app.pipeline.clone(),
-        WorkerSettings {
-            lease: Duration::from_secs(10),
-            heartbeat: Duration::from_millis(100),
-        },
-    ));
-    let running = {
-        let worker = worker.clone();
-        tokio::spawn(async move { worker.run_until_idle().await })
-    };
+    let running = t.spawn_worker();
     // Wait (bounded) until the build runs in the real process.
     let mut building = false;
     for _ in 0..200 {

@@ -111,15 +111,6 @@ async fn start(db: Db) -> (TestApp, FakeKube, support::registry::Registry) {
     (t, kube, registry)
 }
 
-/// `quay.io/packit/{stream}@…`: the digest the registry has for the tag.
-async fn pinned(registry: &support::registry::Registry, stream: &str, tag: &str) -> String {
-    let digest = registry
-        .digest(&format!("packit/{stream}"), tag)
-        .await
-        .expect("in the registry");
-    format!("quay.io/packit/{stream}@{digest}")
-}
-
 async fn ask(t: &TestApp, body: &str) -> Value {
     let event = comment_event("packit/packit", 456, true, body, "alice");
     let (status, answer) = t.deliver("issue_comment", &event).await;

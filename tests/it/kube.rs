@@ -44,12 +44,7 @@ struct World {
 impl World {
     /// What the workloads run for `image:tag`: its digest in the registry.
     async fn pinned(&self, image: &str, tag: &str) -> String {
-        let digest = self
-            .registry
-            .digest(&format!("packit/{image}"), tag)
-            .await
-            .unwrap_or_else(|| panic!("{image}:{tag} is in the registry"));
-        format!("quay.io/packit/{image}@{digest}")
+        pinned(&self.registry, image, tag).await
     }
 }
 
@@ -460,20 +455,9 @@ async fn lease_held_elsewhere_makes_the_job_wait(db: Db) {
 }
 
 async fn cancel_during_a_build_frees_the_lease(db: Db) {
-    use deploybot::worker::{Worker, WorkerSettings};
     let w = world(db, "30s").await;
     comment(&w.t, "/deploy").await;
-    let worker = Arc::new(Worker::new(
-        w.t.app.pipeline.clone(),
-        WorkerSettings {
-            lease: Duration::from_secs(10),
-            heartbeat: Duration::from_millis(100),
-        },
-    ));
-    let task = {
-        let worker = worker.clone();
-        tokio::spawn(async move { worker.run_until_idle().await })
-    };
+    let task = w.t.spawn_worker();
     // The Builds start and keep running.
     let mut running = false;
     for _ in 0..400 {

@@ -25,28 +25,6 @@ pub struct World {
     pub ogr_sha: String,
 }
 
-/// A local git repository standing in for GitHub's `repo`, with `files`
-/// committed on main; returns the commit.
-fn commit(root: &Path, repo: &str, files: &[(&str, &str)]) -> String {
-    let dir = root.join(format!("{repo}.git"));
-    if !dir.exists() {
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        git(&dir, &["init", "--quiet", "--initial-branch=main"]);
-        git(&dir, &["config", "uploadpack.allowAnySHA1InWant", "true"]);
-    }
-    for (path, text) in files {
-        let file = dir.join(path);
-        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
-        std::fs::write(&file, text).expect("write");
-    }
-    git(&dir, &["add", "-A"]);
-    git(
-        &dir,
-        &["commit", "--quiet", "--allow-empty", "-m", "change"],
-    );
-    git(&dir, &["rev-parse", "HEAD"])
-}
-
 /// Packit's component graph (deploy/packit.toml), its images in this test's
 /// registry, ogr installed from its local copy (no network), and one
 /// `command` environment that builds with buildah and records what it was
@@ -138,7 +116,7 @@ pub async fn world(db: Db, extra_run: &str, build_timeout: &str) -> World {
     )
     .expect("chmod");
     let git_root = tmp.path().join("git");
-    let service_sha = commit(
+    let service_sha = commit_files(
         &git_root,
         "packit/packit-service",
         &[
@@ -153,12 +131,12 @@ pub async fn world(db: Db, extra_run: &str, build_timeout: &str) -> World {
             ("app.txt", "packit-service from PR 614\n"),
         ],
     );
-    let ogr_sha = commit(
+    let ogr_sha = commit_files(
         &git_root,
         "packit/ogr",
         &[("ogr/__init__.py", "VERSION = 'from PR 123'\n")],
     );
-    commit(&git_root, "packit/deployment", &[("Makefile", "deploy:\n")]);
+    commit_files(&git_root, "packit/deployment", &[("Makefile", "deploy:\n")]);
     // Push credentials (the registry asks for none, buildah sends them):
     // what the file holds is never shown anywhere.
     std::fs::write(

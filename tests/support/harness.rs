@@ -151,6 +151,39 @@ pub const PACKIT_IMAGES: [&str; 5] = [
     "sandcastle",
 ];
 
+/// `quay.io/packit/{image}@…`: what `registry` (see [`quay`]) has under
+/// `tag`, which is what deploybot deploys for it.
+pub async fn pinned(registry: &super::registry::Registry, image: &str, tag: &str) -> String {
+    let digest = registry
+        .digest(&format!("packit/{image}"), tag)
+        .await
+        .unwrap_or_else(|| panic!("quay.io/packit/{image}:{tag} is in the registry"));
+    format!("quay.io/packit/{image}@{digest}")
+}
+
+/// A local git repository (`root/{repo}.git`) standing in for GitHub's
+/// `repo`, with `files` committed on main (created on first use); returns
+/// the commit.
+pub fn commit_files(root: &std::path::Path, repo: &str, files: &[(&str, &str)]) -> String {
+    let dir = root.join(format!("{repo}.git"));
+    if !dir.exists() {
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        git(&dir, &["init", "--quiet", "--initial-branch=main"]);
+        git(&dir, &["config", "uploadpack.allowAnySHA1InWant", "true"]);
+    }
+    for (path, text) in files {
+        let file = dir.join(path);
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&file, text).expect("write");
+    }
+    git(&dir, &["add", "-A"]);
+    git(
+        &dir,
+        &["commit", "--quiet", "--allow-empty", "-m", "change"],
+    );
+    git(&dir, &["rev-parse", "HEAD"])
+}
+
 /// Configuration text that sends deploybot's registry checks for quay.io to
 /// `registry` (for configurations written as files).
 pub fn quay_toml(registry: &super::registry::Registry) -> String {
@@ -819,6 +852,21 @@ macro_rules! on_both_backends {
 pub(crate) use on_both_backends;
 
 impl TestApp {
+    /// A worker running jobs in the background until none is due (10 s
+    /// lease, 100 ms heartbeat): for a test that acts while a job runs.
+    pub fn spawn_worker(
+        &self,
+    ) -> tokio::task::JoinHandle<Result<usize, deploybot::store::StoreError>> {
+        let worker = std::sync::Arc::new(deploybot::worker::Worker::new(
+            self.app.pipeline.clone(),
+            deploybot::worker::WorkerSettings {
+                lease: std::time::Duration::from_secs(10),
+                heartbeat: std::time::Duration::from_millis(100),
+            },
+        ));
+        tokio::spawn(async move { worker.run_until_idle().await })
+    }
+
     /// The newest job with its plan and events, as the API shows it.
     pub async fn last_job(&self) -> Value {
         let id = self.jobs().await[0]["id"].as_i64().expect("id");
