@@ -13,7 +13,7 @@ use crate::config::{Buildah, Environment};
 use crate::domain::Step;
 use crate::domain::plan::{Plan, Pushed};
 use crate::pipeline::build::{Stage, StageKind, builder_args, context};
-use crate::pipeline::exec::{Exec, JobEnv, StepError, WorkDir};
+use crate::pipeline::exec::{Exec, JobEnv, StepError, WorkDir, bounded};
 use crate::pipeline::steps::{Builds, tools};
 use crate::pipeline::{Pipeline, buildah, secs};
 use crate::store::{Job, Store};
@@ -109,7 +109,11 @@ impl Pipeline {
                 let mut last = None;
                 for (k, stage) in image_stages.iter().enumerate() {
                     let stage_dir = dir.join(format!("stage-{k}"));
-                    let pushed = match self.in_registry(job, environment, stage).await? {
+                    // Asking the registry counts against the step's time and stops on cancel.
+                    let (deadline, cancel) = (exec.deadline, &mut exec.cancel);
+                    let asked =
+                        bounded(deadline, cancel, self.in_registry(job, environment, stage));
+                    let pushed = match asked.await? {
                         Some(pushed) => pushed,
                         None => {
                             self.build_stage(engine, job, plan, stage, &stage_dir, &mut exec)
