@@ -248,10 +248,13 @@ async fn a_team_members_session() {
         "{:?}",
         text(&out)
     );
+    // #3 holds dev once it is deployed (a release while it still deploys
+    // only asks it to stop, and it keeps dev until it has).
     let mut held = String::new();
-    for _ in 0..100 {
+    for _ in 0..300 {
         held = text(&deploy(&server, None, &["status"]).await).0;
-        if held.contains("dev: held by request #3") {
+        let logs = text(&deploy(&server, None, &["logs", "3"]).await).0;
+        if held.contains("dev: held by request #3") && logs.contains("[hold]") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
