@@ -1,8 +1,11 @@
 //! GitHub App access: one client wrapper over octocrab.
 //!
 //! deploybot authenticates as a GitHub App: an RS256 JWT signed with the App's
-//! key (jsonwebtoken, through octocrab) buys installation tokens, which octocrab
-//! caches and renews shortly before they expire. Everything deploybot asks
+//! key (jsonwebtoken, through octocrab) buys installation tokens. One token
+//! per installation is minted when first needed and reused by every task of
+//! the process until shortly before it expires ([`Installation`]); a refresh
+//! under concurrency mints once. Every request names the REST API version
+//! deploybot is written against ([`API_VERSION`]). Everything deploybot asks
 //! GitHub goes through [`GitHub`]; only the reporter uses its writing methods.
 //!
 //! Requests that are safe to repeat (GETs) are retried on 5xx, timeouts and
@@ -221,13 +224,27 @@ impl std::fmt::Debug for GitHubSettings {
     }
 }
 
+/// The REST API version deploybot is written against, sent with every
+/// request (`X-GitHub-Api-Version`).
+pub const API_VERSION: &str = "2022-11-28";
+
+/// A token is renewed when it has less than this left (GitHub's last an hour).
+const TOKEN_MARGIN_MINUTES: i64 = 5;
+
+/// One installation's client, kept for the process: octocrab caches the
+/// installation token in it; `refresh` lets one task at a time mint.
+struct Installation {
+    client: Octocrab,
+    refresh: tokio::sync::Mutex<()>,
+}
+
 /// The App's client: one octocrab per installation, sharing one HTTP client.
 #[derive(Clone)]
 pub struct GitHub {
     app: Octocrab,
     /// `deploy --local`: everything is asked with the user's own token.
     user: Option<Octocrab>,
-    installations: Arc<Mutex<HashMap<u64, Octocrab>>>,
+    installations: Arc<Mutex<HashMap<u64, Arc<Installation>>>>,
     api_url: String,
     /// The App's id (`None` for a user's token): whose comments are its own.
     app_id: Option<u64>,
@@ -243,6 +260,17 @@ impl std::fmt::Debug for GitHub {
 
 const GET_ATTEMPTS: u32 = 3;
 
+/// The two ways deploybot writes to GitHub.
+#[derive(Clone, Copy)]
+enum Write {
+    Post,
+    Patch,
+}
+
+fn api_version_header() -> hyper::header::HeaderName {
+    hyper::header::HeaderName::from_static("x-github-api-version")
+}
+
 impl GitHub {
     pub fn new(settings: &GitHubSettings) -> Result<GitHub, String> {
         let key = jsonwebtoken::EncodingKey::from_rsa_pem(&settings.private_key_pem)
@@ -250,6 +278,7 @@ impl GitHub {
         let app = Octocrab::builder()
             .base_uri(settings.api_url.as_str())
             .map_err(|e| format!("DEPLOYBOT_GITHUB_API_URL is not a valid URL: {e}"))?
+            .add_header(api_version_header(), API_VERSION.into())
             .add_retry_config(octocrab::service::middleware::retry::RetryConfig::None)
             .set_connect_timeout(Some(Duration::from_secs(5).min(settings.timeout)))
             .set_read_timeout(Some(settings.timeout))
@@ -272,6 +301,7 @@ impl GitHub {
         let client = Octocrab::builder()
             .base_uri(api_url)
             .map_err(|e| format!("{api_url} is not a valid URL: {e}"))?
+            .add_header(api_version_header(), API_VERSION.into())
             .add_retry_config(octocrab::service::middleware::retry::RetryConfig::None)
             .set_connect_timeout(Some(Duration::from_secs(5)))
             .set_read_timeout(Some(Duration::from_secs(20)))
@@ -291,20 +321,67 @@ impl GitHub {
         &self.api_url
     }
 
-    fn installation(&self, id: InstallationId) -> GhResult<Octocrab> {
+    /// The client of installation `id`, holding a token that is good for at
+    /// least [`TOKEN_MARGIN_MINUTES`] more: the process's one token for it,
+    /// minted only when there is none or it runs out (by one task at a
+    /// time). Callers use this one client, not a copy: a token GitHub stops
+    /// taking (a 401) is cleared and replaced by octocrab in it, for everyone.
+    async fn installation(&self, id: InstallationId) -> GhResult<Arc<Installation>> {
         if let Some(user) = &self.user {
-            return Ok(user.clone());
+            return Ok(Arc::new(Installation {
+                client: user.clone(),
+                refresh: tokio::sync::Mutex::new(()),
+            }));
         }
-        let mut map = self
-            .installations
-            .lock()
-            .map_err(|_| GitHubError::Transport("client cache poisoned".into()))?;
-        if let Some(client) = map.get(&id.0) {
-            return Ok(client.clone());
+        let kept = {
+            let mut map = self
+                .installations
+                .lock()
+                .map_err(|_| GitHubError::Transport("client cache poisoned".into()))?;
+            match map.get(&id.0) {
+                Some(kept) => kept.clone(),
+                None => {
+                    let kept = Arc::new(Installation {
+                        client: self.app.installation(OctoInstallationId(id.0))?,
+                        refresh: tokio::sync::Mutex::new(()),
+                    });
+                    map.insert(id.0, kept.clone());
+                    kept
+                }
+            }
+        };
+        {
+            let _one_at_a_time = kept.refresh.lock().await;
+            kept.client
+                .installation_token_with_buffer(chrono::Duration::minutes(TOKEN_MARGIN_MINUTES))
+                .await?;
         }
-        let client = self.app.installation(OctoInstallationId(id.0))?;
-        map.insert(id.0, client.clone());
-        Ok(client)
+        Ok(kept)
+    }
+
+    /// GET `route` as installation `inst` ([`GitHub::get_json`]).
+    async fn get_as<T: DeserializeOwned>(&self, inst: InstallationId, route: &str) -> GhResult<T> {
+        let kept = self.installation(inst).await?;
+        self.get_json(&kept.client, route).await
+    }
+
+    /// One write as installation `inst` (never retried here: the outbox
+    /// does, knowing what was done; octocrab sends one refused for its
+    /// token once more with a new token, as GitHub did nothing with it).
+    async fn write_as<T: DeserializeOwned>(
+        &self,
+        inst: InstallationId,
+        method: Write,
+        route: &str,
+        body: &(impl serde::Serialize + ?Sized),
+    ) -> GhResult<T> {
+        let kept = self.installation(inst).await?;
+        let sent = match method {
+            Write::Post => kept.client.post(route, Some(body)).await,
+            Write::Patch => kept.client.patch(route, Some(body)).await,
+        };
+        sent.map_err(GitHubError::from)
+            .inspect(|_| crate::metrics::github_call("ok"))
     }
 
     /// GET with retries for transient failures (safe to repeat).
@@ -360,6 +437,7 @@ impl GitHub {
         let client = Octocrab::builder()
             .base_uri(self.api_url.as_str())
             .map_err(|e| GitHubError::Transport(e.to_string()))?
+            .add_header(api_version_header(), API_VERSION.into())
             .add_retry_config(octocrab::service::middleware::retry::RetryConfig::None)
             .set_connect_timeout(Some(Duration::from_secs(5)))
             .set_read_timeout(Some(Duration::from_secs(20)))
@@ -408,13 +486,12 @@ impl GitHub {
             #[serde(default)]
             role_name: Option<String>,
         }
-        let client = self.installation(inst)?;
         let route = format!(
             "{}/collaborators/{}/permission",
             repo.path(),
             path_segment(login)
         );
-        match self.get_json::<Perm>(&client, &route).await {
+        match self.get_as::<Perm>(inst, &route).await {
             Ok(p) => Ok(p
                 .role_name
                 .filter(|r| !r.is_empty())
@@ -437,14 +514,13 @@ impl GitHub {
         struct Membership {
             state: String,
         }
-        let client = self.installation(inst)?;
         let route = format!(
             "/orgs/{}/teams/{}/memberships/{}",
             path_segment(org),
             path_segment(team),
             path_segment(login)
         );
-        match self.get_json::<Membership>(&client, &route).await {
+        match self.get_as::<Membership>(inst, &route).await {
             Ok(m) => Ok(m.state == "active"),
             Err(GitHubError::Status { status: 404, .. }) => Ok(false),
             Err(e) => Err(e),
@@ -459,14 +535,10 @@ impl GitHub {
         comment: CommentId,
         content: &str,
     ) -> GhResult<()> {
-        let client = self.installation(inst)?;
         let route = format!("{}/issues/comments/{}/reactions", repo.path(), comment.0);
         let body = serde_json::json!({ "content": content });
-        client
-            .post::<_, serde_json::Value>(route, Some(&body))
-            .await
-            .map_err(GitHubError::from)
-            .inspect(|_| crate::metrics::github_call("ok"))?;
+        self.write_as::<serde_json::Value>(inst, Write::Post, &route, &body)
+            .await?;
         Ok(())
     }
 
@@ -482,13 +554,15 @@ impl GitHub {
         struct Created {
             id: u64,
         }
-        let client = self.installation(inst)?;
         let route = format!("{}/issues/{number}/comments", repo.path());
-        let created: Created = client
-            .post(route, Some(&serde_json::json!({ "body": body })))
-            .await
-            .map_err(GitHubError::from)
-            .inspect(|_| crate::metrics::github_call("ok"))?;
+        let created: Created = self
+            .write_as(
+                inst,
+                Write::Post,
+                &route,
+                &serde_json::json!({ "body": body }),
+            )
+            .await?;
         Ok(CommentId(created.id))
     }
 
@@ -503,14 +577,13 @@ impl GitHub {
         number: u64,
         bot_login: Option<&str>,
     ) -> GhResult<Vec<(CommentId, String)>> {
-        let client = self.installation(inst)?;
         let mut all = Vec::new();
         for page in 1..=50 {
             let route = format!(
                 "{}/issues/{number}/comments?per_page=100&page={page}",
                 repo.path()
             );
-            let batch: Vec<Comment> = self.get_json(&client, &route).await?;
+            let batch: Vec<Comment> = self.get_as(inst, &route).await?;
             let done = batch.len() < 100;
             all.extend(
                 batch

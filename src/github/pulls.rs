@@ -44,9 +44,8 @@ impl GitHub {
             base: Side,
             user: Login,
         }
-        let client = self.installation(inst)?;
         let route = format!("{}/pulls/{number}", repo.path());
-        match self.get_json::<Pull>(&client, &route).await {
+        match self.get_as::<Pull>(inst, &route).await {
             Ok(p) => Ok(Some(PullRequestInfo {
                 number: p.number,
                 open: p.state == "open",
@@ -78,11 +77,10 @@ impl GitHub {
         struct Branch {
             commit: Commit,
         }
-        let client = self.installation(inst)?;
         // Branch names may contain '/', which GitHub takes literally here.
         let encoded: Vec<String> = branch.split('/').map(path_segment).collect();
         let route = format!("{}/branches/{}", repo.path(), encoded.join("/"));
-        match self.get_json::<Branch>(&client, &route).await {
+        match self.get_as::<Branch>(inst, &route).await {
             Ok(b) => Ok(Some(b.commit.sha)),
             Err(GitHubError::Status { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
@@ -100,9 +98,8 @@ impl GitHub {
         struct Commit {
             sha: String,
         }
-        let client = self.installation(inst)?;
         let route = format!("{}/commits/{}", repo.path(), path_segment(sha));
-        match self.get_json::<Commit>(&client, &route).await {
+        match self.get_as::<Commit>(inst, &route).await {
             Ok(c) => Ok(Some(c.sha)),
             Err(GitHubError::Status {
                 status: 404 | 422, ..
@@ -142,13 +139,12 @@ impl GitHub {
             #[serde(default)]
             user: Option<User>,
         }
-        let client = self.installation(inst)?;
         let route = format!(
             "{}/issues/comments/{}/reactions?content=%2B1&per_page=100",
             repo.path(),
             comment.0
         );
-        let items: Vec<Item> = self.get_json(&client, &route).await?;
+        let items: Vec<Item> = self.get_as(inst, &route).await?;
         Ok(items
             .into_iter()
             .filter_map(|i| {
@@ -177,14 +173,13 @@ impl GitHub {
         struct Comparison {
             status: String,
         }
-        let client = self.installation(inst)?;
         let route = format!(
             "{}/compare/{}...{}",
             repo.path(),
             path_segment(branch),
             path_segment(sha)
         );
-        match self.get_json::<Comparison>(&client, &route).await {
+        match self.get_as::<Comparison>(inst, &route).await {
             Ok(c) => Ok(matches!(c.status.as_str(), "identical" | "behind")),
             Err(GitHubError::Status {
                 status: 404 | 422, ..
@@ -209,9 +204,8 @@ impl GitHub {
             number: u64,
             head: Head,
         }
-        let client = self.installation(inst)?;
         let route = format!("{}/pulls?state=open&per_page=100", repo.path());
-        let pulls: Vec<Pull> = self.get_json(&client, &route).await?;
+        let pulls: Vec<Pull> = self.get_as(inst, &route).await?;
         Ok(pulls
             .into_iter()
             .find(|p| p.head.sha.eq_ignore_ascii_case(sha))

@@ -50,12 +50,14 @@ impl GitHub {
         let mut body =
             serde_json::to_value(run).map_err(|e| GitHubError::Transport(e.to_string()))?;
         body["head_sha"] = serde_json::json!(head_sha);
-        let client = self.installation(inst)?;
-        let created: Created = client
-            .post(format!("{}/check-runs", repo.path()), Some(&body))
-            .await
-            .map_err(GitHubError::from)
-            .inspect(|_| crate::metrics::github_call("ok"))?;
+        let created: Created = self
+            .write_as(
+                inst,
+                Write::Post,
+                &format!("{}/check-runs", repo.path()),
+                &body,
+            )
+            .await?;
         Ok(created.id)
     }
 
@@ -79,14 +81,13 @@ impl GitHub {
         struct Runs {
             check_runs: Vec<Run>,
         }
-        let client = self.installation(inst)?;
         let route = format!(
             "{}/commits/{}/check-runs?check_name={}&filter=all&per_page=100",
             repo.path(),
             path_segment(head_sha),
             query_value(name)
         );
-        let runs: Runs = self.get_json(&client, &route).await?;
+        let runs: Runs = self.get_as(inst, &route).await?;
         Ok(runs
             .check_runs
             .into_iter()
@@ -110,14 +111,13 @@ impl GitHub {
             #[serde(default)]
             description: Option<String>,
         }
-        let client = self.installation(inst)?;
         let route = format!(
             "{}/deployments?sha={}&environment={}&per_page=100",
             repo.path(),
             query_value(sha),
             query_value(environment)
         );
-        let list: Vec<Deployment> = self.get_json(&client, &route).await?;
+        let list: Vec<Deployment> = self.get_as(inst, &route).await?;
         Ok(list
             .into_iter()
             .find(|d| d.description.as_deref() == Some(description))
@@ -132,12 +132,13 @@ impl GitHub {
         id: u64,
         run: &CheckRun,
     ) -> GhResult<()> {
-        let client = self.installation(inst)?;
-        client
-            .patch::<serde_json::Value, _, _>(format!("{}/check-runs/{id}", repo.path()), Some(run))
-            .await
-            .map_err(GitHubError::from)
-            .inspect(|_| crate::metrics::github_call("ok"))?;
+        self.write_as::<serde_json::Value>(
+            inst,
+            Write::Patch,
+            &format!("{}/check-runs/{id}", repo.path()),
+            run,
+        )
+        .await?;
         Ok(())
     }
 
@@ -149,15 +150,13 @@ impl GitHub {
         comment: CommentId,
         body: &str,
     ) -> GhResult<()> {
-        let client = self.installation(inst)?;
-        client
-            .patch::<serde_json::Value, _, _>(
-                format!("{}/issues/comments/{}", repo.path(), comment.0),
-                Some(&serde_json::json!({ "body": body })),
-            )
-            .await
-            .map_err(GitHubError::from)
-            .inspect(|_| crate::metrics::github_call("ok"))?;
+        self.write_as::<serde_json::Value>(
+            inst,
+            Write::Patch,
+            &format!("{}/issues/comments/{}", repo.path(), comment.0),
+            &serde_json::json!({ "body": body }),
+        )
+        .await?;
         Ok(())
     }
 
@@ -174,7 +173,6 @@ impl GitHub {
         struct Created {
             id: u64,
         }
-        let client = self.installation(inst)?;
         let body = serde_json::json!({
             "ref": git_ref,
             "environment": environment,
@@ -184,11 +182,14 @@ impl GitHub {
             "transient_environment": true,
             "production_environment": false,
         });
-        let created: Created = client
-            .post(format!("{}/deployments", repo.path()), Some(&body))
-            .await
-            .map_err(GitHubError::from)
-            .inspect(|_| crate::metrics::github_call("ok"))?;
+        let created: Created = self
+            .write_as(
+                inst,
+                Write::Post,
+                &format!("{}/deployments", repo.path()),
+                &body,
+            )
+            .await?;
         Ok(created.id)
     }
 
@@ -200,7 +201,6 @@ impl GitHub {
         deployment: u64,
         status: &DeploymentStatus<'_>,
     ) -> GhResult<()> {
-        let client = self.installation(inst)?;
         let mut body = serde_json::json!({
             "state": status.state,
             "log_url": status.log_url,
@@ -210,14 +210,13 @@ impl GitHub {
         if let Some(url) = status.environment_url {
             body["environment_url"] = serde_json::json!(url);
         }
-        client
-            .post::<_, serde_json::Value>(
-                format!("{}/deployments/{deployment}/statuses", repo.path()),
-                Some(&body),
-            )
-            .await
-            .map_err(GitHubError::from)
-            .inspect(|_| crate::metrics::github_call("ok"))?;
+        self.write_as::<serde_json::Value>(
+            inst,
+            Write::Post,
+            &format!("{}/deployments/{deployment}/statuses", repo.path()),
+            &body,
+        )
+        .await?;
         Ok(())
     }
 }

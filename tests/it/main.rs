@@ -16,6 +16,7 @@ mod shown;
 mod admin;
 mod api;
 mod approval;
+mod budget;
 mod cli;
 mod cluster;
 mod cluster_job;

@@ -70,6 +70,13 @@ impl FakeGitHub {
             .insert(repo.to_string(), installation_id);
     }
 
+    /// Installation tokens from now on are `ghs_` and `length` characters
+    /// in all, with dots and dashes as GitHub's longer, JWT-carrying tokens
+    /// have (default 40).
+    pub fn set_token_length(&self, length: usize) {
+        self.state().token_length = length;
+    }
+
     /// Lifetime of installation tokens issued from now on (default 1 h).
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         self.state().token_lifetime = lifetime;
@@ -280,7 +287,7 @@ pub(super) fn create_access_token(state: &mut GitHubState, call: &Call) -> Reply
         }
     }
 
-    let token = format!("ghs_{}", random_alnum(36));
+    let token = issue_token(state.token_length);
     let expires_at = Utc::now()
         + chrono::Duration::from_std(state.token_lifetime).expect("token lifetime in range");
     state.tokens.insert(
@@ -396,4 +403,21 @@ fn random_alnum(len: usize) -> String {
         }
     }
     out
+}
+
+/// A new installation token of `length` characters: `ghs_`, then (beyond
+/// the classic 40) dotted JWT-like parts.
+fn issue_token(length: usize) -> String {
+    let body = length.saturating_sub(4).max(36);
+    if body <= 36 {
+        return format!("ghs_{}", random_alnum(body));
+    }
+    let mut token = format!("ghs_{}", random_alnum(36));
+    while token.len() < length {
+        token.push(if token.len() % 97 == 0 { '-' } else { '.' });
+        let part = (length - token.len()).min(60);
+        token.push_str(&random_alnum(part));
+    }
+    token.truncate(length);
+    token
 }

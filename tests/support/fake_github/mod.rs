@@ -255,6 +255,8 @@ struct GitHubState {
     tokens: HashMap<String, InstallationToken>,
     issued_tokens: Vec<String>,
     token_lifetime: Duration,
+    /// Length of issued installation tokens (GitHub's classic 40).
+    token_length: usize,
     user_tokens: HashMap<String, String>,
     permissions: HashMap<(String, String), String>,
     team_members: BTreeSet<(String, String, String)>,
@@ -304,6 +306,7 @@ impl GitHubState {
             tokens: HashMap::new(),
             issued_tokens: Vec::new(),
             token_lifetime: DEFAULT_TOKEN_LIFETIME,
+            token_length: 40,
             user_tokens: HashMap::new(),
             permissions: HashMap::new(),
             team_members: BTreeSet::new(),

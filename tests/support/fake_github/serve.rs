@@ -175,11 +175,24 @@ impl Call {
     }
 }
 
+/// The REST API version the fake's description (openapi-subset.json) is for.
+pub const API_VERSION: &str = "2022-11-28";
+
 /// Everything `handle` does under the state's lock: the answer, the
 /// redeliveries to send after it, and how long to hold it back.
 fn respond(shared: &Shared, request: &Incoming) -> (Response, Vec<u64>, Option<Duration>) {
     let (method, path) = (request.method.as_str(), request.path.as_str());
     let mut state = shared.lock();
+    let version = request
+        .headers
+        .get("x-github-api-version")
+        .and_then(|v| v.to_str().ok());
+    if version != Some(API_VERSION) {
+        state.record_violation(format!(
+            "{method} {path} without `X-GitHub-Api-Version: {API_VERSION}` (the version of the \
+             description this fake checks against; got {version:?})"
+        ));
+    }
     let (reply, route) = answer(shared, &mut state, request);
     if let Some(route) = route
         && (200..300).contains(&reply.status)

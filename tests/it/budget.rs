@@ -1,0 +1,108 @@
+//! deploybot's GitHub budget (issue 16, item 5, first part): one
+//! installation token per installation, reused by every task until shortly
+//! before it ends; a token GitHub stops taking is replaced once; every
+//! request names the API version (the fake records a violation otherwise);
+//! GitHub's longer `ghs_` tokens work and are never shown.
+
+use crate::support;
+
+use deploybot::config::Config;
+use support::harness::*;
+
+on_both_backends!(
+    a_three_pr_request_mints_one_token,
+    a_revoked_token_is_replaced_once,
+    long_tokens_work_and_are_never_shown,
+);
+
+/// `/deploy ogr=123 packit=456` on packit-service#614, run to its end.
+async fn deploy_three_prs(t: &TestApp) -> serde_json::Value {
+    let event = comment_event(
+        "packit/packit-service",
+        614,
+        true,
+        "/deploy ogr=123 packit=456",
+        "alice",
+    );
+    let (status, answer) = t.deliver("issue_comment", &event).await;
+    assert!(status.is_success(), "{answer}");
+    t.settle().await;
+    t.run().await;
+    t.settle().await;
+    t.last_job().await
+}
+
+fn mints(t: &TestApp) -> usize {
+    t.github.request_count("POST", "/app/installations/")
+}
+
+async fn a_three_pr_request_mints_one_token(db: Db) {
+    let t = TestApp::builder(db)
+        .config(Config::builtin_default())
+        .start()
+        .await;
+    let job = deploy_three_prs(&t).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    // Three repositories, one installation: one token for everything the
+    // intake, the pipeline and the reporter asked and wrote.
+    let calls = t.github.requests().len();
+    assert_eq!(mints(&t), 1, "{:#?}", t.github.requests());
+    // A second request reuses it.
+    let again = deploy_three_prs(&t).await;
+    assert_eq!(again["state"], "succeeded", "{again}");
+    assert_eq!(mints(&t), 1, "still one token");
+    assert!(t.github.requests().len() > calls);
+    t.seen_status_comments();
+    t.replies("packit/packit-service", 614);
+}
+
+async fn a_revoked_token_is_replaced_once(db: Db) {
+    let t = TestApp::builder(db)
+        .config(Config::builtin_default())
+        .start()
+        .await;
+    let job = deploy_three_prs(&t).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(mints(&t), 1);
+    // GitHub stops taking the token before its time (revoked, say): the
+    // next call's 401 buys one new token, and the work goes on.
+    t.github.expire_tokens();
+    let again = deploy_three_prs(&t).await;
+    assert_eq!(again["state"], "succeeded", "{again}");
+    assert_eq!(
+        mints(&t),
+        2,
+        "one new token, not one per call: {:#?}",
+        t.github.requests()
+    );
+    t.seen_status_comments();
+    t.replies("packit/packit-service", 614);
+}
+
+async fn long_tokens_work_and_are_never_shown(db: Db) {
+    let t = TestApp::builder(db)
+        .config(Config::builtin_default())
+        .start()
+        .await;
+    // GitHub's longer installation tokens: `ghs_` and a JWT, 400 characters.
+    t.github.set_token_length(400);
+    let job = deploy_three_prs(&t).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let tokens = t.github.issued_tokens();
+    assert_eq!(tokens.len(), 1);
+    let token = &tokens[0];
+    assert!(token.len() == 400 && token.starts_with("ghs_") && token.contains('.'));
+    // Nowhere deploybot shows things: the job (API), its page, GitHub (the
+    // fake refuses a body holding an issued token), the logs (checked when
+    // the app is dropped).
+    let shown = job.to_string();
+    assert!(!shown.contains(token.as_str()));
+    assert!(!shown.contains(&token[..40]), "not even its start");
+    let (status, page) = t.get(&format!("/jobs/{}", job["id"])).await;
+    assert!(status.is_success());
+    assert!(!page.to_string().contains(&token[..40]));
+    assert!(deploybot::mask::redact(&format!("token {token} used")).contains("[redacted]"));
+    assert!(!deploybot::mask::redact(&format!("token {token} used")).contains(&token[4..40]));
+    t.seen_status_comments();
+    t.replies("packit/packit-service", 614);
+}
