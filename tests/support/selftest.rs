@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, Row};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::fake_github::{self, BOT_LOGIN, FakeGitHub};
+use crate::support::fake_github::{self, API_VERSION, BOT_LOGIN, FakeGitHub};
 use crate::support::pg;
 
 const APP_ID: u64 = 4242;
@@ -46,6 +46,18 @@ async fn send(
     auth: Option<&str>,
     body: Option<&str>,
 ) -> HttpResponse {
+    send_as_version(base, method, path, auth, body, Some(API_VERSION)).await
+}
+
+/// [`send`] naming `version` as `X-GitHub-Api-Version` (or none).
+async fn send_as_version(
+    base: &str,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: Option<&str>,
+    version: Option<&str>,
+) -> HttpResponse {
     let address = base.strip_prefix("http://").expect("http:// URL");
     let mut stream = tokio::net::TcpStream::connect(address)
         .await
@@ -54,6 +66,9 @@ async fn send(
         "{method} {path} HTTP/1.1\r\nHost: {address}\r\nUser-Agent: selftest\r\n\
          Accept: application/vnd.github+json\r\nConnection: close\r\n"
     );
+    if let Some(version) = version {
+        request.push_str(&format!("X-GitHub-Api-Version: {version}\r\n"));
+    }
     if let Some(auth) = auth {
         request.push_str(&format!("Authorization: {auth}\r\n"));
     }
@@ -159,6 +174,31 @@ async fn installation_token(gh: &FakeGitHub, installation: u64) -> String {
 // ---------------------------------------------------------------------------
 // Fake GitHub
 // ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_request_without_the_api_version_is_a_violation() {
+    let gh = FakeGitHub::start(APP_ID).await;
+    let auth = bearer(&app_jwt());
+    for version in [None, Some("2026-03-10")] {
+        let answer = send_as_version(&gh.url(), "GET", "/app", Some(&auth), None, version).await;
+        assert_eq!(
+            answer.status, 200,
+            "answered as GitHub would: {}",
+            answer.body
+        );
+    }
+    let violations = gh.take_violations();
+    assert_eq!(violations.len(), 2, "{violations:?}");
+    assert!(
+        violations
+            .iter()
+            .all(|v| v.contains("without `X-GitHub-Api-Version: 2022-11-28`")),
+        "{violations:?}"
+    );
+    let answer = send(&gh.url(), "GET", "/app", Some(&auth), None).await;
+    assert_eq!(answer.status, 200);
+    assert!(gh.violations().is_empty());
+}
 
 #[tokio::test]
 async fn app_jwt_is_verified() {

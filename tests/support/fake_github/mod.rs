@@ -38,6 +38,7 @@ mod deployments;
 mod issues;
 mod repos;
 mod serve;
+pub use serve::API_VERSION;
 mod spec;
 mod users;
 mod webhooks;
