@@ -266,6 +266,7 @@ async fn cancel_stops_a_running_buildah_build() {
         left = sleepers();
     }
     assert!(left.is_empty(), "processes left: {left:?}");
+    w.t.settle().await;
     assert!(
         w.t.status_comment(1)
             .body
