@@ -198,13 +198,7 @@ async fn world(db: Db) -> World {
 
 /// `/deploy ...` commented by alice on `repo#number`, run to its end.
 async fn comment(w: &World, repo: &str, number: u64, body: &str) -> Value {
-    let event = comment_event(repo, number, true, body, "alice");
-    let (status, answer) = w.t.deliver("issue_comment", &event).await;
-    assert!(status.is_success(), "{answer}");
-    w.t.settle().await;
-    w.t.run().await;
-    w.t.settle().await;
-    w.t.last_job().await
+    w.t.comment_and_run(repo, number, body).await
 }
 
 /// The recorded output of `step` (its `│ ` lines), as text.

@@ -17,19 +17,8 @@ on_both_backends!(
 
 /// `/deploy ogr=123 packit=456` on packit-service#614, run to its end.
 async fn deploy_three_prs(t: &TestApp) -> serde_json::Value {
-    let event = comment_event(
-        "packit/packit-service",
-        614,
-        true,
-        "/deploy ogr=123 packit=456",
-        "alice",
-    );
-    let (status, answer) = t.deliver("issue_comment", &event).await;
-    assert!(status.is_success(), "{answer}");
-    t.settle().await;
-    t.run().await;
-    t.settle().await;
-    t.last_job().await
+    t.comment_and_run("packit/packit-service", 614, "/deploy ogr=123 packit=456")
+        .await
 }
 
 fn mints(t: &TestApp) -> usize {

@@ -112,13 +112,7 @@ async fn start(db: Db) -> (TestApp, FakeKube, support::registry::Registry) {
 }
 
 async fn ask(t: &TestApp, body: &str) -> Value {
-    let event = comment_event("packit/packit", 456, true, body, "alice");
-    let (status, answer) = t.deliver("issue_comment", &event).await;
-    assert!(status.is_success(), "{answer}");
-    t.settle().await;
-    t.run().await;
-    t.settle().await;
-    t.last_job().await
+    t.comment_and_run("packit/packit", 456, body).await
 }
 
 fn image_of(kube: &FakeKube, kind: &str, name: &str) -> String {

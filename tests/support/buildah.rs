@@ -176,10 +176,7 @@ impl World {
 
     /// Comment, run the request to its end, and return it.
     pub async fn deploy(&self, repo: &str, number: u64, body: &str) -> Value {
-        self.comment(repo, number, body).await;
-        self.t.settle().await;
-        self.t.run().await;
-        self.t.last_job().await
+        self.t.comment_and_run(repo, number, body).await
     }
 
     /// The `buildah build` calls made so far.

@@ -867,6 +867,18 @@ impl TestApp {
         tokio::spawn(async move { worker.run_until_idle().await })
     }
 
+    /// [`TEAM_MEMBER`] comments `body` on PR `repo#number`; the request runs
+    /// to its end and GitHub is told; the newest job, as the API shows it.
+    pub async fn comment_and_run(&self, repo: &str, number: u64, body: &str) -> Value {
+        let event = comment_event(repo, number, true, body, TEAM_MEMBER);
+        let (status, answer) = self.deliver("issue_comment", &event).await;
+        assert!(status.is_success(), "{answer}");
+        self.settle().await;
+        self.run().await;
+        self.settle().await;
+        self.last_job().await
+    }
+
     /// The newest job with its plan and events, as the API shows it.
     pub async fn last_job(&self) -> Value {
         let id = self.jobs().await[0]["id"].as_i64().expect("id");
