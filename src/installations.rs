@@ -1,5 +1,6 @@
 //! Which App installation covers a repository: the one a delivery named, the
-//! one remembered from installation events, or GitHub's answer.
+//! one remembered (from installation events, or GitHub's earlier answer), or
+//! GitHub's answer, then remembered until an installation event changes it.
 
 use crate::github::{GitHub, GitHubError, InstallationId, RepoName};
 use crate::store::Store;
@@ -22,5 +23,22 @@ pub async fn find_installation(
         Ok(None) => {}
         Err(e) => tracing::warn!(error = %e, "cannot read installations; asking GitHub"),
     }
-    github.repo_installation(repo).await
+    let id = github.repo_installation(repo).await?;
+    if let Err(e) = remember(store, repo, id).await {
+        tracing::warn!(error = %e, "cannot remember the installation; asking GitHub next time");
+    }
+    Ok(id)
+}
+
+async fn remember(
+    store: &Store,
+    repo: &RepoName,
+    id: InstallationId,
+) -> Result<(), crate::store::StoreError> {
+    let Ok(id) = i64::try_from(id.0) else {
+        return Ok(());
+    };
+    let mut tx = store.begin().await?;
+    Store::set_installation(&mut tx, &repo.to_string(), id).await?;
+    tx.commit().await
 }

@@ -32,13 +32,15 @@ impl From<GitHubError> for ResolveError {
 }
 
 /// Pin every ref of `request` (those in `known` were pinned when the request
-/// was accepted and keep their commits). `installation` finds the
+/// was accepted and keep their commits; with `recheck_prs`, their PRs are
+/// asked again whether they are still open). `installation` finds the
 /// installation of a repository.
 pub async fn resolve<F, Fut>(
     config: &Config,
     github: Option<&GitHub>,
     request: &DeployRequest,
     known: &[Pinned],
+    recheck_prs: bool,
     installation: F,
 ) -> Result<Vec<Pinned>, ResolveError>
 where
@@ -62,7 +64,7 @@ where
         let known = known
             .iter()
             .find(|p| p.component == component.name && p.reference == r.reference);
-        if let (Some(pin), false) = (known, matches!(r.reference, Ref::Pr(_))) {
+        if let (Some(pin), false) = (known, recheck_prs && matches!(r.reference, Ref::Pr(_))) {
             pinned.push(pin.clone());
             continue;
         }

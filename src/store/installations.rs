@@ -40,6 +40,16 @@ impl Store {
         Ok(())
     }
 
+    /// Forget every repository of an installation (deleted or suspended:
+    /// GitHub may leave its repository list out).
+    pub async fn forget_installation(tx: &mut Tx, installation_id: i64) -> Result<()> {
+        sqlx::query("DELETE FROM installations WHERE installation_id = $1")
+            .bind(installation_id)
+            .execute(tx.db())
+            .await?;
+        Ok(())
+    }
+
     pub async fn installation_for(&self, repo: &str) -> Result<Option<i64>> {
         let row = sqlx::query("SELECT installation_id FROM installations WHERE repo = $1")
             .bind(repo.to_ascii_lowercase())

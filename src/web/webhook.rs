@@ -44,6 +44,11 @@ pub enum Effect {
     RemoveInstallation {
         repo: String,
     },
+    /// An installation was deleted or suspended: none of its repositories
+    /// is covered by it any more.
+    ForgetInstallation {
+        installation_id: i64,
+    },
 }
 
 /// The events deploybot handles; anything else is acknowledged and ignored.
@@ -390,12 +395,9 @@ fn decode_installation(ev: InstallationEvent) -> (Vec<Effect>, &'static str) {
             .into_iter()
             .map(set)
             .collect(),
-        "deleted" | "suspend" => ev
-            .repositories
-            .unwrap_or_default()
-            .into_iter()
-            .map(remove)
-            .collect(),
+        "deleted" | "suspend" => vec![Effect::ForgetInstallation {
+            installation_id: id,
+        }],
         "added" | "removed" => ev
             .repositories_added
             .into_iter()
@@ -645,6 +647,9 @@ async fn commit(
             } => Store::set_installation(&mut tx, repo, *installation_id).await?,
             Effect::RemoveInstallation { repo } => {
                 Store::remove_installation(&mut tx, repo).await?
+            }
+            Effect::ForgetInstallation { installation_id } => {
+                Store::forget_installation(&mut tx, *installation_id).await?
             }
         }
     }

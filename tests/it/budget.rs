@@ -13,12 +13,36 @@ on_both_backends!(
     a_three_pr_request_mints_one_token,
     a_revoked_token_is_replaced_once,
     long_tokens_work_and_are_never_shown,
+    a_deleted_installation_is_asked_again,
 );
 
 /// `/deploy ogr=123 packit=456` on packit-service#614, run to its end.
 async fn deploy_three_prs(t: &TestApp) -> serde_json::Value {
     t.comment_and_run("packit/packit-service", 614, "/deploy ogr=123 packit=456")
         .await
+}
+
+/// `GET /repos/{owner}/{repo}/installation`, asked as the App.
+fn installation_reads(t: &TestApp) -> usize {
+    t.github
+        .requests()
+        .iter()
+        .filter(|(method, path, _)| method == "GET" && path.ends_with("/installation"))
+        .count()
+}
+
+/// The reads among `requests` that were made more than once.
+fn repeated_reads(requests: &[(String, String, u16)]) -> Vec<String> {
+    let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+    for (method, path, _) in requests {
+        if method == "GET" {
+            *seen.entry(path.as_str()).or_default() += 1;
+        }
+    }
+    seen.into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(path, n)| format!("{n}× GET {path}"))
+        .collect()
 }
 
 fn mints(t: &TestApp) -> usize {
@@ -36,11 +60,18 @@ async fn a_three_pr_request_mints_one_token(db: Db) {
     // intake, the pipeline and the reporter asked and wrote.
     let calls = t.github.requests().len();
     assert_eq!(mints(&t), 1, "{:#?}", t.github.requests());
-    // A second request reuses it.
+    // Which installation covers a repository is asked once per repository.
+    assert_eq!(installation_reads(&t), 3, "{:#?}", t.github.requests());
+    let requests = t.github.requests();
+    assert_eq!(repeated_reads(&requests), Vec::<String>::new());
+    // A second request reuses the token and the answers.
     let again = deploy_three_prs(&t).await;
     assert_eq!(again["state"], "succeeded", "{again}");
     assert_eq!(mints(&t), 1, "still one token");
-    assert!(t.github.requests().len() > calls);
+    assert_eq!(installation_reads(&t), 3, "remembered");
+    let requests = t.github.requests();
+    assert!(requests.len() > calls);
+    assert_eq!(repeated_reads(&requests[calls..]), Vec::<String>::new());
     t.seen_status_comments();
     t.replies("packit/packit-service", 614);
 }
@@ -92,6 +123,29 @@ async fn long_tokens_work_and_are_never_shown(db: Db) {
     assert!(!page.to_string().contains(&token[..40]));
     assert!(deploybot::mask::redact(&format!("token {token} used")).contains("[redacted]"));
     assert!(!deploybot::mask::redact(&format!("token {token} used")).contains(&token[4..40]));
+    t.seen_status_comments();
+    t.replies("packit/packit-service", 614);
+}
+
+/// GitHub's answer to "which installation covers this repository" is
+/// remembered until an installation event says otherwise: deleted (its
+/// payload lists only some repositories), the next request asks again.
+async fn a_deleted_installation_is_asked_again(db: Db) {
+    let t = TestApp::builder(db)
+        .config(Config::builtin_default())
+        .start()
+        .await;
+    let job = deploy_three_prs(&t).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(installation_reads(&t), 3);
+    let mut deleted = fixture("installation/deleted.json");
+    deleted["installation"]["id"] = serde_json::json!(INSTALLATION);
+    let (status, _) = t.deliver("installation", &deleted).await;
+    assert!(status.is_success());
+    // Reinstalled at once: the next request finds the installation again.
+    let again = deploy_three_prs(&t).await;
+    assert_eq!(again["state"], "succeeded", "{again}");
+    assert_eq!(installation_reads(&t), 6, "{:#?}", t.github.requests());
     t.seen_status_comments();
     t.replies("packit/packit-service", 614);
 }

@@ -11,6 +11,9 @@ use crate::pipeline::resolve::{ResolveError, resolve};
 use crate::pipeline::{Pipeline, Ran, secs, time_limit};
 use crate::store::{Job, PullRef, Store, StoreError};
 
+/// How long the PR pins made when a request was accepted count as fresh.
+const PINS_FRESH_MS: i64 = 60_000;
+
 impl Pipeline {
     /// Pin and plan; `Err(outcome)` when the job ended or must retry.
     pub(in crate::pipeline) async fn resolve_and_plan(
@@ -50,11 +53,19 @@ impl Pipeline {
         let store = &self.store;
         let github = self.github.as_ref();
         let known = job.installation_id;
+        // A request that starts soon after it was accepted keeps its PRs'
+        // pins unasked: they were read then (a PR closed since ends its
+        // requests through its webhook, or the reconciliation).
+        let accepted = chrono::DateTime::parse_from_rfc3339(&job.created_at)
+            .map(|t| t.timestamp_millis())
+            .unwrap_or(0);
+        let recheck = started - accepted > PINS_FRESH_MS;
         let resolving = resolve(
             &self.config,
             github,
             request,
             job.pins(),
+            recheck,
             |repo| async move {
                 match github {
                     Some(gh) => find_installation(store, gh, &repo, known).await,
