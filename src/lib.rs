@@ -65,6 +65,11 @@ impl App {
             .await
             .map_err(|e| format!("cannot open the database: {e}"))?;
         store.migrate().await.map_err(|e| e.to_string())?;
+        store.set_heartbeat_every(Duration::from_millis(config.bot.heartbeat_ms));
+        store
+            .register_instance()
+            .await
+            .map_err(|e| format!("cannot register this process: {e}"))?;
         let github = match &settings.github {
             Some(gh) => Some(GitHub::new(gh)?),
             None => None,
@@ -147,19 +152,57 @@ impl App {
     /// woken after a commit, with a slow poll as a safety net (and for retries
     /// that come due). Ends when `shutdown` flips, after a last drain.
     pub async fn run_background(&self, shutdown: watch::Receiver<bool>, jobs: bool) {
+        let beat = self.beat(shutdown.clone());
+        let work = self.intake_and_report(shutdown, jobs);
+        tokio::join!(beat, work);
+        self.retire().await;
+    }
+
+    /// The intake and the reporter, each in a loop of its own (a slow
+    /// GitHub write never delays the next delivery's authorisation): the
+    /// intake is woken by deliveries and wakes the reporter after each
+    /// trigger (its acknowledgement is a report); both poll as a safety net.
+    async fn intake_and_report(&self, shutdown: watch::Receiver<bool>, jobs: bool) {
         let wake = self.state.wake.clone();
+        let reports_wake = Notify::new();
+        let poll = Duration::from_secs(2);
         let intake = async {
             let mut shutdown = shutdown.clone();
             loop {
-                if let Err(e) = self.run_until_idle_with(false).await {
-                    tracing::error!(error = %e, "intake or reporter failed; retrying shortly");
+                let processed = async {
+                    while self.intake.step().await? {
+                        reports_wake.notify_one();
+                        self.state.jobs_wake.notify_one();
+                    }
+                    self.intake.check_confirmations().await
+                };
+                match processed.await {
+                    Ok(n) if n > 0 => reports_wake.notify_one(),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "intake failed; retrying shortly"),
                 }
                 if *shutdown.borrow() {
                     return;
                 }
                 tokio::select! {
                     _ = wake.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        };
+        let reporter = async {
+            let mut shutdown = shutdown.clone();
+            loop {
+                if let Err(e) = self.reporter.run_until_idle().await {
+                    tracing::error!(error = %e, "reporter failed; retrying shortly");
+                }
+                if *shutdown.borrow() {
+                    return;
+                }
+                tokio::select! {
+                    _ = reports_wake.notified() => {}
+                    _ = tokio::time::sleep(poll) => {}
                     _ = shutdown.changed() => {}
                 }
             }
@@ -168,9 +211,9 @@ impl App {
             if !jobs {
                 return;
             }
-            self.run_worker(shutdown.clone()).await;
+            self.work(shutdown.clone()).await;
         };
-        tokio::join!(intake, worker);
+        tokio::join!(intake, reporter, worker);
         // What the last running step reported goes out before the process
         // ends (status edits that wait for the status interval included).
         let interval = i64::try_from(self.state.config.bot.status_interval_ms).unwrap_or(0);
@@ -182,21 +225,76 @@ impl App {
         }
     }
 
+    /// Run jobs until `shutdown` flips (`deploybot worker`), beating all along.
+    pub async fn run_worker(&self, shutdown: watch::Receiver<bool>) {
+        tokio::join!(self.beat(shutdown.clone()), self.work(shutdown));
+        self.retire().await;
+    }
+
+    /// Tell the database every `bot.heartbeat_ms` that this process is alive
+    /// (what it claimed stays its own), until `shutdown` flips.
+    async fn beat(&self, mut shutdown: watch::Receiver<bool>) {
+        let store = &self.state.store;
+        let every = store.heartbeat_every();
+        let mut beats: u64 = 0;
+        loop {
+            if let Err(e) = store.beat().await {
+                tracing::warn!(error = %e, "heartbeat failed");
+            } else if let Err(e) = store.renew_triggers(intake::LOCK_MS).await {
+                tracing::warn!(error = %e, "cannot renew the claims on deliveries");
+            }
+            // Once an hour, forget processes gone for a day.
+            if beats % (3_600_000 / every.as_millis().max(1) as u64).max(1) == 0
+                && let Err(e) = store.forget_instances(24 * 3_600_000).await
+            {
+                tracing::warn!(error = %e, "cannot forget old instances");
+            }
+            beats += 1;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => {}
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+    }
+
+    /// A clean stop: what this process still claims is free for the others.
+    async fn retire(&self) {
+        if let Err(e) = self.state.store.retire_instance().await {
+            tracing::warn!(error = %e, "cannot unregister this process");
+        }
+    }
+
     /// Run jobs until `shutdown` flips: woken by new jobs in this process
     /// (and, on PostgreSQL, by other processes), with a poll as a safety net.
-    pub async fn run_worker(&self, shutdown: watch::Receiver<bool>) {
-        // Holds expire and dead workers are reaped even while a long job runs.
-        // A dead worker's request is taken over soon after its lease ends.
+    async fn work(&self, shutdown: watch::Receiver<bool>) {
+        // Dead processes' requests are taken over at every heartbeat; holds
+        // expire and Leases are checked less often. Both go on while a long
+        // job runs.
+        let beat = self.state.store.heartbeat_every();
         let every = (Duration::from_millis(self.state.config.bot.worker_lease_ms) / 2)
-            .min(Duration::from_secs(10));
+            .min(Duration::from_secs(10))
+            .max(beat);
         let maintenance = async {
             let mut shutdown = shutdown.clone();
+            let mut last_full: Option<std::time::Instant> = None;
             loop {
-                if let Err(e) = self.worker.maintain().await {
-                    tracing::error!(error = %e, "maintenance failed; retrying shortly");
+                let full = last_full.is_none_or(|t| t.elapsed() >= every);
+                let done = if full {
+                    last_full = Some(std::time::Instant::now());
+                    self.worker.maintain().await
+                } else {
+                    self.worker.reap_dead().await
+                };
+                match done {
+                    Ok(n) if n > 0 => self.state.jobs_wake.notify_one(),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "maintenance failed; retrying shortly"),
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
+                    _ = tokio::time::sleep(beat) => {}
                     _ = shutdown.changed() => {}
                 }
                 if *shutdown.borrow() {

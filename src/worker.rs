@@ -69,12 +69,20 @@ impl Worker {
         &self.pipeline.store
     }
 
-    /// Reap dead workers' jobs and end expired holds.
-    pub async fn maintain(&self) -> Result<usize, StoreError> {
+    /// Take over the jobs of workers that died (their lease ran out, or
+    /// their process stopped beating); how many.
+    pub async fn reap_dead(&self) -> Result<usize, StoreError> {
         let mut n = 0;
         for job in self.store().expired_leases().await? {
             n += usize::from(self.reap(&job).await?);
         }
+        Ok(n)
+    }
+
+    /// Reap dead workers' jobs, end expired holds, and make the cluster's
+    /// Leases agree.
+    pub async fn maintain(&self) -> Result<usize, StoreError> {
+        let mut n = self.reap_dead().await?;
         let prefix = &self.pipeline.config.bot.command_prefix;
         for env in self.store().expired_holds().await? {
             let Some(holder) = env.holder_job else {
@@ -180,7 +188,7 @@ impl Worker {
     /// Conclude or re-queue the job of a worker that died.
     async fn reap(&self, job: &Job) -> Result<bool, StoreError> {
         let mut tx = self.store().begin().await?;
-        if !Store::take_expired(&mut tx, job.id, &self.id).await? {
+        if !self.store().take_expired(&mut tx, job.id, &self.id).await? {
             tx.rollback().await?;
             return Ok(false);
         }

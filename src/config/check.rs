@@ -84,6 +84,20 @@ impl Config {
                 ));
             }
         }
+        if !(100..=60_000).contains(&self.bot.heartbeat_ms) {
+            problems.push("bot.heartbeat_ms must be between 100 and 60000 (1 min)".into());
+        }
+        for (name, span) in [
+            ("bot.catch_up_every", &self.bot.catch_up_every),
+            ("bot.reconcile_every", &self.bot.reconcile_every),
+        ] {
+            if !span.valid_period() {
+                problems.push(format!(
+                    "{name} {:?} is not a duration like 10m, nor 0 (off)",
+                    span.to_string()
+                ));
+            }
+        }
         if self.bot.max_commands_per_comment == 0 || self.bot.max_queued_per_user == 0 {
             problems.push(
                 "bot.max_commands_per_comment and bot.max_queued_per_user must be at least 1"

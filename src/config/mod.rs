@@ -73,6 +73,19 @@ pub struct BotConfig {
     /// claim (a crashed process) before another replica takes it over, in
     /// milliseconds; renewed every quarter of it.
     pub worker_lease_ms: u64,
+    /// How often each process tells the database it is alive, in
+    /// milliseconds. What a process claimed (deliveries being authorised,
+    /// running requests, reports being sent) is free for the others once it
+    /// missed three heartbeats; every replica should use the same value.
+    pub heartbeat_ms: u64,
+    /// How often deliveries GitHub could not make are asked for and
+    /// redelivered (`admin redeliver`, by itself), e.g. `10m`; `0` turns it off.
+    pub catch_up_every: Span,
+    /// How often open PRs carrying the trigger label are compared with the
+    /// requests (a label added while deploybot was down is deployed; a
+    /// request whose PR GitHub says is closed or unlabelled ends), e.g.
+    /// `10m`; `0` turns it off.
+    pub reconcile_every: Span,
     /// How long after a comment was written its PRs are pinned without
     /// asking again; a comment processed later (GitHub retried, an operator
     /// redelivered it) asks for confirmation of the exact commits.
@@ -102,6 +115,9 @@ impl Default for BotConfig {
             workdir: None,
             status_interval_ms: 2_000,
             worker_lease_ms: 60_000,
+            heartbeat_ms: 2_000,
+            catch_up_every: Span::new("10m"),
+            reconcile_every: Span::new("10m"),
             approval_window: Span::new("5m"),
             confirm_within: Span::new("15m"),
             confirm_poll_ms: 5_000,
@@ -315,6 +331,17 @@ impl Span {
 
     fn valid(&self) -> Option<Duration> {
         self.value
+    }
+
+    /// As a period of something that may be turned off (`0` or `off`):
+    /// None when off.
+    pub fn every(&self) -> Option<Duration> {
+        self.value
+    }
+
+    /// Whether this is a valid period or says off.
+    fn valid_period(&self) -> bool {
+        self.value.is_some() || matches!(self.text.as_str(), "0" | "off")
     }
 }
 

@@ -71,7 +71,9 @@ pub enum Trigger {
     },
 }
 
-const LOCK_MS: i64 = 60_000;
+/// How long a claim on a trigger lasts unless this process's heartbeat
+/// renews it (a hung intake gives it up; a dead one at once).
+pub const LOCK_MS: i64 = 60_000;
 
 tokio::task_local! {
     /// The webhook delivery whose trigger is being processed (recorded on the jobs it makes).

@@ -20,6 +20,7 @@ mod environments;
 mod events;
 mod images;
 mod installations;
+mod instances;
 mod jobs;
 mod outbox;
 mod queue;
@@ -187,6 +188,8 @@ pub struct Store {
     deliveries: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<PendingDelivery>>>,
     /// Which jobs have new events (for the event streams).
     events: Arc<events::EventBus>,
+    /// This process: the owner its claims name.
+    owner: Arc<instances::Owner>,
 }
 
 impl std::fmt::Debug for Store {
@@ -261,6 +264,7 @@ impl Store {
             url,
             deliveries: Arc::new(std::sync::OnceLock::new()),
             events: Arc::new(events::EventBus::default()),
+            owner: Arc::new(instances::Owner::new()),
         })
     }
 
@@ -334,8 +338,9 @@ impl Store {
         }
     }
 
-    /// Claim the oldest due item of a leased queue, locking it for
-    /// `lock_ms` (another process takes it over only once the lock ran out).
+    /// Claim the oldest due item of a leased queue for this instance, locking
+    /// it for `lock_ms` (another process takes it over once the lock ran out,
+    /// or at once when its owner stopped beating).
     async fn claim<T: DeserializeOwned>(
         &self,
         queue: WorkQueue,
@@ -344,15 +349,18 @@ impl Store {
         let now = self.clock.now_ms();
         let (table, set, returning) = queue.parts();
         let sql = format!(
-            "UPDATE {table} SET locked_until = $1, attempts = attempts + 1{set} \
+            "UPDATE {table} SET locked_until = $1, owner = $3, attempts = attempts + 1{set} \
              WHERE id = (SELECT id FROM {table} WHERE state = 'pending' AND run_after <= $2 \
-             AND (locked_until IS NULL OR locked_until < $2) ORDER BY id LIMIT 1 {}) \
+             AND (locked_until IS NULL OR locked_until < $2 OR {}) ORDER BY id LIMIT 1 {}) \
              RETURNING {returning}",
+            instances::owner_gone("owner", 3, 4),
             self.skip_locked()
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql)) // only fixed texts are spliced in
             .bind(now + lock_ms)
             .bind(now)
+            .bind(&self.owner.id)
+            .bind(self.alive_since(now))
             .fetch_optional(&self.pool)
             .await?;
         let mut claimed = row.map(|row| Claimed::from_row(&row)).transpose()?;
@@ -412,6 +420,7 @@ mod tests {
             include_str!("events.rs"),
             include_str!("images.rs"),
             include_str!("installations.rs"),
+            include_str!("instances.rs"),
             include_str!("jobs.rs"),
             include_str!("outbox.rs"),
             include_str!("queue.rs"),

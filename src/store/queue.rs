@@ -17,7 +17,7 @@ impl Store {
         let now = self.clock.now_ms();
         let sql = format!(
             "UPDATE jobs SET state = 'running', lease_owner = $1, lease_expires_at = $2, \
-             heartbeat_at = $3, attempts = attempts + 1, updated_at = $3, \
+             heartbeat_at = $3, attempts = attempts + 1, updated_at = $3, owner = $4, \
              started_at = COALESCE(started_at, $3) \
              WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND run_after <= $3 \
              ORDER BY id LIMIT 1 {}) AND state = 'queued' RETURNING *",
@@ -27,6 +27,7 @@ impl Store {
             .bind(worker)
             .bind(now + lease_ms)
             .bind(now)
+            .bind(&self.owner.id)
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(Job::from_row).transpose()
@@ -92,29 +93,40 @@ impl Store {
         Ok(())
     }
 
-    /// Running jobs whose lease ran out: their worker died.
+    /// Running jobs whose worker died: its lease ran out, or its process
+    /// (the claim's owner) stopped beating.
     pub async fn expired_leases(&self) -> Result<Vec<Job>> {
-        let rows = sqlx::query(
-            "SELECT * FROM jobs WHERE state = 'running' AND lease_expires_at < $1 ORDER BY id",
-        )
-        .bind(self.clock.now_ms())
-        .fetch_all(&self.pool)
-        .await?;
+        let now = self.clock.now_ms();
+        let sql = format!(
+            "SELECT * FROM jobs WHERE state = 'running' AND (lease_expires_at < $1 OR {}) \
+             ORDER BY id",
+            instances::owner_gone("owner", 2, 3)
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)) // only a fixed condition is spliced in
+            .bind(now)
+            .bind(&self.owner.id)
+            .bind(self.alive_since(now))
+            .fetch_all(&self.pool)
+            .await?;
         super::jobs::jobs(&rows)
     }
 
-    /// Take over an expired lease (so only one reaper handles it); false if
-    /// another reaper or the revived worker was quicker.
-    pub async fn take_expired(tx: &mut Tx, job_id: i64, reaper: &str) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE jobs SET lease_owner = $2, lease_expires_at = $3 \
-             WHERE id = $1 AND state = 'running' AND lease_expires_at < $3",
-        )
-        .bind(job_id)
-        .bind(reaper)
-        .bind(tx.now)
-        .execute(tx.db())
-        .await?;
+    /// Take over a dead worker's job (so only one reaper handles it); false
+    /// if another reaper or the revived worker was quicker.
+    pub async fn take_expired(&self, tx: &mut Tx, job_id: i64, reaper: &str) -> Result<bool> {
+        let sql = format!(
+            "UPDATE jobs SET lease_owner = $2, lease_expires_at = $3, owner = $4 \
+             WHERE id = $1 AND state = 'running' AND (lease_expires_at < $3 OR {})",
+            instances::owner_gone("owner", 4, 5)
+        );
+        let done = sqlx::query(sqlx::AssertSqlSafe(sql)) // only a fixed condition is spliced in
+            .bind(job_id)
+            .bind(reaper)
+            .bind(tx.now)
+            .bind(&self.owner.id)
+            .bind(self.alive_since(tx.now))
+            .execute(tx.db())
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 

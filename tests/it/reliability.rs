@@ -48,8 +48,32 @@ struct World {
     pool: sqlx::PgPool,
 }
 
+/// How a world's services behave: the cluster's build and rollout times,
+/// deploybot's worker lease and GitHub timeout.
+struct Timing {
+    build: Duration,
+    rollout: Duration,
+    lease_ms: u64,
+    github_timeout_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            build: BUILD_TIME,
+            rollout: ROLLOUT_TIME,
+            lease_ms: 2000,
+            github_timeout_ms: 1000,
+        }
+    }
+}
+
 impl World {
     async fn new(prs: u64, database_url: String) -> World {
+        World::with(prs, database_url, Timing::default()).await
+    }
+
+    async fn with(prs: u64, database_url: String, timing: Timing) -> World {
         let github = FakeGitHub::start(APP_ID).await;
         for repo in PACKIT_REPOS {
             github.install(repo, INSTALLATION);
@@ -66,7 +90,7 @@ impl World {
 
         let kube = FakeKube::start().await;
         seed_packit_workloads(&kube);
-        kube.run_controllers(BUILD_TIME, ROLLOUT_TIME);
+        kube.run_controllers(timing.build, timing.rollout);
         let registry = quay(Some(&kube)).await;
 
         let dir = tempfile::tempdir().expect("tmp");
@@ -75,9 +99,11 @@ impl World {
         std::fs::write(
             &config,
             format!(
-                "[bot]\nstatus_interval_ms = 0\nworker_lease_ms = 2000\n\
-                 [github]\nbot_login = \"packit-deploybot[bot]\"\ntimeout_ms = 1000\n\
+                "[bot]\nstatus_interval_ms = 0\nworker_lease_ms = {}\n\
+                 [github]\nbot_login = \"packit-deploybot[bot]\"\ntimeout_ms = {}\n\
                  {components}\n{}\n{}",
+                timing.lease_ms,
+                timing.github_timeout_ms,
                 openshift_dev("", "60s", "60s"),
                 quay_toml(&registry)
             ),
@@ -742,6 +768,178 @@ async fn two_replicas_share_the_work_and_never_hold_twice() {
     }
     assert_eq!(w.kube.builds(NS).len() as u64, 2 * n);
     check_promises(&w, &[&a, &b], &prs, &prs).await;
+}
+
+/// What one process had claimed when it died: triggers it was authorising,
+/// reports it was sending, jobs it was running.
+#[derive(Debug, Default)]
+struct Claimed {
+    triggers: Vec<i64>,
+    reports: Vec<i64>,
+    jobs: Vec<i64>,
+}
+
+impl Claimed {
+    async fn of(w: &World, owner: &str) -> Claimed {
+        let now = chrono::Utc::now().timestamp_millis();
+        let ids = |sql: &'static str| {
+            let pool = w.pool.clone();
+            let owner = owner.to_string();
+            async move {
+                sqlx::query(sql)
+                    .bind(owner)
+                    .bind(now)
+                    .fetch_all(&pool)
+                    .await
+                    .map(|rows| rows.iter().map(|r| r.get::<i64, _>(0)).collect())
+                    .unwrap_or_default()
+            }
+        };
+        Claimed {
+            triggers: ids(
+                "SELECT id FROM triggers WHERE owner = $1 AND state = 'pending' \
+                 AND locked_until > $2",
+            )
+            .await,
+            reports: ids(
+                "SELECT id FROM outbox WHERE owner = $1 AND state = 'pending' \
+                 AND locked_until > $2",
+            )
+            .await,
+            jobs: ids(
+                "SELECT id FROM jobs WHERE owner = $1 AND state = 'running' \
+                 AND lease_expires_at > $2",
+            )
+            .await,
+        }
+    }
+
+    fn complete(&self) -> bool {
+        !self.triggers.is_empty() && !self.reports.is_empty() && !self.jobs.is_empty()
+    }
+}
+
+/// The one live instance's id (the only process started so far).
+async fn only_instance(w: &World) -> String {
+    let rows = sqlx::query("SELECT id FROM instances")
+        .fetch_all(&w.pool)
+        .await
+        .expect("instances");
+    assert_eq!(rows.len(), 1, "one process so far");
+    rows[0].get(0)
+}
+
+/// Wait until the item `id` of `table` is no longer `dead`'s (taken over, or
+/// finished); how long that took from `from`.
+async fn taken_over(w: &World, table: &str, id: i64, dead: &str, from: Instant) -> Duration {
+    let sql = match table {
+        "triggers" => "SELECT COALESCE(owner, ''), state FROM triggers WHERE id = $1",
+        "outbox" => "SELECT COALESCE(owner, ''), state FROM outbox WHERE id = $1",
+        _ => "SELECT COALESCE(owner, ''), state FROM jobs WHERE id = $1",
+    };
+    let active = if table == "jobs" {
+        "running"
+    } else {
+        "pending"
+    };
+    let resumed = until(Duration::from_secs(120), || async {
+        sqlx::query(sql)
+            .bind(id)
+            .fetch_one(&w.pool)
+            .await
+            .is_ok_and(|r| r.get::<String, _>(0) != dead || r.get::<String, _>(1) != active)
+    })
+    .await;
+    assert!(
+        resumed,
+        "{table} #{id} was never taken over from the dead process"
+    );
+    from.elapsed()
+}
+
+/// SIGKILL a process that holds a claimed trigger, a running job and a
+/// report in flight (GitHub answers slowly), with the default 60 s claims;
+/// then restart it at once (`second_replica` false) or let a second replica
+/// that was running all along carry on. Everything completes once and the
+/// promises hold; how long each claim took to be taken up again, from the
+/// restart or from the death, is printed (bench/README.md, "Time to recover").
+async fn recover_from_a_death(second_replica: bool) {
+    let timing = Timing {
+        build: Duration::from_secs(3),
+        rollout: Duration::from_secs(8),
+        lease_ms: 60_000,
+        github_timeout_ms: 30_000,
+    };
+    let w = World::with(2, support::pg::fresh_database_url().await, timing).await;
+    let (pa, pb) = (free_port(), free_port());
+    let mut a = Replica::start(&w, pa, "recover-a").await;
+    let dead = only_instance(&w).await;
+    let releaser = spawn_releaser(w.pool.clone(), vec![pa, pb]);
+    let prs = [FIRST_PR, FIRST_PR + 1];
+    let first = a.deliver("issue_comment", &deploy_comment(prs[0])).await;
+    assert!(first.is_some_and(|s| (200..300).contains(&s)), "{first:?}");
+    assert!(reach(&w, Moment::Build).await, "the first request builds");
+    // GitHub slows down: the next delivery's authorisation and the first
+    // request's reports wait for its answers while the build goes on.
+    w.github.set_latency(Duration::from_secs(20));
+    let second = a.deliver("issue_comment", &deploy_comment(prs[1])).await;
+    assert!(
+        second.is_some_and(|s| (200..300).contains(&s)),
+        "{second:?}"
+    );
+    let mut claimed = Claimed::of(&w, &dead).await;
+    let start = Instant::now();
+    while !claimed.complete() && start.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        claimed = Claimed::of(&w, &dead).await;
+    }
+    assert!(
+        claimed.complete(),
+        "the process never held all three kinds of claim: {claimed:?}"
+    );
+    let b = if second_replica {
+        Some(Replica::start(&w, pb, "recover-b").await)
+    } else {
+        None
+    };
+    a.kill();
+    let died = Instant::now();
+    w.github.set_latency(Duration::ZERO);
+    let (survivor, from, what) = match b {
+        Some(b) => (b, died, "the death, with a second replica"),
+        None => {
+            let restarted = Replica::start(&w, pa, "recover-a").await;
+            (restarted, Instant::now(), "the restart")
+        }
+    };
+    let mut figures = Vec::new();
+    for (kind, table, ids) in [
+        ("claimed trigger", "triggers", &claimed.triggers),
+        ("running job", "jobs", &claimed.jobs),
+        ("report in flight", "outbox", &claimed.reports),
+    ] {
+        for id in ids {
+            let took = taken_over(&w, table, *id, &dead, from).await;
+            figures.push(format!("{kind} #{id}: {:.1} s", took.as_secs_f64()));
+        }
+    }
+    eprintln!(
+        "time to recover, from {what} (claims of 60 s, heartbeat 2 s): {}",
+        figures.join(", ")
+    );
+    wait_until_settled(&w, Duration::from_secs(120)).await;
+    releaser.abort();
+    check_promises(&w, &[&survivor], &prs, &prs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_to_recover_after_a_restart() {
+    recover_from_a_death(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_to_recover_when_one_of_two_replicas_dies() {
+    recover_from_a_death(true).await;
 }
 
 /// PostgreSQL restarts under a running deploybot: webhooks during the

@@ -1,0 +1,11 @@
+-- Processes and their heartbeats. Every claim names the instance that made
+-- it (`owner`); a claim whose owner stopped beating is free at once, while a
+-- live owner keeps it.
+CREATE TABLE instances (
+    id            TEXT PRIMARY KEY,
+    started_at    BIGINT NOT NULL,
+    heartbeat_at  BIGINT NOT NULL
+);
+ALTER TABLE triggers ADD COLUMN owner TEXT;
+ALTER TABLE outbox ADD COLUMN owner TEXT;
+ALTER TABLE jobs ADD COLUMN owner TEXT;
