@@ -103,6 +103,53 @@ pub async fn redeliver(
     since: Duration,
     dry_run: bool,
 ) -> Result<String, String> {
+    let done = redeliver_failed(store, github, since, dry_run).await?;
+    let mut lines = done.lines;
+    let (sent, received, failed) = (done.sent, done.received, done.failed);
+    let window = crate::command::format_duration(since);
+    let total = sent + received + failed;
+    lines.push(if total == 0 {
+        format!(
+            "no failed deliveries in the last {window} ({} events looked at); nothing to redeliver",
+            done.looked_at
+        )
+    } else if dry_run {
+        format!(
+            "{total} failed deliveries in the last {window}: {sent} would be redelivered, \
+             {received} already received (dry run: nothing was sent)"
+        )
+    } else {
+        format!(
+            "{total} failed deliveries in the last {window}: {sent} redelivered, \
+             {received} already received, {failed} could not be redelivered"
+        )
+    });
+    let text = lines.join("\n");
+    if failed > 0 { Err(text) } else { Ok(text) }
+}
+
+/// What [`redeliver_failed`] did: one line per failed event, and counts.
+#[derive(Debug, Default)]
+pub struct Redelivered {
+    pub lines: Vec<String>,
+    /// Redelivered (or, in a dry run, would be).
+    pub sent: usize,
+    /// Failed at GitHub, but deploybot had stored them.
+    pub received: usize,
+    /// GitHub refused to redeliver them.
+    pub failed: usize,
+    /// Events looked at.
+    pub looked_at: usize,
+}
+
+/// The work of `admin redeliver` (and of the automatic catch-up): ask, and
+/// redeliver each failed event deploybot never stored.
+pub async fn redeliver_failed(
+    store: &Store,
+    github: &GitHub,
+    since: Duration,
+    dry_run: bool,
+) -> Result<Redelivered, String> {
     if since > REDELIVER_MAX_AGE {
         return Err("GitHub keeps deliveries for 3 days: use --since 72h or less".into());
     }
@@ -200,24 +247,11 @@ pub async fn redeliver(
             }
         }
     }
-    let window = crate::command::format_duration(since);
-    let total = sent + received + failed;
-    lines.push(if total == 0 {
-        format!(
-            "no failed deliveries in the last {window} ({} events looked at); nothing to redeliver",
-            events.len()
-        )
-    } else if dry_run {
-        format!(
-            "{total} failed deliveries in the last {window}: {sent} would be redelivered, \
-             {received} already received (dry run: nothing was sent)"
-        )
-    } else {
-        format!(
-            "{total} failed deliveries in the last {window}: {sent} redelivered, \
-             {received} already received, {failed} could not be redelivered"
-        )
-    });
-    let text = lines.join("\n");
-    if failed > 0 { Err(text) } else { Ok(text) }
+    Ok(Redelivered {
+        lines,
+        sent,
+        received,
+        failed,
+        looked_at: events.len(),
+    })
 }

@@ -11,6 +11,7 @@ pub mod command;
 pub mod config;
 pub mod domain;
 pub mod github;
+pub mod heal;
 pub mod http;
 pub mod installations;
 pub mod intake;
@@ -55,6 +56,9 @@ pub struct App {
     pub reporter: Arc<Reporter>,
     pub pipeline: Arc<Pipeline>,
     pub worker: Arc<Worker>,
+    pub healer: Arc<heal::Healer>,
+    /// When this process started (store time).
+    started_at: i64,
 }
 
 impl App {
@@ -76,6 +80,11 @@ impl App {
         };
         let config = Arc::new(config);
         let intake = Arc::new(Intake::new(store.clone(), config.clone(), github.clone()));
+        let healer = Arc::new(heal::Healer::new(
+            store.clone(),
+            config.clone(),
+            github.clone(),
+        ));
         let reporter = Arc::new(Reporter::new(store.clone(), github.clone(), config.clone()));
         store
             .ensure_environments(
@@ -109,12 +118,15 @@ impl App {
             streams,
             token_failures,
         });
+        let started_at = state.store.now_ms();
         Ok(App {
             state,
             intake,
             reporter,
             pipeline,
             worker,
+            healer,
+            started_at,
         })
     }
 
@@ -153,8 +165,9 @@ impl App {
     /// that come due). Ends when `shutdown` flips, after a last drain.
     pub async fn run_background(&self, shutdown: watch::Receiver<bool>, jobs: bool) {
         let beat = self.beat(shutdown.clone());
+        let heal = self.healer.run(self.started_at, shutdown.clone());
         let work = self.intake_and_report(shutdown, jobs);
-        tokio::join!(beat, work);
+        tokio::join!(beat, heal, work);
         self.retire().await;
     }
 
@@ -236,7 +249,7 @@ impl App {
     async fn beat(&self, mut shutdown: watch::Receiver<bool>) {
         let store = &self.state.store;
         let every = store.heartbeat_every();
-        let mut beats: u64 = 0;
+        let mut forgot: Option<std::time::Instant> = None;
         loop {
             if let Err(e) = store.beat().await {
                 tracing::warn!(error = %e, "heartbeat failed");
@@ -244,12 +257,12 @@ impl App {
                 tracing::warn!(error = %e, "cannot renew the claims on deliveries");
             }
             // Once an hour, forget processes gone for a day.
-            if beats % (3_600_000 / every.as_millis().max(1) as u64).max(1) == 0
-                && let Err(e) = store.forget_instances(24 * 3_600_000).await
-            {
-                tracing::warn!(error = %e, "cannot forget old instances");
+            if forgot.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
+                forgot = Some(std::time::Instant::now());
+                if let Err(e) = store.forget_instances(24 * 3_600_000).await {
+                    tracing::warn!(error = %e, "cannot forget old instances");
+                }
             }
-            beats += 1;
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 _ = shutdown.changed() => {}

@@ -40,6 +40,7 @@ pub struct Metrics {
     github_remaining: AtomicI64,
     steps: Mutex<BTreeMap<String, Histogram>>,
     queue_wait: Mutex<BTreeMap<String, Histogram>>,
+    healed: Mutex<BTreeMap<(String, String), u64>>,
 }
 
 /// This process's metrics.
@@ -79,6 +80,12 @@ pub fn github_remaining(remaining: i64) {
     metrics()
         .github_remaining
         .store(remaining, Ordering::Relaxed);
+}
+
+/// A self-healing chore did something: `redelivered`, `requested`,
+/// `ended`, or `failed`.
+pub fn healed(chore: &str, outcome: &str) {
+    bump(&metrics().healed, (chore.to_string(), outcome.to_string()));
 }
 
 /// A pipeline step took `seconds`.
@@ -154,6 +161,20 @@ pub fn render(shared: &Shared) -> String {
                 out,
                 "deploybot_webhooks_total{{event=\"{}\",outcome=\"{}\"}} {n}",
                 label(event),
+                label(outcome)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP deploybot_self_healing_total What catching up and reconciling did, by chore and outcome.\n# TYPE deploybot_self_healing_total counter"
+    );
+    if let Ok(map) = m.healed.lock() {
+        for ((chore, outcome), n) in map.iter() {
+            let _ = writeln!(
+                out,
+                "deploybot_self_healing_total{{chore=\"{}\",outcome=\"{}\"}} {n}",
+                label(chore),
                 label(outcome)
             );
         }

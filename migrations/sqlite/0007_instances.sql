@@ -9,3 +9,11 @@ CREATE TABLE instances (
 ALTER TABLE triggers ADD COLUMN owner TEXT;
 ALTER TABLE outbox ADD COLUMN owner TEXT;
 ALTER TABLE jobs ADD COLUMN owner TEXT;
+
+-- Chores one replica does per period (catching up on deliveries, reconciling
+-- labelled PRs): when each is due next and when it last succeeded.
+CREATE TABLE chores (
+    name     TEXT PRIMARY KEY,
+    due_at   BIGINT NOT NULL,
+    done_at  BIGINT
+);

@@ -12,7 +12,68 @@ pub struct PullRequestInfo {
     /// `owner/name` of the repository the PR is filed against.
     pub base_repo: String,
     pub author: String,
+    /// Its labels' names.
+    pub labels: Vec<String>,
+    /// When anything on it last changed (labels and commits included).
+    pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
 }
+
+/// A pull request as GitHub answers it (one, or in a list).
+#[derive(Deserialize)]
+struct Pull {
+    number: u64,
+    state: String,
+    head: Side,
+    base: Side,
+    user: Login,
+    #[serde(default)]
+    labels: Vec<Label>,
+    #[serde(default)]
+    updated_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Deserialize)]
+struct Side {
+    sha: String,
+    #[serde(default)]
+    repo: Option<FullName>,
+}
+
+#[derive(Deserialize)]
+struct FullName {
+    full_name: String,
+}
+
+#[derive(Deserialize)]
+struct Login {
+    login: String,
+}
+
+#[derive(Deserialize)]
+struct Label {
+    name: String,
+}
+
+impl Pull {
+    fn info(self, repo: &RepoName) -> PullRequestInfo {
+        PullRequestInfo {
+            number: self.number,
+            open: self.state == "open",
+            head_sha: self.head.sha,
+            base_repo: self
+                .base
+                .repo
+                .map(|r| r.full_name)
+                .unwrap_or_else(|| repo.to_string()),
+            author: self.user.login,
+            labels: self.labels.into_iter().map(|l| l.name).collect(),
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+/// At most this many pages of 100 open pull requests are read per repository.
+const OPEN_PULLS_MAX_PAGES: u32 = 10;
 
 impl GitHub {
     /// A pull request; `Ok(None)` when it does not exist.
@@ -22,44 +83,38 @@ impl GitHub {
         repo: &RepoName,
         number: u64,
     ) -> GhResult<Option<PullRequestInfo>> {
-        #[derive(Deserialize)]
-        struct Repo {
-            full_name: String,
-        }
-        #[derive(Deserialize)]
-        struct Side {
-            sha: String,
-            #[serde(default)]
-            repo: Option<Repo>,
-        }
-        #[derive(Deserialize)]
-        struct Login {
-            login: String,
-        }
-        #[derive(Deserialize)]
-        struct Pull {
-            number: u64,
-            state: String,
-            head: Side,
-            base: Side,
-            user: Login,
-        }
         let route = format!("{}/pulls/{number}", repo.path());
         match self.get_as::<Pull>(inst, &route).await {
-            Ok(p) => Ok(Some(PullRequestInfo {
-                number: p.number,
-                open: p.state == "open",
-                head_sha: p.head.sha,
-                base_repo: p
-                    .base
-                    .repo
-                    .map(|r| r.full_name)
-                    .unwrap_or_else(|| repo.to_string()),
-                author: p.user.login,
-            })),
+            Ok(p) => Ok(Some(p.info(repo))),
             Err(GitHubError::Status { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Every open pull request of `repo`, all pages read (an error on any
+    /// page is the answer: a partial list is never returned).
+    pub async fn open_pulls(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+    ) -> GhResult<Vec<PullRequestInfo>> {
+        let mut all = Vec::new();
+        for page in 1..=OPEN_PULLS_MAX_PAGES {
+            let route = format!(
+                "{}/pulls?state=open&sort=updated&direction=desc&per_page=100&page={page}",
+                repo.path()
+            );
+            let pulls: Vec<Pull> = self.get_as(inst, &route).await?;
+            let last = pulls.len() < 100;
+            all.extend(pulls.into_iter().map(|p| p.info(repo)));
+            if last {
+                return Ok(all);
+            }
+        }
+        Err(GitHubError::Transport(format!(
+            "{repo} has more than {} open pull requests; not all were read",
+            100 * OPEN_PULLS_MAX_PAGES
+        )))
     }
 
     /// The head commit of a branch; `Ok(None)` when there is no such branch.

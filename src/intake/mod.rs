@@ -52,6 +52,16 @@ pub enum Trigger {
         head_sha: String,
         installation_id: Option<i64>,
     },
+    /// Reconciliation found the trigger label on an open PR with no request
+    /// for its head (labelled, or pushed to, while deploybot was down): as
+    /// if labelled now, by its author (who labelled it is not known).
+    Reconciled {
+        repo: String,
+        number: i64,
+        pr_author: String,
+        head_sha: String,
+        installation_id: Option<i64>,
+    },
     /// "Re-run" on one of deploybot's check runs: the same request again,
     /// with the same pinned commits.
     Rerun {
@@ -281,7 +291,7 @@ impl Intake {
         match trigger {
             Trigger::Comment { .. } => self.process_comment(trigger_id, trigger).await,
             Trigger::Rerun { .. } => self.process_rerun(trigger_id, trigger).await,
-            Trigger::Label { .. } | Trigger::Synchronize { .. } => {
+            Trigger::Label { .. } | Trigger::Synchronize { .. } | Trigger::Reconciled { .. } => {
                 self.process_pull_request(trigger_id, trigger).await
             }
         }
@@ -480,7 +490,7 @@ async fn settle(mut tx: Tx, trigger_id: i64) -> Result<(), IntakeError> {
     Ok(())
 }
 
-fn is_sha(sha: &str) -> bool {
+pub(crate) fn is_sha(sha: &str) -> bool {
     sha.len() == 40 && sha.chars().all(|c| c.is_ascii_hexdigit())
 }
 

@@ -15,29 +15,44 @@ impl Intake {
         trigger_id: i64,
         trigger: &Trigger,
     ) -> Result<(), IntakeError> {
-        let (Trigger::Label {
-            repo,
-            number,
-            sender,
-            installation_id,
-            head_sha,
-            pr_author,
-        }
-        | Trigger::Synchronize {
-            repo,
-            number,
-            sender,
-            installation_id,
-            head_sha,
-            pr_author,
-        }) = trigger
-        else {
-            return Ok(());
+        let (repo, number, sender, installation_id, head_sha, pr_author) = match trigger {
+            Trigger::Label {
+                repo,
+                number,
+                sender,
+                installation_id,
+                head_sha,
+                pr_author,
+            }
+            | Trigger::Synchronize {
+                repo,
+                number,
+                sender,
+                installation_id,
+                head_sha,
+                pr_author,
+            } => (repo, number, sender, installation_id, head_sha, pr_author),
+            Trigger::Reconciled {
+                repo,
+                number,
+                installation_id,
+                head_sha,
+                pr_author,
+            } => (
+                repo,
+                number,
+                pr_author,
+                installation_id,
+                head_sha,
+                pr_author,
+            ),
+            _ => return Ok(()),
         };
         if RepoName::parse(repo).is_none() {
             return self.finish(trigger_id).await;
         }
         let synchronize = matches!(trigger, Trigger::Synchronize { .. });
+        let reconciled = matches!(trigger, Trigger::Reconciled { .. });
         let component = self
             .config
             .component_by_repo(repo)
@@ -61,10 +76,16 @@ impl Intake {
         let mut tx = self.store.begin().await?;
         match decision {
             Decision::Denied(why) => {
+                let prefix = &self.config.bot.command_prefix;
                 let why = if synchronize {
                     format!(
-                        "{why}. New commits are deployed once a trusted user comments `{}`",
-                        self.config.bot.command_prefix
+                        "{why}. New commits are deployed once a trusted user comments `{prefix}`"
+                    )
+                } else if reconciled {
+                    format!(
+                        "the `{}` label is on this PR (found while catching up after an \
+                         outage), but {why}. It is deployed once a trusted user comments `{prefix}`",
+                        self.config.bot.trigger_label
                     )
                 } else {
                     why

@@ -14,6 +14,7 @@
 //! `&mut Tx` (inside a transaction, at the transaction's time), or, for a
 //! single read, any executor (`store.db()` or `tx.db()`).
 
+mod chores;
 mod confirmations;
 mod deliveries;
 mod environments;
@@ -38,6 +39,7 @@ use sqlx::{Any, AnyPool, Executor, Row};
 
 pub use crate::domain::{ANY_ENVIRONMENT, Job, JobEvent, JobFilter, NewJob, PullRef};
 use crate::domain::{Conclusion, JobState, Outcome, Report, Step};
+pub use chores::TakenChore;
 pub use confirmations::WaitingConfirmation;
 use deliveries::PendingDelivery;
 pub use deliveries::{NewDelivery, Redelivery};
@@ -414,6 +416,7 @@ mod tests {
     #[test]
     fn sql_spells_states_and_steps_as_the_domain_does() {
         let sources = [
+            include_str!("chores.rs"),
             include_str!("confirmations.rs"),
             include_str!("deliveries.rs"),
             include_str!("environments.rs"),

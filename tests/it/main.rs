@@ -23,6 +23,7 @@ mod cluster_job;
 mod commands;
 mod config_reference;
 mod github_client;
+mod healing;
 mod imagestreams;
 mod intake;
 mod kube;

@@ -372,6 +372,8 @@ async fn closed_pr_fails_resolution_with_a_clear_reason(db: Db) {
     t.settle().await;
     t.github
         .add_pull("packit/ogr", 5, SHA_OTHER, "old", "closed", "alice", &[]);
+    // It waited in the queue for more than a minute: its PRs are asked again.
+    t.advance(Duration::from_secs(120));
     t.run().await;
     let jobs = t.jobs().await;
     assert_eq!(jobs[0]["state"], "failed");
@@ -685,6 +687,8 @@ async fn slow_github_times_resolve_out(db: Db) {
     comment(&t, 614, "/deploy", "alice").await;
     t.settle().await;
     t.github.set_latency(Duration::from_secs(3));
+    // It waited in the queue for more than a minute: its PRs are asked again.
+    t.advance(Duration::from_secs(120));
     t.app.worker.run_until_idle().await.expect("worker");
     let job = t.last_job().await;
     assert_eq!(job["state"], "timed_out", "{job}");

@@ -942,6 +942,77 @@ async fn time_to_recover_when_one_of_two_replicas_dies() {
     recover_from_a_death(true).await;
 }
 
+/// deploybot was down while GitHub delivered a `/deploy` comment (GitHub
+/// records the failure and never retries) and while someone labelled a PR.
+/// After a restart, with no operator: the comment is redelivered and
+/// deployed once, the labelled PR is deployed, and `/metrics` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_github_could_not_deliver_is_caught_up_after_a_restart() {
+    let w = World::new(3, support::pg::fresh_database_url().await).await;
+    let port = free_port();
+    w.github
+        .set_webhook(&format!("http://127.0.0.1:{port}/webhook"), SECRET);
+    let mut replica = Replica::start(&w, port, "catch-up").await;
+    let releaser = spawn_releaser(w.pool.clone(), vec![port]);
+    let prs = [FIRST_PR, FIRST_PR + 1, FIRST_PR + 2];
+    let (_, code) = w
+        .github
+        .send_webhook("issue_comment", &deploy_comment(prs[0]))
+        .await;
+    assert_eq!(code, 202, "delivered while up");
+    replica.kill();
+    let (lost, code) = w
+        .github
+        .send_webhook("issue_comment", &deploy_comment(prs[1]))
+        .await;
+    assert_eq!(code, 0, "nobody answered");
+    w.github.add_pull(
+        REPO,
+        prs[2],
+        &sha(prs[2]),
+        "change",
+        "open",
+        "alice",
+        &["deploy-test"],
+    );
+    let replica = Replica::start(&w, port, "catch-up").await;
+    let redelivered = until(Duration::from_secs(30), || async {
+        w.github
+            .hook_deliveries()
+            .iter()
+            .any(|(guid, again, code)| guid == &lost && *again && *code == 202)
+    })
+    .await;
+    assert!(redelivered, "{:?}", w.github.hook_deliveries());
+    wait_until_settled(&w, Duration::from_secs(120)).await;
+    releaser.abort();
+    check_promises(&w, &[&replica], &prs, &prs).await;
+    let label: Vec<String> = w
+        .texts(
+            "SELECT source FROM jobs j JOIN job_pull_requests p ON p.job_id = j.id \
+             WHERE p.number = $1",
+            &[i64::try_from(prs[2]).expect("number")],
+        )
+        .await;
+    assert_eq!(label, ["label"]);
+    let (_, metrics) = http(
+        "GET",
+        &format!("{}/metrics", replica.base()),
+        &[],
+        Vec::new(),
+    )
+    .await
+    .expect("metrics");
+    for line in [
+        "deploybot_self_healing_total{chore=\"catch_up\",outcome=\"redelivered\"} 1",
+        "deploybot_self_healing_total{chore=\"reconcile\",outcome=\"requested\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    let log = std::fs::read_to_string(w.dir.path().join("catch-up.log")).expect("log");
+    assert!(log.contains(&format!("redelivered       issue_comment.created {lost}")));
+}
+
 /// PostgreSQL restarts under a running deploybot: webhooks during the
 /// outage get 503 (GitHub records a failure, to be redelivered), /readyz
 /// says not ready, and deploybot reconnects by itself and loses nothing it

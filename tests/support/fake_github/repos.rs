@@ -227,7 +227,8 @@ impl GitHubState {
                     "node_id": format!("LA_{i}"),
                     "url": format!("{api}/labels/{}", encode_path_segment(name)),
                     "name": name,
-                    "description": null,
+                    // Both descriptions allow a string (the list's, only one).
+                    "description": format!("the {name} label"),
                     "color": "ededed",
                     "default": false,
                 })
@@ -496,25 +497,43 @@ pub(super) fn compare(state: &mut GitHubState, call: &Call) -> Reply {
     )
 }
 
-/// Open (or closed, or all) pull requests of a repository, newest first.
+/// Open (or closed, or all) pull requests of a repository, in pages
+/// (`per_page` up to 100, default 30; `page` from 1), sorted as asked
+/// (`sort` created or updated, `direction` desc by default).
 pub(super) fn list_pulls(state: &mut GitHubState, call: &Call) -> Reply {
     let repo = call.repo();
-    let wanted = call
-        .query
-        .get("state")
-        .map_or("open", String::as_str)
-        .to_string();
-    let mut numbers: Vec<u64> = state
+    let query = |name: &str| call.query.get(name).map(String::as_str);
+    let wanted = query("state").unwrap_or("open").to_string();
+    let per_page = query("per_page")
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(30)
+        .clamp(1, 100);
+    let page = query("page")
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    let mut pulls: Vec<(u64, DateTime<Utc>)> = state
         .pulls
         .iter()
         .filter(|((r, _), p)| r == &repo && (wanted == "all" || p.state == wanted))
-        .map(|((_, n), _)| *n)
+        .map(|((_, n), p)| {
+            let key = if query("sort") == Some("updated") {
+                p.updated_at
+            } else {
+                p.created_at
+            };
+            (*n, key)
+        })
         .collect();
-    numbers.reverse();
-    let items: Vec<Value> = numbers
+    pulls.sort_by_key(|(n, at)| (*at, *n));
+    if query("direction") != Some("asc") {
+        pulls.reverse();
+    }
+    let items: Vec<Value> = pulls
         .into_iter()
-        .take(100)
-        .map(|n| state.pull_json(&repo, n))
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .map(|(n, _)| state.pull_json(&repo, n))
         .collect();
     Reply::json(200, Value::Array(items))
 }

@@ -101,6 +101,13 @@ impl FakeGitHub {
         });
     }
 
+    /// Forget every fault and delay still waiting to happen.
+    pub fn clear_faults(&self) {
+        let mut state = self.state();
+        state.faults.clear();
+        state.slow.clear();
+    }
+
     /// Delay every answer by `latency` (zero to stop).
     pub fn set_latency(&self, latency: Duration) {
         self.state().latency = latency;
