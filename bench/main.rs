@@ -7,7 +7,7 @@
 //! `target/bench-results.md`.
 //!
 //! `BENCH_SECONDS` (default 5) is how long each load step lasts;
-//! `BENCH_ONLY=intake,ack,pipeline,images,footprint` picks parts.
+//! `BENCH_ONLY=intake,ack,pipeline,github,images,footprint` picks parts.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -525,6 +525,143 @@ fn yes(ok: bool) -> &'static str {
     if ok { "yes" } else { "**no**" }
 }
 
+/// What one request asked of GitHub: token mints, reads, writes, and the
+/// reads made more than once.
+fn github_requests(records: &[support::fake_github::RequestRecord]) -> String {
+    let mints = records
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.starts_with("/app/installations/"))
+        .count();
+    let reads: Vec<String> = records
+        .iter()
+        .filter(|r| r.method == "GET")
+        .map(|r| format!("{}?{}", r.path, r.query))
+        .collect();
+    let writes = records.len() - mints - reads.len();
+    let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+    for read in &reads {
+        *seen.entry(read.as_str()).or_default() += 1;
+    }
+    let repeated: Vec<String> = seen
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(read, n)| format!("{n}× GET {}", read.trim_end_matches('?')))
+        .collect();
+    format!(
+        "{} requests: {mints} token mint(s), {} reads, {writes} writes; repeated reads: {}",
+        records.len(),
+        reads.len(),
+        if repeated.is_empty() {
+            "none".to_string()
+        } else {
+            repeated.join(", ")
+        }
+    )
+}
+
+/// `/deploy ogr=123 packit=456` on packit-service#6100 (three PRs, three
+/// repositories, one installation) deployed to an OpenShift `dev` (fake
+/// cluster, quick builds and rollouts) by `deploybot serve` with its default
+/// status interval, twice: what each request asked of GitHub. The chores
+/// that run at start (catching up, reconciling) are off, so that only the
+/// deployment's requests are counted.
+async fn github_budget(
+    table: &mut Table,
+    dir: &Path,
+    pg: &support::pg::PrivateServer,
+    client: &Client,
+) {
+    let github = fake_github(6100..6101).await;
+    github.add_pull(
+        "packit/packit",
+        456,
+        &format!("{:040x}", 456_456),
+        "fix",
+        "open",
+        "alice",
+        &[],
+    );
+    let kube = FakeKube::start().await;
+    seed_packit_workloads(&kube);
+    kube.run_controllers(Duration::from_millis(500), Duration::from_millis(300));
+    let registry = support::harness::quay(Some(&kube)).await;
+    let path = dir.join("deploybot-github.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[bot]\ncatch_up_every = \"0\"\nreconcile_every = \"0\"\n\
+             [github]\nbot_login = \"packit-deploybot[bot]\"\n{}\n{}\n{}",
+            packit_components(),
+            openshift_dev("", "60s", "60s"),
+            support::harness::quay_toml(&registry)
+        ),
+    )
+    .expect("config");
+    let db = new_database(pg, "bench_github").await;
+    let bot = serve(dir, &path, &db, Some(&github.url()), Some(&kube.url())).await;
+    let pool = sqlx::PgPool::connect(&db).await.expect("database");
+    let url = format!("{}/webhook", bot.base);
+    for round in 1i64..=2 {
+        let before = github.request_records().len();
+        let body = "/deploy ogr=123 packit=456";
+        let d = delivery(
+            "issue_comment",
+            &comment_event(REPO, 6100, true, body, "alice"),
+        );
+        assert_eq!(send(client, &url, &d).await, Some(202));
+        // The request ends, then its last reports are sent and nothing
+        // more is owed to GitHub.
+        let settled = async {
+            loop {
+                let row = sqlx::query(
+                    "SELECT (SELECT state FROM jobs WHERE id = $1), \
+                     (SELECT COUNT(*) FROM outbox WHERE state = 'pending')",
+                )
+                .bind(round)
+                .fetch_one(&pool)
+                .await
+                .ok();
+                if let Some(row) = row {
+                    let state: Option<String> = row.get(0);
+                    let pending: i64 = row.get(1);
+                    if state.is_some_and(|s| !["queued", "running"].contains(&s.as_str()))
+                        && pending == 0
+                    {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), settled)
+            .await
+            .expect("the request ends and is reported");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let records = github.request_records();
+        let counted = github_requests(&records[before..]);
+        let mints = records[before..]
+            .iter()
+            .filter(|r| r.method == "POST" && r.path.starts_with("/app/installations/"))
+            .count();
+        let (what, target, ok) = if round == 1 {
+            ("first request", "≤ 1 mint; no read repeated", mints <= 1)
+        } else {
+            ("the same again", "0 mints; no read repeated", mints == 0)
+        };
+        let ok = ok && counted.ends_with("repeated reads: none");
+        table.row(
+            &format!("GitHub requests, `{body}` on packit-service (three PRs), {what}"),
+            counted,
+            target,
+            yes(ok),
+        );
+    }
+    drop(bot);
+    drop(kube);
+    drop(registry);
+    drop(github);
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     // `cargo bench` passes --bench; nothing else is taken.
@@ -830,6 +967,12 @@ async fn main() {
         drop(kube);
         drop(registry);
         drop(github);
+    }
+
+    // ---- GitHub requests per deployment ----------------------------------
+    if wanted("github") {
+        println!("GitHub requests per deployment");
+        github_budget(&mut table, dir.path(), &pg, &client).await;
     }
 
     // ---- Real images: an overlay against a source rebuild, with buildah ----

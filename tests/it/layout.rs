@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["settings", "auth", "installations", "status"],
     &["ops"],
     &["report", "intake", "pipeline"],
-    &["actions", "worker", "admin"],
+    &["actions", "worker", "admin", "heal"],
     &["web"],
     &["cli", "receive"],
 ];
