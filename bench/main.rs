@@ -407,6 +407,11 @@ fn write_config(dir: &Path, environment: &str) -> PathBuf {
 const DRY_RUN: &str =
     "[[environment]]\nname = \"dev\"\nkind = \"dry-run\"\nurl = \"https://dev.example.org\"\n";
 
+/// Who comments on PR `pr` in the acknowledgement run.
+fn commenter(pr: u64) -> String {
+    format!("tester{pr}")
+}
+
 async fn fake_github(prs: std::ops::Range<u64>) -> FakeGitHub {
     let github = FakeGitHub::start(APP_ID).await;
     for repo in PACKIT_REPOS {
@@ -414,6 +419,9 @@ async fn fake_github(prs: std::ops::Range<u64>) -> FakeGitHub {
     }
     github.set_permission(REPO, "alice", "write");
     for pr in prs {
+        // Each comment of the acknowledgement run is by someone else: one
+        // person may have only `bot.max_queued_per_user` requests waiting.
+        github.set_permission(REPO, &commenter(pr), "write");
         github.add_pull(
             REPO,
             pr,
@@ -581,6 +589,10 @@ async fn github_budget(
         "alice",
         &[],
     );
+    // Every repository a request involves is authorised.
+    for repo in ["packit/ogr", "packit/packit"] {
+        github.set_permission(repo, "alice", "write");
+    }
     let kube = FakeKube::start().await;
     seed_packit_workloads(&kube);
     kube.run_controllers(Duration::from_millis(500), Duration::from_millis(300));
@@ -820,7 +832,7 @@ async fn main() {
             let body = "/deploy";
             let d = delivery(
                 "issue_comment",
-                &comment_event(REPO, pr, true, body, "alice"),
+                &comment_event(REPO, pr, true, body, &commenter(pr)),
             );
             let at = Instant::now();
             assert_eq!(send(&client, &url, &d).await, Some(202));

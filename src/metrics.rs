@@ -138,6 +138,29 @@ fn histograms(
     }
 }
 
+/// A counter with two labels (`keys`), one line per pair seen.
+fn counters2(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    keys: (&str, &str),
+    map: &Mutex<BTreeMap<(String, String), u64>>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    if let Ok(map) = map.lock() {
+        for ((a, b), n) in map.iter() {
+            let _ = writeln!(
+                out,
+                "{name}{{{}=\"{}\",{}=\"{}\"}} {n}",
+                keys.0,
+                label(a),
+                keys.1,
+                label(b)
+            );
+        }
+    }
+}
+
 /// The state read from the database at scrape time.
 pub struct Shared {
     pub jobs_by_state: Vec<(String, i64)>,
@@ -151,34 +174,20 @@ pub struct Shared {
 pub fn render(shared: &Shared) -> String {
     let m = metrics();
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP deploybot_webhooks_total Webhook deliveries by event and outcome.\n# TYPE deploybot_webhooks_total counter"
+    counters2(
+        &mut out,
+        "deploybot_webhooks_total",
+        "Webhook deliveries by event and outcome.",
+        ("event", "outcome"),
+        &m.webhooks,
     );
-    if let Ok(map) = m.webhooks.lock() {
-        for ((event, outcome), n) in map.iter() {
-            let _ = writeln!(
-                out,
-                "deploybot_webhooks_total{{event=\"{}\",outcome=\"{}\"}} {n}",
-                label(event),
-                label(outcome)
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP deploybot_self_healing_total What catching up and reconciling did, by chore and outcome.\n# TYPE deploybot_self_healing_total counter"
+    counters2(
+        &mut out,
+        "deploybot_self_healing_total",
+        "What catching up and reconciling did, by chore and outcome.",
+        ("chore", "outcome"),
+        &m.healed,
     );
-    if let Ok(map) = m.healed.lock() {
-        for ((chore, outcome), n) in map.iter() {
-            let _ = writeln!(
-                out,
-                "deploybot_self_healing_total{{chore=\"{}\",outcome=\"{}\"}} {n}",
-                label(chore),
-                label(outcome)
-            );
-        }
-    }
     let _ = writeln!(
         out,
         "# HELP deploybot_webhook_signature_failures_total Deliveries refused for a bad or missing signature.\n\

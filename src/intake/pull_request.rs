@@ -93,7 +93,9 @@ impl Intake {
                 self.refuse(&mut tx, &origin, sender, &why).await?;
             }
             Decision::Allowed(_) => {
-                if synchronize {
+                // Found by reconciliation: new commits may have come while
+                // deploybot was down.
+                if synchronize || reconciled {
                     let why = format!("superseded by new commits ({})", short(head_sha));
                     ops::supersede_pr(&mut tx, repo, *number, &why).await?;
                 }
