@@ -264,7 +264,16 @@ impl Healer {
         changed_since: Option<i64>,
         done: &mut Reconciled,
     ) -> Result<(), Unanswered> {
-        let inst = find_installation(&self.store, github, repo, None).await?;
+        let inst = match find_installation(&self.store, github, repo, None).await {
+            Ok(inst) => inst,
+            // The App is not installed there: nothing to compare (and not
+            // an error to retry every minute).
+            Err(GitHubError::Status { status: 404, .. }) => {
+                tracing::info!(repo = %repo, "not reconciled: the App is not installed there");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let open = github.open_pulls(inst, repo).await?;
         let name = repo.to_string();
         let installation_id = i64::try_from(inst.0).ok();
@@ -280,10 +289,10 @@ impl Healer {
             if !labelled || !changed || !crate::intake::is_sha(&pr.head_sha) {
                 continue;
             }
-            if self
-                .store
-                .requested_head(&name, number, &pr.head_sha)
-                .await?
+            // Requested already; or someone deploybot refused or ignored acted
+            // on this PR (the label may be theirs): left to a person.
+            if Store::requested_head(self.store.db(), &name, number, &pr.head_sha).await?
+                || self.store.refused_on(&name, number).await?
             {
                 continue;
             }
@@ -310,22 +319,22 @@ impl Healer {
         }
         for (number, by_label) in live {
             let listed = open.iter().find(|p| i64::try_from(p.number) == Ok(number));
-            let reason = match listed {
-                Some(pr) if by_label && !pr.labels.iter().any(|l| l == label) => {
+            let unlabelled = |labels: &[String]| !labels.iter().any(|l| l == label);
+            if listed.is_some_and(|pr| !by_label || !unlabelled(&pr.labels)) {
+                continue;
+            }
+            // Not among the open ones, or listed without the label: ask for
+            // this PR itself (the list may be older than a webhook that came
+            // meanwhile), and act only on GitHub's word.
+            let Ok(n) = u64::try_from(number) else {
+                continue;
+            };
+            let reason = match github.pull_request(inst, repo, n).await? {
+                Some(pr) if !pr.open => "the pull request was closed".to_string(),
+                Some(pr) if by_label && unlabelled(&pr.labels) => {
                     format!("the `{label}` label is no longer on the pull request")
                 }
-                Some(_) => continue,
-                // Not among the open ones: ask for this PR itself, and act
-                // only on GitHub's word that it is closed.
-                None => {
-                    let Ok(n) = u64::try_from(number) else {
-                        continue;
-                    };
-                    match github.pull_request(inst, repo, n).await? {
-                        Some(pr) if !pr.open => "the pull request was closed".to_string(),
-                        _ => continue,
-                    }
-                }
+                _ => continue,
             };
             let mut tx = self.store.begin().await?;
             crate::ops::end_pr(

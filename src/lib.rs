@@ -164,10 +164,25 @@ impl App {
     /// woken after a commit, with a slow poll as a safety net (and for retries
     /// that come due). Ends when `shutdown` flips, after a last drain.
     pub async fn run_background(&self, shutdown: watch::Receiver<bool>, jobs: bool) {
-        let beat = self.beat(shutdown.clone());
         let heal = self.healer.run(self.started_at, shutdown.clone());
         let work = self.intake_and_report(shutdown, jobs);
-        tokio::join!(beat, heal, work);
+        self.beating_while(async {
+            tokio::join!(heal, work);
+        })
+        .await;
+    }
+
+    /// Beat while `work` runs, to its very end (a last drain, the running
+    /// step), then unregister: what this process claimed stays its own
+    /// until it is done with it.
+    async fn beating_while(&self, work: impl std::future::Future<Output = ()>) {
+        let (done, stopped) = watch::channel(false);
+        let beat = self.beat(stopped);
+        let work = async {
+            work.await;
+            let _ = done.send(true);
+        };
+        tokio::join!(beat, work);
         self.retire().await;
     }
 
@@ -240,21 +255,18 @@ impl App {
 
     /// Run jobs until `shutdown` flips (`deploybot worker`), beating all along.
     pub async fn run_worker(&self, shutdown: watch::Receiver<bool>) {
-        tokio::join!(self.beat(shutdown.clone()), self.work(shutdown));
-        self.retire().await;
+        self.beating_while(self.work(shutdown)).await;
     }
 
     /// Tell the database every `bot.heartbeat_ms` that this process is alive
-    /// (what it claimed stays its own), until `shutdown` flips.
-    async fn beat(&self, mut shutdown: watch::Receiver<bool>) {
+    /// (what it claimed stays its own), until `stop` flips.
+    async fn beat(&self, mut stop: watch::Receiver<bool>) {
         let store = &self.state.store;
         let every = store.heartbeat_every();
         let mut forgot: Option<std::time::Instant> = None;
         loop {
             if let Err(e) = store.beat().await {
                 tracing::warn!(error = %e, "heartbeat failed");
-            } else if let Err(e) = store.renew_triggers(intake::LOCK_MS).await {
-                tracing::warn!(error = %e, "cannot renew the claims on deliveries");
             }
             // Once an hour, forget processes gone for a day.
             if forgot.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
@@ -265,9 +277,9 @@ impl App {
             }
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
-                _ = shutdown.changed() => {}
+                _ = stop.changed() => {}
             }
-            if *shutdown.borrow() {
+            if *stop.borrow() {
                 return;
             }
         }

@@ -4,7 +4,8 @@
 CREATE TABLE instances (
     id            TEXT PRIMARY KEY,
     started_at    BIGINT NOT NULL,
-    heartbeat_at  BIGINT NOT NULL
+    heartbeat_at  BIGINT NOT NULL,
+    every_ms      BIGINT NOT NULL      -- how often it beats: gone after 3 missed beats
 );
 ALTER TABLE triggers ADD COLUMN owner TEXT;
 ALTER TABLE outbox ADD COLUMN owner TEXT;

@@ -81,9 +81,9 @@ pub enum Trigger {
     },
 }
 
-/// How long a claim on a trigger lasts unless this process's heartbeat
-/// renews it (a hung intake gives it up; a dead one at once).
-pub const LOCK_MS: i64 = 60_000;
+/// How long a claim on a trigger lasts (a hung intake gives it up then; a
+/// dead one as soon as it stops beating).
+const LOCK_MS: i64 = 60_000;
 
 tokio::task_local! {
     /// The webhook delivery whose trigger is being processed (recorded on the jobs it makes).

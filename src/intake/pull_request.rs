@@ -8,6 +8,7 @@ use crate::domain::plan::Pinned;
 use crate::github::RepoName;
 use crate::intake::{Asked, Intake, IntakeError, Origin, Trigger, is_sha, settle, short};
 use crate::ops;
+use crate::store::Store;
 
 impl Intake {
     pub(super) async fn process_pull_request(
@@ -92,6 +93,11 @@ impl Intake {
                 };
                 self.refuse(&mut tx, &origin, sender, &why).await?;
             }
+            // Found by reconciliation, and requested meanwhile (its label's
+            // webhook came after all): nothing more to do.
+            Decision::Allowed(_)
+                if reconciled
+                    && Store::requested_head(tx.db(), repo, *number, head_sha).await? => {}
             Decision::Allowed(_) => {
                 // Found by reconciliation: new commits may have come while
                 // deploybot was down.
@@ -121,14 +127,22 @@ impl Intake {
                     source,
                     comment_id: None,
                 };
-                if let Err(refused) = self
+                match self
                     .queue(&mut tx, &origin, &asked, &request, &pinned)
                     .await?
                 {
-                    origin
-                        .reply(format!("@{sender}, {refused}"))
-                        .enqueue(&mut tx, None)
-                        .await?;
+                    Ok(_) => {}
+                    // Nobody asked now: no answer (it would make the PR look
+                    // changed to the next reconciliation, and be sent again).
+                    Err(refused) if reconciled => {
+                        tracing::info!(%repo, number, %refused, "reconciled label not queued");
+                    }
+                    Err(refused) => {
+                        origin
+                            .reply(format!("@{sender}, {refused}"))
+                            .enqueue(&mut tx, None)
+                            .await?;
+                    }
                 }
             }
         }

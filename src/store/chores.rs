@@ -73,14 +73,32 @@ impl Store {
 
     /// Whether any request pinned PR `repo#number` at `head_sha` (in any
     /// state: a cancelled one was cancelled on purpose).
-    pub async fn requested_head(&self, repo: &str, number: i64, head_sha: &str) -> Result<bool> {
+    pub async fn requested_head<'e>(
+        db: impl Db<'e>,
+        repo: &str,
+        number: i64,
+        head_sha: &str,
+    ) -> Result<bool> {
         let row = sqlx::query(
-            "SELECT 1 FROM job_pull_requests WHERE repo = $1 AND number = $2 \
+            "SELECT 1 FROM job_pull_requests WHERE LOWER(repo) = LOWER($1) AND number = $2 \
              AND LOWER(head_sha) = LOWER($3) LIMIT 1",
         )
         .bind(repo)
         .bind(number)
         .bind(head_sha)
+        .fetch_optional(db)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Whether deploybot refused (or ignored, for a bot) anyone on PR
+    /// `repo#number`: its label may have come from someone not allowed.
+    pub async fn refused_on(&self, repo: &str, number: i64) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT 1 FROM refusals WHERE LOWER(repo) = LOWER($1) AND number = $2 LIMIT 1",
+        )
+        .bind(repo)
+        .bind(number)
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.is_some())
@@ -90,7 +108,7 @@ impl Store {
     /// running, or holding an environment): (PR number, how it was asked).
     pub async fn live_requests_asked_in(&self, repo: &str) -> Result<Vec<(i64, String)>> {
         let rows = sqlx::query(
-            "SELECT number, source FROM jobs WHERE repo = $1 AND is_pull_request = 1 \
+            "SELECT number, source FROM jobs WHERE LOWER(repo) = LOWER($1) AND is_pull_request = 1 \
              AND number IS NOT NULL AND (state IN ('queued', 'running') OR id IN \
              (SELECT holder_job FROM environments WHERE holder_job IS NOT NULL)) ORDER BY id",
         )

@@ -34,13 +34,14 @@ impl Owner {
 }
 
 /// The SQL condition "the claim's owner in `column` is another instance that
-/// stopped beating"; `$me` is this instance's id, `$cutoff` the oldest
-/// heartbeat that still counts as alive (both numbered by the caller).
-pub(super) fn owner_gone(column: &str, me: u8, cutoff: u8) -> String {
+/// missed [`MISSED_BEATS`] of its own heartbeats"; `$me` is this instance's
+/// id, `$now` the time (both numbered by the caller). Each instance is judged
+/// by the interval it registered with.
+pub(super) fn owner_gone(column: &str, me: u8, now: u8) -> String {
     format!(
         "({column} IS NOT NULL AND {column} <> ${me} AND NOT EXISTS \
          (SELECT 1 FROM instances WHERE instances.id = {column} \
-         AND instances.heartbeat_at >= ${cutoff}))"
+         AND instances.heartbeat_at + {MISSED_BEATS} * instances.every_ms >= ${now}))"
     )
 }
 
@@ -63,11 +64,6 @@ impl Store {
         std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(2_000))
     }
 
-    /// The oldest heartbeat of a live instance.
-    pub(super) fn alive_since(&self, now: i64) -> i64 {
-        now - MISSED_BEATS * self.owner.every_ms.load(Ordering::SeqCst)
-    }
-
     /// Register this process. On SQLite, the only process on its file: every
     /// other instance is gone, so what they claimed is free at once.
     pub async fn register_instance(&self) -> Result<()> {
@@ -80,32 +76,16 @@ impl Store {
         self.beat().await
     }
 
-    /// One heartbeat: this instance is alive; the triggers it is processing
-    /// stay its own for `trigger_lock_ms` more.
+    /// One heartbeat: this instance is alive (and beats this often).
     pub async fn beat(&self) -> Result<()> {
         let now = self.clock.now_ms();
         sqlx::query(
-            "INSERT INTO instances (id, started_at, heartbeat_at) VALUES ($1, $2, $2) \
-             ON CONFLICT (id) DO UPDATE SET heartbeat_at = $2",
+            "INSERT INTO instances (id, started_at, heartbeat_at, every_ms) \
+             VALUES ($1, $2, $2, $3) ON CONFLICT (id) DO UPDATE SET heartbeat_at = $2, every_ms = $3",
         )
         .bind(&self.owner.id)
         .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Keep the triggers this instance is processing claimed for `lock_ms`
-    /// more (a slow GitHub does not hand them to another replica).
-    pub async fn renew_triggers(&self, lock_ms: i64) -> Result<()> {
-        let now = self.clock.now_ms();
-        sqlx::query(
-            "UPDATE triggers SET locked_until = $2 WHERE owner = $1 AND state = 'pending' \
-             AND locked_until > $3",
-        )
-        .bind(&self.owner.id)
-        .bind(now + lock_ms)
-        .bind(now)
+        .bind(self.owner.every_ms.load(Ordering::SeqCst))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -130,13 +110,16 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// The instances that beat recently (for `/healthz` and operators).
+    /// The instances that beat recently (for operators).
     pub async fn live_instances(&self) -> Result<Vec<String>> {
-        let rows =
-            sqlx::query("SELECT id FROM instances WHERE heartbeat_at >= $1 ORDER BY started_at")
-                .bind(self.alive_since(self.clock.now_ms()))
-                .fetch_all(&self.pool)
-                .await?;
+        let sql = format!(
+            "SELECT id FROM instances WHERE heartbeat_at + {MISSED_BEATS} * every_ms >= $1 \
+             ORDER BY started_at"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)) // only a constant is spliced in
+            .bind(self.clock.now_ms())
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
 }

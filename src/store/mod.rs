@@ -362,7 +362,7 @@ impl Store {
             .bind(now + lock_ms)
             .bind(now)
             .bind(&self.owner.id)
-            .bind(self.alive_since(now))
+            .bind(now)
             .fetch_optional(&self.pool)
             .await?;
         let mut claimed = row.map(|row| Claimed::from_row(&row)).transpose()?;

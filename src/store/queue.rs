@@ -105,7 +105,7 @@ impl Store {
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql)) // only a fixed condition is spliced in
             .bind(now)
             .bind(&self.owner.id)
-            .bind(self.alive_since(now))
+            .bind(now)
             .fetch_all(&self.pool)
             .await?;
         super::jobs::jobs(&rows)
@@ -124,7 +124,7 @@ impl Store {
             .bind(reaper)
             .bind(tx.now)
             .bind(&self.owner.id)
-            .bind(self.alive_since(tx.now))
+            .bind(tx.now)
             .execute(tx.db())
             .await?;
         Ok(done.rows_affected() == 1)

@@ -49,6 +49,14 @@ pub enum Effect {
     ForgetInstallation {
         installation_id: i64,
     },
+    /// Someone whose word deploybot does not take acted on the PR (a bot
+    /// added the label): remembered like a refusal, so that reconciliation
+    /// never acts on that label as if it were a person's.
+    Ignored {
+        repo: String,
+        number: i64,
+        login: String,
+    },
 }
 
 /// The events deploybot handles; anything else is acknowledged and ignored.
@@ -300,7 +308,14 @@ fn decode_pull_request(ev: PullRequestEvent, config: &Config) -> (Vec<Effect>, &
     match ev.action.as_str() {
         "labeled" if this_label && ev.pull_request.state == "open" => {
             if is_bot(&ev.sender, config) {
-                return (vec![], "ignored: label added by a bot");
+                return (
+                    vec![Effect::Ignored {
+                        repo,
+                        number: ev.number,
+                        login: ev.sender.login,
+                    }],
+                    "ignored: label added by a bot",
+                );
             }
             (
                 vec![Effect::Trigger(Trigger::Label {
@@ -650,6 +665,13 @@ async fn commit(
             }
             Effect::ForgetInstallation { installation_id } => {
                 Store::forget_installation(&mut tx, *installation_id).await?
+            }
+            Effect::Ignored {
+                repo,
+                number,
+                login,
+            } => {
+                Store::record_refusal(&mut tx, repo, *number, login).await?;
             }
         }
     }

@@ -17,6 +17,7 @@ on_both_backends!(
     a_strangers_labelled_pr_is_refused_once,
     github_errors_end_nothing_and_its_word_ends_requests,
     a_restarted_process_takes_over_what_the_dead_one_claimed,
+    a_label_deploybot_refused_or_ignored_is_never_reconciled,
 );
 
 const REPO: &str = "packit/packit-service";
@@ -104,10 +105,11 @@ async fn a_strangers_labelled_pr_is_refused_once(db: Db) {
         "mallory",
         &["deploy-test"],
     );
-    for _ in 0..2 {
-        assert_eq!(reconcile(&t).await.requested.len(), 1);
-        t.settle().await;
-    }
+    assert_eq!(reconcile(&t).await.requested.len(), 1);
+    t.settle().await;
+    // Refused once: left to a person from then on.
+    assert_eq!(reconcile(&t).await, Default::default());
+    t.settle().await;
     assert!(t.jobs().await.is_empty());
     let replies = t.replies(REPO, 801);
     assert_eq!(replies.len(), 1, "told once");
@@ -303,5 +305,33 @@ async fn a_restarted_process_takes_over_what_the_dead_one_claimed(db: Db) {
         assert_eq!(pending, 0, "report #{id} was sent");
     }
     t.status_comment(1);
+    t.github.assert_no_violations();
+}
+
+/// A label deploybot did receive, from someone it does not take the word
+/// of (a triager without deploy rights, a bot), is not deployed later by
+/// reconciliation on the trusted author's authority.
+async fn a_label_deploybot_refused_or_ignored_is_never_reconciled(db: Db) {
+    let t = app(db).await;
+    t.github.set_permission(REPO, "mallory", "triage");
+    t.github
+        .add_pull(REPO, 803, SHA_B, "third", "open", "alice", &["deploy-test"]);
+    for (number, who) in [(801, "mallory"), (803, "renovate[bot]")] {
+        let mut event = pull_request_event("labeled", REPO, number, who);
+        event["label"]["name"] = serde_json::json!("deploy-test");
+        event["pull_request"]["user"]["login"] = serde_json::json!("alice");
+        if who.ends_with("[bot]") {
+            event["sender"]["type"] = serde_json::json!("Bot");
+        }
+        let (status, _) = t.deliver("pull_request", &event).await;
+        assert!(status.is_success());
+    }
+    t.settle().await;
+    assert!(t.jobs().await.is_empty());
+    assert_eq!(t.replies(REPO, 801).len(), 1, "mallory was told");
+    let done = reconcile(&t).await;
+    assert_eq!(done, Default::default(), "{done:?}");
+    t.settle().await;
+    assert!(t.jobs().await.is_empty());
     t.github.assert_no_violations();
 }
