@@ -166,9 +166,10 @@ impl App {
     pub async fn run_background(&self, shutdown: watch::Receiver<bool>, jobs: bool) {
         let heal = self.healer.run(self.started_at, shutdown.clone());
         let work = self.intake_and_report(shutdown, jobs);
-        self.beating_while(async {
+        // Boxed: the whole process's work is one large future.
+        self.beating_while(Box::pin(async {
             tokio::join!(heal, work);
-        })
+        }))
         .await;
     }
 
@@ -255,7 +256,7 @@ impl App {
 
     /// Run jobs until `shutdown` flips (`deploybot worker`), beating all along.
     pub async fn run_worker(&self, shutdown: watch::Receiver<bool>) {
-        self.beating_while(self.work(shutdown)).await;
+        self.beating_while(Box::pin(self.work(shutdown))).await;
     }
 
     /// Tell the database every `bot.heartbeat_ms` that this process is alive
