@@ -33,18 +33,15 @@ async fn app(db: Db) -> TestApp {
         .permission(REPO, "alice", "write")
         .start()
         .await;
-    t.github.add_pull(
-        REPO,
-        801,
-        SHA_A,
-        "feature",
-        "open",
-        "alice",
-        &["deploy-test"],
-    );
-    t.github
-        .add_pull(REPO, 802, SHA_B, "other", "open", "alice", &["bug"]);
+    pr(&t, 801, SHA_A, "open", "alice", &["deploy-test"]);
+    pr(&t, 802, SHA_B, "open", "alice", &["bug"]);
     t
+}
+
+/// PR `number` of packit-service as GitHub has it now (no webhook is sent).
+fn pr(t: &TestApp, number: u64, head: &str, state: &str, author: &str, labels: &[&str]) {
+    t.github
+        .add_pull(REPO, number, head, "branch", state, author, labels);
 }
 
 async fn reconcile(t: &TestApp) -> deploybot::heal::Reconciled {
@@ -73,15 +70,7 @@ async fn a_pr_labelled_while_deploybot_was_down_is_deployed(db: Db) {
     assert_eq!(again, Default::default(), "nothing to do: {again:?}");
     assert_eq!(t.jobs().await.len(), 1);
     // New commits pushed while down: the new head is requested.
-    t.github.add_pull(
-        REPO,
-        801,
-        SHA_B,
-        "feature",
-        "open",
-        "alice",
-        &["deploy-test"],
-    );
+    pr(&t, 801, SHA_B, "open", "alice", &["deploy-test"]);
     assert_eq!(reconcile(&t).await.requested, [format!("{REPO}#801")]);
     t.run().await;
     t.settle().await;
@@ -96,15 +85,7 @@ async fn a_pr_labelled_while_deploybot_was_down_is_deployed(db: Db) {
 /// author, and a stranger's PR gets one answer saying how to deploy it.
 async fn a_strangers_labelled_pr_is_refused_once(db: Db) {
     let t = app(db).await;
-    t.github.add_pull(
-        REPO,
-        801,
-        SHA_A,
-        "feature",
-        "open",
-        "mallory",
-        &["deploy-test"],
-    );
+    pr(&t, 801, SHA_A, "open", "mallory", &["deploy-test"]);
     assert_eq!(reconcile(&t).await.requested.len(), 1);
     t.settle().await;
     // Refused once: left to a person from then on.
@@ -146,15 +127,7 @@ async fn github_errors_end_nothing_and_its_word_ends_requests(db: Db) {
     assert_eq!(holder().await, held["id"].as_i64());
 
     // Closed at GitHub, but no webhook came; GitHub now errs on the list...
-    t.github.add_pull(
-        REPO,
-        801,
-        SHA_A,
-        "feature",
-        "closed",
-        "alice",
-        &["deploy-test"],
-    );
+    pr(&t, 801, SHA_A, "closed", "alice", &["deploy-test"]);
     let list = format!("/repos/{REPO}/pulls");
     t.github.fail_next("GET", &list, 502, 100, vec![]);
     let done = reconcile(&t).await;
@@ -188,8 +161,7 @@ async fn github_errors_end_nothing_and_its_word_ends_requests(db: Db) {
     t.github.clear_faults();
 
     // Open again, without the label: the label's request ends.
-    t.github
-        .add_pull(REPO, 801, SHA_A, "feature", "open", "alice", &["bug"]);
+    pr(&t, 801, SHA_A, "open", "alice", &["bug"]);
     let done = reconcile(&t).await;
     assert_eq!(
         done.ended,
@@ -201,29 +173,13 @@ async fn github_errors_end_nothing_and_its_word_ends_requests(db: Db) {
     t.settle().await;
 
     // Labelled again and deployed; then GitHub's word that it is closed.
-    t.github.add_pull(
-        REPO,
-        801,
-        SHA_B,
-        "feature",
-        "open",
-        "alice",
-        &["deploy-test"],
-    );
+    pr(&t, 801, SHA_B, "open", "alice", &["deploy-test"]);
     reconcile(&t).await;
     t.run().await;
     t.settle().await;
     let second = t.last_job().await;
     assert_eq!(holder().await, second["id"].as_i64());
-    t.github.add_pull(
-        REPO,
-        801,
-        SHA_B,
-        "feature",
-        "closed",
-        "alice",
-        &["deploy-test"],
-    );
+    pr(&t, 801, SHA_B, "closed", "alice", &["deploy-test"]);
     let done = reconcile(&t).await;
     assert_eq!(
         done.ended,
@@ -314,8 +270,7 @@ async fn a_restarted_process_takes_over_what_the_dead_one_claimed(db: Db) {
 async fn a_label_deploybot_refused_or_ignored_is_never_reconciled(db: Db) {
     let t = app(db).await;
     t.github.set_permission(REPO, "mallory", "triage");
-    t.github
-        .add_pull(REPO, 803, SHA_B, "third", "open", "alice", &["deploy-test"]);
+    pr(&t, 803, SHA_B, "open", "alice", &["deploy-test"]);
     for (number, who) in [(801, "mallory"), (803, "renovate[bot]")] {
         let mut event = pull_request_event("labeled", REPO, number, who);
         event["label"]["name"] = serde_json::json!("deploy-test");
