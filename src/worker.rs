@@ -94,7 +94,28 @@ impl Worker {
             }
             tx.commit().await?;
         }
+        if let Some(before) = self.pipeline.config.bot.expiry_notice.every() {
+            n += self.warn_expiries(before, prefix).await?;
+        }
         self.sync_leases().await?;
+        Ok(n)
+    }
+
+    /// Tell each holder whose hold ends within `before`, once per expiry.
+    async fn warn_expiries(&self, before: Duration, prefix: &str) -> Result<usize, StoreError> {
+        let mut n = 0;
+        let within = ms(before);
+        for env in self.store().holds_ending_within(within).await? {
+            let (Some(holder), Some(until)) = (env.holder_job, env.held_until) else {
+                continue;
+            };
+            let mut tx = self.store().begin().await?;
+            let now = tx.now;
+            if ops::warn_expiry(&mut tx, &env.name, holder, until, now, prefix).await? {
+                n += 1;
+            }
+            tx.commit().await?;
+        }
         Ok(n)
     }
 

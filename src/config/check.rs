@@ -90,6 +90,7 @@ impl Config {
         for (name, span) in [
             ("bot.catch_up_every", &self.bot.catch_up_every),
             ("bot.reconcile_every", &self.bot.reconcile_every),
+            ("bot.expiry_notice", &self.bot.expiry_notice),
         ] {
             if !span.valid_period() {
                 problems.push(format!(

@@ -86,6 +86,9 @@ pub struct BotConfig {
     /// request whose PR GitHub says is closed or unlabelled ends), e.g.
     /// `10m`; `0` turns it off.
     pub reconcile_every: Span,
+    /// How long before a hold ends its PR is told once, with how to extend
+    /// it, e.g. `10m`; `0` turns the notice off.
+    pub expiry_notice: Span,
     /// How long after a comment was written its PRs are pinned without
     /// asking again; a comment processed later (GitHub retried, an operator
     /// redelivered it) asks for confirmation of the exact commits.
@@ -118,6 +121,7 @@ impl Default for BotConfig {
             heartbeat_ms: 2_000,
             catch_up_every: Span::new("10m"),
             reconcile_every: Span::new("10m"),
+            expiry_notice: Span::new("10m"),
             approval_window: Span::new("5m"),
             confirm_within: Span::new("15m"),
             confirm_poll_ms: 5_000,

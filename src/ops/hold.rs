@@ -98,6 +98,37 @@ pub async fn expire(
     Ok(true)
 }
 
+/// The hold of `environment` by `holder` ends at `until` (soon): tell the
+/// holder's PR once per expiry, with how to keep it. False when it was told.
+pub async fn warn_expiry(
+    tx: &mut Tx,
+    environment: &str,
+    holder: i64,
+    until: i64,
+    now: i64,
+    command_prefix: &str,
+) -> Result<bool> {
+    if !Store::mark_warned(tx, environment, holder, until).await? {
+        return Ok(false);
+    }
+    if let Some(job) = Store::job(tx.db(), holder).await? {
+        // In whole minutes, rounded up: the notice is read later anyway.
+        let minutes = (until - now + 59_999) / 60_000;
+        let left = if minutes == 1 {
+            "1 minute".to_string()
+        } else {
+            format!("{minutes} minutes")
+        };
+        let at = crate::status::human_time(until);
+        let body = format!(
+            "⏳ The hold of **{environment}** by request #{holder} ends at {at} (in {left}). To keep \
+             it, comment `{command_prefix} extend 1h`; to give it back now, `{command_prefix} release`."
+        );
+        notice(tx, &job, body).await?;
+    }
+    Ok(true)
+}
+
 /// What `extend` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Extended {

@@ -141,6 +141,42 @@ impl Store {
     }
 
     /// Holds whose time is up.
+    /// Holds that end within `within_ms` and whose holder was not told of
+    /// this expiry yet (holders still deploying excepted).
+    pub async fn holds_ending_within(&self, within_ms: i64) -> Result<Vec<EnvironmentRow>> {
+        let now = self.clock.now_ms();
+        let rows = sqlx::query(
+            "SELECT * FROM environments WHERE holder_job IS NOT NULL AND held_until >= $1 \
+             AND held_until <= $2 AND (warned_until IS NULL OR warned_until <> held_until) \
+             AND holder_job NOT IN (SELECT id FROM jobs WHERE state = 'running') ORDER BY name",
+        )
+        .bind(now)
+        .bind(now + within_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(EnvironmentRow::from_row).collect()
+    }
+
+    /// Record that `holder` was told its hold of `environment` ends at
+    /// `until`; false if it was told already, or the hold changed.
+    pub async fn mark_warned(
+        tx: &mut Tx,
+        environment: &str,
+        holder: i64,
+        until: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE environments SET warned_until = $3 WHERE name = $1 AND holder_job = $2 \
+             AND held_until = $3 AND (warned_until IS NULL OR warned_until <> $3)",
+        )
+        .bind(environment)
+        .bind(holder)
+        .bind(until)
+        .execute(tx.db())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     pub async fn expired_holds(&self) -> Result<Vec<EnvironmentRow>> {
         let rows = sqlx::query(
             "SELECT * FROM environments WHERE holder_job IS NOT NULL AND held_until < $1 \

@@ -3,6 +3,7 @@
 //! cancel, and workers that die or race. Real PostgreSQL and SQLite, the fake
 //! GitHub for pinning refs.
 
+use crate::shown::assert_shown;
 use crate::support;
 
 use std::time::Duration;
@@ -27,6 +28,7 @@ on_both_backends!(
     slow_github_times_resolve_out,
     a_deploying_jobs_hold_does_not_expire_under_it,
     new_commits_on_a_deployed_pr_are_noticed,
+    a_hold_about_to_end_tells_its_pr_once,
 );
 
 const SHA_SERVICE: &str = "1111111111111111111111111111111111111111";
@@ -783,4 +785,61 @@ async fn new_commits_on_a_deployed_pr_are_noticed(db: Db) {
         t.headlines().await,
         ["### 🚀 Done on `dev` (a dry-run environment: nothing was changed)"]
     );
+}
+
+/// Ten minutes before a hold ends, its PR is told once how to keep it; an
+/// extension makes a new notice due for the new end; a restart sends none
+/// again.
+async fn a_hold_about_to_end_tells_its_pr_once(db: Db) {
+    let mut t = dry_app(db).await;
+    comment(&t, 614, "/deploy", "alice").await;
+    t.run().await;
+    t.settle().await;
+    assert_eq!(holder(&t).await, Some(1));
+    // The replies posted since the last look that are this notice (the
+    // rest answer the commands).
+    let notices = |t: &TestApp| {
+        t.replies("packit/packit-service", 614)
+            .into_iter()
+            .filter(|c| c.body.contains("⏳"))
+            .collect::<Vec<_>>()
+    };
+    notices(&t);
+    // Two hours, less nine minutes: within ten minutes of the end.
+    t.advance(Duration::from_secs(2 * 3600 - 9 * 60));
+    t.run().await;
+    t.settle().await;
+    let told = notices(&t);
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert!(
+        told[0]
+            .body
+            .contains("The hold of **dev** by request #1 ends at ")
+            && told[0].body.contains("(in 9 minutes)")
+            && told[0].body.contains("`/deploy extend 1h`"),
+        "{}",
+        told[0].body
+    );
+    assert_shown!("hold_ending_notice", told[0].body);
+    // Maintenance again: no second notice.
+    t.run().await;
+    t.settle().await;
+    assert!(notices(&t).is_empty());
+    // Extended by an hour: told again before the new end, once.
+    comment(&t, 614, "/deploy extend 1h", "alice").await;
+    t.run().await;
+    t.settle().await;
+    assert!(notices(&t).is_empty(), "an hour and nine minutes left");
+    t.advance(Duration::from_secs(3600));
+    t.run().await;
+    t.settle().await;
+    assert_eq!(notices(&t).len(), 1, "told of the new end");
+    // A restart (a new process, its clock moved as far): not told again.
+    t.restart().await;
+    t.advance(Duration::from_secs(3 * 3600 - 9 * 60));
+    t.run().await;
+    t.settle().await;
+    assert!(notices(&t).is_empty());
+    assert_eq!(holder(&t).await, Some(1), "still held");
+    t.status_comment(1);
 }
