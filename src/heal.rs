@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::github::{GitHub, GitHubError, RepoName};
 use crate::installations::find_installation;
 use crate::intake::Trigger;
-use crate::store::{Store, StoreError, TakenChore};
+use crate::store::{Store, StoreError, TakenChore, millis};
 
 /// A chore that failed is tried again this much later.
 const RETRY_MS: i64 = 60_000;
@@ -60,10 +60,6 @@ pub struct Healer {
     store: Store,
     config: Arc<Config>,
     github: Option<GitHub>,
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
 impl Healer {
@@ -139,7 +135,7 @@ impl Healer {
         }
         let Some(taken) = self
             .store
-            .take_chore(chore.name(), ms(period), since_start)
+            .take_chore(chore.name(), millis(period), since_start)
             .await?
         else {
             return Ok(true);

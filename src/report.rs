@@ -141,8 +141,7 @@ impl Reporter {
                     && let Some(wait) = e.retry_after()
                 {
                     // Every report waits, not only this one.
-                    let until = self.store.now_ms()
-                        + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 4);
+                    let until = self.store.now_ms() + crate::store::millis(wait);
                     tracing::warn!(?wait, "GitHub rate limit: reports paused");
                     self.paused_until.fetch_max(until, Ordering::Relaxed);
                     self.store.delay_reports(until).await?;

@@ -11,7 +11,7 @@ use tracing::Instrument;
 use crate::domain::Step;
 use crate::ops;
 use crate::pipeline::{Pipeline, Ran};
-use crate::store::{Job, Store, StoreError};
+use crate::store::{Job, Store, StoreError, millis};
 
 #[derive(Clone, Debug)]
 pub struct WorkerSettings {
@@ -46,17 +46,13 @@ pub struct Worker {
     settings: WorkerSettings,
 }
 
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
-}
-
 impl Worker {
     pub fn new(pipeline: Arc<Pipeline>, settings: WorkerSettings) -> Worker {
+        // This process's id, and which of its workers.
         let id = format!(
-            "{}-{}-{}",
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "deploybot".into()),
-            std::process::id(),
-            &uuid::Uuid::new_v4().to_string()[..8]
+            "{}/{}",
+            pipeline.store.instance_id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
         Worker {
             id,
@@ -104,7 +100,7 @@ impl Worker {
     /// Tell each holder whose hold ends within `before`, once per expiry.
     async fn warn_expiries(&self, before: Duration, prefix: &str) -> Result<usize, StoreError> {
         let mut n = 0;
-        let within = ms(before);
+        let within = millis(before);
         for env in self.store().holds_ending_within(within).await? {
             let (Some(holder), Some(until)) = (env.holder_job, env.held_until) else {
                 continue;
@@ -244,7 +240,7 @@ impl Worker {
 
     /// Claim one job and run it; false when there was nothing to do.
     pub async fn step(&self) -> Result<bool, StoreError> {
-        let lease = ms(self.settings.lease);
+        let lease = millis(self.settings.lease);
         let Some(job) = self.store().claim_job(&self.id, lease).await? else {
             return Ok(false);
         };

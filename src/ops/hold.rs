@@ -182,10 +182,9 @@ pub fn extended_until(
     by: Duration,
     max: Duration,
 ) -> (i64, bool) {
-    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
     let current = held_until.unwrap_or(now).max(now);
-    let limit = now + ms(max);
-    let wanted = current + ms(by);
+    let limit = now + crate::store::millis(max);
+    let wanted = current + crate::store::millis(by);
     (wanted.min(limit), wanted > limit)
 }
 

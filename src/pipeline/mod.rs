@@ -232,7 +232,7 @@ impl Pipeline {
 
         // 7. Hold.
         let ttl = request.ttl.unwrap_or_else(|| environment.default_ttl());
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 4);
+        let ttl_ms = crate::store::millis(ttl);
         let mut tx = self.store.begin().await?;
         let until = tx.now + ttl_ms;
         Store::mark_clean(&mut tx, &environment.name).await?;

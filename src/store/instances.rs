@@ -109,17 +109,4 @@ impl Store {
             .await?;
         Ok(done.rows_affected())
     }
-
-    /// The instances that beat recently (for operators).
-    pub async fn live_instances(&self) -> Result<Vec<String>> {
-        let sql = format!(
-            "SELECT id FROM instances WHERE heartbeat_at + {MISSED_BEATS} * every_ms >= $1 \
-             ORDER BY started_at"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)) // only a constant is spliced in
-            .bind(self.clock.now_ms())
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
-    }
 }

@@ -203,6 +203,12 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// A duration in the store's unit (milliseconds), saturating far beyond
+/// any real one so that adding it to a time cannot overflow.
+pub fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
 /// A unix-millisecond time as RFC 3339 (UTC), for people and APIs.
 pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
