@@ -293,6 +293,7 @@ impl Reporter {
                 summary: check.summary.clone(),
                 text: check.text.clone(),
             },
+            actions: check.buttons.iter().map(|b| (*b).into()).collect(),
         };
         for pr in &snap.pulls {
             let (Some(sha), Some(repo)) = (&pr.head_sha, RepoName::parse(&pr.repo)) else {

@@ -15,6 +15,26 @@ pub struct CheckRun {
     pub external_id: String,
     pub details_url: String,
     pub output: CheckRunOutput,
+    /// Its buttons; always sent, so that an update removes old ones.
+    pub actions: Vec<CheckRunAction>,
+}
+
+/// A button on a check run, as GitHub takes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CheckRunAction {
+    pub label: &'static str,
+    pub description: &'static str,
+    pub identifier: &'static str,
+}
+
+impl From<crate::domain::Button> for CheckRunAction {
+    fn from(b: crate::domain::Button) -> Self {
+        CheckRunAction {
+            label: b.label(),
+            description: b.description(),
+            identifier: b.identifier(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

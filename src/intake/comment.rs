@@ -378,19 +378,30 @@ impl Intake {
                 None => return Ok("this conversation holds no environment.".into()),
             },
         };
-        Ok(
-            match ops::release(tx, &name, None, &origin.actor(author)).await? {
-                ops::Released::Released { holder } => {
-                    format!("released `{name}` (held by request #{holder}).")
-                }
-                ops::Released::Stopping { holder } => format!(
-                    "request #{holder} is still deploying to `{name}`; I asked it to stop, which releases the environment."
-                ),
-                ops::Released::NotHeld | ops::Released::ChangedHands => {
-                    format!("`{name}` is not held by anyone.")
-                }
-            },
-        )
+        let answer = self
+            .release_answer(tx, &name, None, &origin.actor(author))
+            .await?;
+        Ok(answer.unwrap_or_else(|| format!("`{name}` is not held by anyone.")))
+    }
+
+    /// Release `name` (only from `expected`, when given) and say what
+    /// happened; `None` when nothing was held by whom it should be.
+    pub(super) async fn release_answer(
+        &self,
+        tx: &mut Tx,
+        name: &str,
+        expected: Option<i64>,
+        actor: &ops::Actor<'_>,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(match ops::release(tx, name, expected, actor).await? {
+            ops::Released::Released { holder } => {
+                Some(format!("released `{name}` (held by request #{holder})."))
+            }
+            ops::Released::Stopping { holder } => Some(format!(
+                "request #{holder} is still deploying to `{name}`; I asked it to stop, which releases the environment."
+            )),
+            ops::Released::NotHeld | ops::Released::ChangedHands => None,
+        })
     }
 
     /// `extend DURATION`: lengthen this conversation's hold, up to the maximum.
@@ -406,16 +417,31 @@ impl Intake {
         else {
             return Ok("this conversation holds no environment to extend.".into());
         };
+        let answer = self
+            .extend_answer(tx, &row.name, job.id, by, &origin.actor(author))
+            .await?;
+        Ok(answer.unwrap_or_else(|| "this conversation holds no environment to extend.".into()))
+    }
+
+    /// Lengthen `holder`'s hold of `name` by `by` (up to the environment's
+    /// maximum) and say until when; `None` when `holder` does not hold it.
+    pub(super) async fn extend_answer(
+        &self,
+        tx: &mut Tx,
+        name: &str,
+        holder: i64,
+        by: std::time::Duration,
+        actor: &ops::Actor<'_>,
+    ) -> Result<Option<String>, StoreError> {
         let max = self
             .config
-            .environment(&row.name)
+            .environment(name)
             .map(|e| e.max_ttl())
             .unwrap_or(std::time::Duration::from_secs(8 * 3600));
-        let actor = origin.actor(author);
         let ops::Extended::Until { until, capped, .. } =
-            ops::extend(tx, &row.name, Some(job.id), by, max, &actor).await?
+            ops::extend(tx, name, Some(holder), by, max, actor).await?
         else {
-            return Ok("this conversation holds no environment to extend.".into());
+            return Ok(None);
         };
         let capped = if capped {
             format!(
@@ -425,11 +451,10 @@ impl Intake {
         } else {
             String::new()
         };
-        Ok(format!(
-            "`{}` is now held until {}{capped}.",
-            row.name,
+        Ok(Some(format!(
+            "`{name}` is now held until {}{capped}.",
             crate::store::rfc3339(until)
-        ))
+        )))
     }
 
     /// `status`: every environment with its holder, expiry and queue.

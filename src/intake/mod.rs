@@ -70,6 +70,15 @@ pub enum Trigger {
         sender: String,
         installation_id: Option<i64>,
     },
+    /// *Extend 1h* or *Release* on one of deploybot's check runs: that
+    /// request's hold, as the matching command on the check run's PR.
+    Button {
+        repo: String,
+        check_run_id: i64,
+        sender: String,
+        installation_id: Option<i64>,
+        button: crate::domain::Button,
+    },
     /// New commits on a labelled PR.
     Synchronize {
         repo: String,
@@ -291,6 +300,7 @@ impl Intake {
         match trigger {
             Trigger::Comment { .. } => self.process_comment(trigger_id, trigger).await,
             Trigger::Rerun { .. } => self.process_rerun(trigger_id, trigger).await,
+            Trigger::Button { .. } => self.process_button(trigger_id, trigger).await,
             Trigger::Label { .. } | Trigger::Synchronize { .. } | Trigger::Reconciled { .. } => {
                 self.process_pull_request(trigger_id, trigger).await
             }

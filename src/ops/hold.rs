@@ -122,7 +122,8 @@ pub async fn warn_expiry(
         let at = crate::status::human_time(until);
         let body = format!(
             "⏳ The hold of **{environment}** by request #{holder} ends at {at} (in {left}). To keep \
-             it, comment `{command_prefix} extend 1h`; to give it back now, `{command_prefix} release`."
+             it, comment `{command_prefix} extend 1h` or click *Extend 1h* on its check run; to give \
+             it back now, `{command_prefix} release`."
         );
         notice(tx, &job, body).await?;
     }

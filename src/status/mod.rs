@@ -11,7 +11,7 @@ pub use text::{human_span, human_time};
 use crate::command::{DeployRequest, Ref};
 use crate::config::Config;
 use crate::domain::plan::{Pinned, Plan};
-use crate::domain::{JobState, Step};
+use crate::domain::{Button, JobState, Step};
 use crate::quote;
 use crate::store::{EnvironmentRow, Job, JobEvent, PullRef, Store, StoreError};
 
@@ -63,6 +63,8 @@ pub struct CheckState {
     pub title: String,
     pub summary: String,
     pub text: Option<String>,
+    /// The buttons it shows, which follow the state (none once it is over).
+    pub buttons: Vec<Button>,
 }
 
 /// One step of a request as the status shows it.
@@ -481,7 +483,7 @@ impl Snapshot {
                 "`{p} extend 2h` keeps it longer · `{p} release` frees it for others · `{p} status` shows every environment."
             ),
             Phase::Failed | Phase::TimedOut => {
-                "Fix and comment the command again, or use “Re-run” on the check run.".into()
+                "Fix and comment the command again, or use *Retry* on the check run.".into()
             }
             _ => String::new(),
         }
@@ -541,9 +543,15 @@ impl Snapshot {
         summary.push('\n');
         summary.push_str(&self.steps_table());
         let text = self.failure();
+        let buttons = match self.phase() {
+            Phase::Deployed => vec![Button::Extend, Button::Release],
+            Phase::Failed | Phase::TimedOut | Phase::Cancelled => vec![Button::Retry],
+            _ => Vec::new(),
+        };
         CheckState {
             status,
             conclusion,
+            buttons,
             title: truncate(&self.headline(), 200),
             summary: truncate(&summary, 60_000),
             text: text.map(|t| truncate(&t, 60_000)),

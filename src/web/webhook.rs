@@ -13,6 +13,7 @@ use serde_json::json;
 
 use crate::command::new_command_lines;
 use crate::config::Config;
+use crate::domain::Button;
 use crate::intake::Trigger;
 use crate::store::Store;
 use crate::web::AppState;
@@ -168,6 +169,8 @@ struct Head {
 struct CheckRunEvent {
     action: String,
     check_run: CheckRunPayload,
+    #[serde(default)]
+    requested_action: Option<RequestedAction>,
     repository: Repository,
     sender: User,
     #[serde(default)]
@@ -179,6 +182,12 @@ struct CheckRunPayload {
     id: i64,
     #[serde(default)]
     external_id: Option<String>,
+}
+
+/// The button clicked (`requested_action`): its identifier, as deploybot set it.
+#[derive(Deserialize)]
+struct RequestedAction {
+    identifier: String,
 }
 
 #[derive(Deserialize)]
@@ -368,12 +377,17 @@ fn decode_pull_request(ev: PullRequestEvent, config: &Config) -> (Vec<Effect>, &
     }
 }
 
-/// "Re-run" on a check run: deploybot's carry the job id as `external_id`
-/// (the intake then finds the job by the check run's id).
+/// "Re-run" or a button on a check run: deploybot's carry the job id as
+/// `external_id` (the intake then finds the job by the check run's id).
 fn decode_check_run(ev: CheckRunEvent, config: &Config) -> (Vec<Effect>, &'static str) {
-    if ev.action != "rerequested" {
-        return (vec![], "ignored: check_run action not handled");
-    }
+    let button = match (ev.action.as_str(), &ev.requested_action) {
+        ("rerequested", _) => None,
+        ("requested_action", Some(asked)) => match Button::from_identifier(&asked.identifier) {
+            Some(button) => Some(button),
+            None => return (vec![], "ignored: not one of deploybot's buttons"),
+        },
+        _ => return (vec![], "ignored: check_run action not handled"),
+    };
     let ours = ev
         .check_run
         .external_id
@@ -385,15 +399,31 @@ fn decode_check_run(ev: CheckRunEvent, config: &Config) -> (Vec<Effect>, &'stati
     if is_bot(&ev.sender, config) {
         return (vec![], "ignored: re-run by a bot");
     }
-    (
-        vec![Effect::Trigger(Trigger::Rerun {
-            repo: ev.repository.full_name,
-            check_run_id: ev.check_run.id,
-            sender: ev.sender.login,
-            installation_id: ev.installation.map(|i| i.id),
-        })],
-        "check run re-run requested",
-    )
+    let repo = ev.repository.full_name;
+    let check_run_id = ev.check_run.id;
+    let sender = ev.sender.login;
+    let installation_id = ev.installation.map(|i| i.id);
+    match button {
+        None => (
+            vec![Effect::Trigger(Trigger::Rerun {
+                repo,
+                check_run_id,
+                sender,
+                installation_id,
+            })],
+            "check run re-run requested",
+        ),
+        Some(button) => (
+            vec![Effect::Trigger(Trigger::Button {
+                repo,
+                check_run_id,
+                sender,
+                installation_id,
+                button,
+            })],
+            "check run button clicked",
+        ),
+    }
 }
 
 fn decode_installation(ev: InstallationEvent) -> (Vec<Effect>, &'static str) {

@@ -3,6 +3,7 @@
 //! JWTs and installation tokens over HTTP.
 
 use crate::support;
+use deploybot::domain::Button;
 
 use deploybot::github::{
     CheckRun, CheckRunOutput, CommentId, DeploymentStatus, GitHub, GitHubSettings, InstallationId,
@@ -83,6 +84,7 @@ async fn writes_check_runs_comments_and_deployments() {
             summary: "ogr=#123".into(),
             text: None,
         },
+        actions: Vec::new(),
     };
     let id = gh
         .create_check_run(inst, &repo, SHA, &run)
@@ -90,12 +92,15 @@ async fn writes_check_runs_comments_and_deployments() {
         .expect("created");
     run.status = "completed".into();
     run.conclusion = Some("success".into());
+    run.actions = vec![Button::Extend.into(), Button::Release.into()];
     gh.update_check_run(inst, &repo, id, &run)
         .await
         .expect("updated");
     let runs = fake.check_runs("packit/ogr");
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0]["conclusion"], "success");
+    assert_eq!(runs[0]["actions"][0]["label"], "Extend 1h");
+    assert_eq!(runs[0]["actions"][1]["identifier"], "release");
     assert_eq!(runs[0]["external_id"], "42");
     assert_eq!(runs[0]["head_sha"], SHA);
 

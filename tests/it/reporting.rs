@@ -20,6 +20,7 @@ on_both_backends!(
     check_runs_created_but_not_acknowledged_are_found_again,
     a_marker_in_a_persons_comment_is_not_taken_for_the_status_comment,
     an_expired_hold_taken_over_is_told_and_shown_ended,
+    the_check_runs_buttons_follow_the_request_and_act_for_whoever_may,
 );
 
 const DONE: &str = "### 🚀 Done on `dev` (a dry-run environment: nothing was changed)";
@@ -129,6 +130,96 @@ async fn rerun_queues_the_same_request_with_the_same_commits(db: Db) {
     assert!(status.is_success(), "{body}");
     t.run().await;
     assert_eq!(t.jobs().await.len(), 2);
+    t.github.assert_clean();
+}
+
+async fn held_until(t: &TestApp) -> Option<i64> {
+    deploybot::store::Store::environments(t.app.state.store.db())
+        .await
+        .expect("environments")[0]
+        .held_until
+}
+
+async fn the_check_runs_buttons_follow_the_request_and_act_for_whoever_may(db: Db) {
+    let t = app(db).await;
+    t.github.set_permission("packit/ogr", "mallory", "read");
+    comment(&t, "/deploy ogr=123 --ttl=1h").await;
+    t.run().await;
+    for repo in ["packit/packit-service", "packit/ogr"] {
+        assert_eq!(t.buttons(repo, 1), ["Extend 1h", "Release"], "{repo}");
+    }
+    assert_shown!(
+        "held_check_run_with_buttons",
+        check_run_output(&t.check_runs_for("packit/ogr", 1)[0])
+    );
+    let before = held_until(&t).await.expect("held");
+
+    // Someone who may not deploy from ogr: refused on ogr#123, where the
+    // button is; the hold is as it was.
+    assert!(t.click("packit/ogr", 1, "Extend 1h", "mallory").await.is_success());
+    t.run().await;
+    let refused = t.replies("packit/ogr", 123);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0].body.starts_with("@mallory, I can't deploy for you"), "{}", refused[0].body);
+    assert_eq!(held_until(&t).await, Some(before));
+
+    // alice: one hour more, answered where she clicked.
+    assert!(t.click("packit/ogr", 1, "Extend 1h", "alice").await.is_success());
+    t.run().await;
+    assert_eq!(held_until(&t).await, Some(before + 3_600_000));
+    let answer = t.replies("packit/ogr", 123);
+    assert_eq!(answer.len(), 1, "{answer:?}");
+    assert!(answer[0].body.starts_with("@alice, `dev` is now held until "), "{}", answer[0].body);
+    assert!(events(&t.job(1).await, "hold").contains("extended by @alice"));
+
+    // Release: the hold ends, the request's PR is told, the buttons go.
+    assert!(t.click("packit/ogr", 1, "Release", "alice").await.is_success());
+    t.run().await;
+    assert_eq!(held_until(&t).await, None);
+    let answer = t.replies("packit/ogr", 123);
+    assert_eq!(answer.len(), 1, "{answer:?}");
+    assert!(
+        answer[0].body.starts_with("@alice, released `dev` (held by request #1)."),
+        "{}",
+        answer[0].body
+    );
+    let told = t.replies("packit/packit-service", 614);
+    assert!(
+        told.iter().any(|c| c.body.contains("was released by @alice (from packit/ogr#123)")),
+        "{told:?}"
+    );
+    for repo in ["packit/packit-service", "packit/ogr"] {
+        assert!(t.buttons(repo, 1).is_empty(), "{repo}: {:?}", t.buttons(repo, 1));
+    }
+    assert!(t.status_comment(1).body.starts_with(ENDED));
+
+    // A cancelled request offers Retry: the same commits again, even after
+    // ogr#123 moved on.
+    comment(&t, "/deploy ogr=123").await;
+    t.app.intake.run_until_idle().await.expect("intake");
+    comment(&t, "/deploy cancel").await;
+    t.run().await;
+    assert_eq!(t.job(2).await["state"], "cancelled");
+    assert_eq!(t.buttons("packit/ogr", 2), ["Retry"]);
+    t.github
+        .add_pull("packit/ogr", 123, &default_sha(9999), "change", "open", "alice", &[]);
+    assert!(t.click("packit/ogr", 2, "Retry", "alice").await.is_success());
+    t.run().await;
+    let retried = t.job(3).await;
+    assert_eq!(retried["source"], "rerun", "{retried}");
+    assert_eq!(retried["requested_by"], "alice");
+    assert!(
+        retried["pinned"]
+            .as_array()
+            .expect("pinned")
+            .iter()
+            .any(|p| p["component"] == "ogr" && p["sha"] == default_sha(123).as_str()),
+        "{retried}"
+    );
+    assert_eq!(retried["state"], "succeeded", "{retried}");
+    assert_eq!(t.buttons("packit/ogr", 3), ["Extend 1h", "Release"]);
+    t.replies("packit/packit-service", 614);
+    t.seen_status_comments();
     t.github.assert_clean();
 }
 

@@ -55,11 +55,23 @@ pub fn named(text: &str, names: &[(&str, &str)]) -> String {
     out
 }
 
-/// A check run's output as GitHub shows it on the Checks tab: the title as
-/// a heading, the summary, and the text (if any) below a rule.
+/// A check run's output as GitHub shows it on the Checks tab: the buttons
+/// (as `[label]`, when there are any), the title as a heading, the summary,
+/// and the text (if any) below a rule.
 pub fn check_run_output(run: &Value) -> String {
     let output = &run["output"];
-    let mut out = format!(
+    let buttons: Vec<String> = run["actions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| format!("[{}]", a["label"].as_str().unwrap_or_default()))
+        .collect();
+    let mut out = if buttons.is_empty() {
+        String::new()
+    } else {
+        format!("{}\n\n", buttons.join(" "))
+    };
+    out += &format!(
         "# {}\n\n{}",
         output["title"].as_str().unwrap_or_default(),
         output["summary"].as_str().unwrap_or_default()

@@ -463,6 +463,24 @@ async fn request_bodies_and_routes_are_checked_against_the_spec() {
     .await;
     assert_eq!(bad_check.status, 422, "{}", bad_check.body);
 
+    // At most three buttons, each label at most 20 characters (`actions`).
+    let button = |label: &str| json!({"label": label, "description": "d", "identifier": "i"});
+    for actions in [
+        json!([button("a"), button("b"), button("c"), button("d")]),
+        json!([button("twenty-one characters")]),
+    ] {
+        let body = json!({"name": "deploy", "head_sha": "c".repeat(40), "actions": actions});
+        let bad_buttons = send(
+            &gh.url(),
+            "POST",
+            "/repos/acme/web/check-runs",
+            Some(&token),
+            Some(&body.to_string()),
+        )
+        .await;
+        assert_eq!(bad_buttons.status, 422, "{}", bad_buttons.body);
+    }
+
     let not_json = send(
         &gh.url(),
         "POST",
@@ -493,17 +511,19 @@ async fn request_bodies_and_routes_are_checked_against_the_spec() {
     assert_eq!(wrong_method.status, 404);
 
     let violations = gh.take_violations();
-    assert_eq!(violations.len(), 5, "{violations:#?}");
+    assert_eq!(violations.len(), 7, "{violations:#?}");
     assert!(
         violations[0].contains("issues/create-comment"),
         "{}",
         violations[0]
     );
-    assert!(violations[1].contains("checks/create"), "{}", violations[1]);
+    for v in &violations[1..4] {
+        assert!(v.contains("checks/create"), "{v}");
+    }
     assert!(
-        violations[3].starts_with("GET /repos/acme/web/issues:"),
+        violations[5].starts_with("GET /repos/acme/web/issues:"),
         "{}",
-        violations[3]
+        violations[5]
     );
     let unchecked = catch_unwind(AssertUnwindSafe(|| gh.assert_no_violations()));
     assert!(unchecked.is_ok(), "violations were taken");

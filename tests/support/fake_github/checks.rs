@@ -28,6 +28,38 @@ impl FakeGitHub {
             .collect();
         ids.iter().map(|id| state.check_run_json(*id)).collect()
     }
+
+    /// The `check_run` `requested_action` delivery GitHub sends when
+    /// `sender` clicks the button labelled `label` on check run `id` of
+    /// `repo` (GitHub's example payload, with this run in it). Panics when
+    /// the run shows no such button: GitHub has nothing to click then.
+    pub fn click(&self, repo: &str, id: u64, label: &str, sender: &str) -> Value {
+        let state = self.state();
+        let run = match state.check_runs.get(&id) {
+            Some(run) if run.repo == repo => state.check_run_json(id),
+            _ => panic!("{repo} has no check run {id}"),
+        };
+        let Some(action) = run["actions"]
+            .as_array()
+            .and_then(|actions| actions.iter().find(|a| a["label"] == label))
+            .cloned()
+        else {
+            panic!("check run {id} shows no button {label:?}: {}", run["actions"]);
+        };
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/fixtures/github/webhooks/check_run/requested_action.json");
+        let text = std::fs::read_to_string(&path).expect("GitHub's requested_action example");
+        let mut payload: Value = serde_json::from_str(&text).expect("JSON");
+        let (owner, name) = repo.split_once('/').expect("owner/name");
+        payload["repository"]["full_name"] = json!(repo);
+        payload["repository"]["name"] = json!(name);
+        payload["repository"]["owner"]["login"] = json!(owner);
+        payload["installation"] = json!({ "id": state.installations.get(repo).copied() });
+        payload["sender"]["login"] = json!(sender);
+        payload["check_run"] = run;
+        payload["requested_action"] = json!({ "identifier": action["identifier"] });
+        payload
+    }
 }
 
 // ----- operations ---------------------------------------------------------
