@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::{Decision, KnownToken, TokenCache};
-use crate::command::{DeployRequest, Ref};
+use crate::command::{DeployRequest, LockRequest, Ref};
 use crate::domain::Source;
 use crate::github::{GitHubError, RepoName};
 use crate::intake::{Asked, Intake, Origin};
@@ -232,6 +232,40 @@ impl Actions {
         Ok(id)
     }
 
+    /// Queue a lock from the API: it is asked "on" the first configured
+    /// component's repository, where `login` must be allowed to deploy.
+    pub async fn lock(&self, login: &str, lock: LockRequest) -> Result<i64, ActionError> {
+        let config = &self.intake.config;
+        let Some(home) = config.components.iter().find(|c| !c.retired) else {
+            return Err(ActionError::BadRequest("no component is configured".into()));
+        };
+        self.allowed_on(login, std::slice::from_ref(&home.repo))
+            .await?;
+        let origin = Origin {
+            repo: home.repo.clone(),
+            number: 0,
+            is_pull_request: false,
+            installation_id: None,
+        };
+        let asked = Asked {
+            by: login,
+            source: Source::Cli,
+            comment_id: None,
+        };
+        let request = lock.into_request();
+        let mut tx = self.intake.store.begin().await?;
+        let id = match self
+            .intake
+            .queue(&mut tx, &origin, &asked, &request, &[])
+            .await?
+        {
+            Ok(id) => id,
+            Err(refused) => return Err(ActionError::Conflict(refused)),
+        };
+        tx.commit().await?;
+        Ok(id)
+    }
+
     /// Cancel request `id`: a queued one ends now, a running one is asked to stop.
     pub async fn cancel_job(&self, login: &str, id: i64) -> Result<String, ActionError> {
         let Some(job) = Store::job(self.intake.store.db(), id).await? else {
@@ -314,6 +348,36 @@ impl Actions {
         };
         tx.commit().await?;
         Ok(text)
+    }
+
+    /// End the lock that holds `environment`.
+    pub async fn unlock_environment(
+        &self,
+        login: &str,
+        environment: &str,
+    ) -> Result<String, ActionError> {
+        let job = self.holder_of(environment).await?;
+        if !job.is_lock() {
+            return Err(ActionError::Conflict(format!(
+                "`{environment}` is not locked: request #{} deployed there (release it instead)",
+                job.id
+            )));
+        }
+        self.allowed_on(login, std::slice::from_ref(&job.repo))
+            .await?;
+        let mut tx = self.intake.store.begin().await?;
+        match ops::unlock(&mut tx, environment, &ops::Actor::Cli { login }).await? {
+            Some(ops::Released::Released { holder }) => {
+                tx.commit().await?;
+                Ok(format!("unlocked `{environment}` (locked by request #{holder})"))
+            }
+            _ => {
+                tx.rollback().await?;
+                Err(ActionError::Conflict(format!(
+                    "`{environment}` changed hands meanwhile; look again"
+                )))
+            }
+        }
     }
 
     /// Lengthen `environment`'s hold by `by`, up to its maximum; returns the

@@ -126,6 +126,24 @@ pub enum Action {
         #[arg(long, value_name = "ENV")]
         env: Option<String>,
     },
+    /// Reserve ENV for yourself without deploying (manual work, a demo)
+    Lock {
+        /// The environment (default: the configured default)
+        #[arg(value_name = "ENV")]
+        env: Option<String>,
+        /// How long to hold it, e.g. 2h
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
+        /// Why, shown with the lock to everyone
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// End the lock of ENV (default: the one your lock holds)
+    Unlock {
+        /// The environment
+        #[arg(value_name = "ENV")]
+        env: Option<String>,
+    },
     /// Cancel request ID
     Cancel {
         /// The request's ID, e.g. 42

@@ -40,7 +40,7 @@ pub(super) async fn run(cli: &Cli) -> Result<u8, Failure> {
         return Err(fail(
             EXIT_USAGE,
             "--local runs a deployment request (deploy --local COMPONENT=REF...); \
-             status, release, extend, cancel and logs talk to a server",
+             status, release, extend, lock, unlock, cancel and logs talk to a server",
         ));
     }
     let words = &cli.words;

@@ -170,6 +170,29 @@ async fn run_inner(cli: &Cli) -> Result<u8, Failure> {
             report(client, &answer);
             Ok(EXIT_OK)
         }
+        Action::Lock { env, ttl, reason } => {
+            let mut words = vec!["lock".to_string()];
+            words.extend(env.clone());
+            words.extend(ttl.as_ref().map(|t| format!("--ttl={t}")));
+            // The grammar takes the reason as the rest of the line: last.
+            words.extend(reason.as_ref().map(|r| format!("--reason={r}")));
+            submit(&api, client, &words).await
+        }
+        Action::Unlock { env } => {
+            let env = match env {
+                Some(e) => e.clone(),
+                None => my_environment(&api).await?,
+            };
+            let answer = api
+                .call(
+                    "POST",
+                    &format!("/api/v1/environments/{}/unlock", segment(&env)),
+                    None,
+                )
+                .await?;
+            report(client, &answer);
+            Ok(EXIT_OK)
+        }
         Action::Cancel { id } => {
             let id = job_id(id)?;
             let answer = api
@@ -345,11 +368,17 @@ async fn status(api: &Api, client: &ClientOptions) -> Result<u8, Failure> {
                     .flatten()
                     .filter_map(Value::as_str)
                     .collect();
+                let what = match h["lock"].as_object() {
+                    Some(lock) => match lock.get("reason").and_then(Value::as_str) {
+                        Some(reason) => format!("locked (reason: {reason})"),
+                        None => "locked".into(),
+                    },
+                    None => prs.join(", "),
+                };
                 out!(
-                    "{name}: held by request #{} of @{} ({}) until {}{}",
+                    "{name}: held by request #{} of @{} ({what}) until {}{}",
                     h["job"],
                     h["requested_by"].as_str().unwrap_or_default(),
-                    prs.join(", "),
                     env["held_until"].as_str().unwrap_or("?"),
                     if h["state"] == "running" {
                         format!(", deploying: {}", h["step"].as_str().unwrap_or_default())

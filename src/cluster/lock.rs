@@ -30,12 +30,16 @@ pub const REQUESTED_BY_ANNOTATION: &str = "deploybot.dev/requested-by";
 /// Annotation: when the hold ends (RFC 3339).
 pub const EXPIRES_AT_ANNOTATION: &str = "deploybot.dev/expires-at";
 
+/// Annotation: why a lock (`/deploy lock`) holds the environment.
+pub const REASON_ANNOTATION: &str = "deploybot.dev/reason";
+
 /// Annotations that describe a hold, removed on release.
-const HOLD_ANNOTATIONS: [&str; 4] = [
+const HOLD_ANNOTATIONS: [&str; 5] = [
     JOB_ANNOTATION,
     PRS_ANNOTATION,
     REQUESTED_BY_ANNOTATION,
     EXPIRES_AT_ANNOTATION,
+    REASON_ANNOTATION,
 ];
 const HOLDER_PREFIX: &str = "deploybot-job-";
 /// Writes tried before a lock operation gives up on a Lease that keeps
@@ -59,6 +63,8 @@ pub struct LockRequest {
     /// Jobs whose hold this request may take over (the same PR's previous
     /// deployment).
     pub may_replace: Vec<i64>,
+    /// Why a lock (`/deploy lock`) holds it, when it is one with a reason.
+    pub reason: Option<String>,
 }
 
 /// What the Lease says.
@@ -288,6 +294,10 @@ fn hold(lease: &mut Lease, req: &LockRequest, now: DateTime<Utc>) -> Result<(), 
         EXPIRES_AT_ANNOTATION.to_string(),
         req.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
     );
+    match &req.reason {
+        Some(reason) => annotations.insert(REASON_ANNOTATION.to_string(), reason.clone()),
+        None => annotations.remove(REASON_ANNOTATION),
+    };
     let spec: &mut LeaseSpec = lease.spec.get_or_insert_default();
     let same_holder = spec.holder_identity.as_deref() == Some(holder.as_str());
     if !same_holder || spec.acquire_time.is_none() {

@@ -3,6 +3,7 @@
 //! ```text
 //! /deploy [--base=stg|prod] [--env=NAME] [--ttl=DURATION] [--only=C,C..|--without=C,C..] [--dry-run] [C=REF ...]
 //! /deploy status | release [ENV] | extend DURATION | cancel [JOB] | help
+//! /deploy lock [ENV] [--ttl=DURATION] [--reason=TEXT] | unlock [ENV]
 //! ```
 //!
 //! Pure functions, no I/O: [`command_lines`] finds the command lines of a
@@ -106,6 +107,45 @@ pub enum Command {
     Cancel { job: Option<u64> },
     /// `/deploy help`
     Help,
+    /// `/deploy lock [ENV] [--ttl=DURATION] [--reason=TEXT]`
+    Lock(LockRequest),
+    /// `/deploy unlock [ENV]`
+    Unlock { env: Option<String> },
+}
+
+/// `lock`: hold an environment for the asker without deploying anything
+/// (manual debugging, a demo). It becomes a request like a deployment's,
+/// queued, held, extended and expired the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LockRequest {
+    pub env: Option<String>,
+    #[serde(with = "opt_secs")]
+    pub ttl: Option<Duration>,
+    pub reason: Option<String>,
+}
+
+/// The longest reason a lock may carry, in characters.
+pub const MAX_REASON_CHARS: usize = 200;
+
+impl LockRequest {
+    /// The request the lock becomes.
+    pub fn into_request(self) -> DeployRequest {
+        DeployRequest {
+            env: self.env,
+            ttl: self.ttl,
+            lock: Some(Lock {
+                reason: self.reason,
+            }),
+            ..DeployRequest::default()
+        }
+    }
+}
+
+/// What marks a request as a lock, with why it was taken.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Lock {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A deployment request as written in a command (refs not yet resolved to SHAs).
@@ -127,6 +167,9 @@ pub struct DeployRequest {
     pub dry_run: bool,
     /// The refs, in the order given, with canonical component names.
     pub refs: Vec<ComponentRef>,
+    /// A lock (`/deploy lock`): hold the environment, deploy nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<Lock>,
 }
 
 impl DeployRequest {
@@ -151,6 +194,17 @@ impl DeployRequest {
     /// Parsing `"{prefix} {args}"` gives this request back.
     pub fn to_args(&self) -> String {
         let mut args = Vec::new();
+        if let Some(lock) = &self.lock {
+            args.push("lock".to_string());
+            args.extend(self.env.clone());
+            if let Some(ttl) = self.ttl {
+                args.push(format!("--ttl={}", format_duration(ttl)));
+            }
+            if let Some(reason) = &lock.reason {
+                args.push(format!("--reason={reason}"));
+            }
+            return args.join(" ");
+        }
         if self.base != Base::Stg {
             args.push(format!("--base={}", self.base.as_str()));
         }
@@ -366,6 +420,8 @@ pub fn help_text(vocab: &Vocabulary) -> String {
          {p} release [ENV]   free the environment this PR holds (or ENV)\n\
          {p} extend DURATION lengthen this PR's hold (up to {max})\n\
          {p} cancel [JOB]    cancel this PR's queued or running request\n\
+         {p} lock [ENV]      reserve ENV for yourself, deploying nothing: [--ttl=DURATION] [--reason=TEXT, the rest of the line]\n\
+         {p} unlock [ENV]    end this PR's lock (or ENV's)\n\
          {p} help            this text\n```\n\n\
          - `REF` is a PR (`123`, `#123` or the PR's URL), a branch (`branch:main`) or a commit (`@1a2b3c4d5e6f`, 12 to 40 hex digits; `123@1a2b3c4d5e6f` is PR 123 at the commit you confirm).\n\
          - `DURATION` is hours and minutes: `90m`, `2h`, `1h30m` (at most {max}).\n\

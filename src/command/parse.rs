@@ -4,9 +4,12 @@
 use super::refs::{REF_FORMS, parse_number, parse_ref, split_confirmed, valid_commit};
 use super::tokenize::{Token, code, code_list, did_you_mean, suggest, tokenize};
 use super::{Base, Command, ComponentRef, DeployRequest, ParseError, VocabComponent, Vocabulary};
+use super::{LockRequest, MAX_REASON_CHARS};
 use super::{format_duration, parse_duration};
 
-const SUBCOMMANDS: [&str; 5] = ["status", "release", "extend", "cancel", "help"];
+const SUBCOMMANDS: [&str; 7] = [
+    "status", "release", "extend", "cancel", "help", "lock", "unlock",
+];
 
 /// The deploy options with the placeholder of their value (empty: a flag).
 const OPTIONS: [(&str, &str); 6] = [
@@ -74,17 +77,23 @@ pub fn parse_command(line: &str, vocab: &Vocabulary) -> Result<Command, ParseErr
         }
         None => Ok(()),
     };
+    let env = |rest: &[Token]| {
+        rest.first()
+            .map(|t| environment(t, vocab).map(str::to_string))
+            .transpose()
+    };
     match name.as_str() {
         "status" => at_most(0).map(|()| Command::Status),
         "help" => at_most(0).map(|()| Command::Help),
         "release" => {
             at_most(1)?;
-            let env = rest
-                .first()
-                .map(|t| environment(t, vocab).map(str::to_string))
-                .transpose()?;
-            Ok(Command::Release { env })
+            Ok(Command::Release { env: env(rest)? })
         }
+        "unlock" => {
+            at_most(1)?;
+            Ok(Command::Unlock { env: env(rest)? })
+        }
+        "lock" => parse_lock(line, rest, vocab).map(Command::Lock),
         "cancel" => {
             at_most(1)?;
             let job = rest.first().map(|t| {
@@ -116,6 +125,52 @@ pub fn parse_command(line: &str, vocab: &Vocabulary) -> Result<Command, ParseErr
             })
         }
     }
+}
+
+/// `lock [ENV] [--ttl=DURATION] [--reason=TEXT]`: the reason is the rest
+/// of the line, so it comes last.
+fn parse_lock(line: &str, args: &[Token], vocab: &Vocabulary) -> Result<LockRequest, ParseError> {
+    let mut lock = LockRequest::default();
+    for token in args {
+        if let Some(text) = token.text.strip_prefix("--reason=") {
+            let reason = line[token.span.start + "--reason=".len()..].trim();
+            if text.is_empty() || reason.is_empty() {
+                let msg = "`--reason=` needs a text, e.g. `--reason=demo for the team`.";
+                return Err(error(token, msg.into()));
+            }
+            if reason.chars().count() > MAX_REASON_CHARS || reason.chars().any(char::is_control) {
+                let msg = format!(
+                    "{}: a lock's reason is one line of at most {MAX_REASON_CHARS} characters.",
+                    code(token.text)
+                );
+                return Err(error(token, msg));
+            }
+            lock.reason = Some(reason.to_string());
+            break;
+        }
+        if token.text.starts_with("--ttl=") {
+            if lock.ttl.is_some() {
+                let msg = format!("{} gives `--ttl` a second time; give it once.", code(token.text));
+                return Err(error(token, msg));
+            }
+            let value = token.sub("--ttl=".len()..token.text.len());
+            lock.ttl = Some(duration(&value, vocab)?);
+            continue;
+        }
+        if token.text.starts_with(['-', '—', '–']) {
+            let msg = format!(
+                "`lock` takes an environment, `--ttl=DURATION` and `--reason=TEXT`; {} is none of them.",
+                code(token.text)
+            );
+            return Err(error(token, msg));
+        }
+        if lock.env.is_some() {
+            let msg = format!("`lock` takes one environment; remove {}.", code(token.text));
+            return Err(error(token, msg));
+        }
+        lock.env = Some(environment(token, vocab)?.to_string());
+    }
+    Ok(lock)
 }
 
 /// A deploy request: options and `COMPONENT=REF` in any order.

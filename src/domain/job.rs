@@ -69,6 +69,16 @@ impl Job {
         self.pinned.as_deref().unwrap_or_default()
     }
 
+    /// A lock (`/deploy lock`): it holds the environment and deploys nothing.
+    pub fn is_lock(&self) -> bool {
+        self.request.lock.is_some()
+    }
+
+    /// Why the lock was taken, when it is a lock with a reason.
+    pub fn lock_reason(&self) -> Option<&str> {
+        self.request.lock.as_ref()?.reason.as_deref()
+    }
+
     /// Asked for from this PR or issue.
     pub fn comes_from(&self, repo: &str, number: i64) -> bool {
         self.repo == repo && self.number == Some(number)

@@ -94,9 +94,25 @@ impl Intake {
                     continue;
                 }
             };
-            let Command::Deploy(mut request) = command else {
-                out.push(Prepared::Command(command));
-                continue;
+            let mut request = match command {
+                Command::Deploy(request) => request,
+                // A lock deploys nothing: the asker needs only the right to
+                // deploy where they asked.
+                Command::Lock(lock) => {
+                    let request = lock.into_request();
+                    let asked_on = Some((origin.repo.as_str(), origin.installation_id));
+                    match self.authorise_request(author, asked_on, &request).await? {
+                        Decision::Denied(why) => out.push(Prepared::Invalid(format!(
+                            "I can't lock for you: {why}. Nothing was queued."
+                        ))),
+                        Decision::Allowed(_) => out.push(Prepared::Deploy(request, Vec::new())),
+                    }
+                    continue;
+                }
+                command => {
+                    out.push(Prepared::Command(command));
+                    continue;
+                }
             };
             if origin.is_pull_request
                 && let Some(component) = self.config.component_by_repo(&origin.repo)
@@ -250,6 +266,8 @@ impl Intake {
                 Prepared::Command(command) => command,
                 Prepared::Deploy(request, pinned) => {
                     match self.queue(tx, origin, &asked, &request, &pinned).await? {
+                        // A lock replaces nothing the PR asked for.
+                        Ok(_) if request.lock.is_some() => {}
                         Ok(id) => {
                             let why = format!("superseded by request #{id} from @{author}");
                             ops::supersede_older(tx, &origin.repo, origin.number, id, &why).await?;
@@ -289,8 +307,8 @@ impl Intake {
                 }
             };
             match command {
-                Command::Deploy(_) => {
-                    // `prepare` turns every deploy request into `Prepared::Deploy`.
+                Command::Deploy(_) | Command::Lock(_) => {
+                    // `prepare` turns every deploy request and lock into `Prepared::Deploy`.
                     tracing::error!("a deploy request reached apply_commands unprepared");
                 }
                 Command::Cancel { job } => {
@@ -309,6 +327,13 @@ impl Intake {
                 }
                 Command::Release { env } => {
                     let text = self.release(tx, origin, author, env.as_deref()).await?;
+                    origin
+                        .reply(format!("@{author}, {text}"))
+                        .enqueue(tx, None)
+                        .await?;
+                }
+                Command::Unlock { env } => {
+                    let text = self.unlock(tx, origin, author, env.as_deref()).await?;
                     origin
                         .reply(format!("@{author}, {text}"))
                         .enqueue(tx, None)
@@ -382,6 +407,34 @@ impl Intake {
             .release_answer(tx, &name, None, &origin.actor(author))
             .await?;
         Ok(answer.unwrap_or_else(|| format!("`{name}` is not held by anyone.")))
+    }
+
+    /// `unlock [ENV]`: end this conversation's lock, or ENV's.
+    async fn unlock(
+        &self,
+        tx: &mut Tx,
+        origin: &Origin,
+        author: &str,
+        env: Option<&str>,
+    ) -> Result<String, StoreError> {
+        let mine = |j: &crate::store::Job| j.is_lock() && j.comes_from(&origin.repo, origin.number);
+        let name = match env {
+            Some(name) => name.to_string(),
+            None => match ops::holding(tx, mine).await? {
+                Some((row, _)) => row.name,
+                None => return Ok("this conversation holds no lock.".into()),
+            },
+        };
+        let actor = origin.actor(author);
+        Ok(match ops::unlock(tx, &name, &actor).await? {
+            Some(ops::Released::Released { holder }) => {
+                format!("unlocked `{name}` (locked by request #{holder}).")
+            }
+            _ => format!(
+                "`{name}` is not locked; `{} release {name}` frees a deployment's hold.",
+                self.config.bot.command_prefix
+            ),
+        })
     }
 
     /// Release `name` (only from `expected`, when given) and say what
@@ -474,8 +527,13 @@ impl Intake {
                             "running" => format!(", deploying: {}", job.step),
                             _ => String::new(),
                         };
+                        let what = match job.lock_reason() {
+                            Some(reason) => format!("lock ({})", crate::quote::code(reason)),
+                            None if job.is_lock() => "lock".into(),
+                            None => "request".into(),
+                        };
                         format!(
-                            "request #{id} by @{}{state}: {}",
+                            "{what} #{id} by @{}{state}: {}",
                             job.requested_by,
                             if pulls.is_empty() {
                                 format!("{}#{}", job.repo, job.number.unwrap_or_default())
@@ -499,8 +557,9 @@ impl Intake {
                 .filter(|j| Some(j.id) != env.holder_job)
                 .map(|j| {
                     format!(
-                        "#{} {}#{} ({})",
+                        "#{}{} {}#{} ({})",
                         j.id,
+                        if j.is_lock() { " lock from" } else { "" },
                         j.repo,
                         j.number.unwrap_or_default(),
                         j.step

@@ -80,6 +80,19 @@ pub async fn release(
     Ok(Released::Released { holder })
 }
 
+/// End the lock (`/deploy lock`) that holds `environment`, on `actor`'s
+/// word; `None` when what holds it (if anything) is no lock.
+pub async fn unlock(tx: &mut Tx, environment: &str, actor: &Actor<'_>) -> Result<Option<Released>> {
+    let row = Store::environment_row(tx.db(), environment).await?;
+    let Some(holder) = row.and_then(|r| r.holder_job) else {
+        return Ok(None);
+    };
+    match Store::job(tx.db(), holder).await? {
+        Some(job) if job.is_lock() => release(tx, environment, Some(holder), actor).await.map(Some),
+        _ => Ok(None),
+    }
+}
+
 /// The hold of `environment` by `holder` ran out: free it (dirty: the
 /// deployment is still there) and tell the holder's PR.
 pub async fn expire(

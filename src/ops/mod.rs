@@ -11,7 +11,7 @@ mod request;
 
 pub use hold::{
     Extended, Released, expire, extend, extended_until, free, holding, new_commits, release,
-    warn_expiry,
+    unlock, warn_expiry,
 };
 pub use request::{
     AfterEnd, Cancelled, accept, cancel, cancel_leftovers, end_pr, finish, supersede_older,

@@ -190,6 +190,10 @@ impl Pipeline {
             return Ok(Ran::Failed(e));
         };
 
+        if job.is_lock() {
+            return self.hold_only(job, &environment, cancel).await;
+        }
+
         // 1. Resolve and plan (once; a job that waited keeps its pins).
         let plan: Plan = match &job.plan {
             Some(plan) => plan.clone(),
@@ -215,7 +219,7 @@ impl Pipeline {
         }
 
         // 2–3. Wait for the environment, then lock it.
-        if !self.lock(job, &environment, &plan).await? {
+        if !self.lock(job, &environment, &plan.refs).await? {
             return Ok(Ran::Waiting);
         }
         let started = self.store.now_ms();
@@ -262,6 +266,50 @@ impl Pipeline {
         tx.commit().await?;
         self.observe_steps(job.id).await;
         self.sync_lease_expiry(job, &environment, until).await;
+        Ok(Ran::Succeeded)
+    }
+
+    /// A lock: wait for the environment, take it, and hold it for the TTL
+    /// without changing anything there.
+    async fn hold_only(
+        &self,
+        job: &Job,
+        environment: &Environment,
+        cancel: &watch::Receiver<bool>,
+    ) -> Result<Ran, StoreError> {
+        if cancelled(cancel) {
+            let outcome = Outcome::Cancelled("cancelled before locking".into());
+            self.finish(job, &outcome, false).await?;
+            return Ok(Ran::Cancelled);
+        }
+        if !self.lock(job, environment, &[]).await? {
+            return Ok(Ran::Waiting);
+        }
+        let ttl = job.request.ttl.unwrap_or_else(|| environment.default_ttl());
+        let mut tx = self.store.begin().await?;
+        let until = tx.now + crate::store::millis(ttl);
+        Store::set_hold_until(&mut tx, &environment.name, job.id, until).await?;
+        Store::set_step(&mut tx, job.id, Step::Hold).await?;
+        let reason = job
+            .lock_reason()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        let message = format!(
+            "{} is locked for @{} for {} (until {}), nothing deployed{reason}",
+            environment.name,
+            job.requested_by,
+            format_duration(ttl),
+            crate::store::rfc3339(until)
+        );
+        Store::add_event(&mut tx, job.id, Step::Hold, &message).await?;
+        if !ops::finish(&mut tx, job, &Outcome::Succeeded, AfterEnd::Hold).await? {
+            tx.rollback().await?;
+            let outcome = Outcome::Cancelled("cancelled while locking".into());
+            self.finish(job, &outcome, false).await?;
+            return Ok(Ran::Cancelled);
+        }
+        tx.commit().await?;
+        self.sync_lease_expiry(job, environment, until).await;
         Ok(Ran::Succeeded)
     }
 

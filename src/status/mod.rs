@@ -209,6 +209,9 @@ impl Snapshot {
     pub fn headline(&self) -> String {
         let env = self.env_label();
         let error = self.job.error.clone().unwrap_or_default();
+        if self.job.is_lock() {
+            return self.lock_headline(&env);
+        }
         match self.phase() {
             Phase::Queued => format!("Queued for {env}"),
             Phase::Waiting => format!(
@@ -241,7 +244,30 @@ impl Snapshot {
         }
     }
 
+    /// [`Self::headline`] of a lock (`/deploy lock`).
+    fn lock_headline(&self, env: &str) -> String {
+        match self.phase() {
+            Phase::Queued => format!("Lock of {env} queued"),
+            Phase::Waiting => format!(
+                "Waiting to lock {env}{}",
+                self.queue_position
+                    .map(|p| format!(" (position {p} in the queue)"))
+                    .unwrap_or_default()
+            ),
+            Phase::Running => format!("Locking {env}"),
+            Phase::Deployed => format!("{env} is locked for @{}", self.job.requested_by),
+            Phase::Ended => format!("{env} was locked; the lock has ended"),
+            _ => {
+                let error = redact(first_line(self.job.error.as_deref().unwrap_or("ended")));
+                format!("Lock of {env}: {error}")
+            }
+        }
+    }
+
     pub fn icon(&self) -> &'static str {
+        if self.job.is_lock() && self.phase() == Phase::Deployed {
+            return "🔒";
+        }
         match self.phase() {
             Phase::Queued | Phase::Waiting => "⏳",
             Phase::Running => "🔄",
@@ -268,7 +294,13 @@ impl Snapshot {
             out.push_str(&format!(" ({label})"));
         }
         out.push('\n');
-        let mut facts = vec![format!("base `{}`", self.job.base)];
+        let mut facts = Vec::new();
+        if let Some(reason) = self.job.lock_reason() {
+            facts.push(format!("reason: {}", quote::code(reason)));
+        }
+        if !self.job.is_lock() {
+            facts.push(format!("base `{}`", self.job.base));
+        }
         if let Some(name) = self.environment_name() {
             let mut env = format!("environment `{name}`");
             if let Some(url) = &self.environment_url {
@@ -475,6 +507,11 @@ impl Snapshot {
 
     fn hints(&self) -> String {
         let p = &self.command_prefix;
+        if self.job.is_lock() && self.phase() == Phase::Deployed {
+            return format!(
+                "`{p} unlock` ends it · `{p} extend 1h` keeps it longer · `{p} status` shows every environment."
+            );
+        }
         match self.phase() {
             Phase::Queued | Phase::Waiting | Phase::Running => {
                 format!("`{p} cancel {}` stops it.", self.job.id)
@@ -497,8 +534,10 @@ impl Snapshot {
             out.push('\n');
             out.push_str(&failure);
         }
-        out.push('\n');
-        out.push_str(&self.components_table());
+        if !self.job.is_lock() {
+            out.push('\n');
+            out.push_str(&self.components_table());
+        }
         let images = self.images();
         if !images.is_empty() {
             out.push('\n');
@@ -560,7 +599,7 @@ impl Snapshot {
 
     /// The deployment status, when this request has (or gets) a deployment.
     pub fn deployment(&self) -> Option<DeploymentState> {
-        if self.request().dry_run || self.dry_run_environment {
+        if self.request().dry_run || self.dry_run_environment || self.job.is_lock() {
             return None;
         }
         self.environment_name()?;

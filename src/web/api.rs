@@ -99,6 +99,8 @@ pub struct HolderView {
     /// Component → pinned commit.
     pub commits: Vec<PinView>,
     pub images: Vec<String>,
+    /// For a lock (`/deploy lock`, nothing deployed): its reason.
+    pub lock: Option<crate::command::Lock>,
 }
 
 #[derive(Debug, Serialize)]
@@ -116,6 +118,8 @@ pub struct QueuedView {
     pub requested_by: String,
     pub pull_requests: Vec<String>,
     pub step: crate::domain::Step,
+    /// For a lock waiting to be taken: its reason.
+    pub lock: Option<crate::command::Lock>,
 }
 
 /// Every environment with its holder and queue (the status page uses this too).
@@ -159,6 +163,7 @@ pub async fn environment_views(state: &AppState) -> Result<Vec<EnvironmentView>,
                             .collect()
                     })
                     .unwrap_or_default(),
+                lock: job.request.lock.clone(),
             });
         }
         let mut queue = Vec::new();
@@ -180,6 +185,7 @@ pub async fn environment_views(state: &AppState) -> Result<Vec<EnvironmentView>,
                     .map(|p| format!("{}#{}", p.repo, p.number))
                     .collect(),
                 step: job.step,
+                lock: job.request.lock.clone(),
             });
         }
         out.push(EnvironmentView {
@@ -265,13 +271,13 @@ pub async fn create_job(
     } else {
         format!("{prefix} {text}")
     };
-    let request = match parse_command(&line, &state.config.vocabulary()) {
-        Ok(Command::Deploy(request)) => request,
+    let command = match parse_command(&line, &state.config.vocabulary()) {
+        Ok(command @ (Command::Deploy(_) | Command::Lock(_))) => command,
         Ok(_) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                "only deployment requests are created here; status, release, extend and \
-                 cancel have their own endpoints",
+                "only deployment requests and locks are created here; status, release, extend, \
+                 unlock and cancel have their own endpoints",
             );
         }
         Err(e) => return error(StatusCode::BAD_REQUEST, e.render(&line)),
@@ -280,7 +286,12 @@ pub async fn create_job(
         Ok(login) => login,
         Err(refused) => return refused,
     };
-    match state.actions.submit(&login, request).await {
+    let submitted = match command {
+        Command::Lock(lock) => state.actions.lock(&login, lock).await,
+        Command::Deploy(request) => state.actions.submit(&login, request).await,
+        _ => Err(crate::actions::ActionError::BadRequest("not a request".into())),
+    };
+    match submitted {
         Ok(id) => {
             state.committed();
             match Store::job(state.store.db(), id).await {
@@ -344,6 +355,20 @@ pub async fn release(
         &state,
         state.actions.release_environment(&login, &name).await,
     )
+}
+
+/// `POST /api/v1/environments/{name}/unlock`: end the lock that holds it.
+pub async fn unlock(
+    State(state): State<Arc<AppState>>,
+    client: Client,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    let login = match user(&state, client, &headers).await {
+        Ok(login) => login,
+        Err(refused) => return refused,
+    };
+    written(&state, state.actions.unlock_environment(&login, &name).await)
 }
 
 #[derive(Debug, Deserialize)]

@@ -93,6 +93,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/jobs/{id}/cancel", post(api::cancel_job))
         .route("/api/v1/environments/{name}/release", post(api::release))
         .route("/api/v1/environments/{name}/extend", post(api::extend))
+        .route("/api/v1/environments/{name}/unlock", post(api::unlock))
         .route("/api/v1/me", get(api::me))
         .route("/api/v1/openapi.json", get(api::openapi))
         .route("/login", get(page::login_page).post(page::login))

@@ -132,8 +132,18 @@ fn environment_card(env: &EnvironmentView, now_ms: i64) -> String {
                 (_, Some(_)) => "hold expired".into(),
                 _ => String::new(),
             };
+            let (held, reason) = match &h.lock {
+                Some(lock) => (
+                    "locked",
+                    lock.reason
+                        .as_deref()
+                        .map(|r| format!(" · reason: <q>{}</q>", esc(r)))
+                        .unwrap_or_default(),
+                ),
+                None => ("held", String::new()),
+            };
             out.push_str(&format!(
-                "<p class=\"state held\">held by <a href=\"/jobs/{}\">request #{}</a> of @{} · {left}</p>",
+                "<p class=\"state held\">{held} by <a href=\"/jobs/{}\">request #{}</a> of @{}{reason} · {left}</p>",
                 h.job,
                 h.job,
                 esc(&h.requested_by)

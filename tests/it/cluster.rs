@@ -38,6 +38,7 @@ fn request(job_id: i64, pr: &str, expires_at: DateTime<Utc>) -> LockRequest {
         requested_by: "octocat".into(),
         expires_at,
         may_replace: vec![],
+        reason: None,
     }
 }
 
@@ -139,6 +140,22 @@ async fn first_lock_creates_a_lease_that_tells_who_holds_it() {
             ("POST".to_string(), 201)
         ]
     );
+    fake.assert_no_violations();
+}
+
+/// A lock (`/deploy lock`) says why in the Lease; the reason goes with its hold.
+#[tokio::test]
+async fn a_locks_reason_is_in_the_lease_while_it_holds() {
+    let (fake, cluster) = start().await;
+    let mut lock = request(3, "packit/packit-service#700", at("2026-06-15T11:00:00Z"));
+    lock.reason = Some("demo for the team".into());
+    acquired(cluster.try_lock(NS, &lock, now()).await.unwrap());
+    let annotations = &lease(&fake)["metadata"]["annotations"];
+    assert_eq!(annotations["deploybot.dev/reason"], "demo for the team");
+    assert!(cluster.release_lock(NS, 3).await.unwrap());
+    let annotations = &lease(&fake)["metadata"]["annotations"];
+    assert!(annotations.get("deploybot.dev/reason").is_none(), "{annotations}");
+    assert!(annotations.get("deploybot.dev/job").is_none(), "{annotations}");
     fake.assert_no_violations();
 }
 

@@ -29,6 +29,7 @@ on_both_backends!(
     a_deploying_jobs_hold_does_not_expire_under_it,
     new_commits_on_a_deployed_pr_are_noticed,
     a_hold_about_to_end_tells_its_pr_once,
+    a_lock_holds_the_environment_without_deploying_and_queues_others,
 );
 
 const SHA_SERVICE: &str = "1111111111111111111111111111111111111111";
@@ -842,4 +843,102 @@ async fn a_hold_about_to_end_tells_its_pr_once(db: Db) {
     assert!(notices(&t).is_empty());
     assert_eq!(holder(&t).await, Some(1), "still held");
     t.status_comment(1);
+}
+
+async fn a_lock_holds_the_environment_without_deploying_and_queues_others(db: Db) {
+    let t = dry_app(db).await;
+    let store = t.app.state.store.clone();
+    // Locked from bob's PR, with a reason: held at once, nothing deployed.
+    comment(&t, 700, "/deploy lock dev --ttl=1h --reason=demo for the `team`", "bob").await;
+    t.run().await;
+    assert_eq!(holder(&t).await, Some(1));
+    let lock = t.job(1).await;
+    assert_eq!(lock["state"], "succeeded", "{lock}");
+    assert_eq!(steps(&lock), ["queued", "lock", "hold", "end"], "{lock}");
+    assert!(
+        events(&lock, "hold").contains("dev is locked for @bob for 1h (until "),
+        "{lock}"
+    );
+    let locked = t.status_comment(1).body;
+    assert!(locked.starts_with("### 🔒 `dev` is locked for @bob"), "{locked}");
+    assert_shown!("lock_status_comment", locked);
+    assert!(t.check_runs_for("packit/packit-service", 1).is_empty(), "a lock deploys nothing");
+
+    // alice's deployment waits behind it; status, the API and the page say why.
+    comment(&t, 614, "/deploy", "alice").await;
+    t.run().await;
+    let waiting = t.job(2).await;
+    assert_eq!(waiting["state"], "queued", "{waiting}");
+    assert!(events(&waiting, "waiting").contains("held by request #1"), "{waiting}");
+    comment(&t, 614, "/deploy status", "alice").await;
+    t.run().await;
+    let status = t.replies("packit/packit-service", 614);
+    let status = &status.last().expect("status reply").body;
+    assert!(
+        status.contains("lock (`` demo for the `team` ``) #1 by @bob"),
+        "{status}"
+    );
+    let (_, envs) = t.get("/api/v1/environments").await;
+    let dev = &envs["environments"][0];
+    assert_eq!(dev["holder"]["lock"]["reason"], "demo for the `team`", "{dev}");
+    assert_eq!(dev["queue"][0]["job"], 2, "{dev}");
+    let (_, page) = t.get("/").await;
+    let page = page.as_str().expect("html");
+    assert!(page.contains("locked by <a href=\"/jobs/1\">request #1</a> of @bob · reason: <q>demo for the `team`</q>"), "{page}");
+
+    // Extended like any hold; an operator ends it and the queue moves on.
+    comment(&t, 700, "/deploy extend 30m", "bob").await;
+    t.run().await;
+    let until = deploybot::store::Store::environments(store.db()).await.expect("envs")[0]
+        .held_until
+        .expect("held");
+    assert!(until > store.now_ms() + 80 * 60_000, "extended to 1h30m");
+    let said = deploybot::admin::release(&store, &t.app.state.config, "dev")
+        .await
+        .expect("admin release");
+    assert!(said.contains("request #1"), "{said}");
+    t.run().await;
+    assert_eq!(t.job(2).await["state"], "succeeded");
+    assert_eq!(holder(&t).await, Some(2));
+    let ended = t.status_comment(1).body;
+    assert!(ended.starts_with("### ✅ `dev` was locked; the lock has ended"), "{ended}");
+    assert!(ended.contains("released by an operator"), "{ended}");
+
+    // A lock that expires: told, freed, and the next one goes.
+    comment(&t, 614, "/deploy release", "alice").await;
+    comment(&t, 700, "/deploy lock --ttl=30m", "bob").await;
+    t.run().await;
+    assert_eq!(holder(&t).await, Some(3));
+    t.advance(Duration::from_secs(31 * 60));
+    t.run().await;
+    assert_eq!(holder(&t).await, None);
+    let told = t.replies("packit/packit-service", 700);
+    assert!(told.iter().any(|c| c.body.contains("expired")), "{told:?}");
+
+    // unlock ends only a lock: a deployment's hold is released instead.
+    comment(&t, 614, "/deploy", "alice").await;
+    t.run().await;
+    comment(&t, 700, "/deploy unlock dev", "bob").await;
+    t.run().await;
+    let answer = t.replies("packit/packit-service", 700);
+    assert!(
+        answer.last().is_some_and(|c| c.body.starts_with(
+            "@bob, `dev` is not locked; `/deploy release dev` frees a deployment's hold."
+        )),
+        "{answer:?}"
+    );
+    assert_eq!(holder(&t).await, Some(4));
+    comment(&t, 614, "/deploy release", "alice").await;
+    comment(&t, 700, "/deploy lock", "bob").await;
+    t.run().await;
+    comment(&t, 700, "/deploy unlock", "bob").await;
+    t.run().await;
+    let answer = t.replies("packit/packit-service", 700);
+    assert!(
+        answer.last().is_some_and(|c| c.body.starts_with("@bob, unlocked `dev` (locked by request #5).")),
+        "{answer:?}"
+    );
+    assert_eq!(holder(&t).await, None);
+    t.replies("packit/packit-service", 614);
+    t.seen_status_comments();
 }

@@ -3,7 +3,7 @@
 
 use crate::cluster::{LockOutcome, LockRequest};
 use crate::config::{Environment, EnvironmentKind};
-use crate::domain::plan::Plan;
+use crate::domain::plan::Pinned;
 use crate::domain::{JobState, Step};
 use crate::ops;
 use crate::pipeline::{Pipeline, WAIT_POLL_MS};
@@ -131,7 +131,7 @@ impl Pipeline {
         &self,
         job: &Job,
         environment: &Environment,
-        plan: &Plan,
+        pinned: &[Pinned],
     ) -> Result<bool, StoreError> {
         let mut tx = self.store.begin().await?;
         let standing = Standing::read(&mut tx, job, &environment.name).await?;
@@ -154,7 +154,7 @@ impl Pipeline {
             // The cluster lock: only with the resourceVersion we read.
             tx.commit().await?;
             let held = self
-                .take_lease(job, environment, ns, &may_replace, plan)
+                .take_lease(job, environment, ns, &may_replace, pinned)
                 .await;
             tx = self.store.begin().await?;
             if let Err(why) = held {
@@ -220,7 +220,7 @@ impl Pipeline {
         environment: &Environment,
         ns: &str,
         may_replace: &[i64],
-        plan: &Plan,
+        pinned: &[Pinned],
     ) -> Result<(), String> {
         let cluster = self.cluster().await.map_err(|e| {
             format!(
@@ -228,8 +228,7 @@ impl Pipeline {
                 environment.name
             )
         })?;
-        let mut prs: Vec<String> = plan
-            .refs
+        let mut prs: Vec<String> = pinned
             .iter()
             .filter(|p| matches!(p.reference, crate::command::Ref::Pr(_)))
             .map(|p| format!("{}{}", p.repo, p.reference))
@@ -251,6 +250,7 @@ impl Pipeline {
             requested_by: job.requested_by.clone(),
             expires_at: now + chrono::Duration::from_std(environment.max_ttl()).unwrap_or_default(),
             may_replace: may_replace.to_vec(),
+            reason: job.lock_reason().map(str::to_string),
         };
         match cluster.try_lock(ns, &request, now).await {
             Ok(LockOutcome::Acquired(_)) => Ok(()),
