@@ -10,6 +10,7 @@ use crate::auth::{Decision, KnownToken, TokenCache};
 use crate::command::{DeployRequest, LockRequest, Ref};
 use crate::domain::Source;
 use crate::github::{GitHubError, RepoName};
+use crate::installations::find_installation;
 use crate::intake::{Asked, Intake, Origin};
 use crate::ops;
 use crate::store::{Store, StoreError};
@@ -350,6 +351,93 @@ impl Actions {
         Ok(text)
     }
 
+    /// `login` must have admin permission on one of the configured
+    /// repositories (freezes through the API).
+    async fn admin_somewhere(&self, login: &str) -> Result<(), ActionError> {
+        let config = &self.intake.config;
+        let Some(github) = &self.intake.github else {
+            return Err(ActionError::Forbidden(
+                "without GitHub no one's admin permission can be checked; an operator freezes \
+                 with `deploybot admin freeze`"
+                    .into(),
+            ));
+        };
+        let mut repos: Vec<&str> = config.components.iter().map(|c| c.repo.as_str()).collect();
+        repos.sort_unstable();
+        repos.dedup();
+        for name in repos {
+            let Some(repo) = RepoName::parse(name) else {
+                continue;
+            };
+            let inst = match find_installation(&self.intake.store, github, &repo, None).await {
+                Ok(inst) => inst,
+                Err(e) if e.is_transient() => return Err(e.into()),
+                // Not installed there: not a place to be admin of.
+                Err(_) => continue,
+            };
+            if github.permission(inst, &repo, login).await? == "admin" {
+                return Ok(());
+            }
+        }
+        Err(ActionError::Forbidden(format!(
+            "@{login} has admin permission on none of the configured repositories; freezing an \
+             environment needs it"
+        )))
+    }
+
+    /// Freeze `environment` until `until` (`2h` or a time) because of `reason`.
+    pub async fn freeze_environment(
+        &self,
+        login: &str,
+        environment: &str,
+        until: &str,
+        reason: &str,
+    ) -> Result<crate::domain::Freeze, ActionError> {
+        if self.intake.config.environment(environment).is_none() {
+            return Err(ActionError::NotFound(format!(
+                "no environment `{environment}`"
+            )));
+        }
+        let until =
+            ops::parse_until(until, self.intake.store.now_ms()).map_err(ActionError::BadRequest)?;
+        self.admin_somewhere(login).await?;
+        let mut tx = self.intake.store.begin().await?;
+        let frozen = ops::freeze(
+            &mut tx,
+            environment,
+            until,
+            reason,
+            &ops::Actor::Cli { login },
+        )
+        .await?
+        .map_err(ActionError::BadRequest)?;
+        tx.commit().await?;
+        Ok(frozen)
+    }
+
+    /// End the operator's freeze of `environment`.
+    pub async fn unfreeze_environment(
+        &self,
+        login: &str,
+        environment: &str,
+    ) -> Result<String, ActionError> {
+        if self.intake.config.environment(environment).is_none() {
+            return Err(ActionError::NotFound(format!(
+                "no environment `{environment}`"
+            )));
+        }
+        self.admin_somewhere(login).await?;
+        let mut tx = self.intake.store.begin().await?;
+        let ended = ops::unfreeze(&mut tx, environment, &ops::Actor::Cli { login }).await?;
+        tx.commit().await?;
+        if !ended {
+            return Err(ActionError::Conflict(format!(
+                "`{environment}` is not frozen by an operator"
+            )));
+        }
+        Ok(format!("`{environment}` is no longer frozen"))
+    }
+
     /// End the lock that holds `environment`.
     pub async fn unlock_environment(
         &self,
@@ -369,7 +457,9 @@ impl Actions {
         match ops::unlock(&mut tx, environment, &ops::Actor::Cli { login }).await? {
             Some(ops::Released::Released { holder }) => {
                 tx.commit().await?;
-                Ok(format!("unlocked `{environment}` (locked by request #{holder})"))
+                Ok(format!(
+                    "unlocked `{environment}` (locked by request #{holder})"
+                ))
             }
             _ => {
                 tx.rollback().await?;

@@ -37,6 +37,64 @@ pub async fn release(store: &Store, config: &Config, environment: &str) -> Resul
     })
 }
 
+/// `admin freeze ENV --until TIME|DURATION --reason TEXT`: no new
+/// deployment takes ENV until then; requests wait, holds and the running
+/// deployment go on.
+pub async fn freeze(
+    store: &Store,
+    config: &Config,
+    environment: &str,
+    until: &str,
+    reason: &str,
+) -> Result<String, String> {
+    if config.environment(environment).is_none() {
+        return Err(format!("`{environment}` is not a configured environment"));
+    }
+    let until = ops::parse_until(until, store.now_ms())?;
+    let db = |e: StoreError| format!("database: {e}");
+    store
+        .ensure_environments(&[environment.to_string()])
+        .await
+        .map_err(db)?;
+    let mut tx = store.begin().await.map_err(db)?;
+    let frozen = ops::freeze(&mut tx, environment, until, reason, &ops::Actor::Operator)
+        .await
+        .map_err(db)??;
+    tx.commit().await.map_err(db)?;
+    Ok(format!(
+        "`{environment}` is {}: requests wait, what holds it keeps it",
+        crate::status::freeze_text(&frozen)
+    ))
+}
+
+/// `admin unfreeze ENV`: end the operator's freeze; waiting requests go.
+pub async fn unfreeze(store: &Store, config: &Config, environment: &str) -> Result<String, String> {
+    if config.environment(environment).is_none() {
+        return Err(format!("`{environment}` is not a configured environment"));
+    }
+    let db = |e: StoreError| format!("database: {e}");
+    let mut tx = store.begin().await.map_err(db)?;
+    let ended = ops::unfreeze(&mut tx, environment, &ops::Actor::Operator)
+        .await
+        .map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    let window = config
+        .environment(environment)
+        .and_then(|e| crate::domain::Freeze::current(e, None, store.now_ms()))
+        .map(|f| {
+            format!(
+                "; the configuration still has it {}",
+                crate::status::freeze_text(&f)
+            )
+        })
+        .unwrap_or_default();
+    Ok(if ended {
+        format!("`{environment}` is no longer frozen by an operator{window}")
+    } else {
+        format!("`{environment}` was not frozen by an operator{window}")
+    })
+}
+
 /// `admin requeue JOB`: make a stuck queued request due now (fresh
 /// attempts), or put back a running one whose worker is gone (its lease ran
 /// out) without waiting for the reaper. It keeps its pinned commits.

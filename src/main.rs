@@ -61,6 +61,22 @@ enum AdminCommand {
         /// The environment, e.g. dev.
         env: String,
     },
+    /// Stop new deployments to ENV until a time (a release, an incident); requests wait.
+    Freeze {
+        /// The environment, e.g. dev.
+        env: String,
+        /// How long (`2h`, `90m`) or until when (`2026-12-24T18:00:00Z`).
+        #[arg(long, value_name = "TIME|DURATION")]
+        until: String,
+        /// Why: shown to everyone who waits.
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// End an operator's freeze of ENV (a configured freeze window goes on).
+    Unfreeze {
+        /// The environment, e.g. dev.
+        env: String,
+    },
     /// Make a stuck queued request due now, or put back a running one whose worker is gone.
     Requeue {
         /// The request's id.
@@ -150,6 +166,12 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             let done = match action {
                 AdminCommand::Release { env } => {
                     deploybot::admin::release(&store, &config, &env).await
+                }
+                AdminCommand::Freeze { env, until, reason } => {
+                    deploybot::admin::freeze(&store, &config, &env, &until, &reason).await
+                }
+                AdminCommand::Unfreeze { env } => {
+                    deploybot::admin::unfreeze(&store, &config, &env).await
                 }
                 AdminCommand::Requeue { job } => deploybot::admin::requeue(&store, job).await,
                 AdminCommand::Redeliver { since, dry_run } => match &settings.github {

@@ -150,7 +150,10 @@ fn parse_lock(line: &str, args: &[Token], vocab: &Vocabulary) -> Result<LockRequ
         }
         if token.text.starts_with("--ttl=") {
             if lock.ttl.is_some() {
-                let msg = format!("{} gives `--ttl` a second time; give it once.", code(token.text));
+                let msg = format!(
+                    "{} gives `--ttl` a second time; give it once.",
+                    code(token.text)
+                );
                 return Err(error(token, msg));
             }
             let value = token.sub("--ttl=".len()..token.text.len());

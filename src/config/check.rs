@@ -208,6 +208,21 @@ impl Config {
                     e.name
                 )),
             }
+            for w in &e.freeze {
+                if w.start >= w.end {
+                    problems.push(format!(
+                        "environment {}: the freeze from {} ends at {}, not after it starts",
+                        e.name, w.start, w.end
+                    ));
+                }
+                let reason = w.reason.trim();
+                if reason.is_empty() || reason.chars().count() > 200 || reason.contains('\n') {
+                    problems.push(format!(
+                        "environment {}: a freeze's reason is one line of 1 to 200 characters",
+                        e.name
+                    ));
+                }
+            }
             for name in e.env.keys().chain(e.env_from_files.keys()) {
                 let valid = name
                     .chars()

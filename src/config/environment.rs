@@ -77,6 +77,19 @@ pub struct Environment {
     /// command run in (required when either is a command).
     #[serde(default)]
     pub runner: Option<Runner>,
+    /// `[[environment.freeze]]`: windows in which no new deployment takes
+    /// the environment (a release, a holiday).
+    #[serde(default)]
+    pub freeze: Vec<FreezeWindow>,
+}
+
+/// A configured freeze: from `start` to `end` (RFC 3339), and why.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FreezeWindow {
+    pub start: chrono::DateTime<chrono::Utc>,
+    pub end: chrono::DateTime<chrono::Utc>,
+    pub reason: String,
 }
 
 /// Image builders. Placeholders in `args`: `{repo_url}`, `{commit}`,

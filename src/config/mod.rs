@@ -17,7 +17,8 @@ mod images;
 mod runner;
 
 pub use environment::{
-    Builder, Cleanup, Deployer, Environment, EnvironmentKind, Timeouts, Workload, WorkloadType,
+    Builder, Cleanup, Deployer, Environment, EnvironmentKind, FreezeWindow, Timeouts, Workload,
+    WorkloadType,
 };
 pub use images::{Buildah, Registry};
 pub use runner::{LOGIN_FILE, Login, RUNNER_ROOT, Runner, SecretMount, is_dns_subdomain};
@@ -437,6 +438,7 @@ impl Config {
             env: BTreeMap::new(),
             env_from_files: BTreeMap::new(),
             runner: None,
+            freeze: Vec::new(),
         }];
         config
     }

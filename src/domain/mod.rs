@@ -3,12 +3,14 @@
 //! it; no storage, no network (the store and the operations build on this).
 
 pub mod button;
+pub mod freeze;
 pub mod job;
 pub mod outbox;
 pub mod plan;
 pub mod state;
 
 pub use button::{Button, EXTEND_BY};
+pub use freeze::Freeze;
 pub use job::{ANY_ENVIRONMENT, Job, JobEvent, JobFilter, NewJob, PullRef};
 pub use outbox::Report;
 pub use state::{Conclusion, Confirmation, JobState, Outcome, Source, Step};

@@ -547,6 +547,16 @@ impl Intake {
                 None if env.dirty => "free (dirty: cleaned before the next deployment)".into(),
                 None => "free".into(),
             };
+            let frozen = self.config.environment(&env.name).and_then(|e| {
+                crate::domain::Freeze::current(e, env.operator_freeze.clone(), tx.now)
+            });
+            let holder = match frozen {
+                Some(f) => format!(
+                    "❄️ {} · {holder}",
+                    crate::quote::prose(&crate::status::freeze_text(&f)).replace('|', "\\|")
+                ),
+                None => holder,
+            };
             let until = env
                 .held_until
                 .map(crate::status::human_time)

@@ -377,10 +377,11 @@ impl Intake {
             asked.source,
             request.to_args()
         );
+        // Number 0: asked from no conversation (the API, with no PR named).
         self.queue_job(
             tx,
             origin,
-            Some(origin.number),
+            Some(origin.number).filter(|n| *n > 0),
             asked,
             request,
             pull_requests,

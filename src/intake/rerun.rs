@@ -171,10 +171,16 @@ impl Intake {
                         self.extend_answer(&mut tx, env, job.id, EXTEND_BY, &actor)
                             .await?
                     }
-                    _ => self.release_answer(&mut tx, env, Some(job.id), &actor).await?,
+                    _ => {
+                        self.release_answer(&mut tx, env, Some(job.id), &actor)
+                            .await?
+                    }
                 };
                 let text = answer.unwrap_or_else(|| {
-                    format!("request #{} no longer holds `{env}`; nothing was changed.", job.id)
+                    format!(
+                        "request #{} no longer holds `{env}`; nothing was changed.",
+                        job.id
+                    )
                 });
                 origin
                     .reply(format!("@{sender}, {text}"))

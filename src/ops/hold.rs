@@ -88,7 +88,9 @@ pub async fn unlock(tx: &mut Tx, environment: &str, actor: &Actor<'_>) -> Result
         return Ok(None);
     };
     match Store::job(tx.db(), holder).await? {
-        Some(job) if job.is_lock() => release(tx, environment, Some(holder), actor).await.map(Some),
+        Some(job) if job.is_lock() => release(tx, environment, Some(holder), actor)
+            .await
+            .map(Some),
         _ => Ok(None),
     }
 }

@@ -1,14 +1,17 @@
 //! The rules of a request's life, each written once: accept, supersede,
-//! cancel, end a PR's requests, finish; release, extend and expire a hold.
+//! cancel, end a PR's requests, finish; release, extend and expire a hold;
+//! freeze an environment.
 //! Each runs inside the caller's transaction and writes the state change,
 //! its events, its outbox reports and its wake-ups together. The comment
 //! handler, the API, `deploy --local`, `admin`, the worker, the webhook and
 //! the pipeline only choose what to do and phrase the answer. Nothing here
 //! talks to GitHub or the cluster.
 
+mod freeze;
 mod hold;
 mod request;
 
+pub use freeze::{freeze, parse_until, unfreeze};
 pub use hold::{
     Extended, Released, expire, extend, extended_until, free, holding, new_commits, release,
     unlock, warn_expiry,

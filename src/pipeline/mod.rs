@@ -332,14 +332,22 @@ impl Pipeline {
                 .and_then(|id| holders.get(&id))
                 .is_some_and(|h| h.repo == job.repo && h.number == job.number)
         });
+        let frozen = |r: &crate::store::EnvironmentRow| {
+            !job.is_lock()
+                && self.config.environment(&r.name).is_some_and(|e| {
+                    crate::domain::Freeze::current(e, r.operator_freeze.clone(), now).is_some()
+                })
+        };
         let free = own.or_else(|| {
-            rows.iter().filter(|r| configured(&r.name)).find(|r| {
-                let running = r
-                    .holder_job
-                    .and_then(|id| holders.get(&id))
-                    .is_some_and(|h| h.state == JobState::Running);
-                r.holder_job.is_none() || (!running && r.held_until.is_some_and(|u| u < now))
-            })
+            rows.iter()
+                .filter(|r| configured(&r.name) && !frozen(r))
+                .find(|r| {
+                    let running = r
+                        .holder_job
+                        .and_then(|id| holders.get(&id))
+                        .is_some_and(|h| h.state == JobState::Running);
+                    r.holder_job.is_none() || (!running && r.held_until.is_some_and(|u| u < now))
+                })
         });
         let soonest = rows
             .iter()

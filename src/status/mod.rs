@@ -6,12 +6,12 @@ mod images;
 mod text;
 
 pub use crate::mask::redact;
-pub use text::{human_span, human_time};
+pub use text::{freeze_text, human_span, human_time};
 
 use crate::command::{DeployRequest, Ref};
 use crate::config::Config;
 use crate::domain::plan::{Pinned, Plan};
-use crate::domain::{Button, JobState, Step};
+use crate::domain::{Button, Freeze, JobState, Step};
 use crate::quote;
 use crate::store::{EnvironmentRow, Job, JobEvent, PullRef, Store, StoreError};
 
@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub queue_position: Option<usize>,
     /// Who holds the environment when it is not this job: `request #5 (packit/ogr#12)`.
     pub holder: Option<String>,
+    /// The freeze its environment is under (no new deployment takes it).
+    pub freeze: Option<Freeze>,
     /// The job's page (its full log).
     pub details_url: String,
     pub command_prefix: String,
@@ -133,6 +135,10 @@ impl Snapshot {
         }
         let now_ms = tx.now;
         tx.commit().await?;
+        let freeze = configured.and_then(|e| {
+            let operator = environment.as_ref().and_then(|r| r.operator_freeze.clone());
+            Freeze::current(e, operator, now_ms)
+        });
         let details_url = format!(
             "{}/jobs/{}",
             config.bot.public_url.trim_end_matches('/'),
@@ -148,6 +154,7 @@ impl Snapshot {
             environment,
             queue_position,
             holder,
+            freeze,
             details_url,
             command_prefix: config.bot.command_prefix.clone(),
             on_request: config
@@ -213,6 +220,10 @@ impl Snapshot {
             return self.lock_headline(&env);
         }
         match self.phase() {
+            Phase::Queued | Phase::Waiting if self.freeze.is_some() => {
+                let freeze = self.freeze.as_ref().map(freeze_text).unwrap_or_default();
+                format!("Waiting for {env}: {freeze}")
+            }
             Phase::Queued => format!("Queued for {env}"),
             Phase::Waiting => format!(
                 "Waiting for {env}{}",
@@ -322,6 +333,13 @@ impl Snapshot {
         }
         if let (Phase::Waiting, Some(holder)) = (self.phase(), &self.holder) {
             facts.push(format!("held by {holder}"));
+        }
+        if let Some(freeze) = &self.freeze {
+            facts.push(format!(
+                "❄️ {} by {}: no new deployment takes it",
+                quote::prose(&freeze_text(freeze)),
+                freeze.by
+            ));
         }
         if self.phase() == Phase::Ended
             && let Some(why) = self.events.iter().rev().find(|e| e.step == Step::Release)

@@ -10,6 +10,15 @@ pub fn human_time(ms: i64) -> String {
         .unwrap_or_else(|| rfc3339(ms))
 }
 
+/// `frozen until 2026-12-24 18:00 UTC (the 1.0 release)`.
+pub fn freeze_text(freeze: &crate::domain::Freeze) -> String {
+    format!(
+        "frozen until {} ({})",
+        human_time(freeze.until),
+        freeze.reason
+    )
+}
+
 /// `0.4s`, `12s`, `3m 05s`, `2h 10m`.
 pub fn human_span(ms: i64) -> String {
     let ms = ms.max(0);

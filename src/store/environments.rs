@@ -1,7 +1,9 @@
 //! Environments: the database mirror of each environment's lock (holder,
-//! expiry, dirty). Single-row changes; the rules of holding live in `ops`.
+//! expiry, dirty) and of an operator's freeze. Single-row changes; the rules
+//! of holding live in `ops`.
 
 use super::*;
+use crate::domain::Freeze;
 
 /// One environment's row: the database mirror of its lock.
 #[derive(Debug, Clone, Serialize)]
@@ -12,6 +14,8 @@ pub struct EnvironmentRow {
     pub held_until: Option<i64>,
     pub dirty: bool,
     pub last_job: Option<i64>,
+    /// An operator's freeze (it may have ended: see [`Freeze::current`]).
+    pub operator_freeze: Option<Freeze>,
 }
 
 impl EnvironmentRow {
@@ -23,6 +27,18 @@ impl EnvironmentRow {
             held_until: r.try_get("held_until")?,
             dirty: r.try_get::<i64, _>("dirty")? != 0,
             last_job: r.try_get("last_job")?,
+            operator_freeze: match r.try_get::<Option<i64>, _>("frozen_until")? {
+                Some(until) => Some(Freeze {
+                    until,
+                    reason: r
+                        .try_get::<Option<String>, _>("frozen_reason")?
+                        .unwrap_or_default(),
+                    by: r
+                        .try_get::<Option<String>, _>("frozen_by")?
+                        .unwrap_or_default(),
+                }),
+                None => None,
+            },
         })
     }
 }
@@ -126,6 +142,44 @@ impl Store {
         if done.rows_affected() == 1 {
             // The holder's deployment on GitHub becomes inactive.
             Store::want_sync(tx, job_id).await?;
+            Store::wake_waiting(tx, name).await?;
+        }
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Freeze `name` (an operator's freeze, replacing an earlier one).
+    /// False when there is no such environment.
+    pub async fn freeze_environment(tx: &mut Tx, name: &str, freeze: &Freeze) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE environments SET frozen_until = $2, frozen_reason = $3, frozen_by = $4, \
+             updated_at = $5 WHERE name = $1",
+        )
+        .bind(name)
+        .bind(freeze.until)
+        .bind(&freeze.reason)
+        .bind(&freeze.by)
+        .bind(tx.now)
+        .execute(tx.db())
+        .await?;
+        if done.rows_affected() == 1 {
+            // Waiting requests say it.
+            Store::resync_queue(tx, name).await?;
+        }
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// End the operator's freeze of `name`; the requests waiting look again.
+    /// False when it had none (or it had ended).
+    pub async fn unfreeze_environment(tx: &mut Tx, name: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE environments SET frozen_until = NULL, frozen_reason = NULL, frozen_by = NULL, \
+             updated_at = $2 WHERE name = $1 AND frozen_until > $2",
+        )
+        .bind(name)
+        .bind(tx.now)
+        .execute(tx.db())
+        .await?;
+        if done.rows_affected() == 1 {
             Store::wake_waiting(tx, name).await?;
         }
         Ok(done.rows_affected() == 1)

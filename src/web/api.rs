@@ -85,8 +85,18 @@ pub struct EnvironmentView {
     pub held_until: Option<String>,
     /// Left changed by an earlier deployment: cleaned before the next one.
     pub dirty: bool,
+    /// While frozen: until when (`until`), why and by whom; no new
+    /// deployment takes it, waiting requests wait.
+    pub frozen: Option<FrozenView>,
     /// Requests waiting for it, first in line first.
     pub queue: Vec<QueuedView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FrozenView {
+    pub until: String,
+    #[serde(flatten)]
+    pub freeze: crate::domain::Freeze,
 }
 
 #[derive(Debug, Serialize)]
@@ -198,6 +208,15 @@ pub async fn environment_views(state: &AppState) -> Result<Vec<EnvironmentView>,
                 .filter(|_| holder_id.is_some())
                 .map(crate::store::rfc3339),
             dirty: row.is_some_and(|r| r.dirty),
+            frozen: crate::domain::Freeze::current(
+                env,
+                row.and_then(|r| r.operator_freeze.clone()),
+                tx.now,
+            )
+            .map(|freeze| FrozenView {
+                until: crate::store::rfc3339(freeze.until),
+                freeze,
+            }),
             queue,
         });
     }
@@ -289,7 +308,9 @@ pub async fn create_job(
     let submitted = match command {
         Command::Lock(lock) => state.actions.lock(&login, lock).await,
         Command::Deploy(request) => state.actions.submit(&login, request).await,
-        _ => Err(crate::actions::ActionError::BadRequest("not a request".into())),
+        _ => Err(crate::actions::ActionError::BadRequest(
+            "not a request".into(),
+        )),
     };
     match submitted {
         Ok(id) => {
@@ -368,7 +389,70 @@ pub async fn unlock(
         Ok(login) => login,
         Err(refused) => return refused,
     };
-    written(&state, state.actions.unlock_environment(&login, &name).await)
+    written(
+        &state,
+        state.actions.unlock_environment(&login, &name).await,
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FreezeBody {
+    until: String,
+    reason: String,
+}
+
+/// `POST /api/v1/environments/{name}/freeze`: no new deployment takes it
+/// until `until`; for users with admin permission on a configured repository.
+pub async fn freeze(
+    State(state): State<Arc<AppState>>,
+    client: Client,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Json<FreezeBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(body)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "send JSON: {\"until\": \"2h\" or \"2026-12-24T18:00:00Z\", \"reason\": \"...\"}",
+        );
+    };
+    let login = match user(&state, client, &headers).await {
+        Ok(login) => login,
+        Err(refused) => return refused,
+    };
+    match state
+        .actions
+        .freeze_environment(&login, &name, &body.until, &body.reason)
+        .await
+    {
+        Ok(freeze) => {
+            state.committed();
+            Json(json!({
+                "message": format!("`{name}` is {}", crate::status::freeze_text(&freeze)),
+                "frozen": FrozenView { until: crate::store::rfc3339(freeze.until), freeze },
+            }))
+            .into_response()
+        }
+        Err(e) => answer(e),
+    }
+}
+
+/// `POST /api/v1/environments/{name}/unfreeze`: end the operator's freeze.
+pub async fn unfreeze(
+    State(state): State<Arc<AppState>>,
+    client: Client,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    let login = match user(&state, client, &headers).await {
+        Ok(login) => login,
+        Err(refused) => return refused,
+    };
+    written(
+        &state,
+        state.actions.unfreeze_environment(&login, &name).await,
+    )
 }
 
 #[derive(Debug, Deserialize)]

@@ -94,6 +94,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/environments/{name}/release", post(api::release))
         .route("/api/v1/environments/{name}/extend", post(api::extend))
         .route("/api/v1/environments/{name}/unlock", post(api::unlock))
+        .route("/api/v1/environments/{name}/freeze", post(api::freeze))
+        .route("/api/v1/environments/{name}/unfreeze", post(api::unfreeze))
         .route("/api/v1/me", get(api::me))
         .route("/api/v1/openapi.json", get(api::openapi))
         .route("/login", get(page::login_page).post(page::login))

@@ -45,7 +45,7 @@ h1 { font-size: 1.4rem; margin: 0 0 .25rem; } h2 { font-size: 1.15rem; margin: 1
 .envs { display: grid; grid-template-columns: repeat(auto-fit, minmax(18rem, 1fr)); gap: .75rem; }
 .card { background: var(--card); border: 1px solid var(--line); border-radius: .5rem; padding: .75rem 1rem; }
 .card h3 { margin: 0 0 .25rem; font-size: 1.1rem; }
-.state { font-weight: 600; } .free { color: var(--ok); } .held { color: var(--warn); } .dirty { color: var(--bad); }
+.state { font-weight: 600; } .free { color: var(--ok); } .held { color: var(--warn); } .dirty { color: var(--bad); } .frozen { color: var(--bad); }
 ul { padding-left: 1.2rem; margin: .25rem 0; }
 code, pre { font: .85rem/1.4 ui-monospace, SFMono-Regular, Menlo, monospace; }
 pre { background: var(--card); border: 1px solid var(--line); border-radius: .5rem; padding: .75rem;
@@ -104,6 +104,13 @@ fn environment_card(env: &EnvironmentView, now_ms: i64) -> String {
             "<div class=\"muted\"><a href=\"{}\">{}</a></div>",
             esc(url),
             esc(url)
+        ));
+    }
+    if let Some(frozen) = &env.frozen {
+        out.push_str(&format!(
+            "<p class=\"state frozen\">❄️ {} · by {} · no new deployment takes it</p>",
+            esc(&crate::status::freeze_text(&frozen.freeze)),
+            esc(&frozen.freeze.by)
         ));
     }
     match &env.holder {

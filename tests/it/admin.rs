@@ -222,6 +222,32 @@ fn admin_commands_answer_from_the_binary() {
     let out = run(&["admin", "release", "dev"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("`dev` is not held"));
+    let out = run(&[
+        "admin",
+        "freeze",
+        "dev",
+        "--until",
+        "2h",
+        "--reason",
+        "the 1.0 release",
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.starts_with("`dev` is frozen until ") && said.contains("(the 1.0 release)"),
+        "{said}"
+    );
+    let out = run(&["admin", "freeze", "dev", "--until", "soon", "--reason", "x"]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("`soon` is neither a duration"), "{said}");
+    let out = run(&["admin", "unfreeze", "dev"]);
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("`dev` is no longer frozen by an operator"),
+        "{said}"
+    );
     let out = run(&["admin", "requeue", "999"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no request #999"));

@@ -19,10 +19,12 @@ on_both_backends!(
     cancel_release_and_extend_answer_clearly,
     the_event_stream_follows_a_request_to_its_end,
     the_pages_show_holder_queue_and_log,
+    locks_and_freezes_through_the_api,
 );
 
 const ALICE: &str = "gho_alice_token_0123456789";
 const MALLORY: &str = "gho_mallory_token_0123456789";
+const CAROL: &str = "gho_carol_token_0123456789";
 
 async fn app(db: Db) -> TestApp {
     let mut app = TestApp::builder(db).config(Config::builtin_default());
@@ -31,8 +33,10 @@ async fn app(db: Db) -> TestApp {
             .permission(repo, "alice", "write")
             .permission(repo, "mallory", "read");
     }
-    app.user_token(ALICE, "alice")
+    app.permission("packit/ogr", "carol", "admin")
+        .user_token(ALICE, "alice")
         .user_token(MALLORY, "mallory")
+        .user_token(CAROL, "carol")
         .start()
         .await
 }
@@ -751,4 +755,97 @@ async fn metrics_describe_webhooks_jobs_queues_and_github() {
     assert_eq!(value("deploybot_reporter_backlog"), 0.0);
     t.headlines().await;
     t.github.assert_clean();
+}
+
+async fn locks_and_freezes_through_the_api(db: Db) {
+    let t = app(db).await;
+    let spec = Spec::load(&t).await;
+    let post = |path: String, token: &'static str, body: Option<Value>| {
+        let (t, spec) = (&t, &spec);
+        async move {
+            let doc = path.replace("/dev/", "/{name}/");
+            checked(t, spec, "POST", &path, &doc, Some(token), body).await
+        }
+    };
+    let environments = || async {
+        let (_, envs) = checked(
+            &t,
+            &spec,
+            "GET",
+            "/api/v1/environments",
+            "/api/v1/environments",
+            None,
+            None,
+        )
+        .await;
+        envs["environments"][0].clone()
+    };
+
+    // A lock through the API: dev held, its reason shown.
+    let (status, body) = post(
+        "/api/v1/jobs".into(),
+        ALICE,
+        Some(json!({"command": "lock dev --ttl=1h --reason=demo"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    t.run().await;
+    let dev = environments().await;
+    assert_eq!(dev["holder"]["lock"], json!({"reason": "demo"}), "{dev}");
+    let (status, body) = post("/api/v1/environments/dev/unlock".into(), MALLORY, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = post("/api/v1/environments/dev/unlock".into(), ALICE, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["message"], "unlocked `dev` (locked by request #1)");
+    let (status, _) = post("/api/v1/environments/dev/unlock".into(), ALICE, None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // Freezing needs admin permission on a configured repository.
+    let freeze = json!({"until": "2h", "reason": "the 1.0 release"});
+    let (status, body) = post(
+        "/api/v1/environments/dev/freeze".into(),
+        ALICE,
+        Some(freeze.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("admin permission on none")),
+        "{body}"
+    );
+    let bad = json!({"until": "yesterday", "reason": "x"});
+    let (status, _) = post("/api/v1/environments/dev/freeze".into(), CAROL, Some(bad)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, body) = post(
+        "/api/v1/environments/dev/freeze".into(),
+        CAROL,
+        Some(freeze),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["frozen"]["by"], "@carol");
+    let dev = environments().await;
+    assert_eq!(dev["frozen"]["reason"], "the 1.0 release", "{dev}");
+    // A deployment waits while frozen, and goes when unfrozen.
+    let (status, body) = post(
+        "/api/v1/jobs".into(),
+        ALICE,
+        Some(json!({"command": "packit-service=614"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    t.run().await;
+    assert_eq!(t.job(2).await["state"], "queued");
+    let (status, _) = post("/api/v1/environments/dev/unfreeze".into(), ALICE, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = post("/api/v1/environments/dev/unfreeze".into(), CAROL, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    t.run().await;
+    assert_eq!(t.job(2).await["state"], "succeeded");
+    assert!(environments().await["frozen"].is_null());
+    let (status, _) = post("/api/v1/environments/dev/unfreeze".into(), CAROL, None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    t.seen_status_comments();
 }

@@ -302,28 +302,46 @@ async fn a_team_members_session() {
     let out = deploy(
         &server,
         Some(ALICE),
-        &["lock", "dev", "--ttl", "1h", "--reason", "debugging the worker"],
+        &[
+            "lock",
+            "dev",
+            "--ttl",
+            "1h",
+            "--reason",
+            "debugging the worker",
+        ],
     )
     .await;
     let (stdout, stderr) = text(&out);
     assert_eq!(code(&out), 0, "{stdout}{stderr}");
     assert!(stderr.contains("request #5 queued for dev"), "{stderr}");
-    assert!(stderr.contains("[hold] dev is locked for @alice for 1h"), "{stderr}");
+    assert!(
+        stderr.contains("[hold] dev is locked for @alice for 1h"),
+        "{stderr}"
+    );
     let status = text(&deploy(&server, None, &["status"]).await).0;
     assert!(
-        status.contains("dev: held by request #5 of @alice (locked (reason: debugging the worker)) until"),
+        status.contains(
+            "dev: held by request #5 of @alice (locked (reason: debugging the worker)) until"
+        ),
         "{status}"
     );
     let out = deploy(&server, Some(ALICE), &["unlock"]).await;
     assert_eq!(code(&out), 0, "{:?}", text(&out));
     assert!(
-        text(&out).0.contains("unlocked `dev` (locked by request #5)"),
+        text(&out)
+            .0
+            .contains("unlocked `dev` (locked by request #5)"),
         "{:?}",
         text(&out)
     );
     let out = deploy(&server, Some(ALICE), &["unlock", "dev"]).await;
     assert_eq!(code(&out), 1);
-    assert!(text(&out).1.contains("`dev` is not held by anyone"), "{:?}", text(&out));
+    assert!(
+        text(&out).1.contains("`dev` is not held by anyone"),
+        "{:?}",
+        text(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

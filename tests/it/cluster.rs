@@ -154,8 +154,14 @@ async fn a_locks_reason_is_in_the_lease_while_it_holds() {
     assert_eq!(annotations["deploybot.dev/reason"], "demo for the team");
     assert!(cluster.release_lock(NS, 3).await.unwrap());
     let annotations = &lease(&fake)["metadata"]["annotations"];
-    assert!(annotations.get("deploybot.dev/reason").is_none(), "{annotations}");
-    assert!(annotations.get("deploybot.dev/job").is_none(), "{annotations}");
+    assert!(
+        annotations.get("deploybot.dev/reason").is_none(),
+        "{annotations}"
+    );
+    assert!(
+        annotations.get("deploybot.dev/job").is_none(),
+        "{annotations}"
+    );
     fake.assert_no_violations();
 }
 

@@ -30,6 +30,8 @@ on_both_backends!(
     new_commits_on_a_deployed_pr_are_noticed,
     a_hold_about_to_end_tells_its_pr_once,
     a_lock_holds_the_environment_without_deploying_and_queues_others,
+    a_configured_freeze_window_holds_the_queue_and_then_lets_it_go,
+    an_operator_freeze_holds_new_deployments_until_unfrozen,
 );
 
 const SHA_SERVICE: &str = "1111111111111111111111111111111111111111";
@@ -849,7 +851,13 @@ async fn a_lock_holds_the_environment_without_deploying_and_queues_others(db: Db
     let t = dry_app(db).await;
     let store = t.app.state.store.clone();
     // Locked from bob's PR, with a reason: held at once, nothing deployed.
-    comment(&t, 700, "/deploy lock dev --ttl=1h --reason=demo for the `team`", "bob").await;
+    comment(
+        &t,
+        700,
+        "/deploy lock dev --ttl=1h --reason=demo for the `team`",
+        "bob",
+    )
+    .await;
     t.run().await;
     assert_eq!(holder(&t).await, Some(1));
     let lock = t.job(1).await;
@@ -860,16 +868,25 @@ async fn a_lock_holds_the_environment_without_deploying_and_queues_others(db: Db
         "{lock}"
     );
     let locked = t.status_comment(1).body;
-    assert!(locked.starts_with("### 🔒 `dev` is locked for @bob"), "{locked}");
+    assert!(
+        locked.starts_with("### 🔒 `dev` is locked for @bob"),
+        "{locked}"
+    );
     assert_shown!("lock_status_comment", locked);
-    assert!(t.check_runs_for("packit/packit-service", 1).is_empty(), "a lock deploys nothing");
+    assert!(
+        t.check_runs_for("packit/packit-service", 1).is_empty(),
+        "a lock deploys nothing"
+    );
 
     // alice's deployment waits behind it; status, the API and the page say why.
     comment(&t, 614, "/deploy", "alice").await;
     t.run().await;
     let waiting = t.job(2).await;
     assert_eq!(waiting["state"], "queued", "{waiting}");
-    assert!(events(&waiting, "waiting").contains("held by request #1"), "{waiting}");
+    assert!(
+        events(&waiting, "waiting").contains("held by request #1"),
+        "{waiting}"
+    );
     comment(&t, 614, "/deploy status", "alice").await;
     t.run().await;
     let status = t.replies("packit/packit-service", 614);
@@ -880,7 +897,10 @@ async fn a_lock_holds_the_environment_without_deploying_and_queues_others(db: Db
     );
     let (_, envs) = t.get("/api/v1/environments").await;
     let dev = &envs["environments"][0];
-    assert_eq!(dev["holder"]["lock"]["reason"], "demo for the `team`", "{dev}");
+    assert_eq!(
+        dev["holder"]["lock"]["reason"], "demo for the `team`",
+        "{dev}"
+    );
     assert_eq!(dev["queue"][0]["job"], 2, "{dev}");
     let (_, page) = t.get("/").await;
     let page = page.as_str().expect("html");
@@ -889,7 +909,9 @@ async fn a_lock_holds_the_environment_without_deploying_and_queues_others(db: Db
     // Extended like any hold; an operator ends it and the queue moves on.
     comment(&t, 700, "/deploy extend 30m", "bob").await;
     t.run().await;
-    let until = deploybot::store::Store::environments(store.db()).await.expect("envs")[0]
+    let until = deploybot::store::Store::environments(store.db())
+        .await
+        .expect("envs")[0]
         .held_until
         .expect("held");
     assert!(until > store.now_ms() + 80 * 60_000, "extended to 1h30m");
@@ -901,7 +923,10 @@ async fn a_lock_holds_the_environment_without_deploying_and_queues_others(db: Db
     assert_eq!(t.job(2).await["state"], "succeeded");
     assert_eq!(holder(&t).await, Some(2));
     let ended = t.status_comment(1).body;
-    assert!(ended.starts_with("### ✅ `dev` was locked; the lock has ended"), "{ended}");
+    assert!(
+        ended.starts_with("### ✅ `dev` was locked; the lock has ended"),
+        "{ended}"
+    );
     assert!(ended.contains("released by an operator"), "{ended}");
 
     // A lock that expires: told, freed, and the next one goes.
@@ -935,10 +960,145 @@ async fn a_lock_holds_the_environment_without_deploying_and_queues_others(db: Db
     t.run().await;
     let answer = t.replies("packit/packit-service", 700);
     assert!(
-        answer.last().is_some_and(|c| c.body.starts_with("@bob, unlocked `dev` (locked by request #5).")),
+        answer.last().is_some_and(|c| c
+            .body
+            .starts_with("@bob, unlocked `dev` (locked by request #5).")),
         "{answer:?}"
     );
     assert_eq!(holder(&t).await, None);
+    t.replies("packit/packit-service", 614);
+    t.seen_status_comments();
+}
+
+async fn a_configured_freeze_window_holds_the_queue_and_then_lets_it_go(db: Db) {
+    let mut config = Config::builtin_default();
+    let now = chrono::Utc::now();
+    config.environments[0].freeze = vec![deploybot::config::FreezeWindow {
+        start: now - chrono::Duration::minutes(1),
+        end: now + chrono::Duration::hours(1),
+        reason: "the 1.0 release".into(),
+    }];
+    let t = TestApp::builder(db)
+        .config(config)
+        .permission("packit/packit-service", "alice", "write")
+        .pull("packit/packit-service", 614, SHA_SERVICE, "fix", "alice")
+        .start()
+        .await;
+    comment(&t, 614, "/deploy", "alice").await;
+    t.run().await;
+    let job = t.job(1).await;
+    assert_eq!(job["state"], "queued", "{job}");
+    assert!(
+        events(&job, "waiting").contains("waiting for dev: frozen until ")
+            && events(&job, "waiting").contains(" (the 1.0 release)"),
+        "{job}"
+    );
+    assert_eq!(holder(&t).await, None, "nothing takes dev");
+    let waiting = t.status_comment(1).body;
+    assert!(
+        waiting.starts_with("### ⏳ Waiting for `dev`: frozen until "),
+        "{waiting}"
+    );
+    assert!(
+        waiting.contains("by the configuration: no new deployment takes it"),
+        "{waiting}"
+    );
+    assert_shown!("frozen_waiting_status_comment", waiting);
+    let run = &t.check_runs_for("packit/packit-service", 1)[0];
+    assert!(
+        run["output"]["title"].as_str().is_some_and(|title| title
+            .starts_with("Waiting for `dev`: frozen until ")
+            && title.ends_with("(the 1.0 release)")),
+        "{run}"
+    );
+    // A lock deploys nothing: it may take dev meanwhile.
+    let (_, envs) = t.get("/api/v1/environments").await;
+    assert_eq!(
+        envs["environments"][0]["frozen"]["reason"], "the 1.0 release",
+        "{envs}"
+    );
+    assert_eq!(
+        envs["environments"][0]["frozen"]["by"], "the configuration",
+        "{envs}"
+    );
+    // The window ends: the request goes.
+    t.advance(Duration::from_secs(3600));
+    t.run().await;
+    assert_eq!(t.job(1).await["state"], "succeeded");
+    assert_eq!(holder(&t).await, Some(1));
+    let (_, envs) = t.get("/api/v1/environments").await;
+    assert!(envs["environments"][0]["frozen"].is_null(), "{envs}");
+    t.status_comment(1);
+}
+
+async fn an_operator_freeze_holds_new_deployments_until_unfrozen(db: Db) {
+    let t = dry_app(db).await;
+    let store = t.app.state.store.clone();
+    let config = t.app.state.config.clone();
+    // alice holds dev; an operator freezes it: her hold goes on.
+    comment(&t, 614, "/deploy", "alice").await;
+    t.run().await;
+    assert_eq!(holder(&t).await, Some(1));
+    assert!(
+        deploybot::admin::freeze(&store, &config, "dev", "tomorrow", "x")
+            .await
+            .is_err()
+    );
+    assert!(
+        deploybot::admin::freeze(&store, &config, "dev", "2h", " ")
+            .await
+            .is_err()
+    );
+    assert!(
+        deploybot::admin::freeze(&store, &config, "nope", "2h", "x")
+            .await
+            .is_err()
+    );
+    let said = deploybot::admin::freeze(&store, &config, "dev", "2h", "incident 42")
+        .await
+        .expect("freeze");
+    assert!(said.starts_with("`dev` is frozen until "), "{said}");
+    // bob's request waits, saying why; alice may still extend her hold.
+    comment(&t, 700, "/deploy", "bob").await;
+    comment(&t, 614, "/deploy extend 1h", "alice").await;
+    t.run().await;
+    assert_eq!(t.job(2).await["state"], "queued");
+    assert!(events(&t.job(2).await, "waiting").contains("frozen until "));
+    assert!(
+        t.status_comment(2)
+            .body
+            .contains("(incident 42) by an operator")
+    );
+    comment(&t, 700, "/deploy status", "bob").await;
+    t.run().await;
+    let status = t.replies("packit/packit-service", 700);
+    let status = &status.last().expect("status").body;
+    assert!(
+        status.contains("❄️ frozen until ") && status.contains("(incident 42) · request #1"),
+        "{status}"
+    );
+    let (_, page) = t.get("/").await;
+    let page = page.as_str().expect("html");
+    assert!(
+        page.contains("❄️ frozen until ") && page.contains("(incident 42) · by an operator"),
+        "{page}"
+    );
+    // Released meanwhile: still nothing takes dev.
+    comment(&t, 614, "/deploy release", "alice").await;
+    t.run().await;
+    assert_eq!(holder(&t).await, None);
+    assert_eq!(t.job(2).await["state"], "queued");
+    // Unfrozen: bob's request goes at once.
+    let said = deploybot::admin::unfreeze(&store, &config, "dev")
+        .await
+        .expect("unfreeze");
+    assert_eq!(said, "`dev` is no longer frozen by an operator");
+    t.run().await;
+    assert_eq!(t.job(2).await["state"], "succeeded");
+    let said = deploybot::admin::unfreeze(&store, &config, "dev")
+        .await
+        .expect("unfreeze");
+    assert_eq!(said, "`dev` was not frozen by an operator");
     t.replies("packit/packit-service", 614);
     t.seen_status_comments();
 }

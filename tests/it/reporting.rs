@@ -156,40 +156,72 @@ async fn the_check_runs_buttons_follow_the_request_and_act_for_whoever_may(db: D
 
     // Someone who may not deploy from ogr: refused on ogr#123, where the
     // button is; the hold is as it was.
-    assert!(t.click("packit/ogr", 1, "Extend 1h", "mallory").await.is_success());
+    assert!(
+        t.click("packit/ogr", 1, "Extend 1h", "mallory")
+            .await
+            .is_success()
+    );
     t.run().await;
     let refused = t.replies("packit/ogr", 123);
     assert_eq!(refused.len(), 1, "{refused:?}");
-    assert!(refused[0].body.starts_with("@mallory, I can't deploy for you"), "{}", refused[0].body);
+    assert!(
+        refused[0]
+            .body
+            .starts_with("@mallory, I can't deploy for you"),
+        "{}",
+        refused[0].body
+    );
     assert_eq!(held_until(&t).await, Some(before));
 
     // alice: one hour more, answered where she clicked.
-    assert!(t.click("packit/ogr", 1, "Extend 1h", "alice").await.is_success());
+    assert!(
+        t.click("packit/ogr", 1, "Extend 1h", "alice")
+            .await
+            .is_success()
+    );
     t.run().await;
     assert_eq!(held_until(&t).await, Some(before + 3_600_000));
     let answer = t.replies("packit/ogr", 123);
     assert_eq!(answer.len(), 1, "{answer:?}");
-    assert!(answer[0].body.starts_with("@alice, `dev` is now held until "), "{}", answer[0].body);
+    assert!(
+        answer[0]
+            .body
+            .starts_with("@alice, `dev` is now held until "),
+        "{}",
+        answer[0].body
+    );
     assert!(events(&t.job(1).await, "hold").contains("extended by @alice"));
 
     // Release: the hold ends, the request's PR is told, the buttons go.
-    assert!(t.click("packit/ogr", 1, "Release", "alice").await.is_success());
+    assert!(
+        t.click("packit/ogr", 1, "Release", "alice")
+            .await
+            .is_success()
+    );
     t.run().await;
     assert_eq!(held_until(&t).await, None);
     let answer = t.replies("packit/ogr", 123);
     assert_eq!(answer.len(), 1, "{answer:?}");
     assert!(
-        answer[0].body.starts_with("@alice, released `dev` (held by request #1)."),
+        answer[0]
+            .body
+            .starts_with("@alice, released `dev` (held by request #1)."),
         "{}",
         answer[0].body
     );
     let told = t.replies("packit/packit-service", 614);
     assert!(
-        told.iter().any(|c| c.body.contains("was released by @alice (from packit/ogr#123)")),
+        told.iter().any(|c| c
+            .body
+            .contains("was released by @alice (from packit/ogr#123)")),
         "{told:?}"
     );
     for repo in ["packit/packit-service", "packit/ogr"] {
-        assert!(t.buttons(repo, 1).is_empty(), "{repo}: {:?}", t.buttons(repo, 1));
+        assert!(
+            t.buttons(repo, 1).is_empty(),
+            "{repo}: {:?}",
+            t.buttons(repo, 1)
+        );
     }
     assert!(t.status_comment(1).body.starts_with(ENDED));
 
@@ -201,9 +233,20 @@ async fn the_check_runs_buttons_follow_the_request_and_act_for_whoever_may(db: D
     t.run().await;
     assert_eq!(t.job(2).await["state"], "cancelled");
     assert_eq!(t.buttons("packit/ogr", 2), ["Retry"]);
-    t.github
-        .add_pull("packit/ogr", 123, &default_sha(9999), "change", "open", "alice", &[]);
-    assert!(t.click("packit/ogr", 2, "Retry", "alice").await.is_success());
+    t.github.add_pull(
+        "packit/ogr",
+        123,
+        &default_sha(9999),
+        "change",
+        "open",
+        "alice",
+        &[],
+    );
+    assert!(
+        t.click("packit/ogr", 2, "Retry", "alice")
+            .await
+            .is_success()
+    );
     t.run().await;
     let retried = t.job(3).await;
     assert_eq!(retried["source"], "rerun", "{retried}");

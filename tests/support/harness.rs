@@ -971,7 +971,10 @@ impl TestApp {
     /// run on `repo` (GitHub delivers `requested_action`); the answer.
     pub async fn click(&self, repo: &str, job: i64, label: &str, sender: &str) -> StatusCode {
         let runs = self.check_runs_for(repo, job);
-        let id = runs.last().and_then(|r| r["id"].as_u64()).expect("a check run");
+        let id = runs
+            .last()
+            .and_then(|r| r["id"].as_u64())
+            .expect("a check run");
         let payload = self.github.click(repo, id, label, sender);
         self.deliver("check_run", &payload).await.0
     }
@@ -979,10 +982,17 @@ impl TestApp {
     /// The labels of the buttons on request `job`'s check run on `repo`.
     pub fn buttons(&self, repo: &str, job: i64) -> Vec<String> {
         let runs = self.check_runs_for(repo, job);
-        let actions = runs.last().map(|r| r["actions"].clone()).unwrap_or_default();
+        let actions = runs
+            .last()
+            .map(|r| r["actions"].clone())
+            .unwrap_or_default();
         actions
             .as_array()
-            .map(|a| a.iter().filter_map(|b| b["label"].as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|b| b["label"].as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

@@ -4,9 +4,10 @@
 use crate::cluster::{LockOutcome, LockRequest};
 use crate::config::{Environment, EnvironmentKind};
 use crate::domain::plan::Pinned;
-use crate::domain::{JobState, Step};
+use crate::domain::{Freeze, JobState, Step};
 use crate::ops;
 use crate::pipeline::{Pipeline, WAIT_POLL_MS};
+use crate::status::freeze_text;
 use crate::store::{EnvironmentRow, Job, Store, StoreError, Tx};
 
 /// Where the environment stands for a request that wants it, as read in
@@ -135,6 +136,20 @@ impl Pipeline {
     ) -> Result<bool, StoreError> {
         let mut tx = self.store.begin().await?;
         let standing = Standing::read(&mut tx, job, &environment.name).await?;
+        // A freeze stops new deployments (a lock deploys nothing: it may go).
+        let operator = standing
+            .row
+            .as_ref()
+            .and_then(|r| r.operator_freeze.clone());
+        if let Some(freeze) =
+            Freeze::current(environment, operator, tx.now).filter(|_| !job.is_lock())
+        {
+            let why = format!("waiting for {}: {}", environment.name, freeze_text(&freeze));
+            let after = (freeze.until - tx.now).clamp(1_000, WAIT_POLL_MS);
+            wait(&mut tx, job, Some(&why), after).await?;
+            tx.commit().await?;
+            return Ok(false);
+        }
         if !standing.may_go(job) {
             let why = standing.waiting_reason(job, &environment.name);
             wait(&mut tx, job, Some(&why), WAIT_POLL_MS).await?;

@@ -44,7 +44,10 @@ impl FakeGitHub {
             .and_then(|actions| actions.iter().find(|a| a["label"] == label))
             .cloned()
         else {
-            panic!("check run {id} shows no button {label:?}: {}", run["actions"]);
+            panic!(
+                "check run {id} shows no button {label:?}: {}",
+                run["actions"]
+            );
         };
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../shared/fixtures/github/webhooks/check_run/requested_action.json");
