@@ -395,12 +395,20 @@ async fn status(api: &Api, client: &ClientOptions) -> Result<u8, Failure> {
                 .flatten()
                 .filter_map(Value::as_str)
                 .collect();
+            let what = if q["lock"].is_object() {
+                "lock".to_string()
+            } else {
+                prs.join(", ")
+            };
+            let start = q["estimated_start"]
+                .as_str()
+                .map(|s| format!(", estimated start {s} (an estimate)"))
+                .unwrap_or_default();
             out!(
-                "  {}. request #{} of @{} ({})",
+                "  {}. request #{} of @{} ({what}){start}",
                 q["position"],
                 q["job"],
                 q["requested_by"].as_str().unwrap_or_default(),
-                prs.join(", ")
             );
         }
     }

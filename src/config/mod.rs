@@ -245,6 +245,10 @@ pub struct Component {
     /// The branch used when no ref is given (the deployer's checkout).
     #[serde(default = "default_branch")]
     pub default_branch: String,
+    /// The branch production runs (`--base=prod` requests compare their PRs
+    /// with it: "3 commits behind `stable`"); default `default_branch`.
+    #[serde(default)]
+    pub prod_branch: Option<String>,
     /// When a service is deployed: `always` (every request, unless
     /// `--without` leaves it out) or `on-request` (only when the request
     /// references it or `--only` names it).
@@ -266,6 +270,14 @@ pub enum DeployWhen {
 impl Component {
     /// Whether it is deployed by a request that did not reference it nor
     /// name it in `--only`.
+    /// The branch a request on `base` compares this component's PRs with.
+    pub fn base_branch(&self, base: crate::command::Base) -> &str {
+        match (base, &self.prod_branch) {
+            (crate::command::Base::Prod, Some(branch)) => branch,
+            _ => &self.default_branch,
+        }
+    }
+
     pub fn deployed_by_default(&self) -> bool {
         !self.retired && !self.images.is_empty() && self.deploy == DeployWhen::Always
     }

@@ -22,6 +22,18 @@ pub struct Pinned {
     /// plain request may build it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub author: Option<String>,
+    /// For a PR: how far its head is behind the branch the request's base
+    /// runs (GitHub's comparison), when it is behind at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behind: Option<Behind>,
+}
+
+/// A PR's head lacks `commits` commits of `branch` (merged work the
+/// deployment does not have).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Behind {
+    pub branch: String,
+    pub commits: u64,
 }
 
 /// How an image comes to be.
@@ -436,6 +448,7 @@ mod tests {
                     _ => '9',
                 }),
                 author: None,
+                behind: None,
             })
             .collect();
         plan(&config, &request, &pinned, config.default_environment())
@@ -632,6 +645,7 @@ mod tests {
             reference: Ref::Pr(3),
             sha: sha('1'),
             author: None,
+            behind: None,
         }];
         let err =
             plan(&config, &request, &pinned, config.default_environment()).expect_err("retired");

@@ -224,10 +224,33 @@ impl GitHub {
         branch: &str,
         sha: &str,
     ) -> GhResult<bool> {
-        #[derive(Deserialize)]
-        struct Comparison {
-            status: String,
-        }
+        let compared = self.compare(inst, repo, branch, sha).await?;
+        Ok(compared.is_some_and(|c| matches!(c.status.as_str(), "identical" | "behind")))
+    }
+
+    /// How many commits of `branch` `sha` lacks (GitHub's `behind_by`);
+    /// `None` when GitHub cannot compare the two.
+    pub async fn behind_by(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        branch: &str,
+        sha: &str,
+    ) -> GhResult<Option<u64>> {
+        Ok(self
+            .compare(inst, repo, branch, sha)
+            .await?
+            .map(|c| c.behind_by))
+    }
+
+    /// GitHub's comparison `branch...sha`; `None` when it has none (404, 422).
+    async fn compare(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+        branch: &str,
+        sha: &str,
+    ) -> GhResult<Option<Comparison>> {
         let route = format!(
             "{}/compare/{}...{}",
             repo.path(),
@@ -235,10 +258,10 @@ impl GitHub {
             path_segment(sha)
         );
         match self.get_as::<Comparison>(inst, &route).await {
-            Ok(c) => Ok(matches!(c.status.as_str(), "identical" | "behind")),
+            Ok(c) => Ok(Some(c)),
             Err(GitHubError::Status {
                 status: 404 | 422, ..
-            }) => Ok(false),
+            }) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -266,4 +289,11 @@ impl GitHub {
             .find(|p| p.head.sha.eq_ignore_ascii_case(sha))
             .map(|p| p.number))
     }
+}
+
+/// What deploybot reads of a comparison.
+#[derive(Deserialize)]
+struct Comparison {
+    status: String,
+    behind_by: u64,
 }

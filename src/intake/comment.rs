@@ -178,6 +178,7 @@ impl Intake {
                 reference: r.reference.clone(),
                 sha: sha.to_ascii_lowercase(),
                 author,
+                behind: None,
             };
             let problem = match &r.reference {
                 Ref::Branch(_) => continue,

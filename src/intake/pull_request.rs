@@ -120,6 +120,7 @@ impl Intake {
                         reference: r.reference.clone(),
                         sha: head_sha.to_ascii_lowercase(),
                         author: Some(pr_author.clone()),
+                        behind: None,
                     })
                     .collect();
                 let asked = Asked {

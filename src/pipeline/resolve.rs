@@ -122,6 +122,7 @@ where
             reference: r.reference.clone(),
             sha: sha.to_ascii_lowercase(),
             author: known.and_then(|p| p.author.clone()),
+            behind: None,
         });
     }
     Ok(pinned)

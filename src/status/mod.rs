@@ -2,11 +2,15 @@
 //! text and the deployment's state, rendered from a snapshot of the job.
 //! Pure: the reporter reads the snapshot and sends what this renders.
 
+mod estimate;
+mod github;
 mod images;
 mod text;
 
 pub use crate::mask::redact;
-pub use text::{freeze_text, human_span, human_time};
+pub use estimate::estimated_starts;
+pub use github::{CheckState, DeploymentState};
+pub use text::{estimate_text, freeze_text, human_span, human_time};
 
 use crate::command::{DeployRequest, Ref};
 use crate::config::Config;
@@ -33,6 +37,8 @@ pub struct Snapshot {
     pub holder: Option<String>,
     /// The freeze its environment is under (no new deployment takes it).
     pub freeze: Option<Freeze>,
+    /// While queued: when it may start (unix ms), an estimate.
+    pub estimated_start: Option<i64>,
     /// The job's page (its full log).
     pub details_url: String,
     pub command_prefix: String,
@@ -57,18 +63,6 @@ pub enum Phase {
     Superseded,
 }
 
-/// A check run as deploybot reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckState {
-    pub status: &'static str,
-    pub conclusion: Option<&'static str>,
-    pub title: String,
-    pub summary: String,
-    pub text: Option<String>,
-    /// The buttons it shows, which follow the state (none once it is over).
-    pub buttons: Vec<Button>,
-}
-
 /// One step of a request as the status shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepLine {
@@ -79,13 +73,6 @@ pub struct StepLine {
     pub time: String,
     /// What it said last, in one short line.
     pub note: String,
-}
-
-/// A deployment status to post.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeploymentState {
-    pub state: &'static str,
-    pub description: String,
 }
 
 impl Snapshot {
@@ -105,9 +92,17 @@ impl Snapshot {
         let pulls = Store::job_pull_requests(tx.db(), job_id).await?;
         let configured = config.environment(&job.environment);
         let environment = Store::environment_row(tx.db(), &job.environment).await?;
-        let (mut queue_position, mut holder) = (None, None);
-        if job.state == JobState::Queued && configured.is_some() {
+        let (mut queue_position, mut holder, mut estimated_start) = (None, None, None);
+        if job.state == JobState::Queued
+            && let Some(configured) = configured
+        {
             let queue = Store::queue(tx.db(), &job.environment).await?;
+            let now = tx.now;
+            estimated_start =
+                estimate::estimated_starts(tx.db(), configured, environment.as_ref(), &queue, now)
+                    .await?
+                    .get(&job.id)
+                    .copied();
             let ahead = queue
                 .iter()
                 .filter(|j| j.id < job.id && j.state == JobState::Queued)
@@ -155,6 +150,7 @@ impl Snapshot {
             queue_position,
             holder,
             freeze,
+            estimated_start,
             details_url,
             command_prefix: config.bot.command_prefix.clone(),
             on_request: config
@@ -225,12 +221,19 @@ impl Snapshot {
                 format!("Waiting for {env}: {freeze}")
             }
             Phase::Queued => format!("Queued for {env}"),
-            Phase::Waiting => format!(
-                "Waiting for {env}{}",
-                self.queue_position
-                    .map(|p| format!(" (position {p} in the queue)"))
-                    .unwrap_or_default()
-            ),
+            Phase::Waiting => {
+                let start = self
+                    .estimated_start
+                    .filter(|s| *s > self.now_ms + 60_000)
+                    .map(|s| format!(", estimated start {}", human_time(s)))
+                    .unwrap_or_default();
+                format!(
+                    "Waiting for {env}{}",
+                    self.queue_position
+                        .map(|p| format!(" (position {p} in the queue{start})"))
+                        .unwrap_or_default()
+                )
+            }
             Phase::Running => format!("Deploying to {env}: {}", self.job.step),
             Phase::Deployed if self.dry_run_environment => {
                 format!("Done on {env} (a dry-run environment: nothing was changed)")
@@ -334,6 +337,9 @@ impl Snapshot {
         if let (Phase::Waiting, Some(holder)) = (self.phase(), &self.holder) {
             facts.push(format!("held by {holder}"));
         }
+        if let (Phase::Waiting, Some(start)) = (self.phase(), self.estimated_start) {
+            facts.push(estimate_text(start, self.now_ms));
+        }
         if let Some(freeze) = &self.freeze {
             facts.push(format!(
                 "❄️ {} by {}: no new deployment takes it",
@@ -388,6 +394,22 @@ impl Snapshot {
                 (other, _) => quote::cell(&other.to_string()),
             };
             out.push_str(&format!("| {} | {reference} | {commit} |\n", r.component));
+        }
+        for p in pinned {
+            if let (Ref::Pr(n), Some(behind)) = (&p.reference, &p.behind) {
+                let what = if behind.commits == 1 {
+                    "commit"
+                } else {
+                    "commits"
+                };
+                out.push_str(&format!(
+                    "\n⚠️ {}#{n} is **{} {what} behind `{}`**: this deployment lacks what was merged there since; \
+                     update the PR's branch to include it.\n",
+                    p.repo,
+                    behind.commits,
+                    quote::prose(&behind.branch)
+                ));
+            }
         }
         out
     }
@@ -577,85 +599,6 @@ impl Snapshot {
         out.push_str(&format!("[Details and full log]({})", self.details_url));
         out.push('\n');
         out
-    }
-
-    /// The check run's state and text.
-    pub fn check_run(&self) -> CheckState {
-        let (status, conclusion) = match self.phase() {
-            Phase::Queued | Phase::Waiting => ("queued", None),
-            Phase::Running => ("in_progress", None),
-            Phase::Deployed | Phase::Ended | Phase::Planned => ("completed", Some("success")),
-            Phase::Failed => ("completed", Some("failure")),
-            Phase::TimedOut => ("completed", Some("timed_out")),
-            Phase::Cancelled | Phase::Superseded => ("completed", Some("cancelled")),
-        };
-        let mut summary = self.facts();
-        summary.push('\n');
-        summary.push_str(&self.components_table());
-        let images = self.images();
-        if !images.is_empty() {
-            summary.push('\n');
-            summary.push_str(&images);
-        }
-        summary.push('\n');
-        summary.push_str(&self.steps_table());
-        let text = self.failure();
-        let buttons = match self.phase() {
-            Phase::Deployed => vec![Button::Extend, Button::Release],
-            Phase::Failed | Phase::TimedOut | Phase::Cancelled => vec![Button::Retry],
-            _ => Vec::new(),
-        };
-        CheckState {
-            status,
-            conclusion,
-            buttons,
-            title: truncate(&self.headline(), 200),
-            summary: truncate(&summary, 60_000),
-            text: text.map(|t| truncate(&t, 60_000)),
-        }
-    }
-
-    /// The deployment status, when this request has (or gets) a deployment.
-    pub fn deployment(&self) -> Option<DeploymentState> {
-        if self.request().dry_run || self.dry_run_environment || self.job.is_lock() {
-            return None;
-        }
-        self.environment_name()?;
-        let env = self.env_label();
-        let (state, description) = match self.phase() {
-            Phase::Queued | Phase::Waiting => {
-                ("queued", format!("request #{} is queued", self.job.id))
-            }
-            Phase::Running => ("in_progress", format!("deploying: {}", self.job.step)),
-            Phase::Deployed => ("success", format!("deployed to {env}")),
-            Phase::Ended => ("inactive", "the hold has ended".into()),
-            Phase::Failed | Phase::TimedOut => (
-                "failure",
-                first_line(self.job.error.as_deref().unwrap_or("failed")).to_string(),
-            ),
-            Phase::Cancelled | Phase::Superseded => (
-                "inactive",
-                first_line(self.job.error.as_deref().unwrap_or("cancelled")).to_string(),
-            ),
-            Phase::Planned => return None,
-        };
-        Some(DeploymentState {
-            state,
-            description: truncate(&redact(&description), 140),
-        })
-    }
-
-    /// The PR and commit the deployment goes on: the PR where it was asked,
-    /// else the first referenced PR.
-    pub fn deployment_target(&self) -> Option<&PullRef> {
-        let pinned = || self.pulls.iter().filter(|p| p.head_sha.is_some());
-        pinned()
-            .find(|p| {
-                self.job.is_pull_request
-                    && p.repo == self.job.repo
-                    && Some(p.number) == self.job.number
-            })
-            .or_else(|| pinned().next())
     }
 
     /// Whether the job has ended (no more changes but the hold's end).

@@ -19,6 +19,18 @@ pub fn freeze_text(freeze: &crate::domain::Freeze) -> String {
     )
 }
 
+/// `estimated start **2026-12-02 16:40 UTC** (in 1h 20m; an estimate)`.
+pub fn estimate_text(start: i64, now: i64) -> String {
+    if start <= now + 60_000 {
+        return "estimated start: as soon as it is its turn (an estimate)".into();
+    }
+    format!(
+        "estimated start **{}** (in {}; an estimate)",
+        human_time(start),
+        human_span(start - now)
+    )
+}
+
 /// `0.4s`, `12s`, `3m 05s`, `2h 10m`.
 pub fn human_span(ms: i64) -> String {
     let ms = ms.max(0);

@@ -141,6 +141,31 @@ impl Store {
         super::jobs::jobs(&rows)
     }
 
+    /// How long the last `limit` deployments that held `environment` took
+    /// from taking its lock to holding it (build, clean up, deploy), in ms,
+    /// newest first. Locks and dry runs (no `build` step) are not counted.
+    pub async fn recent_deploy_times<'e>(
+        db: impl Db<'e>,
+        environment: &str,
+        limit: i64,
+    ) -> Result<Vec<i64>> {
+        let rows = sqlx::query(
+            "SELECT took FROM (SELECT j.id, \
+               (SELECT MIN(at) FROM job_events h WHERE h.job_id = j.id AND h.step = 'hold') - \
+               (SELECT MIN(at) FROM job_events l WHERE l.job_id = j.id AND l.step = 'lock') AS took \
+             FROM jobs j WHERE j.environment = $1 AND j.state = 'succeeded' \
+               AND EXISTS (SELECT 1 FROM job_events b WHERE b.job_id = j.id AND b.step = 'build')) t \
+             WHERE took IS NOT NULL ORDER BY id DESC LIMIT $2",
+        )
+        .bind(environment)
+        .bind(limit)
+        .fetch_all(db)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<i64, _>("took")?))
+            .collect()
+    }
+
     /// Every queued or running job, oldest first.
     pub async fn active_jobs<'e>(db: impl Db<'e>) -> Result<Vec<Job>> {
         let rows =

@@ -130,6 +130,10 @@ pub struct QueuedView {
     pub step: crate::domain::Step,
     /// For a lock waiting to be taken: its reason.
     pub lock: Option<crate::command::Lock>,
+    /// When it may start (RFC 3339): an estimate from the holder's expiry
+    /// and, for each request ahead, the environment's median deployment
+    /// time and its hold.
+    pub estimated_start: Option<String>,
 }
 
 /// Every environment with its holder and queue (the status page uses this too).
@@ -178,7 +182,10 @@ pub async fn environment_views(state: &AppState) -> Result<Vec<EnvironmentView>,
         }
         let mut queue = Vec::new();
         let mut position = 0;
-        for job in Store::queue(tx.db(), &env.name).await? {
+        let jobs = Store::queue(tx.db(), &env.name).await?;
+        let now = tx.now;
+        let starts = crate::status::estimated_starts(tx.db(), env, row, &jobs, now).await?;
+        for job in jobs {
             // Everything for this environment but its holder is in line
             // (a request being resolved or planned included).
             if Some(job.id) == holder_id {
@@ -196,6 +203,7 @@ pub async fn environment_views(state: &AppState) -> Result<Vec<EnvironmentView>,
                     .collect(),
                 step: job.step,
                 lock: job.request.lock.clone(),
+                estimated_start: starts.get(&job.id).map(|s| crate::store::rfc3339(*s)),
             });
         }
         out.push(EnvironmentView {

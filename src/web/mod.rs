@@ -2,6 +2,7 @@
 //! the pages and health. May call the intake, actions and store; never runs jobs.
 
 pub mod api;
+mod decode;
 pub mod limits;
 pub mod page;
 pub mod replay;

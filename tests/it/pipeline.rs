@@ -32,6 +32,8 @@ on_both_backends!(
     a_lock_holds_the_environment_without_deploying_and_queues_others,
     a_configured_freeze_window_holds_the_queue_and_then_lets_it_go,
     an_operator_freeze_holds_new_deployments_until_unfrozen,
+    a_waiting_request_is_told_when_it_may_start_as_the_queue_moves,
+    a_pr_behind_its_base_branch_is_said_to_lack_merged_work,
 );
 
 const SHA_SERVICE: &str = "1111111111111111111111111111111111111111";
@@ -177,7 +179,7 @@ async fn busy_environment_makes_the_next_request_wait_in_order(db: Db) {
     assert!(text.contains(&format!("request #{first}")), "{text}");
     let status = t.status_comment(second).body;
     assert!(
-        status.starts_with("### ⏳ Waiting for `dev` (position 1 in the queue)"),
+        status.starts_with("### ⏳ Waiting for `dev` (position 1 in the queue, estimated start "),
         "{status}"
     );
     assert!(
@@ -188,9 +190,10 @@ async fn busy_environment_makes_the_next_request_wait_in_order(db: Db) {
     );
     let run = &t.check_runs_for("packit/packit-service", second)[0];
     assert_eq!(run["status"], "queued");
-    assert_eq!(
-        run["output"]["title"],
-        "Waiting for `dev` (position 1 in the queue)"
+    let title = run["output"]["title"].as_str().expect("title");
+    assert!(
+        title.starts_with("Waiting for `dev` (position 1 in the queue, estimated start "),
+        "{title}"
     );
 
     // Releasing the first lets the second run at once.
@@ -492,12 +495,15 @@ async fn status_lists_holder_and_queue(db: Db) {
         status.contains("#2 packit/packit-service#700 (waiting)"),
         "{status}"
     );
+    let headlines = t.headlines().await;
     assert_eq!(
-        t.headlines().await,
-        [
-            "### 🚀 Done on `dev` (a dry-run environment: nothing was changed)",
-            "### ⏳ Waiting for `dev` (position 1 in the queue)"
-        ]
+        headlines[0],
+        "### 🚀 Done on `dev` (a dry-run environment: nothing was changed)"
+    );
+    assert!(
+        headlines[1]
+            .starts_with("### ⏳ Waiting for `dev` (position 1 in the queue, estimated start "),
+        "{headlines:?}"
     );
 }
 
@@ -1100,5 +1106,140 @@ async fn an_operator_freeze_holds_new_deployments_until_unfrozen(db: Db) {
         .expect("unfreeze");
     assert_eq!(said, "`dev` was not frozen by an operator");
     t.replies("packit/packit-service", 614);
+    t.seen_status_comments();
+}
+
+async fn a_waiting_request_is_told_when_it_may_start_as_the_queue_moves(db: Db) {
+    let t = dry_app(db).await;
+    let store = t.app.state.store.clone();
+    let held_until = || async {
+        deploybot::store::Store::environments(store.db())
+            .await
+            .expect("envs")[0]
+            .held_until
+            .expect("held")
+    };
+    // The estimates the API gives, by request.
+    let estimates = || async {
+        let (_, envs) = t.get("/api/v1/environments").await;
+        envs["environments"][0]["queue"]
+            .as_array()
+            .expect("queue")
+            .iter()
+            .map(|q| {
+                let at = q["estimated_start"].as_str().expect("an estimate");
+                let at = chrono::DateTime::parse_from_rfc3339(at).expect("RFC 3339");
+                (q["job"].as_i64().expect("id"), at.timestamp_millis())
+            })
+            .collect::<Vec<_>>()
+    };
+    let hour = 3_600_000;
+    comment(&t, 614, "/deploy --ttl=1h", "alice").await;
+    t.run().await;
+    let first_until = held_until().await;
+    // #2 (2h) waits for #1's hold; #3 for #1's and #2's (its deployment,
+    // the median of this environment's, and its two hours).
+    comment(&t, 700, "/deploy --ttl=2h", "bob").await;
+    t.run().await;
+    let event = comment_event("packit/ogr", 123, true, "/deploy", "alice");
+    t.deliver("issue_comment", &event).await;
+    t.run().await;
+    // (The API gives whole seconds.)
+    let second = |ms: i64| ms / 1000 * 1000;
+    let starts = estimates().await;
+    assert_eq!(starts[0], (2, second(first_until)), "{starts:?}");
+    assert_eq!(starts[1].0, 3);
+    let third = starts[1].1;
+    assert!(
+        (second(first_until) + 2 * hour..first_until + 2 * hour + 60_000).contains(&third),
+        "{starts:?}"
+    );
+    let shown = |at: i64| deploybot::status::human_time(at);
+    let waiting = t.status_comment(3).body;
+    assert!(
+        waiting.starts_with(&format!(
+            "### ⏳ Waiting for `dev` (position 2 in the queue, estimated start {})",
+            shown(third)
+        )),
+        "{waiting}"
+    );
+    assert!(
+        waiting.contains(&format!("estimated start **{}** (in ", shown(third))),
+        "{waiting}"
+    );
+    assert!(waiting.contains("; an estimate)"), "{waiting}");
+    assert_shown!("waiting_with_an_estimate_status_comment", waiting);
+    let run = &t.check_runs_for("packit/ogr", 3)[0];
+    assert!(
+        run["output"]["title"]
+            .as_str()
+            .is_some_and(|title| title.contains(&format!("estimated start {}", shown(third)))),
+        "{run}"
+    );
+    assert!(
+        events(&t.job(3).await, "waiting").contains("; estimated start "),
+        "the log says it too"
+    );
+
+    // alice releases: #2 deploys and holds for two hours; #3 moves up.
+    comment(&t, 614, "/deploy release", "alice").await;
+    t.run().await;
+    assert_eq!(holder(&t).await, Some(2));
+    let second_until = held_until().await;
+    let starts = estimates().await;
+    assert_eq!(starts, [(3, second(second_until))], "{starts:?}");
+    assert!(second_until < third, "earlier than first thought");
+    let waiting = t.status_comment(3).body;
+    assert!(
+        waiting.starts_with(&format!(
+            "### ⏳ Waiting for `dev` (position 1 in the queue, estimated start {})",
+            shown(second_until)
+        )),
+        "{waiting}"
+    );
+    t.replies("packit/packit-service", 614);
+    t.replies("packit/ogr", 123);
+    t.seen_status_comments();
+}
+
+async fn a_pr_behind_its_base_branch_is_said_to_lack_merged_work(db: Db) {
+    let t = dry_app(db).await;
+    // ogr#123 lacks three commits of ogr's main; packit-service#614 is up
+    // to date with main, but twelve commits behind stable (what prod runs).
+    t.github.add_branch("packit/ogr", "main", &"4".repeat(40));
+    t.github
+        .add_branch("packit/packit-service", "main", &"5".repeat(40));
+    t.github
+        .add_branch("packit/packit-service", "stable", &"6".repeat(40));
+    t.github.set_behind("packit/ogr", "main", SHA_OGR, 3);
+    t.github
+        .set_behind("packit/packit-service", "stable", SHA_SERVICE, 12);
+    comment(&t, 614, "/deploy ogr=123", "alice").await;
+    t.run().await;
+    let status = t.status_comment(1).body;
+    assert!(
+        status.contains("⚠️ packit/ogr#123 is **3 commits behind `main`**: this deployment lacks what was merged there since"),
+        "{status}"
+    );
+    assert!(!status.contains("packit/packit-service#614 is"), "{status}");
+    assert_shown!("behind_its_base_status_comment", status);
+    let run = &t.check_runs_for("packit/ogr", 1)[0];
+    assert!(
+        run["output"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("3 commits behind `main`")),
+        "{run}"
+    );
+    assert!(
+        events(&t.job(1).await, "resolve").contains("packit/ogr#123 is 3 commits behind `main`")
+    );
+
+    comment(&t, 614, "/deploy --base=prod", "alice").await;
+    t.run().await;
+    let status = t.status_comment(2).body;
+    assert!(
+        status.contains("⚠️ packit/packit-service#614 is **12 commits behind `stable`**"),
+        "{status}"
+    );
     t.seen_status_comments();
 }

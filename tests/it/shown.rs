@@ -29,6 +29,11 @@ pub const FILTERS: &[(&str, &str)] = &[
         r"\((\d+\.\ds|\d+s|\d+m \d{2}s|\d+h \d{2}m) left\)",
         "([duration] left)",
     ),
+    // How long until a waiting request's estimated start: `(in 1h 20m; an estimate)`.
+    (
+        r"\(in (\d+\.\ds|\d+s|\d+m \d{2}s|\d+h \d{2}m); an estimate\)",
+        "(in [duration]; an estimate)",
+    ),
     // The id of a reply in deploybot's outbox (a database sequence, which
     // PostgreSQL may skip).
     (

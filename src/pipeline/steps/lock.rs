@@ -7,7 +7,7 @@ use crate::domain::plan::Pinned;
 use crate::domain::{Freeze, JobState, Step};
 use crate::ops;
 use crate::pipeline::{Pipeline, WAIT_POLL_MS};
-use crate::status::freeze_text;
+use crate::status::{estimated_starts, freeze_text, human_time};
 use crate::store::{EnvironmentRow, Job, Store, StoreError, Tx};
 
 /// Where the environment stands for a request that wants it, as read in
@@ -69,8 +69,9 @@ impl Standing {
         self.row.as_ref().and_then(|r| r.held_until)
     }
 
-    /// Why `job` waits, with its place in the queue.
-    fn waiting_reason(&self, job: &Job, environment: &str) -> String {
+    /// Why `job` waits, with its place in the queue and, when it is later
+    /// than now, its estimated start.
+    fn waiting_reason(&self, job: &Job, environment: &str, start: Option<i64>, now: i64) -> String {
         let ahead = self
             .queue
             .iter()
@@ -88,8 +89,12 @@ impl Standing {
             ),
             None => "requests ahead in the queue".to_string(),
         };
+        let start = start
+            .filter(|s| *s > now + 60_000)
+            .map(|s| format!("; estimated start {} (an estimate)", human_time(s)))
+            .unwrap_or_default();
         format!(
-            "waiting for {environment} ({who}); position {} in the queue",
+            "waiting for {environment} ({who}); position {} in the queue{start}",
             ahead + 1
         )
     }
@@ -151,7 +156,11 @@ impl Pipeline {
             return Ok(false);
         }
         if !standing.may_go(job) {
-            let why = standing.waiting_reason(job, &environment.name);
+            let row = standing.row.as_ref();
+            let now = tx.now;
+            let starts = estimated_starts(tx.db(), environment, row, &standing.queue, now).await?;
+            let start = starts.get(&job.id).copied();
+            let why = standing.waiting_reason(job, &environment.name, start, tx.now);
             wait(&mut tx, job, Some(&why), WAIT_POLL_MS).await?;
             tx.commit().await?;
             return Ok(false);

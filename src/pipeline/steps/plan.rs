@@ -1,11 +1,12 @@
 //! Step 1, resolve and plan: pin every ref to a commit (once: a request
 //! that waited keeps its pins), plan the images, and record both.
 
-use crate::command::{DeployRequest, format_duration};
+use crate::command::{DeployRequest, Ref, format_duration};
 use crate::config::Environment;
 use crate::domain::Outcome;
 use crate::domain::Step;
-use crate::domain::plan::{ImageAction, Pinned, Plan, plan};
+use crate::domain::plan::{Behind, ImageAction, Pinned, Plan, plan};
+use crate::github::RepoName;
 use crate::installations::find_installation;
 use crate::pipeline::resolve::{ResolveError, resolve};
 use crate::pipeline::{Pipeline, Ran, secs, time_limit};
@@ -87,7 +88,7 @@ impl Pipeline {
             self.finish(job, &Outcome::Failed(e.clone()), false).await?;
             Ok::<_, StoreError>(Err(Ran::Failed(e)))
         };
-        let pinned = match resolved {
+        let mut pinned = match resolved {
             Ok(p) => p,
             Err(ResolveError::Invalid(e)) => return failed(e).await,
             Err(ResolveError::GitHub(e)) if e.is_transient() && job.attempts < job.max_attempts => {
@@ -119,7 +120,58 @@ impl Pipeline {
         let took = secs(self.store.now_ms() - started);
         let text = format!("pinned in {took}: {}", lines.join(", "));
         self.event(job.id, Step::Resolve, &text).await?;
+        self.compare_with_base(job, request, &mut pinned).await?;
         Ok(Ok(pinned))
+    }
+
+    /// Note how far each pinned PR is behind the branch its component runs
+    /// on the request's base (best effort: a comparison GitHub does not
+    /// answer is left out, and delays nothing).
+    async fn compare_with_base(
+        &self,
+        job: &Job,
+        request: &DeployRequest,
+        pinned: &mut [Pinned],
+    ) -> Result<(), StoreError> {
+        let Some(github) = &self.github else {
+            return Ok(());
+        };
+        for pin in pinned
+            .iter_mut()
+            .filter(|p| matches!(p.reference, Ref::Pr(_)))
+        {
+            let (Some(component), Some(repo)) = (
+                self.config.component(&pin.component),
+                RepoName::parse(&pin.repo),
+            ) else {
+                continue;
+            };
+            let branch = component.base_branch(request.base);
+            let compared =
+                match find_installation(&self.store, github, &repo, job.installation_id).await {
+                    Ok(inst) => github.behind_by(inst, &repo, branch, &pin.sha).await,
+                    Err(e) => Err(e),
+                };
+            match compared {
+                Ok(Some(commits)) if commits > 0 => {
+                    let what = if commits == 1 { "commit" } else { "commits" };
+                    let text = format!(
+                        "{}{} is {commits} {what} behind `{branch}`",
+                        pin.repo, pin.reference
+                    );
+                    self.event(job.id, Step::Resolve, &text).await?;
+                    pin.behind = Some(Behind {
+                        branch: branch.to_string(),
+                        commits,
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(job = job.id, repo = %pin.repo, error = %e, "cannot compare with the base branch");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Record the pins and the plan with the request (its PRs' heads too),

@@ -292,6 +292,9 @@ struct GitHubState {
     secrets: Vec<String>,
     /// Other Apps' bot users (login → App id): their comments say so.
     other_apps: BTreeMap<String, u64>,
+    /// How many commits of a branch a PR head lacks: (repo, branch, sha) →
+    /// commits (a comparison's `behind_by`; 0 when not set).
+    behind: BTreeMap<(String, String, String), u64>,
 }
 
 impl GitHubState {
@@ -332,6 +335,7 @@ impl GitHubState {
             redeliveries_in_flight: 0,
             secrets: Vec::new(),
             other_apps: BTreeMap::new(),
+            behind: BTreeMap::new(),
             slow: Vec::new(),
         }
     }

@@ -60,6 +60,13 @@ impl FakeGitHub {
 
     /// Adds (or moves) branch `name` of `repo`, pointing at `sha` (which
     /// becomes a known commit).
+    /// The head `sha` of a PR of `repo` lacks `commits` commits of `branch`
+    /// (work merged there since the PR branched off).
+    pub fn set_behind(&self, repo: &str, branch: &str, sha: &str, commits: u64) {
+        let key = (repo.to_string(), branch.to_string(), sha.to_string());
+        self.state().behind.insert(key, commits);
+    }
+
     pub fn add_branch(&self, repo: &str, name: &str, sha: &str) {
         let mut state = self.state();
         state
@@ -444,7 +451,8 @@ pub(super) fn merge(target: &mut Value, extra: Value) {
 
 /// `base...head`: the fake's history is flat, so a commit of the repository's
 /// history is `behind` any branch, its head is `identical`, and a commit the
-/// repository only knows from its fork network (or a PR) has `diverged`.
+/// repository only knows from its fork network (or a PR) is `ahead` by one,
+/// or has `diverged` when [`FakeGitHub::set_behind`] says it lacks commits.
 pub(super) fn compare(state: &mut GitHubState, call: &Call) -> Reply {
     let repo = call.repo();
     let basehead = call.param("basehead").to_string();
@@ -461,12 +469,19 @@ pub(super) fn compare(state: &mut GitHubState, call: &Call) -> Reply {
         .history
         .get(&repo)
         .is_some_and(|h| h.contains(&head_sha));
+    let lacks = state
+        .behind
+        .get(&(repo.clone(), base.to_string(), head_sha.clone()))
+        .copied()
+        .unwrap_or(0);
     let (status, ahead_by, behind_by) = if base_sha == head_sha {
         ("identical", 0, 0)
     } else if in_history {
         ("behind", 0, 1)
+    } else if lacks == 0 {
+        ("ahead", 1, 0)
     } else {
-        ("diverged", 1, 1)
+        ("diverged", 1, lacks)
     };
     let api = format!("{}/repos/{repo}", state.base);
     let html = format!("https://github.com/{repo}/compare/{basehead}");
