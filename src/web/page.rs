@@ -186,12 +186,27 @@ fn environment_card(env: &EnvironmentView, now_ms: i64) -> String {
         out.push_str("<div>queue:</div><ol>");
         for q in &env.queue {
             let prs: Vec<String> = q.pull_requests.iter().map(|p| pr_link(p)).collect();
+            let what = match &q.lock {
+                Some(_) => "lock".to_string(),
+                None => prs.join(", "),
+            };
+            let start = q
+                .estimated_start
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .filter(|t| t.timestamp_millis() > now_ms + 60_000)
+                .map(|t| {
+                    format!(
+                        " · <span class=\"muted\">estimated start {} (an estimate)</span>",
+                        human_time(t.timestamp_millis())
+                    )
+                })
+                .unwrap_or_default();
             out.push_str(&format!(
-                "<li><a href=\"/jobs/{}\">#{}</a> @{} {}</li>",
+                "<li><a href=\"/jobs/{}\">#{}</a> @{} {what}{start}</li>",
                 q.job,
                 q.job,
                 esc(&q.requested_by),
-                prs.join(", ")
             ));
         }
         out.push_str("</ol>");

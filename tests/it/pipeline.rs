@@ -1180,6 +1180,12 @@ async fn a_waiting_request_is_told_when_it_may_start_as_the_queue_moves(db: Db) 
         events(&t.job(3).await, "waiting").contains("; estimated start "),
         "the log says it too"
     );
+    let (_, page) = t.get("/").await;
+    let page = page.as_str().expect("html");
+    assert!(
+        page.contains(&format!("estimated start {} (an estimate)", shown(third))),
+        "the status page says it: {page}"
+    );
 
     // alice releases: #2 deploys and holds for two hours; #3 moves up.
     comment(&t, 614, "/deploy release", "alice").await;

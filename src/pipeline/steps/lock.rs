@@ -83,9 +83,7 @@ impl Standing {
                 h.id,
                 h.repo,
                 h.number.unwrap_or_default(),
-                self.held_until()
-                    .map(crate::store::rfc3339)
-                    .unwrap_or_default()
+                self.held_until().map(human_time).unwrap_or_default()
             ),
             None => "requests ahead in the queue".to_string(),
         };
