@@ -19,6 +19,8 @@ pub const FILTERS: &[(&str, &str)] = &[
         r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})",
         "[timestamp]",
     ),
+    // A time cut short where a table cell ends: `until 2026-12-02 03:24 UT…`.
+    (r"\d{4}-\d{2}-\d{2}[ T][^|]*…", "[time]…"),
     // How long a step took, in the steps table: `| ✅ build | 0.4s | |`.
     (
         r"\| (\d+\.\ds|\d+s|\d+m \d{2}s|\d+h \d{2}m) \|",
