@@ -211,6 +211,18 @@ impl Actions {
                 installation_id: None,
             },
         };
+        self.queue(login, &origin, &request, &pinned).await
+    }
+
+    /// Queue `request` asked by `login` from the API at `origin`; a request
+    /// asked on a PR supersedes that PR's older ones (a lock never is).
+    async fn queue(
+        &self,
+        login: &str,
+        origin: &Origin,
+        request: &DeployRequest,
+        pinned: &[crate::domain::plan::Pinned],
+    ) -> Result<i64, ActionError> {
         let asked = Asked {
             by: login,
             source: Source::Cli,
@@ -219,7 +231,7 @@ impl Actions {
         let mut tx = self.intake.store.begin().await?;
         let id = match self
             .intake
-            .queue(&mut tx, &origin, &asked, &request, &pinned)
+            .queue(&mut tx, origin, &asked, request, pinned)
             .await?
         {
             Ok(id) => id,
@@ -248,23 +260,7 @@ impl Actions {
             is_pull_request: false,
             installation_id: None,
         };
-        let asked = Asked {
-            by: login,
-            source: Source::Cli,
-            comment_id: None,
-        };
-        let request = lock.into_request();
-        let mut tx = self.intake.store.begin().await?;
-        let id = match self
-            .intake
-            .queue(&mut tx, &origin, &asked, &request, &[])
-            .await?
-        {
-            Ok(id) => id,
-            Err(refused) => return Err(ActionError::Conflict(refused)),
-        };
-        tx.commit().await?;
-        Ok(id)
+        self.queue(login, &origin, &lock.into_request(), &[]).await
     }
 
     /// Cancel request `id`: a queued one ends now, a running one is asked to stop.

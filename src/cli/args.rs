@@ -104,6 +104,9 @@ pub struct RequestOptions {
     /// Stop after planning and show the plan
     #[arg(long)]
     pub dry_run: bool,
+    /// If it fails at deploy or verify, keep the environment as it failed
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// What to do instead of asking for a deployment.

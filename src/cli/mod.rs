@@ -140,35 +140,10 @@ async fn run_inner(cli: &Cli) -> Result<u8, Failure> {
     };
     match action {
         Action::Status => status(&api, client).await,
-        Action::Release { env } => {
-            let env = match env {
-                Some(e) => e.clone(),
-                None => my_environment(&api).await?,
-            };
-            let answer = api
-                .call(
-                    "POST",
-                    &format!("/api/v1/environments/{}/release", segment(&env)),
-                    None,
-                )
-                .await?;
-            report(client, &answer);
-            Ok(EXIT_OK)
-        }
+        Action::Release { env } => on_environment(&api, client, env, "release", None).await,
         Action::Extend { duration, env } => {
-            let env = match env {
-                Some(e) => e.clone(),
-                None => my_environment(&api).await?,
-            };
-            let answer = api
-                .call(
-                    "POST",
-                    &format!("/api/v1/environments/{}/extend", segment(&env)),
-                    Some(json!({ "duration": duration })),
-                )
-                .await?;
-            report(client, &answer);
-            Ok(EXIT_OK)
+            let body = json!({ "duration": duration });
+            on_environment(&api, client, env, "extend", Some(body)).await
         }
         Action::Lock { env, ttl, reason } => {
             let mut words = vec!["lock".to_string()];
@@ -178,21 +153,7 @@ async fn run_inner(cli: &Cli) -> Result<u8, Failure> {
             words.extend(reason.as_ref().map(|r| format!("--reason={r}")));
             submit(&api, client, &words).await
         }
-        Action::Unlock { env } => {
-            let env = match env {
-                Some(e) => e.clone(),
-                None => my_environment(&api).await?,
-            };
-            let answer = api
-                .call(
-                    "POST",
-                    &format!("/api/v1/environments/{}/unlock", segment(&env)),
-                    None,
-                )
-                .await?;
-            report(client, &answer);
-            Ok(EXIT_OK)
-        }
+        Action::Unlock { env } => on_environment(&api, client, env, "unlock", None).await,
         Action::Cancel { id } => {
             let id = job_id(id)?;
             let answer = api
@@ -233,6 +194,25 @@ async fn run_inner(cli: &Cli) -> Result<u8, Failure> {
         }
         Action::Completions { .. } => Ok(EXIT_OK),
     }
+}
+
+/// `POST /api/v1/environments/{env}/{action}` on `env` (default: the one
+/// a request of this user holds), and say the answer.
+async fn on_environment(
+    api: &Api,
+    client: &ClientOptions,
+    env: &Option<String>,
+    action: &str,
+    body: Option<Value>,
+) -> Result<u8, Failure> {
+    let env = match env {
+        Some(e) => e.clone(),
+        None => my_environment(api).await?,
+    };
+    let path = format!("/api/v1/environments/{}/{action}", segment(&env));
+    let answer = api.call("POST", &path, body).await?;
+    report(client, &answer);
+    Ok(EXIT_OK)
 }
 
 fn segment(text: &str) -> String {

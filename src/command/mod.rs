@@ -1,7 +1,7 @@
 //! The comment command grammar (SPEC §3).
 //!
 //! ```text
-//! /deploy [--base=stg|prod] [--env=NAME] [--ttl=DURATION] [--only=C,C..|--without=C,C..] [--dry-run] [C=REF ...]
+//! /deploy [--base=stg|prod] [--env=NAME] [--ttl=DURATION] [--only=C,C..|--without=C,C..] [--dry-run] [--keep] [C=REF ...]
 //! /deploy status | release [ENV] | extend DURATION | cancel [JOB] | help
 //! /deploy lock [ENV] [--ttl=DURATION] [--reason=TEXT] | unlock [ENV]
 //! ```
@@ -165,6 +165,10 @@ pub struct DeployRequest {
     pub without: Vec<String>,
     /// Stop after planning and report the plan.
     pub dry_run: bool,
+    /// A failure at `deploy` or `verify` keeps the environment held (for
+    /// the TTL) as it failed, for debugging.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub keep: bool,
     /// The refs, in the order given, with canonical component names.
     pub refs: Vec<ComponentRef>,
     /// A lock (`/deploy lock`): hold the environment, deploy nothing.
@@ -222,6 +226,9 @@ impl DeployRequest {
         }
         if self.dry_run {
             args.push("--dry-run".into());
+        }
+        if self.keep {
+            args.push("--keep".into());
         }
         for r in &self.refs {
             match (&r.reference, &r.confirms) {
@@ -357,7 +364,7 @@ impl ParseError {
             ),
         );
         format!(
-            "{}\n\n{quoted}\nUsage: `{prefix} [--base=stg|prod] [--env=NAME] [--ttl=DURATION] [--only=C,..|--without=C,..] [--dry-run] [COMPONENT=REF ...]`; \
+            "{}\n\n{quoted}\nUsage: `{prefix} [--base=stg|prod] [--env=NAME] [--ttl=DURATION] [--only=C,..|--without=C,..] [--dry-run] [--keep] [COMPONENT=REF ...]`; \
              `{prefix} help` lists the components.",
             self.message,
         )
@@ -415,7 +422,7 @@ pub fn help_text(vocab: &Vocabulary) -> String {
     let max = format_duration(vocab.max_ttl);
     let mut out = format!(
         "**Usage**\n\n```text\n\
-         {p} [--base=stg|prod] [--env=NAME] [--ttl=DURATION] [--only=C,C..|--without=C,C..] [--dry-run] [C=REF ...]\n\
+         {p} [--base=stg|prod] [--env=NAME] [--ttl=DURATION] [--only=C,C..|--without=C,C..] [--dry-run] [--keep] [C=REF ...]\n\
          {p} status          show environments, holders, expiries and the queue\n\
          {p} release [ENV]   free the environment this PR holds (or ENV)\n\
          {p} extend DURATION lengthen this PR's hold (up to {max})\n\
@@ -427,6 +434,7 @@ pub fn help_text(vocab: &Vocabulary) -> String {
          - `DURATION` is hours and minutes: `90m`, `2h`, `1h30m` (at most {max}).\n\
          - A command on a component's PR deploys that PR too, unless the command names the component.\n\
          - Components without a ref use the `--base` images (`stg` by default).\n\
+         - `--keep`: if the deployment fails at `deploy` or `verify`, the environment stays held as it failed (for the TTL), to look at it.\n\
          - Example: `{p} --base=prod packit-service=614 ogr=123`\n\n\
          **Components**\n\n| component | aliases | repository |\n| --- | --- | --- |\n"
     );

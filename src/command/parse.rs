@@ -12,13 +12,14 @@ const SUBCOMMANDS: [&str; 7] = [
 ];
 
 /// The deploy options with the placeholder of their value (empty: a flag).
-const OPTIONS: [(&str, &str); 6] = [
+const OPTIONS: [(&str, &str); 7] = [
     ("--base", "stg|prod"),
     ("--env", "NAME"),
     ("--ttl", "DURATION"),
     ("--only", "C,C.."),
     ("--without", "C,C.."),
     ("--dry-run", ""),
+    ("--keep", ""),
 ];
 
 fn error(token: &Token, message: String) -> ParseError {
@@ -197,15 +198,21 @@ fn parse_deploy(args: &[Token], vocab: &Vocabulary) -> Result<DeployRequest, Par
                 return Err(error(&name, msg));
             }
             seen.push(option);
-            if option == "--dry-run" {
+            if placeholder.is_empty() {
+                // A flag.
                 if value.is_some() {
                     let msg = format!(
-                        "`--dry-run` takes no value; write `--dry-run`, not {}.",
+                        "{} takes no value; write {}, not {}.",
+                        code(option),
+                        code(option),
                         code(token.text)
                     );
                     return Err(error(token, msg));
                 }
-                req.dry_run = true;
+                match option {
+                    "--dry-run" => req.dry_run = true,
+                    _ => req.keep = true,
+                }
                 continue;
             }
             // `--opt=value`, or `--opt value` when the next word is not an option.

@@ -133,17 +133,18 @@ fn deploy_request() -> impl Strategy<Value = DeployRequest> {
             0..3u8,
             prop::sample::subsequence(names.clone(), 0..=names.len()),
         ),
-        any::<bool>(),
+        (any::<bool>(), any::<bool>()),
         prop::sample::subsequence(names.clone(), 0..=names.len()).prop_shuffle(),
         prop::collection::vec(reference, names.len()),
     )
         .prop_map(
-            |(prod, env, ttl, (list_kind, list), dry_run, ref_components, references)| {
+            |(prod, env, ttl, (list_kind, list), (dry_run, keep), ref_components, references)| {
                 let mut request = DeployRequest {
                     base: if prod { Base::Prod } else { Base::Stg },
                     env: env.then(|| "dev".to_string()),
                     ttl: ttl.map(|m| Duration::from_secs(m * 60)),
                     dry_run,
+                    keep,
                     ..DeployRequest::default()
                 };
                 match list_kind {

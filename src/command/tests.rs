@@ -33,7 +33,7 @@ pub(super) fn vocab() -> Vocabulary {
 
 const COMPONENTS: &str = "Components: `packit-service` (`service`), `packit`, `ogr`, `sandcastle`, `dashboard`, \
                           `tokman`, `deployment`, `packit-service-fedmsg` (`fedmsg`).";
-const OPTIONS: &str = "Options: `--base=stg|prod`, `--env=NAME`, `--ttl=DURATION`, `--only=C,C..`, `--without=C,C..`, `--dry-run`.";
+const OPTIONS: &str = "Options: `--base=stg|prod`, `--env=NAME`, `--ttl=DURATION`, `--only=C,C..`, `--without=C,C..`, `--dry-run`, `--keep`.";
 const COMMANDS: &str = "Commands: `status`, `release`, `extend`, `cancel`, `help`";
 const REF_FORMS: &str = "A ref is a PR (`123`, `#123` or the PR's URL)";
 const DURATION: &str = "write hours and minutes like `90m`, `2h` or `1h30m` (at most 8h)";
@@ -133,6 +133,10 @@ fn cases() -> Vec<(String, Want)> {
         ("/deploy --without=dashboard", O(deploy(|r| r.without = vec!["dashboard".into()]))),
         ("/deploy --without=centosmsg,tokman", O(deploy(|r| r.without = vec!["tokman".into()]))),
         ("/deploy --dry-run", O(deploy(|r| r.dry_run = true))),
+        ("/deploy --keep ogr=1", O(deploy(|r| {
+            r.keep = true;
+            r.refs = vec![pr("ogr", 1)];
+        }))),
         (
             "/deploy ogr=1 --dry-run",
             O(deploy(|r| {
@@ -152,6 +156,7 @@ fn cases() -> Vec<(String, Want)> {
                     dry_run: true,
                     refs: vec![pr("packit-service", 614), branch("ogr", "main"), commit("packit", "abcdef012345")],
                     lock: None,
+                    keep: false,
                 }
             })),
         ),
@@ -265,6 +270,7 @@ fn cases() -> Vec<(String, Want)> {
         ("/deploy --dry-run --dry-run", E("--dry-run", &["is given twice"])),
         ("/deploy --ttl=1h ogr=1 --ttl 2h", E("--ttl", &["is given twice"])),
         ("/deploy --dry-run=yes", E("--dry-run=yes", &["takes no value"])),
+        ("/deploy --keep=1h", E("--keep=1h", &["`--keep` takes no value"])),
         ("/deploy --base=production", E("production", &["`--base` is `stg` or `prod`"])),
         ("/deploy --base dev", E("dev", &["`--base` is `stg` or `prod`"])),
         ("/deploy --env=staging", E("staging", &["Unknown environment", "Environments: `dev`."])),

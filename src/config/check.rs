@@ -208,6 +208,30 @@ impl Config {
                     e.name
                 )),
             }
+            if let Some(v) = &e.verify {
+                let url = v.url_for(e);
+                let scheme_ok = url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("http://") || u.starts_with("https://"));
+                if !scheme_ok {
+                    problems.push(format!(
+                        "environment {}: verify.url {:?} must be an http(s) URL ({{environment_url}} needs the environment's url)",
+                        e.name, v.url
+                    ));
+                }
+                if !(100..=599).contains(&v.status) {
+                    problems.push(format!(
+                        "environment {}: verify.status {} is no HTTP status",
+                        e.name, v.status
+                    ));
+                }
+                if v.timeout.valid().is_none() {
+                    problems.push(format!(
+                        "environment {}: verify.timeout must be a duration like 5m or 90s",
+                        e.name
+                    ));
+                }
+            }
             for w in &e.freeze {
                 if w.start >= w.end {
                     problems.push(format!(

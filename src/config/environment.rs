@@ -81,6 +81,50 @@ pub struct Environment {
     /// the environment (a release, a holiday).
     #[serde(default)]
     pub freeze: Vec<FreezeWindow>,
+    /// `[environment.verify]`: what must answer before a deployment counts
+    /// as done.
+    #[serde(default)]
+    pub verify: Option<Verify>,
+    /// Every request here behaves as with `--keep`: a failure at `deploy`
+    /// or `verify` keeps the environment held as it failed, for the TTL.
+    #[serde(default)]
+    pub keep_failed: bool,
+}
+
+/// An HTTP check after deploy: `GET url` must answer `status` (and contain
+/// `body_contains`) within `timeout`; it is tried again every `poll_ms` of
+/// the environment's timeouts until then.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verify {
+    /// `{environment_url}` is the environment's `url`.
+    pub url: String,
+    #[serde(default = "ok_status")]
+    pub status: u16,
+    #[serde(default)]
+    pub body_contains: Option<String>,
+    #[serde(default = "verify_timeout")]
+    pub timeout: Span,
+}
+
+fn ok_status() -> u16 {
+    200
+}
+
+fn verify_timeout() -> Span {
+    Span::new("5m")
+}
+
+impl Verify {
+    /// The URL to check, with `{environment_url}` filled in (`None` when it
+    /// names the environment's URL and the environment has none).
+    pub fn url_for(&self, environment: &Environment) -> Option<String> {
+        if !self.url.contains("{environment_url}") {
+            return Some(self.url.clone());
+        }
+        let base = environment.url.as_deref()?.trim_end_matches('/');
+        Some(self.url.replace("{environment_url}", base))
+    }
 }
 
 /// A configured freeze: from `start` to `end` (RFC 3339), and why.

@@ -17,8 +17,8 @@ mod images;
 mod runner;
 
 pub use environment::{
-    Builder, Cleanup, Deployer, Environment, EnvironmentKind, FreezeWindow, Timeouts, Workload,
-    WorkloadType,
+    Builder, Cleanup, Deployer, Environment, EnvironmentKind, FreezeWindow, Timeouts, Verify,
+    Workload, WorkloadType,
 };
 pub use images::{Buildah, Registry};
 pub use runner::{LOGIN_FILE, Login, RUNNER_ROOT, Runner, SecretMount, is_dns_subdomain};
@@ -451,6 +451,8 @@ impl Config {
             env_from_files: BTreeMap::new(),
             runner: None,
             freeze: Vec::new(),
+            verify: None,
+            keep_failed: false,
         }];
         config
     }

@@ -153,6 +153,8 @@ words! {
         Build = "build",
         Cleanup = "cleanup",
         Deploy = "deploy",
+        /// The environment's checks after deploy (`[environment.verify]`).
+        Verify = "verify",
         Hold = "hold",
         /// Events only: the pool chose an environment.
         Environment = "environment",
@@ -171,7 +173,7 @@ words! {
 
 impl Step {
     /// The pipeline's steps, in the order a request goes through them.
-    pub const PIPELINE: [Step; 9] = [
+    pub const PIPELINE: [Step; 10] = [
         Step::Queued,
         Step::Resolve,
         Step::Plan,
@@ -180,13 +182,17 @@ impl Step {
         Step::Build,
         Step::Cleanup,
         Step::Deploy,
+        Step::Verify,
         Step::Hold,
     ];
 
     /// A failure or stop during this step may have left the environment
     /// half-changed (it must be cleaned before the next deployment).
     pub fn dirties(self) -> bool {
-        matches!(self, Step::Build | Step::Cleanup | Step::Deploy)
+        matches!(
+            self,
+            Step::Build | Step::Cleanup | Step::Deploy | Step::Verify
+        )
     }
 
     /// A request that died in this step can simply run again from the start

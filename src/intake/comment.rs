@@ -307,47 +307,27 @@ impl Intake {
                     continue;
                 }
             };
-            match command {
+            let to_author = |text: String| format!("@{author}, {text}");
+            let reply = match command {
                 Command::Deploy(_) | Command::Lock(_) => {
                     // `prepare` turns every deploy request and lock into `Prepared::Deploy`.
                     tracing::error!("a deploy request reached apply_commands unprepared");
+                    continue;
                 }
-                Command::Cancel { job } => {
-                    let text = self.cancel(tx, origin, author, job).await?;
-                    origin
-                        .reply(format!("@{author}, {text}"))
-                        .enqueue(tx, None)
-                        .await?;
-                }
-                Command::Help => {
-                    origin.reply(help_text(&vocab)).enqueue(tx, None).await?;
-                }
-                Command::Status => {
-                    let text = self.status(tx).await?;
-                    origin.reply(text).enqueue(tx, None).await?;
-                }
+                Command::Help => help_text(&vocab),
+                Command::Status => self.status(tx).await?,
+                Command::Cancel { job } => to_author(self.cancel(tx, origin, author, job).await?),
                 Command::Release { env } => {
-                    let text = self.release(tx, origin, author, env.as_deref()).await?;
-                    origin
-                        .reply(format!("@{author}, {text}"))
-                        .enqueue(tx, None)
-                        .await?;
+                    to_author(self.release(tx, origin, author, env.as_deref()).await?)
                 }
                 Command::Unlock { env } => {
-                    let text = self.unlock(tx, origin, author, env.as_deref()).await?;
-                    origin
-                        .reply(format!("@{author}, {text}"))
-                        .enqueue(tx, None)
-                        .await?;
+                    to_author(self.unlock(tx, origin, author, env.as_deref()).await?)
                 }
                 Command::Extend { duration } => {
-                    let text = self.extend(tx, origin, author, duration).await?;
-                    origin
-                        .reply(format!("@{author}, {text}"))
-                        .enqueue(tx, None)
-                        .await?;
+                    to_author(self.extend(tx, origin, author, duration).await?)
                 }
-            }
+            };
+            origin.reply(reply).enqueue(tx, None).await?;
         }
         Ok(())
     }

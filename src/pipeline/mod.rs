@@ -1,5 +1,5 @@
 //! The deployment pipeline (SPEC §4): resolve → wait → lock → build → clean
-//! up → deploy → hold. A worker runs one job through it; every step writes
+//! up → deploy → verify → hold. A worker runs one job through it; every step writes
 //! events; a job that must wait for its environment goes back to the queue.
 
 pub mod build;
@@ -224,17 +224,21 @@ impl Pipeline {
         }
         let started = self.store.now_ms();
 
-        // 4–6. Build, clean up, deploy.
-        match self
+        // 4–7. Build, clean up, deploy, verify.
+        let deployed = match self
             .build_clean_deploy(job, &plan, &environment, cancel)
             .await
         {
+            Ok(()) => self.verify(job, &environment, cancel).await,
+            Err(e) => Err(e),
+        };
+        match deployed {
             Ok(()) => {}
             Err(StepError::Store(e)) => return Err(e),
             Err(e) => return self.step_failed(job, e).await,
         }
 
-        // 7. Hold.
+        // 8. Hold.
         let ttl = request.ttl.unwrap_or_else(|| environment.default_ttl());
         let ttl_ms = crate::store::millis(ttl);
         let mut tx = self.store.begin().await?;
@@ -387,13 +391,13 @@ impl Pipeline {
                         .await?;
                 }
                 let error = format!("{step} failed: {reason}");
-                self.finish(job, &Outcome::Failed(error.clone()), dirty)
+                self.fail(job, step, &Outcome::Failed(error.clone()), dirty)
                     .await?;
                 Ok(Ran::Failed(error))
             }
             StepError::TimedOut => {
                 let error = format!("{step} took longer than its time limit");
-                self.finish(job, &Outcome::TimedOut(error.clone()), dirty)
+                self.fail(job, step, &Outcome::TimedOut(error.clone()), dirty)
                     .await?;
                 Ok(Ran::Failed(error))
             }
@@ -404,6 +408,44 @@ impl Pipeline {
             }
             StepError::Store(e) => Err(e),
         }
+    }
+
+    /// End a job that failed in `step`: it frees what it holds, unless it
+    /// failed at `deploy` or `verify` with `--keep` (or the environment's
+    /// `keep_failed`): then the environment stays held as it failed, for
+    /// the request's TTL, to be looked at.
+    async fn fail(
+        &self,
+        job: &Job,
+        step: Step,
+        outcome: &Outcome,
+        dirty: bool,
+    ) -> Result<(), StoreError> {
+        let Some(environment) = self.environment(job).filter(|e| {
+            matches!(step, Step::Deploy | Step::Verify) && (job.request.keep || e.keep_failed)
+        }) else {
+            return self.finish(job, outcome, dirty).await;
+        };
+        let ttl = job.request.ttl.unwrap_or_else(|| environment.default_ttl());
+        let mut tx = self.store.begin().await?;
+        let until = tx.now + crate::store::millis(ttl);
+        if !Store::set_hold_until(&mut tx, &environment.name, job.id, until).await? {
+            tx.rollback().await?;
+            return self.finish(job, outcome, dirty).await;
+        }
+        let why = format!(
+            "{} is kept as it failed until {} (--keep): look at it, then `{} release` frees it",
+            environment.name,
+            crate::store::rfc3339(until),
+            self.config.bot.command_prefix
+        );
+        // Said under the failed step: the steps table keeps it marked ❌.
+        Store::add_event(&mut tx, job.id, step, &why).await?;
+        ops::finish(&mut tx, job, outcome, AfterEnd::Hold).await?;
+        tx.commit().await?;
+        self.observe_steps(job.id).await;
+        self.sync_lease_expiry(job, environment, until).await;
+        Ok(())
     }
 
     fn workdir(&self) -> std::path::PathBuf {
@@ -441,6 +483,10 @@ fn time_limit(environment: &Environment, step: Step) -> Duration {
         Step::Resolve => t.resolve(),
         Step::Build => t.build(),
         Step::Cleanup => t.cleanup(),
+        Step::Verify => environment
+            .verify
+            .as_ref()
+            .map_or_else(|| t.deploy(), |v| v.timeout.get()),
         _ => t.deploy(),
     }
 }

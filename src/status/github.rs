@@ -46,6 +46,10 @@ impl Snapshot {
         let text = self.failure();
         let buttons = match self.phase() {
             Phase::Deployed => vec![Button::Extend, Button::Release],
+            // A failure kept with `--keep` still holds the environment.
+            Phase::Failed | Phase::TimedOut if self.holds() => {
+                vec![Button::Extend, Button::Release, Button::Retry]
+            }
             Phase::Failed | Phase::TimedOut | Phase::Cancelled => vec![Button::Retry],
             _ => Vec::new(),
         };

@@ -325,11 +325,16 @@ impl Snapshot {
         if let Some(until) = self
             .environment
             .as_ref()
-            .filter(|_| self.holds() && self.job.state == JobState::Succeeded)
+            .filter(|_| self.holds() && !self.active())
             .and_then(|e| e.held_until)
         {
+            let held = if self.job.state == JobState::Succeeded {
+                "held"
+            } else {
+                "kept as it failed"
+            };
             facts.push(format!(
-                "held until **{}** ({} left)",
+                "{held} until **{}** ({} left)",
                 human_time(until),
                 human_span(until - self.now_ms)
             ));
@@ -558,6 +563,9 @@ impl Snapshot {
             }
             Phase::Deployed => format!(
                 "`{p} extend 2h` keeps it longer · `{p} release` frees it for others · `{p} status` shows every environment."
+            ),
+            Phase::Failed | Phase::TimedOut if self.holds() => format!(
+                "The environment is kept as it failed, for you to look at (`--keep`): `{p} release` frees it · `{p} extend 1h` keeps it longer · *Retry* on the check run deploys the same commits again."
             ),
             Phase::Failed | Phase::TimedOut => {
                 "Fix and comment the command again, or use *Retry* on the check run.".into()

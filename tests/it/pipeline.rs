@@ -34,6 +34,9 @@ on_both_backends!(
     an_operator_freeze_holds_new_deployments_until_unfrozen,
     a_waiting_request_is_told_when_it_may_start_as_the_queue_moves,
     a_pr_behind_its_base_branch_is_said_to_lack_merged_work,
+    a_verification_that_passes_after_retries_lets_the_request_succeed,
+    a_verification_that_never_passes_fails_the_request_at_verify,
+    with_keep_a_failed_verification_keeps_the_environment_as_it_failed,
 );
 
 const SHA_SERVICE: &str = "1111111111111111111111111111111111111111";
@@ -1248,4 +1251,150 @@ async fn a_pr_behind_its_base_branch_is_said_to_lack_merged_work(db: Db) {
         "{status}"
     );
     t.seen_status_comments();
+}
+
+/// A service's health endpoint on loopback: it answers 503 `starting` to
+/// the first `failures` requests, then 200 `healthy`; its URL.
+async fn health_endpoint(failures: usize) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/api/healthz",
+        axum::routing::get(move || {
+            let calls = calls.clone();
+            async move {
+                if calls.fetch_add(1, Ordering::SeqCst) < failures {
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "starting: database not ready",
+                    )
+                } else {
+                    (axum::http::StatusCode::OK, "healthy")
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+/// The dry-run `dev` at `url`, checked at `{environment_url}/api/healthz`.
+async fn verified_app(db: Db, url: &str, timeout: &str) -> TestApp {
+    let mut config = Config::builtin_default();
+    let dev = &mut config.environments[0];
+    dev.url = Some(url.to_string());
+    dev.timeouts.poll_ms = 50;
+    dev.verify = Some(deploybot::config::Verify {
+        url: "{environment_url}/api/healthz".into(),
+        status: 200,
+        body_contains: Some("healthy".into()),
+        timeout: timeout.into(),
+    });
+    config.validate().expect("valid");
+    TestApp::builder(db)
+        .config(config)
+        .permission("packit/packit-service", "alice", "write")
+        .pull("packit/packit-service", 614, SHA_SERVICE, "fix", "alice")
+        .start()
+        .await
+}
+
+async fn a_verification_that_passes_after_retries_lets_the_request_succeed(db: Db) {
+    let url = health_endpoint(2).await;
+    let t = verified_app(db, &url, "1m").await;
+    comment(&t, 614, "/deploy", "alice").await;
+    t.run().await;
+    let job = t.job(1).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let verify = events(&job, "verify");
+    assert!(
+        verify.contains(&format!(
+            "GET {url}/api/healthz: expecting 200 with \"healthy\" in the body"
+        )),
+        "{verify}"
+    );
+    assert!(
+        verify.contains("attempt 1: HTTP 503; trying again"),
+        "{verify}"
+    );
+    assert!(
+        verify.contains("answered 200 with \"healthy\" in the body (attempt 3)"),
+        "{verify}"
+    );
+    let position = |step: &str| steps(&job).iter().position(|s| s == step).expect(step);
+    assert!(position("deploy") < position("verify") && position("verify") < position("hold"));
+    let status = t.status_comment(1).body;
+    assert!(status.contains("| ✅ verify |"), "{status}");
+    assert_eq!(holder(&t).await, Some(1));
+}
+
+async fn a_verification_that_never_passes_fails_the_request_at_verify(db: Db) {
+    let url = health_endpoint(usize::MAX).await;
+    let t = verified_app(db, &url, "2s").await;
+    comment(&t, 614, "/deploy", "alice").await;
+    t.run().await;
+    let job = t.job(1).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    let error = job["error"].as_str().expect("error");
+    assert!(
+        error.starts_with(&format!("verify failed: GET {url}/api/healthz did not answer 200 with \"healthy\" in the body within 2s (")),
+        "{error}"
+    );
+    assert!(error.ends_with("the last answer: HTTP 503"), "{error}");
+    let status = t.status_comment(1).body;
+    assert!(
+        status.starts_with("### ❌ Failed at `verify` (`dev`)"),
+        "{status}"
+    );
+    assert!(
+        status.contains("HTTP 503\nstarting: database not ready"),
+        "the answer is the excerpt: {status}"
+    );
+    // Released, and cleaned before the next deployment.
+    assert_eq!(holder(&t).await, None);
+    let envs = deploybot::store::Store::environments(t.app.state.store.db())
+        .await
+        .expect("envs");
+    assert!(envs[0].dirty);
+    assert_eq!(t.buttons("packit/packit-service", 1), ["Retry"]);
+}
+
+async fn with_keep_a_failed_verification_keeps_the_environment_as_it_failed(db: Db) {
+    let url = health_endpoint(usize::MAX).await;
+    let t = verified_app(db, &url, "1s").await;
+    comment(&t, 614, "/deploy --keep --ttl=1h", "alice").await;
+    t.run().await;
+    let job = t.job(1).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(holder(&t).await, Some(1), "kept for debugging");
+    assert!(
+        events(&job, "verify").contains("dev is kept as it failed until "),
+        "{job}"
+    );
+    let status = t.status_comment(1).body;
+    assert!(
+        status.starts_with("### ❌ Failed at `verify` (`dev`)"),
+        "{status}"
+    );
+    assert!(status.contains("kept as it failed until **"), "{status}");
+    assert!(status.contains("| ❌ verify |"), "{status}");
+    assert!(status.contains("The environment is kept as it failed, for you to look at (`--keep`): `/deploy release` frees it"), "{status}");
+    assert_eq!(
+        t.buttons("packit/packit-service", 1),
+        ["Extend 1h", "Release", "Retry"]
+    );
+    // It is held like any hold: others wait, and a release frees it dirty.
+    comment(&t, 614, "/deploy release", "alice").await;
+    t.run().await;
+    assert_eq!(holder(&t).await, None);
+    let envs = deploybot::store::Store::environments(t.app.state.store.db())
+        .await
+        .expect("envs");
+    assert!(envs[0].dirty);
+    assert_eq!(t.buttons("packit/packit-service", 1), ["Retry"]);
+    t.replies("packit/packit-service", 614);
 }

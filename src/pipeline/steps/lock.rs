@@ -33,8 +33,13 @@ impl Standing {
             Some(id) if id != job.id => Store::job(tx.db(), id).await?,
             _ => None,
         };
+        // (A failure kept with `--keep` is replaced the same way.)
         let replaces = holder_job.as_ref().is_some_and(|h| {
-            h.state == JobState::Succeeded && h.repo == job.repo && h.number == job.number
+            matches!(
+                h.state,
+                JobState::Succeeded | JobState::Failed | JobState::TimedOut
+            ) && h.repo == job.repo
+                && h.number == job.number
         });
         let expired = row
             .as_ref()

@@ -7,6 +7,7 @@ mod build;
 mod deploy;
 mod lock;
 mod plan;
+mod verify;
 
 use std::sync::Arc;
 
