@@ -213,7 +213,20 @@ impl Config {
                 let scheme_ok = url
                     .as_deref()
                     .is_some_and(|u| u.starts_with("http://") || u.starts_with("https://"));
-                if !scheme_ok {
+                if v.url.is_none() && v.command.is_empty() {
+                    problems.push(format!(
+                        "environment {}: verify needs a url, a command, or both",
+                        e.name
+                    ));
+                }
+                if !v.command.is_empty() && (e.cluster_namespace().is_none() || e.runner.is_none())
+                {
+                    problems.push(format!(
+                        "environment {}: verify.command runs as a Kubernetes Job: it needs a cluster environment with [environment.runner]",
+                        e.name
+                    ));
+                }
+                if v.url.is_some() && !scheme_ok {
                     problems.push(format!(
                         "environment {}: verify.url {:?} must be an http(s) URL ({{environment_url}} needs the environment's url)",
                         e.name, v.url

@@ -91,18 +91,25 @@ pub struct Environment {
     pub keep_failed: bool,
 }
 
-/// An HTTP check after deploy: `GET url` must answer `status` (and contain
-/// `body_contains`) within `timeout`; it is tried again every `poll_ms` of
-/// the environment's timeouts until then.
+/// Checks after deploy, each tried again every `poll_ms` of the
+/// environment's timeouts until it passes or `timeout` ends: an HTTP check
+/// (`GET url` answers `status`, with `body_contains` in its body) and, for
+/// cluster environments, a command run as a Kubernetes Job in the runner's
+/// image (a smoke test) that must exit 0.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Verify {
     /// `{environment_url}` is the environment's `url`.
-    pub url: String,
+    #[serde(default)]
+    pub url: Option<String>,
     #[serde(default = "ok_status")]
     pub status: u16,
     #[serde(default)]
     pub body_contains: Option<String>,
+    /// The smoke test's argument list (runs in `[environment.runner]`,
+    /// with the deployer component's checkout as its working directory).
+    #[serde(default)]
+    pub command: Vec<String>,
     #[serde(default = "verify_timeout")]
     pub timeout: Span,
 }
@@ -116,14 +123,16 @@ fn verify_timeout() -> Span {
 }
 
 impl Verify {
-    /// The URL to check, with `{environment_url}` filled in (`None` when it
-    /// names the environment's URL and the environment has none).
+    /// The URL to check, with `{environment_url}` filled in (`None` without
+    /// an HTTP check, or when it names the environment's URL and the
+    /// environment has none).
     pub fn url_for(&self, environment: &Environment) -> Option<String> {
-        if !self.url.contains("{environment_url}") {
-            return Some(self.url.clone());
+        let url = self.url.as_deref()?;
+        if !url.contains("{environment_url}") {
+            return Some(url.to_string());
         }
         let base = environment.url.as_deref()?.trim_end_matches('/');
-        Some(self.url.replace("{environment_url}", base))
+        Some(url.replace("{environment_url}", base))
     }
 }
 

@@ -225,14 +225,10 @@ impl Pipeline {
         let started = self.store.now_ms();
 
         // 4–7. Build, clean up, deploy, verify.
-        let deployed = match self
-            .build_clean_deploy(job, &plan, &environment, cancel)
+        match self
+            .build_deploy_verify(job, &plan, &environment, cancel)
             .await
         {
-            Ok(()) => self.verify(job, &environment, cancel).await,
-            Err(e) => Err(e),
-        };
-        match deployed {
             Ok(()) => {}
             Err(StepError::Store(e)) => return Err(e),
             Err(e) => return self.step_failed(job, e).await,

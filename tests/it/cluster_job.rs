@@ -24,6 +24,7 @@ on_both_backends!(
     cancel_during_deploy_deletes_the_job,
     the_cleanup_runs_as_a_job_too,
     a_pod_that_cannot_start_fails_at_once_and_its_job_is_deleted,
+    a_smoke_test_runs_as_a_job_until_it_passes,
 );
 
 /// An OpenShift `dev` whose deployer is `deployer` (TOML array) in a Job.
@@ -509,5 +510,74 @@ async fn a_pod_that_cannot_start_fails_at_once_and_its_job_is_deleted(db: Db) {
     assert_eq!(runs, ["git-init", "git-fetch", "git-checkout"]);
     t.seen_status_comments();
     t.replies("packit/deployment", 321);
+    kube.assert_no_violations();
+}
+
+async fn a_smoke_test_runs_as_a_job_until_it_passes(db: Db) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let kube = FakeKube::start().await;
+    seed_secrets(&kube);
+    let mut config = config(r#"["make", "deploy"]"#, "60s");
+    config.environments[0].verify = Some(deploybot::config::Verify {
+        url: None,
+        status: 200,
+        body_contains: None,
+        command: vec!["smoke-test".into(), "--quick".into()],
+        timeout: "30s".into(),
+    });
+    config.validate().expect("valid");
+    let t = TestApp::builder(db)
+        .config(config)
+        .kube(&kube)
+        .permission("packit/deployment", "alice", "write")
+        .start()
+        .await;
+    // The service answers the third try.
+    let tries = Arc::new(AtomicUsize::new(0));
+    kube.script(move |run| {
+        (run.argv[0] == "smoke-test").then(|| {
+            if tries.fetch_add(1, Ordering::SeqCst) < 2 {
+                Script::exit(1).prints("GET /api/healthz: 503 service not ready\n")
+            } else {
+                Script::exit(0).prints("all checks passed\n")
+            }
+        })
+    });
+    ask(&t, "/deploy").await;
+    t.run().await;
+    let job = t.last_job().await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let verify = events(&job, "verify");
+    assert!(
+        verify.contains("the smoke test `smoke-test --quick`, for up to 30s"),
+        "{verify}"
+    );
+    assert!(
+        verify.contains("attempt 1: `smoke-test` exited with exit status: 1"),
+        "{verify}"
+    );
+    assert!(
+        verify.contains("503 service not ready"),
+        "its output is the log: {verify}"
+    );
+    assert!(
+        verify.contains("the smoke test passed (attempt 3)"),
+        "{verify}"
+    );
+    // Each attempt was a Job in the environment's namespace, in the runner's image.
+    let smoke: Vec<_> = kube
+        .container_runs()
+        .into_iter()
+        .filter(|c| c.argv.first().is_some_and(|a| a == "smoke-test"))
+        .collect();
+    assert_eq!(smoke.len(), 3);
+    assert!(
+        smoke
+            .iter()
+            .all(|c| c.namespace == NS && c.image == RUNNER_IMAGE)
+    );
+    assert_cluster_saw_no_secrets(&kube, &t);
+    t.seen_status_comments();
     kube.assert_no_violations();
 }

@@ -1289,9 +1289,10 @@ async fn verified_app(db: Db, url: &str, timeout: &str) -> TestApp {
     dev.url = Some(url.to_string());
     dev.timeouts.poll_ms = 50;
     dev.verify = Some(deploybot::config::Verify {
-        url: "{environment_url}/api/healthz".into(),
+        url: Some("{environment_url}/api/healthz".into()),
         status: 200,
         body_contains: Some("healthy".into()),
+        command: Vec::new(),
         timeout: timeout.into(),
     });
     config.validate().expect("valid");

@@ -100,8 +100,9 @@ pub(in crate::pipeline) fn tools<'a>(
 }
 
 impl Pipeline {
-    /// Steps 4–6: build, clean up what the previous deployment left, deploy.
-    pub(in crate::pipeline) async fn build_clean_deploy(
+    /// Steps 4–7: build, clean up what the previous deployment left, deploy,
+    /// and run the environment's checks.
+    pub(in crate::pipeline) async fn build_deploy_verify(
         &self,
         job: &Job,
         plan: &Plan,
@@ -140,6 +141,7 @@ impl Pipeline {
                 .await?;
         }
         self.deploy(job, plan, environment, &checkout, &env, cancel)
-            .await
+            .await?;
+        self.verify(job, plan, environment, &env, cancel).await
     }
 }

@@ -1,6 +1,8 @@
 //! Step 7, verify: the environment's checks after deploy (`[environment.verify]`:
-//! an HTTP answer), tried again until they pass or their time runs out.
+//! an HTTP answer, a smoke test as a Kubernetes Job), each tried again until
+//! it passes or their time runs out.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
@@ -10,8 +12,10 @@ use tokio::sync::watch;
 use crate::command::format_duration;
 use crate::config::{Environment, Verify};
 use crate::domain::Step;
+use crate::domain::plan::Plan;
 use crate::pipeline::Pipeline;
-use crate::pipeline::exec::StepError;
+use crate::pipeline::exec::{JobEnv, StepError};
+use crate::pipeline::in_cluster::InCluster;
 use crate::store::Job;
 
 /// The most of an answer's body that is read (and may be shown).
@@ -23,62 +27,163 @@ const ATTEMPT_LIMIT: Duration = Duration::from_secs(10);
 type Answer = Result<(u16, String), String>;
 
 impl Pipeline {
-    /// Run the environment's checks, if it has any; `Err` fails the request
-    /// at `verify` with the last answer as the excerpt.
+    /// Run the environment's checks, if it has any: the HTTP check, then the
+    /// smoke test; `Err` fails the request at `verify` with the last answer
+    /// (or the smoke test's output) as the excerpt.
     pub(in crate::pipeline) async fn verify(
         &self,
         job: &Job,
+        plan: &Plan,
         environment: &Environment,
+        env: &Arc<JobEnv>,
         cancel: &mut watch::Receiver<bool>,
     ) -> Result<(), StepError> {
         let Some(verify) = &environment.verify else {
             return Ok(());
         };
-        let Some(url) = verify.url_for(environment) else {
-            return Err(StepError::failed(
-                "verify.url names {environment_url}, and the environment has no url",
-            ));
-        };
         let limit = verify.timeout.get();
-        let expecting = expectation(verify);
+        let deadline = tokio::time::Instant::now() + limit;
+        let url = match (&verify.url, verify.url_for(environment)) {
+            (None, _) => None,
+            (Some(_), Some(url)) => Some(url),
+            (Some(_), None) => {
+                return Err(StepError::failed(
+                    "verify.url names {environment_url}, and the environment has no url",
+                ));
+            }
+        };
+        let mut checks = Vec::new();
+        if let Some(url) = &url {
+            checks.push(format!("GET {url}: expecting {}", expectation(verify)));
+        }
+        if !verify.command.is_empty() {
+            checks.push(format!("the smoke test `{}`", verify.command.join(" ")));
+        }
         let start = format!(
-            "GET {url}: expecting {expecting}, for up to {}",
+            "{}, for up to {}",
+            checks.join("; "),
             format_duration(limit)
         );
         self.step(job.id, Step::Verify, &start).await?;
+        if let Some(url) = &url {
+            self.check_http(job, environment, verify, url, deadline, cancel)
+                .await?;
+        }
+        if !verify.command.is_empty() {
+            self.smoke_test(job, plan, environment, env, deadline, cancel)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `GET url` until it answers as `verify` wants, or `deadline`.
+    async fn check_http(
+        &self,
+        job: &Job,
+        environment: &Environment,
+        verify: &Verify,
+        url: &str,
+        deadline: tokio::time::Instant,
+        cancel: &mut watch::Receiver<bool>,
+    ) -> Result<(), StepError> {
+        let expecting = expectation(verify);
         let client = crate::http::client().map_err(StepError::failed)?;
-        let deadline = tokio::time::Instant::now() + limit;
         let mut attempts = 0;
         let mut said = String::new();
         loop {
             attempts += 1;
-            let answer = get(&client, &url).await;
+            let answer = get(&client, url).await;
             if passes(verify, &answer) {
                 let text = format!("GET {url} answered {expecting} (attempt {attempts})");
                 self.event(job.id, Step::Verify, &text).await?;
                 return Ok(());
             }
             let summary = summary(&answer);
+            if !pause(environment, deadline, cancel).await? {
+                return Err(StepError::Failed {
+                    reason: format!(
+                        "GET {url} did not answer {expecting} within {} ({attempts} attempts); the last answer: {summary}",
+                        format_duration(verify.timeout.get())
+                    ),
+                    excerpt: excerpt(&answer),
+                });
+            }
+            // Said when the answer changes, not at every attempt.
             if summary != said {
                 let text = format!("attempt {attempts}: {summary}; trying again");
                 self.event(job.id, Step::Verify, &text).await?;
                 said = summary;
             }
-            let wait = environment.timeouts.poll();
-            if tokio::time::Instant::now() + wait >= deadline {
-                return Err(StepError::Failed {
-                    reason: format!(
-                        "GET {url} did not answer {expecting} within {} ({attempts} attempts); the last answer: {said}",
-                        format_duration(limit)
-                    ),
-                    excerpt: excerpt(&answer),
-                });
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                Ok(_) = cancel.wait_for(|c| *c) => return Err(StepError::Cancelled),
+        }
+    }
+
+    /// The smoke test as a Kubernetes Job in the environment's namespace,
+    /// again after each failure, until it exits 0 or `deadline`.
+    async fn smoke_test(
+        &self,
+        job: &Job,
+        plan: &Plan,
+        environment: &Environment,
+        env: &Arc<JobEnv>,
+        deadline: tokio::time::Instant,
+        cancel: &mut watch::Receiver<bool>,
+    ) -> Result<(), StepError> {
+        let (Some(verify), Some(runner)) = (&environment.verify, &environment.runner) else {
+            return Err(StepError::failed(
+                "verify.command runs as a Kubernetes Job: the environment needs [environment.runner]",
+            ));
+        };
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let what = InCluster {
+                step: Step::Verify,
+                runner,
+                args: &verify.command,
+                vars: None,
+            };
+            match self
+                .run_in_cluster(job, plan, environment, what, env, cancel)
+                .await
+            {
+                Ok(()) => {
+                    let text = format!("the smoke test passed (attempt {attempts})");
+                    self.event(job.id, Step::Verify, &text).await?;
+                    return Ok(());
+                }
+                Err(StepError::Failed { reason, excerpt }) => {
+                    let text = format!("attempt {attempts}: {reason}; trying again");
+                    if !pause(environment, deadline, cancel).await? {
+                        return Err(StepError::Failed {
+                            reason: format!(
+                                "the smoke test did not pass within {} ({attempts} attempts); the last: {reason}",
+                                format_duration(verify.timeout.get())
+                            ),
+                            excerpt,
+                        });
+                    }
+                    self.event(job.id, Step::Verify, &text).await?;
+                }
+                Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// Wait one poll interval before trying again: false when that would pass
+/// `deadline` (give up), `Err` when the request is cancelled meanwhile.
+async fn pause(
+    environment: &Environment,
+    deadline: tokio::time::Instant,
+    cancel: &mut watch::Receiver<bool>,
+) -> Result<bool, StepError> {
+    let wait = environment.timeouts.poll();
+    if tokio::time::Instant::now() + wait >= deadline {
+        return Ok(false);
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => Ok(true),
+        Ok(_) = cancel.wait_for(|c| *c) => Err(StepError::Cancelled),
     }
 }
 
