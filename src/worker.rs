@@ -1,6 +1,6 @@
 //! Workers: claim queued jobs (`FOR UPDATE SKIP LOCKED` on PostgreSQL), keep
 //! their lease alive with a heartbeat while the pipeline runs, reap the jobs of
-//! workers that died, and end holds whose time is up.
+//! workers that died, end holds whose time is up, and queue restores.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::config::Restore;
 use crate::domain::Step;
 use crate::ops;
 use crate::pipeline::{Pipeline, Ran};
@@ -93,7 +94,26 @@ impl Worker {
         if let Some(before) = self.pipeline.config.bot.expiry_notice.every() {
             n += self.warn_expiries(before, prefix).await?;
         }
+        n += self.restore_released().await?;
         self.sync_leases().await?;
+        Ok(n)
+    }
+
+    /// Queue the restore of each `restore = "on-release"` environment whose
+    /// hold ended (it runs before anyone waiting); how many are due.
+    async fn restore_released(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        let on_release = self.pipeline.config.environments.iter();
+        for env in on_release.filter(|e| e.restore == Restore::OnRelease) {
+            let mut tx = self.store().begin().await?;
+            let base = crate::command::Base::default();
+            n += usize::from(
+                ops::restore_due(&mut tx, &env.name, base.as_str())
+                    .await?
+                    .is_some(),
+            );
+            tx.commit().await?;
+        }
         Ok(n)
     }
 

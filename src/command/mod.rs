@@ -174,6 +174,10 @@ pub struct DeployRequest {
     /// A lock (`/deploy lock`): hold the environment, deploy nothing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lock: Option<Lock>,
+    /// deploybot's own request to clean the environment up right after a
+    /// hold ended (`restore = "on-release"`); never typed by anyone.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub restore: bool,
 }
 
 impl DeployRequest {
@@ -198,6 +202,9 @@ impl DeployRequest {
     /// Parsing `"{prefix} {args}"` gives this request back.
     pub fn to_args(&self) -> String {
         let mut args = Vec::new();
+        if self.restore {
+            return format!("(restore to --base={})", self.base.as_str());
+        }
         if let Some(lock) = &self.lock {
             args.push("lock".to_string());
             args.extend(self.env.clone());

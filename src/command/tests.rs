@@ -157,6 +157,7 @@ fn cases() -> Vec<(String, Want)> {
                     refs: vec![pr("packit-service", 614), branch("ogr", "main"), commit("packit", "abcdef012345")],
                     lock: None,
                     keep: false,
+                    restore: false,
                 }
             })),
         ),

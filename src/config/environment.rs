@@ -89,6 +89,21 @@ pub struct Environment {
     /// or `verify` keeps the environment held as it failed, for the TTL.
     #[serde(default)]
     pub keep_failed: bool,
+    /// When the environment is cleaned after a deployment's hold ends.
+    #[serde(default)]
+    pub restore: Restore,
+}
+
+/// When an environment goes back to its base after a hold ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restore {
+    /// The next deployment cleans up first (until then it runs what the
+    /// last one left).
+    #[default]
+    BeforeNext,
+    /// The cleanup runs as soon as the hold ends (released or expired).
+    OnRelease,
 }
 
 /// Checks after deploy, each tried again every `poll_ms` of the

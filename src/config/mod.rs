@@ -17,8 +17,8 @@ mod images;
 mod runner;
 
 pub use environment::{
-    Builder, Cleanup, Deployer, Environment, EnvironmentKind, FreezeWindow, Timeouts, Verify,
-    Workload, WorkloadType,
+    Builder, Cleanup, Deployer, Environment, EnvironmentKind, FreezeWindow, Restore, Timeouts,
+    Verify, Workload, WorkloadType,
 };
 pub use images::{Buildah, Registry};
 pub use runner::{LOGIN_FILE, Login, RUNNER_ROOT, Runner, SecretMount, is_dns_subdomain};
@@ -453,6 +453,7 @@ impl Config {
             freeze: Vec::new(),
             verify: None,
             keep_failed: false,
+            restore: Restore::BeforeNext,
         }];
         config
     }

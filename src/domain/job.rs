@@ -74,6 +74,11 @@ impl Job {
         self.request.lock.is_some()
     }
 
+    /// deploybot's own cleanup of its environment after a hold ended.
+    pub fn is_restore(&self) -> bool {
+        self.request.restore
+    }
+
     /// Why the lock was taken, when it is a lock with a reason.
     pub fn lock_reason(&self) -> Option<&str> {
         self.request.lock.as_ref()?.reason.as_deref()

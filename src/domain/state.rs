@@ -112,6 +112,8 @@ words! {
         Cli = "cli",
         /// `deploy --local`.
         Local = "local",
+        /// deploybot itself: the cleanup right after a hold ended.
+        Restore = "restore",
     }
 }
 
@@ -125,6 +127,7 @@ impl Source {
             Source::Rerun => Some("a check run's Re-run"),
             Source::Cli => Some("the deploy CLI"),
             Source::Local => Some("deploy --local"),
+            Source::Restore => Some("the environment's restore after its hold"),
         }
     }
 }

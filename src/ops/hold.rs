@@ -95,6 +95,55 @@ pub async fn unlock(tx: &mut Tx, environment: &str, actor: &Actor<'_>) -> Result
     }
 }
 
+/// Whether `environment` (configured `restore = "on-release"`) is due for
+/// its restore: free, left dirty by a hold that ended, and not just failed
+/// to restore (the next deployment's own cleanup then tries). `Some` with
+/// the restore to wait for: the one queued or running, or a new one.
+pub async fn restore_due(tx: &mut Tx, environment: &str, base: &str) -> Result<Option<i64>> {
+    let queue = Store::queue(tx.db(), environment).await?;
+    if let Some(restore) = queue.iter().find(|j| j.is_restore()) {
+        return Ok(Some(restore.id));
+    }
+    let Some(row) = Store::environment_row(tx.db(), environment).await? else {
+        return Ok(None);
+    };
+    if row.holder_job.is_some() || !row.dirty {
+        return Ok(None);
+    }
+    if let Some(last) = row.last_job
+        && Store::job(tx.db(), last)
+            .await?
+            .is_some_and(|j| j.is_restore())
+    {
+        return Ok(None);
+    }
+    let job = crate::domain::NewJob {
+        source: crate::domain::Source::Restore,
+        request: crate::command::DeployRequest {
+            env: Some(environment.to_string()),
+            restore: true,
+            ..Default::default()
+        },
+        requested_by: "deploybot".into(),
+        repo: String::new(),
+        number: None,
+        is_pull_request: false,
+        comment_id: None,
+        installation_id: None,
+        delivery_id: None,
+        environment: environment.to_string(),
+        base: base.to_string(),
+        pull_requests: Vec::new(),
+        pinned: Vec::new(),
+        queued_message: format!(
+            "the hold of {environment} ended: restoring it to the base before anything else"
+        ),
+    };
+    let id = super::accept(tx, &job).await?;
+    tx.notify_jobs().await?;
+    Ok(Some(id))
+}
+
 /// The hold of `environment` by `holder` ran out: free it (dirty: the
 /// deployment is still there) and tell the holder's PR.
 pub async fn expire(

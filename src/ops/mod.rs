@@ -14,7 +14,7 @@ mod request;
 pub use freeze::{freeze, parse_until, unfreeze};
 pub use hold::{
     Extended, Released, expire, extend, extended_until, free, holding, new_commits, release,
-    unlock, warn_expiry,
+    restore_due, unlock, warn_expiry,
 };
 pub use request::{
     AfterEnd, Cancelled, accept, cancel, cancel_leftovers, end_pr, finish, supersede_older,

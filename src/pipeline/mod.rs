@@ -193,6 +193,9 @@ impl Pipeline {
         if job.is_lock() {
             return self.hold_only(job, &environment, cancel).await;
         }
+        if job.is_restore() {
+            return self.restore(job, &environment, cancel).await;
+        }
 
         // 1. Resolve and plan (once; a job that waited keeps its pins).
         let plan: Plan = match &job.plan {
@@ -310,6 +313,49 @@ impl Pipeline {
         }
         tx.commit().await?;
         self.sync_lease_expiry(job, environment, until).await;
+        Ok(Ran::Succeeded)
+    }
+
+    /// deploybot's own restore after a hold ended: take the environment
+    /// before anyone waiting, run its cleanup, and give it back clean.
+    async fn restore(
+        &self,
+        job: &Job,
+        environment: &Environment,
+        cancel: &mut watch::Receiver<bool>,
+    ) -> Result<Ran, StoreError> {
+        let plan = match &job.plan {
+            Some(plan) => plan.clone(),
+            None => match self
+                .resolve_and_plan(job, &job.request, environment)
+                .await?
+            {
+                Ok(plan) => plan,
+                Err(outcome) => return Ok(outcome),
+            },
+        };
+        if !self.lock(job, environment, &[]).await? {
+            return Ok(Ran::Waiting);
+        }
+        match self.restore_to_base(job, &plan, environment, cancel).await {
+            Ok(()) => {}
+            Err(StepError::Store(e)) => return Err(e),
+            Err(e) => return self.step_failed(job, e).await,
+        }
+        let mut tx = self.store.begin().await?;
+        Store::mark_clean(&mut tx, &environment.name).await?;
+        let text = format!("{} is back at its base ({})", environment.name, job.base);
+        Store::add_event(&mut tx, job.id, Step::Cleanup, &text).await?;
+        ops::finish(
+            &mut tx,
+            job,
+            &Outcome::Succeeded,
+            AfterEnd::Free { dirty: false },
+        )
+        .await?;
+        tx.commit().await?;
+        self.release_lease(job).await;
+        self.observe_steps(job.id).await;
         Ok(Ran::Succeeded)
     }
 

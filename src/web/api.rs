@@ -88,8 +88,18 @@ pub struct EnvironmentView {
     /// While frozen: until when (`until`), why and by whom; no new
     /// deployment takes it, waiting requests wait.
     pub frozen: Option<FrozenView>,
+    /// When its last request was deploybot's restore after a hold
+    /// (`restore = "on-release"`): to which base, when, by which request.
+    pub restored: Option<RestoredView>,
     /// Requests waiting for it, first in line first.
     pub queue: Vec<QueuedView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RestoredView {
+    pub base: String,
+    pub at: Option<String>,
+    pub job: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -206,6 +216,17 @@ pub async fn environment_views(state: &AppState) -> Result<Vec<EnvironmentView>,
                 estimated_start: starts.get(&job.id).map(|s| crate::store::rfc3339(*s)),
             });
         }
+        let restored = match row.and_then(|r| r.last_job) {
+            Some(id) => Store::job(tx.db(), id)
+                .await?
+                .filter(|j| j.is_restore() && j.state == crate::domain::JobState::Succeeded)
+                .map(|j| RestoredView {
+                    base: j.base,
+                    at: j.finished_at,
+                    job: j.id,
+                }),
+            None => None,
+        };
         out.push(EnvironmentView {
             name: env.name.clone(),
             kind: format!("{:?}", env.kind).to_ascii_lowercase(),
@@ -225,6 +246,7 @@ pub async fn environment_views(state: &AppState) -> Result<Vec<EnvironmentView>,
                 until: crate::store::rfc3339(freeze.until),
                 freeze,
             }),
+            restored,
             queue,
         });
     }

@@ -118,10 +118,24 @@ fn environment_card(env: &EnvironmentView, now_ms: i64) -> String {
             let (class, text) = if env.dirty {
                 (
                     "dirty",
-                    "free · dirty: cleaned up before the next deployment",
+                    "free · dirty: cleaned up before the next deployment".to_string(),
+                )
+            } else if let Some(r) = &env.restored {
+                let at =
+                    r.at.as_deref()
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                        .map(|t| human_time(t.timestamp_millis()))
+                        .unwrap_or_default();
+                (
+                    "free",
+                    format!(
+                        "free · <a href=\"/jobs/{}\">restored to {} at {at}</a>",
+                        r.job,
+                        esc(&r.base)
+                    ),
                 )
             } else {
-                ("free", "free")
+                ("free", "free".to_string())
             };
             out.push_str(&format!("<p class=\"state {class}\">{text}</p>"));
         }

@@ -37,6 +37,7 @@ on_both_backends!(
     a_verification_that_passes_after_retries_lets_the_request_succeed,
     a_verification_that_never_passes_fails_the_request_at_verify,
     with_keep_a_failed_verification_keeps_the_environment_as_it_failed,
+    restore_on_release_cleans_up_at_once_and_goes_before_the_queue,
 );
 
 const SHA_SERVICE: &str = "1111111111111111111111111111111111111111";
@@ -1398,4 +1399,79 @@ async fn with_keep_a_failed_verification_keeps_the_environment_as_it_failed(db: 
     assert!(envs[0].dirty);
     assert_eq!(t.buttons("packit/packit-service", 1), ["Retry"]);
     t.replies("packit/packit-service", 614);
+}
+
+async fn restore_on_release_cleans_up_at_once_and_goes_before_the_queue(db: Db) {
+    let mut config = Config::builtin_default();
+    config.environments[0].restore = deploybot::config::Restore::OnRelease;
+    let t = TestApp::builder(db)
+        .config(config)
+        .permission("packit/packit-service", "alice", "write")
+        .permission("packit/packit-service", "bob", "write")
+        .pull("packit/packit-service", 614, SHA_SERVICE, "fix", "alice")
+        .pull("packit/packit-service", 700, SHA_OTHER, "other", "bob")
+        .start()
+        .await;
+    let dev = || async {
+        deploybot::store::Store::environments(t.app.state.store.db())
+            .await
+            .expect("envs")[0]
+            .clone()
+    };
+    // A release: deploybot restores dev right away, as its own request.
+    comment(&t, 614, "/deploy --ttl=1h", "alice").await;
+    t.run().await;
+    comment(&t, 614, "/deploy release", "alice").await;
+    t.run().await;
+    let restore = t.job(2).await;
+    assert_eq!(restore["source"], "restore", "{restore}");
+    assert_eq!(restore["state"], "succeeded", "{restore}");
+    assert!(
+        events(&restore, "queued").contains("the hold of dev ended: restoring it to the base"),
+        "{restore}"
+    );
+    assert!(
+        events(&restore, "cleanup").contains("would clean up the previous deployment"),
+        "{restore}"
+    );
+    assert!(
+        events(&restore, "cleanup").contains("dev is back at its base (stg)"),
+        "{restore}"
+    );
+    let row = dev().await;
+    assert!(!row.dirty && row.holder_job.is_none(), "{row:?}");
+    let (_, envs) = t.get("/api/v1/environments").await;
+    let shown = &envs["environments"][0];
+    assert_eq!(shown["restored"]["base"], "stg", "{shown}");
+    assert_eq!(shown["restored"]["job"], 2, "{shown}");
+    let (_, page) = t.get("/").await;
+    let page = page.as_str().expect("html");
+    assert!(page.contains("restored to stg at "), "{page}");
+
+    // An expiry, with a request waiting: the restore goes first, then it.
+    comment(&t, 700, "/deploy --ttl=1h", "bob").await;
+    t.run().await;
+    assert_eq!(holder(&t).await, Some(3));
+    comment(&t, 614, "/deploy", "alice").await;
+    t.run().await;
+    assert_eq!(t.job(4).await["state"], "queued");
+    t.advance(Duration::from_secs(3600 + 60));
+    t.run().await;
+    let restore = t.job(5).await;
+    assert_eq!(restore["source"], "restore", "{restore}");
+    assert_eq!(restore["state"], "succeeded", "{restore}");
+    let next = t.job(4).await;
+    assert_eq!(next["state"], "succeeded", "{next}");
+    assert!(
+        events(&next, "waiting").contains("request #5 restores it to its base first"),
+        "{next}"
+    );
+    assert!(
+        events(&next, "cleanup").contains("nothing to clean up"),
+        "restored already: {next}"
+    );
+    assert_eq!(holder(&t).await, Some(4));
+    t.replies("packit/packit-service", 614);
+    t.replies("packit/packit-service", 700);
+    t.seen_status_comments();
 }

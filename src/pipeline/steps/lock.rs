@@ -2,7 +2,7 @@
 //! cluster's Lease) in queue order, or put the request back to wait.
 
 use crate::cluster::{LockOutcome, LockRequest};
-use crate::config::{Environment, EnvironmentKind};
+use crate::config::{Environment, EnvironmentKind, Restore};
 use crate::domain::plan::Pinned;
 use crate::domain::{Freeze, JobState, Step};
 use crate::ops;
@@ -67,7 +67,8 @@ impl Standing {
             .queue
             .iter()
             .any(|j| j.id < job.id && j.state == JobState::Queued && j.step == Step::Waiting);
-        free && (!earlier_waiting || self.replaces)
+        // A restore goes before everyone who waits: they wait for it.
+        free && (!earlier_waiting || self.replaces || job.is_restore())
     }
 
     fn held_until(&self) -> Option<i64> {
@@ -125,10 +126,22 @@ impl Standing {
     }
 }
 
-/// Put `job` back in the queue to wait (`why` is said once, when it starts).
+/// Put `job` back in the queue to wait (`why` is said when it starts, and
+/// again whenever the reason changes: another holder, a freeze, a restore).
 async fn wait(tx: &mut Tx, job: &Job, why: Option<&str>, after_ms: i64) -> Result<(), StoreError> {
-    if let Some(why) = why.filter(|_| job.step != Step::Waiting) {
-        Store::add_event(tx, job.id, Step::Waiting, why).await?;
+    if let Some(why) = why {
+        let said = match job.step {
+            Step::Waiting => Store::job_events(tx.db(), job.id)
+                .await?
+                .into_iter()
+                .rev()
+                .find(|e| e.step == Step::Waiting)
+                .is_some_and(|e| e.message == why),
+            _ => false,
+        };
+        if !said {
+            Store::add_event(tx, job.id, Step::Waiting, why).await?;
+        }
     }
     let run_after = tx.now + after_ms;
     Store::requeue(tx, job.id, Step::Waiting, run_after).await
@@ -145,6 +158,18 @@ impl Pipeline {
         let mut tx = self.store.begin().await?;
         let standing = Standing::read(&mut tx, job, &environment.name).await?;
         // A freeze stops new deployments (a lock deploys nothing: it may go).
+        if environment.restore == Restore::OnRelease
+            && !job.is_restore()
+            && let Some(restore) = ops::restore_due(&mut tx, &environment.name, &job.base).await?
+        {
+            let why = format!(
+                "waiting for {}: request #{restore} restores it to its base first",
+                environment.name
+            );
+            wait(&mut tx, job, Some(&why), WAIT_POLL_MS).await?;
+            tx.commit().await?;
+            return Ok(false);
+        }
         let operator = standing
             .row
             .as_ref()

@@ -116,20 +116,11 @@ impl Pipeline {
             .build(job, plan, environment, &work, &env, cancel)
             .await?;
 
-        // The deployer component is checked out once, for the cleanup and
-        // deploy commands that run here (a Job makes its own).
-        let checkout = work.0.join("deployer");
         let commands =
             matches!(deploys, Deploys::Command(_)) || matches!(cleans, Cleans::Command(_));
-        if commands && plan.checkout.is_some() {
-            let mut exec = self.exec(job, Step::Deploy, environment, cancel, &env);
-            checkout_deployer(&mut exec, plan, &self.config.bot.git_url, &checkout).await?;
-        } else {
-            std::fs::create_dir_all(&checkout).map_err(|e| {
-                StepError::failed(format!("cannot create {}: {e}", checkout.display()))
-            })?;
-        }
-
+        let checkout = self
+            .deployer_checkout(job, plan, environment, &work, &env, commands, cancel)
+            .await?;
         let dirty = Store::environment_row(self.store.db(), &environment.name)
             .await?
             .is_some_and(|r| r.dirty);
@@ -143,5 +134,51 @@ impl Pipeline {
         self.deploy(job, plan, environment, &checkout, &env, cancel)
             .await?;
         self.verify(job, plan, environment, &env, cancel).await
+    }
+
+    /// A restore (`restore = "on-release"`): the environment's cleanup, at
+    /// once, deploying nothing.
+    pub(in crate::pipeline) async fn restore_to_base(
+        &self,
+        job: &Job,
+        plan: &Plan,
+        environment: &Environment,
+        cancel: &mut watch::Receiver<bool>,
+    ) -> Result<(), StepError> {
+        let (_, cleans, _) = tools(environment, plan);
+        let work = WorkDir::new(&self.workdir(), job.id)?;
+        let env = Arc::new(JobEnv::new(environment, &work.home())?);
+        let commands = matches!(cleans, Cleans::Command(_));
+        let checkout = self
+            .deployer_checkout(job, plan, environment, &work, &env, commands, cancel)
+            .await?;
+        self.clean_up(job, plan, environment, &checkout, &env, cancel)
+            .await
+    }
+
+    /// Where the cleanup and deploy commands that run here find the
+    /// deployer component: checked out once when `commands` need it (a Job
+    /// makes its own checkout), else an empty directory.
+    #[allow(clippy::too_many_arguments)]
+    async fn deployer_checkout(
+        &self,
+        job: &Job,
+        plan: &Plan,
+        environment: &Environment,
+        work: &WorkDir,
+        env: &Arc<JobEnv>,
+        commands: bool,
+        cancel: &mut watch::Receiver<bool>,
+    ) -> Result<std::path::PathBuf, StepError> {
+        let checkout = work.0.join("deployer");
+        if commands && plan.checkout.is_some() {
+            let mut exec = self.exec(job, Step::Deploy, environment, cancel, env);
+            checkout_deployer(&mut exec, plan, &self.config.bot.git_url, &checkout).await?;
+        } else {
+            std::fs::create_dir_all(&checkout).map_err(|e| {
+                StepError::failed(format!("cannot create {}: {e}", checkout.display()))
+            })?;
+        }
+        Ok(checkout)
     }
 }
