@@ -17,11 +17,17 @@ const NS: &str = OPENSHIFT_NS;
 on_both_backends!(
     a_request_moves_the_tags_and_waits_for_the_triggered_rollouts,
     an_image_the_registry_lost_fails_the_request_with_the_reason,
+    restore_on_release_puts_every_tag_back_on_the_base,
 );
 
 /// OpenShift `dev` deployed by the `packit-service:dev` and
 /// `packit-worker:dev` ImageStream tags, as deploy/packit.toml does.
 fn config() -> Config {
+    config_with("")
+}
+
+/// [`config`] with `more` in its `[[environment]]` table.
+fn config_with(more: &str) -> Config {
     let text = format!(
         r#"
 [github]
@@ -31,6 +37,7 @@ bot_login = "packit-deploybot[bot]"
 name = "dev"
 kind = "openshift"
 namespace = "{NS}"
+{more}
 [environment.builder]
 kind = "openshift"
 [environment.deployer]
@@ -98,12 +105,16 @@ fn seed(kube: &FakeKube) {
 }
 
 async fn start(db: Db) -> (TestApp, FakeKube, support::registry::Registry) {
+    start_with(db, config()).await
+}
+
+async fn start_with(db: Db, config: Config) -> (TestApp, FakeKube, support::registry::Registry) {
     let kube = FakeKube::start().await;
     seed(&kube);
     kube.run_controllers(Duration::from_millis(30), Duration::from_millis(60));
     let registry = quay(Some(&kube)).await;
     let t = TestApp::builder(db)
-        .config(config())
+        .config(config)
         .registry(&registry)
         .kube(&kube)
         .start()
@@ -184,4 +195,51 @@ async fn an_image_the_registry_lost_fails_the_request_with_the_reason(db: Db) {
     );
     t.seen_status_comments();
     kube.assert_no_violations();
+}
+
+async fn restore_on_release_puts_every_tag_back_on_the_base(db: Db) {
+    let (t, kube, registry) = start_with(db, config_with("restore = \"on-release\"")).await;
+    let job = ask(&t, "/deploy").await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let tag = format!("stg-packit-{}", &default_sha(456)[..12]);
+    let deployed = pinned(&registry, "packit-worker", &tag).await;
+    assert_eq!(image_of(&kube, "StatefulSet", "packit-worker"), deployed);
+    // Released: deploybot's own request moves every tag back to stg and
+    // waits for the rollouts, before anything else may take dev.
+    let restore = ask(&t, "/deploy release").await;
+    assert_eq!(restore["source"], "restore", "{restore}");
+    assert_eq!(restore["state"], "succeeded", "{restore}");
+    for stream in ["packit-service", "packit-worker"] {
+        let object = kube.get_object("ImageStream", NS, stream).expect("stream");
+        assert_eq!(
+            object["spec"]["tags"][0]["from"]["name"],
+            format!("quay.io/packit/{stream}:stg"),
+            "{object}"
+        );
+    }
+    // The triggers roll the workloads onto what the registry has as stg.
+    let stg = pinned(&registry, "packit-worker", "stg").await;
+    assert_eq!(image_of(&kube, "StatefulSet", "packit-worker"), stg);
+    assert_eq!(image_of(&kube, "Deployment", "packit-service-beat"), stg);
+    assert!(
+        events(&restore, "cleanup").contains("dev is back at its base (stg)"),
+        "{restore}"
+    );
+    let (_, envs) = t.get("/api/v1/environments").await;
+    let dev = &envs["environments"][0];
+    assert_eq!(dev["restored"]["base"], "stg", "{dev}");
+    assert_eq!(dev["dirty"], false, "{dev}");
+    let (_, page) = t.get("/").await;
+    assert!(
+        page.as_str()
+            .is_some_and(|p| p.contains("restored to stg at ")),
+        "{page}"
+    );
+    t.replies("packit/packit", 456);
+    t.seen_status_comments();
+    kube.assert_no_violations();
+    // The cluster still asks the registry in the background: it goes first.
+    drop(t);
+    drop(kube);
+    drop(registry);
 }
