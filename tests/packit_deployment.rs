@@ -46,8 +46,9 @@ struct World {
 }
 
 /// The shipped configuration, with only what a test must change: where
-/// repositories are cloned from, ansible's colours off, quicker polling.
-fn config(git_root: &Path) -> Config {
+/// repositories are cloned from, ansible's colours off, quicker polling,
+/// and the health check asked of `health` (dev.packit.dev is out of reach).
+fn config(git_root: &Path, health: &str) -> Config {
     let text = std::fs::read_to_string(manifest_dir().join("deploy/packit.toml"))
         .expect("deploy/packit.toml");
     let text = text
@@ -67,6 +68,11 @@ fn config(git_root: &Path) -> Config {
         .replacen(
             "[environment.timeouts]\n",
             "[environment.timeouts]\npoll_ms = 200\ncleanup = \"5m\"\n",
+            1,
+        )
+        .replacen(
+            "url = \"{environment_url}/api/healthz/\"",
+            &format!("url = \"{health}/api/healthz/\""),
             1,
         );
     Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
@@ -160,8 +166,9 @@ async fn world(db: Db) -> World {
             .push_synthetic(&name, "dev", &Default::default())
             .await;
     }
+    let health = health_endpoint().await;
     let t = TestApp::builder(db)
-        .config(config(repos.path()))
+        .config(config(repos.path(), &health))
         .registry(&registry)
         .kube(&kube)
         .start()
@@ -194,6 +201,21 @@ async fn world(db: Db) -> World {
         registry,
         _repos: repos,
     }
+}
+
+/// packit-service's health endpoint as dev.packit.dev serves it once the
+/// service runs (`GET /api/healthz/`); its URL on loopback.
+async fn health_endpoint() -> String {
+    let app = axum::Router::new().route(
+        "/api/healthz/",
+        axum::routing::get(|| async { "{\"status\": \"We are healthy!\"}" }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
 }
 
 /// `/deploy ...` commented by alice on `repo#number`, run to its end.
@@ -372,6 +394,12 @@ async fn make_deploy_of_a_deployment_pr_runs_packits_real_playbooks_in_the_job()
     let (cleaned, ok) = print_recap(&w.kube, "after the release", &job, "cleanup");
     assert!(ok, "make cleanup: {cleaned}\n{cleanup}");
     assert!(events(&job, "deploy").contains("$ make deploy DEPLOYMENT=dev"));
+    // The service answered its health check before the request succeeded.
+    assert!(
+        events(&job, "verify").contains("/api/healthz/ answered 200 (attempt 1)"),
+        "{}",
+        events(&job, "verify")
+    );
     // The run is longer than deploybot records; its end (the PLAY RECAP)
     // is recorded after the line that says what was left out.
     let shown = output(&job, "deploy");
