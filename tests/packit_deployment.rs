@@ -210,12 +210,7 @@ async fn health_endpoint() -> String {
         "/api/healthz/",
         axum::routing::get(|| async { "{\"status\": \"We are healthy!\"}" }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
+    serve_on_loopback(app).await
 }
 
 /// `/deploy ...` commented by alice on `repo#number`, run to its end.

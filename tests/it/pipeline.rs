@@ -1275,12 +1275,7 @@ async fn health_endpoint(failures: usize) -> String {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
+    serve_on_loopback(app).await
 }
 
 /// The dry-run `dev` at `url`, checked at `{environment_url}/api/healthz`.

@@ -88,6 +88,16 @@ pub const PACKIT_REPOS: [&str; 9] = [
 ];
 
 /// A free port on 127.0.0.1 (for a process that binds it next).
+/// Serve `app` on a free loopback port for the rest of the test; its base URL.
+pub async fn serve_on_loopback(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
