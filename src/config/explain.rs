@@ -79,8 +79,49 @@ impl Config {
             }
             _ => out.push_str(&format!("  every request: {}\n", how(false))),
         }
+        out.push_str(&format!("  after deploy: {}\n", describe_verify(e)));
+        out.push_str(&format!(
+            "  when a hold ends: {}{}\n",
+            match e.restore {
+                Restore::BeforeNext => "cleaned up before the next deployment",
+                Restore::OnRelease => "restored to the base at once (restore = \"on-release\")",
+            },
+            if e.keep_failed {
+                "; a failure at deploy or verify keeps it held (keep_failed)"
+            } else {
+                ""
+            }
+        ));
+        for w in &e.freeze {
+            out.push_str(&format!(
+                "  frozen from {} to {}: {}\n",
+                w.start.to_rfc3339(),
+                w.end.to_rfc3339(),
+                w.reason
+            ));
+        }
         out
     }
+}
+
+/// What `[environment.verify]` checks, or that a deployment counts as done
+/// when its rollouts finish.
+fn describe_verify(e: &Environment) -> String {
+    let Some(v) = &e.verify else {
+        return "no checks (done when the deployment finishes)".into();
+    };
+    let mut checks = Vec::new();
+    if let Some(url) = v.url_for(e) {
+        checks.push(format!("GET {url} must answer {}", v.status));
+    }
+    if !v.command.is_empty() {
+        checks.push(format!(
+            "the smoke test `{}`{} must exit 0",
+            v.command.join(" "),
+            in_job(e)
+        ));
+    }
+    format!("{}, within {}", checks.join("; "), v.timeout)
 }
 
 fn in_job(e: &Environment) -> String {

@@ -432,6 +432,8 @@ fn check_config_reports_problems_clearly() {
         "tokman (retired)",
         "a request without deployment=: deployer `kubernetes`, moving ImageStream tags",
         "a request with deployment=<ref> (commands from that checkout): deployer `make deploy DEPLOYMENT=dev …` as a Kubernetes Job in packit-dev-deploybot",
+        "after deploy: GET https://dev.packit.dev/api/healthz/ must answer 200, within 10m",
+        "when a hold ends: cleaned up before the next deployment",
     ] {
         assert!(said.contains(needle), "{needle:?} not in:\n{said}");
     }
