@@ -149,16 +149,21 @@ impl Store {
         environment: &str,
         limit: i64,
     ) -> Result<Vec<i64>> {
+        // Only the newest few succeeded requests are looked into (locks and
+        // dry runs among them do not count), so this stays cheap however
+        // long the history.
         let rows = sqlx::query(
             "SELECT took FROM (SELECT j.id, \
                (SELECT MIN(at) FROM job_events h WHERE h.job_id = j.id AND h.step = 'hold') - \
                (SELECT MIN(at) FROM job_events l WHERE l.job_id = j.id AND l.step = 'lock') AS took \
-             FROM jobs j WHERE j.environment = $1 AND j.state = 'succeeded' \
-               AND EXISTS (SELECT 1 FROM job_events b WHERE b.job_id = j.id AND b.step = 'build')) t \
+             FROM (SELECT id FROM jobs WHERE environment = $1 AND state = 'succeeded' \
+                   ORDER BY id DESC LIMIT $3) j \
+             WHERE EXISTS (SELECT 1 FROM job_events b WHERE b.job_id = j.id AND b.step = 'build')) t \
              WHERE took IS NOT NULL ORDER BY id DESC LIMIT $2",
         )
         .bind(environment)
         .bind(limit)
+        .bind(limit * 5)
         .fetch_all(db)
         .await?;
         rows.iter()
