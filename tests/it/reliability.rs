@@ -984,6 +984,20 @@ async fn what_github_could_not_deliver_is_caught_up_after_a_restart() {
     })
     .await;
     assert!(redelivered, "{:?}", w.github.hook_deliveries());
+    // Reconciliation waits while deliveries are pending and looks again a
+    // second later: the queue may be empty for a moment before the labelled
+    // PR is requested.
+    let labelled = i64::try_from(prs[2]).expect("number");
+    let requested = until(Duration::from_secs(60), || async {
+        !w.texts(
+            "SELECT job_id::text FROM job_pull_requests WHERE number = $1",
+            &[labelled],
+        )
+        .await
+        .is_empty()
+    })
+    .await;
+    assert!(requested, "reconciliation requested the labelled PR");
     wait_until_settled(&w, Duration::from_secs(120)).await;
     releaser.abort();
     check_promises(&w, &[&replica], &prs, &prs).await;
