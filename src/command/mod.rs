@@ -59,6 +59,8 @@ pub struct VocabComponent {
     pub retired: bool,
     /// Deployed only when a request references it or `--only` names it.
     pub on_request: bool,
+    /// Refs may name a fork's branch or PR (`someone/ogr:fix`).
+    pub forks: bool,
 }
 
 impl Vocabulary {
@@ -238,11 +240,7 @@ impl DeployRequest {
             args.push("--keep".into());
         }
         for r in &self.refs {
-            match (&r.reference, &r.confirms) {
-                (Ref::Pr(n), Some(sha)) => args.push(format!("{}={n}@{sha}", r.component)),
-                (Ref::Pr(n), None) => args.push(format!("{}={n}", r.component)),
-                (other, _) => args.push(format!("{}={other}", r.component)),
-            }
+            args.push(format!("{}={}", r.component, r.written()));
         }
         args.join(" ")
     }
@@ -256,10 +254,26 @@ pub struct ComponentRef {
     /// What to take from it.
     #[serde(rename = "ref")]
     pub reference: Ref,
-    /// For a PR written `123@SHA`: the commit the asker confirms (12 to 40
-    /// hex digits, lowercase); the PR's head must be that commit.
+    /// For a PR written `123@SHA` (or a fork's `someone/ogr:fix@SHA`): the
+    /// commit the asker confirms (12 to 40 hex digits, lowercase); the PR's
+    /// head (the fork's branch) must be that commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confirms: Option<String>,
+}
+
+impl ComponentRef {
+    /// The ref as written after `COMPONENT=` (`123`, `123@SHA`,
+    /// `branch:main`, `@SHA`, `someone/ogr:fix`, `someone/ogr:fix@SHA`).
+    pub fn written(&self) -> String {
+        let reference = match &self.reference {
+            Ref::Pr(n) => n.to_string(),
+            other => other.to_string(),
+        };
+        match &self.confirms {
+            Some(sha) => format!("{reference}@{sha}"),
+            None => reference,
+        }
+    }
 }
 
 /// What to take from a component. Always valid: PR numbers are positive,
@@ -273,15 +287,52 @@ pub enum Ref {
     Branch(String),
     /// A commit (abbreviated or full SHA, lowercase).
     Commit(String),
+    /// A branch or PR of a fork of the component's repository, for a
+    /// component whose configuration allows forks. `repo` is `OWNER/NAME`.
+    Fork { repo: String, head: ForkHead },
+}
+
+impl Ref {
+    /// The fork this ref takes its code from, if it names one.
+    pub fn fork(&self) -> Option<&str> {
+        match self {
+            Ref::Fork { repo, .. } => Some(repo),
+            _ => None,
+        }
+    }
+
+    /// Whether the ref is someone's code to be trusted (a PR, or a fork's
+    /// branch or PR), rather than the component's own branch or commit.
+    pub fn is_contribution(&self) -> bool {
+        matches!(self, Ref::Pr(_) | Ref::Fork { .. })
+    }
+}
+
+/// What to take from a fork.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForkHead {
+    /// A branch of the fork (`someone/ogr:fix`).
+    Branch(String),
+    /// A pull request opened in the fork itself (`someone/ogr#5`, or its URL).
+    Pr(u64),
 }
 
 impl fmt::Display for Ref {
-    /// `#123`, `branch:main`, `@1a2b3c4` — the forms the grammar accepts.
+    /// `#123`, `branch:main`, `@1a2b3c4`, `someone/ogr:fix`, `someone/ogr#5` — the forms the grammar accepts.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Ref::Pr(n) => write!(f, "#{n}"),
             Ref::Branch(b) => write!(f, "branch:{b}"),
             Ref::Commit(c) => write!(f, "@{c}"),
+            Ref::Fork {
+                repo,
+                head: ForkHead::Branch(b),
+            } => write!(f, "{repo}:{b}"),
+            Ref::Fork {
+                repo,
+                head: ForkHead::Pr(n),
+            } => write!(f, "{repo}#{n}"),
         }
     }
 }
@@ -438,6 +489,7 @@ pub fn help_text(vocab: &Vocabulary) -> String {
          {p} unlock [ENV]    end this PR's lock (or ENV's)\n\
          {p} help            this text\n```\n\n\
          - `REF` is a PR (`123`, `#123` or the PR's URL), a branch (`branch:main`) or a commit (`@1a2b3c4d5e6f`, 12 to 40 hex digits; `123@1a2b3c4d5e6f` is PR 123 at the commit you confirm).\n\
+         - For a component whose repository says *and forks* below, `REF` may also be a fork's branch (`someone/ogr:fix`) or a PR in the fork (`someone/ogr#5` or its URL); deploybot checks with GitHub that it is a fork of the component's repository, and its code counts as the fork owner's: if they may not deploy, someone who may confirms the exact commit first (`someone/ogr:fix@1a2b3c4d5e6f` confirms it).\n\
          - `DURATION` is hours and minutes: `90m`, `2h`, `1h30m` (at most {max}).\n\
          - A command on a component's PR deploys that PR too, unless the command names the component.\n\
          - Components without a ref use the `--base` images (`stg` by default).\n\
@@ -454,8 +506,13 @@ pub fn help_text(vocab: &Vocabulary) -> String {
         } else {
             ""
         };
+        let forks = if c.forks && !c.retired {
+            " and forks"
+        } else {
+            ""
+        };
         out.push_str(&format!(
-            "| `{}`{retired} | {} | {} |\n",
+            "| `{}`{retired} | {} | {}{forks} |\n",
             c.name, aliases, c.repo
         ));
     }

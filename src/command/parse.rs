@@ -308,7 +308,7 @@ fn component_ref(token: &Token, eq: usize, vocab: &Vocabulary) -> Result<Compone
         Some((pr, sha)) if valid_commit(sha) => (pr, Some(sha.to_ascii_lowercase())),
         Some(_) => {
             let msg = format!(
-                "{} names a PR's commit with too few or wrong digits: write the PR, `@` and 12 to 40 hex digits, e.g. `{}=123@1a2b3c4d5e6f`.",
+                "{} names the commit it confirms with too few or wrong digits: write the PR (or the fork's branch), `@` and 12 to 40 hex digits, e.g. `{}=123@1a2b3c4d5e6f`.",
                 code(value.text),
                 component.name
             );

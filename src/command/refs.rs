@@ -1,8 +1,8 @@
-//! Refs (`123`, `#123`, PR URL, `branch:NAME`, `@SHA`, `123@SHA`) and their validation.
-//! Pure text rules; knows no repository or GitHub.
+//! Refs (`123`, `#123`, PR URL, `branch:NAME`, `@SHA`, `123@SHA`, a fork's
+//! `OWNER/NAME:BRANCH` or `OWNER/NAME#N`) and their validation. Pure text rules; knows no GitHub.
 
 use super::tokenize::{code, did_you_mean};
-use super::{Ref, VocabComponent, Vocabulary};
+use super::{ForkHead, Ref, VocabComponent, Vocabulary};
 
 /// Why a PR or job number is not valid, as the end of a sentence.
 fn number_problem(digits: &str) -> Option<&'static str> {
@@ -79,16 +79,96 @@ pub fn valid_commit(sha: &str) -> bool {
     (MIN_COMMIT_DIGITS..=40).contains(&sha.len()) && sha.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// `123@1a2b3c4d5e6f` (or `#123@…`): a PR with the commit the asker
-/// confirms. `None` when `text` is not of that form.
+/// `123@1a2b3c4d5e6f` (or `#123@…`, or a fork's `someone/ogr:fix@…`): a PR
+/// or fork with the commit the asker confirms. `None` when `text` is not of
+/// that form.
 pub(crate) fn split_confirmed(text: &str) -> Option<(&str, &str)> {
     let (pr, sha) = text.rsplit_once('@')?;
     let digits = pr.strip_prefix('#').unwrap_or(pr);
-    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then_some((pr, sha))
+    let is_pr = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+    // A fork's branch may contain `@`: only hex digits after it name a commit.
+    let is_fork =
+        split_fork(pr).is_some() && !sha.is_empty() && sha.bytes().all(|b| b.is_ascii_hexdigit());
+    (is_pr || is_fork).then_some((pr, sha))
+}
+
+/// `OWNER/NAME:BRANCH` or `OWNER/NAME#N`: the repository and what follows
+/// its separator. `None` when `text` is not of that form.
+fn split_fork(text: &str) -> Option<(&str, char, &str)> {
+    let at = text.find([':', '#'])?;
+    let (repo, rest) = text.split_at(at);
+    let separator = rest.chars().next()?;
+    repo.contains('/')
+        .then_some((repo, separator, &rest[separator.len_utf8()..]))
+}
+
+/// Why `repo` is not a GitHub repository's `OWNER/NAME`, as the end of a sentence.
+fn repo_problem(repo: &str) -> Option<&'static str> {
+    let Some((owner, name)) = repo.split_once('/') else {
+        return Some("is not `OWNER/NAME`");
+    };
+    let login_char = |c: char| c.is_ascii_alphanumeric() || c == '-';
+    let name_char = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+    if owner.is_empty()
+        || owner.len() > 39
+        || !owner.chars().all(login_char)
+        || owner.starts_with('-')
+        || owner.ends_with('-')
+    {
+        Some("has an owner GitHub does not allow (letters, digits and single hyphens, at most 39)")
+    } else if name.is_empty()
+        || name.len() > 100
+        || !name.chars().all(name_char)
+        || name == "."
+        || name == ".."
+    {
+        Some(
+            "has a repository name GitHub does not allow (letters, digits, `.`, `_` and `-`, at most 100)",
+        )
+    } else {
+        None
+    }
+}
+
+/// A fork's ref for `component`: `repo` (`OWNER/NAME`) and its `head`.
+/// `text` is the whole ref, for messages.
+fn fork_ref(
+    text: &str,
+    repo: &str,
+    head: ForkHead,
+    component: &VocabComponent,
+) -> Result<Ref, String> {
+    let quoted = code(text);
+    if let Some(problem) = repo_problem(repo) {
+        return Err(format!("{quoted} names a fork that {problem}."));
+    }
+    if repo.eq_ignore_ascii_case(&component.repo) {
+        let own = match &head {
+            ForkHead::Branch(b) => format!("{}=branch:{b}", component.name),
+            ForkHead::Pr(n) => format!("{}={n}", component.name),
+        };
+        return Err(format!(
+            "{quoted} is `{}`'s own repository, not a fork; write {}.",
+            component.name,
+            code(&own)
+        ));
+    }
+    if !component.forks {
+        return Err(format!(
+            "{quoted} names a fork, but `{}` is deployed from {} only (its configuration does not \
+             say `forks = true`); open a pull request there and deploy its number.",
+            component.name,
+            code(&component.repo)
+        ));
+    }
+    Ok(Ref::Fork {
+        repo: repo.to_string(),
+        head,
+    })
 }
 
 /// How to write a ref, for error messages.
-pub(crate) const REF_FORMS: &str = "A ref is a PR (`123`, `#123` or the PR's URL), a branch (`branch:NAME`) or a commit (`@1a2b3c4d5e6f`, 12 to 40 hex digits); `123@1a2b3c4d5e6f` is a PR at the commit you confirm.";
+pub(crate) const REF_FORMS: &str = "A ref is a PR (`123`, `#123` or the PR's URL), a branch (`branch:NAME`) or a commit (`@1a2b3c4d5e6f`, 12 to 40 hex digits); `123@1a2b3c4d5e6f` is a PR at the commit you confirm. Where forks are allowed, `OWNER/NAME:BRANCH` is a fork's branch and `OWNER/NAME#N` (or its URL) a PR in the fork.";
 
 /// Parse the ref of `component`; the error is a message that quotes `text`.
 pub(crate) fn parse_ref(
@@ -97,6 +177,34 @@ pub(crate) fn parse_ref(
     vocab: &Vocabulary,
 ) -> Result<Ref, String> {
     let quoted = code(text);
+    if text
+        .get(..4)
+        .is_some_and(|s| s.eq_ignore_ascii_case("http"))
+    {
+        return parse_pr_url(text, component, vocab);
+    }
+    if let Some((repo, separator, rest)) = split_fork(text) {
+        let head = match separator {
+            ':' => match branch_problem(rest) {
+                None => ForkHead::Branch(rest.to_string()),
+                Some(problem) => {
+                    return Err(format!(
+                        "{quoted} names a fork's branch git does not allow: the name {problem}."
+                    ));
+                }
+            },
+            _ => match (number_problem(rest), rest.parse()) {
+                (None, Ok(n)) => ForkHead::Pr(n),
+                (problem, _) => {
+                    return Err(format!(
+                        "{quoted} names a PR in a fork whose number {}; write `OWNER/NAME#NUMBER`.",
+                        problem.unwrap_or("is too large")
+                    ));
+                }
+            },
+        };
+        return fork_ref(text, repo, head, component);
+    }
     let unsigned = text.strip_prefix('#').unwrap_or(text);
     let digits_only = !unsigned.is_empty() && unsigned.bytes().all(|b| b.is_ascii_digit());
     // `1a2b3c4` is a commit without its `@` (handled below), `12abc` a bad number.
@@ -109,12 +217,6 @@ pub(crate) fn parse_ref(
         return Err(format!(
             "{quoted} is not a PR number: PR numbers are positive whole numbers, without a sign."
         ));
-    }
-    if text
-        .get(..4)
-        .is_some_and(|s| s.eq_ignore_ascii_case("http"))
-    {
-        return parse_pr_url(text, component, vocab).map(Ref::Pr);
     }
     if let Some(name) = text.strip_prefix("branch:") {
         return match branch_problem(name) {
@@ -148,10 +250,10 @@ pub(crate) fn parse_ref(
     ))
 }
 
-/// The PR number in `https://github.com/OWNER/REPO/pull/N` (optionally followed by
+/// The PR in `https://github.com/OWNER/REPO/pull/N` (optionally followed by
 /// `/`, `/files`, `/commits`, `/checks`, a query or a `#fragment`), where
-/// OWNER/REPO is the component's repository.
-fn parse_pr_url(url: &str, component: &VocabComponent, vocab: &Vocabulary) -> Result<u64, String> {
+/// OWNER/REPO is the component's repository or, where forks are allowed, a fork.
+fn parse_pr_url(url: &str, component: &VocabComponent, vocab: &Vocabulary) -> Result<Ref, String> {
     const BASE: &str = "https://github.com/";
     let not_pr_url = || {
         format!(
@@ -177,12 +279,15 @@ fn parse_pr_url(url: &str, component: &VocabComponent, vocab: &Vocabulary) -> Re
     let number = parse_number(number).map_err(|e| format!("{e} (in {})", code(url)))?;
     let repo = format!("{owner}/{repo}");
     if repo.eq_ignore_ascii_case(&component.repo) {
-        return Ok(number);
+        return Ok(Ref::Pr(number));
     }
     let other = vocab
         .components
         .iter()
         .find(|c| c.repo.eq_ignore_ascii_case(&repo));
+    if component.forks && other.is_none() {
+        return fork_ref(url, &repo, ForkHead::Pr(number), component);
+    }
     let near = other.map(|c| format!("{}={number}", c.name));
     Err(format!(
         "{} is a PR of {}, but `{}` is built from `{}`{}",

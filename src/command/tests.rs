@@ -12,6 +12,8 @@ pub(super) fn vocab() -> Vocabulary {
         repo: format!("packit/{name}"),
         retired,
         on_request: false,
+        // As deploy/packit.toml: contributors work in forks of these.
+        forks: ["packit-service", "packit", "ogr"].contains(&name),
     };
     Vocabulary {
         prefix: "/deploy".into(),
@@ -60,6 +62,16 @@ fn commit(component: &str, sha: &str) -> ComponentRef {
         confirms: None,
     }
 }
+fn fork(component: &str, repo: &str, head: ForkHead) -> ComponentRef {
+    ComponentRef {
+        component: component.into(),
+        reference: Ref::Fork {
+            repo: repo.into(),
+            head,
+        },
+        confirms: None,
+    }
+}
 fn refs(refs: &[ComponentRef]) -> Command {
     deploy(|r| r.refs = refs.to_vec())
 }
@@ -101,6 +113,11 @@ fn cases() -> Vec<(String, Want)> {
         ("/deploy ogr=https://github.com/packit/ogr/pull/123#issuecomment-42", O(refs(&[pr("ogr", 123)]))),
         ("/deploy ogr=HTTPS://GitHub.com/Packit/OGR/pull/5", O(refs(&[pr("ogr", 5)]))),
         ("/deploy ogr=branch:main", O(refs(&[branch("ogr", "main")]))),
+        ("/deploy ogr=someone/ogr:fix", O(refs(&[fork("ogr", "someone/ogr", ForkHead::Branch("fix".into()))]))),
+        ("/deploy ogr=1st-user/ogr.fork_2:feature/x@home", O(refs(&[fork("ogr", "1st-user/ogr.fork_2", ForkHead::Branch("feature/x@home".into()))]))),
+        ("/deploy ogr=someone/ogr#5", O(refs(&[fork("ogr", "someone/ogr", ForkHead::Pr(5))]))),
+        ("/deploy ogr=https://github.com/someone/ogr/pull/5/files", O(refs(&[fork("ogr", "someone/ogr", ForkHead::Pr(5))]))),
+        ("/deploy service=someone/packit-service:fix", O(refs(&[fork("packit-service", "someone/packit-service", ForkHead::Branch("fix".into()))]))),
         ("/deploy ogr=branch:feature/x-1.2_y", O(refs(&[branch("ogr", "feature/x-1.2_y")]))),
         ("/deploy ogr=@1A2B3C4D5E6F", O(refs(&[commit("ogr", "1a2b3c4d5e6f")]))),
         ("/deploy ogr=@0123456789abcdef0123456789ABCDEF01234567", O(refs(&[commit("ogr", &sha40.to_lowercase())]))),
@@ -219,7 +236,19 @@ fn cases() -> Vec<(String, Want)> {
         ("/deploy ogr=https://github.com/packit/packit/pull/5", E("https://github.com/packit/packit/pull/5", &[
             "is a PR of `packit/packit`", "`ogr` is built from `packit/ogr`", "did you mean `packit=5`?",
         ])),
-        ("/deploy ogr=https://github.com/someone/ogr/pull/5", E("https://github.com/someone/ogr/pull/5", &["is a PR of `someone/ogr`"])),
+        ("/deploy sandcastle=https://github.com/someone/sandcastle/pull/5", E("https://github.com/someone/sandcastle/pull/5", &["is a PR of `someone/sandcastle`", "`sandcastle` is built from `packit/sandcastle`"])),
+        // ---- errors: forks
+        ("/deploy sandcastle=someone/sandcastle:fix", E("someone/sandcastle:fix", &["names a fork", "deployed from `packit/sandcastle` only", "`forks = true`"])),
+        ("/deploy ogr=packit/ogr:fix", E("packit/ogr:fix", &["is `ogr`'s own repository, not a fork", "`ogr=branch:fix`"])),
+        ("/deploy ogr=packit/ogr#5", E("packit/ogr#5", &["`ogr=5`"])),
+        ("/deploy ogr=some_one/ogr:fix", E("some_one/ogr:fix", &["has an owner GitHub does not allow"])),
+        ("/deploy ogr=-someone/ogr:fix", E("-someone/ogr:fix", &["has an owner GitHub does not allow"])),
+        ("/deploy ogr=someone/:fix", E("someone/:fix", &["has a repository name GitHub does not allow"])),
+        ("/deploy ogr=someone/a/b:fix", E("someone/a/b:fix", &["has a repository name GitHub does not allow"])),
+        ("/deploy ogr=someone/ogr:", E("someone/ogr:", &["names a fork's branch git does not allow", "is empty"])),
+        ("/deploy ogr=someone/ogr:a..b", E("someone/ogr:a..b", &["names a fork's branch git does not allow", "contains `..`"])),
+        ("/deploy ogr=someone/ogr#0", E("someone/ogr#0", &["is zero", "`OWNER/NAME#NUMBER`"])),
+        ("/deploy ogr=someone/ogr#x", E("someone/ogr#x", &[POSITIVE])),
         ("/deploy ogr=https://github.com/packit/ogr/issues/5", E("https://github.com/packit/ogr/issues/5", &["is not a pull request URL"])),
         ("/deploy ogr=https://gitlab.com/packit/ogr/pull/5", E("https://gitlab.com/packit/ogr/pull/5", &["is not a pull request URL"])),
         ("/deploy ogr=http://github.com/packit/ogr/pull/5", E("http://github.com/packit/ogr/pull/5", &["is not a pull request URL"])),
@@ -251,7 +280,8 @@ fn cases() -> Vec<(String, Want)> {
         (long_branch.as_str(), E("", &["longer than 255 bytes"])),
         ("/deploy ogr=@123456", E("@123456", &["is not a commit", "12 to 40 hex digits"])),
         ("/deploy ogr=@1a2b3c4", E("@1a2b3c4", &["is not a commit", "12 to 40 hex digits"])),
-        ("/deploy ogr=123@1a2b3c4", E("123@1a2b3c4", &["names a PR's commit", "12 to 40 hex digits"])),
+        ("/deploy ogr=123@1a2b3c4", E("123@1a2b3c4", &["names the commit it confirms", "12 to 40 hex digits"])),
+        ("/deploy ogr=someone/ogr:fix@1a2b3c4", E("someone/ogr:fix@1a2b3c4", &["names the commit it confirms", "12 to 40 hex digits"])),
         ("/deploy ogr=@0123456789abcdef0123456789abcdef012345678", E("@0123456789abcdef0123456789abcdef012345678", &["is not a commit"])),
         ("/deploy ogr=@xyz1234", E("@xyz1234", &["is not a commit"])),
         ("/deploy ogr=@", E("@", &["is not a commit"])),
@@ -645,13 +675,39 @@ fn help_lists_commands_components_and_environments() {
     for expected in [
         "/deploy-stg status",
         "/deploy-stg extend DURATION lengthen this PR's hold (up to 8h)",
-        "| `packit-service` | `service` | packit/packit-service |",
-        "| `packit` |  | packit/packit |",
+        "| `packit-service` | `service` | packit/packit-service and forks |",
+        "| `packit` |  | packit/packit and forks |",
+        "| `sandcastle` |  | packit/sandcastle |\n",
+        "a fork's branch (`someone/ogr:fix`)",
         "| `packit-service-centosmsg` (retired, not deployed) | `centosmsg` |",
         "**Environments**: `dev`",
     ] {
         assert!(help.contains(expected), "{expected:?} in\n{help}");
     }
+}
+
+#[test]
+fn a_fork_can_name_the_commit_it_confirms() {
+    let Ok(Command::Deploy(request)) =
+        parse_command("/deploy ogr=someone/ogr:fix@1A2B3C4D5E6F", &vocab())
+    else {
+        panic!("a fork's branch with its commit parses")
+    };
+    let want = fork("ogr", "someone/ogr", ForkHead::Branch("fix".into()));
+    assert_eq!(request.refs[0].reference, want.reference);
+    assert_eq!(request.refs[0].confirms.as_deref(), Some("1a2b3c4d5e6f"));
+    assert_eq!(request.to_args(), "ogr=someone/ogr:fix@1a2b3c4d5e6f");
+    let again = parse_command(&format!("/deploy {}", request.to_args()), &vocab());
+    assert_eq!(again, Ok(Command::Deploy(request.clone())));
+    // In JSON (the API, the stored request) a fork names its repository and head.
+    assert_eq!(
+        serde_json::to_value(&request.refs[0]).unwrap(),
+        serde_json::json!({
+            "component": "ogr",
+            "ref": {"kind": "fork", "value": {"repo": "someone/ogr", "head": {"branch": "fix"}}},
+            "confirms": "1a2b3c4d5e6f",
+        })
+    );
 }
 
 #[test]

@@ -254,6 +254,11 @@ pub struct Component {
     /// references it or `--only` names it).
     #[serde(default)]
     pub deploy: DeployWhen,
+    /// Refs may name a fork's branch or PR (`ogr=someone/ogr:fix`); deploybot
+    /// checks through GitHub that it is a fork of `repo`, and trusts its code
+    /// as its owner's. Default: only `repo` itself.
+    #[serde(default)]
+    pub forks: bool,
 }
 
 /// When a component with images is deployed.
@@ -268,8 +273,6 @@ pub enum DeployWhen {
 }
 
 impl Component {
-    /// Whether it is deployed by a request that did not reference it nor
-    /// name it in `--only`.
     /// The branch a request on `base` compares this component's PRs with.
     pub fn base_branch(&self, base: crate::command::Base) -> &str {
         match (base, &self.prod_branch) {
@@ -278,6 +281,8 @@ impl Component {
         }
     }
 
+    /// Whether it is deployed by a request that did not reference it nor
+    /// name it in `--only`.
     pub fn deployed_by_default(&self) -> bool {
         !self.retired && !self.images.is_empty() && self.deploy == DeployWhen::Always
     }
@@ -491,6 +496,7 @@ impl Config {
                     repo: c.repo.clone(),
                     retired: c.retired,
                     on_request: c.on_request(),
+                    forks: c.forks,
                 })
                 .collect(),
             environments: self.environments.iter().map(|e| e.name.clone()).collect(),

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Base, DeployRequest, Ref};
+use crate::command::{Base, DeployRequest, ForkHead, Ref};
 use crate::config::{BuildArg, ComponentKind, Config, DeployWhen, Deployer, Environment};
 
 /// A ref pinned to a commit.
@@ -213,6 +213,14 @@ pub fn plan(
             .find(|p| p.component == component)
             .map(|p| p.sha.as_str())
     };
+    // Where a component's code comes from: its own repository, or the fork
+    // its ref names.
+    let repo_of = |c: &crate::config::Component| {
+        pinned
+            .iter()
+            .find(|p| p.component == c.name)
+            .map_or(c.repo.clone(), |p| p.repo.clone())
+    };
     for p in pinned {
         let Some(c) = config.component(&p.component) else {
             return Err(PlanError(format!(
@@ -305,7 +313,7 @@ pub fn plan(
                 tag_parts.push(tag.clone());
                 steps.push(BuildStep::Source {
                     component: owner.name.clone(),
-                    repo: owner.repo.clone(),
+                    repo: repo_of(owner),
                     sha: sha.to_string(),
                     containerfile: image.containerfile.clone(),
                     build_args,
@@ -314,14 +322,15 @@ pub fn plan(
             }
             for lib in libraries.iter().filter(|l| l.changes.contains(&image.name)) {
                 let sha = sha_of(&lib.name).unwrap_or_default();
-                let repo_url = format!("https://github.com/{}.git", lib.repo);
+                let repo = repo_of(lib);
+                let repo_url = format!("https://github.com/{repo}.git");
                 let template = lib
                     .install
                     .as_deref()
                     .unwrap_or("pip3 install --no-cache-dir --no-deps git+{repo_url}@{sha}");
                 steps.push(BuildStep::Overlay {
                     library: lib.name.clone(),
-                    repo: lib.repo.clone(),
+                    repo,
                     sha: sha.to_string(),
                     install: fill(template, &[("repo_url", &repo_url), ("sha", sha)]),
                 });
@@ -357,11 +366,16 @@ pub fn plan(
         .find(|c| c.kind == ComponentKind::Deployer)
         .map(|c| Checkout {
             component: c.name.clone(),
-            repo: c.repo.clone(),
+            repo: repo_of(c),
             sha: sha_of(&c.name).map(str::to_string),
             branch: match pinned.iter().find(|p| p.component == c.name) {
                 Some(Pinned {
-                    reference: Ref::Branch(b),
+                    reference:
+                        Ref::Branch(b)
+                        | Ref::Fork {
+                            head: ForkHead::Branch(b),
+                            ..
+                        },
                     ..
                 }) => b.clone(),
                 _ => c.default_branch.clone(),

@@ -18,7 +18,7 @@ mod reports;
 
 pub use deliveries::HookDelivery;
 use deliveries::query_value;
-pub use pulls::{PullRequestInfo, Reaction};
+pub use pulls::{PullRequestInfo, Reaction, RepositoryInfo};
 pub use reports::{CheckRun, CheckRunOutput, DeploymentStatus};
 
 use std::collections::HashMap;

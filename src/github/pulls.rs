@@ -72,6 +72,30 @@ impl Pull {
     }
 }
 
+/// What deploybot needs to know of a repository: whose it is and, for a
+/// fork, what it was forked from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepositoryInfo {
+    pub full_name: String,
+    pub owner: String,
+    pub fork: bool,
+    /// For a fork: the repository it was forked from, and the root of its
+    /// fork network (the same for a fork of an original).
+    pub parent: Option<String>,
+    pub source: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Repository {
+    full_name: String,
+    owner: Login,
+    fork: bool,
+    #[serde(default)]
+    parent: Option<FullName>,
+    #[serde(default)]
+    source: Option<FullName>,
+}
+
 /// At most this many pages of 100 open pull requests are read per repository.
 const OPEN_PULLS_MAX_PAGES: u32 = 10;
 
@@ -86,6 +110,26 @@ impl GitHub {
         let route = format!("{}/pulls/{number}", repo.path());
         match self.get_as::<Pull>(inst, &route).await {
             Ok(p) => Ok(Some(p.info(repo))),
+            Err(GitHubError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A repository (public ones are readable with any installation's
+    /// token); `Ok(None)` when it does not exist or cannot be seen.
+    pub async fn repository(
+        &self,
+        inst: InstallationId,
+        repo: &RepoName,
+    ) -> GhResult<Option<RepositoryInfo>> {
+        match self.get_as::<Repository>(inst, &repo.path()).await {
+            Ok(r) => Ok(Some(RepositoryInfo {
+                full_name: r.full_name,
+                owner: r.owner.login,
+                fork: r.fork,
+                parent: r.parent.map(|p| p.full_name),
+                source: r.source.map(|s| s.full_name),
+            })),
             Err(GitHubError::Status { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
         }

@@ -2,16 +2,15 @@
 //! GitHub and applied (deploy, cancel, release, extend, status, help).
 
 use crate::auth::Decision;
-use crate::command::{Command, DeployRequest, Ref, help_text, parse_command};
+use crate::command::{Command, ComponentRef, DeployRequest, Ref, help_text, parse_command};
 use crate::domain::Report;
 use crate::domain::Source;
 use crate::domain::plan::Pinned;
 use crate::github::RepoName;
 use crate::installations::find_installation;
-use crate::intake::{
-    Asked, Intake, IntakeError, Origin, Prepared, Trigger, is_sha, ref_text, settle, short,
-};
+use crate::intake::{Asked, Intake, IntakeError, Origin, Prepared, Trigger, is_sha, settle, short};
 use crate::ops;
+use crate::pipeline::resolve::{ResolveError, pin_fork};
 use crate::store::{Store, StoreError, Tx};
 
 impl Intake {
@@ -154,7 +153,8 @@ impl Intake {
     }
 
     /// Pin every PR the request names to its head commit now (check runs go
-    /// on those commits from the start), and every `@SHA` to its full commit
+    /// on those commits from the start), every fork's branch or PR to its
+    /// head (so a confirmation names it), and every `@SHA` to its full commit
     /// (which must be on the component's default branch or an open PR's
     /// head: a commit only in a fork is not taken), or say what is wrong.
     pub(crate) async fn pin_pull_requests(
@@ -174,7 +174,7 @@ impl Intake {
             };
             let pin = |sha: &str, author: Option<String>| Pinned {
                 component: c.name.clone(),
-                repo: c.repo.clone(),
+                repo: r.reference.fork().unwrap_or(&c.repo).to_string(),
                 reference: r.reference.clone(),
                 sha: sha.to_ascii_lowercase(),
                 author,
@@ -222,16 +222,24 @@ impl Intake {
                         Some(pr) if !is_sha(&pr.head_sha) => {
                             format!("GitHub answered an unexpected head commit for {repo}#{n}")
                         }
-                        Some(pr) => match &r.confirms {
-                            Some(named) if !pr.head_sha.to_ascii_lowercase().starts_with(named) => {
-                                format!(
-                                    "{repo}#{n}'s head is now `{}`, not the commit you named (`{named}`); \
-                                     look at the new commits and name that one",
-                                    short(&pr.head_sha)
-                                )
-                            }
-                            _ => {
+                        Some(pr) => match moved_on(&format!("{repo}#{n}"), &pr.head_sha, r) {
+                            Some(problem) => problem,
+                            None => {
                                 pinned.push(pin(&pr.head_sha, Some(pr.author)));
+                                continue;
+                            }
+                        },
+                    }
+                }
+                Ref::Fork { repo: fork, head } => {
+                    let inst = find_installation(&self.store, github, &repo, None).await?;
+                    match pin_fork(github, inst, c, fork, head).await {
+                        Err(ResolveError::GitHub(e)) => return Err(e.into()),
+                        Err(ResolveError::Invalid(problem)) => problem,
+                        Ok(p) => match moved_on(&r.reference.to_string(), &p.sha, r) {
+                            Some(problem) => problem,
+                            None => {
+                                pinned.push(pin(&p.sha, Some(p.author)));
                                 continue;
                             }
                         },
@@ -241,7 +249,7 @@ impl Intake {
             return Ok(Err(format!(
                 "`{}={}`: {problem}. Nothing was queued.",
                 r.component,
-                ref_text(r)
+                r.written()
             )));
         }
         Ok(Ok(pinned))
@@ -569,4 +577,17 @@ impl Intake {
         }
         Ok(out)
     }
+}
+
+/// Why `head` (the current commit of `what`, a PR or a fork's branch) is
+/// not the commit `r` confirms, if it names one.
+fn moved_on(what: &str, head: &str, r: &ComponentRef) -> Option<String> {
+    let named = r.confirms.as_deref()?;
+    (!head.to_ascii_lowercase().starts_with(named)).then(|| {
+        format!(
+            "{what}'s head is now `{}`, not the commit you named (`{named}`); \
+             look at the new commits and name that one",
+            short(head)
+        )
+    })
 }

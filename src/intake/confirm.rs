@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Decision;
-use crate::command::{DeployRequest, Ref, format_duration};
+use crate::command::{DeployRequest, ForkHead, Ref, format_duration};
 use crate::domain::plan::Pinned;
 use crate::domain::{Confirmation, Report, Source, outbox};
 use crate::github::{CommentId, GitHub, RepoName};
@@ -48,7 +48,7 @@ pub(crate) fn naming_commits(request: &DeployRequest, pinned: &[Pinned]) -> Depl
         if let Some(pin) = pinned
             .iter()
             .find(|p| p.component == r.component && p.reference == r.reference)
-            && matches!(r.reference, Ref::Pr(_))
+            && r.reference.is_contribution()
         {
             r.confirms = Some(short(&pin.sha).to_string());
         }
@@ -73,18 +73,31 @@ impl Intake {
         };
         let unconfirmed: Vec<&Pinned> = pinned
             .iter()
-            .filter(|p| matches!(p.reference, Ref::Pr(_)) && !named(p))
+            .filter(|p| p.reference.is_contribution() && !named(p))
             .collect();
         let mut doubts = Vec::new();
         for pin in &unconfirmed {
-            let (Some(author), Some(repo)) = (&pin.author, RepoName::parse(&pin.repo)) else {
+            // A fork's code is judged as its owner's, on the component's repository.
+            let Some(component) = self.config.component(&pin.component) else {
+                continue;
+            };
+            let (Some(author), Some(repo)) = (&pin.author, RepoName::parse(&component.repo)) else {
                 continue;
             };
             if let Decision::Denied(_) = self.authorise(&repo, None, author).await? {
-                doubts.push(format!(
-                    "{}{} was opened by `{author}`, who may not deploy",
-                    pin.repo, pin.reference
-                ));
+                let whose = match (&pin.reference, pin.reference.fork()) {
+                    (
+                        Ref::Fork {
+                            head: ForkHead::Branch(_),
+                            ..
+                        },
+                        Some(fork),
+                    ) => {
+                        format!("{fork} is the fork of `{author}`")
+                    }
+                    _ => format!("{} was opened by `{author}`", pin_name(pin)),
+                };
+                doubts.push(format!("{whose}, who may not deploy"));
             }
         }
         let window = self.config.bot.approval_window.get();
@@ -124,10 +137,7 @@ impl Intake {
                 .as_deref()
                 .map(|a| format!(" by `{a}`"))
                 .unwrap_or_default();
-            commits.push_str(&format!(
-                "- {}{}{by}: commit `{}`\n",
-                pin.repo, pin.reference, pin.sha
-            ));
+            commits.push_str(&format!("- {}{by}: commit `{}`\n", pin_name(pin), pin.sha));
         }
         let body = format!(
             "@{}, before I build anything: {}. I would deploy exactly:\n\n{commits}\n\
@@ -335,5 +345,15 @@ impl Intake {
         }
         tx.commit().await?;
         Ok(true)
+    }
+}
+
+/// How a pin is named to people: `packit/ogr#123`, `packit/ogr branch:main`,
+/// or a fork's own `someone/ogr:fix`.
+pub(crate) fn pin_name(pin: &Pinned) -> String {
+    match &pin.reference {
+        Ref::Fork { .. } => pin.reference.to_string(),
+        Ref::Pr(_) => format!("{}{}", pin.repo, pin.reference),
+        other => format!("{} {other}", pin.repo),
     }
 }

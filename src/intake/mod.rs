@@ -505,15 +505,6 @@ pub(crate) fn is_sha(sha: &str) -> bool {
     sha.len() == 40 && sha.chars().all(|c| c.is_ascii_hexdigit())
 }
 
-/// A ref as the user wrote it after `COMPONENT=` (`123`, `123@SHA`, `@SHA`).
-fn ref_text(r: &crate::command::ComponentRef) -> String {
-    match (&r.reference, &r.confirms) {
-        (Ref::Pr(n), Some(sha)) => format!("{n}@{sha}"),
-        (Ref::Pr(n), None) => n.to_string(),
-        (other, _) => other.to_string(),
-    }
-}
-
 fn short(sha: &str) -> &str {
     sha.get(..12).unwrap_or(sha)
 }

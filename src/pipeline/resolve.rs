@@ -1,8 +1,8 @@
 //! Resolve: pin every ref of a request to a commit through GitHub.
 //! Reads GitHub only; records nothing (the pipeline stores the pins).
 
-use crate::command::{DeployRequest, Ref};
-use crate::config::Config;
+use crate::command::{DeployRequest, ForkHead, Ref};
+use crate::config::{Component, Config};
 use crate::domain::plan::Pinned;
 use crate::github::{GitHub, GitHubError, InstallationId, RepoName};
 use crate::quote;
@@ -79,6 +79,7 @@ where
             ResolveError::Invalid(format!("`{}` is not a repository name", component.repo))
         })?;
         let inst = installation(repo.clone()).await?;
+        let mut author = known.and_then(|p| p.author.clone());
         let sha = match &r.reference {
             Ref::Pr(n) => {
                 let pr = github
@@ -109,6 +110,14 @@ where
             Ref::Commit(c) => github.commit_sha(inst, &repo, c).await?.ok_or_else(|| {
                 ResolveError::Invalid(format!("{repo} has no commit {}", quote::code(c)))
             })?,
+            Ref::Fork { repo: fork, head } => match known {
+                Some(pin) => pin.sha.clone(),
+                None => {
+                    let pin = pin_fork(github, inst, component, fork, head).await?;
+                    author = Some(pin.author);
+                    pin.sha
+                }
+            },
         };
         if sha.len() != 40 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(ResolveError::Invalid(format!(
@@ -118,12 +127,89 @@ where
         }
         pinned.push(Pinned {
             component: component.name.clone(),
-            repo: component.repo.clone(),
+            repo: r.reference.fork().unwrap_or(&component.repo).to_string(),
             reference: r.reference.clone(),
             sha: sha.to_ascii_lowercase(),
-            author: known.and_then(|p| p.author.clone()),
+            author,
             behind: None,
         });
     }
     Ok(pinned)
+}
+
+/// A fork's head pinned: its commit and whose code it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForkPin {
+    pub sha: String,
+    /// The fork's owner for a branch; the PR's author for a PR in the fork.
+    pub author: String,
+}
+
+/// Pin `head` of `fork` for `component`: GitHub must say `fork` is a fork
+/// of the component's repository (directly or further down its fork
+/// network), and the branch or open PR must exist. `inst` is the
+/// component's installation (public forks are readable with its token).
+pub async fn pin_fork(
+    github: &GitHub,
+    inst: InstallationId,
+    component: &Component,
+    fork: &str,
+    head: &ForkHead,
+) -> Result<ForkPin, ResolveError> {
+    let invalid = |m: String| Err(ResolveError::Invalid(m));
+    let Some(name) = RepoName::parse(fork) else {
+        return invalid(format!("{} is not a repository name", quote::code(fork)));
+    };
+    let Some(info) = github.repository(inst, &name).await? else {
+        return invalid(format!("{fork} does not exist on GitHub (or is private)"));
+    };
+    let of_component = |r: &Option<String>| {
+        r.as_deref()
+            .is_some_and(|r| r.eq_ignore_ascii_case(&component.repo))
+    };
+    if !info.fork {
+        return invalid(format!(
+            "{fork} is not a fork of {}; GitHub says it is a repository of its own",
+            component.repo
+        ));
+    }
+    if !of_component(&info.parent) && !of_component(&info.source) {
+        return invalid(format!(
+            "{fork} is a fork of {}, not of {}",
+            info.parent.as_deref().unwrap_or("another repository"),
+            component.repo
+        ));
+    }
+    let pin = match head {
+        ForkHead::Branch(b) => ForkPin {
+            sha: github.branch_head(inst, &name, b).await?.ok_or_else(|| {
+                ResolveError::Invalid(format!("{fork} has no branch {}", quote::code(b)))
+            })?,
+            author: info.owner,
+        },
+        ForkHead::Pr(n) => {
+            let pr = github
+                .pull_request(inst, &name, *n)
+                .await?
+                .ok_or_else(|| ResolveError::Invalid(format!("{fork}#{n} does not exist")))?;
+            if !pr.open {
+                return invalid(format!(
+                    "{fork}#{n} is closed; only open pull requests are deployed"
+                ));
+            }
+            ForkPin {
+                sha: pr.head_sha,
+                author: pr.author,
+            }
+        }
+    };
+    if pin.sha.len() != 40 || !pin.sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return invalid(format!(
+            "GitHub answered an unexpected commit id for {fork}"
+        ));
+    }
+    Ok(ForkPin {
+        sha: pin.sha.to_ascii_lowercase(),
+        ..pin
+    })
 }

@@ -396,6 +396,14 @@ impl Snapshot {
                         .unwrap_or_default();
                     format!("[#{n}](https://github.com/{}/pull/{n}){by}", p.repo)
                 }
+                (fork @ Ref::Fork { .. }, Some(p)) => {
+                    let by = p
+                        .author
+                        .as_deref()
+                        .map(|a| format!(" of {}", quote::code(a)))
+                        .unwrap_or_default();
+                    format!("fork{by} {}", quote::cell(&fork.to_string()))
+                }
                 (other, _) => quote::cell(&other.to_string()),
             };
             out.push_str(&format!("| {} | {reference} | {commit} |\n", r.component));

@@ -22,6 +22,7 @@ mod cluster;
 mod cluster_job;
 mod commands;
 mod config_reference;
+mod forks;
 mod github_client;
 mod healing;
 mod imagestreams;

@@ -177,6 +177,12 @@ pub(super) fn authenticate(
                 Err(Reply::not_found())
             }
         }
+        // Every repository here is public: any installation's token reads
+        // it (contributors' forks, where the App is not installed).
+        (
+            Identity::Installation { .. },
+            "repos/get" | "repos/get-branch" | "repos/get-commit" | "pulls/get",
+        ) if state.repos.contains_key(&repo) => Ok(identity),
         (Identity::Installation { id, repos }, _) => {
             let installed = state.installations.get(&repo) == Some(id);
             let allowed = repos.as_ref().is_none_or(|repos| repos.contains(&repo));

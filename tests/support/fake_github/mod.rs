@@ -295,6 +295,8 @@ struct GitHubState {
     /// How many commits of a branch a PR head lacks: (repo, branch, sha) →
     /// commits (a comparison's `behind_by`; 0 when not set).
     behind: BTreeMap<(String, String, String), u64>,
+    /// Forks: repository → the repository it was forked from.
+    forks: BTreeMap<String, String>,
 }
 
 impl GitHubState {
@@ -336,6 +338,7 @@ impl GitHubState {
             secrets: Vec::new(),
             other_apps: BTreeMap::new(),
             behind: BTreeMap::new(),
+            forks: BTreeMap::new(),
             slow: Vec::new(),
         }
     }

@@ -81,6 +81,15 @@ impl FakeGitHub {
         self.state().know_commit(repo, sha, true);
     }
 
+    /// Makes `fork` (owned by a user) a fork of `parent`; its branches and
+    /// PRs are added like any repository's.
+    pub fn add_fork(&self, fork: &str, parent: &str) {
+        let mut s = self.state();
+        s.repo_id(fork);
+        s.repo_id(parent);
+        s.forks.insert(fork.to_string(), parent.to_string());
+    }
+
     /// Adds a commit that exists only in a fork of `repo`: GitHub shares a
     /// fork network's objects, so `repo` answers for it, but no branch of
     /// `repo` contains it.
@@ -143,7 +152,9 @@ impl GitHubState {
     pub(super) fn repository_json(&mut self, repo: &str) -> Value {
         let id = self.repo_id(repo);
         let (owner, name) = repo.split_once('/').expect("owner/name");
-        let owner_json = self.user_json(owner, "Organization");
+        let fork = self.forks.contains_key(repo);
+        // Forks here are contributors' own; the projects are organisations'.
+        let owner_json = self.user_json(owner, if fork { "User" } else { "Organization" });
         let api = format!("{}/repos/{repo}", self.base);
         let html = format!("https://github.com/{repo}");
         let created = timestamp(DateTime::from_timestamp(1_500_000_000, 0).expect("valid"));
@@ -156,7 +167,7 @@ impl GitHubState {
             "private": false,
             "html_url": html,
             "description": null,
-            "fork": false,
+            "fork": fork,
             "url": api,
             "git_url": format!("git://github.com/{repo}.git"),
             "ssh_url": format!("git@github.com:{repo}.git"),
@@ -355,6 +366,29 @@ impl GitHubState {
 }
 
 // ----- operations ---------------------------------------------------------
+
+/// `GET /repos/{owner}/{repo}`: the full repository; a fork names its
+/// parent and the root of its network (`source`).
+pub(super) fn get_repository(state: &mut GitHubState, call: &Call) -> Reply {
+    let repo = call.repo();
+    if !state.repos.contains_key(&repo) {
+        return Reply::not_found();
+    }
+    let mut json = state.repository_json(&repo);
+    merge(
+        &mut json,
+        json!({"network_count": 0, "subscribers_count": 0}),
+    );
+    if let Some(parent) = state.forks.get(&repo).cloned() {
+        let mut source = parent.clone();
+        while let Some(up) = state.forks.get(&source) {
+            source = up.clone();
+        }
+        json["parent"] = state.repository_json(&parent);
+        json["source"] = state.repository_json(&source);
+    }
+    Reply::json(200, json)
+}
 
 pub(super) fn get_pull(state: &mut GitHubState, call: &Call) -> Reply {
     let repo = call.repo();

@@ -464,6 +464,7 @@ fn dispatch(state: &mut GitHubState, call: &Call) -> Reply {
         "repos/get-collaborator-permission-level" => users::get_permission(state, call),
         "teams/get-membership-for-user-in-org" => users::get_team_membership(state, call),
         "pulls/get" => repos::get_pull(state, call),
+        "repos/get" => repos::get_repository(state, call),
         "repos/get-branch" => repos::get_branch(state, call),
         "repos/get-commit" => repos::get_commit(state, call),
         "issues/create-comment" => issues::create_comment(state, call),
