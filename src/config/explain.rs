@@ -52,6 +52,10 @@ impl Config {
             "  libraries (installed into other images): {}\n",
             names(&|c| !c.retired && c.kind == ComponentKind::Library, "")
         ));
+        out.push_str(&format!(
+            "  also from forks (ogr=someone/ogr:fix, checked with GitHub): {}\n",
+            names(&|c| !c.retired && c.forks, "")
+        ));
         out.push_str(&format!("  builds: {}\n", describe_builder(e)));
         let deployer = self
             .components

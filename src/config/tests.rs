@@ -210,6 +210,7 @@ fn check_config_explains_what_a_request_deploys_and_how() {
         "deployed by default: packit-service, sandcastle",
         "packit-service-fedmsg (on request)",
         "tokman (retired)",
+        "also from forks (ogr=someone/ogr:fix, checked with GitHub): packit-service, ogr, packit",
         "a request without deployment=: deployer `kubernetes`, moving ImageStream tags packit-service:dev",
         "a request with deployment=<ref> (commands from that checkout): deployer `make deploy DEPLOYMENT=dev …` as a Kubernetes Job in packit-dev-deploybot",
         "cleanup `make cleanup DEPLOYMENT=dev …`",

@@ -191,6 +191,7 @@ async fn comment(t: &TestApp, body: &str) {
 
 on_both_backends!(
     builds_checkouts_and_deploys_with_commands,
+    a_fork_branch_is_built_from_a_clone_of_the_fork,
     failed_build_records_an_excerpt_and_releases,
     build_time_limit_ends_the_job_as_timed_out,
     cancel_stops_a_running_build,
@@ -367,6 +368,70 @@ async fn builds_checkouts_and_deploys_with_commands(db: Db) {
         statuses.last().expect("status")["environment_url"],
         "https://dev.example.org"
     );
+}
+
+async fn a_fork_branch_is_built_from_a_clone_of_the_fork(db: Db) {
+    let w = world(db, RECORDING_BUILDER, "5m").await;
+    let t = &w.t;
+    // alice's fork of packit-service, with her change on branch `feature`.
+    let fork = Repos::new(&w.tmp.path().join("git"));
+    let fork_sha = fork.commit(
+        "alice/packit-service",
+        &[
+            ("files/docker/Dockerfile", "FROM scratch\n"),
+            ("files/docker/Dockerfile.worker", "FROM scratch\n"),
+            ("CHANGE", "alice's change\n"),
+        ],
+    );
+    t.github
+        .add_fork("alice/packit-service", "packit/packit-service");
+    t.github
+        .add_branch("alice/packit-service", "feature", &fork_sha);
+    comment(
+        t,
+        "/deploy packit-service=alice/packit-service:feature ogr=123",
+    )
+    .await;
+    t.run().await;
+    let job = t.last_job().await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let short = |s: &str| s[..12].to_string();
+    // Both images are built from a clone of the fork at the branch's commit.
+    let build = events(&job, "build");
+    let clone = format!(
+        "{}/alice/packit-service.git {fork_sha}",
+        fork.root.display()
+    );
+    assert_eq!(build.matches(&clone).count(), 2, "{build}");
+    let log = w.log();
+    for image in ["packit-service", "packit-worker"] {
+        let target = format!(
+            "built quay.io/packit/{image}:packit-service-{}-stg-ogr-{}",
+            short(&fork_sha),
+            short(&w.ogr_sha)
+        );
+        assert!(log.contains(&target), "{log}");
+    }
+    assert_eq!(log.matches(&fork_sha).count(), 2, "checked out: {log}");
+    assert!(!log.contains(&w.service_sha), "not the PR's commit: {log}");
+    // The status comment names the fork and its commit.
+    let status = t.status_comment(job["id"].as_i64().expect("id")).body;
+    assert!(
+        status.contains("| packit-service | fork of `alice` `alice/packit-service:feature` |"),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!(
+            "https://github.com/alice/packit-service/commit/{fork_sha}"
+        )),
+        "{status}"
+    );
+    // No check run goes to the fork (the App is not installed there).
+    assert!(
+        t.check_runs_for("alice/packit-service", job["id"].as_i64().expect("id"))
+            .is_empty()
+    );
+    t.github.assert_no_violations();
 }
 
 async fn failed_build_records_an_excerpt_and_releases(db: Db) {

@@ -61,6 +61,30 @@ async fn reads_pull_requests_branches_commits_and_installations() {
         gh.commit_sha(inst, &repo, &SHA[..7]).await.expect("commit"),
         Some(SHA.into())
     );
+    // A fork (where the App is not installed) is read with ogr's token.
+    fake.add_fork("alice/ogr", "packit/ogr");
+    fake.add_fork("bob/ogr", "alice/ogr");
+    let fork = gh
+        .repository(inst, &RepoName::parse("bob/ogr").expect("repo"))
+        .await
+        .expect("repository")
+        .expect("exists");
+    assert_eq!(fork.owner, "bob");
+    assert!(fork.fork);
+    assert_eq!(fork.parent.as_deref(), Some("alice/ogr"));
+    assert_eq!(fork.source.as_deref(), Some("packit/ogr"));
+    let own = gh
+        .repository(inst, &repo)
+        .await
+        .expect("repo")
+        .expect("exists");
+    assert!(!own.fork && own.parent.is_none());
+    assert_eq!(
+        gh.repository(inst, &RepoName::parse("nobody/ogr").expect("repo"))
+            .await
+            .expect("answer"),
+        None
+    );
     fake.set_permission("packit/ogr", "alice", "maintain");
     assert_eq!(
         gh.permission(inst, &repo, "alice").await.expect("perm"),
