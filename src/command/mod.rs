@@ -18,6 +18,8 @@ mod refs;
 mod tokenize;
 
 #[cfg(test)]
+mod fork_tests;
+#[cfg(test)]
 mod properties;
 #[cfg(test)]
 mod tests;

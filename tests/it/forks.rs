@@ -39,6 +39,16 @@ fn reply(t: &TestApp) -> String {
     replies[0].body.clone()
 }
 
+/// What `job` pinned for `component`.
+fn pinned<'j>(job: &'j Value, component: &str) -> &'j Value {
+    job["pinned"]
+        .as_array()
+        .expect("pinned")
+        .iter()
+        .find(|p| p["component"] == component)
+        .unwrap_or_else(|| panic!("{component} pinned: {job}"))
+}
+
 /// The overlay steps of `job`'s plan for `library` (every image it changes).
 fn overlays<'j>(job: &'j Value, library: &str) -> Vec<&'j Value> {
     job["plan"]["images"]
@@ -65,12 +75,7 @@ async fn a_team_members_fork_branch_is_planned_from_the_fork(db: Db) {
     t.settle().await;
     let job = t.last_job().await;
     assert_eq!(job["state"], "succeeded", "{job}");
-    let pin = job["pinned"]
-        .as_array()
-        .expect("pinned")
-        .iter()
-        .find(|p| p["component"] == "ogr")
-        .expect("ogr pinned");
+    let pin = pinned(&job, "ogr");
     assert_eq!(pin["repo"], "alice/ogr", "pinned in the fork: {job}");
     assert_eq!(pin["sha"], head);
     // ogr is installed into the service images from the fork, at the commit.
@@ -191,12 +196,7 @@ async fn a_strangers_fork_waits_for_a_permitted_thumbs_up(db: Db) {
     t.settle().await;
     let job = t.last_job().await;
     assert_eq!(job["state"], "succeeded", "{job}");
-    let ogr = job["pinned"]
-        .as_array()
-        .expect("pinned")
-        .iter()
-        .find(|p| p["component"] == "ogr")
-        .expect("ogr pinned");
+    let ogr = pinned(&job, "ogr");
     assert_eq!(ogr["sha"], first, "the confirmed commit, not the newer one");
     assert_eq!(ogr["author"], STRANGER);
     let status = t.status_comment(job["id"].as_i64().expect("id")).body;

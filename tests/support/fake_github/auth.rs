@@ -177,12 +177,15 @@ pub(super) fn authenticate(
                 Err(Reply::not_found())
             }
         }
-        // Every repository here is public: any installation's token reads
-        // it (contributors' forks, where the App is not installed).
+        // A public repository where the App is not installed (a
+        // contributor's fork) is read with any installation's token; an
+        // installed one only with its own installation's.
         (
             Identity::Installation { .. },
             "repos/get" | "repos/get-branch" | "repos/get-commit" | "pulls/get",
-        ) if state.repos.contains_key(&repo) => Ok(identity),
+        ) if state.repos.contains_key(&repo) && !state.installations.contains_key(&repo) => {
+            Ok(identity)
+        }
         (Identity::Installation { id, repos }, _) => {
             let installed = state.installations.get(&repo) == Some(id);
             let allowed = repos.as_ref().is_none_or(|repos| repos.contains(&repo));
