@@ -85,16 +85,11 @@ impl Intake {
                 continue;
             };
             if let Decision::Denied(_) = self.authorise(&repo, None, author).await? {
-                let whose = match (&pin.reference, pin.reference.fork()) {
-                    (
-                        Ref::Fork {
-                            head: ForkHead::Branch(_),
-                            ..
-                        },
-                        Some(fork),
-                    ) => {
-                        format!("{fork} is the fork of `{author}`")
-                    }
+                let whose = match &pin.reference {
+                    Ref::Fork {
+                        repo: fork,
+                        head: ForkHead::Branch(_),
+                    } => format!("{fork} is the fork of `{author}`"),
                     _ => format!("{} was opened by `{author}`", pin_name(pin)),
                 };
                 doubts.push(format!("{whose}, who may not deploy"));
